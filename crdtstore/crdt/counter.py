@@ -1,0 +1,102 @@
+"""Counter: a positive-negative counter made causal so that a key can be deleted.
+
+State: a dot fun ``dot -> Share(positive, negative)`` holding, per region, one
+dot whose payload is that region's running totals of increments and
+decrements. The value is ``sum(positive - negative)`` over all shares. This is
+the causal counter ("CCounter") of Almeida, Shoker, Baquero ("Delta State
+Replicated Data Types", JPDC 2018), a PN-counter (Shapiro et al., 2011) whose
+per-region entries carry dots.
+
+An increment by region ``r`` mints a dot ``d`` and produces the delta
+
+    store   = {d: (P + amount, N)}          (or (P, N - amount) for a decrement)
+    context = {d} | r's current share dot
+
+where ``(P, N)`` is ``r``'s current share. Each region's share replaces its
+previous one, so the state holds one entry per region that has incremented
+since the key was created or last deleted: O(regions), never O(operations).
+
+Exactness: a share is identified by its dot and carries totals, not amounts,
+so delivering a delta twice, or in any order relative to others, cannot count
+an operation twice; the join takes the share the context says is newest.
+Amounts of any 64-bit size are exact because Python integers do not overflow;
+the codec stores totals beyond 64 bits without loss.
+
+Deleting the key removes every share the deleting region had seen (an
+observed remove, like every removal here). The semantics under a concurrent
+increment follow the paper and are worth stating plainly: if region ``r``
+increments concurrently with a delete that had seen ``r``'s earlier share, the
+new share carries ``r``'s running total, so ``r``'s whole contribution
+survives the delete, not only the concurrent increment. Without concurrency a
+delete resets the counter to zero everywhere and nothing comes back. Keeping
+the exact "only the concurrent amount survives" semantics would need a record
+of what each delete removed, kept until every region has seen the delete
+(causal stability); that is left to the replication layer, which is the part
+that knows when a dot is stable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import NamedTuple, Self
+
+from crdtstore.crdt.causal import CausalContext, Dot
+from crdtstore.crdt.dotstore import Causal, join_dot_fun
+
+__all__ = ["INT64_MAX", "INT64_MIN", "Counter", "Share"]
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+
+class Share(NamedTuple):
+    """One region's running totals of increments and decrements (both >= 0)."""
+
+    positive: int
+    negative: int
+
+
+@dataclass(frozen=True, slots=True)
+class Counter:
+    entries: Mapping[Dot, Share] = field(default_factory=dict)
+
+    @classmethod
+    def bottom(cls) -> Self:
+        return cls()
+
+    def is_bottom(self) -> bool:
+        return not self.entries
+
+    def dots(self) -> Iterator[Dot]:
+        return iter(self.entries)
+
+    def join(self, other: Self, self_ctx: CausalContext, other_ctx: CausalContext) -> Self:
+        if not other.entries and not self.entries:
+            return self
+        return type(self)(join_dot_fun(self.entries, self_ctx, other.entries, other_ctx))
+
+    # -- mutators ---------------------------------------------------------------
+
+    def increment(self, amount: int, dot: Dot) -> Causal[Counter]:
+        """Add ``amount`` (negative to decrement), a signed 64-bit integer."""
+        if not isinstance(amount, int) or isinstance(amount, bool):
+            raise TypeError(f"counter amounts are integers, got {type(amount).__name__}")
+        if not INT64_MIN <= amount <= INT64_MAX:
+            raise ValueError(f"counter amount {amount} is outside the signed 64-bit range")
+        own = [d for d in self.entries if d.region == dot.region]
+        positive = sum(self.entries[d].positive for d in own)
+        negative = sum(self.entries[d].negative for d in own)
+        if amount >= 0:
+            positive += amount
+        else:
+            negative -= amount
+        return Causal(
+            Counter({dot: Share(positive, negative)}),
+            CausalContext.from_dots([dot, *own]),
+        )
+
+    # -- reads --------------------------------------------------------------------
+
+    def value(self) -> int:
+        return sum(s.positive - s.negative for s in self.entries.values())

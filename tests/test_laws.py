@@ -1,0 +1,130 @@
+"""Join laws for every type and for the whole store, on reachable states.
+
+A state-based CRDT converges because its join is a least upper bound: it is
+commutative, associative and idempotent, bottom is its identity, and every
+mutation moves a state up. Delta-state CRDTs add one more law: joining the
+deltas gives the same state as joining the states, whatever was lost on the
+way, as long as a state join repairs it later.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from crdtstore.crdt import StoreMap
+from crdtstore.testing.strategies import TYPES, map_executions, type_executions
+
+KINDS = [*TYPES, "map"]
+
+
+def _executions(kind: str) -> st.SearchStrategy[Any]:
+    if kind == "map":
+        return map_executions()
+    return type_executions(TYPES[kind])
+
+
+def _bottom(kind: str) -> Any:
+    if kind == "map":
+        return StoreMap()
+    return TYPES[kind].empty()
+
+
+def _join_all(states: list[Any], start: Any) -> Any:
+    return functools.reduce(lambda acc, s: acc.join(s), states, start)
+
+
+@st.composite
+def _three(draw: st.DrawFn, kind: str) -> tuple[Any, Any, Any]:
+    ex = draw(_executions(kind))
+    pick = st.sampled_from(ex.snapshots)
+    return draw(pick), draw(pick), draw(pick)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@given(data=st.data())
+def test_join_is_commutative(kind: str, data: st.DataObject) -> None:
+    a, b, _ = data.draw(_three(kind))
+    assert a.join(b) == b.join(a)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@given(data=st.data())
+def test_join_is_associative(kind: str, data: st.DataObject) -> None:
+    a, b, c = data.draw(_three(kind))
+    assert a.join(b).join(c) == a.join(b.join(c))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@given(data=st.data())
+def test_join_is_idempotent(kind: str, data: st.DataObject) -> None:
+    a, _, _ = data.draw(_three(kind))
+    assert a.join(a) == a
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@given(data=st.data())
+def test_bottom_is_the_identity(kind: str, data: st.DataObject) -> None:
+    a, _, _ = data.draw(_three(kind))
+    bottom = _bottom(kind)
+    assert a.join(bottom) == a
+    assert bottom.join(a) == a
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@given(data=st.data())
+def test_a_mutation_inflates_the_state(kind: str, data: st.DataObject) -> None:
+    ex = data.draw(_executions(kind))
+    for before, delta, after in ex.steps:
+        assert before.join(delta) == after
+        assert before.join(after) == after, "the state before is below the state after"
+        assert after != before, "every mutation is an event, so the state strictly grows"
+        assert after.context.dominates(before.context)
+        assert not before.context.dominates(after.context)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@given(data=st.data())
+def test_joining_deltas_equals_joining_states(kind: str, data: st.DataObject) -> None:
+    ex = data.draw(_executions(kind))
+    everything = _join_all(ex.snapshots, _bottom(kind))
+    # Any order, with duplicates: a replica that was sent every delta.
+    order = data.draw(st.permutations(ex.deltas + ex.deltas[: len(ex.deltas) // 2]))
+    assert _join_all(order, _bottom(kind)) == everything
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@given(data=st.data())
+def test_lost_deltas_are_repaired_by_a_state_join(kind: str, data: st.DataObject) -> None:
+    ex = data.draw(_executions(kind))
+    everything = _join_all(ex.snapshots, _bottom(kind))
+    received = data.draw(st.lists(st.sampled_from(ex.deltas), max_size=len(ex.deltas))) if ex.deltas else []
+    partial = _join_all(received, _bottom(kind))
+    assert partial.join(everything) == everything
+    assert everything.join(partial) == everything
+
+
+@given(data=st.data())
+def test_join_delta_visits_only_the_touched_keys_and_equals_join(data: st.DataObject) -> None:
+    ex = data.draw(map_executions())
+    for delta in ex.deltas:
+        state = data.draw(st.sampled_from(ex.snapshots))
+        assert state.join_delta(delta) == state.join(delta)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@given(data=st.data())
+def test_a_delta_is_not_changed_by_being_joined(kind: str, data: st.DataObject) -> None:
+    """A delta handed to the log must not change when the state absorbs it."""
+    from crdtstore.crdt import encode
+
+    ex = data.draw(_executions(kind))
+    for before, delta, _ in ex.steps:
+        snapshot = encode(delta)
+        before.join(delta)
+        delta.join(before)
+        assert encode(delta) == snapshot
