@@ -362,8 +362,6 @@ def _dec_register(body: Any, rd: _Reader) -> Register:
         keys.append((ri, dot.counter))
         entries[dot] = Version(Timestamp(_uint(wall, "wall_ms"), _uint(logical, "logical")), value)
     _strictly_increasing(keys, "register")
-    if not entries:
-        raise CodecError("an empty register is written as no slot at all")
     return Register(entries)
 
 
@@ -376,8 +374,6 @@ def _dec_counter(body: Any, rd: _Reader) -> Counter:
         keys.append((ri, dot.counter))
         entries[dot] = Share(_big(positive, "counter total"), _big(negative, "counter total"))
     _strictly_increasing(keys, "counter")
-    if not entries:
-        raise CodecError("an empty counter is written as no slot at all")
     return Counter(entries)
 
 
@@ -396,8 +392,6 @@ def _dec_set(body: Any, rd: _Reader) -> AWSet:
         members.append(member)
         entries[member] = frozenset(dots)
     _strictly_increasing(members, "set members")
-    if not entries:
-        raise CodecError("an empty set is written as no slot at all")
     return AWSet(entries)
 
 
@@ -421,6 +415,8 @@ def _dec_key_state(body: Any, rd: _Reader) -> KeyState:
     for item in _list(body, "key state"):
         tag_raw, slot_body = _list(item, "key slot", 2)
         vtype, slot = _dec_slot(tag_raw, slot_body, rd)
+        if slot.is_bottom():
+            raise CodecError(f"key state: an empty {vtype.label} is written as no slot at all")
         tags.append(int(vtype))
         slots[vtype] = slot
     _strictly_increasing(tags, "key slots")

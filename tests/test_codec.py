@@ -1,0 +1,215 @@
+"""The codec: round trips, one encoding per content, and hostile bytes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from crdtstore.crdt import (
+    AWSet,
+    Causal,
+    CausalContext,
+    CodecError,
+    Counter,
+    Dot,
+    KeyState,
+    Register,
+    StoreMap,
+    Timestamp,
+    VersionVector,
+    decode,
+    decode_as,
+    encode,
+)
+from crdtstore.crdt.codec import Tag
+from crdtstore.crdt.counter import Share
+from crdtstore.testing.strategies import TYPES, map_executions, type_executions
+
+
+@st.composite
+def encodables(draw: st.DrawFn) -> Any:
+    """Any value the codec writes, taken from reachable states and deltas."""
+    which = draw(st.sampled_from(["map", "map-delta", "key", "type", "type-delta", "store", "ctx", "vv", "ts"]))
+    if which in ("map", "map-delta", "key", "ctx", "vv"):
+        ex = draw(map_executions())
+        if which == "map-delta" and ex.deltas:
+            return draw(st.sampled_from(ex.deltas))
+        state: StoreMap = draw(st.sampled_from(ex.snapshots))
+        if which == "key" and state.entries:
+            return draw(st.sampled_from(list(state.entries.values())))
+        if which == "ctx":
+            return state.context
+        if which == "vv":
+            return state.context.vv
+        return state
+    if which == "ts":
+        return Timestamp(draw(st.integers(0, 2**64 - 1)), draw(st.integers(0, 2**64 - 1)))
+    kind = TYPES[draw(st.sampled_from(sorted(TYPES)))]
+    tex = draw(type_executions(kind))
+    if which == "type-delta" and tex.deltas:
+        return draw(st.sampled_from(tex.deltas))
+    snap = draw(st.sampled_from(tex.snapshots))
+    if which == "store" and not snap.store.is_bottom():
+        return snap.store
+    return snap
+
+
+@given(encodables())
+def test_round_trip(value: Any) -> None:
+    assert decode(encode(value)) == value
+
+
+@given(encodables())
+def test_decode_then_encode_gives_back_the_same_bytes(value: Any) -> None:
+    data = encode(value)
+    assert encode(decode(data)) == data  # type: ignore[arg-type]
+
+
+@given(st.data())
+def test_same_content_gives_the_same_bytes_whatever_the_history(data: st.DataObject) -> None:
+    """Two replicas that reached the same state by different routes encode alike."""
+    ex = data.draw(map_executions())
+    everything = StoreMap()
+    for snap in ex.snapshots:
+        everything = everything.join(snap)
+    other_route = StoreMap()
+    for delta in data.draw(st.permutations(ex.deltas)):
+        other_route = other_route.join_delta(delta)
+    assert encode(other_route) == encode(everything)
+
+
+@given(st.binary(max_size=256))
+def test_hostile_bytes_raise_only_codec_error(data: bytes) -> None:
+    try:
+        value = decode(data)
+    except CodecError:
+        return
+    assert encode(value) == data  # type: ignore[arg-type]
+
+
+@given(encodables(), st.data())
+def test_corrupted_encodings_raise_codec_error_or_decode_canonically(value: Any, data: st.DataObject) -> None:
+    raw = bytearray(encode(value))
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(0, len(raw) - 1))
+        raw[i] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans()):
+        cut = data.draw(st.integers(0, len(raw)))
+        raw = raw[:cut] + bytearray(data.draw(st.binary(max_size=8)))
+    try:
+        decoded = decode(bytes(raw))
+    except CodecError:
+        return
+    assert encode(decoded) == bytes(raw)  # type: ignore[arg-type]
+
+
+@st.composite
+def msgpack_trees(draw: st.DrawFn) -> Any:
+    """Well-formed msgpack of roughly the right shape: reaches the validators."""
+    leaves = st.one_of(
+        st.integers(-(2**63), 2**64 - 1),
+        st.text(max_size=3),
+        st.binary(max_size=9),
+        st.booleans(),
+        st.none(),
+        st.floats(allow_nan=False),
+    )
+    tree = st.recursive(leaves, lambda inner: st.lists(inner, max_size=4), max_leaves=20)
+    return [draw(st.sampled_from([t.value for t in Tag] + [0, 99])), draw(st.sampled_from([1, 1, 1, 2])), draw(tree)]
+
+
+@given(msgpack_trees())
+def test_well_formed_but_wrong_msgpack_raises_only_codec_error(tree: Any) -> None:
+    data = msgpack.packb(tree, use_bin_type=True)
+    try:
+        value = decode(data)
+    except CodecError:
+        return
+    assert encode(value) == data
+
+
+def test_unknown_tag_and_version_are_refused_with_a_clear_message() -> None:
+    with pytest.raises(CodecError, match="unknown type tag 200"):
+        decode(msgpack.packb([200, 1, []]))
+    with pytest.raises(CodecError, match="unknown version 2 of TIMESTAMP"):
+        decode(msgpack.packb([int(Tag.TIMESTAMP), 2, [1, 2]]))
+    with pytest.raises(CodecError):
+        decode(b"")
+    with pytest.raises(CodecError):
+        decode(b"\x91" * 100_000)  # deep nesting
+    with pytest.raises(CodecError):
+        decode("text")  # type: ignore[arg-type]
+
+
+def test_decode_as_checks_the_type() -> None:
+    data = encode(Timestamp(1, 2))
+    assert decode_as(data, Timestamp) == Timestamp(1, 2)
+    with pytest.raises(CodecError, match="expected an encoded StoreMap"):
+        decode_as(data, StoreMap)
+
+
+def test_non_canonical_encodings_are_refused() -> None:
+    # A set whose members are not sorted.
+    ok = encode(AWSet({"a": frozenset({Dot("eu", 1)}), "b": frozenset({Dot("eu", 2)})}))
+    tag, version, (header, body) = msgpack.unpackb(ok)
+    swapped = msgpack.packb([tag, version, [header, list(reversed(body))]], use_bin_type=True)
+    with pytest.raises(CodecError, match="not sorted"):
+        decode(swapped)
+    # A base counter that is not the smallest counter of its region.
+    names, bases = header
+    shifted = (int.from_bytes(bases, "big") - 1).to_bytes(8, "big")
+    with pytest.raises(CodecError, match="base counter"):
+        decode(msgpack.packb([tag, version, [[names, shifted], body]], use_bin_type=True))
+    # A context that is not compact.
+    with pytest.raises(CodecError, match="compact"):
+        decode(msgpack.packb([int(Tag.CAUSAL_CONTEXT), 1, [[["eu"], (1).to_bytes(8, "big")], [[[0, 0]], [[0, 1]]]]]))
+
+
+def test_counter_totals_beyond_64_bits_are_exact() -> None:
+    big = Counter({Dot("eu", 3): Share(2**64 + 5, 2**70), Dot("us", 1): Share(2**64 - 1, 0)})
+    assert decode(encode(big)) == big
+    assert big.value() == 2**64 + 5 - 2**70 + 2**64 - 1
+    # A big integer written in a longer form than it needs is refused.
+    padded = msgpack.ExtType(1, b"\x00" + (2**64).to_bytes(9, "big"))
+    small = msgpack.ExtType(1, (5).to_bytes(1, "big"))
+    for bad in (padded, small):
+        raw = msgpack.packb([int(Tag.COUNTER), 1, [[["eu"], (1).to_bytes(8, "big")], [[0, 0, bad, 0]]]])
+        with pytest.raises(CodecError, match="big integer"):
+            decode(raw)
+
+
+@pytest.mark.parametrize("n", [10, 1_000, 100_000])
+def test_one_add_delta_has_the_same_size_for_any_set_size(n: int) -> None:
+    # Build a set of n members held by one region, as if n adds had happened.
+    aw = AWSet({f"m{i:06d}": frozenset({Dot("eu", i + 1)}) for i in range(n)})
+    state = Causal(aw, CausalContext(VersionVector({"eu": n})))
+    delta = aw.add("new-member", state.next_dot("eu"))
+    assert len(encode(delta)) == len(encode(AWSet().add("new-member", Dot("eu", 1))))
+    store_delta = StoreMap({"s": KeyState({})}, state.context).add_members("s", ["new-member"], "eu")
+    assert len(encode(store_delta)) == len(encode(StoreMap().add_members("s", ["new-member"], "eu")))
+
+
+def test_metadata_per_set_element_is_at_most_16_bytes() -> None:
+    n = 100_000
+    members = [f"m{i:06d}" for i in range(n)]
+    # Adds from three regions, interleaved, with large counters.
+    aw = AWSet({m: frozenset({Dot(("eu", "us", "ap")[i % 3], 10**9 + i)}) for i, m in enumerate(members)})
+    total = len(encode(aw))
+    payload = sum(len(msgpack.packb(m)) for m in members)
+    assert (total - payload) / n <= 16
+
+
+def test_registers_with_equal_content_encode_alike() -> None:
+    a = Register({Dot("eu", 1): _v(b"x"), Dot("us", 4): _v(b"y")})
+    b = Register({Dot("us", 4): _v(b"y"), Dot("eu", 1): _v(b"x")})
+    assert encode(a) == encode(b)
+
+
+def _v(value: bytes) -> Any:
+    from crdtstore.crdt import Version
+
+    return Version(Timestamp(5, 0), value)
