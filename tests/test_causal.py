@@ -53,7 +53,10 @@ def test_next_dot_is_above_everything_the_region_has(ds: frozenset[Dot]) -> None
     assert all(d.counter < nxt.counter for d in ds if d.region == "eu")
 
 
-@given(st.dictionaries(st.sampled_from(["eu", "us", "ap"]), st.integers(0, 9)), st.dictionaries(st.sampled_from(["eu", "us", "ap"]), st.integers(0, 9)))
+@given(
+    st.dictionaries(st.sampled_from(["eu", "us", "ap"]), st.integers(0, 9)),
+    st.dictionaries(st.sampled_from(["eu", "us", "ap"]), st.integers(0, 9)),
+)
 def test_version_vector_order(a: dict[str, int], b: dict[str, int]) -> None:
     va, vb = VersionVector(a), VersionVector(b)
     regions = set(a) | set(b)

@@ -34,11 +34,13 @@ from crdtstore.crdt import (
     Dot,
     HybridLogicalClock,
     KeyValue,
+    Sibling,
     StoreMap,
     Timestamp,
     TypeMismatch,
     ValueType,
 )
+from crdtstore.crdt.hlc import ZERO
 from crdtstore.testing.clock import FakeClock
 from crdtstore.testing.strategies import REGIONS, amounts, keys, members, values
 
@@ -51,7 +53,7 @@ class Effect:
     seen: CausalContext
     member: str = ""
     value: bytes = b""
-    ts: Timestamp = Timestamp(0, 0)
+    ts: Timestamp = ZERO
     amount: int = 0
 
 
@@ -72,12 +74,10 @@ class Model:
 
     def expected(self, key: str) -> KeyValue | None:
         slots: dict[ValueType, object] = {}
-        siblings: tuple[tuple[Timestamp, str, int, bytes], ...] = ()
+        siblings: tuple[Sibling, ...] = ()
         mine = [e for e in self.effects if e.key == key]
 
-        present = frozenset(
-            e.member for e in mine if e.kind == "add" and not self._killed(e, ("remove", "delete"))
-        )
+        present = frozenset(e.member for e in mine if e.kind == "add" and not self._killed(e, ("remove", "delete")))
         if present:
             slots[ValueType.SET] = present
 
@@ -90,7 +90,8 @@ class Model:
         if live:
             ranked = sorted(((w.ts, w.dot.region, w.dot.counter, w.value) for w in live), reverse=True)
             slots[ValueType.REGISTER] = ranked[0][3]
-            siblings = tuple(ranked) if len(ranked) > 1 else ()
+            if len(ranked) > 1:
+                siblings = tuple(Sibling(Dot(region, counter), ts, value) for ts, region, counter, value in ranked)
 
         total = 0
         shares = False
@@ -210,8 +211,7 @@ class ReplicasAgainstModel(RuleBasedStateMachine):
             assert got.type == expected.type, key
             assert got.value == expected.value, key
             assert got.conflicts == expected.conflicts, key
-            got_siblings = tuple((s.timestamp, s.dot.region, s.dot.counter, s.value) for s in got.siblings)
-            assert got_siblings == expected.siblings, key
+            assert got.siblings == expected.siblings, key
 
     @invariant()
     def stores_hold_only_dots_their_context_has_seen(self) -> None:

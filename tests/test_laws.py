@@ -66,6 +66,34 @@ def test_join_is_idempotent(kind: str, data: st.DataObject) -> None:
     assert a.join(a) == a
 
 
+def _leq(a: Any, b: Any) -> bool:
+    """The lattice order: a is below b when joining a adds nothing to b."""
+    return bool(a.join(b) == b)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@given(data=st.data())
+def test_join_is_an_upper_bound(kind: str, data: st.DataObject) -> None:
+    a, b, _ = data.draw(_three(kind))
+    joined = a.join(b)
+    assert _leq(a, joined)
+    assert _leq(b, joined)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@given(data=st.data())
+def test_join_is_the_least_upper_bound(kind: str, data: st.DataObject) -> None:
+    """Any state above both a and b is above a ⊔ b (here: above = a later snapshot's join)."""
+    ex = data.draw(_executions(kind))
+    pick = st.sampled_from(ex.snapshots)
+    a, b = data.draw(pick), data.draw(pick)
+    extra = data.draw(st.lists(pick, max_size=3))
+    upper = _join_all([b, *extra], a)
+    assert _leq(a, upper)
+    assert _leq(b, upper)
+    assert _leq(a.join(b), upper)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @given(data=st.data())
 def test_bottom_is_the_identity(kind: str, data: st.DataObject) -> None:

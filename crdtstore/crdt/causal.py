@@ -156,7 +156,7 @@ class CausalContext:
     def contains(self, dot: Dot) -> bool:
         return dot.counter <= self._vv.get(dot.region) or dot in self._cloud
 
-    __contains__ = contains  # type: ignore[assignment]
+    __contains__ = contains
 
     def max_counter(self, region: str) -> int:
         """The highest counter from ``region`` in this context, cloud included."""

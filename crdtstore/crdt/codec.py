@@ -48,7 +48,8 @@ holding the big-endian magnitude, so no amount is ever truncated.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import itertools
+from collections.abc import Callable, Iterable, Iterator
 from enum import IntEnum
 from typing import Any, TypeVar, cast
 
@@ -229,7 +230,7 @@ def encode(obj: Encodable) -> bytes:
     """The canonical bytes of ``obj``."""
     tag, body = _body(obj)
     try:
-        return cast(bytes, msgpack.packb([int(tag), FORMAT_VERSION, body], use_bin_type=True))
+        return msgpack.packb([int(tag), FORMAT_VERSION, body], use_bin_type=True)
     except (ValueError, TypeError, OverflowError) as exc:  # e.g. a string with a lone surrogate
         raise CodecError(f"cannot encode {type(obj).__name__}: {exc}") from exc
 
@@ -242,7 +243,7 @@ def encode(obj: Encodable) -> bytes:
 class _Reader:
     """Validation helpers bound to the region table of the value being read."""
 
-    __slots__ = ("bases", "at_base", "regions")
+    __slots__ = ("at_base", "bases", "regions")
 
     def __init__(self, header: Any) -> None:
         names_raw, bases_raw = _list(header, "region table", 2)
@@ -251,7 +252,7 @@ class _Reader:
             _str(name, "region name")
             if not name:
                 raise CodecError("empty region name")
-        if any(a >= b for a, b in zip(names, names[1:], strict=False)):
+        if any(a >= b for a, b in itertools.pairwise(names)):
             raise CodecError("region table is not sorted and unique")
         if type(bases_raw) is not bytes or len(bases_raw) != 8 * len(names):
             raise CodecError("region table: expected eight bytes of base counter per region")
@@ -319,7 +320,7 @@ def _big(x: Any, what: str) -> int:
 
 
 def _strictly_increasing(items: list[Any], what: str) -> None:
-    for a, b in zip(items, items[1:], strict=False):
+    for a, b in itertools.pairwise(items):
         if not a < b:
             raise CodecError(f"{what}: entries are not sorted and unique")
 
@@ -395,7 +396,7 @@ def _dec_set(body: Any, rd: _Reader) -> AWSet:
     return AWSet(entries)
 
 
-_SLOT_DECODERS = {
+_SLOT_DECODERS: dict[ValueType, Callable[[Any, _Reader], Slot]] = {
     ValueType.REGISTER: _dec_register,
     ValueType.COUNTER: _dec_counter,
     ValueType.SET: _dec_set,
@@ -432,13 +433,13 @@ def _dec_body(tag: Tag, body: Any) -> object:
     if tag is Tag.VERSION_VECTOR:
         pairs = _list(body, "version vector")
         names: list[str] = []
-        entries: dict[str, int] = {}
+        counters: dict[str, int] = {}
         for pair in pairs:
             region, counter = _list(pair, "version vector entry", 2)
             names.append(_str(region, "region name"))
-            entries[region] = _positive(counter, "version vector counter")
+            counters[region] = _positive(counter, "version vector counter")
         _strictly_increasing(names, "version vector")
-        return VersionVector(entries)
+        return VersionVector(counters)
     if tag is Tag.TIMESTAMP:
         wall, logical = _list(body, "timestamp", 2)
         return Timestamp(_uint(wall, "wall_ms"), _uint(logical, "logical"))

@@ -87,10 +87,7 @@ class HybridLogicalClock:
         """A fresh timestamp for a local event or an outgoing message."""
         physical = self._physical_ms()
         last = self._last
-        if physical > last.wall_ms:
-            ts = Timestamp(physical, 0)
-        else:
-            ts = Timestamp(last.wall_ms, last.logical + 1)
+        ts = Timestamp(physical, 0) if physical > last.wall_ms else Timestamp(last.wall_ms, last.logical + 1)
         self._last = ts
         return ts
 
@@ -105,8 +102,7 @@ class HybridLogicalClock:
         physical = self._physical_ms()
         if remote.wall_ms - physical > self._max_offset_ms:
             return ClockSkew(remote, physical, self._max_offset_ms)
-        if remote > self._last:
-            self._last = remote
+        self._last = max(self._last, remote)
         return None
 
     def is_out_of_bounds(self) -> bool:

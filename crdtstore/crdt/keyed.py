@@ -34,9 +34,11 @@ applied. Replication uses that as its version vector.
 
 Deltas. Mutators return a delta that is itself a ``StoreMap``. Its entries
 name every key the mutation touched, with an empty ``KeyState`` for a key the
-mutation emptied (a delete, say); ``join_delta`` relies on that to visit only
-those keys, so applying one delta costs the size of the delta, not of the
-store. A full-state ``join`` visits every key and needs no such help.
+mutation emptied (a delete, say); ``join_delta`` relies on that to join only
+those keys, so the merge work is the size of the delta, not of the store (this
+in-memory form still copies its key index, a C-level dict copy; the node keeps
+keys in LMDB and joins key by key). A full-state ``join`` visits every key and
+needs no such help.
 """
 
 from __future__ import annotations
@@ -186,7 +188,7 @@ class StoreMap:
     def join_delta(self, delta: StoreMap) -> StoreMap:
         """Apply a delta that names every key it touches (what the mutators return).
 
-        Equal to ``join`` for such deltas, and costs the size of the delta.
+        Equal to ``join`` for such deltas (a property test holds it to that).
         """
         return self._join_keys(delta, delta.entries.keys())
 

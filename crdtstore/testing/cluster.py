@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 
 from crdtstore.crdt import (
     HybridLogicalClock,
+    KeyState,
     KeyValue,
     Register,
     StoreMap,
@@ -99,11 +100,8 @@ class LocalCluster:
         return all(self.states[r] == first for r in self.regions[1:])
 
 
-def _register_timestamps(states: Iterable[object]) -> Iterable[Timestamp]:
-    from crdtstore.crdt import KeyState
-
+def _register_timestamps(states: Iterable[KeyState]) -> Iterable[Timestamp]:
     for state in states:
-        assert isinstance(state, KeyState)
         for slot in state.slots.values():
             if isinstance(slot, Register):
                 for version in slot.entries.values():
