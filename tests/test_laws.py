@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crdtstore.crdt import StoreMap
+from crdtstore.crdt import AWSet, StoreMap
 from crdtstore.testing.strategies import TYPES, map_executions, type_executions
 
 KINDS = [*TYPES, "map"]
@@ -136,12 +136,32 @@ def test_lost_deltas_are_repaired_by_a_state_join(kind: str, data: st.DataObject
     assert everything.join(partial) == everything
 
 
+@pytest.mark.parametrize("kind", KINDS)
 @given(data=st.data())
-def test_join_delta_visits_only_the_touched_keys_and_equals_join(data: st.DataObject) -> None:
-    ex = data.draw(map_executions())
+def test_join_delta_visits_only_what_the_delta_names_and_equals_join(kind: str, data: st.DataObject) -> None:
+    ex = data.draw(_executions(kind))
     for delta in ex.deltas:
         state = data.draw(st.sampled_from(ex.snapshots))
         assert state.join_delta(delta) == state.join(delta)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@given(data=st.data())
+def test_states_never_hold_empty_entries(kind: str, data: st.DataObject) -> None:
+    """Deltas name what they touch with empty entries; joins never leave them in a state."""
+    ex = data.draw(_executions(kind))
+    for state in ex.snapshots:
+        if kind != "map":
+            slots = [state.store]
+        else:
+            slots = []
+            for key_state in state.entries.values():
+                assert key_state.slots, "an empty key is dropped"
+                assert all(not slot.is_bottom() for slot in key_state.slots.values()), "an empty slot is dropped"
+                slots.extend(key_state.slots.values())
+        for slot in slots:
+            if isinstance(slot, AWSet):
+                assert all(slot.entries.values()), "a member without dots is dropped"
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -156,3 +176,17 @@ def test_a_delta_is_not_changed_by_being_joined(kind: str, data: st.DataObject) 
         before.join(delta)
         delta.join(before)
         assert encode(delta) == snapshot
+
+
+@given(data=st.data())
+def test_a_combined_batch_of_deltas_applies_like_its_parts(data: st.DataObject) -> None:
+    """What the node logs for a batch: the combine of its operations' deltas."""
+    ex = data.draw(map_executions())
+    if not ex.deltas:
+        return
+    start = data.draw(st.integers(0, len(ex.deltas) - 1))
+    batch = ex.deltas[start : start + data.draw(st.integers(1, 4))]
+    combined = functools.reduce(lambda a, d: a.combine(d), batch)
+    for state in data.draw(st.lists(st.sampled_from(ex.snapshots), min_size=1, max_size=3)):
+        assert state.join_delta(combined) == _join_all(batch, state)
+        assert state.join(combined) == _join_all(batch, state)

@@ -11,9 +11,11 @@ An add of ``x`` by region ``r`` mints a dot ``d`` and produces the delta
     store   = {x: {d}}
     context = {d} | x's current dots
 
-and a remove of ``x`` produces ``store = {}``, ``context = {d} | x's current
-dots`` (the remove mints a dot too: every mutation is an event, which keeps the
-context's version vector equal to "every event this replica has applied").
+and a remove of ``x`` produces ``store = {x: {}}``, ``context = {d} | x's
+current dots``. The empty entry names ``x`` so that ``join_delta`` visits that
+member alone; a state never keeps it. The remove mints a dot too: every
+mutation is an event, which keeps the context's version vector equal to
+"every event this replica has applied".
 
 Both deltas name one member and a handful of dots, so their size does not
 depend on the size of the set. (The npm ``delta-crdts`` add-wins set ships the
@@ -49,26 +51,46 @@ class AWSet:
         return cls()
 
     def is_bottom(self) -> bool:
-        return not self.entries
+        """True when no member holds a dot (a delta may still name members)."""
+        return not any(self.entries.values())
 
     def dots(self) -> Iterator[Dot]:
         for dots in self.entries.values():
             yield from dots
 
     def join(self, other: Self, self_ctx: CausalContext, other_ctx: CausalContext) -> Self:
-        if not other.entries and not self.entries:
-            return self
-        out: dict[str, frozenset[Dot]] = {}
+        members = self.entries.keys() | other.entries.keys()
+        return self._join_members(other, self_ctx, other_ctx, members, keep_empty=False)
+
+    def join_delta(self, delta: Self, self_ctx: CausalContext, delta_ctx: CausalContext) -> Self:
+        return self._join_members(delta, self_ctx, delta_ctx, delta.entries.keys(), keep_empty=False)
+
+    def combine(self, other: Self, self_ctx: CausalContext, other_ctx: CausalContext) -> Self:
+        members = self.entries.keys() | other.entries.keys()
+        return self._join_members(other, self_ctx, other_ctx, members, keep_empty=True)
+
+    def emptied(self) -> Self:
+        return type(self)(dict.fromkeys(self.entries, _NO_DOTS))
+
+    def _join_members(
+        self,
+        other: Self,
+        self_ctx: CausalContext,
+        other_ctx: CausalContext,
+        members: Iterable[str],
+        *,
+        keep_empty: bool,
+    ) -> Self:
+        # The copy of the member index is a C-level dict copy; the join work
+        # (the Python loop) is only over ``members``.
         mine, theirs = self.entries, other.entries
-        for member, dots in mine.items():
-            joined = join_dot_set(dots, self_ctx, theirs.get(member, _NO_DOTS), other_ctx)
-            if joined:
+        out = dict(mine)
+        for member in members:
+            joined = join_dot_set(mine.get(member, _NO_DOTS), self_ctx, theirs.get(member, _NO_DOTS), other_ctx)
+            if joined or keep_empty:
                 out[member] = joined
-        for member, dots in theirs.items():
-            if member not in mine:
-                joined = join_dot_set(_NO_DOTS, self_ctx, dots, other_ctx)
-                if joined:
-                    out[member] = joined
+            else:
+                out.pop(member, None)
         return type(self)(out)
 
     # -- mutators ---------------------------------------------------------------
@@ -83,24 +105,19 @@ class AWSet:
     def remove(self, member: str, dot: Dot) -> Causal[AWSet]:
         _check_member(member)
         return Causal(
-            AWSet(),
+            AWSet({member: _NO_DOTS}),  # names the member so join_delta visits it
             CausalContext.from_dots([dot, *self.entries.get(member, _NO_DOTS)]),
         )
 
     # -- reads --------------------------------------------------------------------
 
     def value(self) -> frozenset[str]:
-        return frozenset(self.entries)
+        return frozenset(m for m, dots in self.entries.items() if dots)
 
     def __contains__(self, member: object) -> bool:
-        return member in self.entries
+        return bool(self.entries.get(member, _NO_DOTS))  # type: ignore[call-overload]
 
 
 def _check_member(member: object) -> None:
     if not isinstance(member, str):
         raise TypeError(f"set members are strings, got {type(member).__name__}")
-
-
-def members_sorted(members: Iterable[str]) -> list[str]:
-    """Members in the order every face shows them: by code point."""
-    return sorted(members)

@@ -14,6 +14,10 @@ The decoder enforces the same rules and refuses anything else (unsorted or
 repeated entries, an unused region, a context that is not compact), so each
 content has exactly one encoding and decode-then-encode returns the input.
 
+Deltas name what they touch, so a delta may hold a member with no dots, a
+slot with no entries or a key with no slots (see ``dotstore.DotStore``); the
+codec writes those as they are. States never hold them.
+
 Size: a dot is ``[region_index, counter]``; in a set a member's dots are
 flattened into one array, so a member with one dot costs its name plus about
 five bytes up to counter 65,535 and seven up to 2**32. An add delta holds one
@@ -385,8 +389,8 @@ def _dec_set(body: Any, rd: _Reader) -> AWSet:
         member_raw, flat_raw = _list(item, "set entry", 2)
         member = _str(member_raw, "set member")
         flat = _list(flat_raw, "member dots")
-        if not flat or len(flat) % 2:
-            raise CodecError(f"member {member!r}: dots must be non-empty (region, counter) pairs")
+        if len(flat) % 2:
+            raise CodecError(f"member {member!r}: dots must be (region, counter) pairs")
         keys = [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
         dots = [rd.dot(ri, counter) for ri, counter in keys]
         _strictly_increasing(keys, f"dots of member {member!r}")
@@ -416,8 +420,6 @@ def _dec_key_state(body: Any, rd: _Reader) -> KeyState:
     for item in _list(body, "key state"):
         tag_raw, slot_body = _list(item, "key slot", 2)
         vtype, slot = _dec_slot(tag_raw, slot_body, rd)
-        if slot.is_bottom():
-            raise CodecError(f"key state: an empty {vtype.label} is written as no slot at all")
         tags.append(int(vtype))
         slots[vtype] = slot
     _strictly_increasing(tags, "key slots")

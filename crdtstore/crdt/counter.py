@@ -37,12 +37,11 @@ that knows when a dot is stable.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import NamedTuple, Self
+from dataclasses import dataclass
+from typing import NamedTuple
 
 from crdtstore.crdt.causal import CausalContext, Dot
-from crdtstore.crdt.dotstore import Causal, join_dot_fun
+from crdtstore.crdt.dotstore import Causal, DotFunStore
 
 __all__ = ["INT64_MAX", "INT64_MIN", "Counter", "Share"]
 
@@ -58,23 +57,8 @@ class Share(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
-class Counter:
-    entries: Mapping[Dot, Share] = field(default_factory=dict)
-
-    @classmethod
-    def bottom(cls) -> Self:
-        return cls()
-
-    def is_bottom(self) -> bool:
-        return not self.entries
-
-    def dots(self) -> Iterator[Dot]:
-        return iter(self.entries)
-
-    def join(self, other: Self, self_ctx: CausalContext, other_ctx: CausalContext) -> Self:
-        if not other.entries and not self.entries:
-            return self
-        return type(self)(join_dot_fun(self.entries, self_ctx, other.entries, other_ctx))
+class Counter(DotFunStore[Share]):
+    """A dot fun ``dot -> Share``, one share per region; see the module docstring."""
 
     # -- mutators ---------------------------------------------------------------
 

@@ -35,18 +35,26 @@ compared before and after it is joined).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, Protocol, Self, TypeVar
 
 from crdtstore.crdt.causal import CausalContext, Dot
 
-__all__ = ["Causal", "DotStore", "join_dot_fun", "join_dot_set"]
+__all__ = ["Causal", "DotFunStore", "DotStore", "join_dot_fun", "join_dot_set"]
 
 V = TypeVar("V")
 
 
 class DotStore(Protocol):
-    """What every embedded type answers."""
+    """What every embedded type answers.
+
+    Deltas *name* what they touch: a delta may hold empty entries (a set member
+    with no dots, a key with no slots, a slot with no entries) that say "this
+    was touched and is now empty here". ``join_delta`` relies on that to visit
+    only what the delta names, so applying a delta costs the size of the delta;
+    ``join`` visits everything and never needs names; ``combine`` joins two
+    deltas and keeps the names of both. States never hold empty entries.
+    """
 
     @classmethod
     def bottom(cls) -> Self:
@@ -59,7 +67,21 @@ class DotStore(Protocol):
         """Every dot still visible in this store."""
         ...
 
-    def join(self, other: Self, self_ctx: CausalContext, other_ctx: CausalContext) -> Self: ...
+    def join(self, other: Self, self_ctx: CausalContext, other_ctx: CausalContext) -> Self:
+        """The full join of two states (or a state and a delta); keeps no empty entries."""
+        ...
+
+    def join_delta(self, delta: Self, self_ctx: CausalContext, delta_ctx: CausalContext) -> Self:
+        """``join`` for a delta that names everything it touches; visits only that."""
+        ...
+
+    def combine(self, other: Self, self_ctx: CausalContext, other_ctx: CausalContext) -> Self:
+        """Join two deltas into one that still names everything either names."""
+        ...
+
+    def emptied(self) -> Self:
+        """A delta store that names everything in this one and holds none of it."""
+        ...
 
 
 S = TypeVar("S", bound=DotStore)
@@ -75,6 +97,18 @@ class Causal(Generic[S]):
     def join(self, other: Causal[S]) -> Causal[S]:
         return Causal(
             self.store.join(other.store, self.context, other.context),
+            self.context.join(other.context),
+        )
+
+    def join_delta(self, delta: Causal[S]) -> Causal[S]:
+        return Causal(
+            self.store.join_delta(delta.store, self.context, delta.context),
+            self.context.join(delta.context),
+        )
+
+    def combine(self, other: Causal[S]) -> Causal[S]:
+        return Causal(
+            self.store.combine(other.store, self.context, other.context),
             self.context.join(other.context),
         )
 
@@ -114,3 +148,38 @@ def join_dot_fun(
         if dot not in f1 and not c1.contains(dot):
             out[dot] = value
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class DotFunStore(Generic[V]):
+    """A dot store that is a dot fun ``dot -> V``: the base of the register and the counter.
+
+    Its entries are few (one per region, or per concurrent write), so a delta
+    join may visit them all; there is nothing finer to name.
+    """
+
+    entries: Mapping[Dot, V] = field(default_factory=dict)
+
+    @classmethod
+    def bottom(cls) -> Self:
+        return cls()
+
+    def is_bottom(self) -> bool:
+        return not self.entries
+
+    def dots(self) -> Iterator[Dot]:
+        return iter(self.entries)
+
+    def join(self, other: Self, self_ctx: CausalContext, other_ctx: CausalContext) -> Self:
+        if not other.entries and not self.entries:
+            return self
+        return type(self)(join_dot_fun(self.entries, self_ctx, other.entries, other_ctx))
+
+    def join_delta(self, delta: Self, self_ctx: CausalContext, delta_ctx: CausalContext) -> Self:
+        return self.join(delta, self_ctx, delta_ctx)
+
+    def combine(self, other: Self, self_ctx: CausalContext, other_ctx: CausalContext) -> Self:
+        return self.join(other, self_ctx, other_ctx)
+
+    def emptied(self) -> Self:
+        return type(self)()

@@ -32,13 +32,14 @@ Every mutation mints at least one dot of the writing region, including removes
 and deletes, so the context's version vector counts every event a replica has
 applied. Replication uses that as its version vector.
 
-Deltas. Mutators return a delta that is itself a ``StoreMap``. Its entries
-name every key the mutation touched, with an empty ``KeyState`` for a key the
-mutation emptied (a delete, say); ``join_delta`` relies on that to join only
-those keys, so the merge work is the size of the delta, not of the store (this
-in-memory form still copies its key index, a C-level dict copy; the node keeps
-keys in LMDB and joins key by key). A full-state ``join`` visits every key and
-needs no such help.
+Deltas. Mutators return a delta that is itself a ``StoreMap``. It names
+everything the mutation touched, down to set members: a delete names every
+slot and member of the key with empty entries. ``join_delta`` relies on that
+to visit only what the delta names, so the merge work is the size of the delta,
+not of the store (this in-memory form still copies its key and member indexes,
+C-level dict copies; the node keeps keys in LMDB and joins key by key). A
+full-state ``join`` visits everything and needs no names; ``combine`` joins
+deltas and keeps the names.
 """
 
 from __future__ import annotations
@@ -129,29 +130,46 @@ class KeyState:
         return cls()
 
     def is_bottom(self) -> bool:
-        return not self.slots
+        """True when no slot holds a dot (a delta may still name slots)."""
+        return all(slot.is_bottom() for slot in self.slots.values())
 
     def dots(self) -> Iterator[Dot]:
         for slot in self.slots.values():
             yield from slot.dots()
 
     def join(self, other: Self, self_ctx: CausalContext, other_ctx: CausalContext) -> Self:
-        out: dict[ValueType, Slot] = {}
-        for vtype in sorted(self.slots.keys() | other.slots.keys()):
-            mine = self.slots.get(vtype)
-            theirs = other.slots.get(vtype)
-            if mine is None:
-                mine = _SLOT_CLASS[vtype].bottom()
-            if theirs is None:
-                theirs = _SLOT_CLASS[vtype].bottom()
-            joined = mine.join(theirs, self_ctx, other_ctx)  # type: ignore[arg-type]
-            if not joined.is_bottom():
+        return self._join_slots(other, self_ctx, other_ctx, self.slots.keys() | other.slots.keys(), "join")
+
+    def join_delta(self, delta: Self, self_ctx: CausalContext, delta_ctx: CausalContext) -> Self:
+        # A delta names every slot it touches (a delete names them all), so the
+        # slots it does not name are unchanged.
+        return self._join_slots(delta, self_ctx, delta_ctx, delta.slots.keys(), "join_delta")
+
+    def combine(self, other: Self, self_ctx: CausalContext, other_ctx: CausalContext) -> Self:
+        return self._join_slots(other, self_ctx, other_ctx, self.slots.keys() | other.slots.keys(), "combine")
+
+    def emptied(self) -> Self:
+        return type(self)({t: slot.emptied() for t, slot in self.slots.items()})
+
+    def _join_slots(
+        self, other: Self, self_ctx: CausalContext, other_ctx: CausalContext, types: Iterable[ValueType], how: str
+    ) -> Self:
+        out = dict(self.slots)
+        for vtype in sorted(types):
+            empty = _SLOT_CLASS[vtype].bottom()
+            mine = self.slots.get(vtype, empty)
+            theirs = other.slots.get(vtype, empty)
+            joined = getattr(mine, how)(theirs, self_ctx, other_ctx)
+            if how == "combine" or not joined.is_bottom():
                 out[vtype] = joined
+            else:
+                out.pop(vtype, None)
         return type(self)(out)
 
     @property
     def visible_type(self) -> ValueType | None:
-        return min(self.slots) if self.slots else None
+        live = [t for t, slot in self.slots.items() if not slot.is_bottom()]
+        return min(live) if live else None
 
     def read(self) -> KeyValue | None:
         vtype = self.visible_type
@@ -161,7 +179,9 @@ class KeyState:
         siblings: tuple[Sibling, ...] = ()
         if isinstance(slot, Register) and len(slot.entries) > 1:
             siblings = tuple(slot.siblings())
-        conflicts = tuple((t, _slot_value(t, s)) for t, s in sorted(self.slots.items()) if t != vtype)
+        conflicts = tuple(
+            (t, _slot_value(t, s)) for t, s in sorted(self.slots.items()) if t != vtype and not s.is_bottom()
+        )
         return KeyValue(vtype, _slot_value(vtype, slot), siblings, conflicts)
 
 
@@ -183,23 +203,34 @@ class StoreMap:
 
     def join(self, other: StoreMap) -> StoreMap:
         """The full join; correct for any two states of one execution."""
-        return self._join_keys(other, self.entries.keys() | other.entries.keys())
+        return self._join_keys(other, self.entries.keys() | other.entries.keys(), "join")
 
     def join_delta(self, delta: StoreMap) -> StoreMap:
         """Apply a delta that names every key it touches (what the mutators return).
 
         Equal to ``join`` for such deltas (a property test holds it to that).
         """
-        return self._join_keys(delta, delta.entries.keys())
+        return self._join_keys(delta, delta.entries.keys(), "join_delta")
 
-    def _join_keys(self, other: StoreMap, keys: Iterable[str]) -> StoreMap:
+    def combine(self, other: StoreMap) -> StoreMap:
+        """Join two deltas into one delta that still names everything either names.
+
+        A batch of operations travels and applies as one unit; its delta is the
+        ``combine`` of the operations' deltas. Unlike ``join``, what a part
+        emptied stays named, so ``join_delta`` of the result equals joining
+        the parts one by one.
+        """
+        return self._join_keys(other, self.entries.keys() | other.entries.keys(), "combine")
+
+    def _join_keys(self, other: StoreMap, keys: Iterable[str], how: str) -> StoreMap:
         out = dict(self.entries)
         for key in keys:
-            joined = out.get(key, _EMPTY_KEY).join(other.entries.get(key, _EMPTY_KEY), self.context, other.context)
-            if joined.is_bottom():
-                out.pop(key, None)
-            else:
+            mine = out.get(key, _EMPTY_KEY)
+            joined = getattr(mine, how)(other.entries.get(key, _EMPTY_KEY), self.context, other.context)
+            if how == "combine" or not joined.is_bottom():
                 out[key] = joined
+            else:
+                out.pop(key, None)
         return StoreMap(out, self.context.join(other.context))
 
     # -- reads ----------------------------------------------------------------------
@@ -235,9 +266,11 @@ class StoreMap:
         _check_key(key)
         dot = self.context.next_dot(region)
         state = self.entries.get(key, _EMPTY_KEY)
-        return StoreMap({key: _EMPTY_KEY}, CausalContext.from_dots([dot, *state.dots()]))
+        return StoreMap({key: state.emptied()}, CausalContext.from_dots([dot, *state.dots()]))
 
     def _set_op(self, key: str, members: Iterable[str], region: str, *, add: bool) -> StoreMap:
+        if isinstance(members, str):
+            raise TypeError("pass the members as a list of strings, not one string")
         unique = sorted(set(members))
         if not unique:
             raise ValueError("a set operation needs at least one member")
@@ -251,10 +284,7 @@ class StoreMap:
             part = aw.add(member, dot) if add else aw.remove(member, dot)
             store.update(part.store.entries)
             dots.extend(part.context.dots())
-        return StoreMap(
-            {key: KeyState({ValueType.SET: AWSet(store)} if store else {})},
-            CausalContext.from_dots(dots),
-        )
+        return StoreMap({key: KeyState({ValueType.SET: AWSet(store)})}, CausalContext.from_dots(dots))
 
     def _slot(self, key: str, vtype: ValueType) -> Slot:
         _check_key(key)

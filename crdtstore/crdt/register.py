@@ -24,12 +24,11 @@ concurrent writes) that is one of each.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import NamedTuple, Self
+from dataclasses import dataclass
+from typing import NamedTuple
 
 from crdtstore.crdt.causal import CausalContext, Dot
-from crdtstore.crdt.dotstore import Causal, join_dot_fun
+from crdtstore.crdt.dotstore import Causal, DotFunStore
 from crdtstore.crdt.hlc import Timestamp
 
 __all__ = ["Register", "Sibling", "Version"]
@@ -55,23 +54,8 @@ def _rank(dot: Dot, version: Version) -> tuple[Timestamp, str, int]:
 
 
 @dataclass(frozen=True, slots=True)
-class Register:
-    entries: Mapping[Dot, Version] = field(default_factory=dict)
-
-    @classmethod
-    def bottom(cls) -> Self:
-        return cls()
-
-    def is_bottom(self) -> bool:
-        return not self.entries
-
-    def dots(self) -> Iterator[Dot]:
-        return iter(self.entries)
-
-    def join(self, other: Self, self_ctx: CausalContext, other_ctx: CausalContext) -> Self:
-        if not other.entries and not self.entries:
-            return self
-        return type(self)(join_dot_fun(self.entries, self_ctx, other.entries, other_ctx))
+class Register(DotFunStore[Version]):
+    """A dot fun ``dot -> Version``; see the module docstring."""
 
     # -- mutators: each returns only the delta -------------------------------
 

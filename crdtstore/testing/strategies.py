@@ -137,13 +137,13 @@ def type_executions(draw: st.DrawFn, kind: TypeUnderTest[S]) -> Execution[S]:
         if op == "mutate":
             before = replicas[i]
             delta = arg(before, REGIONS[i])
-            replicas[i] = before.join(delta)
+            replicas[i] = before.join_delta(delta)
             out.deltas.append(delta)
             out.steps.append((before, delta, replicas[i]))
         elif op == "deliver":
             if not out.deltas:
                 continue
-            replicas[i] = replicas[i].join(out.deltas[arg % len(out.deltas)])
+            replicas[i] = replicas[i].join_delta(out.deltas[arg % len(out.deltas)])
         else:
             replicas[i] = replicas[i].join(replicas[arg])
         out.snapshots.append(replicas[i])

@@ -1,0 +1,1 @@
+"""Benchmarks of crdtstore (run them as modules, e.g. ``python -m benchmarks.micro``)."""
