@@ -11,8 +11,11 @@ To get there every collection is written in one order (sorted by key, dots by
 writer may choose), integers use msgpack's shortest form, and region names are
 written once per value in a sorted *region table* that dots refer to by index.
 The decoder enforces the same rules and refuses anything else (unsorted or
-repeated entries, an unused region, a context that is not compact), so each
-content has exactly one encoding and decode-then-encode returns the input.
+repeated entries, an unused region, a base that is not the smallest counter, a
+context that is not compact). It does accept msgpack's longer forms of an
+integer or a length (``0xcc 0x00`` for zero, say), which another msgpack
+writer may produce; the value it returns re-encodes to the canonical bytes, so
+digests are always taken over canonical bytes.
 
 Deltas name what they touch, so a delta may hold a member with no dots, a
 slot with no entries or a key with no slots (see ``dotstore.DotStore``); the

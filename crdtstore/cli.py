@@ -1,0 +1,355 @@
+"""The ``crdtstore`` command: run a node, or read and write one.
+
+    crdtstore serve [--config FILE] [--data-dir DIR] [--listen HOST:PORT] [--region NAME]
+    crdtstore [--addr HOST:PORT] get KEY [--json]
+    crdtstore [--addr HOST:PORT] set KEY VALUE [--json]
+    crdtstore [--addr HOST:PORT] incr KEY [N] [--json]       # N may be negative; default 1
+    crdtstore [--addr HOST:PORT] sadd KEY MEMBER [MEMBER ...] [--json]
+    crdtstore [--addr HOST:PORT] srem KEY MEMBER [MEMBER ...] [--json]
+    crdtstore [--addr HOST:PORT] del KEY [--json]
+    crdtstore [--addr HOST:PORT] scan [PREFIX] [--json]
+    crdtstore [--addr HOST:PORT] status [--json]
+
+``--addr`` defaults to ``$CRDTSTORE_ADDR``, then to ``DEFAULT_ADDR``, where
+``serve`` listens by default.
+
+Output. ``get --json`` prints one object ``{"key", "type", "value"}``: a set's
+value is its sorted members, a counter's an integer, a register's the winning
+value as text, or in base64 with ``"encoding": "base64"`` when it (or one of its
+siblings) is not UTF-8. A register with concurrent writes adds ``"siblings"``
+(every live value, winner first, in the same encoding) and a key with slots of
+other types adds ``"conflicts"`` (``[{"type", "value"}, ...]``). A missing key
+is ``{"key": K, "type": null, "value": null}``. ``scan --json`` prints one such
+object per line. Writes print nothing, or with ``--json``
+``{"token": <base64>, "replayed": bool}``.
+
+Exit status: 0 on success (a missing key included), 1 when the server or the
+connection reports an error, 2 for wrong usage. Errors are one line on stderr.
+
+``serve`` belongs to the node: its options come from
+``crdtstore.node.main.add_serve_arguments`` and it runs
+``crdtstore.node.main.serve_from_args``, imported only when ``serve`` is asked
+for, so the client commands work without the node's dependencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+import grpc
+
+from crdtstore.client import Client, ClientError, Entry, Status, Value, WriteResult
+
+__all__ = ["ADDR_ENV", "DEFAULT_ADDR", "build_parser", "entry_json", "main"]
+
+DEFAULT_ADDR = "127.0.0.1:7420"
+ADDR_ENV = "CRDTSTORE_ADDR"
+PROG = "crdtstore"
+
+_WRITES = frozenset({"set", "incr", "sadd", "srem", "del"})
+
+Handler = Callable[[Client, argparse.Namespace], WriteResult | None]
+
+
+# -- rendering ---------------------------------------------------------------------------
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _texts(values: Sequence[bytes]) -> tuple[list[str], bool]:
+    """The values as UTF-8 text, or all in base64 (and True) when one is not UTF-8."""
+    try:
+        return [v.decode("utf-8") for v in values], False
+    except UnicodeDecodeError:
+        return [_b64(v) for v in values], True
+
+
+def _json_value(value: Value) -> tuple[object, bool]:
+    """A value in JSON, and whether it is base64."""
+    if isinstance(value, bytes):
+        (text,), is_b64 = _texts([value])
+        return text, is_b64
+    if isinstance(value, int):
+        return value, False
+    return sorted(value), False
+
+
+def entry_json(entry: Entry) -> dict[str, object]:
+    """The JSON object ``get --json`` prints for ``entry``."""
+    out: dict[str, object] = {"key": entry.key, "type": entry.type, "value": None}
+    if entry.value is None:
+        return out
+    if isinstance(entry.value, bytes) and entry.siblings:
+        texts, is_b64 = _texts([entry.value, *(s.value for s in entry.siblings)])
+        out["value"] = texts[0]
+        if is_b64:
+            out["encoding"] = "base64"
+        out["siblings"] = texts[1:]
+    else:
+        out["value"], is_b64 = _json_value(entry.value)
+        if is_b64:
+            out["encoding"] = "base64"
+    if entry.conflicts:
+        conflicts: list[dict[str, object]] = []
+        for conflict in entry.conflicts:
+            value, is_b64 = _json_value(conflict.value)
+            item: dict[str, object] = {"type": conflict.type, "value": value}
+            if is_b64:
+                item["encoding"] = "base64"
+            conflicts.append(item)
+        out["conflicts"] = conflicts
+    return out
+
+
+def _escape(text: str) -> str:
+    """``text`` on one line: control characters (tab and newline too) and backslashes escaped."""
+    if text.isprintable() and "\\" not in text:
+        return text
+    out: list[str] = []
+    for ch in text:
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch in "\t\n\r":
+            out.append({"\t": "\\t", "\n": "\\n", "\r": "\\r"}[ch])
+        elif ord(ch) < 32 or ord(ch) == 127:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _human_register(value: bytes) -> tuple[str, bool]:
+    """A register value for a person, and whether it had to be escaped (it is not UTF-8)."""
+    try:
+        return value.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return value.decode("utf-8", errors="backslashreplace"), True
+
+
+def _human_line(value: Value) -> str:
+    if isinstance(value, bytes):
+        return _escape(_human_register(value)[0])
+    if isinstance(value, int):
+        return str(value)
+    return json.dumps(sorted(value), ensure_ascii=False)
+
+
+def _note(message: str) -> None:
+    print(f"{PROG}: {message}", file=sys.stderr)
+
+
+def _print_json(obj: object) -> None:
+    print(json.dumps(obj, ensure_ascii=False))
+
+
+def _print_entry(entry: Entry) -> None:
+    if entry.value is None:
+        _note(f"{entry.key!r}: no such key")
+        return
+    if isinstance(entry.value, bytes):
+        text, escaped = _human_register(entry.value)
+        print(text)
+        if escaped:
+            _note(f"{entry.key!r}: the value is not UTF-8 and is shown escaped; --json gives its exact bytes")
+        if entry.siblings:
+            _note(f"{entry.key!r}: {len(entry.siblings)} concurrent values, this is the winner; --json lists them")
+    elif isinstance(entry.value, int):
+        print(entry.value)
+    else:
+        for member in sorted(entry.value):
+            print(member)
+    if entry.conflicts:
+        types = ", ".join(sorted({c.type for c in entry.conflicts}))
+        _note(f"{entry.key!r}: also created concurrently as: {types}; delete the key to resolve")
+
+
+def _status_json(status: Status) -> dict[str, object]:
+    return {**status, "token": _b64(status["token"])}
+
+
+# -- commands ----------------------------------------------------------------------------
+
+
+def _get(client: Client, args: argparse.Namespace) -> None:
+    entry = client.get(args.key)
+    if args.json:
+        _print_json(entry_json(entry))
+    else:
+        _print_entry(entry)
+
+
+def _scan(client: Client, args: argparse.Namespace) -> None:
+    for entry in client.scan(args.prefix):
+        if args.json:
+            _print_json(entry_json(entry))
+        elif entry.value is not None:
+            print(f"{_escape(entry.key)}\t{_human_line(entry.value)}")
+
+
+def _status(client: Client, args: argparse.Namespace) -> None:
+    status = _status_json(client.status())
+    if args.json:
+        _print_json(status)
+    else:
+        for name, value in status.items():
+            print(f"{name}: {json.dumps(value) if isinstance(value, bool) else value}")
+
+
+def _set(client: Client, args: argparse.Namespace) -> WriteResult:
+    return client.set(args.key, args.value)
+
+
+def _incr(client: Client, args: argparse.Namespace) -> WriteResult:
+    return client.incr(args.key, args.n)
+
+
+def _sadd(client: Client, args: argparse.Namespace) -> WriteResult:
+    return client.sadd(args.key, *args.members)
+
+
+def _srem(client: Client, args: argparse.Namespace) -> WriteResult:
+    return client.srem(args.key, *args.members)
+
+
+def _del(client: Client, args: argparse.Namespace) -> WriteResult:
+    return client.delete(args.key)
+
+
+def _describe(err: ClientError, addr: str, *, write: bool) -> str:
+    """One line a person can act on."""
+    message = " ".join(err.message.split())
+    if err.code == grpc.StatusCode.UNAVAILABLE:
+        lowered = message.lower()
+        if any(s in lowered for s in ("failed to connect", "connection refused", "dns resolution", "name resolution")):
+            return f"cannot reach {addr}: is the server running? (UNAVAILABLE: {message})"
+        return f"{addr} is unavailable: {message} (UNAVAILABLE)"
+    if err.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        maybe = "; the write may or may not have been applied" if write else ""
+        return f"{addr} did not answer in time{maybe} (DEADLINE_EXCEEDED)"
+    return f"{message} ({err.code.name})"
+
+
+# -- parsing -----------------------------------------------------------------------------
+
+
+def build_parser(serve_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.ArgumentParser:
+    """The parser; ``serve_arguments`` adds the node's options to ``serve`` (main passes the node's own)."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="A multi-region CRDT key-value store: run a node, or read and write one.",
+        allow_abbrev=False,
+    )
+    parser.add_argument(
+        "--addr",
+        metavar="HOST:PORT",
+        help=f"the node to talk to (default: ${ADDR_ENV}, else {DEFAULT_ADDR})",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run a node", description="Run a crdtstore node.")
+    if serve_arguments is not None:
+        serve_arguments(serve)
+
+    def command(name: str, handler: Handler, help_text: str, *, json_help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text[:1].upper() + help_text[1:] + ".")
+        sub.set_defaults(handler=handler)
+        sub.add_argument("--json", action="store_true", help=json_help)
+        return sub
+
+    write_json = 'print {"token": <base64>, "replayed": bool}'
+
+    get = command("get", _get, "read a key", json_help="print one JSON object")
+    get.add_argument("key", metavar="KEY")
+
+    set_ = command("set", _set, "write a register", json_help=write_json)
+    set_.add_argument("key", metavar="KEY")
+    set_.add_argument("value", metavar="VALUE", help="stored as its UTF-8 bytes")
+
+    # A negative N ("incr KEY -5") is taken as N, not as an option: argparse
+    # does so because no option of this parser looks like a negative number.
+    incr = command("incr", _incr, "add N to a counter", json_help=write_json)
+    incr.add_argument("key", metavar="KEY")
+    incr.add_argument("n", metavar="N", type=int, nargs="?", default=1, help="may be negative (default: 1)")
+
+    sadd = command("sadd", _sadd, "add members to a set", json_help=write_json)
+    sadd.add_argument("key", metavar="KEY")
+    sadd.add_argument("members", metavar="MEMBER", nargs="+")
+
+    srem = command("srem", _srem, "remove members from a set", json_help=write_json)
+    srem.add_argument("key", metavar="KEY")
+    srem.add_argument("members", metavar="MEMBER", nargs="+")
+
+    del_ = command("del", _del, "delete a key", json_help=write_json)
+    del_.add_argument("key", metavar="KEY")
+
+    scan = command("scan", _scan, "list keys in key order", json_help="print one JSON object per line")
+    scan.add_argument("prefix", metavar="PREFIX", nargs="?", default="", help="only keys that start with it")
+
+    command("status", _status, "show the node's status", json_help="print one JSON object")
+    return parser
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand named in ``argv``: the first word that is neither an option nor ``--addr``'s value."""
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--addr":
+            i += 2
+        elif arg.startswith("-"):
+            i += 1
+        else:
+            return arg
+    return None
+
+
+def _serve(argv: Sequence[str]) -> int:
+    try:
+        # Imported here, not at the top: the client commands must not need the node's dependencies.
+        from crdtstore.node.main import add_serve_arguments, serve_from_args  # noqa: PLC0415
+    except ImportError as exc:
+        _note(f"cannot start the server: {exc}")
+        return 1
+    args = build_parser(add_serve_arguments).parse_args(argv)
+    return serve_from_args(args)
+
+
+def _resolve_addr(flag: str | None) -> str:
+    return flag or os.environ.get(ADDR_ENV) or DEFAULT_ADDR
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    if _command_of(argv) == "serve":
+        return _serve(argv)
+    args = build_parser().parse_args(argv)
+    addr = _resolve_addr(args.addr)
+    handler: Handler = args.handler
+    try:
+        with Client(addr) as client:
+            result = handler(client, args)
+            if result is not None and args.json:
+                _print_json({"token": _b64(result.token), "replayed": result.replayed})
+    except ClientError as err:
+        _note(_describe(err, addr, write=args.command in _WRITES))
+        return 1
+    except BrokenPipeError:
+        # The reader went away (``scan | head``): stop quietly, and keep Python's exit-time flush quiet too.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,591 @@
+"""The Python client of crdtstore: ``Client`` (blocking) and ``AsyncClient`` (asyncio).
+
+    with Client("127.0.0.1:7420") as kv:
+        kv.set("greeting", "hello")
+        kv.incr("visits", 5)
+        kv.sadd("cart", "apple", "pear")
+        entry = kv.get("cart")          # Entry(key='cart', type='set', value=frozenset({'apple', 'pear'}), ...)
+
+    async with AsyncClient("127.0.0.1:7420") as kv:
+        await kv.set("greeting", "hello")
+        async for entry in kv.scan("user/"):
+            ...
+
+The two classes share everything but the waiting: requests are built and
+answers converted by the module-level functions below, and the retry policy is
+one object; each class only runs the loop that sends, waits and retries, with
+``grpc`` or ``grpc.aio``.
+
+Retries. A call that fails with ``UNAVAILABLE`` (the node is down, draining or
+not ready yet) is retried up to ``retries_max`` times, after a jittered
+exponential backoff: before retry *n* (from 0) the client sleeps a random time
+between half and all of ``min(backoff_ms_max, backoff_ms_initial * 2**n)``.
+Nothing else is retried. In particular ``DEADLINE_EXCEEDED`` is not: a batch
+that timed out may or may not have been applied, and the ``ClientError`` carries
+the batch's ``idempotency_key`` so the caller can send it again with the same key
+and learn the outcome without applying it twice. ``timeout_s`` is the deadline
+of each attempt, not of the whole call.
+
+Idempotency. Every ``mutate`` (and so every ``set``/``incr``/``sadd``/``srem``/
+``delete``) carries an idempotency key, a fresh UUID4 unless the caller gives
+one; retries reuse it, so a retried batch is applied once and the answer to a
+retry says ``replayed=True``. Passing ``idempotency_key=b""`` turns
+deduplication off, and with it the retries of that batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Generic, Literal, NamedTuple, Self, TypedDict, TypeVar
+
+import grpc
+import grpc.aio
+
+from crdtstore.operations import AddMembers, DeleteKey, Increment, Operation, RemoveMembers, SetRegister
+from crdtstore.v1 import kv_pb2, kv_pb2_grpc
+
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "ClientError",
+    "Conflict",
+    "Entry",
+    "Sibling",
+    "Status",
+    "TypeMismatchError",
+    "TypeName",
+    "Value",
+    "WriteResult",
+]
+
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
+_UINT32_MAX = 2**32 - 1
+
+# The client trusts the server it talks to: a page of a scan or a register with
+# siblings may exceed gRPC's default 4 MiB, and the server bounds what it sends.
+_CHANNEL_OPTIONS: list[tuple[str, Any]] = [("grpc.max_receive_message_length", -1)]
+
+TypeName = Literal["register", "counter", "set"]
+Value = bytes | int | frozenset[str]
+
+# Sleep functions, module attributes so tests can replace them.
+_sleep: Callable[[float], None] = time.sleep
+_async_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+
+# -- results ---------------------------------------------------------------------------
+
+
+class Sibling(NamedTuple):
+    """One live register write: its value, the region that wrote it and its hybrid logical timestamp."""
+
+    value: bytes
+    region: str
+    wall_ms: int
+    logical: int
+
+
+class Conflict(NamedTuple):
+    """A slot of another type created concurrently under the same key (delete the key to resolve)."""
+
+    type: TypeName
+    value: Value
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """What a read shows of one key.
+
+    ``type`` and ``value`` are ``None`` when the key does not exist. ``value`` is
+    ``bytes`` for a register (the winning write), an exact ``int`` for a counter
+    and a ``frozenset[str]`` for a set. ``siblings`` lists a register's
+    concurrent writes, winner first, and is empty when there is only one.
+    ``token`` is the causal token of the read (empty for entries of a scan).
+    """
+
+    key: str
+    type: TypeName | None
+    value: Value | None
+    siblings: tuple[Sibling, ...] = ()
+    conflicts: tuple[Conflict, ...] = ()
+    token: bytes = b""
+
+    @property
+    def exists(self) -> bool:
+        return self.type is not None
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """The answer to a write: the causal token it produced, and whether it answers a retry of an applied batch."""
+
+    token: bytes
+    replayed: bool
+
+
+class Status(TypedDict):
+    region: str
+    version: str
+    keys: int
+    token: bytes
+    draining: bool
+    data_bytes: int
+
+
+# -- errors ----------------------------------------------------------------------------
+
+
+class ClientError(Exception):
+    """A call that failed: the gRPC status code and the server's (or gRPC's) message.
+
+    ``idempotency_key`` is set for a failed ``mutate``: send the same operations
+    again with it to learn whether the batch was applied without applying it twice.
+    """
+
+    def __init__(self, code: grpc.StatusCode, message: str, *, idempotency_key: bytes | None = None) -> None:
+        super().__init__(f"{message} ({code.name})")
+        self.code = code
+        self.message = message
+        self.idempotency_key = idempotency_key
+
+
+class TypeMismatchError(ClientError):
+    """``FAILED_PRECONDITION``: an operation of the wrong type for the key."""
+
+
+def _client_error(code: grpc.StatusCode, message: str, idempotency_key: bytes | None) -> ClientError:
+    cls = TypeMismatchError if code == grpc.StatusCode.FAILED_PRECONDITION else ClientError
+    return cls(code, message, idempotency_key=idempotency_key)
+
+
+def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status of a failed call; both ``grpc`` and ``grpc.aio`` errors have ``code()`` and ``details()``."""
+    code_fn = getattr(exc, "code", None)
+    details_fn = getattr(exc, "details", None)
+    code = code_fn() if callable(code_fn) else None
+    details = details_fn() if callable(details_fn) else None
+    if not isinstance(code, grpc.StatusCode):
+        code = grpc.StatusCode.UNKNOWN
+    return code, details if isinstance(details, str) and details else str(exc)
+
+
+def _malformed(what: str) -> ClientError:
+    return ClientError(grpc.StatusCode.INTERNAL, f"the server sent a malformed answer: {what}")
+
+
+# -- requests --------------------------------------------------------------------------
+
+
+def _as_bytes(value: bytes | str) -> bytes:
+    return value.encode("utf-8") if isinstance(value, str) else bytes(value)
+
+
+def _operation_to_proto(op: Operation) -> kv_pb2.Operation:
+    if isinstance(op, SetRegister):
+        return kv_pb2.Operation(key=op.key, set=kv_pb2.SetRegister(value=op.value))
+    if isinstance(op, Increment):
+        if not _INT64_MIN <= op.amount <= _INT64_MAX:
+            raise ClientError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"amount {op.amount} is outside the signed 64-bit range"
+            )
+        return kv_pb2.Operation(key=op.key, increment=kv_pb2.Increment(amount=op.amount))
+    if isinstance(op, AddMembers):
+        return kv_pb2.Operation(key=op.key, add=kv_pb2.AddMembers(members=op.members))
+    if isinstance(op, RemoveMembers):
+        return kv_pb2.Operation(key=op.key, remove=kv_pb2.RemoveMembers(members=op.members))
+    return kv_pb2.Operation(key=op.key, delete=kv_pb2.DeleteKey())
+
+
+def _mutate_request(ops: Sequence[Operation], idempotency_key: bytes | None) -> kv_pb2.MutateRequest:
+    key = uuid.uuid4().bytes if idempotency_key is None else idempotency_key
+    try:
+        return kv_pb2.MutateRequest(operations=[_operation_to_proto(op) for op in ops], idempotency_key=key)
+    except ValueError as exc:  # protobuf refuses, say, a string that is not valid Unicode
+        raise ClientError(grpc.StatusCode.INVALID_ARGUMENT, str(exc), idempotency_key=key) from exc
+
+
+def _get_request(key: str) -> kv_pb2.GetRequest:
+    try:
+        return kv_pb2.GetRequest(key=key)
+    except ValueError as exc:
+        raise ClientError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+
+
+def _scan_request(prefix: str, page_size: int, page_token: str) -> kv_pb2.ScanRequest:
+    if not 0 <= page_size <= _UINT32_MAX:
+        raise ValueError(f"page_size must be between 0 (the server's default) and {_UINT32_MAX}, not {page_size}")
+    try:
+        return kv_pb2.ScanRequest(prefix=prefix, limit=page_size, page_token=page_token)
+    except ValueError as exc:
+        raise ClientError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+
+
+# Writes as operations: what both clients' set/incr/sadd/srem/delete send.
+def _set_op(key: str, value: bytes | str) -> list[Operation]:
+    return [SetRegister(key, _as_bytes(value))]
+
+
+def _incr_op(key: str, n: int) -> list[Operation]:
+    return [Increment(key, n)]
+
+
+def _sadd_op(key: str, members: Iterable[str]) -> list[Operation]:
+    return [AddMembers(key, tuple(members))]
+
+
+def _srem_op(key: str, members: Iterable[str]) -> list[Operation]:
+    return [RemoveMembers(key, tuple(members))]
+
+
+def _delete_op(key: str) -> list[Operation]:
+    return [DeleteKey(key)]
+
+
+# -- answers ---------------------------------------------------------------------------
+
+_TYPE_NAMES: dict[int, TypeName] = {
+    kv_pb2.VALUE_TYPE_REGISTER: "register",
+    kv_pb2.VALUE_TYPE_COUNTER: "counter",
+    kv_pb2.VALUE_TYPE_SET: "set",
+}
+
+
+def _counter_value(value: kv_pb2.Value) -> int:
+    """A counter's exact value: ``counter_decimal`` always holds it; ``counter`` only when it fits in int64."""
+    if value.counter_decimal:
+        try:
+            return int(value.counter_decimal)
+        except ValueError:
+            raise _malformed(f"counter {value.counter_decimal!r} is not a decimal integer") from None
+    if value.counter_fits:
+        return value.counter
+    raise _malformed("a counter with neither counter_decimal nor counter_fits")
+
+
+def _value_from_proto(value: kv_pb2.Value) -> tuple[TypeName, Value] | None:
+    if value.type == kv_pb2.VALUE_TYPE_UNSPECIFIED:
+        return None
+    name = _TYPE_NAMES.get(value.type)
+    if name is None:
+        raise _malformed(f"unknown value type {int(value.type)} (is the client older than the server?)")
+    if name == "register":
+        return name, bytes(value.register)
+    if name == "counter":
+        return name, _counter_value(value)
+    return name, frozenset(value.members)
+
+
+def _entry_from_proto(kv: kv_pb2.KeyValue, token: bytes = b"") -> Entry:
+    visible = _value_from_proto(kv.value)
+    conflicts: list[Conflict] = []
+    for c in kv.conflicts:
+        slot = _value_from_proto(c)
+        if slot is None:
+            raise _malformed(f"key {kv.key!r} lists a conflict without a type")
+        conflicts.append(Conflict(*slot))
+    siblings = tuple(Sibling(bytes(s.value), s.region, s.wall_ms, s.logical) for s in kv.siblings)
+    if visible is None:
+        return Entry(kv.key, None, None, siblings, tuple(conflicts), token)
+    return Entry(kv.key, visible[0], visible[1], siblings, tuple(conflicts), token)
+
+
+def _entry_from_get(resp: kv_pb2.GetResponse) -> Entry:
+    return _entry_from_proto(resp.entry, bytes(resp.token.vector))
+
+
+def _write_result(resp: kv_pb2.MutateResponse) -> WriteResult:
+    return WriteResult(bytes(resp.token.vector), resp.replayed)
+
+
+def _status_from_proto(resp: kv_pb2.StatusResponse) -> Status:
+    return Status(
+        region=resp.region,
+        version=resp.version,
+        keys=resp.keys,
+        token=bytes(resp.token.vector),
+        draining=resp.draining,
+        data_bytes=resp.data_bytes,
+    )
+
+
+def _scan_page(resp: kv_pb2.ScanResponse, page_token: str) -> tuple[list[Entry], str]:
+    """The entries of one page and the token of the next ('' when done)."""
+    if resp.next_page_token and resp.next_page_token == page_token:
+        raise _malformed("a scan page repeats its own page token")
+    return [_entry_from_proto(kv) for kv in resp.entries], resp.next_page_token
+
+
+# -- the RPCs --------------------------------------------------------------------------
+
+ReqT = TypeVar("ReqT")
+RespT = TypeVar("RespT")
+
+
+@dataclass(frozen=True, slots=True)
+class _Rpc(Generic[ReqT, RespT]):
+    service: Literal["KV", "Admin"]
+    method: str
+    response: type[RespT]
+
+
+_GET: _Rpc[kv_pb2.GetRequest, kv_pb2.GetResponse] = _Rpc("KV", "Get", kv_pb2.GetResponse)
+_MUTATE: _Rpc[kv_pb2.MutateRequest, kv_pb2.MutateResponse] = _Rpc("KV", "Mutate", kv_pb2.MutateResponse)
+_SCAN: _Rpc[kv_pb2.ScanRequest, kv_pb2.ScanResponse] = _Rpc("KV", "Scan", kv_pb2.ScanResponse)
+_STATUS: _Rpc[kv_pb2.StatusRequest, kv_pb2.StatusResponse] = _Rpc("Admin", "Status", kv_pb2.StatusResponse)
+
+
+class _Stubs:
+    """The generated stubs, the one place where untyped generated code is touched.
+
+    ``kv_pb2_grpc`` is untyped; its stubs are held as ``Any`` here and every
+    answer is checked against the ``_Rpc``'s response type in ``_expect``.
+    """
+
+    def __init__(self, channel: object) -> None:
+        generated: Any = kv_pb2_grpc
+        self._services: dict[str, Any] = {"KV": generated.KVStub(channel), "Admin": generated.AdminStub(channel)}
+
+    def method(self, rpc: _Rpc[ReqT, RespT]) -> Callable[..., Any]:
+        method: Callable[..., Any] = getattr(self._services[rpc.service], rpc.method)
+        return method
+
+
+def _expect(rpc: _Rpc[ReqT, RespT], response: object) -> RespT:
+    if not isinstance(response, rpc.response):
+        raise _malformed(f"{rpc.method} answered with a {type(response).__name__}")
+    return response
+
+
+# -- the clients -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _RetryPolicy:
+    retries_max: int
+    backoff_ms_initial: float
+    backoff_ms_max: float
+
+    def __post_init__(self) -> None:
+        if self.retries_max < 0:
+            raise ValueError(f"retries_max must be 0 or more, not {self.retries_max}")
+        if not 0 <= self.backoff_ms_initial <= self.backoff_ms_max:
+            raise ValueError(
+                f"need 0 <= backoff_ms_initial <= backoff_ms_max, got {self.backoff_ms_initial} "
+                f"and {self.backoff_ms_max}"
+            )
+
+    def delay_s(self, error: ClientError, attempt: int, retryable: bool) -> float | None:
+        """Seconds to wait before retrying after ``attempt`` (0 for the first try) failed, or None to give up."""
+        if not retryable or error.code != grpc.StatusCode.UNAVAILABLE or attempt >= self.retries_max:
+            return None
+        cap = min(self.backoff_ms_max, self.backoff_ms_initial * 2.0**attempt)
+        return random.uniform(cap / 2, cap) / 1000.0
+
+
+class _ClientBase:
+    """What ``Client`` and ``AsyncClient`` share: settings, retry policy, stubs."""
+
+    def __init__(
+        self,
+        addr: str,
+        *,
+        timeout_s: float,
+        retries_max: int,
+        backoff_ms_initial: float,
+        backoff_ms_max: float,
+    ) -> None:
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s must be positive, not {timeout_s}")
+        self.addr = addr
+        self.timeout_s = timeout_s
+        self._retry = _RetryPolicy(retries_max, backoff_ms_initial, backoff_ms_max)
+
+    def _fail(self, exc: BaseException, attempt: int, idempotency_key: bytes | None, retryable: bool) -> float:
+        """The delay before the next attempt, or raise the ``ClientError`` for ``exc``."""
+        code, message = _status_of(exc)
+        error = _client_error(code, message, idempotency_key)
+        delay = self._retry.delay_s(error, attempt, retryable)
+        if delay is None:
+            raise error from exc
+        return delay
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.addr!r})"
+
+
+class Client(_ClientBase):
+    """A blocking client on one ``grpc`` channel; safe to share between threads."""
+
+    def __init__(
+        self,
+        addr: str,
+        *,
+        timeout_s: float = 5.0,
+        retries_max: int = 5,
+        backoff_ms_initial: float = 50,
+        backoff_ms_max: float = 1000,
+    ) -> None:
+        super().__init__(
+            addr,
+            timeout_s=timeout_s,
+            retries_max=retries_max,
+            backoff_ms_initial=backoff_ms_initial,
+            backoff_ms_max=backoff_ms_max,
+        )
+        self._channel = grpc.insecure_channel(addr, options=_CHANNEL_OPTIONS)
+        self._stubs = _Stubs(self._channel)
+
+    def _call(
+        self, rpc: _Rpc[ReqT, RespT], request: ReqT, *, idempotency_key: bytes | None = None, retryable: bool = True
+    ) -> RespT:
+        method = self._stubs.method(rpc)
+        attempt = 0
+        while True:
+            try:
+                return _expect(rpc, method(request, timeout=self.timeout_s))
+            except grpc.RpcError as exc:
+                delay = self._fail(exc, attempt, idempotency_key, retryable)
+            _sleep(delay)
+            attempt += 1
+
+    def get(self, key: str) -> Entry:
+        return _entry_from_get(self._call(_GET, _get_request(key)))
+
+    def mutate(self, ops: Sequence[Operation], idempotency_key: bytes | None = None) -> WriteResult:
+        """Apply a batch atomically; see the module docstring for idempotency and retries."""
+        request = _mutate_request(ops, idempotency_key)
+        key = request.idempotency_key
+        return _write_result(self._call(_MUTATE, request, idempotency_key=key, retryable=bool(key)))
+
+    def set(self, key: str, value: bytes | str) -> WriteResult:
+        """Write a register; a ``str`` is sent as its UTF-8 bytes."""
+        return self.mutate(_set_op(key, value))
+
+    def incr(self, key: str, n: int = 1) -> WriteResult:
+        return self.mutate(_incr_op(key, n))
+
+    def sadd(self, key: str, *members: str) -> WriteResult:
+        return self.mutate(_sadd_op(key, members))
+
+    def srem(self, key: str, *members: str) -> WriteResult:
+        return self.mutate(_srem_op(key, members))
+
+    def delete(self, key: str) -> WriteResult:
+        return self.mutate(_delete_op(key))
+
+    def scan(self, prefix: str = "", page_size: int = 100) -> Iterator[Entry]:
+        """Every key under ``prefix`` in key order, fetched ``page_size`` at a time (0: the server's default)."""
+        page_token = ""
+        while True:
+            resp = self._call(_SCAN, _scan_request(prefix, page_size, page_token))
+            entries, page_token = _scan_page(resp, page_token)
+            yield from entries
+            if not page_token:
+                return
+
+    def status(self) -> Status:
+        return _status_from_proto(self._call(_STATUS, kv_pb2.StatusRequest()))
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class AsyncClient(_ClientBase):
+    """An asyncio client on one ``grpc.aio`` channel; create it inside the event loop that uses it."""
+
+    def __init__(
+        self,
+        addr: str,
+        *,
+        timeout_s: float = 5.0,
+        retries_max: int = 5,
+        backoff_ms_initial: float = 50,
+        backoff_ms_max: float = 1000,
+    ) -> None:
+        super().__init__(
+            addr,
+            timeout_s=timeout_s,
+            retries_max=retries_max,
+            backoff_ms_initial=backoff_ms_initial,
+            backoff_ms_max=backoff_ms_max,
+        )
+        self._channel = grpc.aio.insecure_channel(addr, options=_CHANNEL_OPTIONS)
+        self._stubs = _Stubs(self._channel)
+
+    async def _call(
+        self, rpc: _Rpc[ReqT, RespT], request: ReqT, *, idempotency_key: bytes | None = None, retryable: bool = True
+    ) -> RespT:
+        method = self._stubs.method(rpc)
+        attempt = 0
+        while True:
+            try:
+                return _expect(rpc, await method(request, timeout=self.timeout_s))
+            except grpc.RpcError as exc:
+                delay = self._fail(exc, attempt, idempotency_key, retryable)
+            await _async_sleep(delay)
+            attempt += 1
+
+    async def get(self, key: str) -> Entry:
+        return _entry_from_get(await self._call(_GET, _get_request(key)))
+
+    async def mutate(self, ops: Sequence[Operation], idempotency_key: bytes | None = None) -> WriteResult:
+        """Apply a batch atomically; see the module docstring for idempotency and retries."""
+        request = _mutate_request(ops, idempotency_key)
+        key = request.idempotency_key
+        return _write_result(await self._call(_MUTATE, request, idempotency_key=key, retryable=bool(key)))
+
+    async def set(self, key: str, value: bytes | str) -> WriteResult:
+        """Write a register; a ``str`` is sent as its UTF-8 bytes."""
+        return await self.mutate(_set_op(key, value))
+
+    async def incr(self, key: str, n: int = 1) -> WriteResult:
+        return await self.mutate(_incr_op(key, n))
+
+    async def sadd(self, key: str, *members: str) -> WriteResult:
+        return await self.mutate(_sadd_op(key, members))
+
+    async def srem(self, key: str, *members: str) -> WriteResult:
+        return await self.mutate(_srem_op(key, members))
+
+    async def delete(self, key: str) -> WriteResult:
+        return await self.mutate(_delete_op(key))
+
+    async def scan(self, prefix: str = "", page_size: int = 100) -> AsyncIterator[Entry]:
+        """Every key under ``prefix`` in key order, fetched ``page_size`` at a time (0: the server's default)."""
+        page_token = ""
+        while True:
+            resp = await self._call(_SCAN, _scan_request(prefix, page_size, page_token))
+            entries, page_token = _scan_page(resp, page_token)
+            for entry in entries:
+                yield entry
+            if not page_token:
+                return
+
+    async def status(self) -> Status:
+        return _status_from_proto(await self._call(_STATUS, kv_pb2.StatusRequest()))
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()

@@ -1,0 +1,1 @@
+"""The node runtime: configuration, group commit, the gRPC services, and serving."""

@@ -1,0 +1,178 @@
+"""Node configuration: a TOML file, then environment variables, then flags; validated at start.
+
+Precedence, lowest to highest: built-in defaults, the file given by
+``--config`` (or ``CRDTSTORE_CONFIG``), ``CRDTSTORE_*`` environment variables,
+command-line flags. Every problem is reported as ``ConfigError`` with a message
+that names the setting, where it came from, and what would be accepted.
+
+Example file::
+
+    region = "eu-west"
+    data_dir = "/var/lib/crdtstore"
+    listen = "0.0.0.0:7420"
+
+    [limits]
+    key_bytes_max = 1024
+    value_bytes_max = 1048576
+    operations_per_batch_max = 10000
+
+    [storage]
+    map_size_bytes_max = 68719476736
+    delta_log_bytes_max = 268435456
+
+    [server]
+    drain_grace_s = 10
+    batch_requests_max = 1024
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from crdtstore.operations import Limits
+
+__all__ = ["DEFAULT_LISTEN", "ConfigError", "NodeConfig", "ServerSettings", "StorageSettings", "parse_listen"]
+
+DEFAULT_LISTEN = "127.0.0.1:7420"
+_REGION = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+
+class ConfigError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    map_size_bytes: int = 64 * 1024 * 1024
+    map_size_bytes_max: int = 64 * 1024 * 1024 * 1024
+    delta_log_bytes_max: int = 256 * 1024 * 1024
+    idempotency_ttl_s: int = 24 * 3600
+    idempotency_records_max: int = 1_000_000
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    drain_grace_s: float = 10.0
+    batch_requests_max: int = 1024
+    pending_requests_max: int = 16_384
+    scan_page_max: int = 1000
+    scan_page_default: int = 100
+    scan_page_bytes_max: int = 4 * 1024 * 1024
+    # Clocks: a remote timestamp further ahead than this is not taken into the clock.
+    max_clock_offset_ms: int = 500
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    region: str = "local"
+    data_dir: Path = Path("crdtstore-data")
+    listen: str = DEFAULT_LISTEN
+    limits: Limits = field(default_factory=Limits)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
+
+    @classmethod
+    def load(
+        cls,
+        *,
+        config_file: str | None = None,
+        flags: Mapping[str, str | None] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> NodeConfig:
+        env = os.environ if environ is None else environ
+        config = cls()
+        path = config_file or env.get("CRDTSTORE_CONFIG")
+        if path:
+            config = config._merge_file(Path(path))
+        for name in ("region", "data_dir", "listen"):
+            value = env.get(f"CRDTSTORE_{name.upper()}")
+            if value:
+                config = config._set_top(name, value, f"environment variable CRDTSTORE_{name.upper()}")
+        for name, value in (flags or {}).items():
+            if value is not None:
+                config = config._set_top(name, value, f"--{name.replace('_', '-')}")
+        config.validate()
+        return config
+
+    def _set_top(self, name: str, value: Any, source: str) -> NodeConfig:
+        if name == "data_dir":
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"{source}: data_dir must be a path")
+            return replace(self, data_dir=Path(value))
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: {name} must be a string, got {type(value).__name__}")
+        return replace(self, region=value) if name == "region" else replace(self, listen=value)
+
+    def _merge_file(self, path: Path) -> NodeConfig:
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        config = self
+        sections = {"limits": Limits, "storage": StorageSettings, "server": ServerSettings}
+        for key, value in raw.items():
+            where = f"{path}: {key}"
+            if key in ("region", "data_dir", "listen"):
+                config = config._set_top(key, value, where)
+            elif key in sections:
+                if not isinstance(value, dict):
+                    raise ConfigError(f"{where} must be a table ([{key}])")
+                current = getattr(config, key)
+                config = replace(config, **{key: _merge_section(current, value, where)})
+            else:
+                known = ", ".join(["region", "data_dir", "listen", *sections])
+                raise ConfigError(f"{where}: unknown setting (known: {known})")
+        return config
+
+    def validate(self) -> None:
+        if not _REGION.match(self.region):
+            raise ConfigError(
+                f"region {self.region!r} is not a valid region name: use 1-63 lowercase letters, digits, "
+                f"'.', '_' or '-', starting with a letter or digit"
+            )
+        parse_listen(self.listen)
+        for section in (self.limits, self.storage, self.server):
+            for f in fields(section):
+                value = getattr(section, f.name)
+                if value <= 0:
+                    raise ConfigError(f"{type(section).__name__}.{f.name} must be positive, got {value}")
+        if self.storage.map_size_bytes > self.storage.map_size_bytes_max:
+            raise ConfigError("storage.map_size_bytes is larger than storage.map_size_bytes_max")
+        if self.server.scan_page_default > self.server.scan_page_max:
+            raise ConfigError("server.scan_page_default is larger than server.scan_page_max")
+
+
+def _merge_section(current: Any, values: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in fields(current)}
+    changes: dict[str, Any] = {}
+    for name, raw in values.items():
+        if name not in known:
+            raise ConfigError(f"{where}.{name}: unknown setting (known: {', '.join(sorted(known))})")
+        expected = type(getattr(current, name))
+        value = float(raw) if expected is float and type(raw) is int else raw
+        if type(value) is not expected:
+            raise ConfigError(f"{where}.{name}: expected {expected.__name__}, got {type(value).__name__}")
+        changes[name] = value
+    return replace(current, **changes)
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) -> (host, port), or ``ConfigError``."""
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"listen address {listen!r} is not HOST:PORT (for example 127.0.0.1:7420)")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(f"listen address {listen!r}: the port must be a number from 0 to 65535")
+    if host.startswith("[") != host.endswith("]"):
+        raise ConfigError(f"listen address {listen!r}: write an IPv6 address in brackets, like [::1]:7420")
+    return host, int(port_text)

@@ -1,0 +1,127 @@
+"""``crdtstore serve``: open the store, serve gRPC, drain cleanly on SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from crdtstore.crdt import HybridLogicalClock
+from crdtstore.node.config import ConfigError, NodeConfig, parse_listen
+from crdtstore.node.service import AdminService, KVService, NodeState
+from crdtstore.node.writer import GroupCommitWriter
+from crdtstore.storage import LmdbStore, StorageConfig, StorageError
+from crdtstore.v1 import kv_pb2 as pb
+from crdtstore.v1 import kv_pb2_grpc as pb_grpc
+
+__all__ = ["add_serve_arguments", "run_node", "serve_from_args"]
+
+log = logging.getLogger("crdtstore.node")
+
+# Room above the largest batch for protobuf framing.
+_MESSAGE_OVERHEAD_BYTES = 1024 * 1024
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="a TOML configuration file (or CRDTSTORE_CONFIG)")
+    parser.add_argument("--data-dir", metavar="DIR", help="where the store lives (default ./crdtstore-data)")
+    parser.add_argument("--listen", metavar="HOST:PORT", help="address to serve on (default 127.0.0.1:7420)")
+    parser.add_argument("--region", metavar="NAME", help="this node's region name (default 'local')")
+
+
+def serve_from_args(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = NodeConfig.load(
+            config_file=args.config,
+            flags={"data_dir": args.data_dir, "listen": args.listen, "region": args.region},
+        )
+        return asyncio.run(run_node(config))
+    except (ConfigError, StorageError) as exc:
+        print(f"crdtstore serve: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 1
+
+
+async def run_node(config: NodeConfig, *, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> int:
+    """Serve until SIGTERM/SIGINT (or ``stop`` is set), then drain and close."""
+    storage = StorageConfig(
+        path=config.data_dir,
+        region=config.region,
+        map_size_bytes=config.storage.map_size_bytes,
+        map_size_bytes_max=config.storage.map_size_bytes_max,
+        delta_log_bytes_max=config.storage.delta_log_bytes_max,
+        idempotency_ttl_s=config.storage.idempotency_ttl_s,
+        idempotency_records_max=config.storage.idempotency_records_max,
+    )
+    store = LmdbStore(storage)
+    clock = HybridLogicalClock(
+        lambda: time.time_ns() // 1_000_000,
+        max_offset_ms=config.server.max_clock_offset_ms,
+        floor=store.hlc_mark,
+    )
+    writer = GroupCommitWriter(
+        store,
+        clock,
+        batch_requests_max=config.server.batch_requests_max,
+        pending_requests_max=config.server.pending_requests_max,
+    )
+    node = NodeState(config, store, writer)
+    message_max = config.limits.batch_bytes_max + _MESSAGE_OVERHEAD_BYTES
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", message_max),
+            ("grpc.max_send_message_length", message_max + config.server.scan_page_bytes_max),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    pb_grpc.add_KVServicer_to_server(KVService(node), server)
+    pb_grpc.add_AdminServicer_to_server(AdminService(node), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    services = [d.full_name for d in pb.DESCRIPTOR.services_by_name.values()]
+    reflection.enable_server_reflection([*services, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+
+    host, port = parse_listen(config.listen)
+    try:
+        bound = server.add_insecure_port(config.listen)
+    except RuntimeError as exc:
+        store.close()
+        raise ConfigError(
+            f"cannot listen on {config.listen}: is the port in use or the address wrong? ({exc})"
+        ) from exc
+    if port and bound != port:
+        store.close()
+        raise ConfigError(f"cannot listen on {config.listen}: is the port in use?")
+
+    writer.start()
+    await server.start()
+    for name in ("", *services):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("region %s serving on %s:%d, data in %s", config.region, host, bound, config.data_dir)
+    print(f"crdtstore: region {config.region} listening on {host}:{bound}", flush=True)
+
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()
+    await stop.wait()
+
+    log.info("draining: refusing new requests, finishing the ones in flight")
+    node.draining = True
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(grace=config.server.drain_grace_s)
+    await writer.close()
+    store.close()
+    log.info("stopped cleanly")
+    return 0

@@ -1,0 +1,194 @@
+"""The gRPC services of a node: protobuf <-> domain, and errors as status codes.
+
+Validation happens here, before anything reaches the writer: a request that
+breaks a limit is refused with INVALID_ARGUMENT and costs the store nothing.
+A wrong-type operation is found when the batch is applied and refused with
+FAILED_PRECONDITION; either way nothing of the request is written.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any, NoReturn
+
+import grpc
+
+import crdtstore
+from crdtstore.crdt import KeyState, TypeMismatch, ValueType, VersionVector, encode
+from crdtstore.crdt.keyed import Value
+from crdtstore.node.config import NodeConfig
+from crdtstore.node.writer import GroupCommitWriter
+from crdtstore.operations import (
+    AddMembers,
+    DeleteKey,
+    Increment,
+    InvalidRequest,
+    Operation,
+    RemoveMembers,
+    SetRegister,
+    validate,
+)
+from crdtstore.storage import Applied, IdempotencyConflict, LmdbStore, StoreFull, WriteRequest
+from crdtstore.v1 import kv_pb2 as pb
+from crdtstore.v1 import kv_pb2_grpc as pb_grpc
+
+__all__ = ["AdminService", "KVService", "NodeState"]
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+class NodeState:
+    """What the services share: the store, the writer, and whether the node is draining."""
+
+    def __init__(self, config: NodeConfig, store: LmdbStore, writer: GroupCommitWriter) -> None:
+        self.config = config
+        self.store = store
+        self.writer = writer
+        self.draining = False
+
+
+def token_of(vv: VersionVector) -> pb.CausalToken:
+    return pb.CausalToken(vector=encode(vv))
+
+
+def _value_pb(vtype: ValueType, value: Value) -> pb.Value:
+    out = pb.Value(type=int(vtype))  # type: ignore[arg-type]
+    if vtype is ValueType.REGISTER:
+        assert isinstance(value, bytes)
+        out.register = value
+    elif vtype is ValueType.COUNTER:
+        assert isinstance(value, int)
+        out.counter_decimal = str(value)
+        if _INT64_MIN <= value <= _INT64_MAX:
+            out.counter = value
+            out.counter_fits = True
+    else:
+        assert isinstance(value, frozenset)
+        out.members.extend(sorted(value))
+    return out
+
+
+def key_value_pb(key: str, state: KeyState | None) -> pb.KeyValue:
+    out = pb.KeyValue(key=key)
+    read = None if state is None else state.read()
+    if read is None:
+        out.value.type = pb.VALUE_TYPE_UNSPECIFIED
+        return out
+    out.value.CopyFrom(_value_pb(read.type, read.value))
+    for sibling in read.siblings:
+        out.siblings.add(
+            value=sibling.value,
+            region=sibling.dot.region,
+            wall_ms=sibling.timestamp.wall_ms,
+            logical=sibling.timestamp.logical,
+        )
+    for vtype, value in read.conflicts:
+        out.conflicts.append(_value_pb(vtype, value))
+    return out
+
+
+def operations_from_pb(request: pb.MutateRequest) -> list[Operation]:
+    ops: list[Operation] = []
+    for i, op in enumerate(request.operations):
+        kind = op.WhichOneof("op")
+        if kind == "set":
+            ops.append(SetRegister(op.key, op.set.value))
+        elif kind == "increment":
+            ops.append(Increment(op.key, op.increment.amount))
+        elif kind == "add":
+            ops.append(AddMembers(op.key, tuple(op.add.members)))
+        elif kind == "remove":
+            ops.append(RemoveMembers(op.key, tuple(op.remove.members)))
+        elif kind == "delete":
+            ops.append(DeleteKey(op.key))
+        else:
+            raise InvalidRequest(f"operation {i} names no operation (set, increment, add, remove or delete)")
+    return ops
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], code: grpc.StatusCode, message: str) -> NoReturn:
+    await context.abort(code, message)
+    raise AssertionError("abort returns by raising")  # pragma: no cover
+
+
+class KVService(pb_grpc.KVServicer):
+    def __init__(self, node: NodeState) -> None:
+        self.node = node
+
+    async def _refuse_if_draining(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        if self.node.draining:
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, "the node is shutting down; retry on another node")
+
+    async def _check_key(self, key: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        size = len(key.encode("utf-8", "surrogatepass"))
+        if not size:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "the key is empty")
+        if size > self.node.config.limits.key_bytes_max:
+            await _abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"key of {size} bytes; the maximum is {self.node.config.limits.key_bytes_max}",
+            )
+
+    async def Get(self, request: pb.GetRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.GetResponse:
+        await self._refuse_if_draining(context)
+        await self._check_key(request.key, context)
+        store = self.node.store
+        token = token_of(store.context.vv)  # read before the value: the value is at least this new
+        return pb.GetResponse(entry=key_value_pb(request.key, store.get(request.key)), token=token)
+
+    async def Mutate(  # noqa: RET503 (every path returns or aborts; _abort never returns)
+        self, request: pb.MutateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.MutateResponse:
+        await self._refuse_if_draining(context)
+        limits = self.node.config.limits
+        try:
+            ops = operations_from_pb(request)
+            validate(ops, request.idempotency_key, limits)
+        except InvalidRequest as exc:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        result = await self.node.writer.submit(WriteRequest(ops, request.idempotency_key))
+        if isinstance(result, Applied):
+            return pb.MutateResponse(token=token_of(result.token.vv), replayed=result.replayed)
+        error = result.error
+        if isinstance(error, TypeMismatch):
+            await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, f"{error}; nothing of the batch was applied")
+        if isinstance(error, StoreFull):
+            await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
+        if isinstance(error, IdempotencyConflict | ValueError | TypeError):
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"{error}; nothing of the batch was applied")
+        await _abort(context, grpc.StatusCode.INTERNAL, f"the write failed: {error!r}")
+
+    async def Scan(self, request: pb.ScanRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.ScanResponse:
+        await self._refuse_if_draining(context)
+        settings = self.node.config.server
+        limit = request.limit or settings.scan_page_default
+        limit = min(limit, settings.scan_page_max)
+        try:
+            after = base64.urlsafe_b64decode(request.page_token.encode("ascii")) if request.page_token else b""
+        except (binascii.Error, UnicodeEncodeError, ValueError):
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "page_token is not one this server issued")
+        entries, last = self.node.store.scan(request.prefix, after, limit, settings.scan_page_bytes_max)
+        response = pb.ScanResponse()
+        for key, state in entries:
+            response.entries.append(key_value_pb(key, state))
+        if last:
+            response.next_page_token = base64.urlsafe_b64encode(last).decode("ascii")
+        return response
+
+
+class AdminService(pb_grpc.AdminServicer):
+    def __init__(self, node: NodeState) -> None:
+        self.node = node
+
+    async def Status(self, request: pb.StatusRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.StatusResponse:
+        store = self.node.store
+        return pb.StatusResponse(
+            region=store.region,
+            version=crdtstore.__version__,
+            keys=store.count_keys(),
+            token=token_of(store.context.vv),
+            draining=self.node.draining,
+            data_bytes=store.data_bytes(),
+        )

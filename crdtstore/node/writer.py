@@ -1,0 +1,119 @@
+"""Group commit: one writer thread turns many concurrent requests into one transaction and one fsync.
+
+Callers on the event loop ``await submit(request)``. The writer thread takes
+the first waiting request, then everything else that queued up while the
+previous commit was being fsynced (up to ``batch_requests_max``), commits them
+in one LMDB write transaction, and answers every caller. There is no
+artificial delay: under light load a batch is one request and its latency is
+one fsync; under heavy load batches grow by themselves and the fsync is shared.
+
+LMDB allows one write transaction at a time and wants it on one thread, so all
+writes happen on this thread, and so does every use of the hybrid logical
+clock that stamps them.
+
+Backpressure: at most ``pending_requests_max`` requests wait at once; further
+callers wait for a place (their deadline still applies), so memory stays
+bounded however fast clients send.
+
+A caller that gives up (deadline, cancellation) does not withdraw its request:
+it may still be applied. That is why mutations carry idempotency keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections.abc import Sequence
+
+from crdtstore.crdt import HybridLogicalClock
+from crdtstore.storage import Failed, LmdbStore, WriteRequest
+from crdtstore.storage.lmdb_store import Result
+
+__all__ = ["GroupCommitWriter"]
+
+_Item = tuple[WriteRequest, "asyncio.Future[Result]"]
+
+
+class GroupCommitWriter:
+    def __init__(
+        self,
+        store: LmdbStore,
+        clock: HybridLogicalClock,
+        *,
+        batch_requests_max: int = 1024,
+        pending_requests_max: int = 16_384,
+    ) -> None:
+        if batch_requests_max < 1 or pending_requests_max < 1:
+            raise ValueError("batch_requests_max and pending_requests_max must be positive")
+        self._store = store
+        self._clock = clock
+        self._batch_requests_max = batch_requests_max
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._places = asyncio.Semaphore(pending_requests_max)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._run, name="crdtstore-writer", daemon=True)
+        self._closed = False
+        self.batches_committed = 0
+        self.requests_committed = 0
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._thread.start()
+
+    async def submit(self, request: WriteRequest) -> Result:
+        if self._closed:
+            raise RuntimeError("the writer is closed")
+        loop = self._loop
+        assert loop is not None, "start() first"
+        async with self._places:
+            future: asyncio.Future[Result] = loop.create_future()
+            self._queue.put((request, future))
+            return await asyncio.shield(future)
+
+    async def close(self) -> None:
+        """Commit what is queued, then stop the thread."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        if self._thread.is_alive():
+            await asyncio.to_thread(self._thread.join)
+
+    # -- the writer thread -----------------------------------------------------------
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            while len(batch) < self._batch_requests_max:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stopping = True
+                    break
+                batch.append(more)
+            self._commit(batch)
+
+    def _commit(self, batch: Sequence[_Item]) -> None:
+        try:
+            results = self._store.write_batch([request for request, _ in batch], self._clock)
+        except Exception as exc:  # an LMDB failure nobody planned for: every caller hears of it
+            results = [Failed(exc)] * len(batch)
+        else:
+            self.batches_committed += 1
+            self.requests_committed += len(batch)
+        loop = self._loop
+        assert loop is not None
+        for (_, future), result in zip(batch, results, strict=True):
+            loop.call_soon_threadsafe(_resolve, future, result)
+
+
+def _resolve(future: asyncio.Future[Result], result: Result) -> None:
+    if not future.done():
+        future.set_result(result)

@@ -1,0 +1,180 @@
+"""Client operations as plain values: validation against limits, and application to the store.
+
+The gRPC layer turns protobuf messages into these, the storage layer applies
+them, and the Python client builds them; none of the three needs the others'
+types. Application is pure: it takes a window of the store (the touched keys
+and the node's causal context) and returns the window after the batch and the
+batch's combined delta.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import msgpack
+
+from crdtstore.crdt import INT64_MAX, INT64_MIN, HybridLogicalClock, StoreMap
+
+__all__ = [
+    "AddMembers",
+    "DeleteKey",
+    "Increment",
+    "InvalidRequest",
+    "Limits",
+    "Operation",
+    "RemoveMembers",
+    "SetRegister",
+    "apply_operations",
+    "fingerprint",
+    "validate",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class SetRegister:
+    key: str
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Increment:
+    key: str
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class AddMembers:
+    key: str
+    members: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveMembers:
+    key: str
+    members: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteKey:
+    key: str
+
+
+Operation = SetRegister | Increment | AddMembers | RemoveMembers | DeleteKey
+
+
+class InvalidRequest(ValueError):
+    """A request that breaks a limit or is malformed; nothing of it is applied."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    key_bytes_max: int = 1024
+    value_bytes_max: int = 1024 * 1024
+    member_bytes_max: int = 1024
+    operations_per_batch_max: int = 10_000
+    members_per_operation_max: int = 10_000
+    idempotency_key_bytes_max: int = 128
+    # The whole batch: keys, values and members added up.
+    batch_bytes_max: int = 16 * 1024 * 1024
+
+
+def validate(operations: Sequence[Operation], idempotency_key: bytes, limits: Limits) -> None:
+    """Raise ``InvalidRequest`` naming the first problem, or return."""
+    if not operations:
+        raise InvalidRequest("a mutation needs at least one operation")
+    if len(operations) > limits.operations_per_batch_max:
+        raise InvalidRequest(
+            f"{len(operations)} operations in one batch; the maximum is {limits.operations_per_batch_max}"
+        )
+    if len(idempotency_key) > limits.idempotency_key_bytes_max:
+        raise InvalidRequest(
+            f"idempotency key of {len(idempotency_key)} bytes; the maximum is {limits.idempotency_key_bytes_max}"
+        )
+    total = 0
+    for i, op in enumerate(operations):
+        where = f"operation {i}"
+        total += _check_key(op.key, where, limits)
+        if isinstance(op, SetRegister):
+            if len(op.value) > limits.value_bytes_max:
+                raise InvalidRequest(
+                    f"{where}: value of {len(op.value)} bytes; the maximum is {limits.value_bytes_max}"
+                )
+            total += len(op.value)
+        elif isinstance(op, Increment):
+            if not INT64_MIN <= op.amount <= INT64_MAX:
+                raise InvalidRequest(f"{where}: amount {op.amount} is outside the signed 64-bit range")
+        elif isinstance(op, AddMembers | RemoveMembers):
+            if not op.members:
+                raise InvalidRequest(f"{where}: a set operation needs at least one member")
+            if len(op.members) > limits.members_per_operation_max:
+                raise InvalidRequest(
+                    f"{where}: {len(op.members)} members; the maximum is {limits.members_per_operation_max}"
+                )
+            for member in op.members:
+                size = len(_utf8(member, f"{where}: member"))
+                if size > limits.member_bytes_max:
+                    raise InvalidRequest(f"{where}: member of {size} bytes; the maximum is {limits.member_bytes_max}")
+                total += size
+    if total > limits.batch_bytes_max:
+        raise InvalidRequest(f"the batch carries {total} bytes; the maximum is {limits.batch_bytes_max}")
+
+
+def _utf8(text: str, what: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidRequest(f"{what} is not valid Unicode text") from exc
+
+
+def _check_key(key: str, where: str, limits: Limits) -> int:
+    raw = _utf8(key, f"{where}: key")
+    if not raw:
+        raise InvalidRequest(f"{where}: the key is empty")
+    if len(raw) > limits.key_bytes_max:
+        raise InvalidRequest(f"{where}: key of {len(raw)} bytes; the maximum is {limits.key_bytes_max}")
+    return len(raw)
+
+
+def apply_operations(
+    window: StoreMap, operations: Sequence[Operation], region: str, clock: HybridLogicalClock
+) -> tuple[StoreMap, StoreMap]:
+    """Apply a batch to a window of the store: (window after, the batch's delta).
+
+    Raises ``TypeMismatch`` (or ``ValueError``) on the first operation that
+    cannot apply; the caller then writes nothing, so a batch is atomic.
+    """
+    delta: StoreMap | None = None
+    for op in operations:
+        if isinstance(op, SetRegister):
+            step = window.write_register(op.key, op.value, clock.now(), region)
+        elif isinstance(op, Increment):
+            step = window.increment(op.key, op.amount, region)
+        elif isinstance(op, AddMembers):
+            step = window.add_members(op.key, op.members, region)
+        elif isinstance(op, RemoveMembers):
+            step = window.remove_members(op.key, op.members, region)
+        else:
+            step = window.delete(op.key, region)
+        window = window.join_delta(step)
+        delta = step if delta is None else delta.combine(step)
+    assert delta is not None, "validate() refuses empty batches"
+    return window, delta
+
+
+def fingerprint(operations: Sequence[Operation]) -> bytes:
+    """A digest of the request, to tell a retry from a different request with the same idempotency key."""
+    rows: list[list[object]] = []
+    for op in operations:
+        if isinstance(op, SetRegister):
+            rows.append([1, op.key, op.value])
+        elif isinstance(op, Increment):
+            rows.append([2, op.key, op.amount])
+        elif isinstance(op, AddMembers):
+            rows.append([3, op.key, list(op.members)])
+        elif isinstance(op, RemoveMembers):
+            rows.append([4, op.key, list(op.members)])
+        else:
+            rows.append([5, op.key])
+    return hashlib.sha256(msgpack.packb(rows, use_bin_type=True)).digest()[:16]

@@ -1,0 +1,461 @@
+"""The node's durable state in one LMDB environment.
+
+Named databases:
+
+* ``data``       key -> the key's ``KeyState`` (only live keys; a deleted key is gone)
+* ``log``        (origin region, last dot counter) -> the batch's delta, for replication
+* ``meta``       schema version, region, causal context, HLC high-water mark, log size
+* ``idem``       idempotency key -> (time, request fingerprint, causal token)
+* ``idem_time``  (time, idempotency key) -> nothing: the expiry index of ``idem``
+
+Everything a write changes (the keys, the log entry, the context, the clock's
+mark, the idempotency record) is written in one write transaction, so a crash
+leaves all of it or none. ``write_batch`` takes many client requests and
+commits them in that one transaction, with one fsync (LMDB's default
+``sync=True``; acknowledged means fsynced, and this module never turns sync
+off). Each request inside the batch is still all-or-nothing on its own: it is
+computed in memory first and written only if every operation in it is valid.
+
+Keys: LMDB keys are at most 511 bytes, the store's keys up to 1 KiB. A key of
+at most 480 UTF-8 bytes is its own LMDB key, so scans come out in byte order.
+A longer key is stored under its first 448 bytes, a 0xFF byte (never part of
+UTF-8, so no short key can collide) and its SHA-256; the value carries the
+full key. Keys longer than 448 bytes that share those first 448 bytes sort by
+hash among themselves: the only place where scan order is not byte order.
+
+Resources: the map grows by doubling when it fills, up to
+``map_size_bytes_max``; past that, or when the disk is full, the batch is
+aborted (nothing half-written) and its requests fail with ``StoreFull``. The
+delta log is bounded by ``delta_log_bytes_max`` (oldest entries go first; a
+peer behind the trimmed horizon is repaired by state transfer) and idempotency
+records by age and count.
+
+This module is synchronous and does not know about asyncio or gRPC; the node's
+group-commit writer calls ``write_batch`` from its one writer thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lmdb
+import msgpack
+
+from crdtstore.crdt import (
+    CausalContext,
+    CodecError,
+    HybridLogicalClock,
+    KeyState,
+    StoreMap,
+    Timestamp,
+    TypeMismatch,
+    decode_as,
+    encode,
+)
+from crdtstore.crdt.hlc import ZERO
+from crdtstore.operations import Operation, apply_operations, fingerprint
+
+__all__ = [
+    "Applied",
+    "Failed",
+    "LmdbStore",
+    "StorageConfig",
+    "StorageError",
+    "StoreFull",
+    "WriteRequest",
+    "WrongRegion",
+]
+
+SCHEMA_VERSION = 1
+_SHORT_KEY_BYTES_MAX = 480
+_LONG_KEY_PREFIX_BYTES = 448
+_LONG_KEY_MARK = b"\xff"
+
+_META_SCHEMA = b"schema_version"
+_META_REGION = b"region"
+_META_CONTEXT = b"context"
+_META_HLC = b"hlc_high_water"
+_META_LOG_BYTES = b"delta_log_bytes"
+
+_FLAG_SHORT = b"\x00"
+_FLAG_LONG = b"\x01"
+
+
+class StorageError(Exception):
+    """A problem with the data directory that a person must look at."""
+
+
+class WrongRegion(StorageError):
+    pass
+
+
+class StoreFull(StorageError):
+    """The map reached its maximum size or the disk is full; nothing was written."""
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    path: Path
+    region: str
+    map_size_bytes: int = 64 * 1024 * 1024
+    map_size_bytes_max: int = 64 * 1024 * 1024 * 1024
+    delta_log_bytes_max: int = 256 * 1024 * 1024
+    idempotency_ttl_s: int = 24 * 3600
+    idempotency_records_max: int = 1_000_000
+    # At most this many expired idempotency records or log entries are removed
+    # per batch, so housekeeping never makes one commit slow.
+    housekeeping_per_batch_max: int = 256
+
+
+@dataclass(frozen=True)
+class WriteRequest:
+    operations: Sequence[Operation]
+    idempotency_key: bytes = b""
+
+
+@dataclass(frozen=True)
+class Applied:
+    token: CausalContext  # the context right after this request: its causal token
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class Failed:
+    error: Exception  # TypeMismatch, IdempotencyConflict, StoreFull, ValueError
+
+
+class IdempotencyConflict(Exception):
+    """An idempotency key reused for a different request."""
+
+
+Result = Applied | Failed
+
+
+@dataclass
+class _Batch:
+    """What one write transaction has done so far, so requests in it see each other."""
+
+    context: CausalContext
+    log_bytes: int
+    replies: dict[bytes, tuple[bytes, Applied]] = field(default_factory=dict)
+
+
+def lmdb_key(key: str) -> bytes:
+    raw = key.encode("utf-8")
+    if len(raw) <= _SHORT_KEY_BYTES_MAX:
+        return raw
+    return raw[:_LONG_KEY_PREFIX_BYTES] + _LONG_KEY_MARK + hashlib.sha256(raw).digest()
+
+
+def _encode_value(key: str, state: KeyState) -> bytes:
+    body = encode(state)
+    raw = key.encode("utf-8")
+    if len(raw) <= _SHORT_KEY_BYTES_MAX:
+        return _FLAG_SHORT + body
+    return _FLAG_LONG + len(raw).to_bytes(2, "big") + raw + body
+
+
+def _decode_value(db_key: bytes, value: bytes) -> tuple[str, KeyState]:
+    if value[:1] == _FLAG_SHORT:
+        return db_key.decode("utf-8"), decode_as(value[1:], KeyState)
+    if value[:1] == _FLAG_LONG:
+        n = int.from_bytes(value[1:3], "big")
+        key = value[3 : 3 + n].decode("utf-8")
+        if lmdb_key(key) != db_key:
+            raise StorageError(f"stored key does not match its index entry: {key[:40]!r}...")
+        return key, decode_as(value[3 + n :], KeyState)
+    raise StorageError(f"unknown value framing {value[:1]!r}")
+
+
+class LmdbStore:
+    def __init__(self, config: StorageConfig, *, wall_ms: Callable[[], int] | None = None) -> None:
+        self.config = config
+        self._wall_ms = wall_ms or (lambda: time.time_ns() // 1_000_000)
+        path = Path(config.path)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create the data directory {path}: {exc.strerror}") from exc
+        probe = path / ".write-probe"
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise StorageError(f"the data directory {path} is not writable: {exc.strerror}") from exc
+        try:
+            self.env = lmdb.open(
+                str(path),
+                map_size=config.map_size_bytes,
+                max_dbs=8,
+                subdir=True,
+                sync=True,
+                metasync=True,
+                readahead=False,
+                max_readers=512,
+            )
+        except lmdb.Error as exc:
+            raise StorageError(f"cannot open the store in {path}: {exc}") from exc
+        # Reader slots left behind by a process that was killed would pin old
+        # pages forever; clear them before anything else.
+        self.env.reader_check()
+        self._grow_to_file_size()
+        self.data = self.env.open_db(b"data")
+        self.log = self.env.open_db(b"log")
+        self.meta = self.env.open_db(b"meta")
+        self.idem = self.env.open_db(b"idem")
+        self.idem_time = self.env.open_db(b"idem_time")
+        self._context, self._hlc_mark, self._log_bytes = self._load_or_initialise_meta()
+
+    # -- opening ---------------------------------------------------------------------
+
+    def _grow_to_file_size(self) -> None:
+        info = self.env.info()
+        size = (Path(self.config.path) / "data.mdb").stat().st_size
+        if size > info["map_size"]:
+            self.env.set_mapsize(size)
+
+    def _load_or_initialise_meta(self) -> tuple[CausalContext, Timestamp, int]:
+        region = self.config.region
+        with self.env.begin(write=True, db=self.meta) as txn:
+            stored_schema = txn.get(_META_SCHEMA)
+            if stored_schema is None:
+                if txn.stat(self.data)["entries"]:
+                    raise StorageError("the data directory has data but no schema version; refusing to guess")
+                txn.put(_META_SCHEMA, str(SCHEMA_VERSION).encode())
+                txn.put(_META_REGION, region.encode())
+                txn.put(_META_CONTEXT, encode(CausalContext()))
+                txn.put(_META_HLC, encode(ZERO))
+                txn.put(_META_LOG_BYTES, b"0")
+                return CausalContext(), ZERO, 0
+            if stored_schema != str(SCHEMA_VERSION).encode():
+                raise StorageError(
+                    f"the data directory {self.config.path} has schema version {stored_schema.decode()!r}; "
+                    f"this build reads version {SCHEMA_VERSION}"
+                )
+            stored_region = (txn.get(_META_REGION) or b"").decode()
+            if stored_region != region:
+                raise WrongRegion(
+                    f"the data directory {self.config.path} belongs to region {stored_region!r}, "
+                    f"not {region!r}: start with --region {stored_region} or use another --data-dir"
+                )
+            try:
+                context = decode_as(txn.get(_META_CONTEXT) or b"", CausalContext)
+                mark = decode_as(txn.get(_META_HLC) or b"", Timestamp)
+            except CodecError as exc:
+                raise StorageError(f"the store's metadata is damaged: {exc}") from exc
+            return context, mark, int(txn.get(_META_LOG_BYTES) or b"0")
+
+    def close(self) -> None:
+        self.env.close()
+
+    # -- reads -------------------------------------------------------------------------
+
+    @property
+    def region(self) -> str:
+        return self.config.region
+
+    @property
+    def context(self) -> CausalContext:
+        """Every event this node has applied; updated only after a commit is durable."""
+        return self._context
+
+    @property
+    def hlc_mark(self) -> Timestamp:
+        return self._hlc_mark
+
+    def get(self, key: str) -> KeyState | None:
+        db_key = lmdb_key(key)
+        with self.env.begin(db=self.data) as txn:
+            raw = txn.get(db_key)
+        if raw is None:
+            return None
+        return _decode_value(db_key, raw)[1]
+
+    def scan(
+        self, prefix: str = "", after: bytes = b"", limit: int = 100, bytes_max: int = 4 * 1024 * 1024
+    ) -> tuple[list[tuple[str, KeyState]], bytes]:
+        """Up to ``limit`` keys starting with ``prefix`` whose LMDB key is above ``after``.
+
+        A page also stops once it holds ``bytes_max`` bytes of stored values,
+        so one page of large values cannot make an unbounded response. Returns
+        the entries and the LMDB key of the last one (the next page's
+        ``after``), or ``b""`` when the range is exhausted.
+        """
+        raw_prefix = prefix.encode("utf-8")
+        seek_prefix = raw_prefix[:_LONG_KEY_PREFIX_BYTES]
+        out: list[tuple[str, KeyState]] = []
+        last = b""
+        size = 0
+        with self.env.begin(db=self.data) as txn:
+            cursor = txn.cursor()
+            if not cursor.set_range(max(seek_prefix, after)):
+                return out, b""
+            for db_key, value in cursor:
+                if not db_key.startswith(seek_prefix):
+                    return out, b""
+                if db_key == after:
+                    continue
+                if len(out) == limit or (out and size >= bytes_max):
+                    return out, last
+                key, state = _decode_value(db_key, bytes(value))
+                if not key.startswith(prefix):
+                    continue
+                out.append((key, state))
+                size += len(value)
+                last = db_key
+        return out, b""
+
+    def count_keys(self) -> int:
+        with self.env.begin() as txn:
+            return int(txn.stat(self.data)["entries"])
+
+    def data_bytes(self) -> int:
+        return (Path(self.config.path) / "data.mdb").stat().st_size
+
+    def log_entries(self) -> Iterator[tuple[str, int, StoreMap]]:
+        """Every delta log entry: (origin, last dot counter, delta), oldest first per origin."""
+        with self.env.begin(db=self.log) as txn:
+            for db_key, value in txn.cursor():
+                origin, counter = _split_log_key(db_key)
+                yield origin, counter, decode_as(bytes(value), StoreMap)
+
+    # -- writes ------------------------------------------------------------------------
+
+    def write_batch(self, requests: Sequence[WriteRequest], clock: HybridLogicalClock) -> list[Result]:
+        """Apply every request in one transaction and one fsync; one result per request.
+
+        On a full map the map grows and the batch is retried; when it cannot
+        grow, each request is retried alone so that the ones that fit still
+        land, and the rest fail with ``StoreFull``.
+        """
+        while True:
+            try:
+                return self._commit(requests, clock)
+            except lmdb.MapFullError:
+                if self._grow():
+                    continue
+                if len(requests) == 1:
+                    return [Failed(StoreFull(self._full_message()))]
+                return [self.write_batch([r], clock)[0] for r in requests]
+            except lmdb.DiskError as exc:
+                return [Failed(StoreFull(f"the disk is full or failing: {exc}"))] * len(requests)
+
+    def _full_message(self) -> str:
+        return (
+            f"the store reached its maximum size of {self.config.map_size_bytes_max} bytes "
+            f"(map_size_bytes_max); nothing of this request was written"
+        )
+
+    def _grow(self) -> bool:
+        current = self.env.info()["map_size"]
+        if current >= self.config.map_size_bytes_max:
+            return False
+        self.env.set_mapsize(min(current * 2, self.config.map_size_bytes_max))
+        return True
+
+    def _commit(self, requests: Sequence[WriteRequest], clock: HybridLogicalClock) -> list[Result]:
+        results: list[Result] = []
+        now_ms = self._wall_ms()
+        with self.env.begin(write=True) as txn:
+            batch = _Batch(self._context, self._log_bytes)
+            for request in requests:
+                results.append(self._apply_one(txn, batch, request, clock, now_ms))
+            if any(isinstance(r, Applied) and not r.replayed for r in results):
+                self._housekeeping(txn, batch, now_ms)
+                txn.put(_META_CONTEXT, encode(batch.context), db=self.meta)
+                txn.put(_META_HLC, encode(clock.high_water), db=self.meta)
+                txn.put(_META_LOG_BYTES, str(batch.log_bytes).encode(), db=self.meta)
+        # The transaction committed (and fsynced) when the with-block closed.
+        self._context = batch.context
+        self._hlc_mark = clock.high_water
+        self._log_bytes = batch.log_bytes
+        return results
+
+    def _apply_one(
+        self,
+        txn: lmdb.Transaction,
+        batch: _Batch,
+        request: WriteRequest,
+        clock: HybridLogicalClock,
+        now_ms: int,
+    ) -> Result:
+        idem_key = request.idempotency_key
+        print_ = fingerprint(request.operations) if idem_key else b""
+        if idem_key:
+            previous = batch.replies.get(idem_key) or self._stored_reply(txn, idem_key)
+            if previous is not None:
+                stored_print, applied = previous
+                if stored_print != print_:
+                    return Failed(IdempotencyConflict("this idempotency key was used for a different request"))
+                return Applied(applied.token, replayed=True)
+        keys = sorted({op.key for op in request.operations})
+        window = StoreMap({k: s for k in keys if (s := self._get_in(txn, k)) is not None}, batch.context)
+        try:
+            after, delta = apply_operations(window, request.operations, self.config.region, clock)
+        except (TypeMismatch, ValueError, TypeError) as exc:
+            return Failed(exc)
+        for key in keys:
+            state = after.entries.get(key)
+            if state is None or state.is_bottom():
+                txn.delete(lmdb_key(key), db=self.data)
+            else:
+                txn.put(lmdb_key(key), _encode_value(key, state), db=self.data)
+        log_value = encode(delta)
+        last_counter = after.context.max_counter(self.config.region)
+        txn.put(_log_key(self.config.region, last_counter), log_value, db=self.log)
+        batch.log_bytes += len(log_value)
+        batch.context = after.context
+        applied = Applied(after.context)
+        if idem_key:
+            record = msgpack.packb([now_ms, print_, encode(after.context)])
+            txn.put(idem_key, record, db=self.idem)
+            txn.put(now_ms.to_bytes(8, "big") + idem_key, b"", db=self.idem_time)
+            batch.replies[idem_key] = (print_, applied)
+        return applied
+
+    def _get_in(self, txn: lmdb.Transaction, key: str) -> KeyState | None:
+        db_key = lmdb_key(key)
+        raw = txn.get(db_key, db=self.data)
+        return None if raw is None else _decode_value(db_key, bytes(raw))[1]
+
+    def _stored_reply(self, txn: lmdb.Transaction, idem_key: bytes) -> tuple[bytes, Applied] | None:
+        raw = txn.get(idem_key, db=self.idem)
+        if raw is None:
+            return None
+        _, print_, token = msgpack.unpackb(raw)
+        return print_, Applied(decode_as(token, CausalContext))
+
+    def _housekeeping(self, txn: lmdb.Transaction, batch: _Batch, now_ms: int) -> None:
+        budget = self.config.housekeeping_per_batch_max
+        # Expired or excess idempotency records, oldest first.
+        expire_before = now_ms - self.config.idempotency_ttl_s * 1000
+        excess = txn.stat(self.idem)["entries"] - self.config.idempotency_records_max
+        cursor = txn.cursor(db=self.idem_time)
+        while budget and cursor.first():
+            stamp = int.from_bytes(cursor.key()[:8], "big")
+            if stamp >= expire_before and excess <= 0:
+                break
+            txn.delete(cursor.key()[8:], db=self.idem)
+            cursor.delete()
+            excess -= 1
+            budget -= 1
+        # The delta log, down to its byte bound. Entries go in key order, which
+        # is oldest first within each origin; replication (issue 4) will trim by
+        # acknowledgement first, and this bound is the backstop.
+        cursor = txn.cursor(db=self.log)
+        while budget and batch.log_bytes > self.config.delta_log_bytes_max and cursor.first():
+            batch.log_bytes -= len(cursor.value())
+            cursor.delete()
+            budget -= 1
+
+
+def _log_key(origin: str, counter: int) -> bytes:
+    return origin.encode("utf-8") + b"\x00" + counter.to_bytes(8, "big")
+
+
+def _split_log_key(db_key: bytes) -> tuple[str, int]:
+    return db_key[:-9].decode("utf-8"), int.from_bytes(db_key[-8:], "big")

@@ -1,0 +1,186 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ValueType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    VALUE_TYPE_UNSPECIFIED: _ClassVar[ValueType]
+    VALUE_TYPE_REGISTER: _ClassVar[ValueType]
+    VALUE_TYPE_COUNTER: _ClassVar[ValueType]
+    VALUE_TYPE_SET: _ClassVar[ValueType]
+
+class Durability(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DURABILITY_UNSPECIFIED: _ClassVar[Durability]
+    DURABILITY_LOCAL: _ClassVar[Durability]
+VALUE_TYPE_UNSPECIFIED: ValueType
+VALUE_TYPE_REGISTER: ValueType
+VALUE_TYPE_COUNTER: ValueType
+VALUE_TYPE_SET: ValueType
+DURABILITY_UNSPECIFIED: Durability
+DURABILITY_LOCAL: Durability
+
+class CausalToken(_message.Message):
+    __slots__ = ("vector",)
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    vector: bytes
+    def __init__(self, vector: _Optional[bytes] = ...) -> None: ...
+
+class GetRequest(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    def __init__(self, key: _Optional[str] = ...) -> None: ...
+
+class Sibling(_message.Message):
+    __slots__ = ("value", "region", "wall_ms", "logical")
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    WALL_MS_FIELD_NUMBER: _ClassVar[int]
+    LOGICAL_FIELD_NUMBER: _ClassVar[int]
+    value: bytes
+    region: str
+    wall_ms: int
+    logical: int
+    def __init__(self, value: _Optional[bytes] = ..., region: _Optional[str] = ..., wall_ms: _Optional[int] = ..., logical: _Optional[int] = ...) -> None: ...
+
+class Value(_message.Message):
+    __slots__ = ("type", "register", "counter", "counter_fits", "counter_decimal", "members")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    REGISTER_FIELD_NUMBER: _ClassVar[int]
+    COUNTER_FIELD_NUMBER: _ClassVar[int]
+    COUNTER_FITS_FIELD_NUMBER: _ClassVar[int]
+    COUNTER_DECIMAL_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    type: ValueType
+    register: bytes
+    counter: int
+    counter_fits: bool
+    counter_decimal: str
+    members: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, type: _Optional[_Union[ValueType, str]] = ..., register: _Optional[bytes] = ..., counter: _Optional[int] = ..., counter_fits: _Optional[bool] = ..., counter_decimal: _Optional[str] = ..., members: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class KeyValue(_message.Message):
+    __slots__ = ("key", "value", "siblings", "conflicts")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    SIBLINGS_FIELD_NUMBER: _ClassVar[int]
+    CONFLICTS_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    value: Value
+    siblings: _containers.RepeatedCompositeFieldContainer[Sibling]
+    conflicts: _containers.RepeatedCompositeFieldContainer[Value]
+    def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Value, _Mapping]] = ..., siblings: _Optional[_Iterable[_Union[Sibling, _Mapping]]] = ..., conflicts: _Optional[_Iterable[_Union[Value, _Mapping]]] = ...) -> None: ...
+
+class GetResponse(_message.Message):
+    __slots__ = ("entry", "token")
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    entry: KeyValue
+    token: CausalToken
+    def __init__(self, entry: _Optional[_Union[KeyValue, _Mapping]] = ..., token: _Optional[_Union[CausalToken, _Mapping]] = ...) -> None: ...
+
+class SetRegister(_message.Message):
+    __slots__ = ("value",)
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    value: bytes
+    def __init__(self, value: _Optional[bytes] = ...) -> None: ...
+
+class Increment(_message.Message):
+    __slots__ = ("amount",)
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    amount: int
+    def __init__(self, amount: _Optional[int] = ...) -> None: ...
+
+class AddMembers(_message.Message):
+    __slots__ = ("members",)
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    members: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, members: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RemoveMembers(_message.Message):
+    __slots__ = ("members",)
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    members: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, members: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DeleteKey(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Operation(_message.Message):
+    __slots__ = ("key", "set", "increment", "add", "remove", "delete")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    SET_FIELD_NUMBER: _ClassVar[int]
+    INCREMENT_FIELD_NUMBER: _ClassVar[int]
+    ADD_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_FIELD_NUMBER: _ClassVar[int]
+    DELETE_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    set: SetRegister
+    increment: Increment
+    add: AddMembers
+    remove: RemoveMembers
+    delete: DeleteKey
+    def __init__(self, key: _Optional[str] = ..., set: _Optional[_Union[SetRegister, _Mapping]] = ..., increment: _Optional[_Union[Increment, _Mapping]] = ..., add: _Optional[_Union[AddMembers, _Mapping]] = ..., remove: _Optional[_Union[RemoveMembers, _Mapping]] = ..., delete: _Optional[_Union[DeleteKey, _Mapping]] = ...) -> None: ...
+
+class MutateRequest(_message.Message):
+    __slots__ = ("operations", "idempotency_key", "durability")
+    OPERATIONS_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    DURABILITY_FIELD_NUMBER: _ClassVar[int]
+    operations: _containers.RepeatedCompositeFieldContainer[Operation]
+    idempotency_key: bytes
+    durability: Durability
+    def __init__(self, operations: _Optional[_Iterable[_Union[Operation, _Mapping]]] = ..., idempotency_key: _Optional[bytes] = ..., durability: _Optional[_Union[Durability, str]] = ...) -> None: ...
+
+class MutateResponse(_message.Message):
+    __slots__ = ("token", "replayed")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    token: CausalToken
+    replayed: bool
+    def __init__(self, token: _Optional[_Union[CausalToken, _Mapping]] = ..., replayed: _Optional[bool] = ...) -> None: ...
+
+class ScanRequest(_message.Message):
+    __slots__ = ("prefix", "limit", "page_token")
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    prefix: str
+    limit: int
+    page_token: str
+    def __init__(self, prefix: _Optional[str] = ..., limit: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ScanResponse(_message.Message):
+    __slots__ = ("entries", "next_page_token")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[KeyValue]
+    next_page_token: str
+    def __init__(self, entries: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StatusResponse(_message.Message):
+    __slots__ = ("region", "version", "keys", "token", "draining", "data_bytes")
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    DATA_BYTES_FIELD_NUMBER: _ClassVar[int]
+    region: str
+    version: str
+    keys: int
+    token: CausalToken
+    draining: bool
+    data_bytes: int
+    def __init__(self, region: _Optional[str] = ..., version: _Optional[str] = ..., keys: _Optional[int] = ..., token: _Optional[_Union[CausalToken, _Mapping]] = ..., draining: _Optional[bool] = ..., data_bytes: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,563 @@
+"""The client and the command line against a fake KV server on loopback (no real node).
+
+The fake is a plain gRPC server with scripted answers: it can refuse the next
+calls with a status, remembers every request, and deduplicates mutations by
+idempotency key the way the protocol asks. Backoff sleeps are replaced by a
+recorder, so nothing here waits on a clock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import socket
+import sys
+import threading
+import types
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+import pytest
+
+import crdtstore.client as client_module
+from crdtstore import cli
+from crdtstore.client import (
+    AsyncClient,
+    Client,
+    ClientError,
+    Conflict,
+    Entry,
+    Sibling,
+    TypeMismatchError,
+    WriteResult,
+    _entry_from_get,
+)
+from crdtstore.operations import AddMembers, DeleteKey, Increment, Operation, RemoveMembers, SetRegister
+from crdtstore.v1 import kv_pb2, kv_pb2_grpc
+
+BIG = 2**64 + 5  # beyond int64: travels only as counter_decimal
+
+
+# -- the fake server ---------------------------------------------------------------------
+
+
+def register(value: bytes, *siblings: bytes) -> kv_pb2.KeyValue:
+    return kv_pb2.KeyValue(
+        value=kv_pb2.Value(type=kv_pb2.VALUE_TYPE_REGISTER, register=value),
+        siblings=[kv_pb2.Sibling(value=v, region=f"r{i}", wall_ms=1000 + i, logical=i) for i, v in enumerate(siblings)],
+    )
+
+
+def counter(n: int) -> kv_pb2.Value:
+    fits = -(2**63) <= n < 2**63
+    return kv_pb2.Value(
+        type=kv_pb2.VALUE_TYPE_COUNTER, counter=n if fits else 0, counter_fits=fits, counter_decimal=str(n)
+    )
+
+
+def members(*names: str) -> kv_pb2.Value:
+    return kv_pb2.Value(type=kv_pb2.VALUE_TYPE_SET, members=sorted(names))
+
+
+class FakeKV:
+    """KV and Admin servicers with scripted failures; every request is recorded."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.entries: dict[str, kv_pb2.KeyValue] = {}
+        self.failures: list[tuple[grpc.StatusCode, str]] = []  # answers to the next calls, any method
+        self.mutations: list[kv_pb2.MutateRequest] = []
+        self.scans: list[kv_pb2.ScanRequest] = []
+        self.gets: list[str] = []
+        self.applied: dict[bytes, kv_pb2.MutateResponse] = {}
+
+    def put(self, key: str, kv: kv_pb2.KeyValue) -> None:
+        kv.key = key
+        self.entries[key] = kv
+
+    def _maybe_fail(self, context: grpc.ServicerContext) -> None:
+        with self.lock:
+            failure = self.failures.pop(0) if self.failures else None
+        if failure is not None:
+            context.abort(*failure)
+
+    def Get(self, request: kv_pb2.GetRequest, context: grpc.ServicerContext) -> kv_pb2.GetResponse:
+        self.gets.append(request.key)
+        self._maybe_fail(context)
+        entry = self.entries.get(request.key, kv_pb2.KeyValue(key=request.key))
+        return kv_pb2.GetResponse(entry=entry, token=kv_pb2.CausalToken(vector=b"read-token"))
+
+    def Mutate(self, request: kv_pb2.MutateRequest, context: grpc.ServicerContext) -> kv_pb2.MutateResponse:
+        with self.lock:
+            self.mutations.append(request)
+        self._maybe_fail(context)
+        with self.lock:
+            if request.idempotency_key in self.applied:
+                first = self.applied[request.idempotency_key]
+                return kv_pb2.MutateResponse(token=first.token, replayed=True)
+            response = kv_pb2.MutateResponse(token=kv_pb2.CausalToken(vector=b"write-%d" % len(self.applied)))
+            if request.idempotency_key:
+                self.applied[request.idempotency_key] = response
+            return response
+
+    def Scan(self, request: kv_pb2.ScanRequest, context: grpc.ServicerContext) -> kv_pb2.ScanResponse:
+        self.scans.append(request)
+        self._maybe_fail(context)
+        keys = sorted(k for k in self.entries if k.startswith(request.prefix) and k > request.page_token)
+        page = keys[: request.limit or 1000]
+        more = len(keys) > len(page)
+        return kv_pb2.ScanResponse(entries=[self.entries[k] for k in page], next_page_token=page[-1] if more else "")
+
+    def Status(self, request: kv_pb2.StatusRequest, context: grpc.ServicerContext) -> kv_pb2.StatusResponse:
+        self._maybe_fail(context)
+        return kv_pb2.StatusResponse(
+            region="eu",
+            version="0.1.0",
+            keys=len(self.entries),
+            token=kv_pb2.CausalToken(vector=b"\x00\xff"),
+            draining=False,
+            data_bytes=4096,
+        )
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeKV]:
+    yield FakeKV()
+
+
+@pytest.fixture
+def addr(fake: FakeKV) -> Iterator[str]:
+    generated: Any = kv_pb2_grpc  # untyped generated code
+    executor = ThreadPoolExecutor(max_workers=4)
+    server = grpc.server(executor)
+    generated.add_KVServicer_to_server(fake, server)
+    generated.add_AdminServicer_to_server(fake, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(None).wait()
+        executor.shutdown(wait=True)
+
+
+@pytest.fixture(autouse=True)
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Record backoff sleeps instead of sleeping."""
+    slept: list[float] = []
+
+    async def async_sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    monkeypatch.setattr(client_module, "_sleep", slept.append)
+    monkeypatch.setattr(client_module, "_async_sleep", async_sleep)
+    return slept
+
+
+@pytest.fixture
+def kv(addr: str) -> Iterator[Client]:
+    with Client(addr) as c:
+        yield c
+
+
+def closed_port() -> str:
+    """A loopback address where nothing listens."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"127.0.0.1:{port}"
+
+
+UNAVAILABLE = (grpc.StatusCode.UNAVAILABLE, "the node is draining")
+
+
+# -- retries and idempotency ---------------------------------------------------------------
+
+
+def test_unavailable_is_retried_with_the_same_idempotency_key(kv: Client, fake: FakeKV, sleeps: list[float]) -> None:
+    fake.failures = [UNAVAILABLE, UNAVAILABLE]
+    result = kv.set("k", "v")
+    assert result == WriteResult(b"write-0", False)
+    keys = [m.idempotency_key for m in fake.mutations]
+    assert len(keys) == 3
+    assert len(keys[0]) == 16
+    assert keys == [keys[0]] * 3
+    # Jittered exponential backoff: half to all of 50 ms, then of 100 ms.
+    assert len(sleeps) == 2
+    assert 0.025 <= sleeps[0] <= 0.05
+    assert 0.05 <= sleeps[1] <= 0.1
+
+
+def test_each_mutate_gets_a_fresh_idempotency_key(kv: Client, fake: FakeKV) -> None:
+    kv.incr("c")
+    kv.incr("c")
+    first, second = (m.idempotency_key for m in fake.mutations)
+    assert first != second
+
+
+def test_a_given_idempotency_key_is_sent_and_a_repeat_is_replayed(kv: Client, fake: FakeKV) -> None:
+    ops: list[Operation] = [
+        SetRegister("a", b"1"),
+        Increment("b", -2),
+        AddMembers("s", ("x", "y")),
+        RemoveMembers("s", ("z",)),
+    ]
+    first = kv.mutate([*ops, DeleteKey("d")], idempotency_key=b"batch-1")
+    again = kv.mutate([*ops, DeleteKey("d")], idempotency_key=b"batch-1")
+    assert first == WriteResult(b"write-0", False)
+    assert again == WriteResult(b"write-0", True)
+    request = fake.mutations[0]
+    assert request.idempotency_key == b"batch-1"
+    assert [op.WhichOneof("op") for op in request.operations] == ["set", "increment", "add", "remove", "delete"]
+    assert request.operations[1].increment.amount == -2
+    assert list(request.operations[2].add.members) == ["x", "y"]
+
+
+def test_retries_stop_after_retries_max(addr: str, fake: FakeKV, sleeps: list[float]) -> None:
+    fake.failures = [UNAVAILABLE] * 10
+    with Client(addr, retries_max=2) as c, pytest.raises(ClientError) as info:
+        c.sadd("s", "m")
+    assert info.value.code == grpc.StatusCode.UNAVAILABLE
+    assert info.value.message == "the node is draining"
+    assert len(fake.mutations) == 3
+    assert len(sleeps) == 2
+    # The error names the batch's key, so the caller can retry it safely later.
+    assert info.value.idempotency_key == fake.mutations[0].idempotency_key
+
+
+def test_backoff_is_capped(addr: str, fake: FakeKV, sleeps: list[float]) -> None:
+    fake.failures = [UNAVAILABLE] * 5
+    with Client(addr, backoff_ms_initial=100, backoff_ms_max=300) as c:
+        c.delete("k")
+    assert len(sleeps) == 5
+    assert all(0.15 <= s <= 0.3 for s in sleeps[2:])
+
+
+def test_without_an_idempotency_key_a_batch_is_not_retried(kv: Client, fake: FakeKV) -> None:
+    fake.failures = [UNAVAILABLE]
+    with pytest.raises(ClientError):
+        kv.mutate([Increment("c", 1)], idempotency_key=b"")
+    assert len(fake.mutations) == 1
+
+
+def test_reads_are_retried_too(kv: Client, fake: FakeKV) -> None:
+    fake.failures = [UNAVAILABLE]
+    assert kv.get("missing").type is None
+    assert fake.gets == ["missing", "missing"]
+
+
+@pytest.mark.parametrize(
+    "code",
+    [grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED],
+)
+def test_other_errors_are_not_retried(kv: Client, fake: FakeKV, code: grpc.StatusCode) -> None:
+    fake.failures = [(code, "no")]
+    with pytest.raises(ClientError) as info:
+        kv.set("k", b"v")
+    assert type(info.value) is ClientError
+    assert info.value.code == code
+    assert len(fake.mutations) == 1
+
+
+def test_failed_precondition_is_a_type_mismatch(kv: Client, fake: FakeKV) -> None:
+    fake.failures = [(grpc.StatusCode.FAILED_PRECONDITION, "key 'k' holds a register")]
+    with pytest.raises(TypeMismatchError) as info:
+        kv.incr("k")
+    assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert info.value.message == "key 'k' holds a register"
+    assert "FAILED_PRECONDITION" in str(info.value)
+    assert len(fake.mutations) == 1
+
+
+def test_an_amount_beyond_int64_is_refused_before_sending(kv: Client, fake: FakeKV) -> None:
+    with pytest.raises(ClientError) as info:
+        kv.incr("c", 2**63)
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert fake.mutations == []
+
+
+def test_bad_settings_are_refused() -> None:
+    with pytest.raises(ValueError):
+        Client("127.0.0.1:1", timeout_s=0)
+    with pytest.raises(ValueError):
+        Client("127.0.0.1:1", retries_max=-1)
+    with pytest.raises(ValueError):
+        Client("127.0.0.1:1", backoff_ms_initial=10, backoff_ms_max=5)
+
+
+def test_an_unreachable_server_is_unavailable(sleeps: list[float]) -> None:
+    with Client(closed_port(), retries_max=1) as c, pytest.raises(ClientError) as info:
+        c.get("k")
+    assert info.value.code == grpc.StatusCode.UNAVAILABLE
+    assert len(sleeps) == 1
+
+
+# -- conversions -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [0, 1, -1, 2**63 - 1, -(2**63), BIG, -BIG, 10**40])
+def test_counters_are_exact(n: int) -> None:
+    value = counter(n)
+    entry = _entry_from_get(kv_pb2.GetResponse(entry=kv_pb2.KeyValue(key="c", value=value)))
+    assert entry.type == "counter"
+    assert entry.value == n
+    assert type(entry.value) is int
+
+
+def test_a_counter_without_decimal_uses_the_int64_field() -> None:
+    value = kv_pb2.Value(type=kv_pb2.VALUE_TYPE_COUNTER, counter=-7, counter_fits=True)
+    entry = _entry_from_get(kv_pb2.GetResponse(entry=kv_pb2.KeyValue(key="c", value=value)))
+    assert entry.value == -7
+
+
+def test_a_malformed_counter_is_a_client_error() -> None:
+    value = kv_pb2.Value(type=kv_pb2.VALUE_TYPE_COUNTER, counter_decimal="12x")
+    with pytest.raises(ClientError):
+        _entry_from_get(kv_pb2.GetResponse(entry=kv_pb2.KeyValue(key="c", value=value)))
+
+
+def test_get_converts_every_type(kv: Client, fake: FakeKV) -> None:
+    fake.put("r", register(b"win", b"win", b"lose"))
+    fake.put("c", kv_pb2.KeyValue(value=counter(BIG)))
+    fake.put("s", kv_pb2.KeyValue(value=members("b", "a"), conflicts=[counter(3), members("x")]))
+
+    r = kv.get("r")
+    assert r == Entry(
+        key="r",
+        type="register",
+        value=b"win",
+        siblings=(Sibling(b"win", "r0", 1000, 0), Sibling(b"lose", "r1", 1001, 1)),
+        token=b"read-token",
+    )
+    assert r.exists
+    assert kv.get("c").value == BIG
+    s = kv.get("s")
+    assert s.value == frozenset({"a", "b"})
+    assert s.conflicts == (Conflict("counter", 3), Conflict("set", frozenset({"x"})))
+
+    missing = kv.get("nope")
+    assert missing == Entry("nope", None, None, token=b"read-token")
+    assert not missing.exists
+
+
+def test_scan_follows_page_tokens(kv: Client, fake: FakeKV) -> None:
+    for i in range(5):
+        fake.put(f"user/{i}", kv_pb2.KeyValue(value=counter(i)))
+    fake.put("other", kv_pb2.KeyValue(value=counter(9)))
+    entries = list(kv.scan("user/", page_size=2))
+    assert [(e.key, e.value) for e in entries] == [(f"user/{i}", i) for i in range(5)]
+    assert [(s.limit, s.page_token) for s in fake.scans] == [(2, ""), (2, "user/1"), (2, "user/3")]
+    assert all(e.token == b"" for e in entries)
+
+
+def test_status(kv: Client) -> None:
+    assert kv.status() == {
+        "region": "eu",
+        "version": "0.1.0",
+        "keys": 0,
+        "token": b"\x00\xff",
+        "draining": False,
+        "data_bytes": 4096,
+    }
+
+
+# -- the asyncio client --------------------------------------------------------------------
+
+
+def test_async_client(addr: str, fake: FakeKV, sleeps: list[float]) -> None:
+    fake.put("c", kv_pb2.KeyValue(value=counter(BIG)))
+    for i in range(3):
+        fake.put(f"p/{i}", kv_pb2.KeyValue(value=members(str(i))))
+
+    async def scenario() -> None:
+        async with AsyncClient(addr) as c:
+            fake.failures = [UNAVAILABLE, UNAVAILABLE]
+            assert await c.sadd("s", "m") == WriteResult(b"write-0", False)
+            keys = {m.idempotency_key for m in fake.mutations}
+            assert len(fake.mutations) == 3
+            assert len(keys) == 1
+            assert len(sleeps) == 2
+
+            assert (await c.get("c")).value == BIG
+            scanned: AsyncIterator[Entry] = c.scan("p/", page_size=1)
+            assert [e.value async for e in scanned] == [frozenset({"0"}), frozenset({"1"}), frozenset({"2"})]
+            assert (await c.status())["region"] == "eu"
+
+            fake.failures = [(grpc.StatusCode.FAILED_PRECONDITION, "wrong type")]
+            with pytest.raises(TypeMismatchError):
+                await c.incr("s", -1)
+            for write in (c.set("r", b"x"), c.srem("s", "m"), c.delete("r")):
+                assert not (await write).replayed
+
+    asyncio.run(scenario())
+
+
+# -- the command line ----------------------------------------------------------------------
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_incr_takes_a_negative_n(addr: str, fake: FakeKV, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "--addr", addr, "incr", "c", "-5") == (0, "", "")
+    assert run(capsys, "--addr", addr, "incr", "c") == (0, "", "")
+    assert [m.operations[0].increment.amount for m in fake.mutations] == [-5, 1]
+
+
+def test_addr_comes_from_the_environment(
+    addr: str, fake: FakeKV, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(cli.ADDR_ENV, addr)
+    assert run(capsys, "set", "k", "v")[0] == 0
+    assert fake.mutations[0].operations[0].set.value == b"v"
+    # --addr wins over the environment.
+    assert run(capsys, "--addr", closed_port(), "del", "k")[0] == 1
+    monkeypatch.delenv(cli.ADDR_ENV)
+    assert cli._resolve_addr(None) == cli.DEFAULT_ADDR == "127.0.0.1:7420"
+
+
+def test_get_json_of_a_missing_key(addr: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "--addr", addr, "get", "k", "--json")
+    assert code == 0
+    assert json.loads(out) == {"key": "k", "type": None, "value": None}
+    assert out.count("\n") == 1
+    code, out, err = run(capsys, "--addr", addr, "get", "k")
+    assert (code, out) == (0, "")
+    assert "no such key" in err
+
+
+def test_get_json_shapes(addr: str, fake: FakeKV, capsys: pytest.CaptureFixture[str]) -> None:
+    fake.put("r", register(b"hi"))
+    fake.put("rs", register(b"a", b"a", b"b"))
+    fake.put("bin", register(b"\xff\x00"))
+    fake.put("c", kv_pb2.KeyValue(value=counter(BIG)))
+    fake.put(
+        "s",
+        kv_pb2.KeyValue(
+            value=members("b", "a"), conflicts=[kv_pb2.Value(type=kv_pb2.VALUE_TYPE_REGISTER, register=b"\xfe")]
+        ),
+    )
+
+    def get(key: str) -> Any:
+        code, out, _ = run(capsys, "--addr", addr, "get", key, "--json")
+        assert code == 0
+        return json.loads(out)
+
+    assert get("r") == {"key": "r", "type": "register", "value": "hi"}
+    assert get("rs") == {"key": "rs", "type": "register", "value": "a", "siblings": ["a", "b"]}
+    assert get("bin") == {"key": "bin", "type": "register", "value": "/wA=", "encoding": "base64"}
+    assert get("c") == {"key": "c", "type": "counter", "value": BIG}
+    assert get("s") == {
+        "key": "s",
+        "type": "set",
+        "value": ["a", "b"],
+        "conflicts": [{"type": "register", "value": "/g==", "encoding": "base64"}],
+    }
+
+
+def test_get_human_form(addr: str, fake: FakeKV, capsys: pytest.CaptureFixture[str]) -> None:
+    fake.put("r", register(b"hello world"))
+    fake.put("rs", register(b"a", b"a", b"b"))
+    fake.put("c", kv_pb2.KeyValue(value=counter(-3)))
+    fake.put("s", kv_pb2.KeyValue(value=members("b", "a")))
+    assert run(capsys, "--addr", addr, "get", "r") == (0, "hello world\n", "")
+    code, out, err = run(capsys, "--addr", addr, "get", "rs")
+    assert (code, out) == (0, "a\n")
+    assert "2 concurrent values" in err
+    assert run(capsys, "--addr", addr, "get", "c") == (0, "-3\n", "")
+    assert run(capsys, "--addr", addr, "get", "s") == (0, "a\nb\n", "")
+
+
+def test_scan_output(addr: str, fake: FakeKV, capsys: pytest.CaptureFixture[str]) -> None:
+    fake.put("a", register(b"x\ty"))
+    fake.put("b", kv_pb2.KeyValue(value=counter(2)))
+    fake.put("c", kv_pb2.KeyValue(value=members("m")))
+    code, out, _ = run(capsys, "--addr", addr, "scan")
+    assert code == 0
+    assert out == 'a\tx\\ty\nb\t2\nc\t["m"]\n'
+    code, out, _ = run(capsys, "--addr", addr, "scan", "b", "--json")
+    assert [json.loads(line) for line in out.splitlines()] == [{"key": "b", "type": "counter", "value": 2}]
+
+
+def test_write_json(addr: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--addr", addr, "sadd", "s", "a", "b", "--json")
+    assert code == 0
+    assert json.loads(out) == {"token": base64.b64encode(b"write-0").decode(), "replayed": False}
+
+
+def test_status_output(addr: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--addr", addr, "status", "--json")
+    assert code == 0
+    assert json.loads(out) == {
+        "region": "eu",
+        "version": "0.1.0",
+        "keys": 0,
+        "token": "AP8=",
+        "draining": False,
+        "data_bytes": 4096,
+    }
+    code, out, _ = run(capsys, "--addr", addr, "status")
+    assert "region: eu" in out.splitlines()
+    assert "draining: false" in out.splitlines()
+
+
+def test_errors_are_one_line_and_exit_1(addr: str, fake: FakeKV, capsys: pytest.CaptureFixture[str]) -> None:
+    fake.failures = [(grpc.StatusCode.FAILED_PRECONDITION, "key 'k' holds a register")]
+    assert run(capsys, "--addr", addr, "incr", "k") == (
+        1,
+        "",
+        "crdtstore: key 'k' holds a register (FAILED_PRECONDITION)\n",
+    )
+    dead = closed_port()
+    code, out, err = run(capsys, "--addr", dead, "get", "k")
+    assert (code, out) == (1, "")
+    assert err.startswith(f"crdtstore: cannot reach {dead}: is the server running? (UNAVAILABLE")
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["incr", "k", "x"], ["sadd", "s"], ["get"], ["nope"], ["set", "k"], ["--addr"]],
+)
+def test_wrong_usage_exits_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 2
+    capsys.readouterr()
+
+
+def test_serve_is_delegated_to_the_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[argparse.Namespace] = []
+
+    def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--listen")
+        parser.add_argument("--region")
+
+    def serve_from_args(args: argparse.Namespace) -> int:
+        seen.append(args)
+        return 7
+
+    node = types.ModuleType("crdtstore.node")
+    node_main = types.ModuleType("crdtstore.node.main")
+    node_main.add_serve_arguments = add_serve_arguments  # type: ignore[attr-defined]
+    node_main.serve_from_args = serve_from_args  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "crdtstore.node", node)
+    monkeypatch.setitem(sys.modules, "crdtstore.node.main", node_main)
+
+    assert cli.main(["--addr", "x:1", "serve", "--listen", "0.0.0.0:7420", "--region", "eu"]) == 7
+    assert seen[0].listen == "0.0.0.0:7420"
+    assert seen[0].region == "eu"
+    assert seen[0].command == "serve"
+
+
+def test_command_of() -> None:
+    assert cli._command_of(["--addr", "serve", "get", "serve"]) == "get"
+    assert cli._command_of(["--addr=h:1", "serve"]) == "serve"
+    assert cli._command_of(["-h"]) is None
