@@ -173,6 +173,6 @@ def parse_listen(listen: str) -> tuple[str, int]:
         raise ConfigError(f"listen address {listen!r} is not HOST:PORT (for example 127.0.0.1:7420)")
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ConfigError(f"listen address {listen!r}: the port must be a number from 0 to 65535")
-    if host.startswith("[") != host.endswith("]"):
+    if host.startswith("[") != host.endswith("]") or (":" in host and not host.startswith("[")):
         raise ConfigError(f"listen address {listen!r}: write an IPv6 address in brackets, like [::1]:7420")
     return host, int(port_text)

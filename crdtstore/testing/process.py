@@ -1,0 +1,119 @@
+"""Real ``crdtstore serve`` processes for end-to-end tests, crash tests and benchmarks.
+
+A ``ServerProcess`` starts a node on a loopback port the operating system
+chooses (``--listen 127.0.0.1:0``; the node prints the port it bound), waits
+until it answers, and can be stopped politely (SIGTERM), killed (SIGKILL) or
+restarted on the same data directory and port.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+
+__all__ = ["ServerProcess"]
+
+_LISTENING = re.compile(r"listening on (\S+):(\d+)")
+
+
+class ServerProcess:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        region: str = "local",
+        extra_args: tuple[str, ...] = (),
+        start_timeout_s: float = 30.0,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.region = region
+        self.extra_args = extra_args
+        self.start_timeout_s = start_timeout_s
+        self.port = 0
+        self.proc: subprocess.Popen[str] | None = None
+        self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> ServerProcess:
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        cmd = [
+            sys.executable,
+            "-m",
+            "crdtstore",
+            "serve",
+            "--data-dir",
+            str(self.data_dir),
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--region",
+            self.region,
+            *self.extra_args,
+        ]
+        log = self.log_path.open("a")
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=log, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
+        deadline = time.monotonic() + self.start_timeout_s
+        assert self.proc.stdout is not None
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"crdtstore serve exited with {self.proc.wait()}; see {self.log_path}")
+            match = _LISTENING.search(line)
+            if match:
+                self.port = int(match.group(2))
+                break
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"crdtstore serve did not start within {self.start_timeout_s} s")
+        self._wait_ready(deadline)
+        return self
+
+    def _wait_ready(self, deadline: float) -> None:
+        with grpc.insecure_channel(self.addr) as channel:
+            grpc.channel_ready_future(channel).result(timeout=max(0.1, deadline - time.monotonic()))
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM: drain and exit; returns the exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=timeout_s)
+        self._close_pipe()
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL: no draining, no cleanup; what was not fsynced is lost."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+        self._close_pipe()
+
+    def restart(self) -> ServerProcess:
+        self.kill()
+        return self.start()
+
+    def _close_pipe(self) -> None:
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.stop(timeout_s=15)
+            except subprocess.TimeoutExpired:
+                self.kill()

@@ -1,0 +1,81 @@
+"""Configuration: file, environment and flags, in that order, with messages a person can act on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from crdtstore.node.config import ConfigError, NodeConfig, parse_listen
+
+
+def test_defaults_are_sane() -> None:
+    config = NodeConfig.load(environ={})
+    assert config.listen == "127.0.0.1:7420"
+    assert config.region == "local"
+    assert config.limits.key_bytes_max == 1024
+    assert config.limits.value_bytes_max == 1024 * 1024
+    assert config.limits.operations_per_batch_max == 10_000
+
+
+def test_flags_override_environment_override_file(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text(
+        'region = "from-file"\nlisten = "127.0.0.1:1"\ndata_dir = "/file"\n[limits]\nkey_bytes_max = 10\n'
+        "[server]\ndrain_grace_s = 3\n"
+    )
+    env = {"CRDTSTORE_REGION": "from-env", "CRDTSTORE_LISTEN": "127.0.0.1:2"}
+    config = NodeConfig.load(config_file=str(path), environ=env, flags={"region": "from-flag", "listen": None})
+    assert config.region == "from-flag"
+    assert config.listen == "127.0.0.1:2"
+    assert config.data_dir == Path("/file")
+    assert config.limits.key_bytes_max == 10
+    assert config.server.drain_grace_s == 3.0
+    assert NodeConfig.load(environ={"CRDTSTORE_CONFIG": str(path)}).region == "from-file"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("region = 5", "region must be a string"),
+        ('colour = "blue"', "unknown setting"),
+        ("[limits]\nkey_bytes_mx = 3", r"limits\.key_bytes_mx: unknown setting \(known: "),
+        ('[limits]\nkey_bytes_max = "big"', "expected int, got str"),
+        ("[limits]\nkey_bytes_max = 0", "must be positive"),
+        ("limits = 3", r"must be a table \(\[limits\]\)"),
+        ("this is not toml", "is not valid TOML"),
+        ('region = "Bad Region!"', "is not a valid region name"),
+        ('listen = "nowhere"', "is not HOST:PORT"),
+    ],
+)
+def test_bad_files_are_refused_with_the_setting_named(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        NodeConfig.load(config_file=str(path), environ={})
+
+
+def test_a_missing_config_file_is_named() -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        NodeConfig.load(config_file="/nonexistent/node.toml", environ={})
+
+
+@pytest.mark.parametrize(
+    ("listen", "ok"),
+    [
+        ("127.0.0.1:7420", ("127.0.0.1", 7420)),
+        ("[::1]:0", ("[::1]", 0)),
+        ("0.0.0.0:65535", ("0.0.0.0", 65535)),
+        ("localhost:99999", None),
+        (":7420", None),
+        ("127.0.0.1", None),
+        ("::1:7420", None),
+        ("host:port", None),
+    ],
+)
+def test_listen_addresses(listen: str, ok: tuple[str, int] | None) -> None:
+    if ok is None:
+        with pytest.raises(ConfigError):
+            parse_listen(listen)
+    else:
+        assert parse_listen(listen) == ok

@@ -1,0 +1,293 @@
+"""The LMDB store: atomic batches, durability across reopen, limits, idempotency, the delta log."""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import lmdb
+import pytest
+
+from crdtstore.crdt import HybridLogicalClock, StoreMap, TypeMismatch, ValueType
+from crdtstore.operations import AddMembers, DeleteKey, Increment, Operation, RemoveMembers, SetRegister
+from crdtstore.storage import (
+    Applied,
+    Failed,
+    IdempotencyConflict,
+    LmdbStore,
+    StorageConfig,
+    StorageError,
+    StoreFull,
+    WriteRequest,
+    WrongRegion,
+)
+from crdtstore.testing.clock import FakeClock
+
+
+class Harness:
+    def __init__(self, path: Path, region: str = "eu", **options: int) -> None:
+        self.wall = FakeClock(1_700_000_000_000)
+        self.config = StorageConfig(path, region, **options)
+        self.store = LmdbStore(self.config, wall_ms=self.wall)
+        self.clock = HybridLogicalClock(self.wall, floor=self.store.hlc_mark)
+
+    def write(self, *requests: WriteRequest) -> list[Applied | Failed]:
+        return self.store.write_batch(list(requests), self.clock)
+
+    def one(self, *ops: Operation, key: bytes = b"") -> Applied | Failed:
+        return self.write(WriteRequest(list(ops), key))[0]
+
+    def value(self, key: str) -> object:
+        state = self.store.get(key)
+        read = None if state is None else state.read()
+        return None if read is None else read.value
+
+    def reopen(self) -> None:
+        self.store.close()
+        self.store = LmdbStore(self.config, wall_ms=self.wall)
+        self.clock = HybridLogicalClock(self.wall, floor=self.store.hlc_mark)
+
+
+@pytest.fixture
+def h(tmp_path: Path) -> Harness:
+    return Harness(tmp_path / "store")
+
+
+def test_a_batch_lands_and_survives_reopen(h: Harness) -> None:
+    result = h.one(SetRegister("r", b"v"), Increment("n", 7), AddMembers("s", ("a", "b")))
+    assert isinstance(result, Applied)
+    assert result.token.vv.get("eu") == 4, "one dot per register write and increment, one per member"
+    h.reopen()
+    assert h.value("r") == b"v"
+    assert h.value("n") == 7
+    assert h.value("s") == frozenset({"a", "b"})
+    assert h.store.context == result.token
+    assert h.store.count_keys() == 3
+
+
+def test_a_failing_request_changes_nothing_and_its_batch_neighbours_land(h: Harness) -> None:
+    h.one(SetRegister("r", b"v"))
+    before = h.store.context
+    ok1, bad, ok2 = h.write(
+        WriteRequest([Increment("n", 1)]),
+        WriteRequest([SetRegister("new", b"x"), AddMembers("other", ("m",)), Increment("r", 1)]),
+        WriteRequest([AddMembers("s", ("m",))]),
+    )
+    assert isinstance(ok1, Applied)
+    assert isinstance(ok2, Applied)
+    assert isinstance(bad, Failed)
+    assert isinstance(bad.error, TypeMismatch)
+    assert h.value("new") is None, "nothing of the failed request was written"
+    assert h.value("other") is None
+    assert h.value("r") == b"v"
+    assert h.store.context.vv.get("eu") == before.vv.get("eu") + 2, "the failed request minted no dots"
+    h.reopen()
+    assert h.value("n") == 1
+    assert h.value("s") == frozenset({"m"})
+
+
+def test_requests_in_one_batch_see_each_other(h: Harness) -> None:
+    results = h.write(
+        WriteRequest([AddMembers("s", ("a",))]),
+        WriteRequest([RemoveMembers("s", ("a",)), AddMembers("s", ("b",))]),
+        WriteRequest([Increment("s", 1)]),  # s is a set by now
+    )
+    assert isinstance(results[2], Failed)
+    assert h.value("s") == frozenset({"b"})
+
+
+def test_delete_removes_the_key_from_storage(h: Harness) -> None:
+    h.one(AddMembers("s", ("a",)))
+    h.one(DeleteKey("s"))
+    assert h.store.get("s") is None
+    assert h.store.count_keys() == 0
+
+
+def test_idempotency_key_applies_once_and_refuses_a_different_request(h: Harness) -> None:
+    first = h.one(Increment("n", 5), key=b"req-1")
+    again = h.one(Increment("n", 5), key=b"req-1")
+    assert isinstance(first, Applied)
+    assert isinstance(again, Applied)
+    assert again.replayed
+    assert again.token == first.token
+    assert h.value("n") == 5
+    other = h.one(Increment("n", 6), key=b"req-1")
+    assert isinstance(other, Failed)
+    assert isinstance(other.error, IdempotencyConflict)
+    # Within one batch too, and across a reopen.
+    a, b = h.write(WriteRequest([Increment("m", 1)], b"req-2"), WriteRequest([Increment("m", 1)], b"req-2"))
+    assert isinstance(b, Applied)
+    assert b.replayed
+    h.reopen()
+    replay = h.one(Increment("n", 5), key=b"req-1")
+    assert isinstance(replay, Applied)
+    assert replay.replayed
+    assert h.value("n") == 5
+    assert h.value("m") == 1
+    assert isinstance(a, Applied)
+
+
+def test_idempotency_records_expire_and_are_bounded(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "s", idempotency_ttl_s=60, idempotency_records_max=10)
+    for i in range(30):
+        h.one(Increment("n", 1), key=f"k{i}".encode())
+    with h.store.env.begin() as txn:
+        assert txn.stat(h.store.idem)["entries"] <= 11
+    h.wall.advance(61_000)
+    h.one(Increment("n", 1), key=b"fresh")
+    with h.store.env.begin() as txn:
+        assert txn.stat(h.store.idem)["entries"] == 1
+        assert txn.stat(h.store.idem_time)["entries"] == 1
+    # An expired key is a new request again: that is what the TTL means.
+    assert isinstance(h.one(Increment("n", 1), key=b"k29"), Applied)
+    assert h.value("n") == 32
+
+
+def test_a_data_directory_of_another_region_is_refused(h: Harness) -> None:
+    h.one(SetRegister("r", b"v"))
+    h.store.close()
+    with pytest.raises(WrongRegion, match="belongs to region 'eu', not 'us'"):
+        LmdbStore(StorageConfig(h.config.path, "us"))
+
+
+def test_an_unwritable_directory_is_refused_with_a_clear_message(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StorageError, match="cannot create the data directory"):
+        LmdbStore(StorageConfig(blocker / "store", "eu"))
+
+
+def test_the_map_grows_when_it_fills(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "s", map_size_bytes=256 * 1024, map_size_bytes_max=64 * 1024 * 1024)
+    for i in range(40):
+        assert isinstance(h.one(SetRegister(f"k{i}", b"x" * 50_000)), Applied)
+    assert h.store.env.info()["map_size"] > 256 * 1024
+    h.reopen()
+    assert h.value("k39") == b"x" * 50_000
+
+
+def test_a_full_store_refuses_with_nothing_half_written(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "s", map_size_bytes=256 * 1024, map_size_bytes_max=512 * 1024)
+    landed = 0
+    failed: Failed | None = None
+    for i in range(200):
+        result = h.one(SetRegister(f"a{i}", b"x" * 20_000), SetRegister(f"b{i}", b"y" * 20_000))
+        if isinstance(result, Failed):
+            failed = result
+            break
+        landed += 1
+    assert failed is not None
+    assert isinstance(failed.error, StoreFull)
+    assert "maximum size" in str(failed.error)
+    i = landed
+    assert h.value(f"a{i}") is None
+    assert h.value(f"b{i}") is None
+    # Small requests that fit still land in a batch with one that does not.
+    small, big = h.write(WriteRequest([Increment("n", 1)]), WriteRequest([SetRegister("big", b"z" * 400_000)]))
+    assert isinstance(big, Failed)
+    assert isinstance(small, Applied)
+    h.reopen()
+    assert h.value(f"a{landed - 1}") == b"x" * 20_000
+    assert h.value("n") == 1
+
+
+def test_long_keys_are_stored_whole_and_scanned_by_prefix(h: Harness) -> None:
+    base = "p" * 470
+    keys = [base + suffix for suffix in ("", "a", "b" * 40, "b" * 40 + "c" * 500, "z" * 554)]
+    for key in keys:
+        h.one(SetRegister(key, key[-3:].encode()))
+    for key in keys:
+        assert h.value(key) == key[-3:].encode()
+    found, _ = h.store.scan(prefix=base + "b")
+    assert sorted(k for k, _ in found) == [base + "b" * 40, base + "b" * 40 + "c" * 500]
+    everything, _ = h.store.scan(prefix="p", limit=100)
+    assert sorted(k for k, _ in everything) == sorted(keys)
+
+
+def test_scan_pages_through_a_prefix_in_key_order(h: Harness) -> None:
+    for i in range(25):
+        h.one(SetRegister(f"user/{i:03d}", b"v"), SetRegister(f"zzz/{i}", b"w"))
+    h.one(SetRegister("user", b"not under the prefix"), SetRegister("user0", b"nor this"))
+    seen: list[str] = []
+    after = b""
+    for _ in range(10):
+        page, after = h.store.scan("user/", after, limit=7)
+        seen.extend(k for k, _ in page)
+        if not after:
+            break
+    assert seen == [f"user/{i:03d}" for i in range(25)]
+
+
+def test_scan_pages_are_bounded_in_bytes(h: Harness) -> None:
+    for i in range(10):
+        h.one(SetRegister(f"k{i}", b"x" * 10_000))
+    page, after = h.store.scan("", b"", limit=100, bytes_max=25_000)
+    assert 1 <= len(page) <= 3
+    assert after
+
+
+def test_the_delta_log_rebuilds_the_state(h: Harness) -> None:
+    h.one(SetRegister("r", b"1"), AddMembers("s", ("a", "b")))
+    h.one(Increment("n", 3), RemoveMembers("s", ("a",)))
+    h.one(DeleteKey("r"), SetRegister("r", b"2"))
+    h.one(DeleteKey("n"))
+    rebuilt = functools.reduce(lambda acc, e: acc.join_delta(e[2]), h.store.log_entries(), StoreMap())
+    assert rebuilt.context == h.store.context
+    stored = dict(h.store.scan("", limit=100)[0])
+    assert dict(rebuilt.entries) == stored
+    assert [c for _, c, _ in h.store.log_entries()] == [3, 5, 7, 8]
+
+
+def test_the_delta_log_is_bounded_in_bytes(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "s", delta_log_bytes_max=20_000)
+    for i in range(60):
+        h.one(SetRegister(f"k{i}", b"x" * 1_000))
+    entries = list(h.store.log_entries())
+    assert 10 <= len(entries) < 60
+    assert entries[-1][1] == 60, "the newest entries are kept"
+
+
+def test_the_clock_mark_survives_reopen_so_no_timestamp_repeats(h: Harness) -> None:
+    h.one(SetRegister("r", b"1"))
+    mark = h.store.hlc_mark
+    h.wall.set(1_000)  # the wall clock stepped far back across the restart
+    h.reopen()
+    assert h.clock.now() > mark
+    h.one(SetRegister("r", b"2"))
+    state = h.store.get("r")
+    assert state is not None
+    slot = state.slots[ValueType.REGISTER]
+    assert slot.winner().value == b"2"  # type: ignore[union-attr]
+
+
+def test_stale_readers_of_a_killed_process_are_cleared_at_open(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    Harness(path).store.close()
+    holder = textwrap.dedent(
+        f"""
+        import lmdb, sys, time
+        env = lmdb.open({str(path)!r}, max_dbs=8, subdir=True)
+        txn = env.begin()
+        print("reading", flush=True)
+        time.sleep(60)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "reading"
+        proc.kill()
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    env = lmdb.open(str(path), max_dbs=8, subdir=True)
+    assert env.info()["num_readers"] >= 1, "the killed process left its reader slot behind"
+    env.close()
+    h = Harness(path)
+    assert h.store.env.reader_check() == 0, "LmdbStore cleared the stale slot when it opened"
