@@ -191,4 +191,6 @@ class AdminService(pb_grpc.AdminServicer):
             token=token_of(store.context.vv),
             draining=self.node.draining,
             data_bytes=store.data_bytes(),
+            commits=self.node.writer.batches_committed,
+            requests_committed=self.node.writer.requests_committed,
         )

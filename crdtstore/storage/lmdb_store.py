@@ -36,7 +36,9 @@ group-commit writer calls ``write_batch`` from its one writer thread.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -144,6 +146,48 @@ class _Batch:
     replies: dict[bytes, tuple[bytes, Applied]] = field(default_factory=dict)
 
 
+class _RemapGate:
+    """Readers share it; growing the map takes it alone.
+
+    ``set_mapsize`` remaps the file, so no read transaction of this process may
+    be open while it runs (a reader would be left holding pointers into the
+    old mapping). Reads are short, so growth waits for them to finish and
+    holds new ones back for the few microseconds the remap takes.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._remapping = False
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._remapping:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def remap(self) -> Iterator[None]:
+        with self._cond:
+            self._remapping = True
+            while self._readers:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._remapping = False
+                self._cond.notify_all()
+
+
 def lmdb_key(key: str) -> bytes:
     raw = key.encode("utf-8")
     if len(raw) <= _SHORT_KEY_BYTES_MAX:
@@ -199,6 +243,7 @@ class LmdbStore:
             )
         except lmdb.Error as exc:
             raise StorageError(f"cannot open the store in {path}: {exc}") from exc
+        self._gate = _RemapGate()
         # Reader slots left behind by a process that was killed would pin old
         # pages forever; clear them before anything else.
         self.env.reader_check()
@@ -269,7 +314,7 @@ class LmdbStore:
 
     def get(self, key: str) -> KeyState | None:
         db_key = lmdb_key(key)
-        with self.env.begin(db=self.data) as txn:
+        with self._gate.read(), self.env.begin(db=self.data) as txn:
             raw = txn.get(db_key)
         if raw is None:
             return None
@@ -290,7 +335,7 @@ class LmdbStore:
         out: list[tuple[str, KeyState]] = []
         last = b""
         size = 0
-        with self.env.begin(db=self.data) as txn:
+        with self._gate.read(), self.env.begin(db=self.data) as txn:
             cursor = txn.cursor()
             if not cursor.set_range(max(seek_prefix, after)):
                 return out, b""
@@ -310,7 +355,7 @@ class LmdbStore:
         return out, b""
 
     def count_keys(self) -> int:
-        with self.env.begin() as txn:
+        with self._gate.read(), self.env.begin() as txn:
             return int(txn.stat(self.data)["entries"])
 
     def data_bytes(self) -> int:
@@ -318,10 +363,11 @@ class LmdbStore:
 
     def log_entries(self) -> Iterator[tuple[str, int, StoreMap]]:
         """Every delta log entry: (origin, last dot counter, delta), oldest first per origin."""
-        with self.env.begin(db=self.log) as txn:
-            for db_key, value in txn.cursor():
-                origin, counter = _split_log_key(db_key)
-                yield origin, counter, decode_as(bytes(value), StoreMap)
+        with self._gate.read(), self.env.begin(db=self.log) as txn:
+            raw = list(txn.cursor())
+        for db_key, value in raw:
+            origin, counter = _split_log_key(db_key)
+            yield origin, counter, decode_as(bytes(value), StoreMap)
 
     # -- writes ------------------------------------------------------------------------
 
@@ -354,7 +400,8 @@ class LmdbStore:
         current = self.env.info()["map_size"]
         if current >= self.config.map_size_bytes_max:
             return False
-        self.env.set_mapsize(min(current * 2, self.config.map_size_bytes_max))
+        with self._gate.remap():
+            self.env.set_mapsize(min(current * 2, self.config.map_size_bytes_max))
         return True
 
     def _commit(self, requests: Sequence[WriteRequest], clock: HybridLogicalClock) -> list[Result]:

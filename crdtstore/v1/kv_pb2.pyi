@@ -170,17 +170,21 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("region", "version", "keys", "token", "draining", "data_bytes")
+    __slots__ = ("region", "version", "keys", "token", "draining", "data_bytes", "commits", "requests_committed")
     REGION_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
     DATA_BYTES_FIELD_NUMBER: _ClassVar[int]
+    COMMITS_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_COMMITTED_FIELD_NUMBER: _ClassVar[int]
     region: str
     version: str
     keys: int
     token: CausalToken
     draining: bool
     data_bytes: int
-    def __init__(self, region: _Optional[str] = ..., version: _Optional[str] = ..., keys: _Optional[int] = ..., token: _Optional[_Union[CausalToken, _Mapping]] = ..., draining: _Optional[bool] = ..., data_bytes: _Optional[int] = ...) -> None: ...
+    commits: int
+    requests_committed: int
+    def __init__(self, region: _Optional[str] = ..., version: _Optional[str] = ..., keys: _Optional[int] = ..., token: _Optional[_Union[CausalToken, _Mapping]] = ..., draining: _Optional[bool] = ..., data_bytes: _Optional[int] = ..., commits: _Optional[int] = ..., requests_committed: _Optional[int] = ...) -> None: ...
