@@ -16,11 +16,9 @@ from grpc_reflection.v1alpha import reflection
 
 from crdtstore.crdt import HybridLogicalClock
 from crdtstore.node.config import ConfigError, NodeConfig, parse_listen
-from crdtstore.node.service import AdminService, KVService, NodeState
+from crdtstore.node.service import NodeState, add_services
 from crdtstore.node.writer import GroupCommitWriter
 from crdtstore.storage import LmdbStore, StorageConfig, StorageError
-from crdtstore.v1 import kv_pb2 as pb
-from crdtstore.v1 import kv_pb2_grpc as pb_grpc
 
 __all__ = ["add_serve_arguments", "run_node", "serve_from_args"]
 
@@ -37,17 +35,26 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--region", metavar="NAME", help="this node's region name (default 'local')")
 
 
+class StartupError(Exception):
+    """The node could not start for a reason outside its configuration (a port in use, say)."""
+
+
 def serve_from_args(args: argparse.Namespace) -> int:
+    """Exit codes: 0 after a clean shutdown, 1 when the node cannot run, 2 for a bad configuration."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = NodeConfig.load(
             config_file=args.config,
             flags={"data_dir": args.data_dir, "listen": args.listen, "region": args.region},
         )
-        return asyncio.run(run_node(config))
-    except (ConfigError, StorageError) as exc:
+    except ConfigError as exc:
         print(f"crdtstore serve: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, ConfigError) else 1
+        return 2
+    try:
+        return asyncio.run(run_node(config))
+    except (StartupError, StorageError) as exc:
+        print(f"crdtstore serve: {exc}", file=sys.stderr)
+        return 1
 
 
 async def run_node(config: NodeConfig, *, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> int:
@@ -82,11 +89,9 @@ async def run_node(config: NodeConfig, *, ready: asyncio.Event | None = None, st
             ("grpc.so_reuseport", 0),
         ]
     )
-    pb_grpc.add_KVServicer_to_server(KVService(node), server)
-    pb_grpc.add_AdminServicer_to_server(AdminService(node), server)
+    services = add_services(server, node)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    services = [d.full_name for d in pb.DESCRIPTOR.services_by_name.values()]
     reflection.enable_server_reflection([*services, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
 
     host, port = parse_listen(config.listen)
@@ -94,12 +99,12 @@ async def run_node(config: NodeConfig, *, ready: asyncio.Event | None = None, st
         bound = server.add_insecure_port(config.listen)
     except RuntimeError as exc:
         store.close()
-        raise ConfigError(
+        raise StartupError(
             f"cannot listen on {config.listen}: is the port in use or the address wrong? ({exc})"
         ) from exc
     if port and bound != port:
         store.close()
-        raise ConfigError(f"cannot listen on {config.listen}: is the port in use?")
+        raise StartupError(f"cannot listen on {config.listen}: is the port in use?")
 
     writer.start()
     await server.start()

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 
 import crdtstore
 from crdtstore.crdt import KeyState, TypeMismatch, ValueType, VersionVector, encode
@@ -33,7 +35,7 @@ from crdtstore.storage import Applied, IdempotencyConflict, LmdbStore, StoreFull
 from crdtstore.v1 import kv_pb2 as pb
 from crdtstore.v1 import kv_pb2_grpc as pb_grpc
 
-__all__ = ["AdminService", "KVService", "NodeState"]
+__all__ = ["AdminService", "KVService", "NodeState", "add_services"]
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
@@ -166,7 +168,7 @@ class KVService(pb_grpc.KVServicer):
         limit = request.limit or settings.scan_page_default
         limit = min(limit, settings.scan_page_max)
         try:
-            after = base64.urlsafe_b64decode(request.page_token.encode("ascii")) if request.page_token else b""
+            after = _decode_page_token(request.page_token)
         except (binascii.Error, UnicodeEncodeError, ValueError):
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "page_token is not one this server issued")
         entries, last = self.node.store.scan(request.prefix, after, limit, settings.scan_page_bytes_max)
@@ -176,6 +178,13 @@ class KVService(pb_grpc.KVServicer):
         if last:
             response.next_page_token = base64.urlsafe_b64encode(last).decode("ascii")
         return response
+
+
+def _decode_page_token(token: str) -> bytes:
+    if not token:
+        return b""
+    # validate=True: a character outside the alphabet is an error, not skipped.
+    return base64.b64decode(token.encode("ascii"), altchars=b"-_", validate=True)
 
 
 class AdminService(pb_grpc.AdminServicer):
@@ -194,3 +203,49 @@ class AdminService(pb_grpc.AdminServicer):
             commits=self.node.writer.batches_committed,
             requests_committed=self.node.writer.requests_committed,
         )
+
+
+def _parsing(
+    method: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]],
+    request_type: type[Message],
+    response_type: type[Message],
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """A handler that parses the request itself, so a malformed one is INVALID_ARGUMENT.
+
+    gRPC's own deserialisation would answer UNKNOWN with a Python traceback in
+    the details; the contract promises INVALID_ARGUMENT for malformed input.
+    """
+
+    async def handle(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            request = request_type.FromString(raw)
+        except DecodeError as exc:
+            await _abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the request is not a valid {request_type.DESCRIPTOR.full_name} message: {exc}",
+            )
+        return await method(request, context)
+
+    return grpc.unary_unary_rpc_method_handler(handle, response_serializer=response_type.SerializeToString)
+
+
+def add_services(server: grpc.aio.Server, node: NodeState) -> list[str]:
+    """Register KV and Admin on ``server``; returns their full service names."""
+    kv, admin = KVService(node), AdminService(node)
+    handlers = {
+        "crdtstore.v1.KV": {
+            "Get": _parsing(kv.Get, pb.GetRequest, pb.GetResponse),
+            "Mutate": _parsing(kv.Mutate, pb.MutateRequest, pb.MutateResponse),
+            "Scan": _parsing(kv.Scan, pb.ScanRequest, pb.ScanResponse),
+        },
+        "crdtstore.v1.Admin": {
+            "Status": _parsing(admin.Status, pb.StatusRequest, pb.StatusResponse),
+        },
+    }
+    declared = {s.full_name: {m.name for m in s.methods} for s in pb.DESCRIPTOR.services_by_name.values()}
+    assert declared == {name: set(methods) for name, methods in handlers.items()}, "every RPC of the proto is served"
+    server.add_generic_rpc_handlers(
+        tuple(grpc.method_handlers_generic_handler(name, methods) for name, methods in handlers.items())
+    )
+    return list(handlers)

@@ -60,10 +60,10 @@ class ServerProcess:
             self.region,
             *self.extra_args,
         ]
-        log = self.log_path.open("a")
-        self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=log, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-        )
+        with self.log_path.open("a") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=log, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+            )
         deadline = time.monotonic() + self.start_timeout_s
         assert self.proc.stdout is not None
         while True:
