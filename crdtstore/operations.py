@@ -75,6 +75,7 @@ class Limits:
     member_bytes_max: int = 1024
     operations_per_batch_max: int = 10_000
     members_per_operation_max: int = 10_000
+    members_per_batch_max: int = 100_000
     idempotency_key_bytes_max: int = 128
     # The whole batch: keys, values and members added up.
     batch_bytes_max: int = 16 * 1024 * 1024
@@ -93,6 +94,7 @@ def validate(operations: Sequence[Operation], idempotency_key: bytes, limits: Li
             f"idempotency key of {len(idempotency_key)} bytes; the maximum is {limits.idempotency_key_bytes_max}"
         )
     total = 0
+    members = 0
     for i, op in enumerate(operations):
         where = f"operation {i}"
         total += _check_key(op.key, where, limits)
@@ -112,6 +114,9 @@ def validate(operations: Sequence[Operation], idempotency_key: bytes, limits: Li
                 raise InvalidRequest(
                     f"{where}: {len(op.members)} members; the maximum is {limits.members_per_operation_max}"
                 )
+            members += len(op.members)
+            if members > limits.members_per_batch_max:
+                raise InvalidRequest(f"more than {limits.members_per_batch_max} set members in one batch")
             for member in op.members:
                 size = len(_utf8(member, f"{where}: member"))
                 if size > limits.member_bytes_max:

@@ -20,6 +20,7 @@ from crdtstore.crdt import (
     Register,
     StoreMap,
     Timestamp,
+    ValueType,
     VersionVector,
     decode,
     decode_as,
@@ -83,10 +84,58 @@ def test_same_content_gives_the_same_bytes_whatever_the_history(data: st.DataObj
 
 
 def _assert_canonical_value(value: Any) -> None:
-    """What a successful decode of any bytes must give: a value whose encoding is its only one."""
+    """What a successful decode of any bytes must give: a valid value whose encoding is its only one."""
     canonical = encode(value)
     assert decode(canonical) == value
     assert encode(decode(canonical)) == canonical  # type: ignore[arg-type]
+    _assert_causally_valid(value)
+
+
+def _assert_causally_valid(value: Any) -> None:
+    """The invariants joins rely on, checked independently of the codec's own checks."""
+    if isinstance(value, StoreMap):
+        stores: list[Any] = [slot for ks in value.entries.values() for slot in ks.slots.values()]
+        context: CausalContext | None = value.context
+    elif isinstance(value, Causal):
+        stores, context = [value.store], value.context
+    elif isinstance(value, KeyState):
+        stores, context = list(value.slots.values()), None
+    elif isinstance(value, Register | Counter | AWSet):
+        stores, context = [value], None
+    else:
+        return
+    all_dots: list[Dot] = []
+    for store in stores:
+        groups = list(store.entries.values()) if isinstance(store, AWSet) else [list(store.dots())]
+        for group in groups:
+            regions = [d.region for d in group]
+            assert len(regions) == len(set(regions))
+            all_dots.extend(group)
+    assert len(all_dots) == len(set(all_dots)), "each dot once"
+    if context is not None:
+        assert all(context.contains(d) for d in all_dots), "every dot is in the context"
+
+
+def test_a_store_whose_dots_are_not_in_its_context_is_refused() -> None:
+    """Regression (review): such a state joined to different values depending on order."""
+    bogus = StoreMap({"k": KeyState({ValueType.REGISTER: Register({Dot("a", 1): _v(b"bogus")})})}, CausalContext())
+    raw = msgpack.packb(
+        [int(Tag.STORE_MAP), 1, [[["a"], (1).to_bytes(8, "big")], [[], []], [["k", [[1, [[0, 0, 5, 0, b"bogus"]]]]]]]],
+        use_bin_type=True,
+    )
+    with pytest.raises(CodecError, match="not in its causal context"):
+        decode(raw)
+    with pytest.raises(CodecError, match="not in its causal context"):
+        decode(encode(bogus))
+
+
+def test_a_dot_used_twice_is_refused() -> None:
+    twice = AWSet({"x": frozenset({Dot("a", 1)}), "y": frozenset({Dot("a", 1)})})
+    with pytest.raises(CodecError, match="appears twice"):
+        decode(encode(twice))
+    two_shares = Counter({Dot("a", 1): Share(1, 0), Dot("a", 2): Share(2, 0)})
+    with pytest.raises(CodecError, match="two dots of one region"):
+        decode(encode(two_shares))
 
 
 @given(st.binary(max_size=256))

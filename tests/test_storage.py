@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import lmdb
 import pytest
 
-from crdtstore.crdt import HybridLogicalClock, StoreMap, TypeMismatch, ValueType
+from crdtstore.crdt import HybridLogicalClock, StoreMap, TypeMismatch, ValueType, encode
 from crdtstore.operations import AddMembers, DeleteKey, Increment, Operation, RemoveMembers, SetRegister
 from crdtstore.storage import (
     Applied,
+    DataCorruption,
     Failed,
     IdempotencyConflict,
+    KeyTooLarge,
     LmdbStore,
     StorageConfig,
     StorageError,
+    StorageOptions,
     StoreFull,
     WriteRequest,
     WrongRegion,
@@ -30,7 +35,7 @@ from crdtstore.testing.clock import FakeClock
 class Harness:
     def __init__(self, path: Path, region: str = "eu", **options: int) -> None:
         self.wall = FakeClock(1_700_000_000_000)
-        self.config = StorageConfig(path, region, **options)
+        self.config = StorageConfig(path, region, StorageOptions(**options))
         self.store = LmdbStore(self.config, wall_ms=self.wall)
         self.clock = HybridLogicalClock(self.wall, floor=self.store.hlc_mark)
 
@@ -51,9 +56,27 @@ class Harness:
         self.clock = HybridLogicalClock(self.wall, floor=self.store.hlc_mark)
 
 
+Make = Callable[..., Harness]
+
+
 @pytest.fixture
-def h(tmp_path: Path) -> Harness:
-    return Harness(tmp_path / "store")
+def make(tmp_path: Path) -> Iterator[Make]:
+    """Harnesses whose stores are closed at the end of the test (the directory lock is a file)."""
+    made: list[Harness] = []
+
+    def build(name: str = "store", **options: int) -> Harness:
+        made.append(Harness(tmp_path / name, "eu", **options))
+        return made[-1]
+
+    yield build
+    for harness in made:
+        with contextlib.suppress(lmdb.Error):
+            harness.store.close()
+
+
+@pytest.fixture
+def h(make: Make) -> Harness:
+    return make()
 
 
 def test_a_batch_lands_and_survives_reopen(h: Harness) -> None:
@@ -130,8 +153,8 @@ def test_idempotency_key_applies_once_and_refuses_a_different_request(h: Harness
     assert isinstance(a, Applied)
 
 
-def test_idempotency_records_expire_and_are_bounded(tmp_path: Path) -> None:
-    h = Harness(tmp_path / "s", idempotency_ttl_s=60, idempotency_records_max=10)
+def test_idempotency_records_expire_and_are_bounded(make: Make) -> None:
+    h = make("s", idempotency_ttl_s=60, idempotency_records_max=10)
     for i in range(30):
         h.one(Increment("n", 1), key=f"k{i}".encode())
     with h.store.env.begin() as txn:
@@ -160,8 +183,8 @@ def test_an_unwritable_directory_is_refused_with_a_clear_message(tmp_path: Path)
         LmdbStore(StorageConfig(blocker / "store", "eu"))
 
 
-def test_the_map_grows_when_it_fills(tmp_path: Path) -> None:
-    h = Harness(tmp_path / "s", map_size_bytes=256 * 1024, map_size_bytes_max=64 * 1024 * 1024)
+def test_the_map_grows_when_it_fills(make: Make) -> None:
+    h = make("s", map_size_bytes=256 * 1024, map_size_bytes_max=64 * 1024 * 1024)
     for i in range(40):
         assert isinstance(h.one(SetRegister(f"k{i}", b"x" * 50_000)), Applied)
     assert h.store.env.info()["map_size"] > 256 * 1024
@@ -169,8 +192,8 @@ def test_the_map_grows_when_it_fills(tmp_path: Path) -> None:
     assert h.value("k39") == b"x" * 50_000
 
 
-def test_a_full_store_refuses_with_nothing_half_written(tmp_path: Path) -> None:
-    h = Harness(tmp_path / "s", map_size_bytes=256 * 1024, map_size_bytes_max=512 * 1024)
+def test_a_full_store_refuses_with_nothing_half_written(make: Make) -> None:
+    h = make("s", map_size_bytes=256 * 1024, map_size_bytes_max=512 * 1024)
     landed = 0
     failed: Failed | None = None
     for i in range(200):
@@ -241,8 +264,8 @@ def test_the_delta_log_rebuilds_the_state(h: Harness) -> None:
     assert [c for _, c, _ in h.store.log_entries()] == [3, 5, 7, 8]
 
 
-def test_the_delta_log_is_bounded_in_bytes(tmp_path: Path) -> None:
-    h = Harness(tmp_path / "s", delta_log_bytes_max=20_000)
+def test_the_delta_log_is_bounded_in_bytes(make: Make) -> None:
+    h = make("s", delta_log_bytes_max=20_000)
     for i in range(60):
         h.one(SetRegister(f"k{i}", b"x" * 1_000))
     entries = list(h.store.log_entries())
@@ -263,9 +286,9 @@ def test_the_clock_mark_survives_reopen_so_no_timestamp_repeats(h: Harness) -> N
     assert slot.winner().value == b"2"  # type: ignore[union-attr]
 
 
-def test_stale_readers_of_a_killed_process_are_cleared_at_open(tmp_path: Path) -> None:
+def test_stale_readers_of_a_killed_process_are_cleared_at_open(tmp_path: Path, make: Make) -> None:
     path = tmp_path / "s"
-    Harness(path).store.close()
+    make("s").store.close()
     holder = textwrap.dedent(
         f"""
         import lmdb, sys, time
@@ -289,5 +312,45 @@ def test_stale_readers_of_a_killed_process_are_cleared_at_open(tmp_path: Path) -
     env = lmdb.open(str(path), max_dbs=8, subdir=True)
     assert env.info()["num_readers"] >= 1, "the killed process left its reader slot behind"
     env.close()
-    h = Harness(path)
+    h = make("s")
     assert h.store.env.reader_check() == 0, "LmdbStore cleared the stale slot when it opened"
+
+
+def test_a_second_store_on_the_same_directory_is_refused(h: Harness) -> None:
+    """Regression (review): two processes on one directory minted the same dots."""
+    with pytest.raises(StorageError, match="another crdtstore process is using"):
+        LmdbStore(h.config)
+    h.one(SetRegister("still", b"works"))
+    assert h.value("still") == b"works"
+
+
+def test_bounds_hold_with_batches_larger_than_the_housekeeping_budget(make: Make) -> None:
+    """Regression (review): housekeeping removed 256 entries per batch while a batch could add 1,024."""
+    h = make("s", delta_log_bytes_max=50_000, idempotency_records_max=100, housekeeping_per_batch_max=4)
+    for b in range(20):
+        h.write(*(WriteRequest([SetRegister(f"k{b}-{i}", b"x" * 100)], f"{b}-{i}".encode()) for i in range(64)))
+    with h.store.env.begin() as txn:
+        assert txn.stat(h.store.idem)["entries"] <= 100 + 64
+    log_bytes = sum(len(encode(delta)) for _, _, delta in h.store.log_entries())
+    assert log_bytes <= 50_000 + 64 * 300, "at most the bound plus one batch"
+
+
+def test_a_key_cannot_grow_past_its_bound(make: Make) -> None:
+    h = make("s", key_state_bytes_max=20_000)
+    assert isinstance(h.one(AddMembers("big", tuple(f"m{i:05d}" for i in range(1_000)))), Applied)
+    result = h.one(AddMembers("big", tuple(f"n{i:05d}" for i in range(2_000))), Increment("other", 1))
+    assert isinstance(result, Failed)
+    assert isinstance(result.error, KeyTooLarge)
+    assert h.value("other") is None, "nothing of the refused request was written"
+    assert len(h.value("big")) == 1_000  # type: ignore[arg-type]
+
+
+def test_a_damaged_key_fails_only_its_own_request(h: Harness) -> None:
+    h.one(SetRegister("good", b"1"), SetRegister("bad", b"2"))
+    with h.store.env.begin(write=True) as txn:
+        txn.put(b"bad", b"\x00garbage", db=h.store.data)
+    ok, broken = h.write(WriteRequest([SetRegister("good", b"3")]), WriteRequest([SetRegister("bad", b"4")]))
+    assert isinstance(ok, Applied)
+    assert isinstance(broken, Failed)
+    assert isinstance(broken.error, DataCorruption)
+    assert h.value("good") == b"3"

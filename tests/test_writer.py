@@ -39,11 +39,10 @@ def test_requests_queued_during_a_commit_share_one_batch(tmp_path: Path) -> None
         first = asyncio.create_task(writer.submit(WriteRequest([Increment("n", 1)])))
         await asyncio.to_thread(store.entered.wait, 30)
         rest = [asyncio.create_task(writer.submit(WriteRequest([Increment("n", 1)]))) for _ in range(100)]
-        await asyncio.sleep(0)  # let every task enqueue
-        for _ in range(100):
-            if all(t.done() for t in rest) or writer._queue.qsize() >= 100:
-                break
-            await asyncio.sleep(0.01)
+        # One turn of the loop runs every new task up to its first await,
+        # which is after it has queued its request: no timing involved.
+        await asyncio.sleep(0)
+        assert writer._queue.qsize() == 100
         store.gate.set()
         results = await asyncio.gather(first, *rest)
         await writer.close()
@@ -70,6 +69,35 @@ def test_close_commits_what_is_queued(tmp_path: Path) -> None:
         results = await asyncio.gather(*tasks)
         assert all(isinstance(r, Applied) for r in results)
         assert writer.requests_committed == 50
+        store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_caller_that_gives_up_still_holds_its_place(tmp_path: Path) -> None:
+    """Regression (review): cancelled callers freed their place while their request stayed queued."""
+
+    async def scenario() -> None:
+        store = GatedStore(StorageConfig(tmp_path / "s", "eu"))
+        writer = GroupCommitWriter(store, HybridLogicalClock(FakeClock()), pending_requests_max=4)
+        writer.start()
+        tasks = [asyncio.create_task(writer.submit(WriteRequest([Increment("n", 1)]))) for _ in range(10)]
+        await asyncio.sleep(0)
+        await asyncio.to_thread(store.entered.wait, 30)  # the first request is in the (held) commit
+        for task in tasks[:4]:  # the four that got places give up
+            task.cancel()
+        await asyncio.gather(*tasks[:4], return_exceptions=True)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        in_commit = 1
+        assert writer._queue.qsize() + in_commit <= 4, "the six others still wait: the four requests are queued"
+        store.gate.set()
+        await asyncio.gather(*tasks[4:])
+        await writer.close()
+        state = store.get("n")
+        assert state is not None
+        assert state.read() is not None
+        assert state.read().value == 10  # type: ignore[union-attr]
         store.close()
 
     asyncio.run(scenario())

@@ -28,8 +28,11 @@ member, one or two dots and a one-entry region table: its size does not depend
 on the size of the set.
 
 Hostile input: ``decode`` accepts arbitrary bytes and either returns a value
-that satisfies every invariant above or raises ``CodecError``; any other
-exception from msgpack or from validation is turned into ``CodecError``.
+that satisfies every invariant above, and the causal ones that joins rely on
+(each dot appears once; a register, a counter or a set member holds at most
+one dot per region; every dot of a store with a context is in that context),
+or raises ``CodecError``; any other exception from msgpack or from validation
+is turned into ``CodecError``.
 
 Layouts (version 1)::
 
@@ -429,6 +432,37 @@ def _dec_key_state(body: Any, rd: _Reader) -> KeyState:
     return KeyState(slots)
 
 
+def _check_slot(vtype: ValueType, slot: Slot, seen: set[Dot]) -> None:
+    """Invariants every reachable state and delta keeps; a decoded value must keep them too.
+
+    Every dot names one event, so it appears once in a whole value; and a
+    region's later write, share or add of a member replaces its earlier ones,
+    so a register, a counter, or one member holds at most one dot per region.
+    Without these checks a crafted value could make two replicas join to
+    different states.
+    """
+    groups = [list(dots) for dots in slot.entries.values()] if isinstance(slot, AWSet) else [list(slot.dots())]
+    for group in groups:
+        regions = [d.region for d in group]
+        if len(set(regions)) != len(regions):
+            raise CodecError(f"a {vtype.label} holds two dots of one region where one replaces the other")
+        for dot in group:
+            if dot in seen:
+                raise CodecError(f"dot {dot.region}:{dot.counter} appears twice")
+            seen.add(dot)
+
+
+def _check_key_state(state: KeyState, seen: set[Dot]) -> None:
+    for vtype, slot in state.slots.items():
+        _check_slot(vtype, slot, seen)
+
+
+def _check_in_context(dots: set[Dot], ctx: CausalContext) -> None:
+    for dot in dots:
+        if not ctx.contains(dot):
+            raise CodecError(f"dot {dot.region}:{dot.counter} is in the store but not in its causal context")
+
+
 def _with_table(body: Any, length: int) -> tuple[_Reader, list[Any]]:
     parts = _list(body, "body", length)
     return _Reader(parts[0]), parts[1:]
@@ -458,11 +492,13 @@ def _dec_body(tag: Tag, body: Any) -> object:
         vtype = {Tag.REGISTER: ValueType.REGISTER, Tag.COUNTER: ValueType.COUNTER, Tag.SET: ValueType.SET}[tag]
         slot = _SLOT_DECODERS[vtype](slot_body, rd)
         rd.finish()
+        _check_slot(vtype, slot, set())
         return slot
     if tag is Tag.KEY_STATE:
         rd, (state_body,) = _with_table(body, 2)
         state = _dec_key_state(state_body, rd)
         rd.finish()
+        _check_key_state(state, set())
         return state
     if tag is Tag.STORE_MAP:
         rd, (ctx_body, entries_body) = _with_table(body, 3)
@@ -476,12 +512,19 @@ def _dec_body(tag: Tag, body: Any) -> object:
             entries[key] = _dec_key_state(state_body, rd)
         _strictly_increasing(keys, "store keys")
         rd.finish()
+        seen: set[Dot] = set()
+        for state in entries.values():
+            _check_key_state(state, seen)
+        _check_in_context(seen, ctx)
         return StoreMap(entries, ctx)
     if tag is Tag.CAUSAL:
         rd, (tag_raw, store_body, ctx_body) = _with_table(body, 4)
-        _, store = _dec_slot(tag_raw, store_body, rd)
+        vtype, store = _dec_slot(tag_raw, store_body, rd)
         ctx = _dec_context(ctx_body, rd)
         rd.finish()
+        dots: set[Dot] = set()
+        _check_slot(vtype, store, dots)
+        _check_in_context(dots, ctx)
         return Causal(store, ctx)
     raise AssertionError(f"unhandled tag {tag}")  # pragma: no cover
 

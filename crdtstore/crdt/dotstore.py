@@ -76,7 +76,11 @@ class DotStore(Protocol):
         ...
 
     def combine(self, other: Self, self_ctx: CausalContext, other_ctx: CausalContext) -> Self:
-        """Join two deltas into one that still names everything either names."""
+        """Join two deltas into one that still names everything either names.
+
+        Only what ``other`` names is visited: a delta's context covers nothing
+        it does not name, so the rest of ``self`` is unaffected.
+        """
         ...
 
     def emptied(self) -> Self:

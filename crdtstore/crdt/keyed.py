@@ -218,9 +218,10 @@ class StoreMap:
         A batch of operations travels and applies as one unit; its delta is the
         ``combine`` of the operations' deltas. Unlike ``join``, what a part
         emptied stays named, so ``join_delta`` of the result equals joining
-        the parts one by one.
+        the parts one by one. Both must be deltas (they name what they touch),
+        so only what ``other`` names is visited.
         """
-        return self._join_keys(other, self.entries.keys() | other.entries.keys(), "combine")
+        return self._join_keys(other, other.entries.keys(), "combine")
 
     def _join_keys(self, other: StoreMap, keys: Iterable[str], how: str) -> StoreMap:
         out = dict(self.entries)

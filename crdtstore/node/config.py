@@ -36,8 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from crdtstore.operations import Limits
+from crdtstore.storage import StorageOptions
 
-__all__ = ["DEFAULT_LISTEN", "ConfigError", "NodeConfig", "ServerSettings", "StorageSettings", "parse_listen"]
+__all__ = ["DEFAULT_LISTEN", "ConfigError", "NodeConfig", "ServerSettings", "parse_listen"]
 
 DEFAULT_LISTEN = "127.0.0.1:7420"
 _REGION = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
@@ -45,15 +46,6 @@ _REGION = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
 class ConfigError(Exception):
     pass
-
-
-@dataclass(frozen=True)
-class StorageSettings:
-    map_size_bytes: int = 64 * 1024 * 1024
-    map_size_bytes_max: int = 64 * 1024 * 1024 * 1024
-    delta_log_bytes_max: int = 256 * 1024 * 1024
-    idempotency_ttl_s: int = 24 * 3600
-    idempotency_records_max: int = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -74,7 +66,7 @@ class NodeConfig:
     data_dir: Path = Path("crdtstore-data")
     listen: str = DEFAULT_LISTEN
     limits: Limits = field(default_factory=Limits)
-    storage: StorageSettings = field(default_factory=StorageSettings)
+    storage: StorageOptions = field(default_factory=StorageOptions)
     server: ServerSettings = field(default_factory=ServerSettings)
 
     @classmethod
@@ -119,7 +111,7 @@ class NodeConfig:
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
         config = self
-        sections = {"limits": Limits, "storage": StorageSettings, "server": ServerSettings}
+        sections = {"limits": Limits, "storage": StorageOptions, "server": ServerSettings}
         for key, value in raw.items():
             where = f"{path}: {key}"
             if key in ("region", "data_dir", "listen"):

@@ -59,15 +59,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
 
 async def run_node(config: NodeConfig, *, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> int:
     """Serve until SIGTERM/SIGINT (or ``stop`` is set), then drain and close."""
-    storage = StorageConfig(
-        path=config.data_dir,
-        region=config.region,
-        map_size_bytes=config.storage.map_size_bytes,
-        map_size_bytes_max=config.storage.map_size_bytes_max,
-        delta_log_bytes_max=config.storage.delta_log_bytes_max,
-        idempotency_ttl_s=config.storage.idempotency_ttl_s,
-        idempotency_records_max=config.storage.idempotency_records_max,
-    )
+    storage = StorageConfig(path=config.data_dir, region=config.region, options=config.storage)
     store = LmdbStore(storage)
     clock = HybridLogicalClock(
         lambda: time.time_ns() // 1_000_000,
@@ -85,7 +77,11 @@ async def run_node(config: NodeConfig, *, ready: asyncio.Event | None = None, st
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", message_max),
-            ("grpc.max_send_message_length", message_max + config.server.scan_page_bytes_max),
+            # A page stops after passing scan_page_bytes_max, so it may carry one key more.
+            (
+                "grpc.max_send_message_length",
+                message_max + config.server.scan_page_bytes_max + config.storage.key_state_bytes_max,
+            ),
             ("grpc.so_reuseport", 0),
         ]
     )

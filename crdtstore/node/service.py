@@ -8,6 +8,7 @@ FAILED_PRECONDITION; either way nothing of the request is written.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from collections.abc import Awaitable, Callable
@@ -31,7 +32,15 @@ from crdtstore.operations import (
     SetRegister,
     validate,
 )
-from crdtstore.storage import Applied, IdempotencyConflict, LmdbStore, StoreFull, WriteRequest
+from crdtstore.storage import (
+    Applied,
+    DataCorruption,
+    IdempotencyConflict,
+    KeyTooLarge,
+    LmdbStore,
+    StoreFull,
+    WriteRequest,
+)
 from crdtstore.v1 import kv_pb2 as pb
 from crdtstore.v1 import kv_pb2_grpc as pb_grpc
 
@@ -148,6 +157,10 @@ class KVService(pb_grpc.KVServicer):
         try:
             ops = operations_from_pb(request)
             validate(ops, request.idempotency_key, limits)
+            if request.durability not in (pb.DURABILITY_UNSPECIFIED, pb.DURABILITY_LOCAL):
+                raise InvalidRequest(
+                    f"durability {request.durability} is not supported by this node; use DURABILITY_LOCAL"
+                )
         except InvalidRequest as exc:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         result = await self.node.writer.submit(WriteRequest(ops, request.idempotency_key))
@@ -156,8 +169,10 @@ class KVService(pb_grpc.KVServicer):
         error = result.error
         if isinstance(error, TypeMismatch):
             await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, f"{error}; nothing of the batch was applied")
-        if isinstance(error, StoreFull):
-            await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
+        if isinstance(error, StoreFull | KeyTooLarge):
+            await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, f"{error}; nothing of the batch was applied")
+        if isinstance(error, DataCorruption):
+            await _abort(context, grpc.StatusCode.DATA_LOSS, f"{error}; nothing of the batch was applied")
         if isinstance(error, IdempotencyConflict | ValueError | TypeError):
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"{error}; nothing of the batch was applied")
         await _abort(context, grpc.StatusCode.INTERNAL, f"the write failed: {error!r}")
@@ -171,7 +186,10 @@ class KVService(pb_grpc.KVServicer):
             after = _decode_page_token(request.page_token)
         except (binascii.Error, UnicodeEncodeError, ValueError):
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "page_token is not one this server issued")
-        entries, last = self.node.store.scan(request.prefix, after, limit, settings.scan_page_bytes_max)
+        # A page decodes up to scan_page_bytes_max of values: off the event loop.
+        entries, last = await asyncio.to_thread(
+            self.node.store.scan, request.prefix, after, limit, settings.scan_page_bytes_max
+        )
         response = pb.ScanResponse()
         for key, state in entries:
             response.entries.append(key_value_pb(key, state))

@@ -66,10 +66,14 @@ class GroupCommitWriter:
             raise RuntimeError("the writer is closed")
         loop = self._loop
         assert loop is not None, "start() first"
-        async with self._places:
-            future: asyncio.Future[Result] = loop.create_future()
-            self._queue.put((request, future))
-            return await asyncio.shield(future)
+        await self._places.acquire()
+        future: asyncio.Future[Result] = loop.create_future()
+        # The place is given back when the request is answered, not when the
+        # caller stops waiting: a caller that gives up leaves its request
+        # queued, and the bound must still count it.
+        future.add_done_callback(lambda _: self._places.release())
+        self._queue.put((request, future))
+        return await asyncio.shield(future)
 
     async def close(self) -> None:
         """Commit what is queued, then stop the thread."""

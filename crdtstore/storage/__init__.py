@@ -2,11 +2,14 @@
 
 from crdtstore.storage.lmdb_store import (
     Applied,
+    DataCorruption,
     Failed,
     IdempotencyConflict,
+    KeyTooLarge,
     LmdbStore,
     StorageConfig,
     StorageError,
+    StorageOptions,
     StoreFull,
     WriteRequest,
     WrongRegion,
@@ -14,11 +17,14 @@ from crdtstore.storage.lmdb_store import (
 
 __all__ = [
     "Applied",
+    "DataCorruption",
     "Failed",
     "IdempotencyConflict",
+    "KeyTooLarge",
     "LmdbStore",
     "StorageConfig",
     "StorageError",
+    "StorageOptions",
     "StoreFull",
     "WriteRequest",
     "WrongRegion",

@@ -37,6 +37,7 @@ group-commit writer calls ``write_batch`` from its one writer thread.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import threading
 import time
@@ -63,10 +64,14 @@ from crdtstore.operations import Operation, apply_operations, fingerprint
 
 __all__ = [
     "Applied",
+    "DataCorruption",
     "Failed",
+    "IdempotencyConflict",
+    "KeyTooLarge",
     "LmdbStore",
     "StorageConfig",
     "StorageError",
+    "StorageOptions",
     "StoreFull",
     "WriteRequest",
     "WrongRegion",
@@ -100,17 +105,30 @@ class StoreFull(StorageError):
 
 
 @dataclass(frozen=True)
-class StorageConfig:
-    path: Path
-    region: str
+class StorageOptions:
+    """The store's tunables; ``crdtstore serve`` reads them from the ``[storage]`` table."""
+
     map_size_bytes: int = 64 * 1024 * 1024
     map_size_bytes_max: int = 64 * 1024 * 1024 * 1024
     delta_log_bytes_max: int = 256 * 1024 * 1024
-    idempotency_ttl_s: int = 24 * 3600
-    idempotency_records_max: int = 1_000_000
+    # A retry is recognised for this long, as long as fewer than
+    # idempotency_records_max other keyed requests arrived in between (past
+    # that the oldest records go early, and a very late retry applies again).
+    idempotency_ttl_s: int = 3600
+    idempotency_records_max: int = 10_000_000
+    # One key's stored state (a big set, say) may not grow past this, so every
+    # key stays readable in one response.
+    key_state_bytes_max: int = 8 * 1024 * 1024
     # At most this many expired idempotency records or log entries are removed
     # per batch, so housekeeping never makes one commit slow.
     housekeeping_per_batch_max: int = 256
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    path: Path
+    region: str
+    options: StorageOptions = field(default_factory=StorageOptions)
 
 
 @dataclass(frozen=True)
@@ -132,6 +150,14 @@ class Failed:
 
 class IdempotencyConflict(Exception):
     """An idempotency key reused for a different request."""
+
+
+class KeyTooLarge(Exception):
+    """The request would make one key's stored state larger than ``key_state_bytes_max``."""
+
+
+class DataCorruption(StorageError):
+    """Stored bytes that cannot be decoded: the disk or a bug damaged them."""
 
 
 Result = Applied | Failed
@@ -224,16 +250,25 @@ class LmdbStore:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot create the data directory {path}: {exc.strerror}") from exc
-        probe = path / ".write-probe"
         try:
-            probe.write_bytes(b"")
-            probe.unlink()
+            self._lock_file = (path / "crdtstore.lock").open("a+b")
         except OSError as exc:
             raise StorageError(f"the data directory {path} is not writable: {exc.strerror}") from exc
         try:
+            # LMDB lets several processes share an environment; crdtstore must
+            # not: two nodes on one directory would mint the same dots. The
+            # lock dies with the process, so kill -9 leaves nothing to clean up.
+            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock_file.close()
+            raise StorageError(
+                f"another crdtstore process is using the data directory {path}; stop it first "
+                f"(or wait for it to finish draining)"
+            ) from None
+        try:
             self.env = lmdb.open(
                 str(path),
-                map_size=config.map_size_bytes,
+                map_size=config.options.map_size_bytes,
                 max_dbs=8,
                 subdir=True,
                 sync=True,
@@ -242,18 +277,23 @@ class LmdbStore:
                 max_readers=512,
             )
         except lmdb.Error as exc:
+            self._lock_file.close()
             raise StorageError(f"cannot open the store in {path}: {exc}") from exc
         self._gate = _RemapGate()
-        # Reader slots left behind by a process that was killed would pin old
-        # pages forever; clear them before anything else.
-        self.env.reader_check()
-        self._grow_to_file_size()
-        self.data = self.env.open_db(b"data")
-        self.log = self.env.open_db(b"log")
-        self.meta = self.env.open_db(b"meta")
-        self.idem = self.env.open_db(b"idem")
-        self.idem_time = self.env.open_db(b"idem_time")
-        self._context, self._hlc_mark, self._log_bytes = self._load_or_initialise_meta()
+        try:
+            # Reader slots left behind by a process that was killed would pin
+            # old pages forever; clear them before anything else.
+            self.env.reader_check()
+            self._grow_to_file_size()
+            self.data = self.env.open_db(b"data")
+            self.log = self.env.open_db(b"log")
+            self.meta = self.env.open_db(b"meta")
+            self.idem = self.env.open_db(b"idem")
+            self.idem_time = self.env.open_db(b"idem_time")
+            self._context, self._hlc_mark, self._log_bytes = self._load_or_initialise_meta()
+        except BaseException:
+            self.close()
+            raise
 
     # -- opening ---------------------------------------------------------------------
 
@@ -296,6 +336,7 @@ class LmdbStore:
 
     def close(self) -> None:
         self.env.close()
+        self._lock_file.close()  # releases the directory lock
 
     # -- reads -------------------------------------------------------------------------
 
@@ -392,27 +433,33 @@ class LmdbStore:
 
     def _full_message(self) -> str:
         return (
-            f"the store reached its maximum size of {self.config.map_size_bytes_max} bytes "
+            f"the store reached its maximum size of {self.config.options.map_size_bytes_max} bytes "
             f"(map_size_bytes_max); nothing of this request was written"
         )
 
     def _grow(self) -> bool:
         current = self.env.info()["map_size"]
-        if current >= self.config.map_size_bytes_max:
+        if current >= self.config.options.map_size_bytes_max:
             return False
         with self._gate.remap():
-            self.env.set_mapsize(min(current * 2, self.config.map_size_bytes_max))
+            self.env.set_mapsize(min(current * 2, self.config.options.map_size_bytes_max))
         return True
 
     def _commit(self, requests: Sequence[WriteRequest], clock: HybridLogicalClock) -> list[Result]:
         results: list[Result] = []
         now_ms = self._wall_ms()
         with self.env.begin(write=True) as txn:
-            batch = _Batch(self._context, self._log_bytes)
+            # The context on disk, not the cached one, is where new dots come
+            # from: if a commit's outcome was ever in doubt, the disk decides.
+            context = decode_as(bytes(txn.get(_META_CONTEXT, db=self.meta) or b""), CausalContext)
+            batch = _Batch(context, self._log_bytes)
             for request in requests:
                 results.append(self._apply_one(txn, batch, request, clock, now_ms))
             if any(isinstance(r, Applied) and not r.replayed for r in results):
-                self._housekeeping(txn, batch, now_ms)
+                # Remove at least twice what this batch could add, so the
+                # bounds hold however large batches get.
+                budget = max(self.config.options.housekeeping_per_batch_max, 2 * len(requests))
+                self._housekeeping(txn, batch, now_ms, budget)
                 txn.put(_META_CONTEXT, encode(batch.context), db=self.meta)
                 txn.put(_META_HLC, encode(clock.high_water), db=self.meta)
                 txn.put(_META_LOG_BYTES, str(batch.log_bytes).encode(), db=self.meta)
@@ -440,17 +487,32 @@ class LmdbStore:
                     return Failed(IdempotencyConflict("this idempotency key was used for a different request"))
                 return Applied(applied.token, replayed=True)
         keys = sorted({op.key for op in request.operations})
-        window = StoreMap({k: s for k in keys if (s := self._get_in(txn, k)) is not None}, batch.context)
+        try:
+            window = StoreMap({k: s for k in keys if (s := self._get_in(txn, k)) is not None}, batch.context)
+        except (CodecError, StorageError) as exc:
+            return Failed(DataCorruption(f"a stored key of this request cannot be read: {exc}"))
         try:
             after, delta = apply_operations(window, request.operations, self.config.region, clock)
         except (TypeMismatch, ValueError, TypeError) as exc:
             return Failed(exc)
+        encoded: dict[str, bytes] = {}
         for key in keys:
             state = after.entries.get(key)
-            if state is None or state.is_bottom():
-                txn.delete(lmdb_key(key), db=self.data)
+            if state is not None and not state.is_bottom():
+                encoded[key] = value = _encode_value(key, state)
+                if len(value) > self.config.options.key_state_bytes_max:
+                    return Failed(
+                        KeyTooLarge(
+                            f"key {key[:60]!r} would hold {len(value)} bytes; a key holds at most "
+                            f"{self.config.options.key_state_bytes_max} (key_state_bytes_max): "
+                            f"remove members or spread the data over more keys"
+                        )
+                    )
+        for key in keys:
+            if key in encoded:
+                txn.put(lmdb_key(key), encoded[key], db=self.data)
             else:
-                txn.put(lmdb_key(key), _encode_value(key, state), db=self.data)
+                txn.delete(lmdb_key(key), db=self.data)
         log_value = encode(delta)
         last_counter = after.context.max_counter(self.config.region)
         txn.put(_log_key(self.config.region, last_counter), log_value, db=self.log)
@@ -476,11 +538,10 @@ class LmdbStore:
         _, print_, token = msgpack.unpackb(raw)
         return print_, Applied(decode_as(token, CausalContext))
 
-    def _housekeeping(self, txn: lmdb.Transaction, batch: _Batch, now_ms: int) -> None:
-        budget = self.config.housekeeping_per_batch_max
+    def _housekeeping(self, txn: lmdb.Transaction, batch: _Batch, now_ms: int, budget: int) -> None:
         # Expired or excess idempotency records, oldest first.
-        expire_before = now_ms - self.config.idempotency_ttl_s * 1000
-        excess = txn.stat(self.idem)["entries"] - self.config.idempotency_records_max
+        expire_before = now_ms - self.config.options.idempotency_ttl_s * 1000
+        excess = txn.stat(self.idem)["entries"] - self.config.options.idempotency_records_max
         cursor = txn.cursor(db=self.idem_time)
         while budget and cursor.first():
             stamp = int.from_bytes(cursor.key()[:8], "big")
@@ -494,7 +555,7 @@ class LmdbStore:
         # is oldest first within each origin; replication (issue 4) will trim by
         # acknowledgement first, and this bound is the backstop.
         cursor = txn.cursor(db=self.log)
-        while budget and batch.log_bytes > self.config.delta_log_bytes_max and cursor.first():
+        while budget and batch.log_bytes > self.config.options.delta_log_bytes_max and cursor.first():
             batch.log_bytes -= len(cursor.value())
             cursor.delete()
             budget -= 1
