@@ -174,24 +174,24 @@ def apply_operations(
             step = one.remove_members(key, op.members, region)
         else:
             step = one.delete(key, region)
-        after = one.join_delta(step)
-        state = after.entries.get(key)
-        if state is None:
+        named = step.entries[key]
+        state = (current or _EMPTY_KEY).join_delta(named, context, step.context)
+        if state.is_bottom():
             entries.pop(key, None)
         else:
             entries[key] = state
-        named = step.entries[key]
         earlier = delta_entries.get(key)
         # The earlier side's context may be left empty: a step's store holds
         # only dots it minted itself, which no earlier step can have seen, so
         # only the step's context (what it superseded) decides the combine.
         delta_entries[key] = named if earlier is None else earlier.combine(named, _NOTHING_SEEN, step.context)
         delta_dots.extend(step.context.dots())
-        context = after.context
+        context = context.join(step.context)
     return StoreMap(entries, context), StoreMap(delta_entries, CausalContext.from_dots(delta_dots))
 
 
 _NOTHING_SEEN = CausalContext()
+_EMPTY_KEY = KeyState()
 
 
 def fingerprint(operations: Sequence[Operation]) -> bytes:

@@ -243,6 +243,17 @@ def _compact(vv: VersionVector, cloud: frozenset[Dot]) -> tuple[VersionVector, f
     """Absorb the cloud dots that continue the vector and drop covered ones."""
     if not cloud:
         return vv, cloud
+    if len(cloud) == 1:
+        # The common case (one new dot): no grouping needed.
+        (dot,) = cloud
+        if dot.counter < 1:
+            raise ValueError(f"dot counters start at 1, got {dot}")
+        top = vv.get(dot.region)
+        if dot.counter <= top:
+            return vv, frozenset()
+        if dot.counter == top + 1:
+            return vv.advance(dot.region, dot.counter), frozenset()
+        return vv, cloud
     by_region: dict[str, set[int]] = {}
     for dot in cloud:
         if dot.counter < 1:
