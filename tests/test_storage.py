@@ -257,11 +257,16 @@ def test_the_delta_log_rebuilds_the_state(h: Harness) -> None:
     h.one(Increment("n", 3), RemoveMembers("s", ("a",)))
     h.one(DeleteKey("r"), SetRegister("r", b"2"))
     h.one(DeleteKey("n"))
-    rebuilt = functools.reduce(lambda acc, e: acc.join_delta(e[2]), h.store.log_entries(), StoreMap())
+    rebuilt = functools.reduce(lambda acc, e: acc.join_delta(e.delta), h.store.log_entries(), StoreMap())
     assert rebuilt.context == h.store.context
     stored = dict(h.store.scan("", limit=100)[0])
     assert dict(rebuilt.entries) == stored
-    assert [c for _, c, _ in h.store.log_entries()] == [3, 5, 7, 8]
+    assert [(e.origin, e.first, e.last, e.source) for e in h.store.log_entries()] == [
+        ("eu", 1, 3, ""),
+        ("eu", 4, 5, ""),
+        ("eu", 6, 7, ""),
+        ("eu", 8, 8, ""),
+    ]
 
 
 def test_the_delta_log_is_bounded_in_bytes(make: Make) -> None:
@@ -270,7 +275,7 @@ def test_the_delta_log_is_bounded_in_bytes(make: Make) -> None:
         h.one(SetRegister(f"k{i}", b"x" * 1_000))
     entries = list(h.store.log_entries())
     assert 10 <= len(entries) < 60
-    assert entries[-1][1] == 60, "the newest entries are kept"
+    assert entries[-1].last == 60, "the newest entries are kept"
 
 
 def test_the_clock_mark_survives_reopen_so_no_timestamp_repeats(h: Harness) -> None:
@@ -331,7 +336,7 @@ def test_bounds_hold_with_batches_larger_than_the_housekeeping_budget(make: Make
         h.write(*(WriteRequest([SetRegister(f"k{b}-{i}", b"x" * 100)], f"{b}-{i}".encode()) for i in range(64)))
     with h.store.env.begin() as txn:
         assert txn.stat(h.store.idem)["entries"] <= 100 + 64
-    log_bytes = sum(len(encode(delta)) for _, _, delta in h.store.log_entries())
+    log_bytes = sum(len(encode(e.delta)) for e in h.store.log_entries())
     assert log_bytes <= 50_000 + 64 * 300, "at most the bound plus one batch"
 
 

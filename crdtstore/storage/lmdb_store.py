@@ -44,6 +44,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import lmdb
 import msgpack
@@ -69,6 +70,7 @@ __all__ = [
     "IdempotencyConflict",
     "KeyTooLarge",
     "LmdbStore",
+    "LogEntry",
     "StorageConfig",
     "StorageError",
     "StorageOptions",
@@ -129,6 +131,16 @@ class StorageConfig:
     path: Path
     region: str
     options: StorageOptions = field(default_factory=StorageOptions)
+
+
+class LogEntry(NamedTuple):
+    """One batch in the delta log: the dots ``origin:first..last`` and their combined delta."""
+
+    origin: str
+    first: int
+    last: int
+    source: str  # "" when written here; otherwise the peer it came from
+    delta: StoreMap
 
 
 @dataclass(frozen=True)
@@ -402,13 +414,14 @@ class LmdbStore:
     def data_bytes(self) -> int:
         return (Path(self.config.path) / "data.mdb").stat().st_size
 
-    def log_entries(self) -> Iterator[tuple[str, int, StoreMap]]:
-        """Every delta log entry: (origin, last dot counter, delta), oldest first per origin."""
+    def log_entries(self) -> Iterator[LogEntry]:
+        """Every delta log entry, in key order: by origin, oldest first within each."""
         with self._gate.read(), self.env.begin(db=self.log) as txn:
             raw = list(txn.cursor())
         for db_key, value in raw:
-            origin, counter = _split_log_key(db_key)
-            yield origin, counter, decode_as(bytes(value), StoreMap)
+            origin, last = _split_log_key(db_key)
+            first, source, delta = msgpack.unpackb(value)
+            yield LogEntry(origin, first, last, source, decode_as(delta, StoreMap))
 
     # -- writes ------------------------------------------------------------------------
 
@@ -513,9 +526,17 @@ class LmdbStore:
                 txn.put(lmdb_key(key), encoded[key], db=self.data)
             else:
                 txn.delete(lmdb_key(key), db=self.data)
-        log_value = encode(delta)
-        last_counter = after.context.max_counter(self.config.region)
-        txn.put(_log_key(self.config.region, last_counter), log_value, db=self.log)
+        # The batch's own dots are the contiguous run first..last of this
+        # region (every operation mints at least one); replication sends
+        # entries per origin in that order, and a peer has an entry once its
+        # version vector reaches ``last``. The source is "" for local writes
+        # and the sending peer for relayed ones, so nothing goes back to it.
+        region = self.config.region
+        first = batch.context.vv.get(region) + 1
+        last = after.context.max_counter(region)
+        assert last >= first, "a batch mints at least one dot"
+        log_value = msgpack.packb([first, "", encode(delta)], use_bin_type=True)
+        txn.put(_log_key(region, last), log_value, db=self.log)
         batch.log_bytes += len(log_value)
         batch.context = after.context
         applied = Applied(after.context)
