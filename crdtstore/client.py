@@ -396,16 +396,21 @@ class _ClientBase:
         self,
         addr: str,
         *,
-        timeout_s: float,
-        retries_max: int,
-        backoff_ms_initial: float,
-        backoff_ms_max: float,
+        timeout_s: float = 5.0,
+        retries_max: int = 5,
+        backoff_ms_initial: float = 50,
+        backoff_ms_max: float = 1000,
     ) -> None:
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be positive, not {timeout_s}")
         self.addr = addr
         self.timeout_s = timeout_s
         self._retry = _RetryPolicy(retries_max, backoff_ms_initial, backoff_ms_max)
+        self._channel = self._open_channel(addr)
+        self._stubs = _Stubs(self._channel)
+
+    def _open_channel(self, addr: str) -> Any:
+        raise NotImplementedError
 
     def _fail(self, exc: BaseException, attempt: int, idempotency_key: bytes | None, retryable: bool) -> float:
         """The delay before the next attempt, or raise the ``ClientError`` for ``exc``."""
@@ -423,24 +428,10 @@ class _ClientBase:
 class Client(_ClientBase):
     """A blocking client on one ``grpc`` channel; safe to share between threads."""
 
-    def __init__(
-        self,
-        addr: str,
-        *,
-        timeout_s: float = 5.0,
-        retries_max: int = 5,
-        backoff_ms_initial: float = 50,
-        backoff_ms_max: float = 1000,
-    ) -> None:
-        super().__init__(
-            addr,
-            timeout_s=timeout_s,
-            retries_max=retries_max,
-            backoff_ms_initial=backoff_ms_initial,
-            backoff_ms_max=backoff_ms_max,
-        )
-        self._channel = grpc.insecure_channel(addr, options=_CHANNEL_OPTIONS)
-        self._stubs = _Stubs(self._channel)
+    _channel: grpc.Channel
+
+    def _open_channel(self, addr: str) -> Any:
+        return grpc.insecure_channel(addr, options=_CHANNEL_OPTIONS)
 
     def _call(
         self, rpc: _Rpc[ReqT, RespT], request: ReqT, *, idempotency_key: bytes | None = None, retryable: bool = True
@@ -508,24 +499,10 @@ class Client(_ClientBase):
 class AsyncClient(_ClientBase):
     """An asyncio client on one ``grpc.aio`` channel; create it inside the event loop that uses it."""
 
-    def __init__(
-        self,
-        addr: str,
-        *,
-        timeout_s: float = 5.0,
-        retries_max: int = 5,
-        backoff_ms_initial: float = 50,
-        backoff_ms_max: float = 1000,
-    ) -> None:
-        super().__init__(
-            addr,
-            timeout_s=timeout_s,
-            retries_max=retries_max,
-            backoff_ms_initial=backoff_ms_initial,
-            backoff_ms_max=backoff_ms_max,
-        )
-        self._channel = grpc.aio.insecure_channel(addr, options=_CHANNEL_OPTIONS)
-        self._stubs = _Stubs(self._channel)
+    _channel: grpc.aio.Channel
+
+    def _open_channel(self, addr: str) -> Any:
+        return grpc.aio.insecure_channel(addr, options=_CHANNEL_OPTIONS)
 
     async def _call(
         self, rpc: _Rpc[ReqT, RespT], request: ReqT, *, idempotency_key: bytes | None = None, retryable: bool = True
