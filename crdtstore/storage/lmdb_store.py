@@ -37,6 +37,7 @@ group-commit writer calls ``write_batch`` from its one writer thread.
 from __future__ import annotations
 
 import contextlib
+import enum
 import fcntl
 import hashlib
 import threading
@@ -71,6 +72,7 @@ __all__ = [
     "KeyTooLarge",
     "LmdbStore",
     "LogEntry",
+    "RemoteOutcome",
     "StorageConfig",
     "StorageError",
     "StorageOptions",
@@ -131,6 +133,12 @@ class StorageConfig:
     path: Path
     region: str
     options: StorageOptions = field(default_factory=StorageOptions)
+
+
+class RemoteOutcome(enum.Enum):
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"  # the node already had it
+    GAP = "gap"  # an earlier entry of its origin is missing; resend from the acknowledged vector
 
 
 class LogEntry(NamedTuple):
@@ -546,6 +554,62 @@ class LmdbStore:
             txn.put(now_ms.to_bytes(8, "big") + idem_key, b"", db=self.idem_time)
             batch.replies[idem_key] = (print_, applied)
         return applied
+
+    # -- deltas from other regions ---------------------------------------------------
+
+    def apply_remote(self, entries: Sequence[LogEntry], source: str) -> list[RemoteOutcome]:
+        """Apply log entries received from peer ``source`` in one transaction and one fsync.
+
+        Entries of one origin must arrive in order: an entry is applied only
+        if it continues what this node has of its origin (``first`` is one past
+        the vector), is skipped as a duplicate if the vector already covers
+        it, and refused as a gap otherwise; the sender resends from what this
+        node acknowledges. Keeping each origin contiguous keeps the context
+        compact and lets the log be relayed in order. A remote delta is never
+        refused for its content: convergence comes first.
+
+        Each applied entry is logged with its source, so it can be relayed to
+        every peer but the one it came from.
+        """
+        outcomes: list[RemoteOutcome] = []
+        while True:
+            try:
+                with self.env.begin(write=True) as txn:
+                    context = decode_as(bytes(txn.get(_META_CONTEXT, db=self.meta) or b""), CausalContext)
+                    log_bytes = self._log_bytes
+                    outcomes = []
+                    for entry in entries:
+                        have = context.vv.get(entry.origin)
+                        if entry.last <= have:
+                            outcomes.append(RemoteOutcome.DUPLICATE)
+                            continue
+                        if entry.first != have + 1:
+                            outcomes.append(RemoteOutcome.GAP)
+                            continue
+                        self._apply_entry(txn, entry, context)
+                        value = msgpack.packb([entry.first, source, encode(entry.delta)], use_bin_type=True)
+                        txn.put(_log_key(entry.origin, entry.last), value, db=self.log)
+                        log_bytes += len(value)
+                        context = context.join(entry.delta.context)
+                        outcomes.append(RemoteOutcome.APPLIED)
+                    txn.put(_META_CONTEXT, encode(context), db=self.meta)
+                    txn.put(_META_LOG_BYTES, str(log_bytes).encode(), db=self.meta)
+                self._context = context
+                self._log_bytes = log_bytes
+                return outcomes
+            except lmdb.MapFullError:
+                if not self._grow():
+                    raise StoreFull(self._full_message()) from None
+
+    def _apply_entry(self, txn: lmdb.Transaction, entry: LogEntry, context: CausalContext) -> None:
+        delta = entry.delta
+        for key, named in delta.entries.items():
+            current = self._get_in(txn, key) or KeyState()
+            state = current.join_delta(named, context, delta.context)
+            if state.is_bottom():
+                txn.delete(lmdb_key(key), db=self.data)
+            else:
+                txn.put(lmdb_key(key), _encode_value(key, state), db=self.data)
 
     def _get_in(self, txn: lmdb.Transaction, key: str) -> KeyState | None:
         db_key = lmdb_key(key)
