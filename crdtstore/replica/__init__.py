@@ -1,0 +1,1 @@
+"""The replication protocol as a state machine without I/O (see ``core``)."""

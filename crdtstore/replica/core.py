@@ -1,0 +1,248 @@
+"""Replication as a state machine without I/O (the shape of etcd's raft package).
+
+The core never touches the network, the disk or a clock. The driver feeds it
+events (a peer connected, a message arrived, entries were persisted, local
+writes committed, time passed) and carries out the actions it returns, in
+order: persist first (``Apply``), then send (``Send``, ``SendLog``), then tell
+the core what was done (``applied``, ``sent``). The deterministic simulator
+drives exactly this code.
+
+Protocol, per pair of regions over one long-lived stream each way:
+
+* On connect each side sends ``Hello(region, vector)``: the version vector of
+  everything it has applied.
+* Each side then streams the log entries the other lacks (``SendLog``): for
+  every origin, the entries above what the peer has, in per-origin order,
+  from every origin (relay), except entries that came from that peer
+  (nothing goes back where it came from) -- the BP and RR optimisations of
+  Enes et al., "Efficient Synchronization of State-based CRDTs" (ICDE 2019).
+* The receiver persists them (``Apply``; storage applies an entry only if it
+  continues its origin's run) and acknowledges with ``Ack(vector)``.
+* Local writes are pushed after a short batching window; every
+  ``anti_entropy_ms`` everything a peer has not acknowledged is offered again,
+  which repairs any lost or refused message.
+* The log may be trimmed up to the component-wise minimum of what every
+  configured peer has acknowledged (``Trim``).
+
+What the core keeps per peer: whether it is connected, what it acknowledged
+(durably applied), and how far entries were sent (``sent``, which may run ahead
+of ``acked`` while messages are in flight and falls back to ``acked`` at each
+anti-entropy round).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from crdtstore.crdt import VersionVector
+
+__all__ = [
+    "Ack",
+    "Action",
+    "Apply",
+    "Entries",
+    "Hello",
+    "Message",
+    "NeedsRepair",
+    "ReplicaCore",
+    "Send",
+    "SendLog",
+    "Trim",
+]
+
+
+# -- messages between regions ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hello:
+    region: str
+    vector: VersionVector
+
+
+@dataclass(frozen=True)
+class Entries:
+    """Log entries, in per-origin order. Opaque to the core: the driver's log entries."""
+
+    entries: tuple[object, ...]
+
+
+@dataclass(frozen=True)
+class Ack:
+    vector: VersionVector
+
+
+Message = Hello | Entries | Ack
+
+
+# -- actions for the driver ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Send:
+    peer: str
+    message: Message
+
+
+@dataclass(frozen=True)
+class SendLog:
+    """Send ``peer`` the log entries above ``after``, per origin in order, none whose source is ``peer``."""
+
+    peer: str
+    after: VersionVector
+
+
+@dataclass(frozen=True)
+class Apply:
+    """Persist entries received from ``peer``; then call ``applied(peer, vector)``."""
+
+    peer: str
+    entries: tuple[object, ...]
+
+
+@dataclass(frozen=True)
+class Trim:
+    """Every configured peer has acknowledged everything up to ``vector``."""
+
+    vector: VersionVector
+
+
+@dataclass(frozen=True)
+class NeedsRepair:
+    """``peer`` lacks entries this node has trimmed: repair it by comparing digests, or by a full transfer."""
+
+    peer: str
+    vector: VersionVector
+
+
+Action = Send | SendLog | Apply | Trim | NeedsRepair
+
+
+@dataclass
+class _Peer:
+    connected: bool = False
+    acked: VersionVector = field(default_factory=VersionVector)
+    sent: VersionVector = field(default_factory=VersionVector)
+    pushed_at_ms: int = 0
+
+
+class ReplicaCore:
+    def __init__(
+        self,
+        region: str,
+        peers: Iterable[str],
+        vector: VersionVector,
+        *,
+        batch_window_ms: int = 10,
+        anti_entropy_ms: int = 1000,
+    ) -> None:
+        names = sorted(set(peers))
+        if region in names:
+            raise ValueError(f"region {region!r} cannot be its own peer")
+        if batch_window_ms < 0 or anti_entropy_ms <= 0:
+            raise ValueError("batch_window_ms must be >= 0 and anti_entropy_ms > 0")
+        self.region = region
+        self.vector = vector
+        self.batch_window_ms = batch_window_ms
+        self.anti_entropy_ms = anti_entropy_ms
+        self.peers: dict[str, _Peer] = {name: _Peer() for name in names}
+        self._trimmed = VersionVector()
+        self._last_anti_entropy_ms = 0
+
+    def _peer(self, name: str) -> _Peer:
+        peer = self.peers.get(name)
+        if peer is None:
+            raise KeyError(f"{name!r} is not a configured peer of {self.region!r}")
+        return peer
+
+    # -- events --------------------------------------------------------------------
+
+    def connected(self, peer: str) -> list[Action]:
+        self._peer(peer).connected = True
+        return [Send(peer, Hello(self.region, self.vector))]
+
+    def disconnected(self, peer: str) -> list[Action]:
+        state = self._peer(peer)
+        state.connected = False
+        state.sent = state.acked  # whatever was in flight may be lost
+        return []
+
+    def received(self, peer: str, message: Message) -> list[Action]:
+        state = self._peer(peer)
+        if isinstance(message, Hello):
+            if message.region != peer:
+                raise ValueError(f"peer {peer!r} introduced itself as {message.region!r}")
+            # The peer's word replaces what it acknowledged before: a region
+            # restored from an old backup, or emptied, really is behind.
+            state.acked = message.vector
+            state.sent = message.vector
+            if not message.vector.dominates(self._trimmed):
+                # Part of what it lacks is no longer in the log.
+                return [NeedsRepair(peer, message.vector)]
+            return [SendLog(peer, state.sent), *self._trim()]
+        if isinstance(message, Entries):
+            return [Apply(peer, message.entries)] if message.entries else []
+        state.acked = state.acked.join(message.vector)
+        state.sent = state.sent.join(state.acked)
+        return self._trim()
+
+    def applied(self, peer: str, vector: VersionVector) -> list[Action]:
+        """Entries from ``peer`` are durable here; this node now has ``vector``."""
+        assert vector.dominates(self.vector), "a version vector never goes backwards"
+        self.vector = vector  # the next tick relays what is new to the other peers
+        return [Send(peer, Ack(vector))]
+
+    def local_committed(self, vector: VersionVector) -> list[Action]:
+        assert vector.dominates(self.vector), "a version vector never goes backwards"
+        self.vector = vector  # pushed at the next tick after the batching window
+        return []
+
+    def sent(self, peer: str, vector: VersionVector) -> None:
+        """The driver sent ``peer`` entries up to ``vector`` (per origin)."""
+        state = self._peer(peer)
+        state.sent = state.sent.join(vector)
+
+    def tick(self, now_ms: int) -> list[Action]:
+        """Time passed: push new entries after the batching window; anti-entropy on its period."""
+        actions: list[Action] = []
+        if now_ms - self._last_anti_entropy_ms >= self.anti_entropy_ms:
+            # Offer again everything not acknowledged: repairs lost messages
+            # and entries a peer refused as a gap.
+            self._last_anti_entropy_ms = now_ms
+            for name, state in self.peers.items():
+                if state.connected:
+                    state.sent = state.acked
+                    state.pushed_at_ms = now_ms
+                    actions.append(SendLog(name, state.acked))
+            return actions
+        for name, state in self.peers.items():
+            lacking = state.connected and not state.sent.dominates(self.vector)
+            if lacking and now_ms - state.pushed_at_ms >= self.batch_window_ms:
+                state.pushed_at_ms = now_ms
+                actions.append(SendLog(name, state.sent))
+        return actions
+
+    # -- queries -----------------------------------------------------------------------
+
+    def behind(self, peer: str) -> dict[str, int]:
+        """How many events of each origin this node has that ``peer`` has not acknowledged."""
+        acked = self._peer(peer).acked
+        return {r: c - acked.get(r) for r, c in self.vector.items() if c > acked.get(r)}
+
+    def _trim(self) -> list[Action]:
+        floor = _minimum([s.acked for s in self.peers.values()], self.vector)
+        if floor == self._trimmed or self._trimmed.dominates(floor):
+            return []
+        self._trimmed = self._trimmed.join(floor)
+        return [Trim(self._trimmed)]
+
+
+def _minimum(vectors: Sequence[VersionVector], ceiling: VersionVector) -> VersionVector:
+    """The component-wise minimum of ``vectors``, over the regions of ``ceiling``."""
+    if not vectors:
+        return ceiling
+    out: dict[str, int] = {}
+    for region, _ in ceiling.items():
+        out[region] = min(v.get(region) for v in vectors)
+    return VersionVector(out)

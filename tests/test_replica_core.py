@@ -1,0 +1,156 @@
+"""The replication state machine: unit behaviour, and convergence when driven over real stores."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from crdtstore.crdt import VersionVector
+from crdtstore.operations import AddMembers, DeleteKey, Increment, Operation, RemoveMembers, SetRegister
+from crdtstore.replica.core import Ack, Apply, Entries, Hello, NeedsRepair, ReplicaCore, Send, SendLog, Trim
+from crdtstore.testing.replication import SimulatedRegions
+
+
+def vv(**counters: int) -> VersionVector:
+    return VersionVector(counters)
+
+
+def test_connect_says_hello_and_a_hello_asks_for_the_log() -> None:
+    core = ReplicaCore("eu", ["us", "ap"], vv(eu=3))
+    assert core.connected("us") == [Send("us", Hello("eu", vv(eu=3)))]
+    actions = core.received("us", Hello("us", vv(us=2, eu=1)))
+    assert actions[0] == SendLog("us", vv(us=2, eu=1))
+    assert core.behind("us") == {"eu": 2}
+
+
+def test_entries_are_applied_then_acknowledged() -> None:
+    core = ReplicaCore("eu", ["us"], vv())
+    core.connected("us")
+    assert core.received("us", Entries(("e1",))) == [Apply("us", ("e1",))]
+    assert core.applied("us", vv(us=4)) == [Send("us", Ack(vv(us=4)))]
+    assert core.vector == vv(us=4)
+
+
+def test_the_log_is_trimmed_to_what_every_peer_acknowledged() -> None:
+    core = ReplicaCore("eu", ["us", "ap"], vv(eu=10))
+    assert core.received("us", Ack(vv(eu=7))) == []  # ap has acknowledged nothing
+    assert core.received("ap", Ack(vv(eu=5))) == [Trim(vv(eu=5))]
+    assert core.received("ap", Ack(vv(eu=9))) == [Trim(vv(eu=7))]
+
+
+def test_a_peer_behind_the_trimmed_horizon_needs_repair() -> None:
+    core = ReplicaCore("eu", ["us"], vv(eu=10))
+    core.received("us", Ack(vv(eu=8)))
+    assert core.received("us", Hello("us", vv())) == [NeedsRepair("us", vv())]
+
+
+def test_new_local_writes_are_pushed_after_the_batching_window_and_offered_again_by_anti_entropy() -> None:
+    core = ReplicaCore("eu", ["us"], vv(), batch_window_ms=10, anti_entropy_ms=1000)
+    core.connected("us")
+    core.received("us", Hello("us", vv()))
+    core.sent("us", vv())
+    core.local_committed(vv(eu=1))
+    assert core.tick(1_000) == [SendLog("us", vv())], "the first tick is an anti-entropy round"
+    core.sent("us", vv(eu=1))
+    core.local_committed(vv(eu=2))
+    assert core.tick(1_005) == [], "inside the batching window"
+    assert core.tick(1_010) == [SendLog("us", vv(eu=1))]
+    core.sent("us", vv(eu=2))
+    assert core.tick(1_020) == [], "nothing new"
+    assert core.tick(2_000) == [SendLog("us", vv())], "nothing acknowledged yet: offered again"
+
+
+def test_a_peer_must_introduce_itself_by_its_name() -> None:
+    core = ReplicaCore("eu", ["us"], vv())
+    with pytest.raises(ValueError, match="introduced itself"):
+        core.received("us", Hello("ap", vv()))
+    with pytest.raises(KeyError):
+        core.connected("nobody")
+
+
+# -- driven over real stores -------------------------------------------------------------
+
+
+@pytest.fixture
+def sim(tmp_path: Path) -> Iterator[SimulatedRegions]:
+    regions = SimulatedRegions(tmp_path, ["eu", "us", "ap"])
+    yield regions
+    regions.close()
+
+
+def test_three_regions_converge_and_relay_across_a_cut_link(sim: SimulatedRegions) -> None:
+    sim.connect_all()
+    sim.partition("eu", "ap")  # eu and ap only meet through us
+    sim.write("eu", AddMembers("s", ("from-eu",)), Increment("n", 1))
+    sim.write("ap", AddMembers("s", ("from-ap",)), Increment("n", 2))
+    sim.write("us", SetRegister("r", b"us"))
+    sim.settle()
+    entry = sim.regions["ap"].store.get("s")
+    assert entry is not None
+    assert entry.read() is not None
+    assert entry.read().value == frozenset({"from-eu", "from-ap"})  # type: ignore[union-attr]
+
+
+def test_writes_on_both_sides_of_a_partition_converge_after_healing(sim: SimulatedRegions) -> None:
+    sim.connect_all()
+    sim.partition("eu", "us")
+    sim.partition("eu", "ap")
+    for i in range(5):
+        sim.write("eu", Increment("n", 1), AddMembers("s", (f"eu{i}",)))
+        sim.write("us", Increment("n", 10), RemoveMembers("s", (f"eu{i}",)))
+        sim.step()
+    sim.heal()
+    sim.settle()
+    n = sim.regions["eu"].store.get("n")
+    assert n is not None
+    assert n.read().value == 55  # type: ignore[union-attr]
+
+
+operations = st.one_of(
+    st.builds(SetRegister, st.sampled_from(["r"]), st.sampled_from([b"a", b"b"])),
+    st.builds(Increment, st.just("n"), st.integers(-3, 3)),
+    st.builds(AddMembers, st.just("s"), st.lists(st.sampled_from("xyz"), min_size=1, max_size=2).map(tuple)),
+    st.builds(RemoveMembers, st.just("s"), st.lists(st.sampled_from("xyz"), min_size=1, max_size=2).map(tuple)),
+    st.builds(DeleteKey, st.sampled_from(["r", "s", "n"])),
+)
+events = st.lists(
+    st.one_of(
+        st.tuples(st.just("write"), st.sampled_from(["eu", "us", "ap"]), operations),
+        st.tuples(st.just("cut"), st.sampled_from(["eu", "us", "ap"]), st.sampled_from(["eu", "us", "ap"])),
+        st.tuples(st.just("heal"), st.just(""), st.just("")),
+        st.tuples(st.just("step"), st.just(""), st.integers(1, 50)),
+    ),
+    max_size=40,
+)
+
+
+# Real LMDB environments per example: fewer examples than the pure-core properties.
+@settings(max_examples=40)
+@given(events, st.integers(0, 2**32 - 1), st.sampled_from([0.0, 0.2]))
+def test_regions_converge_under_loss_and_partitions(
+    script: list[tuple[str, str, Operation | str | int]], seed: int, drop: float
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        sim = SimulatedRegions(Path(tmp), ["eu", "us", "ap"], seed=seed, drop=drop)
+        try:
+            sim.connect_all()
+            for kind, a, b in script:
+                if kind == "write" and not isinstance(b, str | int):
+                    sim.write(a, b)
+                elif kind == "cut" and isinstance(b, str) and a != b:
+                    sim.partition(a, b)
+                elif kind == "heal":
+                    sim.heal()
+                elif kind == "step" and isinstance(b, int):
+                    for _ in range(b):
+                        sim.step()
+            sim.heal()
+            sim.drop = 0.0
+            sim.settle()
+        finally:
+            sim.close()
