@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -67,6 +68,14 @@ class ServerProcess:
         deadline = time.monotonic() + self.start_timeout_s
         assert self.proc.stdout is not None
         while True:
+            # Wait for output with a timeout, so a node that hangs before
+            # printing cannot hang the caller.
+            ready, _, _ = select.select([self.proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                self.kill()
+                raise RuntimeError(
+                    f"crdtstore serve did not start within {self.start_timeout_s} s; see {self.log_path}"
+                )
             line = self.proc.stdout.readline()
             if not line:
                 raise RuntimeError(f"crdtstore serve exited with {self.proc.wait()}; see {self.log_path}")
@@ -74,9 +83,6 @@ class ServerProcess:
             if match:
                 self.port = int(match.group(2))
                 break
-            if time.monotonic() > deadline:
-                self.kill()
-                raise RuntimeError(f"crdtstore serve did not start within {self.start_timeout_s} s")
         self._wait_ready(deadline)
         return self
 
