@@ -111,7 +111,7 @@ class KeyValue(NamedTuple):
     conflicts: tuple[tuple[ValueType, Value], ...] = ()
 
 
-def _slot_value(vtype: ValueType, slot: Slot) -> Value:
+def _slot_value(slot: Slot) -> Value:
     if isinstance(slot, Register):
         win = slot.winner()
         assert win is not None, "a non-empty register has a winner"
@@ -180,9 +180,9 @@ class KeyState:
         if isinstance(slot, Register) and len(slot.entries) > 1:
             siblings = tuple(slot.siblings())
         conflicts = tuple(
-            (t, _slot_value(t, s)) for t, s in sorted(self.slots.items()) if t != vtype and not s.is_bottom()
+            (t, _slot_value(s)) for t, s in sorted(self.slots.items()) if t != vtype and not s.is_bottom()
         )
-        return KeyValue(vtype, _slot_value(vtype, slot), siblings, conflicts)
+        return KeyValue(vtype, _slot_value(slot), siblings, conflicts)
 
 
 _EMPTY_KEY = KeyState()
@@ -239,9 +239,6 @@ class StoreMap:
     def get(self, key: str) -> KeyValue | None:
         state = self.entries.get(key)
         return None if state is None else state.read()
-
-    def keys(self) -> list[str]:
-        return sorted(k for k, s in self.entries.items() if not s.is_bottom())
 
     # -- mutators: each returns a delta ----------------------------------------------
 

@@ -42,7 +42,6 @@ from crdtstore.storage import (
     WriteRequest,
 )
 from crdtstore.v1 import kv_pb2 as pb
-from crdtstore.v1 import kv_pb2_grpc as pb_grpc
 
 __all__ = ["AdminService", "KVService", "NodeState", "add_services"]
 
@@ -123,7 +122,7 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], code: grpc.StatusC
     raise AssertionError("abort returns by raising")  # pragma: no cover
 
 
-class KVService(pb_grpc.KVServicer):
+class KVService:
     def __init__(self, node: NodeState) -> None:
         self.node = node
 
@@ -205,7 +204,7 @@ def _decode_page_token(token: str) -> bytes:
     return base64.b64decode(token.encode("ascii"), altchars=b"-_", validate=True)
 
 
-class AdminService(pb_grpc.AdminServicer):
+class AdminService:
     def __init__(self, node: NodeState) -> None:
         self.node = node
 

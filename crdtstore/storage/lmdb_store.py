@@ -470,10 +470,7 @@ class LmdbStore:
         results: list[Result] = []
         now_ms = self._wall_ms()
         with self.env.begin(write=True) as txn:
-            # The context on disk, not the cached one, is where new dots come
-            # from: if a commit's outcome was ever in doubt, the disk decides.
-            context = decode_as(bytes(txn.get(_META_CONTEXT, db=self.meta) or b""), CausalContext)
-            batch = _Batch(context, self._log_bytes)
+            batch = _Batch(self._context_in(txn), self._log_bytes)
             for request in requests:
                 results.append(self._apply_one(txn, batch, request, clock, now_ms))
             if any(isinstance(r, Applied) and not r.replayed for r in results):
@@ -543,7 +540,7 @@ class LmdbStore:
         first = batch.context.vv.get(region) + 1
         last = after.context.max_counter(region)
         assert last >= first, "a batch mints at least one dot"
-        log_value = msgpack.packb([first, "", encode(delta)], use_bin_type=True)
+        log_value = _log_value(first, "", delta)
         txn.put(_log_key(region, last), log_value, db=self.log)
         batch.log_bytes += len(log_value)
         batch.context = after.context
@@ -575,7 +572,7 @@ class LmdbStore:
         while True:
             try:
                 with self.env.begin(write=True) as txn:
-                    context = decode_as(bytes(txn.get(_META_CONTEXT, db=self.meta) or b""), CausalContext)
+                    context = self._context_in(txn)
                     log_bytes = self._log_bytes
                     outcomes = []
                     for entry in entries:
@@ -587,7 +584,7 @@ class LmdbStore:
                             outcomes.append(RemoteOutcome.GAP)
                             continue
                         self._apply_entry(txn, entry, context)
-                        value = msgpack.packb([entry.first, source, encode(entry.delta)], use_bin_type=True)
+                        value = _log_value(entry.first, source, entry.delta)
                         txn.put(_log_key(entry.origin, entry.last), value, db=self.log)
                         log_bytes += len(value)
                         context = context.join(entry.delta.context)
@@ -610,6 +607,11 @@ class LmdbStore:
                 txn.delete(lmdb_key(key), db=self.data)
             else:
                 txn.put(lmdb_key(key), _encode_value(key, state), db=self.data)
+
+    def _context_in(self, txn: lmdb.Transaction) -> CausalContext:
+        # The context on disk, not the cached one, is where new dots come
+        # from: if a commit's outcome was ever in doubt, the disk decides.
+        return decode_as(bytes(txn.get(_META_CONTEXT, db=self.meta) or b""), CausalContext)
 
     def _get_in(self, txn: lmdb.Transaction, key: str) -> KeyState | None:
         db_key = lmdb_key(key)
@@ -648,6 +650,10 @@ class LmdbStore:
 
 def _log_key(origin: str, counter: int) -> bytes:
     return origin.encode("utf-8") + b"\x00" + counter.to_bytes(8, "big")
+
+
+def _log_value(first: int, source: str, delta: StoreMap) -> bytes:
+    return msgpack.packb([first, source, encode(delta)], use_bin_type=True)
 
 
 def _split_log_key(db_key: bytes) -> tuple[str, int]:

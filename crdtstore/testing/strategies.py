@@ -11,7 +11,7 @@ extra (hypothesis).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -218,7 +218,3 @@ def map_executions(draw: st.DrawFn) -> MapExecution:
             replicas[i] = replicas[i].join(replicas[arg])
         out.snapshots.append(replicas[i])
     return out
-
-
-def pick(draw: st.DrawFn, items: Sequence[Any]) -> Any:
-    return draw(st.sampled_from(items))
