@@ -1,14 +1,21 @@
 """The ``crdtstore`` command: run a node, or read and write one.
 
     crdtstore serve [--config FILE] [--data-dir DIR] [--listen HOST:PORT] [--region NAME]
-    crdtstore [--addr HOST:PORT] get KEY [--json]
-    crdtstore [--addr HOST:PORT] set KEY VALUE [--json]
-    crdtstore [--addr HOST:PORT] incr KEY [N] [--json]       # N may be negative; default 1
-    crdtstore [--addr HOST:PORT] sadd KEY MEMBER [MEMBER ...] [--json]
-    crdtstore [--addr HOST:PORT] srem KEY MEMBER [MEMBER ...] [--json]
-    crdtstore [--addr HOST:PORT] del KEY [--json]
-    crdtstore [--addr HOST:PORT] scan [PREFIX] [--json]
-    crdtstore [--addr HOST:PORT] status [--json]
+                    [--peer NAME=HOST:PORT ...]
+    crdtstore demo [--regions N] [--data-dir DIR] [--latency-ms MS] [--base-port PORT]
+    crdtstore [--addr HOST:PORT] [--timeout S] get KEY [--after TOKEN] [--json]
+    crdtstore [--addr HOST:PORT] [--timeout S] set KEY VALUE [--durability D] [--json]
+    crdtstore [--addr HOST:PORT] [--timeout S] incr KEY [N] [--durability D] [--json]   # N may be negative
+    crdtstore [--addr HOST:PORT] [--timeout S] sadd KEY MEMBER [MEMBER ...] [--durability D] [--json]
+    crdtstore [--addr HOST:PORT] [--timeout S] srem KEY MEMBER [MEMBER ...] [--durability D] [--json]
+    crdtstore [--addr HOST:PORT] [--timeout S] del KEY [--durability D] [--json]
+    crdtstore [--addr HOST:PORT] [--timeout S] scan [PREFIX] [--json]
+    crdtstore [--addr HOST:PORT] [--timeout S] status [--json]
+
+``D`` is ``local`` (the default: fsynced on this node) or ``replicated:N``
+(fsynced in N regions, this one included). ``--after TOKEN`` takes the token a
+write printed with ``--json`` (in any region) and waits until this node has
+seen it before reading.
 
 ``--addr`` defaults to ``$CRDTSTORE_ADDR``, then to ``DEFAULT_ADDR``, where
 ``serve`` listens by default.
@@ -26,10 +33,10 @@ object per line. Writes print nothing, or with ``--json``
 Exit status: 0 on success (a missing key included), 1 when the server or the
 connection reports an error, 2 for wrong usage. Errors are one line on stderr.
 
-``serve`` belongs to the node: its options come from
-``crdtstore.node.main.add_serve_arguments`` and it runs
-``crdtstore.node.main.serve_from_args``, imported only when ``serve`` is asked
-for, so the client commands work without the node's dependencies.
+``serve`` and ``demo`` belong to the node: their options come from
+``crdtstore.node.main.add_serve_arguments`` and ``crdtstore.node.demo``, imported
+only when they are asked for, so the client commands work without the node's
+dependencies.
 """
 
 from __future__ import annotations
@@ -43,7 +50,8 @@ from collections.abc import Callable, Sequence
 
 import grpc
 
-from crdtstore.client import Client, ClientError, Entry, Status, Value, WriteResult
+from crdtstore.client import Client, ClientError, Entry, Status, Value, WriteResult, parse_durability
+from crdtstore.operations import AddMembers, DeleteKey, Increment, RemoveMembers, SetRegister
 
 __all__ = ["ADDR_ENV", "DEFAULT_ADDR", "build_parser", "entry_json", "main"]
 
@@ -171,14 +179,15 @@ def _print_entry(entry: Entry) -> None:
 
 
 def _status_json(status: Status) -> dict[str, object]:
-    return {**status, "token": _b64(status["token"])}
+    peers = [{**peer, "acked": _b64(peer["acked"])} for peer in status["peers"]]
+    return {**status, "token": _b64(status["token"]), "peers": peers}
 
 
 # -- commands ----------------------------------------------------------------------------
 
 
 def _get(client: Client, args: argparse.Namespace) -> None:
-    entry = client.get(args.key)
+    entry = client.get(args.key, after=args.after)
     if args.json:
         _print_json(entry_json(entry))
     else:
@@ -197,29 +206,58 @@ def _status(client: Client, args: argparse.Namespace) -> None:
     status = _status_json(client.status())
     if args.json:
         _print_json(status)
-    else:
-        for name, value in status.items():
-            print(f"{name}: {json.dumps(value) if isinstance(value, bool) else value}")
+        return
+    for name, value in status.items():
+        if name == "peers":
+            continue
+        print(f"{name}: {json.dumps(value) if isinstance(value, bool) else value}")
+    for peer in _peers_of(status):
+        state = "connected" if peer["connected"] else "DISCONNECTED"
+        print(
+            f"peer {peer['region']} at {peer['address']}: {state}, {peer['behind']} events behind, "
+            f"clock offset {peer['clock_offset_ms']} ms"
+        )
+
+
+def _peers_of(status: dict[str, object]) -> list[dict[str, object]]:
+    peers = status["peers"]
+    assert isinstance(peers, list)
+    return peers
 
 
 def _set(client: Client, args: argparse.Namespace) -> WriteResult:
-    return client.set(args.key, args.value)
+    return client.mutate([SetRegister(args.key, args.value.encode("utf-8"))], durability=args.durability)
 
 
 def _incr(client: Client, args: argparse.Namespace) -> WriteResult:
-    return client.incr(args.key, args.n)
+    return client.mutate([Increment(args.key, args.n)], durability=args.durability)
 
 
 def _sadd(client: Client, args: argparse.Namespace) -> WriteResult:
-    return client.sadd(args.key, *args.members)
+    return client.mutate([AddMembers(args.key, tuple(args.members))], durability=args.durability)
 
 
 def _srem(client: Client, args: argparse.Namespace) -> WriteResult:
-    return client.srem(args.key, *args.members)
+    return client.mutate([RemoveMembers(args.key, tuple(args.members))], durability=args.durability)
 
 
 def _del(client: Client, args: argparse.Namespace) -> WriteResult:
-    return client.delete(args.key)
+    return client.mutate([DeleteKey(args.key)], durability=args.durability)
+
+
+def _token(text: str) -> bytes:
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (ValueError, UnicodeEncodeError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a token (the base64 a command printed)") from None
+
+
+def _durability(text: str) -> str:
+    try:
+        parse_durability(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _describe(err: ClientError, addr: str, *, write: bool) -> str:
@@ -231,6 +269,8 @@ def _describe(err: ClientError, addr: str, *, write: bool) -> str:
             return f"cannot reach {addr}: is the server running? (UNAVAILABLE: {message})"
         return f"{addr} is unavailable: {message} (UNAVAILABLE)"
     if err.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        if "confirmed" in message or "token" in message:
+            return f"{message} (DEADLINE_EXCEEDED)"  # the server's own, more precise account
         maybe = "; the write may or may not have been applied" if write else ""
         return f"{addr} did not answer in time{maybe} (DEADLINE_EXCEEDED)"
     return f"{message} ({err.code.name})"
@@ -239,8 +279,11 @@ def _describe(err: ClientError, addr: str, *, write: bool) -> str:
 # -- parsing -----------------------------------------------------------------------------
 
 
-def build_parser(serve_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.ArgumentParser:
-    """The parser; ``serve_arguments`` adds the node's options to ``serve`` (main passes the node's own)."""
+def build_parser(
+    serve_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+    demo_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> argparse.ArgumentParser:
+    """The parser; ``serve_arguments`` and ``demo_arguments`` add the node's options (main passes them)."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="A multi-region CRDT key-value store: run a node, or read and write one.",
@@ -251,11 +294,21 @@ def build_parser(serve_arguments: Callable[[argparse.ArgumentParser], None] | No
         metavar="HOST:PORT",
         help=f"the node to talk to (default: ${ADDR_ENV}, else {DEFAULT_ADDR})",
     )
+    parser.add_argument(
+        "--timeout", metavar="S", type=float, default=5.0, help="deadline of each request in seconds (default 5)"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run a node", description="Run a crdtstore node.")
     if serve_arguments is not None:
         serve_arguments(serve)
+    demo = commands.add_parser(
+        "demo",
+        help="run a local multi-region cluster",
+        description="Run several regions on loopback, peered in a mesh, until Ctrl-C.",
+    )
+    if demo_arguments is not None:
+        demo_arguments(demo)
 
     def command(name: str, handler: Handler, help_text: str, *, json_help: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text[:1].upper() + help_text[1:] + ".")
@@ -265,28 +318,45 @@ def build_parser(serve_arguments: Callable[[argparse.ArgumentParser], None] | No
 
     write_json = 'print {"token": <base64>, "replayed": bool}'
 
+    def write_command(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        sub = command(name, handler, help_text, json_help=write_json)
+        sub.add_argument(
+            "--durability",
+            metavar="D",
+            type=_durability,
+            default="local",
+            help="local (fsynced here; the default) or replicated:N (fsynced in N regions, this one included)",
+        )
+        return sub
+
     get = command("get", _get, "read a key", json_help="print one JSON object")
     get.add_argument("key", metavar="KEY")
+    get.add_argument(
+        "--after",
+        metavar="TOKEN",
+        type=_token,
+        help="first wait until this node has seen the token (printed by a write's --json, in any region)",
+    )
 
-    set_ = command("set", _set, "write a register", json_help=write_json)
+    set_ = write_command("set", _set, "write a register")
     set_.add_argument("key", metavar="KEY")
     set_.add_argument("value", metavar="VALUE", help="stored as its UTF-8 bytes")
 
     # A negative N ("incr KEY -5") is taken as N, not as an option: argparse
     # does so because no option of this parser looks like a negative number.
-    incr = command("incr", _incr, "add N to a counter", json_help=write_json)
+    incr = write_command("incr", _incr, "add N to a counter")
     incr.add_argument("key", metavar="KEY")
     incr.add_argument("n", metavar="N", type=int, nargs="?", default=1, help="may be negative (default: 1)")
 
-    sadd = command("sadd", _sadd, "add members to a set", json_help=write_json)
+    sadd = write_command("sadd", _sadd, "add members to a set")
     sadd.add_argument("key", metavar="KEY")
     sadd.add_argument("members", metavar="MEMBER", nargs="+")
 
-    srem = command("srem", _srem, "remove members from a set", json_help=write_json)
+    srem = write_command("srem", _srem, "remove members from a set")
     srem.add_argument("key", metavar="KEY")
     srem.add_argument("members", metavar="MEMBER", nargs="+")
 
-    del_ = command("del", _del, "delete a key", json_help=write_json)
+    del_ = write_command("del", _del, "delete a key")
     del_.add_argument("key", metavar="KEY")
 
     scan = command("scan", _scan, "list keys in key order", json_help="print one JSON object per line")
@@ -301,7 +371,7 @@ def _command_of(argv: Sequence[str]) -> str | None:
     i = 0
     while i < len(argv):
         arg = argv[i]
-        if arg == "--addr":
+        if arg in ("--addr", "--timeout"):
             i += 2
         elif arg.startswith("-"):
             i += 1
@@ -321,6 +391,16 @@ def _serve(argv: Sequence[str]) -> int:
     return serve_from_args(args)
 
 
+def _demo(argv: Sequence[str]) -> int:
+    try:
+        from crdtstore.node.demo import add_demo_arguments, demo_from_args  # noqa: PLC0415
+    except ImportError as exc:
+        _note(f"cannot start the demo: {exc}")
+        return 1
+    args = build_parser(demo_arguments=add_demo_arguments).parse_args(argv)
+    return demo_from_args(args)
+
+
 def _resolve_addr(flag: str | None) -> str:
     return flag or os.environ.get(ADDR_ENV) or DEFAULT_ADDR
 
@@ -330,11 +410,16 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if _command_of(argv) == "serve":
         return _serve(argv)
+    if _command_of(argv) == "demo":
+        return _demo(argv)
     args = build_parser().parse_args(argv)
     addr = _resolve_addr(args.addr)
     handler: Handler = args.handler
+    if not args.timeout > 0:
+        _note("--timeout must be a positive number of seconds")
+        return 2
     try:
-        with Client(addr) as client:
+        with Client(addr, timeout_s=args.timeout) as client:
             result = handler(client, args)
             if result is not None and args.json:
                 _print_json({"token": _b64(result.token), "replayed": result.replayed})

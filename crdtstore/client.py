@@ -31,6 +31,17 @@ Idempotency. Every ``mutate`` (and so every ``set``/``incr``/``sadd``/``srem``/
 one; retries reuse it, so a retried batch is applied once and the answer to a
 retry says ``replayed=True``. Passing ``idempotency_key=b""`` turns
 deduplication off, and with it the retries of that batch.
+
+Durability. ``durability="local"`` (the default) is answered once the write is
+fsynced on the node; ``"replicated:N"`` once N regions (this one included) have
+it fsynced. Give it to the client (every write) or to one ``mutate``. A
+replicated write whose deadline passes first fails with ``DEADLINE_EXCEEDED``,
+but it *is* applied on the node and replicates later; retrying it with the same
+idempotency key waits again without applying it twice.
+
+Causal reads. Every write and read returns a token; ``get(key, after=token)``
+waits (within the deadline) until the node has seen everything the token
+covers, so a read in one region sees a write made in another.
 """
 
 from __future__ import annotations
@@ -56,12 +67,14 @@ __all__ = [
     "ClientError",
     "Conflict",
     "Entry",
+    "PeerStatus",
     "Sibling",
     "Status",
     "TypeMismatchError",
     "TypeName",
     "Value",
     "WriteResult",
+    "parse_durability",
 ]
 
 _INT64_MIN = -(2**63)
@@ -130,6 +143,15 @@ class WriteResult:
     replayed: bool
 
 
+class PeerStatus(TypedDict):
+    region: str
+    address: str
+    connected: bool
+    acked: bytes  # the causal token of what the peer has acknowledged
+    behind: int  # events this node has that the peer has not acknowledged
+    clock_offset_ms: int  # the peer's clock minus this node's, as last measured
+
+
 class Status(TypedDict):
     region: str
     version: str
@@ -137,6 +159,19 @@ class Status(TypedDict):
     token: bytes
     draining: bool
     data_bytes: int
+    peers: list[PeerStatus]
+    clock_skew_events: int
+    clock_fenced: bool
+
+
+def parse_durability(spec: str) -> tuple[kv_pb2.Durability, int]:
+    """``"local"`` or ``"replicated:N"`` -> the request's durability and replica count; ``ValueError`` otherwise."""
+    if spec == "local":
+        return kv_pb2.DURABILITY_LOCAL, 0
+    kind, sep, count = spec.partition(":")
+    if kind == "replicated" and sep and count.isdigit() and int(count) >= 1:
+        return kv_pb2.DURABILITY_REPLICATED, int(count)
+    raise ValueError(f"durability {spec!r} is not 'local' or 'replicated:N' (N >= 1 regions)")
 
 
 # -- errors ----------------------------------------------------------------------------
@@ -203,16 +238,24 @@ def _operation_to_proto(op: Operation) -> kv_pb2.Operation:
     return kv_pb2.Operation(key=op.key, delete=kv_pb2.DeleteKey())
 
 
-def _mutate_request(ops: Sequence[Operation], idempotency_key: bytes | None) -> kv_pb2.MutateRequest:
+def _mutate_request(ops: Sequence[Operation], idempotency_key: bytes | None, durability: str) -> kv_pb2.MutateRequest:
+    level, replicas = parse_durability(durability)
     key = uuid.uuid4().bytes if idempotency_key is None else idempotency_key
     try:
-        return kv_pb2.MutateRequest(operations=[_operation_to_proto(op) for op in ops], idempotency_key=key)
+        return kv_pb2.MutateRequest(
+            operations=[_operation_to_proto(op) for op in ops],
+            idempotency_key=key,
+            durability=level,
+            replicas=replicas,
+        )
     except ValueError as exc:  # protobuf refuses, say, a string that is not valid Unicode
         raise ClientError(grpc.StatusCode.INVALID_ARGUMENT, str(exc), idempotency_key=key) from exc
 
 
-def _get_request(key: str) -> kv_pb2.GetRequest:
+def _get_request(key: str, after: bytes | None) -> kv_pb2.GetRequest:
     try:
+        if after:
+            return kv_pb2.GetRequest(key=key, after=kv_pb2.CausalToken(vector=after))
         return kv_pb2.GetRequest(key=key)
     except ValueError as exc:
         raise ClientError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
@@ -312,6 +355,19 @@ def _status_from_proto(resp: kv_pb2.StatusResponse) -> Status:
         token=bytes(resp.token.vector),
         draining=resp.draining,
         data_bytes=resp.data_bytes,
+        peers=[
+            PeerStatus(
+                region=p.region,
+                address=p.address,
+                connected=p.connected,
+                acked=bytes(p.acked.vector),
+                behind=p.behind,
+                clock_offset_ms=p.clock_offset_ms,
+            )
+            for p in resp.peers
+        ],
+        clock_skew_events=resp.clock_skew_events,
+        clock_fenced=resp.clock_fenced,
     )
 
 
@@ -400,9 +456,12 @@ class _ClientBase:
         retries_max: int = 5,
         backoff_ms_initial: float = 50,
         backoff_ms_max: float = 1000,
+        durability: str = "local",
     ) -> None:
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be positive, not {timeout_s}")
+        parse_durability(durability)
+        self.durability = durability
         self.addr = addr
         self.timeout_s = timeout_s
         self._retry = _RetryPolicy(retries_max, backoff_ms_initial, backoff_ms_max)
@@ -446,12 +505,15 @@ class Client(_ClientBase):
             _sleep(delay)
             attempt += 1
 
-    def get(self, key: str) -> Entry:
-        return _entry_from_get(self._call(_GET, _get_request(key)))
+    def get(self, key: str, *, after: bytes | None = None) -> Entry:
+        """Read ``key``; with ``after`` (a token), first wait until this node has seen that token."""
+        return _entry_from_get(self._call(_GET, _get_request(key, after)))
 
-    def mutate(self, ops: Sequence[Operation], idempotency_key: bytes | None = None) -> WriteResult:
-        """Apply a batch atomically; see the module docstring for idempotency and retries."""
-        request = _mutate_request(ops, idempotency_key)
+    def mutate(
+        self, ops: Sequence[Operation], idempotency_key: bytes | None = None, *, durability: str | None = None
+    ) -> WriteResult:
+        """Apply a batch atomically; see the module docstring for idempotency, retries and durability."""
+        request = _mutate_request(ops, idempotency_key, durability or self.durability)
         key = request.idempotency_key
         return _write_result(self._call(_MUTATE, request, idempotency_key=key, retryable=bool(key)))
 
@@ -517,12 +579,15 @@ class AsyncClient(_ClientBase):
             await _async_sleep(delay)
             attempt += 1
 
-    async def get(self, key: str) -> Entry:
-        return _entry_from_get(await self._call(_GET, _get_request(key)))
+    async def get(self, key: str, *, after: bytes | None = None) -> Entry:
+        """Read ``key``; with ``after`` (a token), first wait until this node has seen that token."""
+        return _entry_from_get(await self._call(_GET, _get_request(key, after)))
 
-    async def mutate(self, ops: Sequence[Operation], idempotency_key: bytes | None = None) -> WriteResult:
-        """Apply a batch atomically; see the module docstring for idempotency and retries."""
-        request = _mutate_request(ops, idempotency_key)
+    async def mutate(
+        self, ops: Sequence[Operation], idempotency_key: bytes | None = None, *, durability: str | None = None
+    ) -> WriteResult:
+        """Apply a batch atomically; see the module docstring for idempotency, retries and durability."""
+        request = _mutate_request(ops, idempotency_key, durability or self.durability)
         key = request.idempotency_key
         return _write_result(await self._call(_MUTATE, request, idempotency_key=key, retryable=bool(key)))
 

@@ -121,6 +121,18 @@ class FakeKV:
             token=kv_pb2.CausalToken(vector=b"\x00\xff"),
             draining=False,
             data_bytes=4096,
+            peers=[
+                kv_pb2.PeerStatus(
+                    region="us",
+                    address="10.0.0.2:7420",
+                    connected=True,
+                    acked=kv_pb2.CausalToken(vector=b"\x01"),
+                    behind=3,
+                    clock_offset_ms=-12,
+                )
+            ],
+            clock_skew_events=2,
+            clock_fenced=False,
         )
 
 
@@ -362,6 +374,18 @@ def test_status(kv: Client) -> None:
         "token": b"\x00\xff",
         "draining": False,
         "data_bytes": 4096,
+        "peers": [
+            {
+                "region": "us",
+                "address": "10.0.0.2:7420",
+                "connected": True,
+                "acked": b"\x01",
+                "behind": 3,
+                "clock_offset_ms": -12,
+            }
+        ],
+        "clock_skew_events": 2,
+        "clock_fenced": False,
     }
 
 
@@ -502,10 +526,23 @@ def test_status_output(addr: str, capsys: pytest.CaptureFixture[str]) -> None:
         "token": "AP8=",
         "draining": False,
         "data_bytes": 4096,
+        "peers": [
+            {
+                "region": "us",
+                "address": "10.0.0.2:7420",
+                "connected": True,
+                "acked": "AQ==",
+                "behind": 3,
+                "clock_offset_ms": -12,
+            }
+        ],
+        "clock_skew_events": 2,
+        "clock_fenced": False,
     }
     code, out, _ = run(capsys, "--addr", addr, "status")
     assert "region: eu" in out.splitlines()
     assert "draining: false" in out.splitlines()
+    assert "peer us at 10.0.0.2:7420: connected, 3 events behind, clock offset -12 ms" in out.splitlines()
 
 
 def test_errors_are_one_line_and_exit_1(addr: str, fake: FakeKV, capsys: pytest.CaptureFixture[str]) -> None:

@@ -363,7 +363,18 @@ def test_cli_scan_pages_through_everything(server: ServerProcess, client: Client
 
 def test_cli_status_json(server: ServerProcess) -> None:
     status = cli_json(run_cli("status", "--json", addr=server.addr))
-    assert set(status) == {"region", "version", "keys", "token", "draining", "data_bytes"}
+    assert set(status) == {
+        "region",
+        "version",
+        "keys",
+        "token",
+        "draining",
+        "data_bytes",
+        "peers",
+        "clock_skew_events",
+        "clock_fenced",
+    }
+    assert status["peers"] == []  # a single node
     assert status["region"] == "eu"
     assert status["draining"] is False
     assert isinstance(status["version"], str) and status["version"]

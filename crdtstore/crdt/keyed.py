@@ -236,6 +236,17 @@ class StoreMap:
 
     # -- reads ----------------------------------------------------------------------
 
+    def latest_timestamp(self) -> Timestamp | None:
+        """The newest register timestamp in this state or delta: what a receiving clock must pass."""
+        latest: Timestamp | None = None
+        for state in self.entries.values():
+            register = state.slots.get(ValueType.REGISTER)
+            if isinstance(register, Register):
+                for version in register.entries.values():
+                    if latest is None or version.timestamp > latest:
+                        latest = version.timestamp
+        return latest
+
     def get(self, key: str) -> KeyValue | None:
         state = self.entries.get(key)
         return None if state is None else state.read()

@@ -23,6 +23,17 @@ Example file::
     [server]
     drain_grace_s = 10
     batch_requests_max = 1024
+
+    [peers]              # the other regions: name = "host:port"
+    us-east = "10.0.0.2:7420"
+    ap-south = "10.0.0.3:7420"
+
+    [replication]
+    batch_window_ms = 10
+    anti_entropy_ms = 1000
+
+Peers are symmetric: every region lists every other region. Of each pair,
+the region whose name sorts first opens the replication stream.
 """
 
 from __future__ import annotations
@@ -30,7 +41,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -38,9 +49,19 @@ from typing import Any
 from crdtstore.operations import Limits
 from crdtstore.storage import StorageOptions
 
-__all__ = ["DEFAULT_LISTEN", "ConfigError", "NodeConfig", "ServerSettings", "parse_listen"]
+__all__ = [
+    "DEFAULT_LISTEN",
+    "ConfigError",
+    "NodeConfig",
+    "ReplicationSettings",
+    "ServerSettings",
+    "parse_listen",
+    "parse_peer",
+]
 
 DEFAULT_LISTEN = "127.0.0.1:7420"
+# Room above the largest batch for protobuf framing.
+MESSAGE_OVERHEAD_BYTES = 1024 * 1024
 _REGION = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
 
@@ -61,6 +82,23 @@ class ServerSettings:
 
 
 @dataclass(frozen=True)
+class ReplicationSettings:
+    # Local writes are pushed to peers at most this long after they commit.
+    batch_window_ms: int = 10
+    # Everything a peer has not acknowledged is offered again this often.
+    anti_entropy_ms: int = 1000
+    # A lost peer connection is retried with backoff up to this long between attempts.
+    reconnect_backoff_max_ms: int = 1000
+    # HTTP/2 keepalive pings on idle replication streams; no answer within the timeout means a dead peer.
+    keepalive_ms: int = 2000
+    keepalive_timeout_ms: int = 2000
+    # One message of log entries carries about this many bytes (at least one entry, however large).
+    message_bytes_max: int = 1024 * 1024
+    # Messages queued per peer before the sender waits.
+    outbound_messages_max: int = 64
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     region: str = "local"
     data_dir: Path = Path("crdtstore-data")
@@ -68,6 +106,8 @@ class NodeConfig:
     limits: Limits = field(default_factory=Limits)
     storage: StorageOptions = field(default_factory=StorageOptions)
     server: ServerSettings = field(default_factory=ServerSettings)
+    replication: ReplicationSettings = field(default_factory=ReplicationSettings)
+    peers: Mapping[str, str] = field(default_factory=dict)  # region -> host:port
 
     @classmethod
     def load(
@@ -75,6 +115,7 @@ class NodeConfig:
         *,
         config_file: str | None = None,
         flags: Mapping[str, str | None] | None = None,
+        peer_flags: Sequence[str] = (),
         environ: Mapping[str, str] | None = None,
     ) -> NodeConfig:
         env = os.environ if environ is None else environ
@@ -86,9 +127,15 @@ class NodeConfig:
             value = env.get(f"CRDTSTORE_{name.upper()}")
             if value:
                 config = config._set_top(name, value, f"environment variable CRDTSTORE_{name.upper()}")
+        peers_env = env.get("CRDTSTORE_PEERS")
+        if peers_env:
+            items = [item.strip() for item in peers_env.split(",") if item.strip()]
+            config = config._with_peers(items, "environment variable CRDTSTORE_PEERS")
         for name, value in (flags or {}).items():
             if value is not None:
                 config = config._set_top(name, value, f"--{name.replace('_', '-')}")
+        if peer_flags:
+            config = config._with_peers(list(peer_flags), "--peer")
         config.validate()
         return config
 
@@ -101,6 +148,21 @@ class NodeConfig:
             raise ConfigError(f"{source}: {name} must be a string, got {type(value).__name__}")
         return replace(self, region=value) if name == "region" else replace(self, listen=value)
 
+    @property
+    def message_bytes_max(self) -> int:
+        """The largest gRPC message a node accepts: a client's largest batch, or one log entry from a peer."""
+        return self.limits.batch_bytes_max + MESSAGE_OVERHEAD_BYTES
+
+    def _with_peers(self, items: Sequence[str], source: str) -> NodeConfig:
+        """``NAME=HOST:PORT`` items replace the peers from lower-precedence sources."""
+        peers: dict[str, str] = {}
+        for item in items:
+            name, address = parse_peer(item, source)
+            if name in peers:
+                raise ConfigError(f"{source}: peer {name!r} is given twice")
+            peers[name] = address
+        return replace(self, peers=peers)
+
     def _merge_file(self, path: Path) -> NodeConfig:
         try:
             raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -111,18 +173,27 @@ class NodeConfig:
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
         config = self
-        sections = {"limits": Limits, "storage": StorageOptions, "server": ServerSettings}
+        sections = {
+            "limits": Limits,
+            "storage": StorageOptions,
+            "server": ServerSettings,
+            "replication": ReplicationSettings,
+        }
         for key, value in raw.items():
             where = f"{path}: {key}"
             if key in ("region", "data_dir", "listen"):
                 config = config._set_top(key, value, where)
+            elif key == "peers":
+                if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+                    raise ConfigError(f'{where} must be a table of name = "host:port"')
+                config = config._with_peers([f"{k}={v}" for k, v in value.items()], where)
             elif key in sections:
                 if not isinstance(value, dict):
                     raise ConfigError(f"{where} must be a table ([{key}])")
                 current = getattr(config, key)
                 config = replace(config, **{key: _merge_section(current, value, where)})
             else:
-                known = ", ".join(["region", "data_dir", "listen", *sections])
+                known = ", ".join(["region", "data_dir", "listen", "peers", *sections])
                 raise ConfigError(f"{where}: unknown setting (known: {known})")
         return config
 
@@ -133,13 +204,22 @@ class NodeConfig:
                 f"'.', '_' or '-', starting with a letter or digit"
             )
         parse_listen(self.listen)
-        for section in (self.limits, self.storage, self.server):
+        for name, address in self.peers.items():
+            if name == self.region:
+                raise ConfigError(f"peer {name!r} is this node's own region; list only the other regions")
+            parse_peer(f"{name}={address}", "peers")
+        for section in (self.limits, self.storage, self.server, self.replication):
             for f in fields(section):
                 value = getattr(section, f.name)
                 if value <= 0:
                     raise ConfigError(f"{type(section).__name__}.{f.name} must be positive, got {value}")
         if self.storage.map_size_bytes > self.storage.map_size_bytes_max:
             raise ConfigError("storage.map_size_bytes is larger than storage.map_size_bytes_max")
+        if self.storage.log_entry_bytes_max + 64 * 1024 > self.message_bytes_max:
+            raise ConfigError(
+                "storage.log_entry_bytes_max must leave 64 KiB of room under the largest message "
+                f"({self.message_bytes_max} bytes: limits.batch_bytes_max plus 1 MiB)"
+            )
         if self.server.scan_page_default > self.server.scan_page_max:
             raise ConfigError("server.scan_page_default is larger than server.scan_page_max")
 
@@ -156,6 +236,22 @@ def _merge_section(current: Any, values: dict[str, Any], where: str) -> Any:
             raise ConfigError(f"{where}.{name}: expected {expected.__name__}, got {type(value).__name__}")
         changes[name] = value
     return replace(current, **changes)
+
+
+def parse_peer(item: str, source: str) -> tuple[str, str]:
+    """``NAME=HOST:PORT`` -> (name, address), or ``ConfigError`` naming ``source``."""
+    name, sep, address = item.partition("=")
+    if not sep or not name or not address:
+        raise ConfigError(f"{source}: {item!r} is not NAME=HOST:PORT (for example us-east=10.0.0.2:7420)")
+    if not _REGION.match(name):
+        raise ConfigError(f"{source}: peer name {name!r} is not a valid region name")
+    try:
+        _, port = parse_listen(address)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: peer {name}: {exc}") from None
+    if port == 0:
+        raise ConfigError(f"{source}: peer {name}: port 0 is not an address to connect to")
+    return name, address
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

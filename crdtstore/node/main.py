@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 
 from crdtstore.crdt import HybridLogicalClock
 from crdtstore.node.config import ConfigError, NodeConfig, parse_listen
+from crdtstore.node.replication import Replicator
 from crdtstore.node.service import NodeState, add_services
 from crdtstore.node.writer import GroupCommitWriter
 from crdtstore.storage import LmdbStore, StorageConfig, StorageError
@@ -24,15 +25,19 @@ __all__ = ["add_serve_arguments", "run_node", "serve_from_args"]
 
 log = logging.getLogger("crdtstore.node")
 
-# Room above the largest batch for protobuf framing.
-_MESSAGE_OVERHEAD_BYTES = 1024 * 1024
-
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="a TOML configuration file (or CRDTSTORE_CONFIG)")
     parser.add_argument("--data-dir", metavar="DIR", help="where the store lives (default ./crdtstore-data)")
     parser.add_argument("--listen", metavar="HOST:PORT", help="address to serve on (default 127.0.0.1:7420)")
     parser.add_argument("--region", metavar="NAME", help="this node's region name (default 'local')")
+    parser.add_argument(
+        "--peer",
+        metavar="NAME=HOST:PORT",
+        action="append",
+        default=[],
+        help="another region to replicate with; repeat for each (replaces [peers] of the config file)",
+    )
 
 
 class StartupError(Exception):
@@ -46,6 +51,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
         config = NodeConfig.load(
             config_file=args.config,
             flags={"data_dir": args.data_dir, "listen": args.listen, "region": args.region},
+            peer_flags=args.peer,
         )
     except ConfigError as exc:
         print(f"crdtstore serve: {exc}", file=sys.stderr)
@@ -72,10 +78,12 @@ async def run_node(config: NodeConfig, *, ready: asyncio.Event | None = None, st
         batch_requests_max=config.server.batch_requests_max,
         pending_requests_max=config.server.pending_requests_max,
     )
-    node = NodeState(config, store, writer)
-    message_max = config.limits.batch_bytes_max + _MESSAGE_OVERHEAD_BYTES
+    replicator = Replicator(config, store, writer, clock)
+    node = NodeState(config, store, writer, replicator)
+    message_max = config.message_bytes_max
     server = grpc.aio.server(
         options=[
+            *replicator.server_options(),
             ("grpc.max_receive_message_length", message_max),
             # A page stops after passing scan_page_bytes_max, so it may carry one key more.
             (
@@ -104,9 +112,12 @@ async def run_node(config: NodeConfig, *, ready: asyncio.Event | None = None, st
 
     writer.start()
     await server.start()
+    replicator.start()
     for name in ("", *services):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("region %s serving on %s:%d, data in %s", config.region, host, bound, config.data_dir)
+    for name, address in sorted(config.peers.items()):
+        log.info("peer %s at %s", name, address)
     print(f"crdtstore: region {config.region} listening on {host}:{bound}", flush=True)
 
     stop = stop or asyncio.Event()
@@ -121,6 +132,7 @@ async def run_node(config: NodeConfig, *, ready: asyncio.Event | None = None, st
     log.info("draining: refusing new requests, finishing the ones in flight")
     node.draining = True
     await health_servicer.enter_graceful_shutdown()
+    await replicator.close()  # replication streams are long-lived: end them, not wait for them
     await server.stop(grace=config.server.drain_grace_s)
     await writer.close()
     store.close()

@@ -18,9 +18,10 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 import crdtstore
-from crdtstore.crdt import KeyState, TypeMismatch, ValueType, VersionVector, encode
+from crdtstore.crdt import CodecError, KeyState, TypeMismatch, ValueType, VersionVector, decode_as, encode
 from crdtstore.crdt.keyed import Value
 from crdtstore.node.config import NodeConfig
+from crdtstore.node.replication import Replicator
 from crdtstore.node.writer import GroupCommitWriter
 from crdtstore.operations import (
     AddMembers,
@@ -42,20 +43,31 @@ from crdtstore.storage import (
     WriteRequest,
 )
 from crdtstore.v1 import kv_pb2 as pb
+from crdtstore.v1 import replication_pb2 as rpb
 
 __all__ = ["AdminService", "KVService", "NodeState", "add_services"]
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
-class NodeState:
-    """What the services share: the store, the writer, and whether the node is draining."""
+# How long a causal read or a replicated write waits when the client set no deadline.
+_WAIT_WITHOUT_DEADLINE_S = 30.0
 
-    def __init__(self, config: NodeConfig, store: LmdbStore, writer: GroupCommitWriter) -> None:
+
+class NodeState:
+    """What the services share: the store, the writer, replication, and whether the node is draining."""
+
+    def __init__(self, config: NodeConfig, store: LmdbStore, writer: GroupCommitWriter, replicator: Replicator) -> None:
         self.config = config
         self.store = store
         self.writer = writer
+        self.replicator = replicator
         self.draining = False
+
+
+def _time_left(context: grpc.aio.ServicerContext[Any, Any]) -> float:
+    remaining = context.time_remaining()
+    return _WAIT_WITHOUT_DEADLINE_S if remaining is None else max(0.0, remaining)
 
 
 def token_of(vv: VersionVector) -> pb.CausalToken:
@@ -145,6 +157,19 @@ class KVService:
         await self._refuse_if_draining(context)
         await self._check_key(request.key, context)
         store = self.node.store
+        if request.HasField("after") and request.after.vector:
+            try:
+                after = decode_as(request.after.vector, VersionVector)
+            except CodecError:
+                await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "the after token is not one crdtstore issued")
+            replicator = self.node.replicator
+            if not await replicator.wait_for(lambda: replicator.has_seen(after), _time_left(context)):
+                await _abort(
+                    context,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"region {store.region} has not yet received everything the token covers; "
+                    f"retry later or read in the region that wrote it",
+                )
         token = token_of(store.context.vv)  # read before the value: the value is at least this new
         return pb.GetResponse(entry=key_value_pb(request.key, store.get(request.key)), token=token)
 
@@ -156,15 +181,39 @@ class KVService:
         try:
             ops = operations_from_pb(request)
             validate(ops, request.idempotency_key, limits)
-            if request.durability not in (pb.DURABILITY_UNSPECIFIED, pb.DURABILITY_LOCAL):
-                raise InvalidRequest(
-                    f"durability {request.durability} is not supported by this node; use DURABILITY_LOCAL"
-                )
+            replicas = self._replicas(request)
         except InvalidRequest as exc:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        replicator = self.node.replicator
+        if replicator.lost_own_history:
+            await _abort(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                f"region {self.node.store.region} has less of its own history than its peers (its data directory "
+                f"was restored or lost); it refuses writes so that it never reuses an event id. Nothing was applied",
+            )
+        if replicator.clock_fenced():
+            await _abort(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                f"this node's clock is more than {self.node.config.server.max_clock_offset_ms} ms away from most "
+                f"of its peers' clocks; it refuses writes until it is back in bounds (check NTP). Nothing was applied",
+            )
         result = await self.node.writer.submit(WriteRequest(ops, request.idempotency_key))
         if isinstance(result, Applied):
-            return pb.MutateResponse(token=token_of(result.token.vv), replayed=result.replayed)
+            if not result.replayed:
+                replicator.local_committed()
+            vector = result.token.vv
+            if replicas > 1 and not await replicator.wait_for(
+                lambda: replicator.replicas_with(vector) >= replicas, _time_left(context)
+            ):
+                await _abort(
+                    context,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"the write is applied and durable in region {self.node.store.region}, but fewer than "
+                    f"{replicas} regions confirmed it before the deadline; it will replicate when they are reachable",
+                )
+            return pb.MutateResponse(token=token_of(vector), replayed=result.replayed)
         error = result.error
         if isinstance(error, TypeMismatch):
             await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, f"{error}; nothing of the batch was applied")
@@ -175,6 +224,24 @@ class KVService:
         if isinstance(error, IdempotencyConflict | ValueError | TypeError):
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"{error}; nothing of the batch was applied")
         await _abort(context, grpc.StatusCode.INTERNAL, f"the write failed: {error!r}")
+
+    def _replicas(self, request: pb.MutateRequest) -> int:
+        if request.durability in (pb.DURABILITY_UNSPECIFIED, pb.DURABILITY_LOCAL):
+            if request.replicas > 1:
+                raise InvalidRequest("replicas is only for DURABILITY_REPLICATED")
+            return 1
+        if request.durability != pb.DURABILITY_REPLICATED:
+            raise InvalidRequest(
+                f"durability {request.durability} is not one this node knows; use DURABILITY_LOCAL or "
+                f"DURABILITY_REPLICATED"
+            )
+        regions = 1 + len(self.node.config.peers)
+        if not 1 <= request.replicas <= regions:
+            raise InvalidRequest(
+                f"replicas must be from 1 to {regions} (this region and its {regions - 1} peers), "
+                f"got {request.replicas}"
+            )
+        return request.replicas
 
     async def Scan(self, request: pb.ScanRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.ScanResponse:
         await self._refuse_if_draining(context)
@@ -210,6 +277,20 @@ class AdminService:
 
     async def Status(self, request: pb.StatusRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.StatusResponse:
         store = self.node.store
+        replicator = self.node.replicator
+        peers = []
+        for name, link in replicator.links.items():
+            acked = replicator.core.peers[name].acked
+            peers.append(
+                pb.PeerStatus(
+                    region=name,
+                    address=link.address,
+                    connected=replicator.connected(name),
+                    acked=token_of(acked),
+                    behind=sum(replicator.core.behind(name).values()),
+                    clock_offset_ms=link.clock_offset_ms or 0,
+                )
+            )
         return pb.StatusResponse(
             region=store.region,
             version=crdtstore.__version__,
@@ -219,6 +300,9 @@ class AdminService:
             data_bytes=store.data_bytes(),
             commits=self.node.writer.batches_committed,
             requests_committed=self.node.writer.requests_committed,
+            peers=peers,
+            clock_skew_events=replicator.skew_events,
+            clock_fenced=replicator.clock_fenced(),
         )
 
 
@@ -248,7 +332,7 @@ def _parsing(
 
 
 def add_services(server: grpc.aio.Server, node: NodeState) -> list[str]:
-    """Register KV and Admin on ``server``; returns their full service names."""
+    """Register KV, Admin and Replication on ``server``; returns their full service names."""
     kv, admin = KVService(node), AdminService(node)
     handlers = {
         "crdtstore.v1.KV": {
@@ -259,8 +343,19 @@ def add_services(server: grpc.aio.Server, node: NodeState) -> list[str]:
         "crdtstore.v1.Admin": {
             "Status": _parsing(admin.Status, pb.StatusRequest, pb.StatusResponse),
         },
+        "crdtstore.v1.Replication": {
+            # Messages arrive as bytes: the replicator parses them, so a
+            # malformed one closes the stream with INVALID_ARGUMENT.
+            "Sync": grpc.stream_stream_rpc_method_handler(
+                node.replicator.serve_stream, response_serializer=rpb.SyncMessage.SerializeToString
+            ),
+        },
     }
-    declared = {s.full_name: {m.name for m in s.methods} for s in pb.DESCRIPTOR.services_by_name.values()}
+    declared = {
+        s.full_name: {m.name for m in s.methods}
+        for descriptor in (pb.DESCRIPTOR, rpb.DESCRIPTOR)
+        for s in descriptor.services_by_name.values()
+    }
     assert declared == {name: set(methods) for name, methods in handlers.items()}, "every RPC of the proto is served"
     server.add_generic_rpc_handlers(
         tuple(grpc.method_handlers_generic_handler(name, methods) for name, methods in handlers.items())

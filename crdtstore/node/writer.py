@@ -9,7 +9,9 @@ one fsync; under heavy load batches grow by themselves and the fsync is shared.
 
 LMDB allows one write transaction at a time and wants it on one thread, so all
 writes happen on this thread, and so does every use of the hybrid logical
-clock that stamps them.
+clock that stamps them. Other writes (deltas from peers, log trims) come as
+jobs (``call``): the thread commits the client batch it has gathered, then
+runs the job, in arrival order.
 
 Backpressure: at most ``pending_requests_max`` requests wait at once; further
 callers wait for a place (their deadline still applies), so memory stays
@@ -24,7 +26,8 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from crdtstore.crdt import HybridLogicalClock
 from crdtstore.storage import Failed, LmdbStore, WriteRequest
@@ -32,7 +35,16 @@ from crdtstore.storage.lmdb_store import Result
 
 __all__ = ["GroupCommitWriter"]
 
+T = TypeVar("T")
 _Item = tuple[WriteRequest, "asyncio.Future[Result]"]
+
+
+class _Job:
+    __slots__ = ("fn", "future")
+
+    def __init__(self, fn: Callable[[], Any], future: asyncio.Future[Any]) -> None:
+        self.fn = fn
+        self.future = future
 
 
 class GroupCommitWriter:
@@ -49,7 +61,7 @@ class GroupCommitWriter:
         self._store = store
         self._clock = clock
         self._batch_requests_max = batch_requests_max
-        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Item | _Job | None] = queue.SimpleQueue()
         self._places = asyncio.Semaphore(pending_requests_max)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, name="crdtstore-writer", daemon=True)
@@ -75,6 +87,18 @@ class GroupCommitWriter:
         self._queue.put((request, future))
         return await asyncio.shield(future)
 
+    async def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the writer thread, between client batches; its result or exception comes back."""
+        if self._closed:
+            raise RuntimeError("the writer is closed")
+        loop = self._loop
+        assert loop is not None, "start() first"
+        await self._places.acquire()
+        future: asyncio.Future[T] = loop.create_future()
+        future.add_done_callback(lambda _: self._places.release())
+        self._queue.put(_Job(fn, future))
+        return await asyncio.shield(future)
+
     async def close(self) -> None:
         """Commit what is queued, then stop the thread."""
         if self._closed:
@@ -88,10 +112,14 @@ class GroupCommitWriter:
 
     def _run(self) -> None:
         stopping = False
+        job: _Job | None = None
         while not stopping:
             item = self._queue.get()
             if item is None:
                 return
+            if isinstance(item, _Job):
+                self._run_job(item)
+                continue
             batch = [item]
             while len(batch) < self._batch_requests_max:
                 try:
@@ -101,8 +129,24 @@ class GroupCommitWriter:
                 if more is None:
                     stopping = True
                     break
+                if isinstance(more, _Job):
+                    job = more
+                    break
                 batch.append(more)
             self._commit(batch)
+            if job is not None:
+                self._run_job(job)
+                job = None
+
+    def _run_job(self, job: _Job) -> None:
+        loop = self._loop
+        assert loop is not None
+        try:
+            result = job.fn()
+        except BaseException as exc:  # the caller hears of it, whatever it is
+            loop.call_soon_threadsafe(_fail, job.future, exc)
+        else:
+            loop.call_soon_threadsafe(_resolve, job.future, result)
 
     def _commit(self, batch: Sequence[_Item]) -> None:
         try:
@@ -118,6 +162,11 @@ class GroupCommitWriter:
             loop.call_soon_threadsafe(_resolve, future, result)
 
 
-def _resolve(future: asyncio.Future[Result], result: Result) -> None:
+def _resolve(future: asyncio.Future[Any], result: Any) -> None:
     if not future.done():
         future.set_result(result)
+
+
+def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)

@@ -13,9 +13,12 @@ Protocol, per pair of regions over one long-lived stream each way:
   everything it has applied.
 * Each side then streams the log entries the other lacks (``SendLog``): for
   every origin, the entries above what the peer has, in per-origin order,
-  from every origin (relay), except entries that came from that peer
-  (nothing goes back where it came from) -- the BP and RR optimisations of
-  Enes et al., "Efficient Synchronization of State-based CRDTs" (ICDE 2019).
+  from every origin (relay). Entries a peer sent are counted as entries it
+  has, so nothing goes back where it came from, and nothing the peer's vector
+  covers is sent again -- the BP and RR optimisations of Enes et al.,
+  "Efficient Synchronization of State-based CRDTs" (ICDE 2019). A peer that
+  says in its Hello that it lacks entries it once sent (it was restored from
+  an old backup, or emptied) gets them back.
 * The receiver persists them (``Apply``; storage applies an entry only if it
   continues its origin's run) and acknowledges with ``Ack(vector)``.
 * Local writes are pushed after a short batching window; every
@@ -63,9 +66,10 @@ class Hello:
 
 @dataclass(frozen=True)
 class Entries:
-    """Log entries, in per-origin order. Opaque to the core: the driver's log entries."""
+    """Log entries, in per-origin order, opaque to the core; ``vector``: how far they reach per origin."""
 
     entries: tuple[object, ...]
+    vector: VersionVector = field(default_factory=VersionVector)
 
 
 @dataclass(frozen=True)
@@ -136,6 +140,7 @@ class ReplicaCore:
         *,
         batch_window_ms: int = 10,
         anti_entropy_ms: int = 1000,
+        trimmed: VersionVector | None = None,
     ) -> None:
         names = sorted(set(peers))
         if region in names:
@@ -147,7 +152,7 @@ class ReplicaCore:
         self.batch_window_ms = batch_window_ms
         self.anti_entropy_ms = anti_entropy_ms
         self.peers: dict[str, _Peer] = {name: _Peer() for name in names}
-        self._trimmed = VersionVector()
+        self._trimmed = trimmed or VersionVector()
         self._last_anti_entropy_ms = 0
 
     def _peer(self, name: str) -> _Peer:
@@ -182,6 +187,9 @@ class ReplicaCore:
                 return [NeedsRepair(peer, message.vector)]
             return [SendLog(peer, state.sent), *self._trim()]
         if isinstance(message, Entries):
+            # The peer sent them, so it has them: never offer them back.
+            state.acked = state.acked.join(message.vector)
+            state.sent = state.sent.join(state.acked)
             return [Apply(peer, message.entries)] if message.entries else []
         state.acked = state.acked.join(message.vector)
         state.sent = state.sent.join(state.acked)
@@ -197,6 +205,15 @@ class ReplicaCore:
         assert vector.dominates(self.vector), "a version vector never goes backwards"
         self.vector = vector  # pushed at the next tick after the batching window
         return []
+
+    def log_trimmed(self, horizon: VersionVector) -> list[Action]:
+        """Storage trimmed the log up to ``horizon`` (by acknowledgement, or to keep its byte bound)."""
+        self._trimmed = self._trimmed.join(horizon)
+        actions: list[Action] = []
+        for name, state in self.peers.items():
+            if state.connected and not state.acked.dominates(self._trimmed):
+                actions.append(NeedsRepair(name, state.acked))
+        return actions
 
     def sent(self, peer: str, vector: VersionVector) -> None:
         """The driver sent ``peer`` entries up to ``vector`` (per origin)."""

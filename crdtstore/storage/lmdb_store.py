@@ -4,7 +4,8 @@ Named databases:
 
 * ``data``       key -> the key's ``KeyState`` (only live keys; a deleted key is gone)
 * ``log``        (origin region, last dot counter) -> the batch's delta, for replication
-* ``meta``       schema version, region, causal context, HLC high-water mark, log size
+* ``meta``       schema version, region, causal context, HLC high-water mark, log size,
+                 log horizon (per origin, the last counter trimmed from the log)
 * ``idem``       idempotency key -> (time, request fingerprint, causal token)
 * ``idem_time``  (time, idempotency key) -> nothing: the expiry index of ``idem``
 
@@ -58,6 +59,7 @@ from crdtstore.crdt import (
     StoreMap,
     Timestamp,
     TypeMismatch,
+    VersionVector,
     decode_as,
     encode,
 )
@@ -72,6 +74,7 @@ __all__ = [
     "KeyTooLarge",
     "LmdbStore",
     "LogEntry",
+    "RawLogEntry",
     "RemoteOutcome",
     "StorageConfig",
     "StorageError",
@@ -91,6 +94,7 @@ _META_REGION = b"region"
 _META_CONTEXT = b"context"
 _META_HLC = b"hlc_high_water"
 _META_LOG_BYTES = b"delta_log_bytes"
+_META_HORIZON = b"log_horizon"
 
 _FLAG_SHORT = b"\x00"
 _FLAG_LONG = b"\x01"
@@ -123,6 +127,9 @@ class StorageOptions:
     # One key's stored state (a big set, say) may not grow past this, so every
     # key stays readable in one response.
     key_state_bytes_max: int = 8 * 1024 * 1024
+    # One request's change, as one delta log entry, must fit in one replication
+    # message; a larger request is refused rather than left unable to replicate.
+    log_entry_bytes_max: int = 16 * 1024 * 1024 + 512 * 1024
     # At most this many expired idempotency records or log entries are removed
     # per batch, so housekeeping never makes one commit slow.
     housekeeping_per_batch_max: int = 256
@@ -149,6 +156,15 @@ class LogEntry(NamedTuple):
     last: int
     source: str  # "" when written here; otherwise the peer it came from
     delta: StoreMap
+
+
+class RawLogEntry(NamedTuple):
+    """A log entry as it travels: the delta still in its encoded bytes."""
+
+    origin: str
+    first: int
+    last: int
+    delta: bytes
 
 
 @dataclass(frozen=True)
@@ -189,6 +205,7 @@ class _Batch:
 
     context: CausalContext
     log_bytes: int
+    trimmed: dict[str, int] = field(default_factory=dict)
     replies: dict[bytes, tuple[bytes, Applied]] = field(default_factory=dict)
 
 
@@ -311,6 +328,8 @@ class LmdbStore:
             self.idem = self.env.open_db(b"idem")
             self.idem_time = self.env.open_db(b"idem_time")
             self._context, self._hlc_mark, self._log_bytes = self._load_or_initialise_meta()
+            with self.env.begin(db=self.meta) as txn:
+                self._horizon = decode_as(bytes(txn.get(_META_HORIZON) or encode(VersionVector())), VersionVector)
         except BaseException:
             self.close()
             raise
@@ -373,6 +392,11 @@ class LmdbStore:
     def hlc_mark(self) -> Timestamp:
         return self._hlc_mark
 
+    @property
+    def log_horizon(self) -> VersionVector:
+        """Per origin, the last counter trimmed from the delta log: a peer below it needs a repair."""
+        return self._horizon
+
     def get(self, key: str) -> KeyState | None:
         db_key = lmdb_key(key)
         with self._gate.read(), self.env.begin(db=self.data) as txn:
@@ -431,6 +455,65 @@ class LmdbStore:
             first, source, delta = msgpack.unpackb(value)
             yield LogEntry(origin, first, last, source, decode_as(delta, StoreMap))
 
+    def log_since(self, after: VersionVector, bytes_max: int) -> tuple[list[RawLogEntry], VersionVector]:
+        """The log entries above ``after``, per origin in order, up to about ``bytes_max`` bytes.
+
+        At least one entry is returned when there is one, however large.
+        Returns the entries and how far they reach per origin.
+        """
+        out: list[RawLogEntry] = []
+        reached: dict[str, int] = {}
+        size = 0
+        with self._gate.read(), self.env.begin(db=self.log) as txn:
+            cursor = txn.cursor()
+            found = cursor.first()
+            while found:
+                origin, _ = _split_log_key(cursor.key())
+                prefix = origin.encode("utf-8") + b"\x00"
+                found = cursor.set_range(_log_key(origin, after.get(origin) + 1))
+                while found and cursor.key().startswith(prefix):
+                    if out and size >= bytes_max:
+                        return out, VersionVector(reached)
+                    _, last = _split_log_key(cursor.key())
+                    first, _source, delta = msgpack.unpackb(cursor.value())
+                    out.append(RawLogEntry(origin, first, last, delta))
+                    reached[origin] = last
+                    size += len(delta)
+                    found = cursor.next()
+                # Either the end, or the cursor stands on the next origin's first entry.
+        return out, VersionVector(reached)
+
+    def trim_log(self, upto: VersionVector, budget: int = 10_000) -> int:
+        """Remove log entries every peer has (``last`` at most ``upto`` of their origin); returns how many.
+
+        At most ``budget`` go per call, so a trim never makes one commit slow;
+        call again to go on.
+        """
+        removed: dict[str, int] = {}
+        log_bytes = self._log_bytes
+        with self.env.begin(write=True) as txn:
+            cursor = txn.cursor(db=self.log)
+            count = 0
+            for origin, top in upto.items():
+                prefix = origin.encode("utf-8") + b"\x00"
+                found = cursor.set_range(prefix)
+                while found and count < budget and cursor.key().startswith(prefix):
+                    _, last = _split_log_key(cursor.key())
+                    if last > top:
+                        break
+                    log_bytes -= len(cursor.value())
+                    removed[origin] = last
+                    found = cursor.delete()
+                    count += 1
+            if not removed:
+                return 0
+            horizon = self._horizon.join(VersionVector(removed))
+            txn.put(_META_HORIZON, encode(horizon), db=self.meta)
+            txn.put(_META_LOG_BYTES, str(log_bytes).encode(), db=self.meta)
+        self._horizon = horizon
+        self._log_bytes = log_bytes
+        return count
+
     # -- writes ------------------------------------------------------------------------
 
     def write_batch(self, requests: Sequence[WriteRequest], clock: HybridLogicalClock) -> list[Result]:
@@ -481,7 +564,12 @@ class LmdbStore:
                 txn.put(_META_CONTEXT, encode(batch.context), db=self.meta)
                 txn.put(_META_HLC, encode(clock.high_water), db=self.meta)
                 txn.put(_META_LOG_BYTES, str(batch.log_bytes).encode(), db=self.meta)
+                if batch.trimmed:
+                    horizon = self._horizon.join(VersionVector(batch.trimmed))
+                    txn.put(_META_HORIZON, encode(horizon), db=self.meta)
         # The transaction committed (and fsynced) when the with-block closed.
+        if batch.trimmed:
+            self._horizon = horizon
         self._context = batch.context
         self._hlc_mark = clock.high_water
         self._log_bytes = batch.log_bytes
@@ -526,21 +614,29 @@ class LmdbStore:
                             f"remove members or spread the data over more keys"
                         )
                     )
-        for key in keys:
-            if key in encoded:
-                txn.put(lmdb_key(key), encoded[key], db=self.data)
-            else:
-                txn.delete(lmdb_key(key), db=self.data)
         # The batch's own dots are the contiguous run first..last of this
         # region (every operation mints at least one); replication sends
         # entries per origin in that order, and a peer has an entry once its
         # version vector reaches ``last``. The source is "" for local writes
-        # and the sending peer for relayed ones, so nothing goes back to it.
+        # and the sending peer for relayed ones (provenance).
         region = self.config.region
         first = batch.context.vv.get(region) + 1
         last = after.context.max_counter(region)
         assert last >= first, "a batch mints at least one dot"
         log_value = _log_value(first, "", delta)
+        if len(log_value) > self.config.options.log_entry_bytes_max:
+            return Failed(
+                KeyTooLarge(
+                    f"the request's change is {len(log_value)} bytes, more than one replication message carries "
+                    f"({self.config.options.log_entry_bytes_max}, log_entry_bytes_max): split it into smaller batches"
+                )
+            )
+        # Checked above, written now: a refused request writes nothing.
+        for key in keys:
+            if key in encoded:
+                txn.put(lmdb_key(key), encoded[key], db=self.data)
+            else:
+                txn.delete(lmdb_key(key), db=self.data)
         txn.put(_log_key(region, last), log_value, db=self.log)
         batch.log_bytes += len(log_value)
         batch.context = after.context
@@ -638,11 +734,15 @@ class LmdbStore:
             cursor.delete()
             excess -= 1
             budget -= 1
-        # The delta log, down to its byte bound. Entries go in key order, which
-        # is oldest first within each origin; replication (issue 4) will trim by
-        # acknowledgement first, and this bound is the backstop.
+        # The delta log, down to its byte bound. Replication trims by
+        # acknowledgement (``trim_log``); this bound is the backstop for a peer
+        # that stays away. Entries go in key order, oldest first within each
+        # origin; the horizon records what went, so a peer that needed it is
+        # repaired instead of waiting for entries that will never come.
         cursor = txn.cursor(db=self.log)
         while budget and batch.log_bytes > self.config.options.delta_log_bytes_max and cursor.first():
+            origin, last = _split_log_key(bytes(cursor.key()))
+            batch.trimmed[origin] = max(batch.trimmed.get(origin, 0), last)
             batch.log_bytes -= len(cursor.value())
             cursor.delete()
             budget -= 1

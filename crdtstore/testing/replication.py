@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from crdtstore.crdt import HybridLogicalClock, VersionVector, encode
+from crdtstore.crdt import HybridLogicalClock, StoreMap, VersionVector, decode_as, encode
 from crdtstore.operations import Operation
 from crdtstore.replica.core import (
     Action,
@@ -30,7 +30,7 @@ from crdtstore.replica.core import (
     SendLog,
     Trim,
 )
-from crdtstore.storage import Applied, LmdbStore, LogEntry, StorageConfig, WriteRequest
+from crdtstore.storage import Applied, LmdbStore, LogEntry, RawLogEntry, StorageConfig, WriteRequest
 from crdtstore.testing.clock import FakeClock
 
 __all__ = ["SimulatedRegions"]
@@ -124,16 +124,16 @@ class SimulatedRegions:
             if isinstance(action, Send):
                 self._send(region.name, action.peer, action.message)
             elif isinstance(action, SendLog):
-                entries = [
-                    e
-                    for e in region.store.log_entries()
-                    if e.last > action.after.get(e.origin) and e.source != action.peer
-                ]
-                if entries:
-                    self._send(region.name, action.peer, Entries(tuple(entries)))
-                    region.core.sent(action.peer, _vector_of(entries))
+                raw, reached = region.store.log_since(action.after, bytes_max=1 << 20)
+                if raw:
+                    self._send(region.name, action.peer, Entries(tuple(raw), reached))
+                    region.core.sent(action.peer, reached)
             elif isinstance(action, Apply):
-                entries = [e for e in action.entries if isinstance(e, LogEntry)]
+                entries = [
+                    LogEntry(e.origin, e.first, e.last, action.peer, decode_as(e.delta, StoreMap))
+                    for e in action.entries
+                    if isinstance(e, RawLogEntry)
+                ]
                 region.store.apply_remote(entries, source=action.peer)
                 pending.extend(region.core.applied(action.peer, region.store.context.vv))
             elif isinstance(action, Trim):
@@ -148,12 +148,5 @@ class SimulatedRegions:
             return
         self.messages_sent += 1
         if isinstance(message, Entries):
-            self.bytes_sent += sum(len(encode(e.delta)) for e in message.entries if isinstance(e, LogEntry))
+            self.bytes_sent += sum(len(e.delta) for e in message.entries if isinstance(e, RawLogEntry))
         self.links[(src, dst)].append(message)
-
-
-def _vector_of(entries: Sequence[LogEntry]) -> VersionVector:
-    top: dict[str, int] = {}
-    for e in entries:
-        top[e.origin] = max(top.get(e.origin, 0), e.last)
-    return VersionVector(top)

@@ -18,12 +18,14 @@ class Durability(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     DURABILITY_UNSPECIFIED: _ClassVar[Durability]
     DURABILITY_LOCAL: _ClassVar[Durability]
+    DURABILITY_REPLICATED: _ClassVar[Durability]
 VALUE_TYPE_UNSPECIFIED: ValueType
 VALUE_TYPE_REGISTER: ValueType
 VALUE_TYPE_COUNTER: ValueType
 VALUE_TYPE_SET: ValueType
 DURABILITY_UNSPECIFIED: Durability
 DURABILITY_LOCAL: Durability
+DURABILITY_REPLICATED: Durability
 
 class CausalToken(_message.Message):
     __slots__ = ("vector",)
@@ -32,10 +34,12 @@ class CausalToken(_message.Message):
     def __init__(self, vector: _Optional[bytes] = ...) -> None: ...
 
 class GetRequest(_message.Message):
-    __slots__ = ("key",)
+    __slots__ = ("key", "after")
     KEY_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
     key: str
-    def __init__(self, key: _Optional[str] = ...) -> None: ...
+    after: CausalToken
+    def __init__(self, key: _Optional[str] = ..., after: _Optional[_Union[CausalToken, _Mapping]] = ...) -> None: ...
 
 class Sibling(_message.Message):
     __slots__ = ("value", "region", "wall_ms", "logical")
@@ -130,14 +134,16 @@ class Operation(_message.Message):
     def __init__(self, key: _Optional[str] = ..., set: _Optional[_Union[SetRegister, _Mapping]] = ..., increment: _Optional[_Union[Increment, _Mapping]] = ..., add: _Optional[_Union[AddMembers, _Mapping]] = ..., remove: _Optional[_Union[RemoveMembers, _Mapping]] = ..., delete: _Optional[_Union[DeleteKey, _Mapping]] = ...) -> None: ...
 
 class MutateRequest(_message.Message):
-    __slots__ = ("operations", "idempotency_key", "durability")
+    __slots__ = ("operations", "idempotency_key", "durability", "replicas")
     OPERATIONS_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     DURABILITY_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
     operations: _containers.RepeatedCompositeFieldContainer[Operation]
     idempotency_key: bytes
     durability: Durability
-    def __init__(self, operations: _Optional[_Iterable[_Union[Operation, _Mapping]]] = ..., idempotency_key: _Optional[bytes] = ..., durability: _Optional[_Union[Durability, str]] = ...) -> None: ...
+    replicas: int
+    def __init__(self, operations: _Optional[_Iterable[_Union[Operation, _Mapping]]] = ..., idempotency_key: _Optional[bytes] = ..., durability: _Optional[_Union[Durability, str]] = ..., replicas: _Optional[int] = ...) -> None: ...
 
 class MutateResponse(_message.Message):
     __slots__ = ("token", "replayed")
@@ -170,7 +176,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("region", "version", "keys", "token", "draining", "data_bytes", "commits", "requests_committed")
+    __slots__ = ("region", "version", "keys", "token", "draining", "data_bytes", "commits", "requests_committed", "peers", "clock_skew_events", "clock_fenced")
     REGION_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
@@ -179,6 +185,9 @@ class StatusResponse(_message.Message):
     DATA_BYTES_FIELD_NUMBER: _ClassVar[int]
     COMMITS_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_COMMITTED_FIELD_NUMBER: _ClassVar[int]
+    PEERS_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_SKEW_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_FENCED_FIELD_NUMBER: _ClassVar[int]
     region: str
     version: str
     keys: int
@@ -187,4 +196,23 @@ class StatusResponse(_message.Message):
     data_bytes: int
     commits: int
     requests_committed: int
-    def __init__(self, region: _Optional[str] = ..., version: _Optional[str] = ..., keys: _Optional[int] = ..., token: _Optional[_Union[CausalToken, _Mapping]] = ..., draining: _Optional[bool] = ..., data_bytes: _Optional[int] = ..., commits: _Optional[int] = ..., requests_committed: _Optional[int] = ...) -> None: ...
+    peers: _containers.RepeatedCompositeFieldContainer[PeerStatus]
+    clock_skew_events: int
+    clock_fenced: bool
+    def __init__(self, region: _Optional[str] = ..., version: _Optional[str] = ..., keys: _Optional[int] = ..., token: _Optional[_Union[CausalToken, _Mapping]] = ..., draining: _Optional[bool] = ..., data_bytes: _Optional[int] = ..., commits: _Optional[int] = ..., requests_committed: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[PeerStatus, _Mapping]]] = ..., clock_skew_events: _Optional[int] = ..., clock_fenced: _Optional[bool] = ...) -> None: ...
+
+class PeerStatus(_message.Message):
+    __slots__ = ("region", "address", "connected", "acked", "behind", "clock_offset_ms")
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    ACKED_FIELD_NUMBER: _ClassVar[int]
+    BEHIND_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_OFFSET_MS_FIELD_NUMBER: _ClassVar[int]
+    region: str
+    address: str
+    connected: bool
+    acked: CausalToken
+    behind: int
+    clock_offset_ms: int
+    def __init__(self, region: _Optional[str] = ..., address: _Optional[str] = ..., connected: _Optional[bool] = ..., acked: _Optional[_Union[CausalToken, _Mapping]] = ..., behind: _Optional[int] = ..., clock_offset_ms: _Optional[int] = ...) -> None: ...

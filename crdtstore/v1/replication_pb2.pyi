@@ -1,0 +1,53 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class SyncHello(_message.Message):
+    __slots__ = ("region", "vector", "protocol")
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    region: str
+    vector: bytes
+    protocol: int
+    def __init__(self, region: _Optional[str] = ..., vector: _Optional[bytes] = ..., protocol: _Optional[int] = ...) -> None: ...
+
+class SyncEntry(_message.Message):
+    __slots__ = ("origin", "first", "last", "delta")
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    FIRST_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    origin: str
+    first: int
+    last: int
+    delta: bytes
+    def __init__(self, origin: _Optional[str] = ..., first: _Optional[int] = ..., last: _Optional[int] = ..., delta: _Optional[bytes] = ...) -> None: ...
+
+class SyncEntries(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[SyncEntry]
+    def __init__(self, entries: _Optional[_Iterable[_Union[SyncEntry, _Mapping]]] = ...) -> None: ...
+
+class SyncAck(_message.Message):
+    __slots__ = ("vector",)
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    vector: bytes
+    def __init__(self, vector: _Optional[bytes] = ...) -> None: ...
+
+class SyncMessage(_message.Message):
+    __slots__ = ("sent_wall_ms", "hello", "entries", "ack")
+    SENT_WALL_MS_FIELD_NUMBER: _ClassVar[int]
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    sent_wall_ms: int
+    hello: SyncHello
+    entries: SyncEntries
+    ack: SyncAck
+    def __init__(self, sent_wall_ms: _Optional[int] = ..., hello: _Optional[_Union[SyncHello, _Mapping]] = ..., entries: _Optional[_Union[SyncEntries, _Mapping]] = ..., ack: _Optional[_Union[SyncAck, _Mapping]] = ...) -> None: ...
