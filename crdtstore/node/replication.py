@@ -120,7 +120,8 @@ class Replicator:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
         self.skew_events = 0
-        self.lost_own_history = False
+        # The most events of this region any peer has said it holds.
+        self._own_events_seen = 0
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -204,6 +205,16 @@ class Replicator:
         )
         return out * 2 > len(self.links)
 
+    @property
+    def lost_own_history(self) -> bool:
+        """True while a peer holds events of this region that this node lacks (restored or lost data).
+
+        Writing then would mint event ids the peer already holds for other
+        changes. Peers send the events back (they are in their logs), and
+        writes resume once this node has them all again.
+        """
+        return self.store.context.vv.get(self.config.region) < self._own_events_seen
+
     def connected(self, peer: str) -> bool:
         return self.links[peer].queue is not None
 
@@ -241,6 +252,8 @@ class Replicator:
             log.debug("stream to %s (%s) ended: %s %s", link.name, link.address, exc.code(), exc.details())
         except (ProtocolError, CodecError) as exc:
             log.warning("stream to %s closed: %s", link.name, exc)
+        except Exception:  # whatever it was, the next attempt starts afresh
+            log.exception("stream to %s failed", link.name)
         finally:
             await channel.close(grace=None)
         return answered
@@ -366,17 +379,15 @@ class Replicator:
                     f"peer {link.name!r} speaks protocol {hello.protocol}, this node {PROTOCOL_VERSION}"
                 )
             vector = decode_as(hello.vector, VersionVector)
+            theirs = vector.get(self.config.region)
             mine = self.store.context.vv.get(self.config.region)
-            if vector.get(self.config.region) > mine:
-                # This region's own history is behind what a peer has of it:
-                # its data directory was restored from an old backup or lost.
-                # Writing now would mint dots the peer already holds.
-                self.lost_own_history = True
+            self._own_events_seen = max(self._own_events_seen, theirs)
+            if theirs > mine:
                 log.error(
                     "peer %s has %d events of region %s, this node only %d: the data directory was restored or "
-                    "lost; local writes are refused until the missing events are back",
+                    "lost; local writes are refused until the peers have sent the missing events back",
                     link.name,
-                    vector.get(self.config.region),
+                    theirs,
                     self.config.region,
                     mine,
                 )
@@ -451,22 +462,24 @@ class Replicator:
         raw = [e for e in entries if isinstance(e, RawLogEntry)]
         store, clock = self.store, self.clock
 
-        def apply() -> tuple[int, int]:
+        def apply() -> tuple[int, int, bool]:
             # On the writer thread: decoding checks every invariant of the
             # delta, and the clock belongs to this thread.
             decoded = [LogEntry(e.origin, e.first, e.last, peer, decode_as(e.delta, StoreMap)) for e in raw]
             outcomes = store.apply_remote(decoded, source=peer)
             applied = skews = 0
+            gap = False
             for entry, outcome in zip(decoded, outcomes, strict=True):
+                gap = gap or outcome is RemoteOutcome.GAP
                 if outcome is not RemoteOutcome.APPLIED:
                     continue
                 applied += 1
                 latest = entry.delta.latest_timestamp()
                 if latest is not None and clock.receive(latest) is not None:
                     skews += 1
-            return applied, skews
+            return applied, skews, gap
 
-        applied, skews = await self.writer.call(apply)
+        applied, skews, gap = await self.writer.call(apply)
         self.links[peer].entries_received += applied
         if skews:
             self.skew_events += skews
@@ -480,6 +493,10 @@ class Replicator:
         if self.store.log_horizon != self._horizon:
             self._horizon = self.store.log_horizon
             self._note_repairs(self.core.log_trimmed(self._horizon))
+        if gap:
+            # Entries arrived before something they depend on: both sides
+            # start over from a hello, and the peer resends in causal order.
+            raise ProtocolError(f"entries from {peer} arrived out of causal order; resynchronising")
 
     async def _trim(self, upto: VersionVector) -> None:
         store = self.store

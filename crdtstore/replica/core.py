@@ -129,6 +129,8 @@ class _Peer:
     acked: VersionVector = field(default_factory=VersionVector)
     sent: VersionVector = field(default_factory=VersionVector)
     pushed_at_ms: int = 0
+    # It lacks entries trimmed from the log: sending the log cannot help it.
+    needs_repair: bool = False
 
 
 class ReplicaCore:
@@ -182,7 +184,8 @@ class ReplicaCore:
             # restored from an old backup, or emptied, really is behind.
             state.acked = message.vector
             state.sent = message.vector
-            if not message.vector.dominates(self._trimmed):
+            state.needs_repair = not message.vector.dominates(self._trimmed)
+            if state.needs_repair:
                 # Part of what it lacks is no longer in the log.
                 return [NeedsRepair(peer, message.vector)]
             return [SendLog(peer, state.sent), *self._trim()]
@@ -211,7 +214,8 @@ class ReplicaCore:
         self._trimmed = self._trimmed.join(horizon)
         actions: list[Action] = []
         for name, state in self.peers.items():
-            if state.connected and not state.acked.dominates(self._trimmed):
+            if state.connected and not state.needs_repair and not state.acked.dominates(self._trimmed):
+                state.needs_repair = True
                 actions.append(NeedsRepair(name, state.acked))
         return actions
 
@@ -228,13 +232,13 @@ class ReplicaCore:
             # and entries a peer refused as a gap.
             self._last_anti_entropy_ms = now_ms
             for name, state in self.peers.items():
-                if state.connected:
+                if state.connected and not state.needs_repair:
                     state.sent = state.acked
                     state.pushed_at_ms = now_ms
                     actions.append(SendLog(name, state.acked))
             return actions
         for name, state in self.peers.items():
-            lacking = state.connected and not state.sent.dominates(self.vector)
+            lacking = state.connected and not state.needs_repair and not state.sent.dominates(self.vector)
             if lacking and now_ms - state.pushed_at_ms >= self.batch_window_ms:
                 state.pushed_at_ms = now_ms
                 actions.append(SendLog(name, state.sent))

@@ -3,7 +3,10 @@
 Named databases:
 
 * ``data``       key -> the key's ``KeyState`` (only live keys; a deleted key is gone)
-* ``log``        (origin region, last dot counter) -> the batch's delta, for replication
+* ``log``        local sequence number -> (origin, first, last, source, delta): every
+                 change in the order this node applied it, which respects causality,
+                 so replication sends it in that order
+* ``log_index``  (origin region, last dot counter) -> sequence number
 * ``meta``       schema version, region, causal context, HLC high-water mark, log size,
                  log horizon (per origin, the last counter trimmed from the log)
 * ``idem``       idempotency key -> (time, request fingerprint, causal token)
@@ -54,6 +57,7 @@ import msgpack
 from crdtstore.crdt import (
     CausalContext,
     CodecError,
+    Dot,
     HybridLogicalClock,
     KeyState,
     StoreMap,
@@ -84,7 +88,7 @@ __all__ = [
     "WrongRegion",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SHORT_KEY_BYTES_MAX = 480
 _LONG_KEY_PREFIX_BYTES = 448
 _LONG_KEY_MARK = b"\xff"
@@ -205,6 +209,7 @@ class _Batch:
 
     context: CausalContext
     log_bytes: int
+    next_seq: int
     trimmed: dict[str, int] = field(default_factory=dict)
     replies: dict[bytes, tuple[bytes, Applied]] = field(default_factory=dict)
 
@@ -324,6 +329,7 @@ class LmdbStore:
             self._grow_to_file_size()
             self.data = self.env.open_db(b"data")
             self.log = self.env.open_db(b"log")
+            self.log_index = self.env.open_db(b"log_index")
             self.meta = self.env.open_db(b"meta")
             self.idem = self.env.open_db(b"idem")
             self.idem_time = self.env.open_db(b"idem_time")
@@ -447,41 +453,57 @@ class LmdbStore:
         return (Path(self.config.path) / "data.mdb").stat().st_size
 
     def log_entries(self) -> Iterator[LogEntry]:
-        """Every delta log entry, in key order: by origin, oldest first within each."""
+        """Every delta log entry, in the order this node applied them."""
         with self._gate.read(), self.env.begin(db=self.log) as txn:
-            raw = list(txn.cursor())
-        for db_key, value in raw:
-            origin, last = _split_log_key(db_key)
-            first, source, delta = msgpack.unpackb(value)
+            raw = [bytes(value) for value in txn.cursor().iternext(keys=False, values=True)]
+        for value in raw:
+            origin, first, last, source, delta = msgpack.unpackb(value)
             yield LogEntry(origin, first, last, source, decode_as(delta, StoreMap))
 
     def log_since(self, after: VersionVector, bytes_max: int) -> tuple[list[RawLogEntry], VersionVector]:
-        """The log entries above ``after``, per origin in order, up to about ``bytes_max`` bytes.
+        """The log entries a peer that has ``after`` lacks, in the order this node applied them.
 
-        At least one entry is returned when there is one, however large.
-        Returns the entries and how far they reach per origin.
+        That order respects causality: every entry comes after the entries it
+        depends on, which is what a receiver needs to apply each on arrival.
+        Stops after about ``bytes_max`` bytes (at least one entry when there is
+        one). Returns the entries and how far, per origin, the peer will have
+        everything once it has them (entries it already had included).
         """
         out: list[RawLogEntry] = []
         reached: dict[str, int] = {}
         size = 0
-        with self._gate.read(), self.env.begin(db=self.log) as txn:
-            cursor = txn.cursor()
-            found = cursor.first()
+        with self._gate.read(), self.env.begin() as txn:
+            start = self._first_needed(txn, after)
+            if start is None:
+                return out, VersionVector()
+            cursor = txn.cursor(db=self.log)
+            found = cursor.set_range(start)
             while found:
-                origin, _ = _split_log_key(cursor.key())
-                prefix = origin.encode("utf-8") + b"\x00"
-                found = cursor.set_range(_log_key(origin, after.get(origin) + 1))
-                while found and cursor.key().startswith(prefix):
+                origin, first, last, _source, delta = msgpack.unpackb(cursor.value())
+                if last > after.get(origin):
                     if out and size >= bytes_max:
-                        return out, VersionVector(reached)
-                    _, last = _split_log_key(cursor.key())
-                    first, _source, delta = msgpack.unpackb(cursor.value())
+                        break
                     out.append(RawLogEntry(origin, first, last, delta))
-                    reached[origin] = last
                     size += len(delta)
-                    found = cursor.next()
-                # Either the end, or the cursor stands on the next origin's first entry.
+                reached[origin] = max(reached.get(origin, 0), last)
+                found = cursor.next()
         return out, VersionVector(reached)
+
+    def _first_needed(self, txn: lmdb.Transaction, after: VersionVector) -> bytes | None:
+        """The sequence key of the oldest entry, of any origin, above ``after``."""
+        best: bytes | None = None
+        cursor = txn.cursor(db=self.log_index)
+        found = cursor.first()
+        while found:
+            origin, _ = _split_log_key(bytes(cursor.key()))
+            prefix = origin.encode("utf-8") + b"\x00"
+            found = cursor.set_range(_log_key(origin, after.get(origin) + 1))
+            if found and bytes(cursor.key()).startswith(prefix):
+                seq = bytes(cursor.value())
+                best = seq if best is None or seq < best else best
+                found = cursor.set_range(origin.encode("utf-8") + b"\x01")
+            # else: the cursor already stands on the next origin (or the end)
+        return best
 
     def trim_log(self, upto: VersionVector, budget: int = 10_000) -> int:
         """Remove log entries every peer has (``last`` at most ``upto`` of their origin); returns how many.
@@ -492,16 +514,20 @@ class LmdbStore:
         removed: dict[str, int] = {}
         log_bytes = self._log_bytes
         with self.env.begin(write=True) as txn:
-            cursor = txn.cursor(db=self.log)
+            cursor = txn.cursor(db=self.log_index)
             count = 0
             for origin, top in upto.items():
                 prefix = origin.encode("utf-8") + b"\x00"
                 found = cursor.set_range(prefix)
-                while found and count < budget and cursor.key().startswith(prefix):
-                    _, last = _split_log_key(cursor.key())
+                while found and count < budget and bytes(cursor.key()).startswith(prefix):
+                    _, last = _split_log_key(bytes(cursor.key()))
                     if last > top:
                         break
-                    log_bytes -= len(cursor.value())
+                    seq = bytes(cursor.value())
+                    value = txn.get(seq, db=self.log)
+                    if value is not None:
+                        log_bytes -= len(value)
+                        txn.delete(seq, db=self.log)
                     removed[origin] = last
                     found = cursor.delete()
                     count += 1
@@ -553,7 +579,7 @@ class LmdbStore:
         results: list[Result] = []
         now_ms = self._wall_ms()
         with self.env.begin(write=True) as txn:
-            batch = _Batch(self._context_in(txn), self._log_bytes)
+            batch = _Batch(self._context_in(txn), self._log_bytes, self._next_seq(txn))
             for request in requests:
                 results.append(self._apply_one(txn, batch, request, clock, now_ms))
             if any(isinstance(r, Applied) and not r.replayed for r in results):
@@ -623,7 +649,7 @@ class LmdbStore:
         first = batch.context.vv.get(region) + 1
         last = after.context.max_counter(region)
         assert last >= first, "a batch mints at least one dot"
-        log_value = _log_value(first, "", delta)
+        log_value = _log_value(region, first, last, "", delta)
         if len(log_value) > self.config.options.log_entry_bytes_max:
             return Failed(
                 KeyTooLarge(
@@ -637,7 +663,8 @@ class LmdbStore:
                 txn.put(lmdb_key(key), encoded[key], db=self.data)
             else:
                 txn.delete(lmdb_key(key), db=self.data)
-        txn.put(_log_key(region, last), log_value, db=self.log)
+        self._append_log(txn, batch.next_seq, region, last, log_value)
+        batch.next_seq += 1
         batch.log_bytes += len(log_value)
         batch.context = after.context
         applied = Applied(after.context)
@@ -653,16 +680,20 @@ class LmdbStore:
     def apply_remote(self, entries: Sequence[LogEntry], source: str) -> list[RemoteOutcome]:
         """Apply log entries received from peer ``source`` in one transaction and one fsync.
 
-        Entries of one origin must arrive in order: an entry is applied only
-        if it continues what this node has of its origin (``first`` is one past
-        the vector), is skipped as a duplicate if the vector already covers
-        it, and refused as a gap otherwise; the sender resends from what this
-        node acknowledges. Keeping each origin contiguous keeps the context
-        compact and lets the log be relayed in order. A remote delta is never
-        refused for its content: convergence comes first.
+        An entry is applied only when this node has everything it depends on
+        (the causal-delivery condition of delta-state CRDTs, Almeida et al.
+        2018): it continues what this node has of its origin (``first`` is one
+        past the vector), and every other event its delta's context names is
+        already here. Without that a delta's context could cover events this
+        node never received, and they would be skipped as duplicates forever.
+        An entry the vector already covers is a duplicate and skipped. At the
+        first entry that cannot be applied yet (a gap) the rest are refused
+        too, since they may depend on it; the sender resends in causal order
+        from what this node acknowledges. A remote delta is never refused for
+        its content: convergence comes first.
 
-        Each applied entry is logged with its source, so it can be relayed to
-        every peer but the one it came from.
+        Each applied entry is logged (with its source, for provenance) in
+        apply order, so it is relayed onwards in causal order too.
         """
         outcomes: list[RemoteOutcome] = []
         while True:
@@ -670,18 +701,20 @@ class LmdbStore:
                 with self.env.begin(write=True) as txn:
                     context = self._context_in(txn)
                     log_bytes = self._log_bytes
+                    seq = self._next_seq(txn)
                     outcomes = []
-                    for entry in entries:
+                    for i, entry in enumerate(entries):
                         have = context.vv.get(entry.origin)
                         if entry.last <= have:
                             outcomes.append(RemoteOutcome.DUPLICATE)
                             continue
-                        if entry.first != have + 1:
-                            outcomes.append(RemoteOutcome.GAP)
-                            continue
+                        if entry.first != have + 1 or not _dependencies_met(entry, context):
+                            outcomes += [RemoteOutcome.GAP] * (len(entries) - i)
+                            break
                         self._apply_entry(txn, entry, context)
-                        value = _log_value(entry.first, source, entry.delta)
-                        txn.put(_log_key(entry.origin, entry.last), value, db=self.log)
+                        value = _log_value(entry.origin, entry.first, entry.last, source, entry.delta)
+                        self._append_log(txn, seq, entry.origin, entry.last, value)
+                        seq += 1
                         log_bytes += len(value)
                         context = context.join(entry.delta.context)
                         outcomes.append(RemoteOutcome.APPLIED)
@@ -703,6 +736,15 @@ class LmdbStore:
                 txn.delete(lmdb_key(key), db=self.data)
             else:
                 txn.put(lmdb_key(key), _encode_value(key, state), db=self.data)
+
+    def _next_seq(self, txn: lmdb.Transaction) -> int:
+        cursor = txn.cursor(db=self.log)
+        return int.from_bytes(cursor.key(), "big") + 1 if cursor.last() else 1
+
+    def _append_log(self, txn: lmdb.Transaction, seq: int, origin: str, last: int, value: bytes) -> None:
+        seq_key = seq.to_bytes(8, "big")
+        txn.put(seq_key, value, db=self.log)
+        txn.put(_log_key(origin, last), seq_key, db=self.log_index)
 
     def _context_in(self, txn: lmdb.Transaction) -> CausalContext:
         # The context on disk, not the cached one, is where new dots come
@@ -736,14 +778,16 @@ class LmdbStore:
             budget -= 1
         # The delta log, down to its byte bound. Replication trims by
         # acknowledgement (``trim_log``); this bound is the backstop for a peer
-        # that stays away. Entries go in key order, oldest first within each
-        # origin; the horizon records what went, so a peer that needed it is
-        # repaired instead of waiting for entries that will never come.
+        # that stays away. The oldest entries go first; the horizon records
+        # what went, so a peer that needed it is repaired instead of waiting
+        # for entries that will never come.
         cursor = txn.cursor(db=self.log)
         while budget and batch.log_bytes > self.config.options.delta_log_bytes_max and cursor.first():
-            origin, last = _split_log_key(bytes(cursor.key()))
+            value = bytes(cursor.value())
+            origin, _first, last, _source, _delta = msgpack.unpackb(value)
             batch.trimmed[origin] = max(batch.trimmed.get(origin, 0), last)
-            batch.log_bytes -= len(cursor.value())
+            batch.log_bytes -= len(value)
+            txn.delete(_log_key(origin, last), db=self.log_index)
             cursor.delete()
             budget -= 1
 
@@ -752,8 +796,24 @@ def _log_key(origin: str, counter: int) -> bytes:
     return origin.encode("utf-8") + b"\x00" + counter.to_bytes(8, "big")
 
 
-def _log_value(first: int, source: str, delta: StoreMap) -> bytes:
-    return msgpack.packb([first, source, encode(delta)], use_bin_type=True)
+def _log_value(origin: str, first: int, last: int, source: str, delta: StoreMap) -> bytes:
+    return msgpack.packb([origin, first, last, source, encode(delta)], use_bin_type=True)
+
+
+def _dependencies_met(entry: LogEntry, context: CausalContext) -> bool:
+    """Whether ``context`` holds every event of other regions that ``entry``'s delta names.
+
+    Events of the entry's own origin need no look: contiguity (``first`` is
+    one past what this node has of it) already covers those before the entry.
+    """
+    delta_context = entry.delta.context
+    for region, top in delta_context.vv.items():
+        if region == entry.origin:
+            continue
+        have = context.vv.get(region)
+        if have < top and not all(context.contains(Dot(region, n)) for n in range(have + 1, top + 1)):
+            return False
+    return all(context.contains(dot) for dot in delta_context.cloud if dot.region != entry.origin)
 
 
 def _split_log_key(db_key: bytes) -> tuple[str, int]:

@@ -1,0 +1,184 @@
+"""Several real ``crdtstore serve`` processes on loopback, peered in a mesh through cuttable proxies.
+
+Each region runs as a ``ServerProcess`` on a port chosen up front (peers must
+know each other's addresses before they start). Between every pair of regions
+stands a ``LinkProxy`` on the address the dialling region (the one whose name
+sorts first) uses, so a test can cut and heal any link while the processes
+keep running, kill -9 and restart any region, and check convergence by
+reading every region through the real client.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import socket
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+
+from crdtstore.client import Client, Entry
+from crdtstore.proxy import CutMode, LinkProxy, ProxyThread
+from crdtstore.testing.process import ServerProcess
+
+__all__ = ["RegionProcesses", "free_port", "snapshot"]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on right now (the operating system's choice)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def snapshot(client: Client) -> list[str]:
+    """Everything a region shows, in a form that compares equal exactly when two regions agree."""
+    return [_entry_text(entry) for entry in client.scan("", page_size=1000)]
+
+
+def _entry_text(entry: Entry) -> str:
+    value = entry.value
+    shown: object
+    if isinstance(value, bytes):
+        shown = value.hex()
+    elif isinstance(value, frozenset):
+        shown = sorted(value)
+    else:
+        shown = value
+    siblings = [(s.value.hex(), s.region) for s in entry.siblings]
+    conflicts = [
+        (c.type, sorted(c.value) if isinstance(c.value, frozenset) else repr(c.value)) for c in entry.conflicts
+    ]
+    return json.dumps([entry.key, entry.type, shown, siblings, conflicts], sort_keys=True)
+
+
+class RegionProcesses:
+    def __init__(
+        self,
+        root: Path,
+        names: Sequence[str],
+        *,
+        extra_args: tuple[str, ...] = (),
+        start: Sequence[str] | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.names = list(names)
+        self.ports = {name: free_port() for name in self.names}
+        self.proxies_thread = ProxyThread()
+        self.links: dict[frozenset[str], LinkProxy] = {}
+        self.servers: dict[str, ServerProcess] = {}
+        self.clients: dict[str, Client] = {}
+        self._extra_args = extra_args
+        self._to_start = list(self.names if start is None else start)
+
+    def __enter__(self) -> RegionProcesses:
+        self.proxies_thread.__enter__()
+        try:
+            for a, b in itertools.combinations(sorted(self.names), 2):
+                self.links[frozenset((a, b))] = self.proxies_thread.start_proxy("127.0.0.1", self.ports[b])
+            for name in self.names:
+                self.servers[name] = self._server(name)
+            for name in self._to_start:
+                self.start(name)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
+
+    def _server(self, name: str) -> ServerProcess:
+        peers: list[str] = []
+        for other in self.names:
+            if other == name:
+                continue
+            # The region whose name sorts first dials, through the pair's proxy;
+            # the other side's address is never dialled and only names the peer.
+            dials = name < other
+            port = self.links[frozenset((name, other))].port if dials else self.ports[other]
+            peers += ["--peer", f"{other}=127.0.0.1:{port}"]
+        server = ServerProcess(self.root / name, region=name, extra_args=(*peers, *self._extra_args))
+        server.port = self.ports[name]
+        return server
+
+    # -- processes -------------------------------------------------------------------
+
+    def start(self, name: str) -> None:
+        self.servers[name].start()
+        self.clients[name] = Client(self.servers[name].addr, timeout_s=10)
+
+    def kill(self, name: str) -> None:
+        self.servers[name].kill()
+
+    def restart(self, name: str) -> None:
+        self.servers[name].restart()
+
+    def stop(self, name: str) -> int:
+        return self.servers[name].stop()
+
+    def close(self) -> None:
+        for client in self.clients.values():
+            client.close()
+        self.clients.clear()
+        for server in self.servers.values():
+            try:
+                if server.proc is not None and server.proc.poll() is None:
+                    server.stop(timeout_s=15)
+            except Exception:
+                server.kill()
+        self.proxies_thread.close()
+
+    # -- the network -------------------------------------------------------------------
+
+    def cut(self, a: str, b: str, mode: CutMode = "blackhole") -> None:
+        self.proxies_thread.cut(self.links[frozenset((a, b))], mode)
+
+    def heal(self, a: str | None = None, b: str | None = None) -> None:
+        """Heal the link a-b, or every link."""
+        if a is not None and b is not None:
+            self.proxies_thread.heal(self.links[frozenset((a, b))])
+            return
+        for link in self.links.values():
+            self.proxies_thread.heal(link)
+
+    def isolate(self, name: str, mode: CutMode = "blackhole") -> None:
+        for other in self.names:
+            if other != name:
+                self.cut(name, other, mode)
+
+    # -- checks -----------------------------------------------------------------------
+
+    def snapshots(self, names: Sequence[str] | None = None) -> dict[str, list[str]]:
+        return {name: snapshot(self.clients[name]) for name in (names or self.names)}
+
+    def wait_converged(self, timeout_s: float = 60.0, names: Sequence[str] | None = None) -> dict[str, list[str]]:
+        """Poll until every region (of ``names``) shows the same data and the same vector; returns the snapshots.
+
+        Raises ``AssertionError`` with the differing regions if they do not agree in time.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            views = self.snapshots(names)
+            tokens = {name: self.clients[name].status()["token"] for name in views}
+            if len(set(map(json.dumps, views.values()))) == 1 and len(set(tokens.values())) == 1:
+                return views
+            if time.monotonic() > deadline:
+                raise AssertionError(f"regions did not converge in {timeout_s} s: {_difference(views)}")
+            time.sleep(0.1)
+
+    def iter_clients(self) -> Iterator[tuple[str, Client]]:
+        yield from self.clients.items()
+
+
+def _difference(views: dict[str, list[str]]) -> str:
+    first_name, first = next(iter(views.items()))
+    parts = []
+    for name, view in views.items():
+        missing = sorted(set(first) - set(view))[:3]
+        extra = sorted(set(view) - set(first))[:3]
+        if missing or extra:
+            parts.append(f"{name} vs {first_name}: lacks {missing}, has {extra}")
+    return "; ".join(parts) or "same data, different vectors"

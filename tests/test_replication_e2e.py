@@ -1,0 +1,233 @@
+"""Multi-region replication end to end: real node processes on loopback, links through cuttable proxies.
+
+Every check goes through the real client: writes are acknowledged (or not) by
+a region, and after healing every region must show the same data and vector,
+with every acknowledged write in it.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+
+from crdtstore.client import ClientError
+from crdtstore.operations import AddMembers, Increment, RemoveMembers, SetRegister
+from crdtstore.testing.regions import RegionProcesses
+
+NAMES_5 = ["a", "b", "c", "d", "e"]
+
+
+@pytest.fixture
+def three(tmp_path: Path) -> Iterator[RegionProcesses]:
+    with RegionProcesses(tmp_path, NAMES_5[:3]) as regions:
+        yield regions
+
+
+@dataclass
+class Acked:
+    """What the regions acknowledged: the expected state of a history without deletes of these keys."""
+
+    increments: int = 0
+    added: set[str] = field(default_factory=set)
+    removed: set[str] = field(default_factory=set)
+    registers: set[bytes] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _writer(regions: RegionProcesses, name: str, ops: int, acked: Acked, seed: int) -> None:
+    """Conflicting writes of every type on shared keys; own set members only, so adds and removes are exact."""
+    rng = random.Random(seed)
+    client = regions.clients[name]
+    mine: list[str] = []
+    for i in range(ops):
+        kind = rng.choice(["set", "incr", "add", "remove"])
+        try:
+            if kind == "set":
+                value = f"{name}-{i}".encode()
+                client.mutate([SetRegister("reg", value)])
+                with acked.lock:
+                    acked.registers.add(value)
+            elif kind == "incr":
+                n = rng.randint(-5, 9)
+                client.mutate([Increment("count", n)])
+                with acked.lock:
+                    acked.increments += n
+            elif kind == "add" or not mine:
+                member = f"{name}-{i}"
+                client.mutate([AddMembers("members", (member,))])
+                mine.append(member)
+                with acked.lock:
+                    acked.added.add(member)
+            else:
+                member = mine.pop(rng.randrange(len(mine)))
+                client.mutate([RemoveMembers("members", (member,))])
+                with acked.lock:
+                    acked.removed.add(member)
+        except ClientError:
+            continue  # not acknowledged: it may or may not be there, and the checks allow both
+
+
+def _write_concurrently(regions: RegionProcesses, names: list[str], ops: int, acked: Acked, seed: int = 0) -> None:
+    threads = [
+        threading.Thread(target=_writer, args=(regions, name, ops, acked, seed * 100 + i))
+        for i, name in enumerate(names)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+        assert not t.is_alive(), "a writer did not finish"
+
+
+def _check_acked(regions: RegionProcesses, name: str, acked: Acked, *, exact: bool = True) -> None:
+    client = regions.clients[name]
+    members = client.get("members").value or frozenset()
+    assert isinstance(members, frozenset)
+    lost = acked.added - acked.removed - members
+    assert not lost, f"acknowledged adds lost in {name}: {sorted(lost)[:5]}"
+    resurrected = members & acked.removed
+    assert not resurrected, f"acknowledged removes undone in {name}: {sorted(resurrected)[:5]}"
+    if exact:
+        assert client.get("count").value == acked.increments
+        reg = client.get("reg")
+        assert reg.value in acked.registers
+
+
+@pytest.mark.parametrize("count", [3, 5])
+def test_concurrent_conflicting_writes_converge(tmp_path: Path, count: int) -> None:
+    names = NAMES_5[:count]
+    with RegionProcesses(tmp_path, names) as regions:
+        acked = Acked()
+        _write_concurrently(regions, names, 40, acked)
+        views = regions.wait_converged()
+        for name in names:
+            _check_acked(regions, name, acked)
+        assert views[names[0]], "the regions agree on something, not on nothing"
+
+
+def test_partition_with_writes_on_both_sides_converges_after_healing(three: RegionProcesses) -> None:
+    three.isolate("a")
+    acked = Acked()
+    _write_concurrently(three, ["a", "b", "c"], 20, acked, seed=1)
+    # While a is cut off, b and c agree with each other but not with a.
+    three.wait_converged(names=["b", "c"])
+    assert three.snapshots(["a"])["a"] != three.snapshots(["b"])["b"]
+    three.heal()
+    three.wait_converged()
+    for name in three.names:
+        _check_acked(three, name, acked)
+
+
+def test_partial_partition_converges_through_relay(three: RegionProcesses) -> None:
+    three.cut("a", "c")  # a-b and b-c stay up
+    acked = Acked()
+    _write_concurrently(three, ["a", "c"], 20, acked, seed=2)
+    three.wait_converged()  # without healing: through b
+    for name in three.names:
+        _check_acked(three, name, acked)
+
+
+def test_kill_9_during_writes_loses_nothing_acknowledged(three: RegionProcesses) -> None:
+    acked = Acked()
+    killer = threading.Timer(0.5, three.kill, args=("b",))
+    killer.start()
+    _write_concurrently(three, ["a", "b", "c"], 40, acked, seed=3)
+    killer.join()
+    three.start("b")
+    three.wait_converged()
+    for name in three.names:
+        _check_acked(three, name, acked)
+
+
+def test_a_new_empty_region_catches_up(tmp_path: Path) -> None:
+    with RegionProcesses(tmp_path, ["a", "b", "c"], start=["a", "b"]) as regions:
+        acked = Acked()
+        _write_concurrently(regions, ["a", "b"], 30, acked, seed=4)
+        regions.wait_converged(names=["a", "b"])
+        regions.start("c")
+        regions.wait_converged()
+        _check_acked(regions, "c", acked)
+
+
+def test_replicated_write_survives_losing_the_origin_right_after_the_ack(three: RegionProcesses) -> None:
+    three.clients["a"].set("before", "x")
+    three.cut("a", "c")  # so the write can only reach b: replicated:2 still answers
+    result = three.clients["a"].mutate([SetRegister("precious", b"kept")], durability="replicated:2")
+    assert not result.replayed
+    three.kill("a")
+    shutil.rmtree(three.root / "a")
+    assert three.clients["b"].get("precious").value == b"kept"  # b acknowledged it durably
+    three.heal()
+    three.wait_converged(names=["b", "c"])
+    assert three.clients["c"].get("precious").value == b"kept"
+
+    # a comes back empty. Its peers hold events of a that a lacks: it refuses
+    # writes (they would reuse event ids) until the peers sent them back.
+    three.start("a")
+    three.wait_converged()
+    assert three.clients["a"].get("precious").value == b"kept"
+    three.clients["a"].set("after", "y")
+    three.wait_converged()
+
+
+def test_replicated_write_times_out_when_too_few_regions_are_reachable(three: RegionProcesses) -> None:
+    three.isolate("a")
+    client = three.clients["a"]
+    with pytest.raises(ClientError) as err:
+        client.mutate([Increment("n", 1)], durability="replicated:2", idempotency_key=b"r2-timeout")
+    assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert client.get("n").value == 1  # applied here all the same
+    three.heal()
+    # The retry with the same key applies nothing again, and now gets its confirmation.
+    result = client.mutate([Increment("n", 1)], durability="replicated:2", idempotency_key=b"r2-timeout")
+    assert result.replayed
+    three.wait_converged()
+    assert three.clients["b"].get("n").value == 1
+
+
+def test_replicated_needs_a_possible_count(three: RegionProcesses) -> None:
+    with pytest.raises(ClientError) as err:
+        three.clients["a"].mutate([Increment("n", 1)], durability="replicated:4")
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "1 to 3" in err.value.message
+    assert three.clients["a"].get("n").value is None
+
+
+def test_a_read_after_a_token_waits_until_the_region_has_it(three: RegionProcesses) -> None:
+    three.isolate("c")
+    token = three.clients["a"].set("greeting", "hello").token
+    with pytest.raises(ClientError) as err:
+        three.clients["c"].get("greeting", after=token)  # c cannot have it while cut off
+    assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    three.heal()
+    assert three.clients["c"].get("greeting", after=token).value == b"hello"
+
+
+def test_status_shows_peers(three: RegionProcesses) -> None:
+    three.clients["a"].set("k", "v")
+    three.wait_converged()
+    status = three.clients["a"].status()
+    assert [p["region"] for p in status["peers"]] == ["b", "c"]
+    assert all(p["connected"] for p in status["peers"])
+    assert all(p["behind"] == 0 for p in status["peers"])
+    assert not status["clock_fenced"]
+
+
+def test_a_stranger_is_refused(three: RegionProcesses) -> None:
+    from crdtstore.node.replication import SYNC_METHOD  # noqa: PLC0415
+    from crdtstore.v1 import replication_pb2 as rpb  # noqa: PLC0415
+
+    hello = rpb.SyncMessage(hello=rpb.SyncHello(region="mallory", vector=b"", protocol=1))
+    with grpc.insecure_channel(three.servers["a"].addr) as channel:
+        sync = channel.stream_stream(SYNC_METHOD, request_serializer=rpb.SyncMessage.SerializeToString)
+        with pytest.raises(grpc.RpcError) as err:
+            list(sync(iter([hello]), timeout=10))
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "mallory" in (err.value.details() or "")
