@@ -20,7 +20,7 @@ def test_the_readme_starts_with_the_run_and_test_commands() -> None:
     first_block = re.search(r"```sh\n(.*?)```", README.read_text(), flags=re.DOTALL)
     assert first_block is not None
     lines = [line.split("#")[0].strip() for line in first_block.group(1).splitlines()]
-    assert lines[0].startswith("pip install -e . && crdtstore serve")
+    assert lines[0].startswith("pip install -e . && crdtstore demo")
     assert lines[1] == "pip install -e '.[test]' && pytest"
 
 

@@ -13,13 +13,16 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
 from crdtstore.client import ClientError
+from crdtstore.node.replication import SYNC_METHOD
 from crdtstore.operations import AddMembers, Increment, RemoveMembers, SetRegister
 from crdtstore.testing.regions import RegionProcesses
+from crdtstore.v1 import replication_pb2 as rpb
 
 NAMES_5 = ["a", "b", "c", "d", "e"]
 
@@ -221,12 +224,9 @@ def test_status_shows_peers(three: RegionProcesses) -> None:
 
 
 def test_a_stranger_is_refused(three: RegionProcesses) -> None:
-    from crdtstore.node.replication import SYNC_METHOD  # noqa: PLC0415
-    from crdtstore.v1 import replication_pb2 as rpb  # noqa: PLC0415
-
     hello = rpb.SyncMessage(hello=rpb.SyncHello(region="mallory", vector=b"", protocol=1))
     with grpc.insecure_channel(three.servers["a"].addr) as channel:
-        sync = channel.stream_stream(SYNC_METHOD, request_serializer=rpb.SyncMessage.SerializeToString)
+        sync: Any = channel.stream_stream(SYNC_METHOD, request_serializer=rpb.SyncMessage.SerializeToString)
         with pytest.raises(grpc.RpcError) as err:
             list(sync(iter([hello]), timeout=10))
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED

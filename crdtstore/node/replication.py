@@ -409,8 +409,8 @@ class Replicator:
         else:
             raise ProtocolError("a message with no body")
         await self._run(self.core.received(link.name, core_message))
-        if body == "ack":
-            self._notify()
+        # Acks, and entries a peer sends (it has them), both tell what the peer has.
+        self._notify()
 
     # -- carrying out the core's actions --------------------------------------------
 

@@ -1,0 +1,116 @@
+"""``crdtstore demo``: the README's run command, end to end."""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from crdtstore.client import Client
+from crdtstore.operations import Increment
+
+
+def _free_run(count: int) -> int:
+    """A base port with ``count`` free ports from it."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = int(probe.getsockname()[1])
+        if base + count > 65535:
+            continue
+        try:
+            for port in range(base, base + count):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no run of free ports")
+
+
+def _read_until(proc: subprocess.Popen[str], marker: str, timeout_s: float = 60) -> str:
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()  # raw reads: select() cannot see what a buffered reader already holds
+    out = b""
+    deadline = time.monotonic() + timeout_s
+    while marker.encode() not in out:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise AssertionError(f"the demo did not print {marker!r} in time; so far: {out!r}")
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            raise AssertionError(f"the demo exited with {proc.wait()}: {out!r}")
+        out += chunk
+    return out.decode()
+
+
+@pytest.mark.parametrize("latency", ["0", "20"])
+def test_demo_runs_regions_that_replicate_and_stops_cleanly_on_ctrl_c(latency: str, tmp_path: Path) -> None:
+    base = _free_run(3)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "crdtstore",
+            "demo",
+            "--regions",
+            "3",
+            "--base-port",
+            str(base),
+            "--latency-ms",
+            latency,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        banner = _read_until(proc, "Ctrl-C stops every region")
+        addrs = re.findall(r"^\s+(\S+)\s+(127\.0\.0\.1:\d+)$", banner, flags=re.MULTILINE)
+        assert [name for name, _ in addrs] == ["eu-west", "us-east", "ap-south"]
+        assert [addr for _, addr in addrs] == [f"127.0.0.1:{base + i}" for i in range(3)]
+        folder = re.search(r"data and logs in (\S+) \(removed at exit\)", banner)
+        assert folder is not None
+        with Client(addrs[0][1], timeout_s=20) as first, Client(addrs[2][1], timeout_s=20) as last:
+            token = first.set("greeting", "hello").token
+            assert last.get("greeting", after=token).value == b"hello"
+            assert first.sadd("cart", "apple").token
+            # Answered only once all three regions have it durable.
+            assert not first.mutate([Increment("visits", 1)], durability="replicated:3").replayed
+            status = last.status()
+            assert {p["region"] for p in status["peers"]} == {"eu-west", "us-east"}
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+        assert not Path(folder.group(1)).exists(), "the temporary data is removed"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def test_demo_refuses_a_port_in_use() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = int(busy.getsockname()[1])
+        proc = subprocess.run(
+            [sys.executable, "-m", "crdtstore", "demo", "--regions", "2", "--base-port", str(port)],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert proc.returncode == 2
+    assert f"127.0.0.1:{port}" in proc.stderr and "--base-port" in proc.stderr
