@@ -79,3 +79,34 @@ def test_listen_addresses(listen: str, ok: tuple[str, int] | None) -> None:
             parse_listen(listen)
     else:
         assert parse_listen(listen) == ok
+
+
+def test_peers_come_from_flags_environment_or_file(tmp_path: Path) -> None:
+    file = tmp_path / "node.toml"
+    file.write_text('region = "eu"\n[peers]\nus = "10.0.0.2:7420"\n[replication]\nbatch_window_ms = 5\n')
+    config = NodeConfig.load(config_file=str(file), environ={})
+    assert dict(config.peers) == {"us": "10.0.0.2:7420"}
+    assert config.replication.batch_window_ms == 5
+    env = {"CRDTSTORE_PEERS": "ap=10.0.0.3:7420, us=10.0.0.2:7421"}
+    assert dict(NodeConfig.load(config_file=str(file), environ=env).peers) == {
+        "ap": "10.0.0.3:7420",
+        "us": "10.0.0.2:7421",
+    }
+    flags = NodeConfig.load(config_file=str(file), environ=env, peer_flags=["sa=10.0.0.4:7420"])
+    assert dict(flags.peers) == {"sa": "10.0.0.4:7420"}, "flags replace, they do not add"
+
+
+@pytest.mark.parametrize(
+    ("peers", "message"),
+    [
+        (["us"], "NAME=HOST:PORT"),
+        (["us=10.0.0.2"], "HOST:PORT"),
+        (["US=10.0.0.2:7420"], "not a valid region name"),
+        (["us=10.0.0.2:0"], "port 0"),
+        (["us=10.0.0.2:7420", "us=10.0.0.3:7420"], "twice"),
+        (["local=10.0.0.2:7420"], "own region"),
+    ],
+)
+def test_bad_peers_are_refused_with_a_message(peers: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        NodeConfig.load(environ={}, peer_flags=peers)

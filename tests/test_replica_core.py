@@ -36,6 +36,45 @@ def test_entries_are_applied_then_acknowledged() -> None:
     assert core.vector == vv(us=4)
 
 
+def test_entries_a_peer_sent_count_as_entries_it_has_so_they_never_go_back() -> None:
+    core = ReplicaCore("eu", ["us"], vv(eu=2), batch_window_ms=0)
+    core.connected("us")
+    core.received("us", Hello("us", vv(eu=2)))
+    core.sent("us", vv(eu=2))
+    core.received("us", Entries(("e",), vv(us=3, ap=1)))
+    core.applied("us", vv(eu=2, us=3, ap=1))
+    assert core.behind("us") == {}
+    assert core.tick(5) == [], "nothing to push: us has everything it sent"
+
+
+def test_a_peer_that_lost_what_it_sent_gets_it_back() -> None:
+    core = ReplicaCore("eu", ["us"], vv(eu=2, us=5))
+    core.connected("us")
+    core.received("us", Entries(("e",), vv(us=5)))
+    # us comes back with an empty directory: its hello is believed over what we inferred.
+    assert core.received("us", Hello("us", vv()))[0] == SendLog("us", vv())
+
+
+def test_a_peer_needing_repair_is_not_sent_log_it_cannot_apply() -> None:
+    core = ReplicaCore("eu", ["us"], vv(eu=10), batch_window_ms=0, anti_entropy_ms=100, trimmed=vv(eu=4))
+    core.connected("us")
+    assert core.received("us", Hello("us", vv(eu=2))) == [NeedsRepair("us", vv(eu=2))]
+    core.local_committed(vv(eu=11))
+    assert core.tick(50) == [] and core.tick(200) == []
+    # Repaired (it says so in a new hello): back to the log.
+    core.disconnected("us")
+    core.connected("us")
+    assert core.received("us", Hello("us", vv(eu=10)))[0] == SendLog("us", vv(eu=10))
+
+
+def test_trimming_past_a_connected_peer_reports_it_once() -> None:
+    core = ReplicaCore("eu", ["us"], vv(eu=10))
+    core.connected("us")
+    core.received("us", Hello("us", vv(eu=3)))
+    assert core.log_trimmed(vv(eu=5)) == [NeedsRepair("us", vv(eu=3))]
+    assert core.log_trimmed(vv(eu=6)) == []
+
+
 def test_the_log_is_trimmed_to_what_every_peer_acknowledged() -> None:
     core = ReplicaCore("eu", ["us", "ap"], vv(eu=10))
     assert core.received("us", Ack(vv(eu=7))) == []  # ap has acknowledged nothing

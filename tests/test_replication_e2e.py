@@ -231,3 +231,30 @@ def test_a_stranger_is_refused(three: RegionProcesses) -> None:
             list(sync(iter([hello]), timeout=10))
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "mallory" in (err.value.details() or "")
+
+
+def test_a_node_with_a_bad_clock_is_fenced_and_its_timestamps_do_not_drag_the_others(tmp_path: Path) -> None:
+    ahead = {"CRDTSTORE_CHAOS_CLOCK_OFFSET_MS": "5000"}  # c's clock runs 5 s ahead; the bound is 500 ms
+    with RegionProcesses(tmp_path, ["a", "b", "c"], start=["c"], env={"c": ahead}) as regions:
+        # Alone, c cannot tell its clock is wrong: it writes with timestamps 5 s ahead.
+        regions.clients["c"].set("early", "from c")
+        regions.start("a")
+        regions.start("b")
+        regions.wait_converged()
+        regions.wait_connected()
+        # a and b applied c's write (convergence first) but their clocks did not follow it.
+        for name in ("a", "b"):
+            status = regions.clients[name].status()
+            assert status["clock_skew_events"] >= 1
+            assert not status["clock_fenced"]  # one peer of two out of bounds is not most of them
+            offsets = {p["region"]: p["clock_offset_ms"] for p in status["peers"]}
+            assert offsets["c"] > 4000
+        # Out of bounds against both its peers, c refuses writes.
+        with pytest.raises(ClientError) as err:
+            regions.clients["c"].set("r", "from c")
+        assert err.value.code == grpc.StatusCode.UNAVAILABLE
+        assert "clock" in err.value.message
+        assert regions.clients["c"].status()["clock_fenced"]
+        regions.clients["a"].set("r", "from a")
+        regions.wait_converged()
+        assert regions.clients["c"].get("r").value == b"from a"

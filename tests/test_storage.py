@@ -13,7 +13,7 @@ from pathlib import Path
 import lmdb
 import pytest
 
-from crdtstore.crdt import HybridLogicalClock, StoreMap, TypeMismatch, ValueType, encode
+from crdtstore.crdt import HybridLogicalClock, StoreMap, TypeMismatch, ValueType, VersionVector, encode
 from crdtstore.operations import AddMembers, DeleteKey, Increment, Operation, RemoveMembers, SetRegister
 from crdtstore.storage import (
     Applied,
@@ -276,6 +276,45 @@ def test_the_delta_log_is_bounded_in_bytes(make: Make) -> None:
     entries = list(h.store.log_entries())
     assert 10 <= len(entries) < 60
     assert entries[-1].last == 60, "the newest entries are kept"
+    # What went is recorded, so a peer that needed it is repaired, and the record survives reopen.
+    assert h.store.log_horizon == VersionVector({"eu": entries[0].first - 1})
+    h.reopen()
+    assert h.store.log_horizon == VersionVector({"eu": entries[0].first - 1})
+
+
+def test_log_since_sends_what_a_peer_lacks_in_apply_order_and_bounded(h: Harness) -> None:
+    for i in range(10):
+        h.one(SetRegister(f"k{i}", b"x" * 100))
+    entries, reached = h.store.log_since(VersionVector({"eu": 4}), bytes_max=1 << 20)
+    assert [(e.origin, e.first, e.last) for e in entries] == [("eu", n, n) for n in range(5, 11)]
+    assert reached == VersionVector({"eu": 10})
+    assert h.store.log_since(VersionVector({"eu": 10}), bytes_max=1 << 20) == ([], VersionVector())
+    one_by_one, reached = h.store.log_since(VersionVector(), bytes_max=1)
+    assert [e.last for e in one_by_one] == [1], "at least one entry, however small the bound"
+    assert reached == VersionVector({"eu": 1})
+
+
+def test_trim_log_removes_what_every_peer_has_and_records_the_horizon(h: Harness) -> None:
+    for i in range(10):
+        h.one(Increment(f"n{i}", 1))
+    assert h.store.trim_log(VersionVector({"eu": 6}), budget=4) == 4
+    assert h.store.trim_log(VersionVector({"eu": 6})) == 2
+    assert h.store.trim_log(VersionVector({"eu": 6})) == 0
+    assert [e.last for e in h.store.log_entries()] == [7, 8, 9, 10]
+    assert h.store.log_horizon == VersionVector({"eu": 6})
+    assert [e.first for e in h.store.log_since(VersionVector(), bytes_max=1 << 20)[0]] == [7, 8, 9, 10]
+    h.reopen()
+    assert h.store.log_horizon == VersionVector({"eu": 6})
+
+
+def test_a_request_whose_change_cannot_travel_in_one_message_is_refused_whole(make: Make) -> None:
+    h = make("s", log_entry_bytes_max=4_000)
+    assert isinstance(h.one(SetRegister("small", b"x" * 100)), Applied)
+    result = h.one(SetRegister("a", b"x" * 3_000), SetRegister("b", b"y" * 3_000))
+    assert isinstance(result, Failed) and isinstance(result.error, KeyTooLarge)
+    assert "log_entry_bytes_max" in str(result.error)
+    assert h.store.get("a") is None and h.store.get("b") is None
+    assert [e.last for e in h.store.log_entries()] == [1]
 
 
 def test_the_clock_mark_survives_reopen_so_no_timestamp_repeats(h: Harness) -> None:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 import time
@@ -40,6 +41,21 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# For chaos tests only: shift this node's physical clock, as a bad NTP source would.
+CLOCK_OFFSET_ENV = "CRDTSTORE_CHAOS_CLOCK_OFFSET_MS"
+
+
+def _clock_offset_ms() -> int:
+    raw = os.environ.get(CLOCK_OFFSET_ENV, "0")
+    try:
+        offset = int(raw)
+    except ValueError:
+        raise StartupError(f"{CLOCK_OFFSET_ENV}={raw!r} is not a whole number of milliseconds") from None
+    if offset:
+        log.warning("this node's clock is shifted by %d ms (%s): for chaos tests only", offset, CLOCK_OFFSET_ENV)
+    return offset
+
+
 class StartupError(Exception):
     """The node could not start for a reason outside its configuration (a port in use, say)."""
 
@@ -66,19 +82,20 @@ def serve_from_args(args: argparse.Namespace) -> int:
 async def run_node(config: NodeConfig, *, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> int:
     """Serve until SIGTERM/SIGINT (or ``stop`` is set), then drain and close."""
     storage = StorageConfig(path=config.data_dir, region=config.region, options=config.storage)
+    offset_ms = _clock_offset_ms()
     store = LmdbStore(storage)
-    clock = HybridLogicalClock(
-        lambda: time.time_ns() // 1_000_000,
-        max_offset_ms=config.server.max_clock_offset_ms,
-        floor=store.hlc_mark,
-    )
+
+    def wall_ms() -> int:
+        return time.time_ns() // 1_000_000 + offset_ms
+
+    clock = HybridLogicalClock(wall_ms, max_offset_ms=config.server.max_clock_offset_ms, floor=store.hlc_mark)
     writer = GroupCommitWriter(
         store,
         clock,
         batch_requests_max=config.server.batch_requests_max,
         pending_requests_max=config.server.pending_requests_max,
     )
-    replicator = Replicator(config, store, writer, clock)
+    replicator = Replicator(config, store, writer, clock, wall_ms=wall_ms)
     node = NodeState(config, store, writer, replicator)
     message_max = config.message_bytes_max
     server = grpc.aio.server(

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
@@ -33,10 +34,12 @@ class ServerProcess:
         region: str = "local",
         extra_args: tuple[str, ...] = (),
         start_timeout_s: float = 30.0,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.region = region
         self.extra_args = extra_args
+        self.env = dict(env or {})
         self.start_timeout_s = start_timeout_s
         self.port = 0
         self.proc: subprocess.Popen[str] | None = None
@@ -63,7 +66,11 @@ class ServerProcess:
         ]
         with self.log_path.open("a") as log:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
-                cmd, stdout=subprocess.PIPE, stderr=log, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+                cmd,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
             )
         deadline = time.monotonic() + self.start_timeout_s
         assert self.proc.stdout is not None

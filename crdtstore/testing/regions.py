@@ -14,7 +14,7 @@ import itertools
 import json
 import socket
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -62,6 +62,7 @@ class RegionProcesses:
         *,
         extra_args: tuple[str, ...] = (),
         start: Sequence[str] | None = None,
+        env: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
         self.root = Path(root)
         self.names = list(names)
@@ -72,6 +73,7 @@ class RegionProcesses:
         self.clients: dict[str, Client] = {}
         self._extra_args = extra_args
         self._to_start = list(self.names if start is None else start)
+        self._env = env or {}
 
     def __enter__(self) -> RegionProcesses:
         self.proxies_thread.__enter__()
@@ -100,7 +102,9 @@ class RegionProcesses:
             dials = name < other
             port = self.links[frozenset((name, other))].port if dials else self.ports[other]
             peers += ["--peer", f"{other}=127.0.0.1:{port}"]
-        server = ServerProcess(self.root / name, region=name, extra_args=(*peers, *self._extra_args))
+        server = ServerProcess(
+            self.root / name, region=name, extra_args=(*peers, *self._extra_args), env=self._env.get(name)
+        )
         server.port = self.ports[name]
         return server
 
@@ -168,6 +172,23 @@ class RegionProcesses:
             if time.monotonic() > deadline:
                 raise AssertionError(f"regions did not converge in {timeout_s} s: {_difference(views)}")
             time.sleep(0.1)
+
+    def wait_connected(self, timeout_s: float = 30.0) -> None:
+        """Poll until every running region reports every running peer connected."""
+        deadline = time.monotonic() + timeout_s
+        running = set(self.clients)
+        while True:
+            missing = [
+                f"{name}-{peer['region']}"
+                for name in sorted(running)
+                for peer in self.clients[name].status()["peers"]
+                if peer["region"] in running and not peer["connected"]
+            ]
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"links still down after {timeout_s} s: {missing}")
+            time.sleep(0.05)
 
     def iter_clients(self) -> Iterator[tuple[str, Client]]:
         yield from self.clients.items()
