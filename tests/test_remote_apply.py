@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crdtstore.crdt import HybridLogicalClock, encode
+from crdtstore.crdt import CausalContext, HybridLogicalClock, StoreMap, encode
 from crdtstore.operations import AddMembers, DeleteKey, Increment, Operation, RemoveMembers, SetRegister
-from crdtstore.storage import Applied, LmdbStore, LogEntry, RemoteOutcome, StorageConfig, WriteRequest
+from crdtstore.storage import Applied, LmdbStore, LogEntry, RemoteOutcome, StorageConfig, StorageOptions, WriteRequest
 from crdtstore.testing.clock import FakeClock
 
 
@@ -169,3 +169,68 @@ def test_regions_converge_whatever_is_shipped_when(script: list[tuple[str, str, 
                         receiver.store.apply_remote(sender.log(), source=a)
         snapshots = [r.snapshot() for r in regions.values()]
         assert snapshots[0] == snapshots[1] == snapshots[2]
+
+
+def _transfer(sender: Region, receiver: Region) -> int:
+    pages: list[list[tuple[str, bytes]]] = []
+    contexts = []
+
+    def deliver(page: list[tuple[str, bytes]], context: CausalContext | None) -> bool:
+        pages.append(page)
+        contexts.append(context)
+        return True
+
+    sender.store.read_snapshot(200, deliver)
+    assert contexts[-1] is not None and all(c is None for c in contexts[:-1])
+    for page in pages:
+        receiver.store.stage_snapshot(sender.name, page)
+    return receiver.store.finish_snapshot(sender.name, contexts[-1])
+
+
+def test_a_state_transfer_is_the_full_join(regions: dict[str, Region]) -> None:
+    eu, us = regions["eu"], regions["us"]
+    for i in range(20):
+        eu.write(SetRegister(f"k{i}", b"eu" * 50), AddMembers("s", (f"eu{i}",)))
+    us.store.apply_remote(eu.log(), source="eu")
+    eu.write(DeleteKey("k0"), RemoveMembers("s", ("eu1",)))  # us has not seen these removes
+    us.write(AddMembers("s", ("us-only",)), SetRegister("k5", b"us"))  # nor eu these concurrent writes
+    expected = _full_join(us, eu)
+    changed = _transfer(eu, us)
+    assert changed > 0
+    assert us.store.get("k0") is None, "what eu removed goes"
+    assert us.snapshot() == expected
+    assert us.store.log_horizon.get("eu") == eu.store.context.vv.get("eu")
+    assert _transfer(eu, us) == 0, "a second transfer changes nothing"
+
+
+def test_a_cut_short_transfer_is_discarded(regions: dict[str, Region]) -> None:
+    eu, us = regions["eu"], regions["us"]
+    eu.write(SetRegister("a", b"1"))
+    us.store.stage_snapshot("eu", [("a", b"garbage that is never decoded")])
+    us.store.discard_snapshot("eu")
+    assert _transfer(eu, us) == 1
+    assert us.snapshot() == eu.snapshot()
+
+
+def _full_join(a: Region, b: Region) -> tuple[bytes, list[tuple[str, bytes]]]:
+    left = StoreMap(dict(a.store.scan("", limit=10_000)[0]), a.store.context)
+    right = StoreMap(dict(b.store.scan("", limit=10_000)[0]), b.store.context)
+    joined = left.join(right)
+    return encode(joined.context), sorted((k, encode(s)) for k, s in joined.entries.items() if not s.is_bottom())
+
+
+def test_relayed_entries_count_against_the_log_bound(tmp_path: Path) -> None:
+    source = Region(tmp_path, "eu")
+    relay = LmdbStore(StorageConfig(tmp_path / "us", "us", StorageOptions(delta_log_bytes_max=5_000)))
+    try:
+        for i in range(30):
+            source.write(SetRegister(f"k{i}", b"x" * 500))
+        for entry in source.log():
+            relay.apply_remote([entry], source="eu")
+        kept = list(relay.log_entries())
+        assert 0 < len(kept) < 30
+        assert kept[-1].last == 30, "the newest entries are kept"
+        assert relay.log_horizon.get("eu") == kept[0].first - 1
+    finally:
+        source.store.close()
+        relay.close()

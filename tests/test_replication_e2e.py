@@ -7,6 +7,7 @@ with every acknowledged write in it.
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import threading
@@ -20,7 +21,7 @@ import pytest
 
 from crdtstore.client import ClientError
 from crdtstore.node.replication import SYNC_METHOD
-from crdtstore.operations import AddMembers, Increment, RemoveMembers, SetRegister
+from crdtstore.operations import AddMembers, DeleteKey, Increment, RemoveMembers, SetRegister
 from crdtstore.testing.regions import RegionProcesses
 from crdtstore.v1 import replication_pb2 as rpb
 
@@ -258,3 +259,48 @@ def test_a_node_with_a_bad_clock_is_fenced_and_its_timestamps_do_not_drag_the_ot
         regions.clients["a"].set("r", "from a")
         regions.wait_converged()
         assert regions.clients["c"].get("r").value == b"from a"
+
+
+def _small_log_config(tmp_path: Path) -> tuple[str, ...]:
+    config = tmp_path / "small-log.toml"
+    config.write_text("[storage]\ndelta_log_bytes_max = 20000\n")
+    return ("--config", str(config))
+
+
+def test_a_region_behind_the_trimmed_log_is_repaired_by_state_transfer(tmp_path: Path) -> None:
+    with RegionProcesses(tmp_path / "regions", ["a", "b", "c"], extra_args=_small_log_config(tmp_path)) as regions:
+        a = regions.clients["a"]
+        a.mutate([SetRegister(f"old/{i}", b"v") for i in range(20)])
+        a.sadd("set", "kept", "removed-while-away")
+        regions.wait_converged()
+        regions.isolate("c")
+        c_only = regions.clients["c"].sadd("set", "added-by-c-while-away")
+        for i in range(40):  # far past the 20 kB log bound: c's missing entries are trimmed
+            a.mutate([SetRegister(f"new/{i}/{j}", b"x" * 200) for j in range(10)])
+        a.mutate([DeleteKey(f"old/{i}") for i in range(10)])
+        a.srem("set", "removed-while-away")
+        assert c_only.token
+        regions.heal()
+        views = regions.wait_converged(timeout_s=90)
+        keys = {json.loads(line)[0] for line in views["c"]}
+        assert {f"old/{i}" for i in range(10)}.isdisjoint(keys), "deletes reached c through the transfer"
+        assert {f"old/{i}" for i in range(10, 20)} <= keys
+        assert regions.clients["c"].get("set").value == frozenset({"kept", "added-by-c-while-away"})
+        assert "joined a state transfer" in (regions.root / "c.log").read_text()
+        # Back on the log afterwards: a new write reaches c as usual.
+        token = a.set("after", "repair").token
+        assert regions.clients["c"].get("after", after=token).value == b"repair"
+
+
+def test_a_new_empty_region_joins_after_the_log_was_trimmed(tmp_path: Path) -> None:
+    names = ["a", "b", "c"]
+    with RegionProcesses(
+        tmp_path / "regions", names, extra_args=_small_log_config(tmp_path), start=["a", "b"]
+    ) as regions:
+        for i in range(40):
+            regions.clients["a"].mutate([SetRegister(f"k/{i}/{j}", b"x" * 200) for j in range(10)])
+        regions.wait_converged(names=["a", "b"])
+        regions.start("c")
+        regions.wait_converged(timeout_s=90)
+        assert regions.clients["c"].get("k/39/9").value == b"x" * 200
+        assert "joined a state transfer" in (regions.root / "c.log").read_text()

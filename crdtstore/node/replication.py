@@ -32,7 +32,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
 import random
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -40,7 +42,7 @@ from typing import Any
 
 import grpc
 
-from crdtstore.crdt import CodecError, HybridLogicalClock, StoreMap, VersionVector, decode_as, encode
+from crdtstore.crdt import CausalContext, CodecError, HybridLogicalClock, StoreMap, VersionVector, decode_as, encode
 from crdtstore.node.config import NodeConfig
 from crdtstore.node.writer import GroupCommitWriter
 from crdtstore.replica.core import (
@@ -81,8 +83,8 @@ class _Link:
     session: asyncio.Task[Any] | None = None
     send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     clock_offset_ms: int | None = None
-    needs_repair: bool = False
     greeted: bool = False  # the current stream's hello arrived
+    transfer: asyncio.Task[Any] | None = None  # a state transfer to this peer, while it runs
     entries_received: int = 0
     entries_sent: int = 0
     bytes_sent: int = 0
@@ -146,11 +148,12 @@ class Replicator:
                 future.set_exception(asyncio.CancelledError())
         self._waiters.clear()
 
-    def _spawn(self, coro: Awaitable[Any], name: str) -> None:
+    def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
         task.set_name(f"crdtstore-replication {name}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     # -- what the services ask -------------------------------------------------------
 
@@ -392,6 +395,8 @@ class Replicator:
                     mine,
                 )
             core_message = Hello(hello.region, vector)
+            # A transfer from this peer that a broken stream cut short is void.
+            await self.writer.call(lambda: self.store.discard_snapshot(link.name))
             link.greeted = True
             log.info("replicating with %s", link.name)
         elif body == "entries":
@@ -406,6 +411,10 @@ class Replicator:
             core_message = Entries(tuple(raw_entries), VersionVector(top))
         elif body == "ack":
             core_message = Ack(decode_as(message.ack.vector, VersionVector))
+        elif body == "snapshot":
+            await self._receive_snapshot(link, message.snapshot)
+            self._notify()
+            return
         else:
             raise ProtocolError("a message with no body")
         await self._run(self.core.received(link.name, core_message))
@@ -506,13 +515,84 @@ class Replicator:
 
     def _note_repairs(self, actions: list[Action]) -> None:
         for action in actions:
-            if isinstance(action, NeedsRepair) and not self.links[action.peer].needs_repair:
-                self.links[action.peer].needs_repair = True
-                log.error(
-                    "peer %s lacks entries this node has trimmed from its log (it has %s); it needs a repair",
+            if not isinstance(action, NeedsRepair):
+                continue
+            link = self.links[action.peer]
+            if link.transfer is None or link.transfer.done():
+                log.warning(
+                    "peer %s lacks entries this node has trimmed from its log (it has %s): sending it a state transfer",
                     action.peer,
                     action.vector,
                 )
+                link.transfer = self._spawn(self._send_snapshot(link), f"transfer to {link.name}")
+
+    async def _send_snapshot(self, link: _Link) -> None:
+        """Send ``link``'s peer every key's state from one consistent read, then the context of that read."""
+        pages: queue.Queue[tuple[list[tuple[str, bytes]], CausalContext | None] | None] = queue.Queue(maxsize=2)
+        stop = threading.Event()
+        bytes_max = self.settings.message_bytes_max
+
+        def deliver(page: list[tuple[str, bytes]], context: CausalContext | None) -> bool:
+            while not stop.is_set():
+                try:
+                    pages.put((page, context), timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def read() -> None:
+            try:
+                self.store.read_snapshot(bytes_max, deliver)
+            finally:
+                with contextlib.suppress(queue.Full):
+                    pages.put_nowait(None)
+
+        reader = asyncio.ensure_future(asyncio.to_thread(read))
+        keys = sent_bytes = 0
+        try:
+            while True:
+                item = await asyncio.to_thread(pages.get)
+                if item is None:
+                    raise ProtocolError("the snapshot read ended early")
+                page, context = item
+                message = rpb.SyncMessage()
+                for key, body in page:
+                    message.snapshot.keys.add(key=key, state=body)
+                    sent_bytes += len(body)
+                keys += len(page)
+                if context is not None:
+                    message.snapshot.done = True
+                    message.snapshot.context = encode(context)
+                if link.queue is None:
+                    return  # the stream broke: the next hello starts over
+                await self._send(link.name, message)
+                if context is not None:
+                    log.info("sent %s a state transfer of %d keys, %d bytes", link.name, keys, sent_bytes)
+                    return
+        except Exception:
+            log.exception("state transfer to %s failed", link.name)
+        finally:
+            stop.set()
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    pages.get_nowait()
+            await reader
+
+    async def _receive_snapshot(self, link: _Link, snapshot: rpb.SyncSnapshot) -> None:
+        keys = [(k.key, k.state) for k in snapshot.keys]
+        store = self.store
+        await self.writer.call(lambda: store.stage_snapshot(link.name, keys))
+        if not snapshot.done:
+            return
+        context = decode_as(snapshot.context, CausalContext)
+        changed = await self.writer.call(lambda: store.finish_snapshot(link.name, context))
+        log.info("joined a state transfer from %s: %d keys changed", link.name, changed)
+        self._dirty.set()
+        actions = self.core.applied(link.name, self.store.context.vv)
+        self._horizon = self.store.log_horizon
+        self._note_repairs(self.core.log_trimmed(self._horizon))
+        await self._run(actions)
 
     async def _tick_loop(self) -> None:
         anti_entropy_s = self.settings.anti_entropy_ms / 1000

@@ -114,7 +114,11 @@ class Trim:
 
 @dataclass(frozen=True)
 class NeedsRepair:
-    """``peer`` lacks entries this node has trimmed: repair it by comparing digests, or by a full transfer."""
+    """``peer`` lacks entries this node has trimmed: repair it by a state transfer.
+
+    Until the peer acknowledges a vector at or above the trimmed horizon, no
+    log is sent to it (it could not apply it).
+    """
 
     peer: str
     vector: VersionVector
@@ -196,6 +200,8 @@ class ReplicaCore:
             return [Apply(peer, message.entries)] if message.entries else []
         state.acked = state.acked.join(message.vector)
         state.sent = state.sent.join(state.acked)
+        if state.needs_repair and state.acked.dominates(self._trimmed):
+            state.needs_repair = False  # repaired (a state transfer): back to the log
         return self._trim()
 
     def applied(self, peer: str, vector: VersionVector) -> list[Action]:

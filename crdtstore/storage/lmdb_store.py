@@ -7,6 +7,8 @@ Named databases:
                  change in the order this node applied it, which respects causality,
                  so replication sends it in that order
 * ``log_index``  (origin region, last dot counter) -> sequence number
+* ``incoming``   (peer, key) -> a key's state received in a state transfer, staged
+                 until the transfer's last message joins them all at once
 * ``meta``       schema version, region, causal context, HLC high-water mark, log size,
                  log horizon (per origin, the last counter trimmed from the log)
 * ``idem``       idempotency key -> (time, request fingerprint, causal token)
@@ -330,6 +332,7 @@ class LmdbStore:
             self.data = self.env.open_db(b"data")
             self.log = self.env.open_db(b"log")
             self.log_index = self.env.open_db(b"log_index")
+            self.incoming = self.env.open_db(b"incoming")
             self.meta = self.env.open_db(b"meta")
             self.idem = self.env.open_db(b"idem")
             self.idem_time = self.env.open_db(b"idem_time")
@@ -540,6 +543,127 @@ class LmdbStore:
         self._log_bytes = log_bytes
         return count
 
+    # -- state transfer --------------------------------------------------------------
+
+    def read_snapshot(
+        self, bytes_max: int, deliver: Callable[[list[tuple[str, bytes]], CausalContext | None], bool]
+    ) -> None:
+        """Read every key's state in one consistent read, handing ``deliver`` pages of about ``bytes_max`` bytes.
+
+        The last call carries the causal context the keys were read at; the
+        pages before it carry ``None``. ``deliver`` returns False to stop early.
+        Runs in one thread from start to end (LMDB read transactions belong to
+        their thread), and holds one read transaction throughout, so the map
+        cannot grow while it runs.
+        """
+        with self._gate.read(), self.env.begin() as txn:
+            context = self._context_in(txn)
+            page: list[tuple[str, bytes]] = []
+            size = 0
+            for db_key, value in txn.cursor(db=self.data):
+                key, state = _decode_value(bytes(db_key), bytes(value))
+                body = encode(state)
+                page.append((key, body))
+                size += len(body) + len(key)
+                if size >= bytes_max:
+                    if not deliver(page, None):
+                        return
+                    page, size = [], 0
+            deliver(page, context)
+
+    def stage_snapshot(self, source: str, keys: Sequence[tuple[str, bytes]]) -> None:
+        """Keep one page of a state transfer from ``source`` until it is complete."""
+        prefix = source.encode("utf-8") + b"\x00"
+        while True:
+            try:
+                with self.env.begin(write=True, db=self.incoming) as txn:
+                    for key, body in keys:
+                        txn.put(prefix + lmdb_key(key), msgpack.packb([key, body], use_bin_type=True))
+                return
+            except lmdb.MapFullError:
+                if not self._grow():
+                    raise StoreFull(self._full_message()) from None
+
+    def discard_snapshot(self, source: str) -> None:
+        """Forget a state transfer from ``source`` that will not be completed."""
+        prefix = source.encode("utf-8") + b"\x00"
+        with self.env.begin(write=True, db=self.incoming) as txn:
+            cursor = txn.cursor()
+            found = cursor.set_range(prefix)
+            while found and bytes(cursor.key()).startswith(prefix):
+                found = cursor.delete()
+
+    def finish_snapshot(self, source: str, context: CausalContext) -> int:
+        """Join the staged state transfer from ``source``, read at ``context``, in one transaction.
+
+        Every key of the transfer is joined into this node's state, and every
+        key of this node that the transfer lacks is joined with nothing, so
+        what the sender had removed (its context covers it) goes here too,
+        while what the sender never saw stays. That is the full state join,
+        key by key. This node's context becomes the join of both; the events
+        it now has without their log entries move the log horizon, so a peer
+        that needs them from here is repaired in turn. Returns the keys changed.
+        """
+        prefix = source.encode("utf-8") + b"\x00"
+        while True:
+            try:
+                return self._finish_snapshot(prefix, context)
+            except lmdb.MapFullError:
+                if not self._grow():
+                    raise StoreFull(self._full_message()) from None
+
+    def _finish_snapshot(self, prefix: bytes, remote: CausalContext) -> int:
+        changed = 0
+        with self.env.begin(write=True) as txn:
+            local = self._context_in(txn)
+            staged: set[bytes] = set()
+            cursor = txn.cursor(db=self.incoming)
+            found = cursor.set_range(prefix)
+            while found and bytes(cursor.key()).startswith(prefix):
+                key, body = msgpack.unpackb(bytes(cursor.value()))
+                theirs = decode_as(body, KeyState)
+                if not all(remote.contains(dot) for dot in theirs.dots()):
+                    raise CodecError(f"a transferred key {key[:40]!r} holds an event outside the transfer's context")
+                db_key = lmdb_key(key)
+                staged.add(db_key)
+                changed += self._join_key(txn, db_key, key, theirs, local=local, remote=remote)
+                found = cursor.delete()
+            own = [bytes(k) for k in txn.cursor(db=self.data).iternext(keys=True, values=False)]
+            for db_key in own:
+                if db_key not in staged:
+                    raw = txn.get(db_key, db=self.data)
+                    assert raw is not None
+                    key, _ = _decode_value(db_key, bytes(raw))
+                    changed += self._join_key(txn, db_key, key, KeyState(), local=local, remote=remote)
+            context = local.join(remote)
+            horizon = self._horizon.join(remote.vv)
+            txn.put(_META_CONTEXT, encode(context), db=self.meta)
+            txn.put(_META_HORIZON, encode(horizon), db=self.meta)
+        self._context = context
+        self._horizon = horizon
+        return changed
+
+    def _join_key(
+        self,
+        txn: lmdb.Transaction,
+        db_key: bytes,
+        key: str,
+        theirs: KeyState,
+        *,
+        local: CausalContext,
+        remote: CausalContext,
+    ) -> int:
+        raw = txn.get(db_key, db=self.data)
+        current = KeyState() if raw is None else _decode_value(db_key, bytes(raw))[1]
+        joined = current.join(theirs, local, remote)
+        if joined == current:
+            return 0
+        if joined.is_bottom():
+            txn.delete(db_key, db=self.data)
+        else:
+            txn.put(db_key, _encode_value(key, joined), db=self.data)
+        return 1
+
     # -- writes ------------------------------------------------------------------------
 
     def write_batch(self, requests: Sequence[WriteRequest], clock: HybridLogicalClock) -> list[Result]:
@@ -718,10 +842,18 @@ class LmdbStore:
                         log_bytes += len(value)
                         context = context.join(entry.delta.context)
                         outcomes.append(RemoteOutcome.APPLIED)
+                    # Relayed entries count against the log's bound like local ones.
+                    trimmed: dict[str, int] = {}
+                    budget = max(self.config.options.housekeeping_per_batch_max, 2 * len(entries))
+                    log_bytes = self._bound_log(txn, log_bytes, trimmed, budget)
+                    horizon = self._horizon.join(VersionVector(trimmed)) if trimmed else self._horizon
                     txn.put(_META_CONTEXT, encode(context), db=self.meta)
                     txn.put(_META_LOG_BYTES, str(log_bytes).encode(), db=self.meta)
+                    if trimmed:
+                        txn.put(_META_HORIZON, encode(horizon), db=self.meta)
                 self._context = context
                 self._log_bytes = log_bytes
+                self._horizon = horizon
                 return outcomes
             except lmdb.MapFullError:
                 if not self._grow():
@@ -776,20 +908,26 @@ class LmdbStore:
             cursor.delete()
             excess -= 1
             budget -= 1
-        # The delta log, down to its byte bound. Replication trims by
-        # acknowledgement (``trim_log``); this bound is the backstop for a peer
-        # that stays away. The oldest entries go first; the horizon records
-        # what went, so a peer that needed it is repaired instead of waiting
-        # for entries that will never come.
+        batch.log_bytes = self._bound_log(txn, batch.log_bytes, batch.trimmed, budget)
+
+    def _bound_log(self, txn: lmdb.Transaction, log_bytes: int, trimmed: dict[str, int], budget: int) -> int:
+        """Trim the delta log down to its byte bound; returns its new size, and records what went in ``trimmed``.
+
+        Replication trims by acknowledgement (``trim_log``); this bound is the
+        backstop for a peer that stays away. The oldest entries go first; the
+        horizon records what went, so a peer that needed it is repaired by a
+        state transfer instead of waiting for entries that will never come.
+        """
         cursor = txn.cursor(db=self.log)
-        while budget and batch.log_bytes > self.config.options.delta_log_bytes_max and cursor.first():
+        while budget and log_bytes > self.config.options.delta_log_bytes_max and cursor.first():
             value = bytes(cursor.value())
             origin, _first, last, _source, _delta = msgpack.unpackb(value)
-            batch.trimmed[origin] = max(batch.trimmed.get(origin, 0), last)
-            batch.log_bytes -= len(value)
+            trimmed[origin] = max(trimmed.get(origin, 0), last)
+            log_bytes -= len(value)
             txn.delete(_log_key(origin, last), db=self.log_index)
             cursor.delete()
             budget -= 1
+        return log_bytes
 
 
 def _log_key(origin: str, counter: int) -> bytes:

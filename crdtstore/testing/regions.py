@@ -76,6 +76,7 @@ class RegionProcesses:
         self._env = env or {}
 
     def __enter__(self) -> RegionProcesses:
+        self.root.mkdir(parents=True, exist_ok=True)
         self.proxies_thread.__enter__()
         try:
             for a, b in itertools.combinations(sorted(self.names), 2):

@@ -40,14 +40,34 @@ class SyncAck(_message.Message):
     vector: bytes
     def __init__(self, vector: _Optional[bytes] = ...) -> None: ...
 
+class SnapshotKey(_message.Message):
+    __slots__ = ("key", "state")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    state: bytes
+    def __init__(self, key: _Optional[str] = ..., state: _Optional[bytes] = ...) -> None: ...
+
+class SyncSnapshot(_message.Message):
+    __slots__ = ("keys", "done", "context")
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[SnapshotKey]
+    done: bool
+    context: bytes
+    def __init__(self, keys: _Optional[_Iterable[_Union[SnapshotKey, _Mapping]]] = ..., done: _Optional[bool] = ..., context: _Optional[bytes] = ...) -> None: ...
+
 class SyncMessage(_message.Message):
-    __slots__ = ("sent_wall_ms", "hello", "entries", "ack")
+    __slots__ = ("sent_wall_ms", "hello", "entries", "ack", "snapshot")
     SENT_WALL_MS_FIELD_NUMBER: _ClassVar[int]
     HELLO_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     sent_wall_ms: int
     hello: SyncHello
     entries: SyncEntries
     ack: SyncAck
-    def __init__(self, sent_wall_ms: _Optional[int] = ..., hello: _Optional[_Union[SyncHello, _Mapping]] = ..., entries: _Optional[_Union[SyncEntries, _Mapping]] = ..., ack: _Optional[_Union[SyncAck, _Mapping]] = ...) -> None: ...
+    snapshot: SyncSnapshot
+    def __init__(self, sent_wall_ms: _Optional[int] = ..., hello: _Optional[_Union[SyncHello, _Mapping]] = ..., entries: _Optional[_Union[SyncEntries, _Mapping]] = ..., ack: _Optional[_Union[SyncAck, _Mapping]] = ..., snapshot: _Optional[_Union[SyncSnapshot, _Mapping]] = ...) -> None: ...
