@@ -441,16 +441,26 @@ class Replicator:
             elif isinstance(action, NeedsRepair):
                 self._note_repairs([action])
 
-    async def _send(self, peer: str, message: rpb.SyncMessage) -> None:
+    async def _send(
+        self, peer: str, message: rpb.SyncMessage, stream: asyncio.Queue[rpb.SyncMessage] | None = None
+    ) -> bool:
+        """Queue ``message`` on ``peer``'s stream; with ``stream``, only if that stream is still the current one.
+
+        A message prepared for a stream that has since been replaced must not
+        go out on the new one before its hello. Returns whether it was queued.
+        """
         queue = self.links[peer].queue
-        if queue is not None:  # not connected: the peer learns everything at its next hello
-            message.sent_wall_ms = self._wall_ms()
-            await queue.put(message)
+        if queue is None or (stream is not None and queue is not stream):
+            return False  # the peer learns everything at its next hello
+        message.sent_wall_ms = self._wall_ms()
+        await queue.put(message)
+        return True
 
     async def _send_log(self, peer: str, after: VersionVector) -> None:
         link = self.links[peer]
         async with link.send_lock:
-            if link.queue is None:
+            stream = link.queue
+            if stream is None:
                 return
             # Entries the core's view now covers went out while this waited.
             after = after.join(self.core.peers[peer].sent)
@@ -460,9 +470,10 @@ class Replicator:
             message = rpb.SyncMessage()
             for e in entries:
                 message.entries.entries.add(origin=e.origin, first=e.first, last=e.last, delta=e.delta)
-                link.bytes_sent += len(e.delta)
+            if not await self._send(peer, message, stream):
+                return
             link.entries_sent += len(entries)
-            await self._send(peer, message)
+            link.bytes_sent += sum(len(e.delta) for e in entries)
             self.core.sent(peer, reached)
             if not self.core.peers[peer].sent.dominates(self.core.vector):
                 self._dirty.set()  # more than one message's worth: go on at the next tick
@@ -548,6 +559,9 @@ class Replicator:
                 with contextlib.suppress(queue.Full):
                     pages.put_nowait(None)
 
+        stream = link.queue
+        if stream is None:
+            return  # not connected: its next hello asks again
         reader = asyncio.ensure_future(asyncio.to_thread(read))
         keys = sent_bytes = 0
         try:
@@ -564,9 +578,8 @@ class Replicator:
                 if context is not None:
                     message.snapshot.done = True
                     message.snapshot.context = encode(context)
-                if link.queue is None:
+                if not await self._send(link.name, message, stream):
                     return  # the stream broke: the next hello starts over
-                await self._send(link.name, message)
                 if context is not None:
                     log.info("sent %s a state transfer of %d keys, %d bytes", link.name, keys, sent_bytes)
                     return
