@@ -12,11 +12,12 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
+import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crdtstore.crdt import CausalContext, HybridLogicalClock, StoreMap, encode
+from crdtstore.crdt import HybridLogicalClock, StoreMap, encode
 from crdtstore.operations import AddMembers, DeleteKey, Increment, Operation, RemoveMembers, SetRegister
 from crdtstore.storage import Applied, LmdbStore, LogEntry, RemoteOutcome, StorageConfig, StorageOptions, WriteRequest
 from crdtstore.testing.clock import FakeClock
@@ -171,23 +172,18 @@ def test_regions_converge_whatever_is_shipped_when(script: list[tuple[str, str, 
         assert snapshots[0] == snapshots[1] == snapshots[2]
 
 
-def _transfer(sender: Region, receiver: Region) -> int:
-    pages: list[list[tuple[str, bytes]]] = []
-    contexts = []
-
-    def deliver(page: list[tuple[str, bytes]], context: CausalContext | None) -> bool:
-        pages.append(page)
-        contexts.append(context)
-        return True
-
-    sender.store.read_snapshot(200, deliver)
-    assert contexts[-1] is not None and all(c is None for c in contexts[:-1])
-    for page in pages:
-        receiver.store.stage_snapshot(sender.name, page)
-    return receiver.store.finish_snapshot(sender.name, contexts[-1])
+def _transfer(sender: Region, receiver: Region, tmp: Path) -> int:
+    spool = tmp / f"{sender.name}-to-{receiver.name}.spool"
+    context, count = sender.store.spool_snapshot(spool)
+    with spool.open("rb") as f:
+        pairs = [(key, body) for key, body in msgpack.Unpacker(f, raw=False)]
+    assert len(pairs) == count
+    for i in range(0, len(pairs), 3):  # in pages
+        receiver.store.stage_snapshot(sender.name, pairs[i : i + 3])
+    return receiver.store.finish_snapshot(sender.name, context)
 
 
-def test_a_state_transfer_is_the_full_join(regions: dict[str, Region]) -> None:
+def test_a_state_transfer_is_the_full_join(regions: dict[str, Region], tmp_path: Path) -> None:
     eu, us = regions["eu"], regions["us"]
     for i in range(20):
         eu.write(SetRegister(f"k{i}", b"eu" * 50), AddMembers("s", (f"eu{i}",)))
@@ -195,20 +191,20 @@ def test_a_state_transfer_is_the_full_join(regions: dict[str, Region]) -> None:
     eu.write(DeleteKey("k0"), RemoveMembers("s", ("eu1",)))  # us has not seen these removes
     us.write(AddMembers("s", ("us-only",)), SetRegister("k5", b"us"))  # nor eu these concurrent writes
     expected = _full_join(us, eu)
-    changed = _transfer(eu, us)
+    changed = _transfer(eu, us, tmp_path)
     assert changed > 0
     assert us.store.get("k0") is None, "what eu removed goes"
     assert us.snapshot() == expected
     assert us.store.log_horizon.get("eu") == eu.store.context.vv.get("eu")
-    assert _transfer(eu, us) == 0, "a second transfer changes nothing"
+    assert _transfer(eu, us, tmp_path) == 0, "a second transfer changes nothing"
 
 
-def test_a_cut_short_transfer_is_discarded(regions: dict[str, Region]) -> None:
+def test_a_cut_short_transfer_is_discarded(regions: dict[str, Region], tmp_path: Path) -> None:
     eu, us = regions["eu"], regions["us"]
     eu.write(SetRegister("a", b"1"))
     us.store.stage_snapshot("eu", [("a", b"garbage that is never decoded")])
     us.store.discard_snapshot("eu")
-    assert _transfer(eu, us) == 1
+    assert _transfer(eu, us, tmp_path) == 1
     assert us.snapshot() == eu.snapshot()
 
 
@@ -234,3 +230,18 @@ def test_relayed_entries_count_against_the_log_bound(tmp_path: Path) -> None:
     finally:
         source.store.close()
         relay.close()
+
+
+def test_regression_a_transfer_moves_the_horizon_only_where_it_brought_events(
+    regions: dict[str, Region], tmp_path: Path
+) -> None:
+    """From review: the horizon took the sender's whole vector, so peers were sent needless full transfers."""
+    eu, us = regions["eu"], regions["us"]
+    us.write(Increment("n", 1))
+    us.write(Increment("n", 1))
+    eu.store.apply_remote(us.log(), source="us")
+    us.write(Increment("n", 1))  # us has us:3 and its log; eu's transfer brings only us:1..2
+    eu.write(SetRegister("r", b"x"))
+    _transfer(eu, us, tmp_path)
+    assert us.store.log_horizon.get("us") == 0, "us lost no log entries of its own"
+    assert us.store.log_horizon.get("eu") == 1

@@ -60,7 +60,8 @@ def test_a_peer_needing_repair_is_not_sent_log_it_cannot_apply() -> None:
     core.connected("us")
     assert core.received("us", Hello("us", vv(eu=2))) == [NeedsRepair("us", vv(eu=2))]
     core.local_committed(vv(eu=11))
-    assert core.tick(50) == [] and core.tick(200) == []
+    assert core.tick(50) == [], "no log for it"
+    assert core.tick(200) == [NeedsRepair("us", vv(eu=2))], "each anti-entropy round asks again for a repair"
     # Repaired (it says so in a new hello): back to the log.
     core.disconnected("us")
     core.connected("us")
@@ -102,6 +103,9 @@ def test_new_local_writes_are_pushed_after_the_batching_window_and_offered_again
     core.sent("us", vv(eu=2))
     assert core.tick(1_020) == [], "nothing new"
     assert core.tick(2_000) == [SendLog("us", vv())], "nothing acknowledged yet: offered again"
+    core.sent("us", vv(eu=2))
+    core.received("us", Ack(vv(eu=1)))
+    assert core.tick(3_000) == [SendLog("us", vv(eu=2))], "acknowledgements progress: in flight is not resent"
 
 
 def test_a_peer_must_introduce_itself_by_its_name() -> None:

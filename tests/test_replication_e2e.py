@@ -217,6 +217,7 @@ def test_a_read_after_a_token_waits_until_the_region_has_it(three: RegionProcess
 def test_status_shows_peers(three: RegionProcesses) -> None:
     three.clients["a"].set("k", "v")
     three.wait_converged()
+    three.wait_connected()
     status = three.clients["a"].status()
     assert [p["region"] for p in status["peers"]] == ["b", "c"]
     assert all(p["connected"] for p in status["peers"])

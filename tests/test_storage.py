@@ -398,3 +398,14 @@ def test_a_damaged_key_fails_only_its_own_request(h: Harness) -> None:
     assert isinstance(broken, Failed)
     assert isinstance(broken.error, DataCorruption)
     assert h.value("good") == b"3"
+
+
+def test_regression_log_since_never_adds_an_entry_past_the_byte_bound(h: Harness) -> None:
+    """From review: a message could be nearly the bound plus one more entry of up to 16.5 MiB (over gRPC's limit)."""
+    for i in range(5):
+        h.one(SetRegister(f"small{i}", b"s" * 100))
+    h.one(SetRegister("big", b"b" * 5_000))
+    entries, _ = h.store.log_since(VersionVector(), bytes_max=2_000)
+    assert [e.last for e in entries] == [1, 2, 3, 4, 5], "the big entry waits for the next message"
+    alone, _ = h.store.log_since(VersionVector({"eu": 5}), bytes_max=2_000)
+    assert [e.last for e in alone] == [6], "alone, an entry larger than the bound still goes"

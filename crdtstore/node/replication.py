@@ -32,15 +32,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import queue
 import random
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
+import msgpack
 
 from crdtstore.crdt import CausalContext, CodecError, HybridLogicalClock, StoreMap, VersionVector, decode_as, encode
 from crdtstore.node.config import NodeConfig
@@ -68,6 +68,7 @@ log = logging.getLogger("crdtstore.replication")
 PROTOCOL_VERSION = 1
 SYNC_METHOD = "/crdtstore.v1.Replication/Sync"
 _TRIM_BUDGET = 10_000
+_SPOOL_SUFFIX = ".spool"
 
 
 class ProtocolError(Exception):
@@ -75,16 +76,27 @@ class ProtocolError(Exception):
 
 
 @dataclass
+class _Stream:
+    """One stream with a peer: what goes out on it, and whether it has ended."""
+
+    queue: asyncio.Queue[rpb.SyncMessage]
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    next_page: int = 0  # the next state-transfer page expected from the peer on this stream
+
+
+@dataclass
 class _Link:
     name: str
     address: str
     epoch: int = 0
-    queue: asyncio.Queue[rpb.SyncMessage] | None = None
+    stream: _Stream | None = None
     session: asyncio.Task[Any] | None = None
-    send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    send_task: asyncio.Task[Any] | None = None  # reading and queueing log entries for this peer
     clock_offset_ms: int | None = None
+    offset_at: float = 0.0  # monotonic time of that measurement
     greeted: bool = False  # the current stream's hello arrived
     transfer: asyncio.Task[Any] | None = None  # a state transfer to this peer, while it runs
+    transfers_sent: int = 0
     entries_received: int = 0
     entries_sent: int = 0
     bytes_sent: int = 0
@@ -128,6 +140,9 @@ class Replicator:
     # -- lifecycle -------------------------------------------------------------------
 
     def start(self) -> None:
+        # Spools of state transfers a killed process left behind.
+        for stale in Path(self.config.data_dir).glob(f"transfer-*{_SPOOL_SUFFIX}"):
+            stale.unlink(missing_ok=True)
         self._spawn(self._tick_loop(), "tick")
         for name, link in self.links.items():
             if self.config.region < name:
@@ -162,10 +177,14 @@ class Replicator:
         self.core.local_committed(self.store.context.vv)
         if self.links:
             self._dirty.set()
+        self._check_horizon()
+        self._notify()
+
+    def _check_horizon(self) -> None:
+        """Tell the core when storage trimmed its log further (by acknowledgement, bytes, or a transfer)."""
         if self.store.log_horizon != self._horizon:
             self._horizon = self.store.log_horizon
-            self._note_repairs(self.core.log_trimmed(self._horizon))
-        self._notify()
+            self._start_repairs(self.core.log_trimmed(self._horizon))
 
     def has_seen(self, vector: VersionVector) -> bool:
         return self.store.context.vv.dominates(vector)
@@ -201,10 +220,15 @@ class Replicator:
         if not self.links:
             return False
         bound = self.clock.max_offset_ms
+        # Idle streams carry a heartbeat every anti-entropy period; older measurements do not count.
+        fresh_after = time.monotonic() - 3 * self.settings.anti_entropy_ms / 1000
         out = sum(
             1
             for link in self.links.values()
-            if link.queue is not None and link.clock_offset_ms is not None and abs(link.clock_offset_ms) > bound
+            if link.stream is not None
+            and link.clock_offset_ms is not None
+            and link.offset_at >= fresh_after
+            and abs(link.clock_offset_ms) > bound
         )
         return out * 2 > len(self.links)
 
@@ -219,7 +243,7 @@ class Replicator:
         return self.store.context.vv.get(self.config.region) < self._own_events_seen
 
     def connected(self, peer: str) -> bool:
-        return self.links[peer].queue is not None
+        return self.links[peer].stream is not None
 
     # -- streams ---------------------------------------------------------------------
 
@@ -333,14 +357,16 @@ class Replicator:
             link.session.cancel()  # the newer stream replaces the older
         link.epoch += 1
         epoch = link.epoch
-        queue: asyncio.Queue[rpb.SyncMessage] = asyncio.Queue(self.settings.outbound_messages_max)
-        link.queue = queue
+        stream = _Stream(asyncio.Queue(self.settings.outbound_messages_max))
+        link.stream = stream
         link.session = asyncio.current_task()
         link.greeted = False
 
         async def pump() -> None:
             while True:
-                await write(await queue.get())
+                message = await stream.queue.get()
+                message.sent_wall_ms = self._wall_ms()  # when it leaves, not when it was queued
+                await write(message)
 
         async def receive() -> None:
             await self._run(self.core.connected(link.name))
@@ -356,13 +382,14 @@ class Replicator:
             for task in done:
                 task.result()  # raises what ended the stream
         finally:
+            stream.ended.set()  # wakes anything waiting to queue on this stream
             for task in (pumping, receiving):
                 task.cancel()
             for task in (pumping, receiving):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             if link.epoch == epoch:
-                link.queue = None
+                link.stream = None
                 link.session = None
                 self.core.disconnected(link.name)
                 if link.greeted:
@@ -371,6 +398,7 @@ class Replicator:
     async def _on_message(self, link: _Link, message: rpb.SyncMessage) -> None:
         if message.sent_wall_ms:
             link.clock_offset_ms = message.sent_wall_ms - self._wall_ms()
+            link.offset_at = time.monotonic()
         body = message.WhichOneof("body")
         core_message: Message
         if body == "hello":
@@ -424,13 +452,20 @@ class Replicator:
     # -- carrying out the core's actions --------------------------------------------
 
     async def _run(self, actions: list[Action]) -> None:
+        """Carry out the core's actions. Never waits on the network: a slow peer must not stall the others.
+
+        Messages are queued without waiting (an Ack that finds the queue full
+        is dropped: a later one supersedes it, and anti-entropy asks again);
+        log and state transfers run as one task per peer that waits for room.
+        Only persisting (on the writer thread) is awaited, since it comes first.
+        """
         pending = list(actions)
         while pending:
             action = pending.pop(0)
             if isinstance(action, Send):
-                await self._send(action.peer, _message_pb(action.message))
+                self._send_now(action.peer, _message_pb(action.message))
             elif isinstance(action, SendLog):
-                await self._send_log(action.peer, action.after)
+                self._start_send_log(action.peer, action.after)
             elif isinstance(action, Apply):
                 await self._apply(action.peer, action.entries)
                 pending.extend(self.core.applied(action.peer, self.store.context.vv))
@@ -439,44 +474,58 @@ class Replicator:
             elif isinstance(action, Trim):
                 await self._trim(action.vector)
             elif isinstance(action, NeedsRepair):
-                self._note_repairs([action])
+                self._start_repairs([action])
 
-    async def _send(
-        self, peer: str, message: rpb.SyncMessage, stream: asyncio.Queue[rpb.SyncMessage] | None = None
-    ) -> bool:
-        """Queue ``message`` on ``peer``'s stream; with ``stream``, only if that stream is still the current one.
-
-        A message prepared for a stream that has since been replaced must not
-        go out on the new one before its hello. Returns whether it was queued.
-        """
-        queue = self.links[peer].queue
-        if queue is None or (stream is not None and queue is not stream):
+    def _send_now(self, peer: str, message: rpb.SyncMessage) -> bool:
+        stream = self.links[peer].stream
+        if stream is None:
             return False  # the peer learns everything at its next hello
-        message.sent_wall_ms = self._wall_ms()
-        await queue.put(message)
+        try:
+            stream.queue.put_nowait(message)
+        except asyncio.QueueFull:
+            log.debug("the stream to %s is full; dropped a %s", peer, message.WhichOneof("body"))
+            return False
         return True
 
-    async def _send_log(self, peer: str, after: VersionVector) -> None:
+    async def _put(self, stream: _Stream, message: rpb.SyncMessage) -> bool:
+        """Queue ``message`` on ``stream``, waiting for room; False if the stream ends first."""
+        if stream.ended.is_set():
+            return False
+        put = asyncio.ensure_future(stream.queue.put(message))
+        ended = asyncio.ensure_future(stream.ended.wait())
+        try:
+            await asyncio.wait({put, ended}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ended.cancel()
+            if not put.done():
+                put.cancel()
+        return put.done() and not put.cancelled()
+
+    def _start_send_log(self, peer: str, after: VersionVector) -> None:
         link = self.links[peer]
-        async with link.send_lock:
-            stream = link.queue
-            if stream is None:
-                return
-            # Entries the core's view now covers went out while this waited.
-            after = after.join(self.core.peers[peer].sent)
-            entries, reached = await asyncio.to_thread(self.store.log_since, after, self.settings.message_bytes_max)
-            if not entries:
-                return
-            message = rpb.SyncMessage()
-            for e in entries:
-                message.entries.entries.add(origin=e.origin, first=e.first, last=e.last, delta=e.delta)
-            if not await self._send(peer, message, stream):
-                return
-            link.entries_sent += len(entries)
-            link.bytes_sent += sum(len(e.delta) for e in entries)
-            self.core.sent(peer, reached)
-            if not self.core.peers[peer].sent.dominates(self.core.vector):
-                self._dirty.set()  # more than one message's worth: go on at the next tick
+        if link.stream is None:
+            return
+        if link.send_task is not None and not link.send_task.done():
+            return  # one at a time; it asks for another round if there is more
+        link.send_task = self._spawn(self._send_log(link, link.stream, after), f"log to {peer}")
+
+    async def _send_log(self, link: _Link, stream: _Stream, after: VersionVector) -> None:
+        peer = link.name
+        # Entries the core's view now covers went out while this waited.
+        after = after.join(self.core.peers[peer].sent)
+        entries, reached = await asyncio.to_thread(self.store.log_since, after, self.settings.message_bytes_max)
+        if not entries or link.stream is not stream:
+            return
+        message = rpb.SyncMessage()
+        for e in entries:
+            message.entries.entries.add(origin=e.origin, first=e.first, last=e.last, delta=e.delta)
+        if not await self._put(stream, message) or link.stream is not stream:
+            return  # that stream ended: the next hello starts over
+        link.entries_sent += len(entries)
+        link.bytes_sent += sum(len(e.delta) for e in entries)
+        self.core.sent(peer, reached)
+        if not self.core.peers[peer].sent.dominates(self.core.vector):
+            self._dirty.set()  # more than one message's worth: go on at the next tick
 
     async def _apply(self, peer: str, entries: tuple[object, ...]) -> None:
         raw = [e for e in entries if isinstance(e, RawLogEntry)]
@@ -510,9 +559,7 @@ class Replicator:
                 peer,
                 self.clock.max_offset_ms,
             )
-        if self.store.log_horizon != self._horizon:
-            self._horizon = self.store.log_horizon
-            self._note_repairs(self.core.log_trimmed(self._horizon))
+        self._check_horizon()
         if gap:
             # Entries arrived before something they depend on: both sides
             # start over from a hello, and the peer resends in causal order.
@@ -522,80 +569,83 @@ class Replicator:
         store = self.store
         while await self.writer.call(lambda: store.trim_log(upto, _TRIM_BUDGET)) >= _TRIM_BUDGET:
             pass
-        self._horizon = self.store.log_horizon
+        self._check_horizon()
 
-    def _note_repairs(self, actions: list[Action]) -> None:
+    def _start_repairs(self, actions: list[Action]) -> None:
         for action in actions:
             if not isinstance(action, NeedsRepair):
                 continue
             link = self.links[action.peer]
-            if link.transfer is None or link.transfer.done():
-                log.warning(
-                    "peer %s lacks entries this node has trimmed from its log (it has %s): sending it a state transfer",
-                    action.peer,
-                    action.vector,
-                )
-                link.transfer = self._spawn(self._send_snapshot(link), f"transfer to {link.name}")
+            if link.stream is None or (link.transfer is not None and not link.transfer.done()):
+                continue  # not connected (its hello asks again), or one is on its way
+            log.warning(
+                "peer %s lacks entries this node has trimmed from its log (it has %s): sending it a state transfer",
+                action.peer,
+                action.vector,
+            )
+            link.transfer = self._spawn(self._send_snapshot(link, link.stream), f"transfer to {link.name}")
 
-    async def _send_snapshot(self, link: _Link) -> None:
-        """Send ``link``'s peer every key's state from one consistent read, then the context of that read."""
-        pages: queue.Queue[tuple[list[tuple[str, bytes]], CausalContext | None] | None] = queue.Queue(maxsize=2)
-        stop = threading.Event()
+    async def _send_snapshot(self, link: _Link, stream: _Stream) -> None:
+        """Send ``link``'s peer every key's state from one consistent read, then the context of that read.
+
+        The read is spooled to a file in the data directory first, so no read
+        transaction stays open while the peer takes its time.
+        """
+        link.transfers_sent += 1
+        path = Path(self.config.data_dir) / f"transfer-{link.name}-{link.transfers_sent}{_SPOOL_SUFFIX}"
         bytes_max = self.settings.message_bytes_max
-
-        def deliver(page: list[tuple[str, bytes]], context: CausalContext | None) -> bool:
-            while not stop.is_set():
-                try:
-                    pages.put((page, context), timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-
-        def read() -> None:
-            try:
-                self.store.read_snapshot(bytes_max, deliver)
-            finally:
-                with contextlib.suppress(queue.Full):
-                    pages.put_nowait(None)
-
-        stream = link.queue
-        if stream is None:
-            return  # not connected: its next hello asks again
-        reader = asyncio.ensure_future(asyncio.to_thread(read))
-        keys = sent_bytes = 0
         try:
-            while True:
-                item = await asyncio.to_thread(pages.get)
-                if item is None:
-                    raise ProtocolError("the snapshot read ended early")
-                page, context = item
-                message = rpb.SyncMessage()
-                for key, body in page:
-                    message.snapshot.keys.add(key=key, state=body)
-                    sent_bytes += len(body)
-                keys += len(page)
-                if context is not None:
-                    message.snapshot.done = True
-                    message.snapshot.context = encode(context)
-                if not await self._send(link.name, message, stream):
-                    return  # the stream broke: the next hello starts over
-                if context is not None:
-                    log.info("sent %s a state transfer of %d keys, %d bytes", link.name, keys, sent_bytes)
-                    return
-        except Exception:
-            log.exception("state transfer to %s failed", link.name)
-        finally:
-            stop.set()
-            with contextlib.suppress(queue.Empty):
+            context, count = await asyncio.to_thread(self.store.spool_snapshot, path)
+            with path.open("rb") as spool:
+                unpacker = msgpack.Unpacker(spool, raw=False, max_buffer_size=self.config.message_bytes_max)
+
+                def next_page() -> tuple[list[tuple[str, bytes]], bool]:
+                    page: list[tuple[str, bytes]] = []
+                    size = 0
+                    for key, body in unpacker:
+                        page.append((key, body))
+                        size += len(key) + len(body)
+                        if size >= bytes_max:
+                            return page, False
+                    return page, True
+
+                number = sent_bytes = 0
                 while True:
-                    pages.get_nowait()
-            await reader
+                    page, last = await asyncio.to_thread(next_page)
+                    message = rpb.SyncMessage()
+                    message.snapshot.page = number
+                    for key, body in page:
+                        message.snapshot.keys.add(key=key, state=body)
+                        sent_bytes += len(body)
+                    if last:
+                        message.snapshot.done = True
+                        message.snapshot.context = encode(context)
+                    if not await self._put(stream, message):
+                        return  # the stream ended: the peer's next hello asks again
+                    number += 1
+                    if last:
+                        log.info("sent %s a state transfer of %d keys, %d bytes", link.name, count, sent_bytes)
+                        return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("state transfer to %s failed; the next anti-entropy round asks again", link.name)
+        finally:
+            path.unlink(missing_ok=True)
 
     async def _receive_snapshot(self, link: _Link, snapshot: rpb.SyncSnapshot) -> None:
-        keys = [(k.key, k.state) for k in snapshot.keys]
+        stream = link.stream
+        assert stream is not None, "messages arrive only on a live stream"
         store = self.store
-        await self.writer.call(lambda: store.stage_snapshot(link.name, keys))
+        if snapshot.page == 0:  # a new transfer: whatever an earlier one left is void
+            await self.writer.call(lambda: store.discard_snapshot(link.name))
+            stream.next_page = 0
+        if snapshot.page != stream.next_page:
+            raise ProtocolError(f"state transfer page {snapshot.page} arrived, {stream.next_page} was expected")
+        stream.next_page += 1
+        keys = [(k.key, k.state) for k in snapshot.keys]
+        if keys:
+            await self.writer.call(lambda: store.stage_snapshot(link.name, keys))
         if not snapshot.done:
             return
         context = decode_as(snapshot.context, CausalContext)
@@ -603,8 +653,7 @@ class Replicator:
         log.info("joined a state transfer from %s: %d keys changed", link.name, changed)
         self._dirty.set()
         actions = self.core.applied(link.name, self.store.context.vv)
-        self._horizon = self.store.log_horizon
-        self._note_repairs(self.core.log_trimmed(self._horizon))
+        self._check_horizon()
         await self._run(actions)
 
     async def _tick_loop(self) -> None:
@@ -614,7 +663,10 @@ class Replicator:
             try:
                 await asyncio.wait_for(self._dirty.wait(), anti_entropy_s)
             except TimeoutError:
-                pass
+                # Quiet: a heartbeat keeps each peer's view of this node's
+                # vector and of its clock fresh.
+                for name in self.links:
+                    self._send_now(name, _message_pb(Ack(self.core.vector)))
             else:
                 await asyncio.sleep(window_s)  # let more writes join the push
             self._dirty.clear()

@@ -135,6 +135,7 @@ class _Peer:
     pushed_at_ms: int = 0
     # It lacks entries trimmed from the log: sending the log cannot help it.
     needs_repair: bool = False
+    acked_last_round: VersionVector = field(default_factory=VersionVector)
 
 
 class ReplicaCore:
@@ -234,14 +235,23 @@ class ReplicaCore:
         """Time passed: push new entries after the batching window; anti-entropy on its period."""
         actions: list[Action] = []
         if now_ms - self._last_anti_entropy_ms >= self.anti_entropy_ms:
-            # Offer again everything not acknowledged: repairs lost messages
-            # and entries a peer refused as a gap.
             self._last_anti_entropy_ms = now_ms
             for name, state in self.peers.items():
-                if state.connected and not state.needs_repair:
+                if not state.connected:
+                    continue
+                if state.needs_repair:
+                    # Ask again: a transfer may have failed, or the horizon
+                    # moved past what the last one brought.
+                    actions.append(NeedsRepair(name, state.acked))
+                    continue
+                if state.acked == state.acked_last_round and not state.acked.dominates(self.vector):
+                    # No acknowledgement for a whole period while it lacks
+                    # something: what was sent may be lost (or refused as a
+                    # gap). Offer again everything not acknowledged.
                     state.sent = state.acked
-                    state.pushed_at_ms = now_ms
-                    actions.append(SendLog(name, state.acked))
+                state.acked_last_round = state.acked
+                state.pushed_at_ms = now_ms
+                actions.append(SendLog(name, state.sent))
             return actions
         for name, state in self.peers.items():
             lacking = state.connected and not state.needs_repair and not state.sent.dominates(self.vector)

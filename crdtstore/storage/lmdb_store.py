@@ -273,6 +273,16 @@ def _encode_value(key: str, state: KeyState) -> bytes:
     return _FLAG_LONG + len(raw).to_bytes(2, "big") + raw + body
 
 
+def _split_value(db_key: bytes, value: bytes) -> tuple[str, bytes]:
+    """The key and its encoded state, without decoding the state."""
+    if value[:1] == _FLAG_SHORT:
+        return db_key.decode("utf-8"), value[1:]
+    if value[:1] == _FLAG_LONG:
+        n = int.from_bytes(value[1:3], "big")
+        return value[3 : 3 + n].decode("utf-8"), value[3 + n :]
+    raise StorageError(f"unknown value framing {value[:1]!r}")
+
+
 def _decode_value(db_key: bytes, value: bytes) -> tuple[str, KeyState]:
     if value[:1] == _FLAG_SHORT:
         return db_key.decode("utf-8"), decode_as(value[1:], KeyState)
@@ -484,7 +494,7 @@ class LmdbStore:
             while found:
                 origin, first, last, _source, delta = msgpack.unpackb(cursor.value())
                 if last > after.get(origin):
-                    if out and size >= bytes_max:
+                    if out and size + len(delta) > bytes_max:
                         break
                     out.append(RawLogEntry(origin, first, last, delta))
                     size += len(delta)
@@ -545,31 +555,24 @@ class LmdbStore:
 
     # -- state transfer --------------------------------------------------------------
 
-    def read_snapshot(
-        self, bytes_max: int, deliver: Callable[[list[tuple[str, bytes]], CausalContext | None], bool]
-    ) -> None:
-        """Read every key's state in one consistent read, handing ``deliver`` pages of about ``bytes_max`` bytes.
+    def spool_snapshot(self, path: Path) -> tuple[CausalContext, int]:
+        """Write every key's state, from one consistent read, to the file ``path``; returns its context and key count.
 
-        The last call carries the causal context the keys were read at; the
-        pages before it carry ``None``. ``deliver`` returns False to stop early.
-        Runs in one thread from start to end (LMDB read transactions belong to
-        their thread), and holds one read transaction throughout, so the map
-        cannot grow while it runs.
+        The file is a stream of msgpack ``[key, state]`` pairs, for a state
+        transfer to read and send at the peer's pace. Reading into a local file
+        keeps the read transaction (which pins LMDB pages and holds off map
+        growth) as short as a sequential copy of the data.
         """
-        with self._gate.read(), self.env.begin() as txn:
+        packer = msgpack.Packer(use_bin_type=True)
+        count = 0
+        with self._gate.read(), self.env.begin() as txn, Path(path).open("wb") as out:
             context = self._context_in(txn)
-            page: list[tuple[str, bytes]] = []
-            size = 0
             for db_key, value in txn.cursor(db=self.data):
-                key, state = _decode_value(bytes(db_key), bytes(value))
-                body = encode(state)
-                page.append((key, body))
-                size += len(body) + len(key)
-                if size >= bytes_max:
-                    if not deliver(page, None):
-                        return
-                    page, size = [], 0
-            deliver(page, context)
+                key, body = _split_value(bytes(db_key), bytes(value))
+                out.write(packer.pack([key, body]))
+                count += 1
+            out.flush()
+        return context, count
 
     def stage_snapshot(self, source: str, keys: Sequence[tuple[str, bytes]]) -> None:
         """Keep one page of a state transfer from ``source`` until it is complete."""
@@ -636,7 +639,10 @@ class LmdbStore:
                     key, _ = _decode_value(db_key, bytes(raw))
                     changed += self._join_key(txn, db_key, key, KeyState(), local=local, remote=remote)
             context = local.join(remote)
-            horizon = self._horizon.join(remote.vv)
+            # Events this node now has without their log entries: a peer
+            # below them must be repaired from here too.
+            gained = {r: n for r, n in remote.vv.items() if n > local.vv.get(r)}
+            horizon = self._horizon.join(VersionVector(gained))
             txn.put(_META_CONTEXT, encode(context), db=self.meta)
             txn.put(_META_HORIZON, encode(horizon), db=self.meta)
         self._context = context

@@ -49,14 +49,16 @@ class SnapshotKey(_message.Message):
     def __init__(self, key: _Optional[str] = ..., state: _Optional[bytes] = ...) -> None: ...
 
 class SyncSnapshot(_message.Message):
-    __slots__ = ("keys", "done", "context")
+    __slots__ = ("keys", "done", "context", "page")
     KEYS_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_FIELD_NUMBER: _ClassVar[int]
     keys: _containers.RepeatedCompositeFieldContainer[SnapshotKey]
     done: bool
     context: bytes
-    def __init__(self, keys: _Optional[_Iterable[_Union[SnapshotKey, _Mapping]]] = ..., done: _Optional[bool] = ..., context: _Optional[bytes] = ...) -> None: ...
+    page: int
+    def __init__(self, keys: _Optional[_Iterable[_Union[SnapshotKey, _Mapping]]] = ..., done: _Optional[bool] = ..., context: _Optional[bytes] = ..., page: _Optional[int] = ...) -> None: ...
 
 class SyncMessage(_message.Message):
     __slots__ = ("sent_wall_ms", "hello", "entries", "ack", "snapshot")
