@@ -179,8 +179,8 @@ def _transfer(sender: Region, receiver: Region, tmp: Path) -> int:
         pairs = [(key, body) for key, body in msgpack.Unpacker(f, raw=False)]
     assert len(pairs) == count
     for i in range(0, len(pairs), 3):  # in pages
-        receiver.store.stage_snapshot(sender.name, pairs[i : i + 3])
-    return receiver.store.finish_snapshot(sender.name, context)
+        receiver.store.stage_snapshot(sender.name, 7, pairs[i : i + 3])
+    return receiver.store.finish_snapshot(sender.name, 7, context)
 
 
 def test_a_state_transfer_is_the_full_join(regions: dict[str, Region], tmp_path: Path) -> None:
@@ -202,9 +202,10 @@ def test_a_state_transfer_is_the_full_join(regions: dict[str, Region], tmp_path:
 def test_a_cut_short_transfer_is_discarded(regions: dict[str, Region], tmp_path: Path) -> None:
     eu, us = regions["eu"], regions["us"]
     eu.write(SetRegister("a", b"1"))
-    us.store.stage_snapshot("eu", [("a", b"garbage that is never decoded")])
+    us.store.stage_snapshot("eu", 7, [("a", b"garbage that is never decoded")])
     us.store.discard_snapshot("eu")
-    assert _transfer(eu, us, tmp_path) == 1
+    us.store.stage_snapshot("eu", 6, [("a", b"a late page of an abandoned transfer")])
+    assert _transfer(eu, us, tmp_path) == 1, "transfer 7 does not see transfer 6's page"
     assert us.snapshot() == eu.snapshot()
 
 

@@ -81,7 +81,9 @@ class _Stream:
 
     queue: asyncio.Queue[rpb.SyncMessage]
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+    epoch: int = 0  # the link's stream number
     next_page: int = 0  # the next state-transfer page expected from the peer on this stream
+    transfer: int = 0  # state transfers begun by the peer on this stream
 
 
 @dataclass
@@ -357,7 +359,7 @@ class Replicator:
             link.session.cancel()  # the newer stream replaces the older
         link.epoch += 1
         epoch = link.epoch
-        stream = _Stream(asyncio.Queue(self.settings.outbound_messages_max))
+        stream = _Stream(asyncio.Queue(self.settings.outbound_messages_max), epoch=epoch)
         link.stream = stream
         link.session = asyncio.current_task()
         link.greeted = False
@@ -640,16 +642,18 @@ class Replicator:
         if snapshot.page == 0:  # a new transfer: whatever an earlier one left is void
             await self.writer.call(lambda: store.discard_snapshot(link.name))
             stream.next_page = 0
+            stream.transfer += 1
         if snapshot.page != stream.next_page:
             raise ProtocolError(f"state transfer page {snapshot.page} arrived, {stream.next_page} was expected")
         stream.next_page += 1
         keys = [(k.key, k.state) for k in snapshot.keys]
+        transfer = stream.epoch * 1_000_000 + stream.transfer  # unique per stream and transfer
         if keys:
-            await self.writer.call(lambda: store.stage_snapshot(link.name, keys))
+            await self.writer.call(lambda: store.stage_snapshot(link.name, transfer, keys))
         if not snapshot.done:
             return
         context = decode_as(snapshot.context, CausalContext)
-        changed = await self.writer.call(lambda: store.finish_snapshot(link.name, context))
+        changed = await self.writer.call(lambda: store.finish_snapshot(link.name, transfer, context))
         log.info("joined a state transfer from %s: %d keys changed", link.name, changed)
         self._dirty.set()
         actions = self.core.applied(link.name, self.store.context.vv)

@@ -273,6 +273,10 @@ def _encode_value(key: str, state: KeyState) -> bytes:
     return _FLAG_LONG + len(raw).to_bytes(2, "big") + raw + body
 
 
+def _transfer_prefix(source: str, transfer: int) -> bytes:
+    return source.encode("utf-8") + b"\x00" + transfer.to_bytes(8, "big")
+
+
 def _split_value(db_key: bytes, value: bytes) -> tuple[str, bytes]:
     """The key and its encoded state, without decoding the state."""
     if value[:1] == _FLAG_SHORT:
@@ -574,9 +578,13 @@ class LmdbStore:
             out.flush()
         return context, count
 
-    def stage_snapshot(self, source: str, keys: Sequence[tuple[str, bytes]]) -> None:
-        """Keep one page of a state transfer from ``source`` until it is complete."""
-        prefix = source.encode("utf-8") + b"\x00"
+    def stage_snapshot(self, source: str, transfer: int, keys: Sequence[tuple[str, bytes]]) -> None:
+        """Keep one page of state transfer number ``transfer`` from ``source`` until it is complete.
+
+        Pages of different transfers never mix, even if a late page of an
+        abandoned transfer arrives after a new one began.
+        """
+        prefix = _transfer_prefix(source, transfer)
         while True:
             try:
                 with self.env.begin(write=True, db=self.incoming) as txn:
@@ -588,7 +596,7 @@ class LmdbStore:
                     raise StoreFull(self._full_message()) from None
 
     def discard_snapshot(self, source: str) -> None:
-        """Forget a state transfer from ``source`` that will not be completed."""
+        """Forget every state transfer from ``source`` that will not be completed."""
         prefix = source.encode("utf-8") + b"\x00"
         with self.env.begin(write=True, db=self.incoming) as txn:
             cursor = txn.cursor()
@@ -596,8 +604,8 @@ class LmdbStore:
             while found and bytes(cursor.key()).startswith(prefix):
                 found = cursor.delete()
 
-    def finish_snapshot(self, source: str, context: CausalContext) -> int:
-        """Join the staged state transfer from ``source``, read at ``context``, in one transaction.
+    def finish_snapshot(self, source: str, transfer: int, context: CausalContext) -> int:
+        """Join the staged state transfer ``transfer`` from ``source``, read at ``context``, in one transaction.
 
         Every key of the transfer is joined into this node's state, and every
         key of this node that the transfer lacks is joined with nothing, so
@@ -607,7 +615,7 @@ class LmdbStore:
         it now has without their log entries move the log horizon, so a peer
         that needs them from here is repaired in turn. Returns the keys changed.
         """
-        prefix = source.encode("utf-8") + b"\x00"
+        prefix = _transfer_prefix(source, transfer)
         while True:
             try:
                 return self._finish_snapshot(prefix, context)
