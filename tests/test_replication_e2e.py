@@ -305,3 +305,28 @@ def test_a_new_empty_region_joins_after_the_log_was_trimmed(tmp_path: Path) -> N
         regions.wait_converged(timeout_s=90)
         assert regions.clients["c"].get("k/39/9").value == b"x" * 200
         assert "joined a state transfer" in (regions.root / "c.log").read_text()
+
+
+def test_a_batch_becomes_visible_atomically_in_other_regions(three: RegionProcesses) -> None:
+    writer, reader = three.clients["a"], three.clients["b"]
+    seen: set[tuple[object, ...]] = set()
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            # One scan page is one read transaction: a consistent view of b.
+            values = tuple(e.value for e in reader.scan("pair/", page_size=10))
+            seen.add(values)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        for i in range(1, 60):
+            writer.mutate([SetRegister("pair/x", str(i).encode()), SetRegister("pair/y", str(i).encode())])
+    finally:
+        stop.set()
+        watcher.join(timeout=60)
+    three.wait_converged()
+    torn = [values for values in seen if len(values) == 2 and values[0] != values[1]]
+    assert not torn, f"b showed half of a batch: {torn[:3]}"
+    assert any(len(values) == 2 for values in seen), "the watcher saw the batches arrive"

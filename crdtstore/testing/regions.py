@@ -84,11 +84,29 @@ class RegionProcesses:
             for name in self.names:
                 self.servers[name] = self._server(name)
             for name in self._to_start:
-                self.start(name)
+                self._start_on_a_free_port(name)
         except BaseException:
             self.close()
             raise
         return self
+
+    def _start_on_a_free_port(self, name: str, attempts: int = 3) -> None:
+        """Start ``name``; if its port was taken since it was chosen (another process won the race), choose again.
+
+        Only a region's own port moves; peers dial it through its proxy, which is retargeted.
+        """
+        for attempt in range(attempts):
+            try:
+                self.start(name)
+                return
+            except RuntimeError:
+                if attempt == attempts - 1 or "in use" not in self.servers[name].log_path.read_text():
+                    raise
+            self.ports[name] = free_port()
+            self.servers[name] = self._server(name)
+            for pair, proxy in self.links.items():
+                if name in pair and max(pair) == name:
+                    proxy.target_port = self.ports[name]  # read afresh for each new connection
 
     def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
         self.close()
