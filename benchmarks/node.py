@@ -110,6 +110,7 @@ import grpc
 import grpc.aio
 import lmdb
 
+from benchmarks.common import machine_busy_s, percentile, process_cpu_s, stats
 from benchmarks.micro import Stats, rate, table
 from crdtstore.testing.process import ServerProcess
 from crdtstore.v1 import kv_pb2 as pb
@@ -204,30 +205,6 @@ def mutate_requests(keys: Keys, count: int, ops: int) -> list[pb.MutateRequest]:
 # ---------------------------------------------------------------------------
 # processes
 # ---------------------------------------------------------------------------
-
-
-_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process (all its threads), from /proc; NaN where there is none."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return math.nan
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
-
-
-def machine_busy_s() -> float:
-    """CPU seconds the whole machine spent busy (all CPUs, everything but idle and iowait); NaN without /proc."""
-    try:
-        with open("/proc/stat") as f:
-            fields = f.readline().split()
-    except OSError:
-        return math.nan
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[1:9])
-    return (user + nice + system + irq + softirq + steal) / _CLK_TCK
 
 
 class EchoProcess:
@@ -433,15 +410,6 @@ async def open_loop(call: Call, requests: Sequence[Any], count: int, rps: float)
                 await asyncio.sleep(delay)
             group.create_task(one(requests[i % len(requests)], scheduled))
     return Latencies(rps, count, from_schedule, from_call, late_max * 1e3)
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
-
-
-def stats(values: Sequence[float], unit: str) -> Stats:
-    return Stats(statistics.median(values), min(values), max(values), unit)
 
 
 # ---------------------------------------------------------------------------

@@ -663,21 +663,29 @@ class Replicator:
     async def _tick_loop(self) -> None:
         anti_entropy_s = self.settings.anti_entropy_ms / 1000
         window_s = self.settings.batch_window_ms / 1000
+        pending = False
         while True:
-            try:
-                await asyncio.wait_for(self._dirty.wait(), anti_entropy_s)
-            except TimeoutError:
-                # Quiet: a heartbeat keeps each peer's view of this node's
-                # vector and of its clock fresh.
-                for name in self.links:
-                    self._send_now(name, _message_pb(Ack(self.core.vector)))
+            if pending:
+                # Something waits for its batching window: a write after a
+                # quiet spell goes at once, the ones right behind it together.
+                await asyncio.sleep(window_s)
             else:
-                await asyncio.sleep(window_s)  # let more writes join the push
+                try:
+                    await asyncio.wait_for(self._dirty.wait(), anti_entropy_s)
+                except TimeoutError:
+                    # Quiet: a heartbeat keeps each peer's view of this
+                    # node's vector and of its clock fresh.
+                    for name in self.links:
+                        self._send_now(name, _message_pb(Ack(self.core.vector)))
             self._dirty.clear()
             try:
                 await self._run(self.core.tick(self._wall_ms()))
             except Exception:  # one bad round must not stop replication
                 log.exception("replication round failed")
+            pending = any(
+                state.connected and not state.needs_repair and not state.sent.dominates(self.core.vector)
+                for state in self.core.peers.values()
+            )
 
 
 def _parse(raw: bytes) -> rpb.SyncMessage:
