@@ -3,6 +3,7 @@
     crdtstore serve [--config FILE] [--data-dir DIR] [--listen HOST:PORT] [--region NAME]
                     [--peer NAME=HOST:PORT ...]
     crdtstore demo [--regions N] [--data-dir DIR] [--latency-ms MS] [--base-port PORT]
+    crdtstore [--addr HOST:PORT] [--timeout S] [--tls-ca FILE [--tls-cert FILE --tls-key FILE]] ...
     crdtstore [--addr HOST:PORT] [--timeout S] get KEY [--after TOKEN] [--json]
     crdtstore [--addr HOST:PORT] [--timeout S] set KEY VALUE [--durability D] [--json]
     crdtstore [--addr HOST:PORT] [--timeout S] incr KEY [N] [--durability D] [--json]   # N may be negative
@@ -50,7 +51,7 @@ from collections.abc import Callable, Sequence
 
 import grpc
 
-from crdtstore.client import Client, ClientError, Entry, Status, Value, WriteResult, parse_durability
+from crdtstore.client import Client, ClientError, ClientTls, Entry, Status, Value, WriteResult, parse_durability
 from crdtstore.operations import AddMembers, DeleteKey, Increment, RemoveMembers, SetRegister
 
 __all__ = ["ADDR_ENV", "DEFAULT_ADDR", "build_parser", "entry_json", "main"]
@@ -297,6 +298,16 @@ def build_parser(
     parser.add_argument(
         "--timeout", metavar="S", type=float, default=5.0, help="deadline of each request in seconds (default 5)"
     )
+    for flag, what in (
+        ("ca", "the CA certificate that signs the node's certificate: turns TLS on"),
+        ("cert", "this client's certificate, for a node that requires one (mutual TLS)"),
+        ("key", "the private key of --tls-cert"),
+        ("server-name", "the name the node's certificate carries, when it is not the host of --addr"),
+    ):
+        env = f"CRDTSTORE_TLS_{flag.replace('-', '_').upper()}"
+        parser.add_argument(
+            f"--tls-{flag}", metavar="FILE" if flag != "server-name" else "NAME", help=f"{what} (or ${env})"
+        )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run a node", description="Run a crdtstore node.")
@@ -371,7 +382,7 @@ def _command_of(argv: Sequence[str]) -> str | None:
     i = 0
     while i < len(argv):
         arg = argv[i]
-        if arg in ("--addr", "--timeout"):
+        if arg in ("--addr", "--timeout", "--tls-ca", "--tls-cert", "--tls-key", "--tls-server-name"):
             i += 2
         elif arg.startswith("-"):
             i += 1
@@ -405,6 +416,17 @@ def _resolve_addr(flag: str | None) -> str:
     return flag or os.environ.get(ADDR_ENV) or DEFAULT_ADDR
 
 
+def _client_tls(args: argparse.Namespace) -> ClientTls | None:
+    """TLS settings from --tls-* flags or CRDTSTORE_TLS_* variables; None for plaintext."""
+    values = {
+        name: getattr(args, f"tls_{name}") or os.environ.get(f"CRDTSTORE_TLS_{name.upper()}")
+        for name in ("ca", "cert", "key", "server_name")
+    }
+    if not any(values.values()):
+        return None
+    return ClientTls.from_files(values["ca"], values["cert"], values["key"], values["server_name"])
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     argv = sys.argv[1:] if argv is None else argv
@@ -419,7 +441,12 @@ def main(argv: list[str] | None = None) -> int:
         _note("--timeout must be a positive number of seconds")
         return 2
     try:
-        with Client(addr, timeout_s=args.timeout) as client:
+        tls = _client_tls(args)
+    except (OSError, ValueError) as exc:
+        _note(f"TLS settings: {exc}")
+        return 2
+    try:
+        with Client(addr, timeout_s=args.timeout, tls=tls) as client:
             result = handler(client, args)
             if result is not None and args.json:
                 _print_json({"token": _b64(result.token), "replayed": result.replayed})

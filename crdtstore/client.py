@@ -52,6 +52,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Generic, Literal, NamedTuple, Self, TypedDict, TypeVar
 
@@ -65,6 +66,7 @@ __all__ = [
     "AsyncClient",
     "Client",
     "ClientError",
+    "ClientTls",
     "Conflict",
     "Entry",
     "PeerStatus",
@@ -162,6 +164,39 @@ class Status(TypedDict):
     peers: list[PeerStatus]
     clock_skew_events: int
     clock_fenced: bool
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    """TLS for a client: the CA that signs the node's certificate, and for mutual TLS this client's own.
+
+    ``server_name`` is the name the node's certificate must carry when it is
+    not the host of the address (a region name, say).
+    """
+
+    ca: bytes | None = None
+    cert: bytes | None = None
+    key: bytes | None = None
+    server_name: str | None = None
+
+    @classmethod
+    def from_files(
+        cls, ca: str | None = None, cert: str | None = None, key: str | None = None, server_name: str | None = None
+    ) -> ClientTls:
+        def read(path: str | None) -> bytes | None:
+            return None if not path else Path(path).read_bytes()
+
+        if bool(cert) != bool(key):
+            raise ValueError("a client certificate and its key go together")
+        return cls(read(ca), read(cert), read(key), server_name)
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca, private_key=self.key, certificate_chain=self.cert
+        )
+
+    def options(self) -> list[tuple[str, Any]]:
+        return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
 
 
 def parse_durability(spec: str) -> tuple[kv_pb2.Durability, int]:
@@ -457,11 +492,13 @@ class _ClientBase:
         backoff_ms_initial: float = 50,
         backoff_ms_max: float = 1000,
         durability: str = "local",
+        tls: ClientTls | None = None,
     ) -> None:
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be positive, not {timeout_s}")
         parse_durability(durability)
         self.durability = durability
+        self.tls = tls
         self.addr = addr
         self.timeout_s = timeout_s
         self._retry = _RetryPolicy(retries_max, backoff_ms_initial, backoff_ms_max)
@@ -490,6 +527,8 @@ class Client(_ClientBase):
     _channel: grpc.Channel
 
     def _open_channel(self, addr: str) -> Any:
+        if self.tls is not None:
+            return grpc.secure_channel(addr, self.tls.credentials(), options=[*_CHANNEL_OPTIONS, *self.tls.options()])
         return grpc.insecure_channel(addr, options=_CHANNEL_OPTIONS)
 
     def _call(
@@ -564,6 +603,9 @@ class AsyncClient(_ClientBase):
     _channel: grpc.aio.Channel
 
     def _open_channel(self, addr: str) -> Any:
+        if self.tls is not None:
+            options = [*_CHANNEL_OPTIONS, *self.tls.options()]
+            return grpc.aio.secure_channel(addr, self.tls.credentials(), options=options)
         return grpc.aio.insecure_channel(addr, options=_CHANNEL_OPTIONS)
 
     async def _call(

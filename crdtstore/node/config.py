@@ -32,6 +32,12 @@ Example file::
     batch_window_ms = 10
     anti_entropy_ms = 1000
 
+    [tls]                # TLS for clients and peers on the node's port; plaintext without it
+    cert = "/etc/crdtstore/eu-west.pem"
+    key = "/etc/crdtstore/eu-west.key"
+    ca = "/etc/crdtstore/ca.pem"
+    require_client_cert = true
+
 Peers are symmetric: every region lists every other region. Of each pair,
 the region whose name sorts first opens the replication stream.
 """
@@ -55,6 +61,7 @@ __all__ = [
     "NodeConfig",
     "ReplicationSettings",
     "ServerSettings",
+    "TlsSettings",
     "parse_listen",
     "parse_peer",
 ]
@@ -99,6 +106,45 @@ class ReplicationSettings:
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    """TLS on the node's port, for clients and peers alike; off (plaintext) when ``cert`` is empty.
+
+    With ``require_client_cert`` every caller must present a certificate
+    signed by ``ca`` (mutual TLS). A peer's certificate must also name its
+    region (as a DNS subject alternative name or the common name): this node
+    checks it when the peer connects, and checks the same of the peer's server
+    certificate when it dials, so one region cannot pass for another.
+    """
+
+    cert: str = ""  # PEM certificate chain of this node
+    key: str = ""  # its PEM private key
+    ca: str = ""  # PEM certificates of the authority that signs peers' and clients' certificates
+    require_client_cert: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert)
+
+    def read(self) -> tuple[bytes, bytes, bytes | None]:
+        """(certificate chain, private key, CA certificates or None), or ``ConfigError`` naming the file."""
+        return (
+            _read_pem(self.cert, "tls.cert"),
+            _read_pem(self.key, "tls.key"),
+            (_read_pem(self.ca, "tls.ca") if self.ca else None),
+        )
+
+
+def _read_pem(path: str, setting: str) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{setting}: cannot read {path}: {exc.strerror}") from None
+    if b"-----BEGIN " not in data:
+        raise ConfigError(f"{setting}: {path} is not a PEM file")
+    return data
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     region: str = "local"
     data_dir: Path = Path("crdtstore-data")
@@ -107,6 +153,7 @@ class NodeConfig:
     storage: StorageOptions = field(default_factory=StorageOptions)
     server: ServerSettings = field(default_factory=ServerSettings)
     replication: ReplicationSettings = field(default_factory=ReplicationSettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
     peers: Mapping[str, str] = field(default_factory=dict)  # region -> host:port
 
     @classmethod
@@ -178,6 +225,7 @@ class NodeConfig:
             "storage": StorageOptions,
             "server": ServerSettings,
             "replication": ReplicationSettings,
+            "tls": TlsSettings,
         }
         for key, value in raw.items():
             where = f"{path}: {key}"
@@ -220,6 +268,15 @@ class NodeConfig:
                 "storage.log_entry_bytes_max must leave 64 KiB of room under the largest message "
                 f"({self.message_bytes_max} bytes: limits.batch_bytes_max plus 1 MiB)"
             )
+        tls = self.tls
+        if bool(tls.cert) != bool(tls.key):
+            raise ConfigError("tls.cert and tls.key go together: give both, or neither for plaintext")
+        if (tls.ca or tls.require_client_cert) and not tls.cert:
+            raise ConfigError("tls.ca and tls.require_client_cert need tls.cert and tls.key")
+        if tls.require_client_cert and not tls.ca:
+            raise ConfigError("tls.require_client_cert needs tls.ca, the authority that signs client certificates")
+        if tls.enabled:
+            tls.read()
         if self.server.scan_page_default > self.server.scan_page_max:
             raise ConfigError("server.scan_page_default is larger than server.scan_page_max")
 

@@ -56,6 +56,17 @@ def _clock_offset_ms() -> int:
     return offset
 
 
+def _add_port(server: grpc.aio.Server, config: NodeConfig) -> int:
+    """Listen on the configured address, with TLS when it is configured; returns the bound port."""
+    if not config.tls.enabled:
+        return server.add_insecure_port(config.listen)
+    cert, key, ca = config.tls.read()
+    credentials = grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=config.tls.require_client_cert
+    )
+    return server.add_secure_port(config.listen, credentials)
+
+
 class StartupError(Exception):
     """The node could not start for a reason outside its configuration (a port in use, say)."""
 
@@ -117,7 +128,7 @@ async def run_node(config: NodeConfig, *, ready: asyncio.Event | None = None, st
 
     host, port = parse_listen(config.listen)
     try:
-        bound = server.add_insecure_port(config.listen)
+        bound = _add_port(server, config)
     except RuntimeError as exc:
         store.close()
         raise StartupError(
@@ -132,7 +143,8 @@ async def run_node(config: NodeConfig, *, ready: asyncio.Event | None = None, st
     replicator.start()
     for name in ("", *services):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("region %s serving on %s:%d, data in %s", config.region, host, bound, config.data_dir)
+    security = "mutual TLS" if config.tls.require_client_cert else "TLS" if config.tls.enabled else "plaintext"
+    log.info("region %s serving (%s) on %s:%d, data in %s", config.region, security, host, bound, config.data_dir)
     for name, address in sorted(config.peers.items()):
         log.info("peer %s at %s", name, address)
     print(f"crdtstore: region {config.region} listening on {host}:{bound}", flush=True)

@@ -130,6 +130,7 @@ class Replicator:
             trimmed=store.log_horizon,
         )
         self.links = {name: _Link(name, address) for name, address in sorted(config.peers.items())}
+        self._tls = config.tls.read() if config.tls.enabled else None
         self._horizon = store.log_horizon
         self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
         self._dirty = asyncio.Event()
@@ -261,7 +262,7 @@ class Replicator:
     async def _dial_once(self, link: _Link) -> bool:
         """One stream to ``link``'s peer, until it breaks; True if the peer answered at all."""
         answered = False
-        channel = grpc.aio.insecure_channel(link.address, options=self._channel_options())
+        channel = self._open_channel(link)
         try:
             call: grpc.aio.StreamStreamCall[Any, Any] = channel.stream_stream(
                 SYNC_METHOD, request_serializer=rpb.SyncMessage.SerializeToString, response_deserializer=None
@@ -286,6 +287,15 @@ class Replicator:
         finally:
             await channel.close(grace=None)
         return answered
+
+    def _open_channel(self, link: _Link) -> grpc.aio.Channel:
+        if self._tls is None:
+            return grpc.aio.insecure_channel(link.address, options=self._channel_options())
+        cert, key, ca = self._tls
+        credentials = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+        # The peer's certificate must name its region, whatever address it is dialled at.
+        options = [*self._channel_options(), ("grpc.ssl_target_name_override", link.name)]
+        return grpc.aio.secure_channel(link.address, credentials, options=options)
 
     def _channel_options(self) -> list[tuple[str, Any]]:
         s = self.settings
@@ -333,6 +343,12 @@ class Replicator:
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"region {first.hello.region!r} is not a peer of region {self.config.region!r}; "
                 f"add it with --peer on both sides",
+            )
+        if self.config.tls.require_client_cert and not _certificate_names(context, link.name):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"the client certificate does not name region {link.name!r}; a peer's certificate must carry "
+                f"its region name as a DNS subject alternative name or common name",
             )
 
         async def read() -> bytes | None:
@@ -686,6 +702,13 @@ class Replicator:
                 state.connected and not state.needs_repair and not state.sent.dominates(self.core.vector)
                 for state in self.core.peers.values()
             )
+
+
+def _certificate_names(context: grpc.aio.ServicerContext[Any, Any], region: str) -> bool:
+    """Whether the caller's verified certificate names ``region``."""
+    auth = context.auth_context()
+    names = [*auth.get("x509_subject_alternative_name", []), *auth.get("x509_common_name", [])]
+    return region.encode() in names
 
 
 def _parse(raw: bytes) -> rpb.SyncMessage:

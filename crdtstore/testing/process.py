@@ -12,14 +12,13 @@ import os
 import re
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-
-import grpc
 
 __all__ = ["ServerProcess"]
 
@@ -94,8 +93,15 @@ class ServerProcess:
         return self
 
     def _wait_ready(self, deadline: float) -> None:
-        with grpc.insecure_channel(self.addr) as channel:
-            grpc.channel_ready_future(channel).result(timeout=max(0.1, deadline - time.monotonic()))
+        """Wait until the port accepts connections (plain TCP, so it works with TLS too)."""
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"crdtstore serve does not accept connections; see {self.log_path}") from None
+                time.sleep(0.02)
 
     def stop(self, timeout_s: float = 30.0) -> int:
         """SIGTERM: drain and exit; returns the exit code."""

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
-from crdtstore.client import Client, Entry
+from crdtstore.client import Client, ClientTls, Entry
 from crdtstore.proxy import CutMode, LinkProxy, ProxyThread
 from crdtstore.testing.process import ServerProcess
 
@@ -63,6 +63,7 @@ class RegionProcesses:
         extra_args: tuple[str, ...] = (),
         start: Sequence[str] | None = None,
         env: Mapping[str, Mapping[str, str]] | None = None,
+        client_tls: ClientTls | None = None,
     ) -> None:
         self.root = Path(root)
         self.names = list(names)
@@ -74,6 +75,7 @@ class RegionProcesses:
         self._extra_args = extra_args
         self._to_start = list(self.names if start is None else start)
         self._env = env or {}
+        self._client_tls = client_tls
 
     def __enter__(self) -> RegionProcesses:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -131,7 +133,7 @@ class RegionProcesses:
 
     def start(self, name: str) -> None:
         self.servers[name].start()
-        self.clients[name] = Client(self.servers[name].addr, timeout_s=10)
+        self.clients[name] = Client(self.servers[name].addr, timeout_s=10, tls=self._client_tls)
 
     def kill(self, name: str) -> None:
         self.servers[name].kill()

@@ -1,0 +1,171 @@
+"""TLS and mutual TLS between regions and for clients, from certificate paths in the configuration."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from crdtstore.client import Client, ClientError, ClientTls
+from crdtstore.node.replication import SYNC_METHOD
+from crdtstore.testing.regions import RegionProcesses
+from crdtstore.v1 import replication_pb2 as rpb
+
+
+@dataclass
+class Authority:
+    key: ec.EllipticCurvePrivateKey
+    cert: x509.Certificate
+    path: Path
+
+
+def _name(common: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+
+def _authority(directory: Path, name: str) -> Authority:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(name))
+        .issuer_name(_name(name))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    path = directory / f"{name}.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return Authority(key, cert, path)
+
+
+def _issue(ca: Authority, directory: Path, name: str) -> tuple[Path, Path]:
+    """A certificate for ``name`` (as its common name and a DNS name, plus localhost and 127.0.0.1)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    alt = x509.SubjectAlternativeName(
+        [x509.DNSName(name), x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    )
+    usage = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(name))
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(alt, critical=False)
+        .add_extension(usage, critical=False)
+        .sign(ca.key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> dict[str, Any]:
+    directory = tmp_path / "pki"
+    directory.mkdir()
+    ca = _authority(directory, "crdtstore-ca")
+    issued = {name: _issue(ca, directory, name) for name in ("a", "b", "operator")}
+    stranger_ca = _authority(directory, "stranger-ca")
+    issued["stranger"] = _issue(stranger_ca, directory, "stranger")
+    return {"ca": ca.path, "issued": issued}
+
+
+@pytest.fixture
+def mtls_regions(tmp_path: Path, pki: dict[str, Any]) -> Iterator[RegionProcesses]:
+    env: dict[str, dict[str, str]] = {}
+    for name in ("a", "b"):
+        cert, key = pki["issued"][name]
+        config = tmp_path / f"{name}.toml"
+        config.write_text(f'[tls]\ncert = "{cert}"\nkey = "{key}"\nca = "{pki["ca"]}"\nrequire_client_cert = true\n')
+        env[name] = {"CRDTSTORE_CONFIG": str(config)}
+    cert, key = pki["issued"]["operator"]
+    tls = ClientTls.from_files(ca=str(pki["ca"]), cert=str(cert), key=str(key))
+    with RegionProcesses(tmp_path / "regions", ["a", "b"], env=env, client_tls=tls) as regions:
+        yield regions
+
+
+def test_regions_replicate_over_mutual_tls(mtls_regions: RegionProcesses) -> None:
+    token = mtls_regions.clients["a"].set("secret", "kept").token
+    assert mtls_regions.clients["b"].get("secret", after=token).value == b"kept"
+    mtls_regions.wait_connected()
+    assert "(mutual TLS)" in (mtls_regions.root / "a.log").read_text()
+
+
+def test_callers_without_a_certificate_from_the_authority_are_refused(
+    mtls_regions: RegionProcesses, pki: dict[str, Any]
+) -> None:
+    addr = mtls_regions.servers["a"].addr
+    stranger_cert, stranger_key = pki["issued"]["stranger"]
+    refused = [
+        Client(addr, timeout_s=3, retries_max=0),  # plaintext
+        Client(addr, timeout_s=3, retries_max=0, tls=ClientTls.from_files(ca=str(pki["ca"]))),  # no certificate
+        Client(
+            addr,
+            timeout_s=3,
+            retries_max=0,
+            tls=ClientTls.from_files(ca=str(pki["ca"]), cert=str(stranger_cert), key=str(stranger_key)),
+        ),
+    ]
+    for client in refused:
+        with client, pytest.raises(ClientError) as err:
+            client.get("secret")
+        assert err.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_peer_must_present_a_certificate_naming_its_region(
+    mtls_regions: RegionProcesses, pki: dict[str, Any]
+) -> None:
+    # The operator's certificate is valid, but it does not name region b: it cannot sync as b.
+    cert, key = pki["issued"]["operator"]
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=pki["ca"].read_bytes(), private_key=key.read_bytes(), certificate_chain=cert.read_bytes()
+    )
+    hello = rpb.SyncMessage(hello=rpb.SyncHello(region="b", vector=b"", protocol=1))
+    with grpc.secure_channel(mtls_regions.servers["a"].addr, credentials) as channel:
+        sync: Any = channel.stream_stream(SYNC_METHOD, request_serializer=rpb.SyncMessage.SerializeToString)
+        with pytest.raises(grpc.RpcError) as err:
+            list(sync(iter([hello]), timeout=10))
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "does not name region 'b'" in (err.value.details() or "")
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('cert = "{cert}"', "go together"),
+        ('cert = "{cert}"\nkey = "{key}"\nrequire_client_cert = true', "needs tls.ca"),
+        ('ca = "{ca}"', "need tls.cert"),
+        ('cert = "{missing}"\nkey = "{key}"', "cannot read"),
+        ('cert = "{toml}"\nkey = "{key}"', "not a PEM file"),
+    ],
+)
+def test_tls_settings_are_checked_at_start(tmp_path: Path, pki: dict[str, Any], table: str, message: str) -> None:
+    from crdtstore.node.config import ConfigError, NodeConfig
+
+    cert, key = pki["issued"]["a"]
+    config = tmp_path / "node.toml"
+    text = table.format(cert=cert, key=key, ca=pki["ca"], missing=tmp_path / "nope.pem", toml=config)
+    config.write_text("[tls]\n" + text + "\n")
+    with pytest.raises(ConfigError, match=message):
+        NodeConfig.load(config_file=str(config), environ={})
