@@ -19,7 +19,16 @@ from hypothesis import strategies as st
 
 from crdtstore.crdt import HybridLogicalClock, StoreMap, encode
 from crdtstore.operations import AddMembers, DeleteKey, Increment, Operation, RemoveMembers, SetRegister
-from crdtstore.storage import Applied, LmdbStore, LogEntry, RemoteOutcome, StorageConfig, StorageOptions, WriteRequest
+from crdtstore.storage import (
+    Applied,
+    LmdbStore,
+    LogEntry,
+    RemoteOutcome,
+    StorageConfig,
+    StorageOptions,
+    WriteRequest,
+    bucket_of,
+)
 from crdtstore.testing.clock import FakeClock
 
 
@@ -172,15 +181,22 @@ def test_regions_converge_whatever_is_shipped_when(script: list[tuple[str, str, 
         assert snapshots[0] == snapshots[1] == snapshots[2]
 
 
-def _transfer(sender: Region, receiver: Region, tmp: Path) -> int:
+def _transfer(sender: Region, receiver: Region, tmp: Path, *, by_digest: bool = False) -> int:
+    """A repair as the replication driver does it: spool, compare digests (or not), stage pages, finish."""
     spool = tmp / f"{sender.name}-to-{receiver.name}.spool"
-    context, count = sender.store.spool_snapshot(spool)
+    context, count, digests = sender.store.spool_snapshot(spool)
+    assert digests == sender.store.bucket_digests()
     with spool.open("rb") as f:
         pairs = [(key, body) for key, body in msgpack.Unpacker(f, raw=False)]
     assert len(pairs) == count
+    buckets = None
+    if by_digest:
+        theirs = receiver.store.bucket_digests()
+        buckets = frozenset(i for i, (a, b) in enumerate(zip(digests, theirs, strict=True)) if a != b)
+        pairs = [(key, body) for key, body in pairs if bucket_of(key) in buckets]
     for i in range(0, len(pairs), 3):  # in pages
         receiver.store.stage_snapshot(sender.name, 7, pairs[i : i + 3])
-    return receiver.store.finish_snapshot(sender.name, 7, context)
+    return receiver.store.finish_snapshot(sender.name, 7, context, buckets)
 
 
 def test_a_state_transfer_is_the_full_join(regions: dict[str, Region], tmp_path: Path) -> None:
@@ -197,6 +213,25 @@ def test_a_state_transfer_is_the_full_join(regions: dict[str, Region], tmp_path:
     assert us.snapshot() == expected
     assert us.store.log_horizon.get("eu") == eu.store.context.vv.get("eu")
     assert _transfer(eu, us, tmp_path) == 0, "a second transfer changes nothing"
+
+
+def test_a_repair_by_digest_sends_only_differing_buckets_and_equals_the_full_join(
+    regions: dict[str, Region], tmp_path: Path
+) -> None:
+    eu, us = regions["eu"], regions["us"]
+    for i in range(300):
+        eu.write(SetRegister(f"k{i}", b"v"))
+    eu.write(AddMembers("s", ("a", "b")))
+    us.store.apply_remote(eu.log(), source="eu")
+    assert us.store.bucket_digests() == eu.store.bucket_digests(), "equal states, equal digests"
+    eu.write(DeleteKey("k1"), SetRegister("k2", b"new"), RemoveMembers("s", ("a",)))
+    us.write(SetRegister("k3", b"concurrent"), AddMembers("s", ("c",)))
+    expected = _full_join(us, eu)
+    differing = sum(a != b for a, b in zip(eu.store.bucket_digests(), us.store.bucket_digests(), strict=True))
+    assert 0 < differing <= 5
+    _transfer(eu, us, tmp_path, by_digest=True)
+    assert us.snapshot() == expected
+    assert us.store.get("k1") is None, "a remove in a differing bucket applies"
 
 
 def test_a_cut_short_transfer_is_discarded(regions: dict[str, Region], tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 import threading
 from collections.abc import Iterator
@@ -330,3 +331,25 @@ def test_a_batch_becomes_visible_atomically_in_other_regions(three: RegionProces
     torn = [values for values in seen if len(values) == 2 and values[0] != values[1]]
     assert not torn, f"b showed half of a batch: {torn[:3]}"
     assert any(len(values) == 2 for values in seen), "the watcher saw the batches arrive"
+
+
+def test_a_region_behind_the_trimmed_log_is_repaired_without_a_full_copy(tmp_path: Path) -> None:
+    with RegionProcesses(tmp_path / "regions", ["a", "b", "c"], extra_args=_small_log_config(tmp_path)) as regions:
+        a = regions.clients["a"]
+        for i in range(4):
+            a.mutate([SetRegister(f"old/{i}/{j}", b"v") for j in range(500)])
+        regions.wait_converged()
+        regions.isolate("c")
+        for i in range(30):  # 30 kB of changes, past the 20 kB log bound
+            a.set(f"new/{i}", "x" * 1000)
+        a.delete("old/0/0")
+        logs = [regions.root / f"{name}.log" for name in ("a", "b")]
+        before = [len(log.read_text()) for log in logs]
+        regions.heal()
+        regions.wait_converged(timeout_s=90)
+        assert regions.clients["c"].get("old/0/0").value is None
+        since_heal = "".join(log.read_text()[start:] for log, start in zip(logs, before, strict=True))
+        repairs = re.findall(r"repaired c: (\d+) of \d+ buckets differed; sent (\d+) of (\d+) keys", since_heal)
+        assert repairs, "c was repaired, not sent the log"
+        for _, sent, total in repairs:
+            assert int(sent) * 10 < int(total), f"sent {sent} of {total} keys: that is no better than a full copy"

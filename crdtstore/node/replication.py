@@ -34,6 +34,7 @@ import contextlib
 import logging
 import random
 import time
+from asyncio import FIRST_COMPLETED
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +59,7 @@ from crdtstore.replica.core import (
     SendLog,
     Trim,
 )
-from crdtstore.storage import LmdbStore, LogEntry, RawLogEntry, RemoteOutcome
+from crdtstore.storage import DIGEST_BUCKETS, LmdbStore, LogEntry, RawLogEntry, RemoteOutcome, bucket_of
 from crdtstore.v1 import replication_pb2 as rpb
 
 __all__ = ["PROTOCOL_VERSION", "SYNC_METHOD", "ProtocolError", "Replicator"]
@@ -69,6 +70,7 @@ PROTOCOL_VERSION = 1
 SYNC_METHOD = "/crdtstore.v1.Replication/Sync"
 _TRIM_BUDGET = 10_000
 _SPOOL_SUFFIX = ".spool"
+_WANT_TIMEOUT_S = 60.0
 
 
 class ProtocolError(Exception):
@@ -99,6 +101,7 @@ class _Link:
     greeted: bool = False  # the current stream's hello arrived
     transfer: asyncio.Task[Any] | None = None  # a state transfer to this peer, while it runs
     transfers_sent: int = 0
+    want: asyncio.Future[frozenset[int]] | None = None  # the peer's answer to a digest offer
     entries_received: int = 0
     entries_sent: int = 0
     bytes_sent: int = 0
@@ -461,6 +464,16 @@ class Replicator:
             await self._receive_snapshot(link, message.snapshot)
             self._notify()
             return
+        elif body == "digests":
+            stream = link.stream
+            assert stream is not None, "messages arrive only on a live stream"
+            # Hashing our state takes a moment: off the receive loop, which must keep reading.
+            self._spawn(self._answer_digests(link, stream, message.digests.digests), f"digests for {link.name}")
+            return
+        elif body == "want":
+            if link.want is not None and not link.want.done():
+                link.want.set_result(_buckets_of(message.want.buckets))
+            return
         else:
             raise ProtocolError("a message with no body")
         await self._run(self.core.received(link.name, core_message))
@@ -604,52 +617,102 @@ class Replicator:
             link.transfer = self._spawn(self._send_snapshot(link, link.stream), f"transfer to {link.name}")
 
     async def _send_snapshot(self, link: _Link, stream: _Stream) -> None:
-        """Send ``link``'s peer every key's state from one consistent read, then the context of that read.
+        """Repair ``link``'s peer: the keys of every bucket whose digest differs, from one consistent read.
 
         The read is spooled to a file in the data directory first, so no read
-        transaction stays open while the peer takes its time.
+        transaction stays open while the peer takes its time. Then the
+        bucket digests go out, the peer answers which buckets differ, and
+        only their keys follow, the last page with the context of the read.
         """
         link.transfers_sent += 1
         path = Path(self.config.data_dir) / f"transfer-{link.name}-{link.transfers_sent}{_SPOOL_SUFFIX}"
-        bytes_max = self.settings.message_bytes_max
         try:
-            context, count = await asyncio.to_thread(self.store.spool_snapshot, path)
-            with path.open("rb") as spool:
-                unpacker = msgpack.Unpacker(spool, raw=False, max_buffer_size=self.config.message_bytes_max)
-
-                def next_page() -> tuple[list[tuple[str, bytes]], bool]:
-                    page: list[tuple[str, bytes]] = []
-                    size = 0
-                    for key, body in unpacker:
-                        page.append((key, body))
-                        size += len(key) + len(body)
-                        if size >= bytes_max:
-                            return page, False
-                    return page, True
-
-                number = sent_bytes = 0
-                while True:
-                    page, last = await asyncio.to_thread(next_page)
-                    message = rpb.SyncMessage()
-                    message.snapshot.page = number
-                    for key, body in page:
-                        message.snapshot.keys.add(key=key, state=body)
-                        sent_bytes += len(body)
-                    if last:
-                        message.snapshot.done = True
-                        message.snapshot.context = encode(context)
-                    if not await self._put(stream, message):
-                        return  # the stream ended: the peer's next hello asks again
-                    number += 1
-                    if last:
-                        log.info("sent %s a state transfer of %d keys, %d bytes", link.name, count, sent_bytes)
-                        return
+            context, count, digests = await asyncio.to_thread(self.store.spool_snapshot, path)
+            buckets = await self._ask_which_buckets(link, stream, digests)
+            if buckets is None:
+                return  # the stream ended or the peer did not answer: the next round asks again
+            sent = await self._send_pages(stream, path, buckets, context)
+            if sent is not None:
+                log.info(
+                    "repaired %s: %d of %d buckets differed; sent %d of %d keys, %d bytes",
+                    link.name,
+                    len(buckets),
+                    DIGEST_BUCKETS,
+                    sent[0],
+                    count,
+                    sent[1],
+                )
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("state transfer to %s failed; the next anti-entropy round asks again", link.name)
+            log.exception("repairing %s failed; the next anti-entropy round asks again", link.name)
         finally:
+            link.want = None
             path.unlink(missing_ok=True)
+
+    async def _ask_which_buckets(self, link: _Link, stream: _Stream, digests: list[int]) -> frozenset[int] | None:
+        want: asyncio.Future[frozenset[int]] = asyncio.get_running_loop().create_future()
+        link.want = want
+        offer = rpb.SyncMessage()
+        offer.digests.digests = b"".join(d.to_bytes(16, "big") for d in digests)
+        if not await self._put(stream, offer):
+            return None
+        ended: asyncio.Future[Any] = asyncio.ensure_future(stream.ended.wait())
+        waiting: set[asyncio.Future[Any]] = {want, ended}
+        try:
+            await asyncio.wait(waiting, timeout=_WANT_TIMEOUT_S, return_when=FIRST_COMPLETED)
+        finally:
+            ended.cancel()
+        return want.result() if want.done() and not want.cancelled() else None
+
+    async def _send_pages(
+        self, stream: _Stream, path: Path, buckets: frozenset[int], context: CausalContext
+    ) -> tuple[int, int] | None:
+        """Send the spooled keys of ``buckets`` in pages; (keys, bytes) sent, or None if the stream ended."""
+        bytes_max = self.settings.message_bytes_max
+        with path.open("rb") as spool:
+            unpacker = msgpack.Unpacker(spool, raw=False, max_buffer_size=self.config.message_bytes_max)
+
+            def next_page() -> tuple[list[tuple[str, bytes]], bool]:
+                page: list[tuple[str, bytes]] = []
+                size = 0
+                for key, body in unpacker:
+                    if bucket_of(key) not in buckets:
+                        continue
+                    page.append((key, body))
+                    size += len(key) + len(body)
+                    if size >= bytes_max:
+                        return page, False
+                return page, True
+
+            number = sent_keys = sent_bytes = 0
+            while True:
+                page, last = await asyncio.to_thread(next_page)
+                message = rpb.SyncMessage()
+                message.snapshot.page = number
+                for key, body in page:
+                    message.snapshot.keys.add(key=key, state=body)
+                    sent_bytes += len(body)
+                sent_keys += len(page)
+                if last:
+                    message.snapshot.done = True
+                    message.snapshot.context = encode(context)
+                    message.snapshot.buckets = _bitmap(buckets)
+                if not await self._put(stream, message):
+                    return None  # the stream ended: the peer's next hello asks again
+                number += 1
+                if last:
+                    return sent_keys, sent_bytes
+
+    async def _answer_digests(self, link: _Link, stream: _Stream, digests: bytes) -> None:
+        """A peer offers a repair: tell it which buckets differ from ours."""
+        if len(digests) != 16 * DIGEST_BUCKETS:
+            raise ProtocolError(f"a digest offer of {len(digests)} bytes; {16 * DIGEST_BUCKETS} were expected")
+        mine = await asyncio.to_thread(self.store.bucket_digests)
+        differ = frozenset(i for i, d in enumerate(mine) if d.to_bytes(16, "big") != digests[16 * i : 16 * (i + 1)])
+        answer = rpb.SyncMessage()
+        answer.want.buckets = _bitmap(differ)
+        await self._put(stream, answer)
 
     async def _receive_snapshot(self, link: _Link, snapshot: rpb.SyncSnapshot) -> None:
         stream = link.stream
@@ -669,7 +732,8 @@ class Replicator:
         if not snapshot.done:
             return
         context = decode_as(snapshot.context, CausalContext)
-        changed = await self.writer.call(lambda: store.finish_snapshot(link.name, transfer, context))
+        covered = _buckets_of(snapshot.buckets)
+        changed = await self.writer.call(lambda: store.finish_snapshot(link.name, transfer, context, covered))
         log.info("joined a state transfer from %s: %d keys changed", link.name, changed)
         self._dirty.set()
         actions = self.core.applied(link.name, self.store.context.vv)
@@ -702,6 +766,19 @@ class Replicator:
                 state.connected and not state.needs_repair and not state.sent.dominates(self.core.vector)
                 for state in self.core.peers.values()
             )
+
+
+def _bitmap(buckets: frozenset[int]) -> bytes:
+    out = bytearray(DIGEST_BUCKETS // 8)
+    for i in buckets:
+        out[i // 8] |= 1 << (i % 8)
+    return bytes(out)
+
+
+def _buckets_of(bitmap: bytes) -> frozenset[int]:
+    if len(bitmap) != DIGEST_BUCKETS // 8:
+        raise ProtocolError(f"a bucket bitmap of {len(bitmap)} bytes; {DIGEST_BUCKETS // 8} were expected")
+    return frozenset(i for i in range(DIGEST_BUCKETS) if bitmap[i // 8] >> (i % 8) & 1)
 
 
 def _certificate_names(context: grpc.aio.ServicerContext[Any, Any], region: str) -> bool:

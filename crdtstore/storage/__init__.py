@@ -1,6 +1,7 @@
 """Storage adapters: the node's durable state in LMDB."""
 
 from crdtstore.storage.lmdb_store import (
+    DIGEST_BUCKETS,
     Applied,
     DataCorruption,
     Failed,
@@ -16,9 +17,11 @@ from crdtstore.storage.lmdb_store import (
     StoreFull,
     WriteRequest,
     WrongRegion,
+    bucket_of,
 )
 
 __all__ = [
+    "DIGEST_BUCKETS",
     "Applied",
     "DataCorruption",
     "Failed",
@@ -34,4 +37,5 @@ __all__ = [
     "StoreFull",
     "WriteRequest",
     "WrongRegion",
+    "bucket_of",
 ]

@@ -73,6 +73,7 @@ from crdtstore.crdt.hlc import ZERO
 from crdtstore.operations import Operation, apply_operations, fingerprint
 
 __all__ = [
+    "DIGEST_BUCKETS",
     "Applied",
     "DataCorruption",
     "Failed",
@@ -88,6 +89,7 @@ __all__ = [
     "StoreFull",
     "WriteRequest",
     "WrongRegion",
+    "bucket_of",
 ]
 
 SCHEMA_VERSION = 2
@@ -271,6 +273,22 @@ def _encode_value(key: str, state: KeyState) -> bytes:
     if len(raw) <= _SHORT_KEY_BYTES_MAX:
         return _FLAG_SHORT + body
     return _FLAG_LONG + len(raw).to_bytes(2, "big") + raw + body
+
+
+DIGEST_BUCKETS = 1024
+
+
+def bucket_of(key: str) -> int:
+    """The repair bucket of a key: a stable hash, the same in every region."""
+    return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "big") % DIGEST_BUCKETS
+
+
+def _pair_digest(key: str, body: bytes) -> int:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(len(key).to_bytes(4, "big"))
+    h.update(key.encode("utf-8"))
+    h.update(body)
+    return int.from_bytes(h.digest(), "big")
 
 
 def _transfer_prefix(source: str, transfer: int) -> bytes:
@@ -559,24 +577,42 @@ class LmdbStore:
 
     # -- state transfer --------------------------------------------------------------
 
-    def spool_snapshot(self, path: Path) -> tuple[CausalContext, int]:
-        """Write every key's state, from one consistent read, to the file ``path``; returns its context and key count.
+    def spool_snapshot(self, path: Path) -> tuple[CausalContext, int, list[int]]:
+        """Write every key's state, from one consistent read, to the file ``path``.
 
-        The file is a stream of msgpack ``[key, state]`` pairs, for a state
-        transfer to read and send at the peer's pace. Reading into a local file
-        keeps the read transaction (which pins LMDB pages and holds off map
-        growth) as short as a sequential copy of the data.
+        Returns the context of the read, the number of keys, and the digest
+        of each of ``DIGEST_BUCKETS`` key buckets (see ``bucket_digests``),
+        computed from the same read. The file is a stream of msgpack
+        ``[key, state]`` pairs, for a repair to send at the peer's pace.
+        Reading into a local file keeps the read transaction (which pins LMDB
+        pages and holds off map growth) as short as a sequential copy.
         """
         packer = msgpack.Packer(use_bin_type=True)
+        digests = [0] * DIGEST_BUCKETS
         count = 0
         with self._gate.read(), self.env.begin() as txn, Path(path).open("wb") as out:
             context = self._context_in(txn)
             for db_key, value in txn.cursor(db=self.data):
                 key, body = _split_value(bytes(db_key), bytes(value))
+                digests[bucket_of(key)] ^= _pair_digest(key, body)
                 out.write(packer.pack([key, body]))
                 count += 1
             out.flush()
-        return context, count
+        return context, count, digests
+
+    def bucket_digests(self) -> list[int]:
+        """Per bucket of keys, the XOR of a 128-bit hash of each (key, encoded state) in it.
+
+        Two stores have equal digests for a bucket exactly when (but for a
+        hash collision) they hold the same keys with the same states in it: the
+        encoding is canonical, so equal states are equal bytes.
+        """
+        digests = [0] * DIGEST_BUCKETS
+        with self._gate.read(), self.env.begin(db=self.data) as txn:
+            for db_key, value in txn.cursor():
+                key, body = _split_value(bytes(db_key), bytes(value))
+                digests[bucket_of(key)] ^= _pair_digest(key, body)
+        return digests
 
     def stage_snapshot(self, source: str, transfer: int, keys: Sequence[tuple[str, bytes]]) -> None:
         """Keep one page of state transfer number ``transfer`` from ``source`` until it is complete.
@@ -604,26 +640,30 @@ class LmdbStore:
             while found and bytes(cursor.key()).startswith(prefix):
                 found = cursor.delete()
 
-    def finish_snapshot(self, source: str, transfer: int, context: CausalContext) -> int:
+    def finish_snapshot(
+        self, source: str, transfer: int, context: CausalContext, buckets: frozenset[int] | None = None
+    ) -> int:
         """Join the staged state transfer ``transfer`` from ``source``, read at ``context``, in one transaction.
 
         Every key of the transfer is joined into this node's state, and every
         key of this node that the transfer lacks is joined with nothing, so
         what the sender had removed (its context covers it) goes here too,
         while what the sender never saw stays. That is the full state join,
-        key by key. This node's context becomes the join of both; the events
+        key by key. With ``buckets``, the transfer covers only those key
+        buckets (the others were equal on both sides when compared), and only
+        this node's keys in them are visited. This node's context becomes the join of both; the events
         it now has without their log entries move the log horizon, so a peer
         that needs them from here is repaired in turn. Returns the keys changed.
         """
         prefix = _transfer_prefix(source, transfer)
         while True:
             try:
-                return self._finish_snapshot(prefix, context)
+                return self._finish_snapshot(prefix, context, buckets)
             except lmdb.MapFullError:
                 if not self._grow():
                     raise StoreFull(self._full_message()) from None
 
-    def _finish_snapshot(self, prefix: bytes, remote: CausalContext) -> int:
+    def _finish_snapshot(self, prefix: bytes, remote: CausalContext, buckets: frozenset[int] | None) -> int:
         changed = 0
         with self.env.begin(write=True) as txn:
             local = self._context_in(txn)
@@ -632,6 +672,8 @@ class LmdbStore:
             found = cursor.set_range(prefix)
             while found and bytes(cursor.key()).startswith(prefix):
                 key, body = msgpack.unpackb(bytes(cursor.value()))
+                if buckets is not None and bucket_of(key) not in buckets:
+                    raise CodecError(f"a transferred key {key[:40]!r} is outside the buckets of the transfer")
                 theirs = decode_as(body, KeyState)
                 if not all(remote.contains(dot) for dot in theirs.dots()):
                     raise CodecError(f"a transferred key {key[:40]!r} holds an event outside the transfer's context")
@@ -644,7 +686,9 @@ class LmdbStore:
                 if db_key not in staged:
                     raw = txn.get(db_key, db=self.data)
                     assert raw is not None
-                    key, _ = _decode_value(db_key, bytes(raw))
+                    key, _ = _split_value(db_key, bytes(raw))
+                    if buckets is not None and bucket_of(key) not in buckets:
+                        continue
                     changed += self._join_key(txn, db_key, key, KeyState(), local=local, remote=remote)
             context = local.join(remote)
             # Events this node now has without their log entries: a peer

@@ -49,27 +49,45 @@ class SnapshotKey(_message.Message):
     def __init__(self, key: _Optional[str] = ..., state: _Optional[bytes] = ...) -> None: ...
 
 class SyncSnapshot(_message.Message):
-    __slots__ = ("keys", "done", "context", "page")
+    __slots__ = ("keys", "done", "context", "page", "buckets")
     KEYS_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     PAGE_FIELD_NUMBER: _ClassVar[int]
+    BUCKETS_FIELD_NUMBER: _ClassVar[int]
     keys: _containers.RepeatedCompositeFieldContainer[SnapshotKey]
     done: bool
     context: bytes
     page: int
-    def __init__(self, keys: _Optional[_Iterable[_Union[SnapshotKey, _Mapping]]] = ..., done: _Optional[bool] = ..., context: _Optional[bytes] = ..., page: _Optional[int] = ...) -> None: ...
+    buckets: bytes
+    def __init__(self, keys: _Optional[_Iterable[_Union[SnapshotKey, _Mapping]]] = ..., done: _Optional[bool] = ..., context: _Optional[bytes] = ..., page: _Optional[int] = ..., buckets: _Optional[bytes] = ...) -> None: ...
+
+class SyncDigests(_message.Message):
+    __slots__ = ("digests",)
+    DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    digests: bytes
+    def __init__(self, digests: _Optional[bytes] = ...) -> None: ...
+
+class SyncWant(_message.Message):
+    __slots__ = ("buckets",)
+    BUCKETS_FIELD_NUMBER: _ClassVar[int]
+    buckets: bytes
+    def __init__(self, buckets: _Optional[bytes] = ...) -> None: ...
 
 class SyncMessage(_message.Message):
-    __slots__ = ("sent_wall_ms", "hello", "entries", "ack", "snapshot")
+    __slots__ = ("sent_wall_ms", "hello", "entries", "ack", "snapshot", "digests", "want")
     SENT_WALL_MS_FIELD_NUMBER: _ClassVar[int]
     HELLO_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    WANT_FIELD_NUMBER: _ClassVar[int]
     sent_wall_ms: int
     hello: SyncHello
     entries: SyncEntries
     ack: SyncAck
     snapshot: SyncSnapshot
-    def __init__(self, sent_wall_ms: _Optional[int] = ..., hello: _Optional[_Union[SyncHello, _Mapping]] = ..., entries: _Optional[_Union[SyncEntries, _Mapping]] = ..., ack: _Optional[_Union[SyncAck, _Mapping]] = ..., snapshot: _Optional[_Union[SyncSnapshot, _Mapping]] = ...) -> None: ...
+    digests: SyncDigests
+    want: SyncWant
+    def __init__(self, sent_wall_ms: _Optional[int] = ..., hello: _Optional[_Union[SyncHello, _Mapping]] = ..., entries: _Optional[_Union[SyncEntries, _Mapping]] = ..., ack: _Optional[_Union[SyncAck, _Mapping]] = ..., snapshot: _Optional[_Union[SyncSnapshot, _Mapping]] = ..., digests: _Optional[_Union[SyncDigests, _Mapping]] = ..., want: _Optional[_Union[SyncWant, _Mapping]] = ...) -> None: ...
