@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crdtstore.crdt import HybridLogicalClock, StoreMap, encode
+from crdtstore.crdt import HybridLogicalClock, StoreMap, VersionVector, encode
 from crdtstore.operations import AddMembers, DeleteKey, Increment, Operation, RemoveMembers, SetRegister
 from crdtstore.storage import (
     Applied,
@@ -281,3 +281,25 @@ def test_regression_a_transfer_moves_the_horizon_only_where_it_brought_events(
     _transfer(eu, us, tmp_path)
     assert us.store.log_horizon.get("us") == 0, "us lost no log entries of its own"
     assert us.store.log_horizon.get("eu") == 1
+
+
+def test_a_push_holds_fresh_relays_and_what_depends_on_them(tmp_path: Path) -> None:
+    now = [1_000]
+    eu = Region(tmp_path, "eu")
+    relay = LmdbStore(StorageConfig(tmp_path / "us", "us"), wall_ms=lambda: now[0])
+    clock = HybridLogicalClock(FakeClock(1_000))
+    try:
+        eu.write(SetRegister("r", b"eu"))
+        now[0] = 2_000
+        relay.apply_remote(eu.log(), source="eu")  # arrives at 2,000
+        now[0] = 2_010
+        relay.write_batch([WriteRequest([SetRegister("r", b"us")])], clock)  # depends on it
+        held, reached = relay.log_since(VersionVector(), 1 << 20, relayed_before_ms=1_990)
+        assert held == [] and reached == VersionVector(), "the relay is fresh, and us's write must not overtake it"
+        sent, _ = relay.log_since(VersionVector(), 1 << 20, relayed_before_ms=2_050)
+        assert [(e.origin, e.last) for e in sent] == [("eu", 1), ("us", 1)]
+        caught_up, _ = relay.log_since(VersionVector(), 1 << 20)
+        assert caught_up == sent, "a catch-up holds nothing"
+    finally:
+        eu.store.close()
+        relay.close()

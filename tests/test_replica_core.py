@@ -28,11 +28,13 @@ def test_connect_says_hello_and_a_hello_asks_for_the_log() -> None:
     assert core.behind("us") == {"eu": 2}
 
 
-def test_entries_are_applied_then_acknowledged() -> None:
-    core = ReplicaCore("eu", ["us"], vv())
+def test_entries_are_applied_then_acknowledged_to_every_connected_peer() -> None:
+    core = ReplicaCore("eu", ["us", "ap", "sa"], vv())
     core.connected("us")
+    core.connected("ap")
     assert core.received("us", Entries(("e1",))) == [Apply("us", ("e1",))]
-    assert core.applied("us", vv(us=4)) == [Send("us", Ack(vv(us=4)))]
+    # The sender first; ap too, so it does not relay to us what us already has. sa is not connected.
+    assert core.applied("us", vv(us=4)) == [Send("us", Ack(vv(us=4))), Send("ap", Ack(vv(us=4)))]
     assert core.vector == vv(us=4)
 
 
@@ -95,17 +97,17 @@ def test_new_local_writes_are_pushed_after_the_batching_window_and_offered_again
     core.received("us", Hello("us", vv()))
     core.sent("us", vv())
     core.local_committed(vv(eu=1))
-    assert core.tick(1_000) == [SendLog("us", vv())], "the first tick is an anti-entropy round"
+    assert core.tick(1_000) == [SendLog("us", vv(), hold_fresh_relays=True)], "the first tick is an anti-entropy round"
     core.sent("us", vv(eu=1))
     core.local_committed(vv(eu=2))
     assert core.tick(1_005) == [], "inside the batching window"
-    assert core.tick(1_010) == [SendLog("us", vv(eu=1))]
+    assert core.tick(1_010) == [SendLog("us", vv(eu=1), hold_fresh_relays=True)], "a push, not a catch-up"
     core.sent("us", vv(eu=2))
     assert core.tick(1_020) == [], "nothing new"
-    assert core.tick(2_000) == [SendLog("us", vv())], "nothing acknowledged yet: offered again"
+    assert core.tick(2_000) == [SendLog("us", vv(), hold_fresh_relays=True)], "nothing acknowledged: offered again"
     core.sent("us", vv(eu=2))
     core.received("us", Ack(vv(eu=1)))
-    assert core.tick(3_000) == [SendLog("us", vv(eu=2))], "acknowledgements progress: in flight is not resent"
+    assert core.tick(3_000) == [SendLog("us", vv(eu=2), hold_fresh_relays=True)], "acks progress: no resend"
 
 
 def test_a_peer_must_introduce_itself_by_its_name() -> None:

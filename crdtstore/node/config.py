@@ -92,6 +92,10 @@ class ServerSettings:
 class ReplicationSettings:
     # Local writes are pushed to peers at most this long after they commit.
     batch_window_ms: int = 10
+    # Entries received from one region are pushed on to another only this long
+    # after they arrived: meanwhile that region most likely got them from their
+    # origin and said so. Catch-ups (after a hello, anti-entropy) do not wait.
+    relay_delay_ms: int = 50
     # Everything a peer has not acknowledged is offered again this often.
     anti_entropy_ms: int = 1000
     # A lost peer connection is retried with backoff up to this long between attempts.

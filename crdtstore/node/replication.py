@@ -496,7 +496,7 @@ class Replicator:
             if isinstance(action, Send):
                 self._send_now(action.peer, _message_pb(action.message))
             elif isinstance(action, SendLog):
-                self._start_send_log(action.peer, action.after)
+                self._start_send_log(action.peer, action.after, action.hold_fresh_relays)
             elif isinstance(action, Apply):
                 await self._apply(action.peer, action.entries)
                 pending.extend(self.core.applied(action.peer, self.store.context.vv))
@@ -532,19 +532,24 @@ class Replicator:
                 put.cancel()
         return put.done() and not put.cancelled()
 
-    def _start_send_log(self, peer: str, after: VersionVector) -> None:
+    def _start_send_log(self, peer: str, after: VersionVector, hold_fresh_relays: bool) -> None:
         link = self.links[peer]
         if link.stream is None:
             return
         if link.send_task is not None and not link.send_task.done():
             return  # one at a time; it asks for another round if there is more
-        link.send_task = self._spawn(self._send_log(link, link.stream, after), f"log to {peer}")
+        relayed_before_ms = self._wall_ms() - self.settings.relay_delay_ms if hold_fresh_relays else None
+        link.send_task = self._spawn(self._send_log(link, link.stream, after, relayed_before_ms), f"log to {peer}")
 
-    async def _send_log(self, link: _Link, stream: _Stream, after: VersionVector) -> None:
+    async def _send_log(
+        self, link: _Link, stream: _Stream, after: VersionVector, relayed_before_ms: int | None
+    ) -> None:
         peer = link.name
         # Entries the core's view now covers went out while this waited.
         after = after.join(self.core.peers[peer].sent)
-        entries, reached = await asyncio.to_thread(self.store.log_since, after, self.settings.message_bytes_max)
+        entries, reached = await asyncio.to_thread(
+            lambda: self.store.log_since(after, self.settings.message_bytes_max, relayed_before_ms=relayed_before_ms)
+        )
         if not entries or link.stream is not stream:
             return
         message = rpb.SyncMessage()

@@ -91,10 +91,18 @@ class Send:
 
 @dataclass(frozen=True)
 class SendLog:
-    """Send ``peer`` the log entries above ``after``, per origin in order, none whose source is ``peer``."""
+    """Send ``peer`` the log entries above ``after``, in the order this node applied them.
+
+    ``hold_fresh_relays``: a push, not a catch-up. Entries this node relays
+    (it received them from another region) wait a short while before they
+    go, since the peer most likely receives them from their origin at the
+    same moment and says so in an acknowledgement; the push stops at the
+    first such entry, so the causal order holds.
+    """
 
     peer: str
     after: VersionVector
+    hold_fresh_relays: bool = False
 
 
 @dataclass(frozen=True)
@@ -209,7 +217,10 @@ class ReplicaCore:
         """Entries from ``peer`` are durable here; this node now has ``vector``."""
         assert vector.dominates(self.vector), "a version vector never goes backwards"
         self.vector = vector  # the next tick relays what is new to the other peers
-        return [Send(peer, Ack(vector))]
+        # Every connected peer hears it, not only the sender: then a region
+        # about to relay these entries to a peer learns that it has them.
+        others = [name for name, state in self.peers.items() if state.connected and name != peer]
+        return [Send(name, Ack(vector)) for name in (peer, *others)]
 
     def local_committed(self, vector: VersionVector) -> list[Action]:
         assert vector.dominates(self.vector), "a version vector never goes backwards"
@@ -251,13 +262,14 @@ class ReplicaCore:
                     state.sent = state.acked
                 state.acked_last_round = state.acked
                 state.pushed_at_ms = now_ms
-                actions.append(SendLog(name, state.sent))
+                # Fresh relays wait here too: anti-entropy is for what got lost, not what is on its way.
+                actions.append(SendLog(name, state.sent, hold_fresh_relays=True))
             return actions
         for name, state in self.peers.items():
             lacking = state.connected and not state.needs_repair and not state.sent.dominates(self.vector)
             if lacking and now_ms - state.pushed_at_ms >= self.batch_window_ms:
                 state.pushed_at_ms = now_ms
-                actions.append(SendLog(name, state.sent))
+                actions.append(SendLog(name, state.sent, hold_fresh_relays=True))
         return actions
 
     # -- queries -----------------------------------------------------------------------

@@ -492,17 +492,21 @@ class LmdbStore:
         with self._gate.read(), self.env.begin(db=self.log) as txn:
             raw = [bytes(value) for value in txn.cursor().iternext(keys=False, values=True)]
         for value in raw:
-            origin, first, last, source, delta = msgpack.unpackb(value)
+            origin, first, last, source, delta, _arrived = msgpack.unpackb(value)
             yield LogEntry(origin, first, last, source, decode_as(delta, StoreMap))
 
-    def log_since(self, after: VersionVector, bytes_max: int) -> tuple[list[RawLogEntry], VersionVector]:
+    def log_since(
+        self, after: VersionVector, bytes_max: int, *, relayed_before_ms: int | None = None
+    ) -> tuple[list[RawLogEntry], VersionVector]:
         """The log entries a peer that has ``after`` lacks, in the order this node applied them.
 
         That order respects causality: every entry comes after the entries it
         depends on, which is what a receiver needs to apply each on arrival.
         Stops after about ``bytes_max`` bytes (at least one entry when there is
-        one). Returns the entries and how far, per origin, the peer will have
-        everything once it has them (entries it already had included).
+        one), and, with ``relayed_before_ms``, at the first entry that came from
+        another region after that time. Returns the entries and how far, per
+        origin, the peer will have everything once it has them (entries it
+        already had included).
         """
         out: list[RawLogEntry] = []
         reached: dict[str, int] = {}
@@ -514,9 +518,11 @@ class LmdbStore:
             cursor = txn.cursor(db=self.log)
             found = cursor.set_range(start)
             while found:
-                origin, first, last, _source, delta = msgpack.unpackb(cursor.value())
+                origin, first, last, source, delta, arrived_ms = msgpack.unpackb(cursor.value())
                 if last > after.get(origin):
                     if out and size + len(delta) > bytes_max:
+                        break
+                    if source and relayed_before_ms is not None and arrived_ms > relayed_before_ms:
                         break
                     out.append(RawLogEntry(origin, first, last, delta))
                     size += len(delta)
@@ -831,7 +837,7 @@ class LmdbStore:
         first = batch.context.vv.get(region) + 1
         last = after.context.max_counter(region)
         assert last >= first, "a batch mints at least one dot"
-        log_value = _log_value(region, first, last, "", delta)
+        log_value = _log_value(region, first, last, delta, source="", arrived_ms=now_ms)
         if len(log_value) > self.config.options.log_entry_bytes_max:
             return Failed(
                 KeyTooLarge(
@@ -878,6 +884,7 @@ class LmdbStore:
         apply order, so it is relayed onwards in causal order too.
         """
         outcomes: list[RemoteOutcome] = []
+        now_ms = self._wall_ms()
         while True:
             try:
                 with self.env.begin(write=True) as txn:
@@ -894,7 +901,9 @@ class LmdbStore:
                             outcomes += [RemoteOutcome.GAP] * (len(entries) - i)
                             break
                         self._apply_entry(txn, entry, context)
-                        value = _log_value(entry.origin, entry.first, entry.last, source, entry.delta)
+                        value = _log_value(
+                            entry.origin, entry.first, entry.last, entry.delta, source=source, arrived_ms=now_ms
+                        )
                         self._append_log(txn, seq, entry.origin, entry.last, value)
                         seq += 1
                         log_bytes += len(value)
@@ -979,7 +988,7 @@ class LmdbStore:
         cursor = txn.cursor(db=self.log)
         while budget and log_bytes > self.config.options.delta_log_bytes_max and cursor.first():
             value = bytes(cursor.value())
-            origin, _first, last, _source, _delta = msgpack.unpackb(value)
+            origin, _first, last, _source, _delta, _arrived = msgpack.unpackb(value)
             trimmed[origin] = max(trimmed.get(origin, 0), last)
             log_bytes -= len(value)
             txn.delete(_log_key(origin, last), db=self.log_index)
@@ -992,8 +1001,9 @@ def _log_key(origin: str, counter: int) -> bytes:
     return origin.encode("utf-8") + b"\x00" + counter.to_bytes(8, "big")
 
 
-def _log_value(origin: str, first: int, last: int, source: str, delta: StoreMap) -> bytes:
-    return msgpack.packb([origin, first, last, source, encode(delta)], use_bin_type=True)
+def _log_value(origin: str, first: int, last: int, delta: StoreMap, *, source: str, arrived_ms: int) -> bytes:
+    """A log entry: the events origin:first..last, where it came from ("" for here), its delta, when it was applied."""
+    return msgpack.packb([origin, first, last, source, encode(delta), arrived_ms], use_bin_type=True)
 
 
 def _dependencies_met(entry: LogEntry, context: CausalContext) -> bool:
