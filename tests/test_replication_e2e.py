@@ -310,6 +310,7 @@ def test_a_new_empty_region_joins_after_the_log_was_trimmed(tmp_path: Path) -> N
 
 def test_a_batch_becomes_visible_atomically_in_other_regions(three: RegionProcesses) -> None:
     writer, reader = three.clients["a"], three.clients["b"]
+    three.wait_connected()
     seen: set[tuple[object, ...]] = set()
     stop = threading.Event()
 
@@ -324,10 +325,10 @@ def test_a_batch_becomes_visible_atomically_in_other_regions(three: RegionProces
     try:
         for i in range(1, 60):
             writer.mutate([SetRegister("pair/x", str(i).encode()), SetRegister("pair/y", str(i).encode())])
+        three.wait_converged()
     finally:
         stop.set()
         watcher.join(timeout=60)
-    three.wait_converged()
     torn = [values for values in seen if len(values) == 2 and values[0] != values[1]]
     assert not torn, f"b showed half of a batch: {torn[:3]}"
     assert any(len(values) == 2 for values in seen), "the watcher saw the batches arrive"
