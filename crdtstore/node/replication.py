@@ -570,7 +570,7 @@ class Replicator:
         def apply() -> tuple[int, int, bool]:
             # On the writer thread: decoding checks every invariant of the
             # delta, and the clock belongs to this thread.
-            decoded = [LogEntry(e.origin, e.first, e.last, peer, decode_as(e.delta, StoreMap)) for e in raw]
+            decoded = [LogEntry(e.origin, e.first, e.last, peer, decode_as(e.delta, StoreMap), e.delta) for e in raw]
             outcomes = store.apply_remote(decoded, source=peer)
             applied = skews = 0
             gap = False

@@ -164,6 +164,10 @@ class LogEntry(NamedTuple):
     last: int
     source: str  # "" when written here; otherwise the peer it came from
     delta: StoreMap
+    # The delta as it arrived, when it did: the codec is canonical (decoding
+    # refuses any other form), so these are exactly ``encode(delta)``, and
+    # logging them saves encoding the delta again.
+    encoded: bytes = b""
 
 
 class RawLogEntry(NamedTuple):
@@ -901,8 +905,9 @@ class LmdbStore:
                             outcomes += [RemoteOutcome.GAP] * (len(entries) - i)
                             break
                         self._apply_entry(txn, entry, context)
+                        delta = entry.encoded or entry.delta
                         value = _log_value(
-                            entry.origin, entry.first, entry.last, entry.delta, source=source, arrived_ms=now_ms
+                            entry.origin, entry.first, entry.last, delta, source=source, arrived_ms=now_ms
                         )
                         self._append_log(txn, seq, entry.origin, entry.last, value)
                         seq += 1
@@ -1001,9 +1006,10 @@ def _log_key(origin: str, counter: int) -> bytes:
     return origin.encode("utf-8") + b"\x00" + counter.to_bytes(8, "big")
 
 
-def _log_value(origin: str, first: int, last: int, delta: StoreMap, *, source: str, arrived_ms: int) -> bytes:
+def _log_value(origin: str, first: int, last: int, delta: StoreMap | bytes, *, source: str, arrived_ms: int) -> bytes:
     """A log entry: the events origin:first..last, where it came from ("" for here), its delta, when it was applied."""
-    return msgpack.packb([origin, first, last, source, encode(delta), arrived_ms], use_bin_type=True)
+    body = delta if isinstance(delta, bytes) else encode(delta)
+    return msgpack.packb([origin, first, last, source, body, arrived_ms], use_bin_type=True)
 
 
 def _dependencies_met(entry: LogEntry, context: CausalContext) -> bool:

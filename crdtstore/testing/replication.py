@@ -130,7 +130,7 @@ class SimulatedRegions:
                     region.core.sent(action.peer, reached)
             elif isinstance(action, Apply):
                 entries = [
-                    LogEntry(e.origin, e.first, e.last, action.peer, decode_as(e.delta, StoreMap))
+                    LogEntry(e.origin, e.first, e.last, action.peer, decode_as(e.delta, StoreMap), e.delta)
                     for e in action.entries
                     if isinstance(e, RawLogEntry)
                 ]
