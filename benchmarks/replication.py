@@ -139,14 +139,15 @@ from typing import Any
 
 import grpc
 import grpc.aio
+import lmdb
 
 from benchmarks.common import machine_busy_s, percentile, process_cpu_s, stats
 from benchmarks.micro import Stats, rate, table
-from crdtstore.crdt import encode
+from crdtstore.crdt import CausalContext, HybridLogicalClock, KeyState, StoreMap, VersionVector, decode_as, encode
 from crdtstore.node.config import ReplicationSettings
 from crdtstore.operations import SetRegister
 from crdtstore.proxy import DOWNSTREAM, UPSTREAM
-from crdtstore.storage import LmdbStore, StorageConfig
+from crdtstore.storage import LmdbStore, LogEntry, StorageConfig, WriteRequest
 from crdtstore.testing.regions import RegionProcesses
 from crdtstore.v1 import kv_pb2 as pb
 from crdtstore.v1 import kv_pb2_grpc as pb_grpc
@@ -1023,6 +1024,94 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+APPLY_MESSAGE_ENTRIES = 1_000
+
+
+def measure_apply(cfg: Config) -> dict[str, Any]:
+    """Incoming deltas applied durably with no network, beside raw baselines on the same bytes.
+
+    The entries are a region's real log: single-op register writes of 100-byte
+    values to fresh keys, sent in messages of 1,000 entries. crdtstore's figure
+    is ``LmdbStore.apply_remote`` (decode with every invariant check, the
+    causal-delivery check, per-key get/join/encode/put, the log append, one
+    fsync per message). Baselines: (a) the same decode and the same key-by-key
+    join into a dict in memory, no storage (what crdtstore's apply must do at
+    the least, in this Python); (b) a raw LMDB loop putting each
+    entry's bytes under its key, one fsync-ed transaction per message.
+    """
+    entries_total = 2_000 if cfg.quick else 10_000
+    runs: dict[str, list[float]] = {"apply_remote": [], "decode_join": [], "lmdb_put": []}
+    with tempfile.TemporaryDirectory(prefix="crdtstore-bench-apply-") as tmp:
+        root = Path(tmp)
+        source = LmdbStore(StorageConfig(root / "source", "a"))
+        clock = HybridLogicalClock(lambda: time.time_ns() // 1_000_000)
+        try:
+            for start in range(0, entries_total, APPLY_MESSAGE_ENTRIES):
+                requests = [
+                    WriteRequest([SetRegister(f"k{start + j}", b"x" * 100)]) for j in range(APPLY_MESSAGE_ENTRIES)
+                ]
+                source.write_batch(requests, clock)
+            raw, _ = source.log_since(VersionVector(), 1 << 40)
+        finally:
+            source.close()
+        messages = [raw[i : i + APPLY_MESSAGE_ENTRIES] for i in range(0, len(raw), APPLY_MESSAGE_ENTRIES)]
+        for rep in range(cfg.repeats):
+            target = LmdbStore(StorageConfig(root / f"apply-{rep}", "b"))
+            began = time.perf_counter()
+            try:
+                for message in messages:
+                    decoded = [
+                        LogEntry(e.origin, e.first, e.last, "a", decode_as(e.delta, StoreMap), e.delta) for e in message
+                    ]
+                    target.apply_remote(decoded, source="a")
+            finally:
+                target.close()
+            runs["apply_remote"].append(len(raw) / (time.perf_counter() - began))
+
+            began = time.perf_counter()
+            states: dict[str, KeyState] = {}
+            context = CausalContext()
+            for e in raw:
+                delta = decode_as(e.delta, StoreMap)
+                for key, named in delta.entries.items():
+                    states[key] = states.get(key, KeyState()).join_delta(named, context, delta.context)
+                context = context.join(delta.context)
+            runs["decode_join"].append(len(raw) / (time.perf_counter() - began))
+
+            env = lmdb.open(str(root / f"raw-{rep}"), map_size=1 << 30, sync=True, metasync=True)
+            began = time.perf_counter()
+            try:
+                for message in messages:
+                    with env.begin(write=True) as txn:
+                        for e in message:
+                            txn.put(f"{e.origin}:{e.last}".encode(), e.delta)
+            finally:
+                env.close()
+            runs["lmdb_put"].append(len(raw) / (time.perf_counter() - began))
+    return {name: stats(values, "entries/s").as_json() for name, values in runs.items()} | {"entries": entries_total}
+
+
+def apply_report(figures: dict[str, Any], log: Log) -> None:
+    log("")
+    log(
+        f"3. Incoming deltas applied with no network: {figures['entries']:,} single-op entries in messages of "
+        f"{APPLY_MESSAGE_ENTRIES:,}, one transaction and fsync per message; entries/s, median [min..max]"
+    )
+    log("")
+    node = figures["apply_remote"]["median"]
+    rows = []
+    for name, what in (
+        ("apply_remote", "crdtstore: LmdbStore.apply_remote (checks, join, log, fsync)"),
+        ("decode_join", "baseline: the same decode + join, in memory"),
+        ("lmdb_put", "baseline: raw LMDB put of each entry's bytes, fsync per message"),
+    ):
+        f = figures[name]
+        rows.append([what, f"{rate(f['median'])} [{rate(f['min'])}..{rate(f['max'])}]", f"{node / f['median']:.2f}x"])
+    for line in table(["figure", "entries/s", "crdtstore / it"], rows, [False, True, True]):
+        log("  " + line)
+    log(f"  target for reference: incoming apply >= {rate(TARGET_APPLY_OPS)} ops/s")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.replication", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 regions x 1,000 keys only, shorter lag runs, 2 repeats")
@@ -1052,7 +1141,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     lag = measure_lag(cfg, deadline)
     converge_runs, skipped = measure_convergence(cfg, deadline)
+    progress("applying incoming deltas with no network")
+    applied = measure_apply(cfg)
     figures = {"lag": lag_report(lag, log), "convergence": converge_report(converge_runs, skipped, log)}
+    apply_report(applied, log)
+    figures["apply"] = applied
     elapsed = time.perf_counter() - began
     log("")
     log(f"total {elapsed:.1f} s")
