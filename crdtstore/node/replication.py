@@ -763,6 +763,9 @@ class Replicator:
                     for name in self.links:
                         self._send_now(name, _message_pb(Ack(self.core.vector)))
             self._dirty.clear()
+            if self.store.context.vv != self.core.vector:
+                # A write committed whose caller went away before telling us (a cancelled request).
+                self.local_committed()
             try:
                 await self._run(self.core.tick(self._wall_ms()))
             except Exception:  # one bad round must not stop replication
