@@ -94,7 +94,7 @@ class ReplicationSettings:
     batch_window_ms: int = 10
     # Entries received from one region are pushed on to another only this long
     # after they arrived: meanwhile that region most likely got them from their
-    # origin and said so. Catch-ups (after a hello, anti-entropy) do not wait.
+    # origin and said so. A catch-up after a hello does not wait.
     relay_delay_ms: int = 50
     # Everything a peer has not acknowledged is offered again this often.
     anti_entropy_ms: int = 1000

@@ -300,13 +300,19 @@ class Replicator:
         options = [*self._channel_options(), ("grpc.ssl_target_name_override", link.name)]
         return grpc.aio.secure_channel(link.address, credentials, options=options)
 
-    def _channel_options(self) -> list[tuple[str, Any]]:
+    def _keepalive_options(self) -> list[tuple[str, Any]]:
         s = self.settings
         return [
             ("grpc.keepalive_time_ms", s.keepalive_ms),
             ("grpc.keepalive_timeout_ms", s.keepalive_timeout_ms),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.max_pings_without_data", 0),
+        ]
+
+    def _channel_options(self) -> list[tuple[str, Any]]:
+        s = self.settings
+        return [
+            *self._keepalive_options(),
             ("grpc.max_receive_message_length", self.config.message_bytes_max),
             ("grpc.max_send_message_length", self.config.message_bytes_max),
             ("grpc.min_reconnect_backoff_ms", s.reconnect_backoff_max_ms),
@@ -318,10 +324,7 @@ class Replicator:
         """Options the gRPC server needs so that peers' keepalive pings are welcome."""
         s = self.settings
         return [
-            ("grpc.keepalive_time_ms", s.keepalive_ms),
-            ("grpc.keepalive_timeout_ms", s.keepalive_timeout_ms),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.max_pings_without_data", 0),
+            *self._keepalive_options(),
             ("grpc.http2.min_recv_ping_interval_without_data_ms", max(100, s.keepalive_ms // 2)),
             ("grpc.http2.min_ping_interval_without_data_ms", max(100, s.keepalive_ms // 2)),
         ]

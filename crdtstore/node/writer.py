@@ -74,30 +74,29 @@ class GroupCommitWriter:
         self._thread.start()
 
     async def submit(self, request: WriteRequest) -> Result:
-        if self._closed:
-            raise RuntimeError("the writer is closed")
-        loop = self._loop
-        assert loop is not None, "start() first"
-        await self._places.acquire()
-        future: asyncio.Future[Result] = loop.create_future()
-        # The place is given back when the request is answered, not when the
-        # caller stops waiting: a caller that gives up leaves its request
-        # queued, and the bound must still count it.
-        future.add_done_callback(lambda _: self._places.release())
+        future: asyncio.Future[Result] = await self._place()
         self._queue.put((request, future))
         return await asyncio.shield(future)
 
     async def call(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on the writer thread, between client batches; its result or exception comes back."""
+        future: asyncio.Future[T] = await self._place()
+        self._queue.put(_Job(fn, future))
+        return await asyncio.shield(future)
+
+    async def _place(self) -> asyncio.Future[Any]:
+        """Wait for a place in the queue; the future that answers the item put there."""
         if self._closed:
             raise RuntimeError("the writer is closed")
         loop = self._loop
         assert loop is not None, "start() first"
         await self._places.acquire()
-        future: asyncio.Future[T] = loop.create_future()
+        future: asyncio.Future[Any] = loop.create_future()
+        # The place is given back when the item is answered, not when the
+        # caller stops waiting: a caller that gives up leaves its request
+        # queued, and the bound must still count it.
         future.add_done_callback(lambda _: self._places.release())
-        self._queue.put(_Job(fn, future))
-        return await asyncio.shield(future)
+        return future
 
     async def close(self) -> None:
         """Commit what is queued, then stop the thread."""
