@@ -110,3 +110,9 @@ def test_peers_come_from_flags_environment_or_file(tmp_path: Path) -> None:
 def test_bad_peers_are_refused_with_a_message(peers: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         NodeConfig.load(environ={}, peer_flags=peers)
+
+
+def test_rejoin_needs_peers() -> None:
+    with pytest.raises(ConfigError, match="--rejoin needs peers"):
+        NodeConfig.load(environ={}, rejoin=True)
+    assert NodeConfig.load(environ={}, rejoin=True, peer_flags=["us=10.0.0.2:7420"]).rejoin

@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 import pytest
 
-from crdtstore.client import ClientError
+from crdtstore.client import Client, ClientError
 from crdtstore.node.replication import SYNC_METHOD
 from crdtstore.operations import AddMembers, DeleteKey, Increment, RemoveMembers, SetRegister
 from crdtstore.testing.regions import RegionProcesses
@@ -173,9 +173,16 @@ def test_replicated_write_survives_losing_the_origin_right_after_the_ack(three: 
     three.wait_converged(names=["b", "c"])
     assert three.clients["c"].get("precious").value == b"kept"
 
-    # a comes back empty. Its peers hold events of a that a lacks: it refuses
-    # writes (they would reuse event ids) until the peers sent them back.
+    # a comes back empty, with --rejoin, while still cut off: it refuses writes
+    # (they would reuse event ids its peers hold) until it hears from a peer,
+    # and then until the peers have sent its events back.
+    three.isolate("a")
+    three.servers["a"].extra_args += ("--rejoin",)
     three.start("a")
+    with Client(three.servers["a"].addr, timeout_s=5, retries_max=0) as a, pytest.raises(ClientError) as err:
+        a.set("too-soon", "x")
+    assert err.value.code == grpc.StatusCode.UNAVAILABLE and "--rejoin" in err.value.message
+    three.heal()
     three.wait_converged()
     assert three.clients["a"].get("precious").value == b"kept"
     three.clients["a"].set("after", "y")

@@ -159,6 +159,9 @@ class NodeConfig:
     replication: ReplicationSettings = field(default_factory=ReplicationSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
     peers: Mapping[str, str] = field(default_factory=dict)  # region -> host:port
+    # Started on a restored (or emptied) data directory: refuse writes until a
+    # peer has said how much of this region's history it holds (--rejoin).
+    rejoin: bool = False
 
     @classmethod
     def load(
@@ -168,6 +171,7 @@ class NodeConfig:
         flags: Mapping[str, str | None] | None = None,
         peer_flags: Sequence[str] = (),
         environ: Mapping[str, str] | None = None,
+        rejoin: bool = False,
     ) -> NodeConfig:
         env = os.environ if environ is None else environ
         config = cls()
@@ -187,6 +191,8 @@ class NodeConfig:
                 config = config._set_top(name, value, f"--{name.replace('_', '-')}")
         if peer_flags:
             config = config._with_peers(list(peer_flags), "--peer")
+        if rejoin:
+            config = replace(config, rejoin=True)
         config.validate()
         return config
 
@@ -256,6 +262,8 @@ class NodeConfig:
                 f"'.', '_' or '-', starting with a letter or digit"
             )
         parse_listen(self.listen)
+        if self.rejoin and not self.peers:
+            raise ConfigError("--rejoin needs peers: it waits for one of them to say what it holds of this region")
         for name, address in self.peers.items():
             if name == self.region:
                 raise ConfigError(f"peer {name!r} is this node's own region; list only the other regions")

@@ -39,6 +39,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         help="another region to replicate with; repeat for each (replaces [peers] of the config file)",
     )
+    parser.add_argument(
+        "--rejoin",
+        action="store_true",
+        help="the data directory was restored from a backup (or lost): refuse writes until a peer has said what "
+        "it holds of this region, so no event id is used twice",
+    )
 
 
 # For chaos tests only: shift this node's physical clock, as a bad NTP source would.
@@ -79,6 +85,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
             config_file=args.config,
             flags={"data_dir": args.data_dir, "listen": args.listen, "region": args.region},
             peer_flags=args.peer,
+            rejoin=args.rejoin,
         )
     except ConfigError as exc:
         print(f"crdtstore serve: {exc}", file=sys.stderr)

@@ -142,6 +142,8 @@ class Replicator:
         self.skew_events = 0
         # The most events of this region any peer has said it holds.
         self._own_events_seen = 0
+        # Started with --rejoin: no write until a peer has said what it holds of this region.
+        self.awaiting_peer = config.rejoin
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -437,6 +439,9 @@ class Replicator:
             theirs = vector.get(self.config.region)
             mine = self.store.context.vv.get(self.config.region)
             self._own_events_seen = max(self._own_events_seen, theirs)
+            if self.awaiting_peer:
+                self.awaiting_peer = False
+                log.info("heard from %s, which holds %d events of this region (this node: %d)", link.name, theirs, mine)
             if theirs > mine:
                 log.error(
                     "peer %s has %d events of region %s, this node only %d: the data directory was restored or "

@@ -185,6 +185,13 @@ class KVService:
         except InvalidRequest as exc:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         replicator = self.node.replicator
+        if replicator.awaiting_peer:
+            await _abort(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                f"region {self.node.store.region} was started with --rejoin and has not heard from a peer yet; "
+                f"it refuses writes until one says what it holds of this region. Nothing was applied",
+            )
         if replicator.lost_own_history:
             await _abort(
                 context,
