@@ -99,7 +99,7 @@ class ReplicationSettings:
     # Everything a peer has not acknowledged is offered again this often.
     anti_entropy_ms: int = 1000
     # A lost peer connection is retried with backoff up to this long between attempts.
-    reconnect_backoff_max_ms: int = 1000
+    reconnect_backoff_max_ms: int = 500
     # HTTP/2 keepalive pings on idle replication streams; no answer within the timeout means a dead peer.
     keepalive_ms: int = 2000
     keepalive_timeout_ms: int = 2000
