@@ -8,7 +8,7 @@ and through a third region that relays them.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from crdtstore.storage import (
     LmdbStore,
     LogEntry,
     RemoteOutcome,
+    StaleTransfer,
     StorageConfig,
     StorageOptions,
     WriteRequest,
@@ -181,8 +182,18 @@ def test_regions_converge_whatever_is_shipped_when(script: list[tuple[str, str, 
         assert snapshots[0] == snapshots[1] == snapshots[2]
 
 
-def _transfer(sender: Region, receiver: Region, tmp: Path, *, by_digest: bool = False) -> int:
-    """A repair as the replication driver does it: spool, compare digests (or not), stage pages, finish."""
+def _transfer(
+    sender: Region,
+    receiver: Region,
+    tmp: Path,
+    *,
+    by_digest: bool = False,
+    between: Callable[[], object] = lambda: None,
+) -> int:
+    """A repair as the replication driver does it: spool, compare digests (or not), stage pages, finish.
+
+    ``between`` runs after the receiver compared digests and before it joins the transfer.
+    """
     spool = tmp / f"{sender.name}-to-{receiver.name}.spool"
     context, count, digests = sender.store.spool_snapshot(spool)
     assert digests == sender.store.bucket_digests()
@@ -194,9 +205,10 @@ def _transfer(sender: Region, receiver: Region, tmp: Path, *, by_digest: bool = 
         theirs = receiver.store.bucket_digests()
         buckets = frozenset(i for i, (a, b) in enumerate(zip(digests, theirs, strict=True)) if a != b)
         pairs = [(key, body) for key, body in pairs if bucket_of(key) in buckets]
+    between()
     for i in range(0, len(pairs), 3):  # in pages
         receiver.store.stage_snapshot(sender.name, 7, pairs[i : i + 3])
-    return receiver.store.finish_snapshot(sender.name, 7, context, buckets)
+    return receiver.store.finish_snapshot(sender.name, 7, context, buckets, digests)
 
 
 def test_a_state_transfer_is_the_full_join(regions: dict[str, Region], tmp_path: Path) -> None:
@@ -232,6 +244,29 @@ def test_a_repair_by_digest_sends_only_differing_buckets_and_equals_the_full_joi
     _transfer(eu, us, tmp_path, by_digest=True)
     assert us.snapshot() == expected
     assert us.store.get("k1") is None, "a remove in a differing bucket applies"
+
+
+def test_regression_a_bucket_that_changed_after_the_comparison_refuses_the_transfer(
+    regions: dict[str, Region], tmp_path: Path
+) -> None:
+    """Found reading the digest repair: a skipped bucket may change before the join.
+
+    ap writes k; eu receives it and deletes it. us has neither, so k's bucket
+    compares equal (empty on both sides) and is skipped. Then ap's write
+    reaches us. Joining eu's context now would claim eu's delete while us
+    keeps k: k would live on in us for ever. The transfer must be refused.
+    """
+    eu, us, ap = regions["eu"], regions["us"], regions["ap"]
+    ap.write(SetRegister("k", b"from ap"))
+    eu.store.apply_remote(ap.log(), source="ap")
+    eu.write(DeleteKey("k"))
+    with pytest.raises(StaleTransfer):
+        _transfer(eu, us, tmp_path, by_digest=True, between=lambda: us.store.apply_remote(ap.log(), source="ap"))
+    assert us.store.get("k") is not None and us.store.context.vv.get("eu") == 0, "nothing of it was joined"
+    us.store.discard_snapshot("eu")
+    _transfer(eu, us, tmp_path, by_digest=True)  # compared again: k's bucket now differs and travels
+    assert us.store.get("k") is None
+    assert us.snapshot() == _full_join(us, eu)
 
 
 def test_a_cut_short_transfer_is_discarded(regions: dict[str, Region], tmp_path: Path) -> None:

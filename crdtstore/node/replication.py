@@ -59,7 +59,15 @@ from crdtstore.replica.core import (
     SendLog,
     Trim,
 )
-from crdtstore.storage import DIGEST_BUCKETS, LmdbStore, LogEntry, RawLogEntry, RemoteOutcome, bucket_of
+from crdtstore.storage import (
+    DIGEST_BUCKETS,
+    LmdbStore,
+    LogEntry,
+    RawLogEntry,
+    RemoteOutcome,
+    StaleTransfer,
+    bucket_of,
+)
 from crdtstore.v1 import replication_pb2 as rpb
 
 __all__ = ["PROTOCOL_VERSION", "SYNC_METHOD", "ProtocolError", "Replicator"]
@@ -86,6 +94,7 @@ class _Stream:
     epoch: int = 0  # the link's stream number
     next_page: int = 0  # the next state-transfer page expected from the peer on this stream
     transfer: int = 0  # state transfers begun by the peer on this stream
+    offered_digests: list[int] | None = None  # the peer's bucket digests from its last offer
 
 
 @dataclass
@@ -720,9 +729,12 @@ class Replicator:
     async def _answer_digests(self, link: _Link, stream: _Stream, digests: bytes) -> None:
         """A peer offers a repair: tell it which buckets differ from ours."""
         if len(digests) != 16 * DIGEST_BUCKETS:
-            raise ProtocolError(f"a digest offer of {len(digests)} bytes; {16 * DIGEST_BUCKETS} were expected")
+            log.warning("%s offered %d bytes of digests, not %d; ignored", link.name, len(digests), 16 * DIGEST_BUCKETS)
+            return
+        theirs = [int.from_bytes(digests[16 * i : 16 * (i + 1)], "big") for i in range(DIGEST_BUCKETS)]
+        stream.offered_digests = theirs  # the skipped buckets must still match when the transfer is joined
         mine = await asyncio.to_thread(self.store.bucket_digests)
-        differ = frozenset(i for i, d in enumerate(mine) if d.to_bytes(16, "big") != digests[16 * i : 16 * (i + 1)])
+        differ = frozenset(i for i in range(DIGEST_BUCKETS) if mine[i] != theirs[i])
         answer = rpb.SyncMessage()
         answer.want.buckets = _bitmap(differ)
         await self._put(stream, answer)
@@ -746,7 +758,15 @@ class Replicator:
             return
         context = decode_as(snapshot.context, CausalContext)
         covered = _buckets_of(snapshot.buckets)
-        changed = await self.writer.call(lambda: store.finish_snapshot(link.name, transfer, context, covered))
+        expected = stream.offered_digests
+        try:
+            changed = await self.writer.call(
+                lambda: store.finish_snapshot(link.name, transfer, context, covered, expected)
+            )
+        except StaleTransfer as exc:
+            await self.writer.call(lambda: store.discard_snapshot(link.name))
+            log.info("set aside a state transfer from %s (%s); the next round compares again", link.name, exc)
+            return
         log.info("joined a state transfer from %s: %d keys changed", link.name, changed)
         self._dirty.set()
         actions = self.core.applied(link.name, self.store.context.vv)

@@ -83,6 +83,7 @@ __all__ = [
     "LogEntry",
     "RawLogEntry",
     "RemoteOutcome",
+    "StaleTransfer",
     "StorageConfig",
     "StorageError",
     "StorageOptions",
@@ -202,6 +203,10 @@ class IdempotencyConflict(Exception):
 
 class KeyTooLarge(Exception):
     """The request would make one key's stored state larger than ``key_state_bytes_max``."""
+
+
+class StaleTransfer(StorageError):
+    """A state transfer that can no longer be joined correctly; nothing of it was applied."""
 
 
 class DataCorruption(StorageError):
@@ -651,7 +656,12 @@ class LmdbStore:
                 found = cursor.delete()
 
     def finish_snapshot(
-        self, source: str, transfer: int, context: CausalContext, buckets: frozenset[int] | None = None
+        self,
+        source: str,
+        transfer: int,
+        context: CausalContext,
+        buckets: frozenset[int] | None = None,
+        expected: Sequence[int] | None = None,
     ) -> int:
         """Join the staged state transfer ``transfer`` from ``source``, read at ``context``, in one transaction.
 
@@ -661,22 +671,28 @@ class LmdbStore:
         while what the sender never saw stays. That is the full state join,
         key by key. With ``buckets``, the transfer covers only those key
         buckets (the others were equal on both sides when compared), and only
-        this node's keys in them are visited. This node's context becomes the join of both; the events
+        this node's keys in them are visited; ``expected`` (the sender's
+        digests) must still match this node's in every other bucket, or the
+        transfer is refused with ``StaleTransfer``. This node's context becomes the join of both; the events
         it now has without their log entries move the log horizon, so a peer
         that needs them from here is repaired in turn. Returns the keys changed.
         """
         prefix = _transfer_prefix(source, transfer)
         while True:
             try:
-                return self._finish_snapshot(prefix, context, buckets)
+                return self._finish_snapshot(prefix, context, buckets, expected)
             except lmdb.MapFullError:
                 if not self._grow():
                     raise StoreFull(self._full_message()) from None
 
-    def _finish_snapshot(self, prefix: bytes, remote: CausalContext, buckets: frozenset[int] | None) -> int:
+    def _finish_snapshot(
+        self, prefix: bytes, remote: CausalContext, buckets: frozenset[int] | None, expected: Sequence[int] | None
+    ) -> int:
         changed = 0
         with self.env.begin(write=True) as txn:
             local = self._context_in(txn)
+            if buckets is not None:
+                self._check_buckets_unchanged(txn, buckets, expected)
             staged: set[bytes] = set()
             cursor = txn.cursor(db=self.incoming)
             found = cursor.set_range(prefix)
@@ -710,6 +726,27 @@ class LmdbStore:
         self._context = context
         self._horizon = horizon
         return changed
+
+    def _check_buckets_unchanged(
+        self, txn: lmdb.Transaction, covered: frozenset[int], expected: Sequence[int] | None
+    ) -> None:
+        """The buckets a transfer skips must still equal the sender's, or joining its context would be wrong.
+
+        They were skipped because this node's state in them equalled the
+        sender's when compared. If this node has changed them since (an entry
+        arrived), it may now hold events the sender's context says were
+        removed, and the join would keep them while claiming the removal:
+        the transfer is refused, and the next round compares again.
+        """
+        if expected is None or len(expected) != DIGEST_BUCKETS:
+            raise StaleTransfer("a transfer that covers only some buckets needs the sender's digests")
+        digests = [0] * DIGEST_BUCKETS
+        for db_key, value in txn.cursor(db=self.data):
+            key, body = _split_value(bytes(db_key), bytes(value))
+            digests[bucket_of(key)] ^= _pair_digest(key, body)
+        changed = [i for i in range(DIGEST_BUCKETS) if i not in covered and digests[i] != expected[i]]
+        if changed:
+            raise StaleTransfer(f"{len(changed)} bucket(s) changed here since they were compared")
 
     def _join_key(
         self,
