@@ -111,6 +111,7 @@ class _Link:
     transfer: asyncio.Task[Any] | None = None  # a state transfer to this peer, while it runs
     transfers_sent: int = 0
     want: asyncio.Future[frozenset[int]] | None = None  # the peer's answer to a digest offer
+    stale_transfer: bool = False  # the last transfer from this peer was refused: ask for all of it next time
     entries_received: int = 0
     entries_sent: int = 0
     bytes_sent: int = 0
@@ -733,8 +734,13 @@ class Replicator:
             return
         theirs = [int.from_bytes(digests[16 * i : 16 * (i + 1)], "big") for i in range(DIGEST_BUCKETS)]
         stream.offered_digests = theirs  # the skipped buckets must still match when the transfer is joined
-        mine = await asyncio.to_thread(self.store.bucket_digests)
-        differ = frozenset(i for i in range(DIGEST_BUCKETS) if mine[i] != theirs[i])
+        if link.stale_transfer:
+            # The last comparison went stale before it could be joined: ask
+            # for every bucket, which needs no comparison to hold.
+            differ = frozenset(range(DIGEST_BUCKETS))
+        else:
+            mine = await asyncio.to_thread(self.store.bucket_digests)
+            differ = frozenset(i for i in range(DIGEST_BUCKETS) if mine[i] != theirs[i])
         answer = rpb.SyncMessage()
         answer.want.buckets = _bitmap(differ)
         await self._put(stream, answer)
@@ -765,8 +771,10 @@ class Replicator:
             )
         except StaleTransfer as exc:
             await self.writer.call(lambda: store.discard_snapshot(link.name))
-            log.info("set aside a state transfer from %s (%s); the next round compares again", link.name, exc)
+            link.stale_transfer = True
+            log.info("set aside a state transfer from %s (%s); the next one takes every bucket", link.name, exc)
             return
+        link.stale_transfer = False
         log.info("joined a state transfer from %s: %d keys changed", link.name, changed)
         self._dirty.set()
         actions = self.core.applied(link.name, self.store.context.vv)

@@ -691,7 +691,7 @@ class LmdbStore:
         changed = 0
         with self.env.begin(write=True) as txn:
             local = self._context_in(txn)
-            if buckets is not None:
+            if buckets is not None and len(buckets) < DIGEST_BUCKETS:
                 self._check_buckets_unchanged(txn, buckets, expected)
             staged: set[bytes] = set()
             cursor = txn.cursor(db=self.incoming)
