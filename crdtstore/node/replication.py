@@ -79,6 +79,7 @@ SYNC_METHOD = "/crdtstore.v1.Replication/Sync"
 _TRIM_BUDGET = 10_000
 _SPOOL_SUFFIX = ".spool"
 _WANT_TIMEOUT_S = 60.0
+_STALE_TRANSFERS_MAX = 3
 
 
 class ProtocolError(Exception):
@@ -111,7 +112,7 @@ class _Link:
     transfer: asyncio.Task[Any] | None = None  # a state transfer to this peer, while it runs
     transfers_sent: int = 0
     want: asyncio.Future[frozenset[int]] | None = None  # the peer's answer to a digest offer
-    stale_transfer: bool = False  # the last transfer from this peer was refused: ask for all of it next time
+    stale_transfers: int = 0  # transfers from this peer refused in a row; past a few, ask for every bucket
     entries_received: int = 0
     entries_sent: int = 0
     bytes_sent: int = 0
@@ -734,9 +735,9 @@ class Replicator:
             return
         theirs = [int.from_bytes(digests[16 * i : 16 * (i + 1)], "big") for i in range(DIGEST_BUCKETS)]
         stream.offered_digests = theirs  # the skipped buckets must still match when the transfer is joined
-        if link.stale_transfer:
-            # The last comparison went stale before it could be joined: ask
-            # for every bucket, which needs no comparison to hold.
+        if link.stale_transfers >= _STALE_TRANSFERS_MAX:
+            # Comparisons keep going stale before they can be joined (this
+            # region keeps changing): ask for every bucket, which needs none.
             differ = frozenset(range(DIGEST_BUCKETS))
         else:
             mine = await asyncio.to_thread(self.store.bucket_digests)
@@ -771,10 +772,10 @@ class Replicator:
             )
         except StaleTransfer as exc:
             await self.writer.call(lambda: store.discard_snapshot(link.name))
-            link.stale_transfer = True
-            log.info("set aside a state transfer from %s (%s); the next one takes every bucket", link.name, exc)
+            link.stale_transfers += 1
+            log.info("set aside a state transfer from %s (%s); the next round compares again", link.name, exc)
             return
-        link.stale_transfer = False
+        link.stale_transfers = 0
         log.info("joined a state transfer from %s: %d keys changed", link.name, changed)
         self._dirty.set()
         actions = self.core.applied(link.name, self.store.context.vv)
