@@ -204,7 +204,8 @@ def _scan(client: Client, args: argparse.Namespace) -> None:
 
 
 def _status(client: Client, args: argparse.Namespace) -> None:
-    status = _status_json(client.status())
+    raw = client.status()
+    status = _status_json(raw)
     if args.json:
         _print_json(status)
         return
@@ -212,18 +213,12 @@ def _status(client: Client, args: argparse.Namespace) -> None:
         if name == "peers":
             continue
         print(f"{name}: {json.dumps(value) if isinstance(value, bool) else value}")
-    for peer in _peers_of(status):
+    for peer in raw["peers"]:
         state = "connected" if peer["connected"] else "DISCONNECTED"
         print(
             f"peer {peer['region']} at {peer['address']}: {state}, {peer['behind']} events behind, "
             f"clock offset {peer['clock_offset_ms']} ms"
         )
-
-
-def _peers_of(status: dict[str, object]) -> list[dict[str, object]]:
-    peers = status["peers"]
-    assert isinstance(peers, list)
-    return peers
 
 
 def _set(client: Client, args: argparse.Namespace) -> WriteResult:

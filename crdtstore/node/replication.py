@@ -113,10 +113,6 @@ class _Link:
     transfers_sent: int = 0
     want: asyncio.Future[frozenset[int]] | None = None  # the peer's answer to a digest offer
     stale_transfers: int = 0  # transfers from this peer refused in a row; past a few, ask for every bucket
-    entries_received: int = 0
-    entries_sent: int = 0
-    bytes_sent: int = 0
-    bytes_received: int = 0
 
 
 class Replicator:
@@ -475,7 +471,6 @@ class Replicator:
                     raise ProtocolError(f"a log entry {e.origin!r}:{e.first}..{e.last} is malformed")
                 raw_entries.append(RawLogEntry(e.origin, e.first, e.last, e.delta))
                 top[e.origin] = max(top.get(e.origin, 0), e.last)
-                link.bytes_received += len(e.delta)
             core_message = Entries(tuple(raw_entries), VersionVector(top))
         elif body == "ack":
             core_message = Ack(decode_as(message.ack.vector, VersionVector))
@@ -576,8 +571,6 @@ class Replicator:
             message.entries.entries.add(origin=e.origin, first=e.first, last=e.last, delta=e.delta)
         if not await self._put(stream, message) or link.stream is not stream:
             return  # that stream ended: the next hello starts over
-        link.entries_sent += len(entries)
-        link.bytes_sent += sum(len(e.delta) for e in entries)
         self.core.sent(peer, reached)
         if not self.core.peers[peer].sent.dominates(self.core.vector):
             self._dirty.set()  # more than one message's worth: go on at the next tick
@@ -586,25 +579,21 @@ class Replicator:
         raw = [e for e in entries if isinstance(e, RawLogEntry)]
         store, clock = self.store, self.clock
 
-        def apply() -> tuple[int, int, bool]:
+        def apply() -> tuple[int, bool]:
             # On the writer thread: decoding checks every invariant of the
             # delta, and the clock belongs to this thread.
             decoded = [LogEntry(e.origin, e.first, e.last, peer, decode_as(e.delta, StoreMap), e.delta) for e in raw]
             outcomes = store.apply_remote(decoded, source=peer)
-            applied = skews = 0
-            gap = False
+            skews = 0
             for entry, outcome in zip(decoded, outcomes, strict=True):
-                gap = gap or outcome is RemoteOutcome.GAP
                 if outcome is not RemoteOutcome.APPLIED:
                     continue
-                applied += 1
                 latest = entry.delta.latest_timestamp()
                 if latest is not None and clock.receive(latest) is not None:
                     skews += 1
-            return applied, skews, gap
+            return skews, RemoteOutcome.GAP in outcomes
 
-        applied, skews, gap = await self.writer.call(apply)
-        self.links[peer].entries_received += applied
+        skews, gap = await self.writer.call(apply)
         if skews:
             self.skew_events += skews
             log.warning(

@@ -48,7 +48,7 @@ import fcntl
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -300,6 +300,25 @@ def _pair_digest(key: str, body: bytes) -> int:
     return int.from_bytes(h.digest(), "big")
 
 
+def _check_buckets_unchanged(
+    own: Iterable[tuple[bytes, str, bytes]], covered: frozenset[int], expected: Sequence[int] | None
+) -> None:
+    """The buckets a transfer skips must still equal the sender's, or joining its context would be wrong.
+
+    They were skipped because this node's state in them equalled the
+    sender's when compared. If this node has changed them since (an entry
+    arrived), it may now hold events the sender's context says were
+    removed, and the join would keep them while claiming the removal:
+    the transfer is refused, and the next round compares again.
+    """
+    if expected is None or len(expected) != DIGEST_BUCKETS:
+        raise StaleTransfer("a transfer that covers only some buckets needs the sender's digests")
+    digests = _digests(own)
+    changed = [i for i in range(DIGEST_BUCKETS) if i not in covered and digests[i] != expected[i]]
+    if changed:
+        raise StaleTransfer(f"{len(changed)} bucket(s) changed here since they were compared")
+
+
 def _transfer_prefix(source: str, transfer: int) -> bytes:
     return source.encode("utf-8") + b"\x00" + transfer.to_bytes(8, "big")
 
@@ -310,20 +329,31 @@ def _split_value(db_key: bytes, value: bytes) -> tuple[str, bytes]:
         return db_key.decode("utf-8"), value[1:]
     if value[:1] == _FLAG_LONG:
         n = int.from_bytes(value[1:3], "big")
-        return value[3 : 3 + n].decode("utf-8"), value[3 + n :]
+        key = value[3 : 3 + n].decode("utf-8")
+        if lmdb_key(key) != db_key:
+            raise StorageError(f"stored key does not match its index entry: {key[:40]!r}...")
+        return key, value[3 + n :]
     raise StorageError(f"unknown value framing {value[:1]!r}")
 
 
 def _decode_value(db_key: bytes, value: bytes) -> tuple[str, KeyState]:
-    if value[:1] == _FLAG_SHORT:
-        return db_key.decode("utf-8"), decode_as(value[1:], KeyState)
-    if value[:1] == _FLAG_LONG:
-        n = int.from_bytes(value[1:3], "big")
-        key = value[3 : 3 + n].decode("utf-8")
-        if lmdb_key(key) != db_key:
-            raise StorageError(f"stored key does not match its index entry: {key[:40]!r}...")
-        return key, decode_as(value[3 + n :], KeyState)
-    raise StorageError(f"unknown value framing {value[:1]!r}")
+    key, body = _split_value(db_key, value)
+    return key, decode_as(body, KeyState)
+
+
+def _stored_pairs(txn: lmdb.Transaction, data: lmdb._Database) -> Iterator[tuple[bytes, str, bytes]]:
+    """Every stored key as (LMDB key, key, encoded state), in key order."""
+    for db_key, value in txn.cursor(db=data):
+        raw = bytes(db_key)
+        yield (raw, *_split_value(raw, bytes(value)))
+
+
+def _digests(pairs: Iterable[tuple[bytes, str, bytes]]) -> list[int]:
+    """Per repair bucket, the XOR of a 128-bit hash of each (key, encoded state) in it."""
+    digests = [0] * DIGEST_BUCKETS
+    for _, key, body in pairs:
+        digests[bucket_of(key)] ^= _pair_digest(key, body)
+    return digests
 
 
 class LmdbStore:
@@ -603,15 +633,18 @@ class LmdbStore:
         pages and holds off map growth) as short as a sequential copy.
         """
         packer = msgpack.Packer(use_bin_type=True)
-        digests = [0] * DIGEST_BUCKETS
         count = 0
         with self._gate.read(), self.env.begin() as txn, Path(path).open("wb") as out:
             context = self._context_in(txn)
-            for db_key, value in txn.cursor(db=self.data):
-                key, body = _split_value(bytes(db_key), bytes(value))
-                digests[bucket_of(key)] ^= _pair_digest(key, body)
-                out.write(packer.pack([key, body]))
-                count += 1
+
+            def spooled() -> Iterator[tuple[bytes, str, bytes]]:
+                nonlocal count
+                for pair in _stored_pairs(txn, self.data):
+                    out.write(packer.pack([pair[1], pair[2]]))
+                    count += 1
+                    yield pair
+
+            digests = _digests(spooled())
             out.flush()
         return context, count, digests
 
@@ -622,12 +655,8 @@ class LmdbStore:
         hash collision) they hold the same keys with the same states in it: the
         encoding is canonical, so equal states are equal bytes.
         """
-        digests = [0] * DIGEST_BUCKETS
-        with self._gate.read(), self.env.begin(db=self.data) as txn:
-            for db_key, value in txn.cursor():
-                key, body = _split_value(bytes(db_key), bytes(value))
-                digests[bucket_of(key)] ^= _pair_digest(key, body)
-        return digests
+        with self._gate.read(), self.env.begin() as txn:
+            return _digests(_stored_pairs(txn, self.data))
 
     def stage_snapshot(self, source: str, transfer: int, keys: Sequence[tuple[str, bytes]]) -> None:
         """Keep one page of state transfer number ``transfer`` from ``source`` until it is complete.
@@ -691,8 +720,10 @@ class LmdbStore:
         changed = 0
         with self.env.begin(write=True) as txn:
             local = self._context_in(txn)
+            # Read before anything is joined: the skipped buckets' check and the own keys to visit.
+            own = list(_stored_pairs(txn, self.data))
             if buckets is not None and len(buckets) < DIGEST_BUCKETS:
-                self._check_buckets_unchanged(txn, buckets, expected)
+                _check_buckets_unchanged(own, buckets, expected)
             staged: set[bytes] = set()
             cursor = txn.cursor(db=self.incoming)
             found = cursor.set_range(prefix)
@@ -707,15 +738,10 @@ class LmdbStore:
                 staged.add(db_key)
                 changed += self._join_key(txn, db_key, key, theirs, local=local, remote=remote)
                 found = cursor.delete()
-            own = [bytes(k) for k in txn.cursor(db=self.data).iternext(keys=True, values=False)]
-            for db_key in own:
-                if db_key not in staged:
-                    raw = txn.get(db_key, db=self.data)
-                    assert raw is not None
-                    key, _ = _split_value(db_key, bytes(raw))
-                    if buckets is not None and bucket_of(key) not in buckets:
-                        continue
-                    changed += self._join_key(txn, db_key, key, KeyState(), local=local, remote=remote)
+            for db_key, key, _ in own:
+                if db_key in staged or (buckets is not None and bucket_of(key) not in buckets):
+                    continue
+                changed += self._join_key(txn, db_key, key, KeyState(), local=local, remote=remote)
             context = local.join(remote)
             # Events this node now has without their log entries: a peer
             # below them must be repaired from here too.
@@ -726,27 +752,6 @@ class LmdbStore:
         self._context = context
         self._horizon = horizon
         return changed
-
-    def _check_buckets_unchanged(
-        self, txn: lmdb.Transaction, covered: frozenset[int], expected: Sequence[int] | None
-    ) -> None:
-        """The buckets a transfer skips must still equal the sender's, or joining its context would be wrong.
-
-        They were skipped because this node's state in them equalled the
-        sender's when compared. If this node has changed them since (an entry
-        arrived), it may now hold events the sender's context says were
-        removed, and the join would keep them while claiming the removal:
-        the transfer is refused, and the next round compares again.
-        """
-        if expected is None or len(expected) != DIGEST_BUCKETS:
-            raise StaleTransfer("a transfer that covers only some buckets needs the sender's digests")
-        digests = [0] * DIGEST_BUCKETS
-        for db_key, value in txn.cursor(db=self.data):
-            key, body = _split_value(bytes(db_key), bytes(value))
-            digests[bucket_of(key)] ^= _pair_digest(key, body)
-        changed = [i for i in range(DIGEST_BUCKETS) if i not in covered and digests[i] != expected[i]]
-        if changed:
-            raise StaleTransfer(f"{len(changed)} bucket(s) changed here since they were compared")
 
     def _join_key(
         self,

@@ -14,7 +14,7 @@ import itertools
 import json
 import socket
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -210,9 +210,6 @@ class RegionProcesses:
             if time.monotonic() > deadline:
                 raise AssertionError(f"links still down after {timeout_s} s: {missing}")
             time.sleep(0.05)
-
-    def iter_clients(self) -> Iterator[tuple[str, Client]]:
-        yield from self.clients.items()
 
 
 def _difference(views: dict[str, list[str]]) -> str:
