@@ -27,6 +27,11 @@ Faults (``cut(mode)``):
   vanishes, as in a partition where packets are lost; new connections are
   accepted and black-holed (they never reach the target).
 
+``cut("blackhole", direction=UPSTREAM)`` (or ``DOWNSTREAM``) is a one-way
+partition: only bytes flowing that way vanish, the other way keeps forwarding,
+and new connections still reach the target. ``UPSTREAM`` is from the side that
+connects to the proxy towards the target.
+
 ``heal()`` makes new connections forward again and closes the black-holed ones,
 so their peers notice and reconnect.
 
@@ -73,9 +78,10 @@ _LINGER_RESET = struct.pack("HH" if sys.platform == "win32" else "ii", 1, 0)
 # Closing connections only waits this long for the operating system to confirm.
 _CLOSE_WAIT_S = 5.0
 
-# Keys of LinkProxy.bytes_forwarded.
+# Keys of LinkProxy.bytes_forwarded, and the directions a one-way cut takes.
 UPSTREAM = "client_to_target"
 DOWNSTREAM = "target_to_client"
+_BOTH_WAYS: frozenset[str] = frozenset({UPSTREAM, DOWNSTREAM})
 
 _T = TypeVar("_T")
 
@@ -134,6 +140,10 @@ class _Pipe:
     def _room(self) -> int:
         return self._proxy.buffer_bytes_max - self._queued_bytes
 
+    @property
+    def direction(self) -> str:
+        return self._direction
+
     def discard(self) -> None:
         """Forget every queued chunk (the link was black-holed: they are lost in flight)."""
         while self._queue:
@@ -149,7 +159,7 @@ class _Pipe:
                 self._room_ready.clear()
                 await self._room_ready.wait()
             chunk = await self._source.read(min(_READ_CHUNK, self._room()))
-            if self._conn.blackholed:
+            if self._direction in self._conn.lost:
                 if not chunk:
                     return
                 self._proxy.bytes_discarded += len(chunk)
@@ -195,7 +205,7 @@ class _Connection:
         writer: asyncio.StreamWriter,
         *,
         refuse: _CloseMode | None,
-        blackholed: bool,
+        lost: frozenset[str],
     ) -> None:
         self._proxy = proxy
         self._client_reader = reader
@@ -204,7 +214,8 @@ class _Connection:
         self._pipes: list[_Pipe] = []
         self._refuse = refuse
         self._close_mode: _CloseMode = refuse or "close"
-        self.blackholed = blackholed
+        # The directions whose bytes vanish: both for a black-holed connection, one for a one-way cut.
+        self.lost: frozenset[str] = lost
         self.shutting_down = False
         self.task: asyncio.Task[None] | None = None
         peer = writer.get_extra_info("peername")
@@ -220,10 +231,15 @@ class _Connection:
     def queued_bytes(self) -> int:
         return sum(pipe.queued_bytes for pipe in self._pipes)
 
-    def blackhole(self) -> None:
-        self.blackholed = True
+    @property
+    def blackholed(self) -> bool:
+        return self.lost == _BOTH_WAYS
+
+    def blackhole(self, directions: frozenset[str] = _BOTH_WAYS) -> None:
+        self.lost |= directions
         for pipe in self._pipes:
-            pipe.discard()
+            if pipe.direction in directions:
+                pipe.discard()
 
     def shutdown(self, mode: _CloseMode) -> None:
         """Close the connection now; ``run`` finishes by closing its sockets."""
@@ -321,6 +337,7 @@ class LinkProxy:
         self.bytes_discarded = 0
         self.connections_accepted = 0
         self._cut_mode: CutMode | None = None
+        self._lost: frozenset[str] = frozenset()
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
         self._closing = False
@@ -328,6 +345,8 @@ class LinkProxy:
 
     def __repr__(self) -> str:
         state = f"cut={self._cut_mode}" if self._cut_mode else "up"
+        if self._lost and self._lost != _BOTH_WAYS:
+            state += f" one-way {next(iter(self._lost))}"
         return (
             f"<LinkProxy {self.name!r} {self.listen_host}:{self.port} -> "
             f"{self.target_host}:{self.target_port} {state} delay_ms={self.delay_ms}>"
@@ -340,6 +359,11 @@ class LinkProxy:
     @property
     def cut_mode(self) -> CutMode | None:
         return self._cut_mode
+
+    @property
+    def lost_directions(self) -> frozenset[str]:
+        """The directions whose bytes vanish: both while black-holed, one during a one-way cut."""
+        return self._lost
 
     @property
     def bytes_queued(self) -> int:
@@ -381,24 +405,38 @@ class LinkProxy:
         finally:
             self._closed.set()
 
-    def cut(self, mode: CutMode = "drop") -> None:
-        """Break the link: see the module docstring for what each mode does."""
+    def cut(self, mode: CutMode = "drop", *, direction: str | None = None) -> None:
+        """Break the link: see the module docstring for what each mode does.
+
+        ``direction`` (``UPSTREAM`` or ``DOWNSTREAM``, with ``"blackhole"`` only)
+        cuts one way; a later cut both ways, or a heal, supersedes it.
+        """
         if mode not in _CUT_MODES:
             raise ValueError(f"unknown cut mode {mode!r}; expected one of {sorted(_CUT_MODES)}")
+        if direction is not None and (mode != "blackhole" or direction not in _BOTH_WAYS):
+            raise ValueError(
+                f"a one-way cut is a blackhole towards {UPSTREAM!r} or {DOWNSTREAM!r}, "
+                f"not {mode!r} towards {direction!r}"
+            )
         self._cut_mode = mode
+        if mode == "blackhole":
+            self._lost |= _BOTH_WAYS if direction is None else frozenset({direction})
+        else:
+            self._lost = frozenset()
         log.info("%r: cut", self)
         for conn in list(self._connections):
             if mode == "blackhole":
-                conn.blackhole()
+                conn.blackhole(self._lost)
             else:
                 conn.shutdown(mode)
 
     def heal(self) -> None:
         """Forward new connections again; black-holed connections are reset so their peers reconnect."""
         self._cut_mode = None
+        self._lost = frozenset()
         log.info("%r: healed", self)
         for conn in list(self._connections):
-            if conn.blackholed:
+            if conn.lost:
                 conn.shutdown("reset")
 
     def set_delay(self, delay_ms: float) -> None:
@@ -417,7 +455,7 @@ class LinkProxy:
             refuse = "drop"
         elif mode in ("drop", "reset"):
             refuse = mode
-        conn = _Connection(self, reader, writer, refuse=refuse, blackholed=mode == "blackhole")
+        conn = _Connection(self, reader, writer, refuse=refuse, lost=self._lost if refuse is None else frozenset())
         self._connections.add(conn)
         conn.task = asyncio.create_task(conn.run(), name=f"proxy {conn.label}")
         conn.task.add_done_callback(lambda _: self._connection_done(conn))
@@ -524,11 +562,11 @@ class ProxyThread:
 
         return self._call(start)
 
-    def cut(self, proxy: LinkProxy, mode: CutMode = "drop") -> None:
-        """``proxy.cut(mode)``; returns once connections being closed are closed."""
+    def cut(self, proxy: LinkProxy, mode: CutMode = "drop", *, direction: str | None = None) -> None:
+        """``proxy.cut(mode, direction=direction)``; returns once connections being closed are closed."""
 
         async def cut() -> None:
-            proxy.cut(mode)
+            proxy.cut(mode, direction=direction)
             await proxy.settle()
 
         self._call(cut)

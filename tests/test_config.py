@@ -42,6 +42,7 @@ def test_flags_override_environment_override_file(tmp_path: Path) -> None:
         ("[limits]\nkey_bytes_mx = 3", r"limits\.key_bytes_mx: unknown setting \(known: "),
         ('[limits]\nkey_bytes_max = "big"', "expected int, got str"),
         ("[limits]\nkey_bytes_max = 0", "must be positive"),
+        ("[storage]\nsync = false", "storage.sync cannot be turned off"),
         ("limits = 3", r"must be a table \(\[limits\]\)"),
         ("this is not toml", "is not valid TOML"),
         ('region = "Bad Region!"', "is not a valid region name"),

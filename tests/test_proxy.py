@@ -268,6 +268,11 @@ def test_bad_arguments_are_refused() -> None:
     with pytest.raises(ValueError, match="cut mode"):
         proxy.cut("sideways")  # type: ignore[arg-type]
     assert not proxy.is_cut
+    with pytest.raises(ValueError, match="one-way"):
+        proxy.cut("drop", direction=UPSTREAM)
+    with pytest.raises(ValueError, match="one-way"):
+        proxy.cut("blackhole", direction="sideways")
+    assert not proxy.is_cut
     with pytest.raises(ValueError, match="buffer_bytes_max"):
         LinkProxy("127.0.0.1", 1, buffer_bytes_max=0)
 
@@ -331,6 +336,43 @@ def test_blackhole_discards_silently_until_healed() -> None:
             assert echo.accepted == 2  # the black-holed new connection never reached the target
             assert echo.received == b"pingback"
             assert proxy.bytes_forwarded == {UPSTREAM: 8, DOWNSTREAM: 8}
+
+    run(main)
+
+
+def test_one_way_cut_loses_one_direction_only_until_healed() -> None:
+    async def main() -> None:
+        async with EchoServer() as echo, started(LinkProxy("127.0.0.1", echo.port)) as proxy:
+            async with connected(proxy.port) as (reader, writer):
+                writer.write(b"ping")
+                assert await reader.readexactly(4) == b"ping"
+
+                proxy.cut("blackhole", direction=UPSTREAM)
+                assert proxy.lost_directions == {UPSTREAM}
+                writer.write(b"lost")
+                await eventually(lambda: proxy.bytes_discarded == 4)
+                echo.push(b"still")  # the other way keeps forwarding
+                assert await reader.readexactly(5) == b"still"
+
+                # A new connection reaches the target, and loses the same direction.
+                async with connected(proxy.port) as (reader2, writer2):
+                    await eventually(lambda: echo.accepted == 2)
+                    writer2.write(b"x")
+                    await eventually(lambda: proxy.bytes_discarded == 5)
+                    echo.push(b"both")
+                    assert await reader2.readexactly(4) == b"both"
+                    assert await reader.readexactly(4) == b"both"
+
+                    proxy.heal()  # connections that lost bytes are reset, so their peers reconnect
+                    assert proxy.lost_directions == frozenset()
+                    assert await read_to_end(reader2) == "reset"
+                assert await read_to_end(reader) == "reset"
+            assert echo.received == b"ping"
+
+            proxy.cut("blackhole", direction=DOWNSTREAM)
+            proxy.cut("blackhole")  # a cut both ways supersedes the one-way cut
+            assert proxy.lost_directions == {UPSTREAM, DOWNSTREAM}
+            proxy.heal()
 
     run(main)
 

@@ -9,6 +9,7 @@ import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import lmdb
 import pytest
@@ -33,7 +34,7 @@ from crdtstore.testing.clock import FakeClock
 
 
 class Harness:
-    def __init__(self, path: Path, region: str = "eu", **options: int) -> None:
+    def __init__(self, path: Path, region: str = "eu", **options: Any) -> None:
         self.wall = FakeClock(1_700_000_000_000)
         self.config = StorageConfig(path, region, StorageOptions(**options))
         self.store = LmdbStore(self.config, wall_ms=self.wall)

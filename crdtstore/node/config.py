@@ -268,6 +268,8 @@ class NodeConfig:
             if name == self.region:
                 raise ConfigError(f"peer {name!r} is this node's own region; list only the other regions")
             parse_peer(f"{name}={address}", "peers")
+        if not self.storage.sync:
+            raise ConfigError("storage.sync cannot be turned off: a write is acknowledged only once it is fsynced")
         for section in (self.limits, self.storage, self.server, self.replication):
             for f in fields(section):
                 value = getattr(section, f.name)

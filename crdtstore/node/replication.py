@@ -582,7 +582,8 @@ class Replicator:
         def apply() -> tuple[int, bool]:
             # On the writer thread: decoding checks every invariant of the
             # delta, and the clock belongs to this thread.
-            decoded = [LogEntry(e.origin, e.first, e.last, peer, decode_as(e.delta, StoreMap), e.delta) for e in raw]
+            fresh = store.lacking(raw)
+            decoded = [LogEntry(e.origin, e.first, e.last, peer, decode_as(e.delta, StoreMap), e.delta) for e in fresh]
             outcomes = store.apply_remote(decoded, source=peer)
             skews = 0
             for entry, outcome in zip(decoded, outcomes, strict=True):

@@ -144,6 +144,8 @@ class _Peer:
     # It lacks entries trimmed from the log: sending the log cannot help it.
     needs_repair: bool = False
     acked_last_round: VersionVector = field(default_factory=VersionVector)
+    # This node applied entries from another peer since it last acknowledged to this one.
+    ack_due: bool = False
 
 
 class ReplicaCore:
@@ -207,11 +209,13 @@ class ReplicaCore:
             state.acked = state.acked.join(message.vector)
             state.sent = state.sent.join(state.acked)
             return [Apply(peer, message.entries)] if message.entries else []
+        before = state.acked
         state.acked = state.acked.join(message.vector)
         state.sent = state.sent.join(state.acked)
         if state.needs_repair and state.acked.dominates(self._trimmed):
             state.needs_repair = False  # repaired (a state transfer): back to the log
-        return self._trim()
+        # Most acks repeat what the peer said before (every peer hears every ack): nothing to trim then.
+        return self._trim() if state.acked != before else []
 
     def applied(self, peer: str, vector: VersionVector) -> list[Action]:
         """Entries from ``peer`` are durable here; this node now has ``vector``."""
@@ -219,8 +223,13 @@ class ReplicaCore:
         self.vector = vector  # the next tick relays what is new to the other peers
         # Every connected peer hears it, not only the sender: then a region
         # about to relay these entries to a peer learns that it has them.
-        others = [name for name, state in self.peers.items() if state.connected and name != peer]
-        return [Send(name, Ack(vector)) for name in (peer, *others)]
+        # The sender at once (its acknowledgements count towards replicated
+        # writes), the others at the next tick, one ack however many entries
+        # arrived meanwhile: relays wait longer than a tick anyway.
+        for name, state in self.peers.items():
+            if name != peer and state.connected:
+                state.ack_due = True
+        return [Send(peer, Ack(vector))]
 
     def local_committed(self, vector: VersionVector) -> list[Action]:
         assert vector.dominates(self.vector), "a version vector never goes backwards"
@@ -245,6 +254,11 @@ class ReplicaCore:
     def tick(self, now_ms: int) -> list[Action]:
         """Time passed: push new entries after the batching window; anti-entropy on its period."""
         actions: list[Action] = []
+        for name, state in self.peers.items():
+            if state.ack_due:
+                state.ack_due = False
+                if state.connected:
+                    actions.append(Send(name, Ack(self.vector)))
         if now_ms - self._last_anti_entropy_ms >= self.anti_entropy_ms:
             self._last_anti_entropy_ms = now_ms
             for name, state in self.peers.items():

@@ -18,8 +18,8 @@ Everything a write changes (the keys, the log entry, the context, the clock's
 mark, the idempotency record) is written in one write transaction, so a crash
 leaves all of it or none. ``write_batch`` takes many client requests and
 commits them in that one transaction, with one fsync (LMDB's default
-``sync=True``; acknowledged means fsynced, and this module never turns sync
-off). Each request inside the batch is still all-or-nothing on its own: it is
+``sync=True``; acknowledged means fsynced; only the simulator's throwaway
+stores turn sync off, ``StorageOptions.sync``). Each request inside the batch is still all-or-nothing on its own: it is
 computed in memory first and written only if every operation in it is valid.
 
 Keys: LMDB keys are at most 511 bytes, the store's keys up to 1 KiB. A key of
@@ -142,6 +142,11 @@ class StorageOptions:
     # At most this many expired idempotency records or log entries are removed
     # per batch, so housekeeping never makes one commit slow.
     housekeeping_per_batch_max: int = 256
+    # fsync every commit. Only the deterministic simulator turns this off: its
+    # stores live in a throwaway directory, and a simulated crash loses what
+    # was not committed (the group-commit queue), which is what a real crash
+    # loses with sync on.
+    sync: bool = True
 
 
 @dataclass(frozen=True)
@@ -386,8 +391,8 @@ class LmdbStore:
                 map_size=config.options.map_size_bytes,
                 max_dbs=8,
                 subdir=True,
-                sync=True,
-                metasync=True,
+                sync=config.options.sync,
+                metasync=config.options.sync,
                 readahead=False,
                 max_readers=512,
             )
@@ -395,6 +400,7 @@ class LmdbStore:
             self._lock_file.close()
             raise StorageError(f"cannot open the store in {path}: {exc}") from exc
         self._gate = _RemapGate()
+        self._context_memo: tuple[bytes, CausalContext] = (b"", CausalContext())
         try:
             # Reader slots left behind by a process that was killed would pin
             # old pages forever; clear them before anything else.
@@ -747,7 +753,7 @@ class LmdbStore:
             # below them must be repaired from here too.
             gained = {r: n for r, n in remote.vv.items() if n > local.vv.get(r)}
             horizon = self._horizon.join(VersionVector(gained))
-            txn.put(_META_CONTEXT, encode(context), db=self.meta)
+            self._put_context(txn, context)
             txn.put(_META_HORIZON, encode(horizon), db=self.meta)
         self._context = context
         self._horizon = horizon
@@ -821,7 +827,7 @@ class LmdbStore:
                 # bounds hold however large batches get.
                 budget = max(self.config.options.housekeeping_per_batch_max, 2 * len(requests))
                 self._housekeeping(txn, batch, now_ms, budget)
-                txn.put(_META_CONTEXT, encode(batch.context), db=self.meta)
+                self._put_context(txn, batch.context)
                 txn.put(_META_HLC, encode(clock.high_water), db=self.meta)
                 txn.put(_META_LOG_BYTES, str(batch.log_bytes).encode(), db=self.meta)
                 if batch.trimmed:
@@ -911,6 +917,15 @@ class LmdbStore:
 
     # -- deltas from other regions ---------------------------------------------------
 
+    def lacking(self, entries: Iterable[RawLogEntry]) -> list[RawLogEntry]:
+        """The entries not already here (``apply_remote`` would skip the others as duplicates).
+
+        Relays make duplicates common (a region hears most entries from more
+        than one peer); filtering them first saves decoding their deltas.
+        """
+        vv = self._context.vv
+        return [e for e in entries if e.last > vv.get(e.origin)]
+
     def apply_remote(self, entries: Sequence[LogEntry], source: str) -> list[RemoteOutcome]:
         """Apply log entries received from peer ``source`` in one transaction and one fsync.
 
@@ -961,7 +976,7 @@ class LmdbStore:
                     budget = max(self.config.options.housekeeping_per_batch_max, 2 * len(entries))
                     log_bytes = self._bound_log(txn, log_bytes, trimmed, budget)
                     horizon = self._horizon.join(VersionVector(trimmed)) if trimmed else self._horizon
-                    txn.put(_META_CONTEXT, encode(context), db=self.meta)
+                    self._put_context(txn, context)
                     txn.put(_META_LOG_BYTES, str(log_bytes).encode(), db=self.meta)
                     if trimmed:
                         txn.put(_META_HORIZON, encode(horizon), db=self.meta)
@@ -995,7 +1010,19 @@ class LmdbStore:
     def _context_in(self, txn: lmdb.Transaction) -> CausalContext:
         # The context on disk, not the cached one, is where new dots come
         # from: if a commit's outcome was ever in doubt, the disk decides.
-        return decode_as(bytes(txn.get(_META_CONTEXT, db=self.meta) or b""), CausalContext)
+        # Decoding is skipped when the bytes are the ones last written or read.
+        raw = bytes(txn.get(_META_CONTEXT, db=self.meta) or b"")
+        known, context = self._context_memo
+        if raw != known:
+            context = decode_as(raw, CausalContext)
+            self._context_memo = (raw, context)
+        return context
+
+    def _put_context(self, txn: lmdb.Transaction, context: CausalContext) -> None:
+        raw = encode(context)
+        txn.put(_META_CONTEXT, raw, db=self.meta)
+        # Keyed by the bytes: if this transaction aborts, the disk's bytes differ and are decoded.
+        self._context_memo = (raw, context)
 
     def _get_in(self, txn: lmdb.Transaction, key: str) -> KeyState | None:
         db_key = lmdb_key(key)

@@ -3,7 +3,12 @@
 A ``ServerProcess`` starts a node on a loopback port the operating system
 chooses (``--listen 127.0.0.1:0``; the node prints the port it bound), waits
 until it answers, and can be stopped politely (SIGTERM), killed (SIGKILL) or
-restarted on the same data directory and port.
+restarted on the same data directory and port, or paused (SIGSTOP) and
+resumed (SIGCONT).
+
+``host`` and ``command_prefix`` run it elsewhere than loopback: the chaos
+runner starts nodes inside network namespaces with
+``command_prefix=("ip", "netns", "exec", name)`` and the namespace's address.
 """
 
 from __future__ import annotations
@@ -34,8 +39,13 @@ class ServerProcess:
         extra_args: tuple[str, ...] = (),
         start_timeout_s: float = 30.0,
         env: Mapping[str, str] | None = None,
+        host: str = "127.0.0.1",
+        command_prefix: tuple[str, ...] = (),
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.host = host
+        self.command_prefix = command_prefix
+        self.paused = False
         self.region = region
         self.extra_args = extra_args
         self.env = dict(env or {})
@@ -46,11 +56,12 @@ class ServerProcess:
 
     @property
     def addr(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def start(self) -> ServerProcess:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         cmd = [
+            *self.command_prefix,
             sys.executable,
             "-m",
             "crdtstore",
@@ -58,7 +69,7 @@ class ServerProcess:
             "--data-dir",
             str(self.data_dir),
             "--listen",
-            f"127.0.0.1:{self.port}",
+            f"{self.host}:{self.port}",
             "--region",
             self.region,
             *self.extra_args,
@@ -96,7 +107,7 @@ class ServerProcess:
         """Wait until the port accepts connections (plain TCP, so it works with TLS too)."""
         while True:
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                with socket.create_connection((self.host, self.port), timeout=1):
                     return
             except OSError:
                 if time.monotonic() > deadline:
@@ -108,6 +119,7 @@ class ServerProcess:
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
+            self.resume()  # a stopped process would only see the SIGTERM once continued
         code = self.proc.wait(timeout=timeout_s)
         self._close_pipe()
         return code
@@ -117,7 +129,20 @@ class ServerProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=30)
+        self.paused = False
         self._close_pipe()
+
+    def pause(self) -> None:
+        """SIGSTOP: the process freezes where it is (a long GC pause, a stalled VM); its connections stay open."""
+        assert self.proc is not None and self.proc.poll() is None, "not running"
+        self.proc.send_signal(signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self) -> None:
+        """SIGCONT after ``pause``; does nothing otherwise."""
+        if self.paused and self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+        self.paused = False
 
     def restart(self) -> ServerProcess:
         self.kill()

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 
 from crdtstore.client import Client, ClientTls, Entry
-from crdtstore.proxy import CutMode, LinkProxy, ProxyThread
+from crdtstore.proxy import DOWNSTREAM, UPSTREAM, CutMode, LinkProxy, ProxyThread
 from crdtstore.testing.process import ServerProcess
 
 __all__ = ["RegionProcesses", "free_port", "snapshot"]
@@ -144,6 +144,12 @@ class RegionProcesses:
     def stop(self, name: str) -> int:
         return self.servers[name].stop()
 
+    def pause(self, name: str) -> None:
+        self.servers[name].pause()
+
+    def resume(self, name: str) -> None:
+        self.servers[name].resume()
+
     def close(self) -> None:
         for client in self.clients.values():
             client.close()
@@ -160,6 +166,12 @@ class RegionProcesses:
 
     def cut(self, a: str, b: str, mode: CutMode = "blackhole") -> None:
         self.proxies_thread.cut(self.links[frozenset((a, b))], mode)
+
+    def cut_one_way(self, sender: str, receiver: str) -> None:
+        """What ``sender`` sends to ``receiver`` vanishes; what ``receiver`` sends still arrives."""
+        # The region whose name sorts first dials, so its bytes flow upstream through the pair's proxy.
+        direction = UPSTREAM if sender < receiver else DOWNSTREAM
+        self.proxies_thread.cut(self.links[frozenset((sender, receiver))], "blackhole", direction=direction)
 
     def heal(self, a: str | None = None, b: str | None = None) -> None:
         """Heal the link a-b, or every link."""

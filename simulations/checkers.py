@@ -1,0 +1,338 @@
+"""Checkers over a history (``simulations.history``): what must hold after every run.
+
+They judge only what clients were told and what regions read at the end,
+so the simulator's histories and real-process chaos histories are checked
+by the same code. What a client was told: ``ok`` with a causal token,
+``fail`` (certainly not applied) or ``unknown`` (perhaps applied).
+
+The causal tokens decide what each acknowledged operation had seen: an
+operation ``b`` observed ``a`` when ``b``'s token covers the event ``a``
+minted. That is exact for this store, because a token is the region's whole
+context right after the request, and every event in a region's context is
+in its state (or was removed from it by something the region saw).
+
+Violations, by kind:
+
+``diverged``
+    Two regions read a key differently (or their state digests differ) after
+    healing and quiescence.
+``lost``
+    An acknowledged register write or set add is missing, though nothing that
+    could have removed it (an overwrite or delete that observed it, or one
+    whose outcome is unknown) was issued: Jepsen's set checker's *lost*.
+``unexpected``
+    A value or member that no operation (other than a failed one) wrote.
+``resurrected``
+    A value or member is present although an acknowledged overwrite, remove
+    or delete observed it.
+``counter``
+    A counter is not the sum of its acknowledged increments, give or take
+    the ones whose outcome is unknown.
+``winner``
+    A register's read value is not the greatest of its live writes by
+    hybrid logical timestamp (then region).
+``clock``
+    A region gave a later write an earlier or equal timestamp.
+``type``
+    A key reads as a type none of its operations wrote.
+``missing-final``
+    A region of the run has no final read.
+``error``
+    The run itself failed: a region raised (an invariant of the stored
+    data broke, say). The runners report it; nothing in a history is judged
+    for it.
+
+Counters that were deleted are not judged exactly: a delete concurrent with
+an increment keeps the incrementing region's share (the CCounter semantics
+documented in ``crdtstore/crdt/counter.py``); the runners do not delete
+counters.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from simulations.history import FinalRead, KeyRead, Meta, Op, Record
+
+__all__ = ["KINDS", "CheckResult", "Violation", "check"]
+
+KINDS: tuple[str, ...] = (
+    "diverged",
+    "lost",
+    "unexpected",
+    "resurrected",
+    "counter",
+    "winner",
+    "clock",
+    "type",
+    "missing-final",
+    "error",
+)
+
+_TYPE_OF = {"set": "register", "incr": "counter", "sadd": "set", "srem": "set"}
+
+
+@dataclass(frozen=True)
+class Violation:
+    kind: str
+    key: str
+    detail: str
+
+
+@dataclass
+class CheckResult:
+    violations: list[Violation] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def by_kind(self) -> dict[str, int]:
+        out: dict[str, int] = defaultdict(int)
+        for v in self.violations:
+            out[v.kind] += 1
+        return dict(out)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "counts": self.counts,
+            "violations_by_kind": self.by_kind(),
+            "violations": [asdict(v) for v in self.violations],
+        }
+
+
+def observed(later: Op, earlier: Op) -> bool:
+    """Whether acknowledged ``later`` had seen ``earlier``'s event when it applied."""
+    dot = earlier.dot
+    if later is earlier or later.token is None or dot is None:
+        return False
+    return later.token.get(dot[0], 0) >= dot[1]
+
+
+def check(records: Iterable[Record]) -> CheckResult:
+    history = list(records)
+    ops = [r for r in history if isinstance(r, Op)]
+    finals = [r for r in history if isinstance(r, FinalRead)]
+    metas = [r for r in history if isinstance(r, Meta)]
+    result = CheckResult()
+    outcomes: dict[str, int] = defaultdict(int)
+    for op in ops:
+        outcomes[op.outcome] += 1
+    result.counts = {
+        "ops": len(ops),
+        "ok": outcomes["ok"],
+        "fail": outcomes["fail"],
+        "unknown": outcomes["unknown"],
+        "regions": len(finals),
+        "keys": 0,
+        "recovered": 0,
+    }
+    regions = metas[0].regions if metas else []
+    for region in regions:
+        if not any(f.region == region for f in finals):
+            result.violations.append(Violation("missing-final", "", f"region {region} has no final read"))
+    if not finals:
+        if not regions:
+            result.violations.append(Violation("missing-final", "", "the history has no final reads"))
+        return result
+    _check_convergence(finals, result)
+    _check_clocks(ops, result)
+    by_key: dict[str, list[Op]] = defaultdict(list)
+    for op in ops:
+        by_key[op.key].append(op)
+    # Judge every distinct final read once (all of them are equal when the regions converged).
+    distinct: dict[str, FinalRead] = {}
+    for final in finals:
+        distinct.setdefault(_canonical(final.keys), final)
+    for final in distinct.values():
+        where = f" (as region {final.region} reads it)" if len(distinct) > 1 else ""
+        keys = set(by_key) | set(final.keys)
+        result.counts["keys"] = max(result.counts["keys"], len(keys))
+        for key in sorted(keys):
+            _check_key(key, by_key.get(key, []), final.keys.get(key), where, result)
+    return result
+
+
+def _canonical(keys: dict[str, KeyRead]) -> str:
+    return json.dumps({k: asdict(v) for k, v in keys.items()}, sort_keys=True)
+
+
+def _check_convergence(finals: Sequence[FinalRead], result: CheckResult) -> None:
+    first = finals[0]
+    for other in finals[1:]:
+        for key in sorted(set(first.keys) | set(other.keys)):
+            a, b = first.keys.get(key), other.keys.get(key)
+            if a != b:
+                result.violations.append(
+                    Violation("diverged", key, f"{first.region} reads {_show(a)}, {other.region} reads {_show(b)}")
+                )
+        if first.digest and other.digest and first.digest != other.digest:
+            result.violations.append(
+                Violation("diverged", "", f"state digests differ: {first.region} and {other.region}")
+            )
+
+
+def _show(read: KeyRead | None) -> str:
+    if read is None:
+        return "nothing"
+    if read.type == "register" and len(read.siblings) > 1:
+        return f"register {read.value!r} with siblings {sorted(s.value for s in read.siblings)}"
+    return f"{read.type} {read.value!r}"
+
+
+def _check_clocks(ops: Sequence[Op], result: CheckResult) -> None:
+    stamped: dict[str, list[tuple[int, list[int], Op]]] = defaultdict(list)
+    for op in ops:
+        dot = op.dot
+        if op.f == "set" and op.ts is not None and dot is not None:
+            stamped[op.region].append((dot[1], op.ts, op))
+    for region, writes in stamped.items():
+        writes.sort(key=lambda w: w[0])
+        for (_, ts_a, a), (_, ts_b, b) in itertools.pairwise(writes):
+            if tuple(ts_b) <= tuple(ts_a):
+                result.violations.append(
+                    Violation(
+                        "clock",
+                        b.key,
+                        f"region {region}: operation {b.id} got timestamp {ts_b}, "
+                        f"not after operation {a.id}'s {ts_a} which it minted earlier",
+                    )
+                )
+
+
+def _check_key(key: str, ops: Sequence[Op], read: KeyRead | None, where: str, result: CheckResult) -> None:
+    types = {_TYPE_OF[op.f] for op in ops if op.f in _TYPE_OF}
+    if read is not None and read.type not in types:
+        result.violations.append(
+            Violation("type", key, f"reads as a {read.type}{where}; its operations wrote {sorted(types) or 'nothing'}")
+        )
+        return
+    if "register" in types:
+        _check_register(key, ops, read, where, result)
+    if "set" in types:
+        _check_set(key, ops, read, where, result)
+    if "counter" in types:
+        _check_counter(key, ops, read, where, result)
+
+
+def _check_register(key: str, ops: Sequence[Op], read: KeyRead | None, where: str, result: CheckResult) -> None:
+    writes = [op for op in ops if op.f == "set"]
+    removers = [op for op in ops if op.f in ("set", "del")]
+    by_value: dict[str, Op] = {}
+    for op in writes:
+        by_value[str(op.value)] = op
+    present: set[str] = set()
+    if read is not None and read.type == "register":
+        present = {s.value for s in read.siblings} or {str(read.value)}
+        if str(read.value) not in present:
+            result.violations.append(
+                Violation("winner", key, f"reads {read.value!r}{where}, which is not among its live writes")
+            )
+        # The rank is (timestamp, region, event counter); a read shows no counters, so judge only a clear maximum.
+        ranks = sorted(((tuple(s.ts), s.region), s.value) for s in read.siblings if s.ts)
+        clear = len(ranks) == len(read.siblings) > 1 and ranks[-1][0] != ranks[-2][0]
+        if clear and ranks[-1][1] != read.value:
+            result.violations.append(
+                Violation("winner", key, f"reads {read.value!r}{where}; {ranks[-1][1]!r} has the later timestamp")
+            )
+    for value in sorted(present):
+        writer = by_value.get(value)
+        if writer is None or writer.outcome == "fail":
+            result.violations.append(Violation("unexpected", key, f"value {value!r}{where} was never written"))
+            continue
+        if writer.outcome == "unknown":
+            result.counts["recovered"] += 1
+        overwrite = next((r for r in removers if r.outcome == "ok" and observed(r, writer)), None)
+        if overwrite is not None:
+            result.violations.append(
+                Violation(
+                    "resurrected",
+                    key,
+                    f"value {value!r} (operation {writer.id}){where} survives acknowledged operation "
+                    f"{overwrite.id} ({overwrite.f}) that observed it",
+                )
+            )
+    for writer in writes:
+        if writer.outcome != "ok" or str(writer.value) in present:
+            continue
+        if any(r is not writer and (r.outcome == "unknown" or observed(r, writer)) for r in removers):
+            continue  # overwritten or deleted (or perhaps, by an operation whose outcome is unknown)
+        result.violations.append(
+            Violation(
+                "lost",
+                key,
+                f"acknowledged write {writer.id} of {writer.value!r} at {writer.region} is gone{where}, "
+                f"and nothing that observed it overwrote or deleted it",
+            )
+        )
+
+
+def _check_set(key: str, ops: Sequence[Op], read: KeyRead | None, where: str, result: CheckResult) -> None:
+    adds: dict[str, Op] = {}
+    for op in ops:
+        if op.f == "sadd" and isinstance(op.value, list):
+            for member in op.value:
+                adds[member] = op
+    members: set[str] = set()
+    if read is not None and read.type == "set" and isinstance(read.value, list):
+        members = set(read.value)
+
+    def removers(member: str) -> list[Op]:
+        return [
+            op for op in ops if op.f == "del" or (op.f == "srem" and isinstance(op.value, list) and member in op.value)
+        ]
+
+    for member in sorted(members):
+        add = adds.get(member)
+        if add is None or add.outcome == "fail":
+            result.violations.append(Violation("unexpected", key, f"member {member!r}{where} was never added"))
+            continue
+        if add.outcome == "unknown":
+            result.counts["recovered"] += 1
+        remove = next((r for r in removers(member) if r.outcome == "ok" and observed(r, add)), None)
+        if remove is not None:
+            result.violations.append(
+                Violation(
+                    "resurrected",
+                    key,
+                    f"member {member!r} (added by operation {add.id}){where} survives acknowledged operation "
+                    f"{remove.id} ({remove.f}) that observed the add",
+                )
+            )
+    for member, add in sorted(adds.items()):
+        if add.outcome != "ok" or member in members:
+            continue
+        if any(r.outcome == "unknown" or observed(r, add) for r in removers(member)):
+            continue
+        result.violations.append(
+            Violation(
+                "lost",
+                key,
+                f"member {member!r}, acknowledged by operation {add.id} at {add.region}, is missing{where}, "
+                f"and no remove or delete observed it",
+            )
+        )
+
+
+def _check_counter(key: str, ops: Sequence[Op], read: KeyRead | None, where: str, result: CheckResult) -> None:
+    if any(op.f == "del" for op in ops):
+        result.counts["counters_not_judged"] = result.counts.get("counters_not_judged", 0) + 1
+        return
+    value = 0
+    if read is not None and read.type == "counter" and isinstance(read.value, int):
+        value = read.value
+    increments = [op for op in ops if op.f == "incr" and isinstance(op.value, int)]
+    acked = sum(int(op.value) for op in increments if op.outcome == "ok" and isinstance(op.value, int))
+    maybe = [int(op.value) for op in increments if op.outcome == "unknown" and isinstance(op.value, int)]
+    low = acked + sum(n for n in maybe if n < 0)
+    high = acked + sum(n for n in maybe if n > 0)
+    if not low <= value <= high:
+        expected = f"{acked}" if low == high else f"between {low} and {high} (acknowledged sum {acked})"
+        result.violations.append(Violation("counter", key, f"reads {value}{where}; expected {expected}"))

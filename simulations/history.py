@@ -1,0 +1,180 @@
+"""The history of a run, as the simulator and the real-process chaos runs both record it.
+
+One JSON object per line (Jepsen's history, in the shape this store needs):
+
+* ``{"kind": "meta", ...}`` first: where the history comes from (``"source"``:
+  ``"simulator"`` or ``"chaos"``), the regions, the seed or the duration.
+* ``{"kind": "op", ...}`` for every client operation, written when its outcome
+  is known: ``ok`` (acknowledged), ``fail`` (certainly not applied) or
+  ``unknown`` (the client could not tell: a timeout, a crash). An ``ok``
+  operation carries its causal token as a version vector (``token``); the
+  event the operation minted is ``(region, token[region])``. Each operation
+  names one key and is one request; register values and set members are
+  unique per operation, so a value read back names the operation that
+  wrote it.
+* ``{"kind": "nemesis", ...}`` for every fault the run injected and healed.
+* ``{"kind": "final", ...}`` for every region, after the faults healed and
+  replication quiesced: every key as that region reads it, and a digest of its
+  whole replicated state when the runner can take one.
+
+The checkers (``simulations.checkers``) read nothing else, so a history from
+either runner is checked by the same code.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = [
+    "FUNCTIONS",
+    "OUTCOMES",
+    "FinalRead",
+    "KeyRead",
+    "Meta",
+    "Nemesis",
+    "Op",
+    "Record",
+    "Sibling",
+    "dump",
+    "load",
+    "read_jsonl",
+    "write_jsonl",
+]
+
+Function = Literal["set", "incr", "sadd", "srem", "del"]
+Outcome = Literal["ok", "fail", "unknown"]
+FUNCTIONS: tuple[str, ...] = ("set", "incr", "sadd", "srem", "del")
+OUTCOMES: tuple[str, ...] = ("ok", "fail", "unknown")
+
+
+@dataclass
+class Meta:
+    source: str  # "simulator" or "chaos"
+    regions: list[str]
+    seed: int | None = None
+    faults: str = ""
+    detail: dict[str, Any] = field(default_factory=dict)
+    kind: str = "meta"
+
+
+@dataclass
+class Op:
+    """One client operation and its outcome.
+
+    ``value``: the register value for ``set``, the amount for ``incr`` (negative
+    to decrement), the members for ``sadd``/``srem``, None for ``del``.
+    ``ts``: the hybrid logical timestamp a ``set`` was given, ``[wall_ms,
+    logical]``, when the runner can see it.
+    """
+
+    id: int
+    client: int
+    region: str
+    f: str
+    key: str
+    value: str | int | list[str] | None
+    outcome: str
+    invoke_ms: int
+    complete_ms: int | None = None
+    token: dict[str, int] | None = None
+    ts: list[int] | None = None
+    error: str = ""
+    kind: str = "op"
+
+    def __post_init__(self) -> None:
+        if self.f not in FUNCTIONS:
+            raise ValueError(f"operation {self.id}: unknown function {self.f!r}")
+        if self.outcome not in OUTCOMES:
+            raise ValueError(f"operation {self.id}: unknown outcome {self.outcome!r}")
+        if self.outcome == "ok" and self.token is None:
+            raise ValueError(f"operation {self.id} is acknowledged but has no causal token")
+
+    @property
+    def dot(self) -> tuple[str, int] | None:
+        """The event this operation minted, when it was acknowledged."""
+        if self.token is None:
+            return None
+        return (self.region, self.token.get(self.region, 0))
+
+
+@dataclass
+class Nemesis:
+    at_ms: int
+    event: str  # partition, heal, crash, restart, pause, resume, clock, clog, ...
+    regions: list[str] = field(default_factory=list)
+    detail: str = ""
+    kind: str = "nemesis"
+
+
+@dataclass
+class Sibling:
+    value: str
+    region: str
+    ts: list[int]  # [wall_ms, logical]
+
+
+@dataclass
+class KeyRead:
+    """One key as a region reads it: ``type`` is register, counter or set.
+
+    ``value``: the winning register value, the counter, or the sorted members.
+    ``siblings``: every live register write (one when there is no conflict).
+    """
+
+    type: str
+    value: str | int | list[str]
+    siblings: list[Sibling] = field(default_factory=list)
+
+
+@dataclass
+class FinalRead:
+    region: str
+    keys: dict[str, KeyRead]
+    digest: str = ""  # of the region's whole replicated state, when the runner can read it
+    kind: str = "final"
+
+
+Record = Meta | Op | Nemesis | FinalRead
+
+
+def dump(record: Record) -> str:
+    return json.dumps(asdict(record), sort_keys=True, separators=(",", ":"))
+
+
+def load(line: str) -> Record:
+    raw = json.loads(line)
+    kind = raw.get("kind")
+    if kind == "meta":
+        return Meta(**raw)
+    if kind == "op":
+        return Op(**raw)
+    if kind == "nemesis":
+        return Nemesis(**raw)
+    if kind == "final":
+        keys = {
+            k: KeyRead(v["type"], v["value"], [Sibling(**s) for s in v.get("siblings", [])])
+            for k, v in raw["keys"].items()
+        }
+        return FinalRead(raw["region"], keys, raw.get("digest", ""))
+    raise ValueError(f"a history record of unknown kind {kind!r}")
+
+
+def write_jsonl(path: Path, records: Iterable[Record]) -> None:
+    with Path(path).open("w", encoding="utf-8") as out:
+        for record in records:
+            out.write(dump(record) + "\n")
+
+
+def read_jsonl(path: Path) -> Iterator[Record]:
+    with Path(path).open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                yield load(line)
+            except (ValueError, TypeError, KeyError) as exc:
+                raise ValueError(f"{path}:{number}: {exc}") from None

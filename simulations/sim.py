@@ -1,0 +1,1003 @@
+"""The deterministic simulator: regions, clients, a network and faults in virtual time, from one seed.
+
+What is real here is what production runs: the replica state machine
+(``crdtstore.replica.core``), the CRDTs, and the storage (``LmdbStore`` on
+LMDB, with its causal-delivery check, its delta log, its trimming and its
+state-transfer staging), each region in its own directory. Only fsync is
+off (``StorageOptions.sync``): a simulated crash loses exactly what a real
+one loses with sync on, the requests waiting for the next group commit, and
+keeps everything committed.
+
+What this module supplies instead of the asyncio node: the virtual clock of
+each region (with skew and jumps), the network (one connection per pair of
+regions, opened by the region whose name sorts first, carrying messages
+that may be delayed, dropped, duplicated or reordered, and broken by
+partitions, crashes and protocol errors), the group commit, the clients
+(with deadlines and idempotent retries) and the nemesis. How a region
+carries out the core's actions follows ``crdtstore.node.replication``
+step by step: persist, then send, then report back; a causal gap or an
+unexpected transfer page ends the connection; a state transfer offers
+bucket digests, sends the buckets the peer asks for, and the receiver joins
+them in one transaction, refusing a stale comparison.
+
+One ``random.Random(seed)`` decides everything, and events at the same
+virtual time run in the order they were scheduled, so a seed replays the
+same history byte for byte (``SimResult.digest``).
+
+Not modelled (see the README's Simulations section): the node's
+clock fence and the lost-history write guard (no disk is ever lost here),
+TLS, and message sizes beyond the byte counts.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import heapq
+import itertools
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgpack
+
+from crdtstore.crdt import (
+    CausalContext,
+    HybridLogicalClock,
+    Register,
+    StoreMap,
+    ValueType,
+    VersionVector,
+    decode_as,
+    encode,
+)
+from crdtstore.operations import AddMembers, DeleteKey, Increment, Operation, RemoveMembers, SetRegister
+from crdtstore.replica.core import (
+    Ack,
+    Action,
+    Apply,
+    Entries,
+    Hello,
+    Message,
+    NeedsRepair,
+    ReplicaCore,
+    Send,
+    SendLog,
+    Trim,
+)
+from crdtstore.storage import (
+    DIGEST_BUCKETS,
+    Applied,
+    LmdbStore,
+    LogEntry,
+    RawLogEntry,
+    RemoteOutcome,
+    StaleTransfer,
+    StorageConfig,
+    StorageOptions,
+    WriteRequest,
+    bucket_of,
+)
+from simulations.history import FinalRead, KeyRead, Meta, Nemesis, Op, Record, Sibling, dump
+
+__all__ = ["FAULT_KINDS", "Scenario", "SimResult", "Simulation", "region_names"]
+
+FAULT_KINDS = ("partition", "crash", "clock", "network")
+
+# The node's settings (crdtstore.node.config.ReplicationSettings defaults).
+_BATCH_WINDOW_MS = 10
+_ANTI_ENTROPY_MS = 1000
+_RELAY_DELAY_MS = 50
+_BACKOFF_MAX_MS = 500
+_MAX_CLOCK_OFFSET_MS = 500
+_TRIM_BUDGET = 10_000
+_WANT_TIMEOUT_MS = 60_000
+_STALE_TRANSFERS_MAX = 3
+# Smaller than the node's 1 MiB so that transfers span several pages.
+_MESSAGE_BYTES_MAX = 64 * 1024
+# Physical clocks start here, so that skewing one backwards stays positive.
+_EPOCH_MS = 1_700_000_000_000
+_CLIENT_DEADLINE_MS = 1_000
+_CLIENT_ATTEMPTS = 4
+_SETTLE_LIMIT_MS = 300_000
+_REGISTER_KEYS = 6
+_COUNTER_KEYS = 3
+_SET_KEYS = 3
+
+
+def region_names(count: int) -> list[str]:
+    if not 1 <= count <= 26:
+        raise ValueError(f"between 1 and 26 regions, not {count}")
+    return [f"r{chr(ord('a') + i)}" for i in range(count)]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    seed: int
+    regions: int = 5
+    ops: int = 1000
+    clients: int = 8
+    faults: str = "all"  # all, none, or a comma-separated subset of FAULT_KINDS
+
+    def fault_kinds(self) -> tuple[str, ...]:
+        if self.faults == "all":
+            return FAULT_KINDS
+        if self.faults in ("", "none"):
+            return ()
+        kinds = tuple(k.strip() for k in self.faults.split(","))
+        unknown = [k for k in kinds if k not in FAULT_KINDS]
+        if unknown:
+            raise ValueError(f"unknown fault kind(s) {unknown}; choose from all, none, {', '.join(FAULT_KINDS)}")
+        return kinds
+
+    def command(self) -> str:
+        """The command that replays this scenario."""
+        return (
+            f"python -m simulations replay --seed {self.seed} --regions {self.regions} --ops {self.ops} "
+            f"--clients {self.clients} --faults {self.faults}"
+        )
+
+
+@dataclass
+class SimResult:
+    scenario: Scenario
+    history: list[Record]
+    digest: str  # sha256 of the history as JSON lines: the same seed gives the same digest
+    converged_after_ms: int | None  # virtual time from the final heal until every region agreed
+    messages: int
+    bytes: int
+    keys: int
+    trace: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+# -- messages that only the driver knows (state transfer) -----------------------------------
+
+
+@dataclass(frozen=True)
+class _Offer:
+    digests: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class _Want:
+    buckets: frozenset[int]
+
+
+@dataclass(frozen=True)
+class _Page:
+    number: int
+    keys: tuple[tuple[str, bytes], ...]
+    done: bool
+    context: bytes = b""
+    buckets: frozenset[int] = frozenset()
+
+
+_Wire = Message | _Offer | _Want | _Page
+
+
+def _size(message: _Wire) -> int:
+    """Roughly the bytes the message takes on the wire (what the byte figures count)."""
+    if isinstance(message, Entries):
+        return sum(len(e.delta) + len(e.origin) + 8 for e in message.entries if isinstance(e, RawLogEntry))
+    if isinstance(message, Hello | Ack):
+        return len(encode(message.vector)) + 8
+    if isinstance(message, _Offer):
+        return 16 * len(message.digests)
+    if isinstance(message, _Want):
+        return DIGEST_BUCKETS // 8
+    return sum(len(k) + len(v) for k, v in message.keys) + len(message.context) + DIGEST_BUCKETS // 8
+
+
+# -- clients ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Request:
+    op: Op
+    operations: list[Operation]
+    idempotency_key: bytes
+    attempt: int = 0
+    reached: bool = False  # some attempt reached a live region: it may have applied
+    done: bool = False
+
+
+# -- the network -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Connection:
+    a: str  # the dialling side (its name sorts first)
+    b: str
+    up: bool = False
+    epoch: int = 0
+    dialing: bool = False
+    backoff_ms: int = 50
+    last_delivery: dict[str, int] = field(default_factory=dict)  # per sender: FIFO unless reordering
+    # Per sender: messages sent while its direction is cut. TCP holds them
+    # (retransmitting) until the cut heals or keepalive gives up on the
+    # connection; then they are delivered in order, or lost with it.
+    held: dict[str, list[_Wire]] = field(default_factory=dict)
+
+
+@dataclass
+class _Outgoing:
+    """A state transfer this region is sending a peer."""
+
+    path: Path
+    context: CausalContext
+    epoch: int
+    started_ms: int
+
+
+@dataclass
+class _LinkState:
+    """Per connection, what a region keeps about its peer (the node's ``_Stream``)."""
+
+    next_page: int = 0
+    transfer: int = 0
+    offered: list[int] | None = None
+
+
+class _Region:
+    def __init__(self, sim: Simulation, name: str, peers: list[str]) -> None:
+        self.sim = sim
+        self.name = name
+        self.peers = peers
+        self.path = sim.root / name
+        self.offset_ms = 0
+        self.up = False
+        self.boot = 0
+        self.queue: list[_Request] = []
+        self.commit_scheduled = False
+        self.links: dict[str, _LinkState] = {}
+        self.outgoing: dict[str, _Outgoing] = {}
+        self.stale_transfers: dict[str, int] = dict.fromkeys(peers, 0)
+        self.transfers_sent = 0
+        self.skew_events = 0
+        self.start()
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def physical_ms(self) -> int:
+        return _EPOCH_MS + self.sim.now + self.offset_ms
+
+    def start(self) -> None:
+        options = StorageOptions(
+            sync=False,
+            map_size_bytes=8 * 1024 * 1024,
+            delta_log_bytes_max=self.sim.log_bytes_max,
+        )
+        self.store = LmdbStore(StorageConfig(self.path, self.name, options), wall_ms=self.physical_ms)
+        self.clock = HybridLogicalClock(self.physical_ms, max_offset_ms=_MAX_CLOCK_OFFSET_MS, floor=self.store.hlc_mark)
+        self.core = ReplicaCore(
+            self.name,
+            self.peers,
+            self.store.context.vv,
+            batch_window_ms=_BATCH_WINDOW_MS,
+            anti_entropy_ms=_ANTI_ENTROPY_MS,
+            trimmed=self.store.log_horizon,
+        )
+        self.horizon = self.store.log_horizon
+        self.up = True
+        self.boot += 1
+        self.links = {}
+        self.outgoing = {}
+        self._schedule_tick(self.boot)
+
+    def crash(self) -> None:
+        """Lose the process: what waits for the next commit is gone; what is committed stays."""
+        self.up = False
+        self.queue = []
+        self.commit_scheduled = False
+        for transfer in self.outgoing.values():
+            transfer.path.unlink(missing_ok=True)
+        self.outgoing = {}
+        self.links = {}
+        self.store.close()
+
+    def close(self) -> None:
+        if self.up:
+            self.crash()
+
+    # -- the node's loops ------------------------------------------------------------
+
+    def _schedule_tick(self, boot: int) -> None:
+        def tick() -> None:
+            if not self.up or self.boot != boot:
+                return
+            self.run(self.core.tick(self.sim.now))
+            self._check_transfers()
+            self.sim.after(_BATCH_WINDOW_MS, tick)
+
+        self.sim.after(_BATCH_WINDOW_MS, tick)
+
+    def submit(self, request: _Request) -> None:
+        self.queue.append(request)
+        if not self.commit_scheduled:
+            self.commit_scheduled = True
+            boot = self.boot
+            # The writer picks the queue up, commits it in one transaction, and fsyncs.
+            self.sim.after(self.sim.random.randint(1, 3), lambda: self._commit(boot))
+
+    def _commit(self, boot: int) -> None:
+        if not self.up or self.boot != boot:
+            return
+        batch, self.queue = self.queue, []
+        self.commit_scheduled = False
+        results = self.store.write_batch([WriteRequest(r.operations, r.idempotency_key) for r in batch], self.clock)
+        self.core.local_committed(self.store.context.vv)
+        self._check_horizon()
+        for request, result in zip(batch, results, strict=True):
+            self.sim.reply(self, request, result)
+
+    # -- carrying out the core's actions (crdtstore.node.replication._run) --------------
+
+    def run(self, actions: Iterable[Action]) -> None:
+        pending = list(actions)
+        while pending and self.up:
+            action = pending.pop(0)
+            if isinstance(action, Send):
+                self.sim.send(self.name, action.peer, action.message)
+            elif isinstance(action, SendLog):
+                self._send_log(action.peer, action.after, action.hold_fresh_relays)
+            elif isinstance(action, Apply):
+                if not self._apply(action.peer, action.entries):
+                    return  # a causal gap ended the connection; the next hello starts over
+                pending.extend(self.core.applied(action.peer, self.store.context.vv))
+            elif isinstance(action, Trim):
+                while self.store.trim_log(action.vector, _TRIM_BUDGET) >= _TRIM_BUDGET:
+                    pass
+                self._check_horizon()
+            elif isinstance(action, NeedsRepair):
+                self._start_repair(action.peer)
+
+    def _check_horizon(self) -> None:
+        if self.store.log_horizon != self.horizon:
+            self.horizon = self.store.log_horizon
+            self.run(self.core.log_trimmed(self.horizon))
+
+    def _send_log(self, peer: str, after: VersionVector, hold_fresh_relays: bool) -> None:
+        if peer not in self.links:
+            return
+        after = after.join(self.core.peers[peer].sent)
+        relayed_before_ms = self.physical_ms() - _RELAY_DELAY_MS if hold_fresh_relays else None
+        entries, reached = self.store.log_since(after, _MESSAGE_BYTES_MAX, relayed_before_ms=relayed_before_ms)
+        if not entries:
+            return
+        top: dict[str, int] = {}
+        for e in entries:
+            top[e.origin] = max(top.get(e.origin, 0), e.last)
+        self.sim.send(self.name, peer, Entries(tuple(entries), VersionVector(top)))
+        self.core.sent(peer, reached)
+
+    def _apply(self, peer: str, entries: tuple[object, ...]) -> bool:
+        decoded = [
+            LogEntry(e.origin, e.first, e.last, peer, decode_as(e.delta, StoreMap), e.delta)
+            for e in self.store.lacking(e for e in entries if isinstance(e, RawLogEntry))
+        ]
+        outcomes = self.store.apply_remote(decoded, source=peer)
+        for entry, outcome in zip(decoded, outcomes, strict=True):
+            if outcome is RemoteOutcome.APPLIED:
+                latest = entry.delta.latest_timestamp()
+                if latest is not None and self.clock.receive(latest) is not None:
+                    self.skew_events += 1
+        self._check_horizon()
+        if RemoteOutcome.GAP in outcomes:
+            self.sim.trace_line(f"{self.name}: entries from {peer} out of causal order; connection reset")
+            self.sim.break_connection(self.name, peer, "causal gap")
+            return False
+        return True
+
+    # -- connections -------------------------------------------------------------------
+
+    def connected(self, peer: str) -> None:
+        self.links[peer] = _LinkState()
+        self.run(self.core.connected(peer))
+
+    def disconnected(self, peer: str) -> None:
+        self.links.pop(peer, None)
+        transfer = self.outgoing.pop(peer, None)
+        if transfer is not None:
+            transfer.path.unlink(missing_ok=True)
+        self.core.disconnected(peer)
+
+    def receive(self, peer: str, message: _Wire) -> None:
+        link = self.links.get(peer)
+        if link is None:
+            return
+        if isinstance(message, Hello):
+            self.store.discard_snapshot(peer)  # a transfer a broken connection cut short is void
+            self.run(self.core.received(peer, message))
+        elif isinstance(message, Entries | Ack):
+            self.run(self.core.received(peer, message))
+        elif isinstance(message, _Offer):
+            self._answer_offer(peer, link, message)
+        elif isinstance(message, _Want):
+            self._send_pages(peer, message.buckets)
+        else:
+            self._receive_page(peer, link, message)
+
+    # -- state transfer (crdtstore.node.replication._send_snapshot and its peers) ---------
+
+    def _start_repair(self, peer: str) -> None:
+        if peer not in self.links or peer in self.outgoing:
+            return
+        self.transfers_sent += 1
+        path = self.sim.root / f"{self.name}-transfer-{peer}-{self.transfers_sent}.spool"
+        context, _, digests = self.store.spool_snapshot(path)
+        epoch = self.sim.connection(self.name, peer).epoch
+        self.outgoing[peer] = _Outgoing(path, context, epoch, self.sim.now)
+        self.sim.trace_line(f"{self.name}: repairing {peer} by state transfer")
+        self.sim.send(self.name, peer, _Offer(tuple(digests)))
+
+    def _check_transfers(self) -> None:
+        for peer, transfer in list(self.outgoing.items()):
+            if self.sim.now - transfer.started_ms > _WANT_TIMEOUT_MS:
+                del self.outgoing[peer]  # no answer: the next anti-entropy round asks again
+                transfer.path.unlink(missing_ok=True)
+
+    def _answer_offer(self, peer: str, link: _LinkState, offer: _Offer) -> None:
+        theirs = list(offer.digests)
+        link.offered = theirs
+        if self.stale_transfers[peer] >= _STALE_TRANSFERS_MAX:
+            differ = frozenset(range(DIGEST_BUCKETS))
+        else:
+            mine = self.store.bucket_digests()
+            differ = frozenset(i for i in range(DIGEST_BUCKETS) if mine[i] != theirs[i])
+        self.sim.send(self.name, peer, _Want(differ))
+
+    def _send_pages(self, peer: str, buckets: frozenset[int]) -> None:
+        transfer = self.outgoing.pop(peer, None)
+        if transfer is None or transfer.epoch != self.sim.connection(self.name, peer).epoch:
+            return
+        try:
+            with transfer.path.open("rb") as spool:
+                unpacker = msgpack.Unpacker(spool, raw=False)
+                page: list[tuple[str, bytes]] = []
+                size = number = 0
+                for key, body in unpacker:
+                    if bucket_of(key) not in buckets:
+                        continue
+                    page.append((key, body))
+                    size += len(key) + len(body)
+                    if size >= _MESSAGE_BYTES_MAX:
+                        self.sim.send(self.name, peer, _Page(number, tuple(page), done=False))
+                        number += 1
+                        page, size = [], 0
+                self.sim.send(
+                    self.name,
+                    peer,
+                    _Page(number, tuple(page), done=True, context=encode(transfer.context), buckets=buckets),
+                )
+        finally:
+            transfer.path.unlink(missing_ok=True)
+
+    def _receive_page(self, peer: str, link: _LinkState, page: _Page) -> None:
+        if page.number == 0:
+            self.store.discard_snapshot(peer)
+            link.next_page = 0
+            link.transfer += 1
+        if page.number != link.next_page:
+            self.sim.trace_line(f"{self.name}: transfer page {page.number} from {peer}, {link.next_page} expected")
+            self.sim.break_connection(self.name, peer, "transfer page out of order")
+            return
+        link.next_page += 1
+        transfer = self.sim.connection(self.name, peer).epoch * 1_000_000 + link.transfer
+        if page.keys:
+            self.store.stage_snapshot(peer, transfer, page.keys)
+        if not page.done:
+            return
+        context = decode_as(page.context, CausalContext)
+        try:
+            changed = self.store.finish_snapshot(peer, transfer, context, page.buckets, link.offered)
+        except StaleTransfer:
+            self.store.discard_snapshot(peer)
+            self.stale_transfers[peer] += 1
+            self.sim.trace_line(f"{self.name}: set aside a stale transfer from {peer}")
+            return
+        self.stale_transfers[peer] = 0
+        self.sim.trace_line(f"{self.name}: joined a transfer from {peer}: {changed} keys changed")
+        actions = self.core.applied(peer, self.store.context.vv)
+        self._check_horizon()
+        self.run(actions)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def final_read(self) -> FinalRead:
+        keys: dict[str, KeyRead] = {}
+        digest = hashlib.sha256(encode(self.store.context))
+        after = b""
+        while True:
+            page, after = self.store.scan("", after=after, limit=1000)
+            for key, state in page:
+                digest.update(key.encode() + b"\x00" + encode(state))
+                value = state.read()
+                if value is None:
+                    continue
+                keys[key] = _key_read(state.slots.get(value.type), value.type, value.value)
+            if not after:
+                break
+        return FinalRead(self.name, keys, digest.hexdigest())
+
+    def state_digest(self) -> tuple[VersionVector, tuple[int, ...]]:
+        return self.store.context.vv, tuple(self.store.bucket_digests())
+
+
+def _key_read(slot: object, vtype: ValueType, value: object) -> KeyRead:
+    if vtype is ValueType.REGISTER:
+        assert isinstance(slot, Register) and isinstance(value, bytes)
+        siblings = [
+            Sibling(s.value.decode(), s.dot.region, [s.timestamp.wall_ms, s.timestamp.logical]) for s in slot.siblings()
+        ]
+        return KeyRead("register", value.decode(), siblings)
+    if vtype is ValueType.COUNTER:
+        assert isinstance(value, int)
+        return KeyRead("counter", value)
+    assert isinstance(value, frozenset)
+    return KeyRead("set", sorted(value))
+
+
+# -- the simulation ------------------------------------------------------------------------
+
+
+class Simulation:
+    def __init__(self, scenario: Scenario, root: Path, *, trace: bool = False) -> None:
+        self.scenario = scenario
+        self.root = Path(root)
+        self.random = random.Random(scenario.seed)
+        self.kinds = scenario.fault_kinds()
+        self.now = 0
+        self._events: list[tuple[int, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self.tracing = trace
+        self.trace: list[str] = []
+        self.history: list[Record] = []
+        self.messages = 0
+        self.bytes = 0
+        # Per seed: a log small enough that partitions and crashes need state transfers, or a roomy one.
+        self.log_bytes_max = self.random.choice([8 * 1024, 64 * 1024, 64 * 1024 * 1024])
+        names = region_names(scenario.regions)
+        self.names = names
+        self.latency = {
+            (a, b): self.random.randint(1, 40) for a in names for b in names if a != b
+        }  # one way, per direction
+        self.cut: set[tuple[str, str]] = set()
+        self.drop = self.duplicate = 0.0
+        self.reorder = False
+        self.connections = {(a, b): _Connection(a, b) for a, b in itertools.combinations(names, 2)}
+        self.regions = {name: _Region(self, name, [n for n in names if n != name]) for name in names}
+        self._added: dict[str, list[str]] = {}  # set members added per key, for removes to choose from
+        self.settling = False  # every fault healed: the nemesis starts nothing new
+        self._next_op = 0
+        self._clients_done = 0
+        self._ops_issued = 0
+        self.history.append(
+            Meta(
+                "simulator",
+                names,
+                seed=scenario.seed,
+                faults=scenario.faults,
+                detail={"ops": scenario.ops, "clients": scenario.clients, "log_bytes_max": self.log_bytes_max},
+            )
+        )
+
+    # -- the event loop ----------------------------------------------------------------
+
+    def after(self, ms: int, fn: Callable[[], None]) -> None:
+        heapq.heappush(self._events, (self.now + ms, next(self._seq), fn))
+
+    def _step(self) -> None:
+        when, _, fn = heapq.heappop(self._events)
+        self.now = when
+        fn()
+
+    def trace_line(self, text: str) -> None:
+        if self.tracing:
+            self.trace.append(f"{self.now:>8} ms  {text}")
+
+    def record(self, record: Record) -> None:
+        self.history.append(record)
+        if self.tracing:
+            self.trace_line(dump(record))
+
+    # -- network ---------------------------------------------------------------------
+
+    def connection(self, a: str, b: str) -> _Connection:
+        return self.connections[(a, b) if a < b else (b, a)]
+
+    def send(self, src: str, dst: str, message: _Wire) -> None:
+        conn = self.connection(src, dst)
+        if not conn.up:
+            return
+        self.messages += 1
+        self.bytes += _size(message)
+        held = conn.held.setdefault(src, [])
+        if (src, dst) in self.cut or held:
+            held.append(message)
+            return
+        if self.drop and self.random.random() < self.drop:
+            # A stream delivers in order or not at all: loss on the wire ends the connection.
+            self.break_connection(src, dst, "message lost")
+            return
+        self._transmit(conn, src, dst, message)
+
+    def _transmit(self, conn: _Connection, src: str, dst: str, message: _Wire) -> None:
+        # Duplicates and reordering go beyond what a stream does; the protocol must survive them anyway.
+        copies = 2 if self.duplicate and self.random.random() < self.duplicate else 1
+        for _ in range(copies):
+            delay = self.latency[(src, dst)] + self.random.randint(0, 5)
+            arrive = self.now + delay
+            if not self.reorder:
+                arrive = max(arrive, conn.last_delivery.get(src, 0))
+                conn.last_delivery[src] = arrive
+            deliver: Callable[[], None] = functools.partial(self._deliver, conn, conn.epoch, src, dst, message)
+            heapq.heappush(self._events, (arrive, next(self._seq), deliver))
+
+    def _deliver(self, conn: _Connection, epoch: int, src: str, dst: str, message: _Wire) -> None:
+        region = self.regions[dst]
+        if conn.up and conn.epoch == epoch and region.up:
+            region.receive(src, message)
+
+    def break_connection(self, a: str, b: str, why: str) -> None:
+        conn = self.connection(a, b)
+        if not conn.up:
+            return
+        conn.up = False
+        conn.epoch += 1
+        conn.last_delivery.clear()
+        conn.held.clear()
+        self.trace_line(f"connection {conn.a}-{conn.b} broke: {why}")
+        for side, other in ((conn.a, conn.b), (conn.b, conn.a)):
+            if self.regions[side].up:
+                self.regions[side].disconnected(other)
+        self._dial_later(conn)
+
+    def _dial_later(self, conn: _Connection) -> None:
+        if conn.dialing:
+            return
+        conn.dialing = True
+        delay = max(1, int(conn.backoff_ms * self.random.uniform(0.5, 1.0)))
+        conn.backoff_ms = min(conn.backoff_ms * 2, _BACKOFF_MAX_MS)
+        self.after(delay, lambda: self._dial(conn))
+
+    def _dial(self, conn: _Connection) -> None:
+        conn.dialing = False
+        if conn.up:
+            return
+        a, b = self.regions[conn.a], self.regions[conn.b]
+        if not a.up:
+            return  # it dials again when it restarts
+        if not b.up or (conn.a, conn.b) in self.cut or (conn.b, conn.a) in self.cut:
+            self._dial_later(conn)
+            return
+        conn.up = True
+        conn.epoch += 1
+        conn.backoff_ms = 50
+        self.trace_line(f"connection {conn.a}-{conn.b} up")
+        a.connected(conn.b)
+        if conn.up:
+            b.connected(conn.a)
+
+    def _watch_cut(self, src: str, dst: str) -> None:
+        """Keepalives notice a cut connection after a few seconds; then it breaks."""
+        conn = self.connection(src, dst)
+        epoch = conn.epoch
+
+        def detect() -> None:
+            if conn.up and conn.epoch == epoch and ((conn.a, conn.b) in self.cut or (conn.b, conn.a) in self.cut):
+                self.break_connection(conn.a, conn.b, "keepalive timed out")
+
+        self.after(self.random.randint(2_000, 4_000), detect)
+
+    # -- clients ---------------------------------------------------------------------
+
+    def _client(self, client: int) -> None:
+        if self._ops_issued >= self.scenario.ops:
+            self._clients_done += 1
+            return
+        self._ops_issued += 1
+        op_id = self._next_op
+        self._next_op += 1
+        region = self.random.choice(self.names)
+        f, key, value, operations = self._choose(op_id)
+        op = Op(op_id, client, region, f, key, value, "unknown", self.now)
+        request = _Request(op, operations, f"c{client}-{op_id}".encode())
+        self._attempt(client, request)
+
+    def _choose(self, op_id: int) -> tuple[str, str, str | int | list[str] | None, list[Operation]]:
+        r = self.random.random()
+        if r < 0.30:
+            key = f"r/{self.random.randrange(_REGISTER_KEYS)}"
+            value = f"v{op_id}"
+            return "set", key, value, [SetRegister(key, value.encode())]
+        if r < 0.55:
+            key = f"c/{self.random.randrange(_COUNTER_KEYS)}"
+            amount = self.random.choice([-3, -2, -1, 1, 2, 3, 4, 5])
+            return "incr", key, amount, [Increment(key, amount)]
+        if r < 0.90:
+            key = f"s/{self.random.randrange(_SET_KEYS)}"
+            added = self._added.setdefault(key, [])
+            if r < 0.78 or not added:
+                member = f"m{op_id}"
+                added.append(member)
+                return "sadd", key, [member], [AddMembers(key, (member,))]
+            members = sorted(set(self.random.sample(added, min(2, len(added)))))
+            return "srem", key, members, [RemoveMembers(key, tuple(members))]
+        key = self.random.choice(
+            [f"r/{self.random.randrange(_REGISTER_KEYS)}", f"s/{self.random.randrange(_SET_KEYS)}"]
+        )
+        return "del", key, None, [DeleteKey(key)]
+
+    def _attempt(self, client: int, request: _Request) -> None:
+        request.attempt += 1
+        attempt = request.attempt
+        region = self.regions[request.op.region]
+        latency = self.random.randint(1, 3)
+        if region.up:
+            request.reached = True
+            boot = region.boot
+
+            def arrive() -> None:
+                if region.up and region.boot == boot and not request.done:
+                    region.submit(request)
+
+            self.after(latency, arrive)
+
+        def deadline() -> None:
+            if request.done or request.attempt != attempt:
+                return
+            if request.attempt < _CLIENT_ATTEMPTS:
+                self._attempt(client, request)  # the same idempotency key: it applies at most once
+                return
+            request.done = True
+            request.op.outcome = "unknown" if request.reached else "fail"
+            request.op.error = "no answer within the deadline" if request.reached else "the region was down"
+            self._complete(request)
+
+        self.after(_CLIENT_DEADLINE_MS if region.up else latency + 50 * attempt, deadline)
+
+    def reply(self, region: _Region, request: _Request, result: object) -> None:
+        boot = region.boot
+
+        def arrive() -> None:
+            # A region that crashed right after the commit may never have sent the answer.
+            if request.done or not region.up or region.boot != boot:
+                return
+            request.done = True
+            if isinstance(result, Applied):
+                request.op.outcome = "ok"
+                request.op.token = dict(result.token.vv.items())
+                if request.op.f == "set" and region.up:
+                    request.op.ts = self._timestamp_of(region, request.op)
+            else:
+                request.op.outcome = "fail"
+                request.op.error = str(getattr(result, "error", result))
+            self._complete(request)
+
+        self.after(self.random.randint(1, 3), arrive)
+
+    def _timestamp_of(self, region: _Region, op: Op) -> list[int] | None:
+        dot = op.dot
+        state = region.store.get(op.key)
+        slot = state.slots.get(ValueType.REGISTER) if state is not None else None
+        if dot is None or not isinstance(slot, Register):
+            return None
+        for sibling in slot.siblings():
+            if (sibling.dot.region, sibling.dot.counter) == dot:
+                return [sibling.timestamp.wall_ms, sibling.timestamp.logical]
+        return None  # already overwritten
+
+    def _complete(self, request: _Request) -> None:
+        request.op.complete_ms = self.now
+        self.record(request.op)
+        client = request.op.client
+        # Think time: 1,000 operations from 8 clients span several seconds, long enough for faults to bite.
+        self.after(self.random.randint(0, 100), lambda: self._client(client))
+
+    # -- the nemesis -----------------------------------------------------------------
+
+    def _nemesis(self) -> None:
+        if self._clients_done >= self.scenario.clients or not self.kinds:
+            return
+        kind = self.random.choice(self.kinds)
+        hold = self.random.randint(300, 3_000)
+        heal = getattr(self, f"_fault_{kind}")(hold)
+        self.after(hold, heal)
+        self.after(hold + self.random.randint(50, 800), self._nemesis)
+
+    def _fault_partition(self, hold: int) -> Callable[[], None]:
+        names = list(self.names)
+        self.random.shuffle(names)
+        shape = self.random.choice(["isolate", "halves", "bridge", "ring", "one-way", "clog"])
+        cut: set[tuple[str, str]] = set()
+        pairs = [(a, b) for a in names for b in names if a != b]
+        if shape == "isolate":
+            cut = {(a, b) for a, b in pairs if names[0] in (a, b)}
+        elif shape == "halves":
+            small = set(names[: len(names) // 2])
+            cut = {(a, b) for a, b in pairs if (a in small) != (b in small)}
+        elif shape == "bridge":
+            # One region sees both sides; the sides do not see each other.
+            bridge, rest = names[0], names[1:]
+            left = set(rest[: len(rest) // 2])
+            cut = {(a, b) for a, b in pairs if bridge not in (a, b) and (a in left) != (b in left)}
+        elif shape == "ring":
+            # Each region sees only its two neighbours.
+            near = {frozenset((names[i], names[(i + 1) % len(names)])) for i in range(len(names))}
+            cut = {(a, b) for a, b in pairs if frozenset((a, b)) not in near}
+        elif shape == "one-way":
+            cut = {(a, b) for a, b in pairs if self.random.random() < 0.3}
+        else:
+            # Clog links one by one; they are restored one by one in random order.
+            clogged = self.random.sample(pairs, min(len(pairs), self.random.randint(1, len(pairs))))
+            for i, (a, b) in enumerate(clogged):
+                self.after(i * 100, functools.partial(self._cut, {(a, b), (b, a)}, "clog"))
+            order = list(clogged)
+            self.random.shuffle(order)
+
+            def unclog() -> None:
+                for i, (a, b) in enumerate(order):
+                    self.after(i * 100, functools.partial(self._heal, {(a, b), (b, a)}, "unclog"))
+
+            return unclog
+        self._cut(cut, shape)
+        return lambda: self._heal(cut, f"heal {shape}")
+
+    def _cut(self, cut: set[tuple[str, str]], shape: str) -> None:
+        if self.settling:
+            return
+        fresh = cut - self.cut
+        self.cut |= fresh
+        if fresh:
+            self.record(
+                Nemesis(self.now, "partition", sorted({r for pair in fresh for r in pair}), _links(fresh, shape))
+            )
+        for src, dst in sorted(fresh):
+            self._watch_cut(src, dst)
+
+    def _heal(self, cut: set[tuple[str, str]], what: str) -> None:
+        healed = cut & self.cut
+        self.cut -= healed
+        if healed:
+            self.record(Nemesis(self.now, "heal", sorted({r for pair in healed for r in pair}), _links(healed, what)))
+        for a, b in sorted(healed):
+            conn = self.connection(a, b)
+            if not conn.up:
+                self._dial_later(conn)
+                continue
+            held = conn.held.pop(a, [])
+            for message in held:
+                self._transmit(conn, a, b, message)
+
+    def _fault_crash(self, hold: int) -> Callable[[], None]:
+        up = [name for name in self.names if self.regions[name].up]
+        if not up:
+            return lambda: None
+        name = self.random.choice(up)
+        self._crash(name)
+        return lambda: self._restart(name)
+
+    def _crash(self, name: str) -> None:
+        region = self.regions[name]
+        if not region.up or self.settling:
+            return
+        self.record(Nemesis(self.now, "crash", [name], "kill -9: uncommitted requests lost"))
+        region.crash()
+        for peer in region.peers:
+            self.break_connection(name, peer, f"{name} crashed")
+
+    def _restart(self, name: str) -> None:
+        region = self.regions[name]
+        if region.up:
+            return
+        region.start()
+        self.record(Nemesis(self.now, "restart", [name], "restarted from its data directory"))
+        for peer in region.peers:
+            self._dial_later(self.connection(name, peer))
+
+    def _fault_clock(self, hold: int) -> Callable[[], None]:
+        name = self.random.choice(self.names)
+        region = self.regions[name]
+        jump = self.random.choice([-1, 1]) * self.random.choice([50, 300, 1_000, 5_000])
+        region.offset_ms += jump
+        self.record(Nemesis(self.now, "clock", [name], f"jump {jump:+d} ms (offset now {region.offset_ms:+d} ms)"))
+
+        def back() -> None:
+            if self.random.random() < 0.5 and not self.settling:
+                region.offset_ms -= jump
+                self.record(Nemesis(self.now, "clock", [name], f"jump {-jump:+d} ms (back to {region.offset_ms:+d})"))
+
+        return back
+
+    def _fault_network(self, hold: int) -> Callable[[], None]:
+        self.drop = self.random.choice([0.0, 0.01, 0.05, 0.2])
+        self.duplicate = self.random.choice([0.0, 0.02, 0.1])
+        self.reorder = self.random.random() < 0.5
+        detail = f"drop {self.drop:.0%}, duplicate {self.duplicate:.0%}, reorder {'on' if self.reorder else 'off'}"
+        self.record(Nemesis(self.now, "network", list(self.names), detail))
+
+        def calm() -> None:
+            if self.settling:
+                return
+            self.drop = self.duplicate = 0.0
+            self.reorder = False
+            self.record(Nemesis(self.now, "network", list(self.names), "clean again"))
+
+        return calm
+
+    # -- the run ---------------------------------------------------------------------
+
+    def run(self) -> SimResult:
+        try:
+            for conn in self.connections.values():
+                self._dial_later(conn)
+            for client in range(self.scenario.clients):
+                self.after(self.random.randint(0, 20), functools.partial(self._client, client))
+            if self.kinds:
+                self.after(self.random.randint(100, 1_000), self._nemesis)
+            while self._events and self._clients_done < self.scenario.clients:
+                self._step()
+            converged_after = self._heal_all_and_settle()
+            for region in self.regions.values():
+                self.record(region.final_read())
+        finally:
+            for region in self.regions.values():
+                region.close()
+        return self.partial_result(converged_after)
+
+    def partial_result(self, converged_after: int | None = None) -> SimResult:
+        """The result so far (after a run, or after one that raised)."""
+        text = "\n".join(dump(r) for r in self.history)
+        final = self.history[-1]
+        keys = len(final.keys) if isinstance(final, FinalRead) else 0
+        skews = sum(r.skew_events for r in self.regions.values())
+        return SimResult(
+            self.scenario,
+            self.history,
+            hashlib.sha256(text.encode()).hexdigest(),
+            converged_after,
+            self.messages,
+            self.bytes,
+            keys,
+            self.trace,
+            {"clock_skew_events": skews, "virtual_ms": self.now},
+        )
+
+    def _heal_all_and_settle(self) -> int | None:
+        """Heal every fault, then run until every region holds the same state; the time that took."""
+        self.settling = True
+        self.drop = self.duplicate = 0.0
+        self.reorder = False
+        self._heal(set(self.cut), "every link")
+        self.record(Nemesis(self.now, "heal", list(self.names), "every fault healed"))
+        for name in self.names:
+            self._restart(name)
+        for conn in self.connections.values():
+            if not conn.up:
+                self._dial_later(conn)
+        healed_at = self.now
+        check_every = 50
+        next_check = self.now
+        while self._events and self.now - healed_at < _SETTLE_LIMIT_MS:
+            if self.now >= next_check:
+                next_check = self.now + check_every
+                if self._agree():
+                    return self.now - healed_at
+            self._step()
+        return None
+
+    def _agree(self) -> bool:
+        if not all(conn.up for conn in self.connections.values()):
+            return False
+        first, *rest = self.regions.values()
+        vector = first.store.context.vv
+        if any(r.store.context.vv != vector for r in rest):
+            return False
+        digests = first.state_digest()
+        return all(r.state_digest() == digests for r in rest)
+
+
+def _links(pairs: Iterable[tuple[str, str]], what: str) -> str:
+    return f"{what}: " + " ".join(f"{a}->{b}" for a, b in sorted(pairs))
