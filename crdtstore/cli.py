@@ -217,7 +217,7 @@ def _status(client: Client, args: argparse.Namespace) -> None:
         state = "connected" if peer["connected"] else "DISCONNECTED"
         print(
             f"peer {peer['region']} at {peer['address']}: {state}, {peer['behind']} events behind, "
-            f"clock offset {peer['clock_offset_ms']} ms"
+            f"clock offset {peer['clock_offset_ms']} ms (±{peer['clock_error_ms']} ms)"
         )
 
 

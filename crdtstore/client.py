@@ -152,6 +152,7 @@ class PeerStatus(TypedDict):
     acked: bytes  # the causal token of what the peer has acknowledged
     behind: int  # events this node has that the peer has not acknowledged
     clock_offset_ms: int  # the peer's clock minus this node's, as last measured
+    clock_error_ms: int  # that measurement is right to within this (half its round trip)
 
 
 class Status(TypedDict):
@@ -398,6 +399,7 @@ def _status_from_proto(resp: kv_pb2.StatusResponse) -> Status:
                 acked=bytes(p.acked.vector),
                 behind=p.behind,
                 clock_offset_ms=p.clock_offset_ms,
+                clock_error_ms=p.clock_error_ms,
             )
             for p in resp.peers
         ],

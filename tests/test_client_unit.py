@@ -129,6 +129,7 @@ class FakeKV:
                     acked=kv_pb2.CausalToken(vector=b"\x01"),
                     behind=3,
                     clock_offset_ms=-12,
+                    clock_error_ms=3,
                 )
             ],
             clock_skew_events=2,
@@ -382,6 +383,7 @@ def test_status(kv: Client) -> None:
                 "acked": b"\x01",
                 "behind": 3,
                 "clock_offset_ms": -12,
+                "clock_error_ms": 3,
             }
         ],
         "clock_skew_events": 2,
@@ -534,6 +536,7 @@ def test_status_output(addr: str, capsys: pytest.CaptureFixture[str]) -> None:
                 "acked": "AQ==",
                 "behind": 3,
                 "clock_offset_ms": -12,
+                "clock_error_ms": 3,
             }
         ],
         "clock_skew_events": 2,
@@ -542,7 +545,7 @@ def test_status_output(addr: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "--addr", addr, "status")
     assert "region: eu" in out.splitlines()
     assert "draining: false" in out.splitlines()
-    assert "peer us at 10.0.0.2:7420: connected, 3 events behind, clock offset -12 ms" in out.splitlines()
+    assert "peer us at 10.0.0.2:7420: connected, 3 events behind, clock offset -12 ms (±3 ms)" in out.splitlines()
 
 
 def test_errors_are_one_line_and_exit_1(addr: str, fake: FakeKV, capsys: pytest.CaptureFixture[str]) -> None:

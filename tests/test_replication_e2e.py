@@ -361,3 +361,18 @@ def test_a_region_behind_the_trimmed_log_is_repaired_without_a_full_copy(tmp_pat
         assert repairs, "c was repaired, not sent the log"
         for _, sent, total in repairs:
             assert int(sent) * 10 < int(total), f"sent {sent} of {total} keys: that is no better than a full copy"
+
+
+def test_regression_a_node_that_peers_dialled_drains_without_waiting_for_their_streams(tmp_path: Path) -> None:
+    # Found by the chaos runner: b (dialled by a) cancelled the handler of a's
+    # stream on SIGTERM, which left the call open, and the server waited out
+    # its whole drain grace for it. With a grace of an hour, b must still stop
+    # by itself well inside the harness's 30 s wait, and cleanly.
+    config = tmp_path / "long-grace.toml"
+    config.write_text("[server]\ndrain_grace_s = 3600\n")
+    with RegionProcesses(tmp_path, ["a", "b"], extra_args=("--config", str(config))) as regions:
+        regions.wait_connected()
+        regions.clients["a"].set("k", "v")
+        regions.wait_converged()
+        assert regions.stop("b") == 0
+        assert "stopped cleanly" in (tmp_path / "b.log").read_text()

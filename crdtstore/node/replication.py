@@ -12,15 +12,18 @@ that vanished without closing its connection. If a second stream for the same
 peer arrives (the peer reconnected before this side noticed the old one
 died), the newer one replaces the older.
 
-Clocks: every message carries the sender's physical clock. From it each node
-keeps the last measured offset to each peer. Remote register timestamps move
-the hybrid logical clock forward, except one beyond ``max_clock_offset_ms``:
-that delta is still applied (convergence comes first, and causality, not the
-clock, decides overwrites) but the clock ignores it, and it is counted and
-logged. A node whose own clock is out of bounds against most of its peers
-refuses local writes until it is back in bounds (CockroachDB fences a node
-the same way), because every register it wrote would win or lose by its
-wrong clock.
+Clocks: every message carries the sender's physical clock, and echoes the
+last one it received from the peer with how long it held it. From that round
+trip each node keeps the last measured offset to each peer and its error
+(``clock_sample``): time in queues widens the error, it is not taken for
+offset. Remote register timestamps move the hybrid logical clock forward,
+except one beyond ``max_clock_offset_ms``: that delta is still applied
+(convergence comes first, and causality, not the clock, decides overwrites)
+but the clock ignores it, and it is counted and logged. A node whose own
+clock is out of bounds against most of its peers, even allowing for each
+measurement's error, refuses local writes until it is back in bounds
+(CockroachDB fences a node the same way), because every register it wrote
+would win or lose by its wrong clock.
 
 Waiting: causal-token reads and ``replicated:N`` writes wait for conditions
 on the node's vector and its peers' acknowledgements. Waiters are checked
@@ -38,7 +41,7 @@ from asyncio import FIRST_COMPLETED
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 import msgpack
@@ -70,7 +73,7 @@ from crdtstore.storage import (
 )
 from crdtstore.v1 import replication_pb2 as rpb
 
-__all__ = ["PROTOCOL_VERSION", "SYNC_METHOD", "ProtocolError", "Replicator"]
+__all__ = ["PROTOCOL_VERSION", "SYNC_METHOD", "ClockSample", "ProtocolError", "Replicator", "clock_sample"]
 
 log = logging.getLogger("crdtstore.replication")
 
@@ -106,8 +109,12 @@ class _Link:
     stream: _Stream | None = None
     session: asyncio.Task[Any] | None = None
     send_task: asyncio.Task[Any] | None = None  # reading and queueing log entries for this peer
-    clock_offset_ms: int | None = None
+    clock_offset_ms: int | None = None  # the peer's clock minus this node's, as last measured
+    clock_error_ms: int = 0  # that measurement is right to within this
     offset_at: float = 0.0  # monotonic time of that measurement
+    # The last message from the peer on this stream: its sent_wall_ms, and when it arrived (monotonic).
+    peer_sent_wall_ms: int = 0
+    peer_received_at: float = 0.0
     greeted: bool = False  # the current stream's hello arrived
     transfer: asyncio.Task[Any] | None = None  # a state transfer to this peer, while it runs
     transfers_sent: int = 0
@@ -146,6 +153,7 @@ class Replicator:
         self._dirty = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
+        self._stopping = asyncio.Event()  # set by close(): every stream session returns
         self.skew_events = 0
         # The most events of this region any peer has said it holds.
         self._own_events_seen = 0
@@ -166,6 +174,18 @@ class Replicator:
     async def close(self) -> None:
         """Stop dialling and ticking, end every stream, and release every waiter."""
         self._closing = True
+        self._stopping.set()
+        # Streams peers opened end by returning from their handlers, so that
+        # the server sees those calls finish and does not wait out its grace
+        # period for them. (A handler task cancelled from outside leaves its
+        # call open.)
+        inbound = [
+            link.session
+            for link in self.links.values()
+            if link.session is not None and link.session not in self._tasks and not link.session.done()
+        ]
+        if inbound:
+            await asyncio.wait(inbound, timeout=2.0)
         tasks = list(self._tasks)
         tasks += [link.session for link in self.links.values() if link.session is not None]
         for task in tasks:
@@ -243,7 +263,8 @@ class Replicator:
             if link.stream is not None
             and link.clock_offset_ms is not None
             and link.offset_at >= fresh_after
-            and abs(link.clock_offset_ms) > bound
+            # Out of bounds even if the measurement erred as far as it can the other way.
+            and abs(link.clock_offset_ms) - link.clock_error_ms > bound
         )
         return out * 2 > len(self.links)
 
@@ -394,11 +415,15 @@ class Replicator:
         link.stream = stream
         link.session = asyncio.current_task()
         link.greeted = False
+        link.peer_sent_wall_ms = 0
 
         async def pump() -> None:
             while True:
                 message = await stream.queue.get()
                 message.sent_wall_ms = self._wall_ms()  # when it leaves, not when it was queued
+                if link.peer_sent_wall_ms:
+                    message.echo_wall_ms = link.peer_sent_wall_ms
+                    message.echo_held_ms = round((time.monotonic() - link.peer_received_at) * 1000)
                 await write(message)
 
         async def receive() -> None:
@@ -410,15 +435,16 @@ class Replicator:
 
         pumping = asyncio.ensure_future(pump())
         receiving = asyncio.ensure_future(receive())
+        stopping = asyncio.ensure_future(self._stopping.wait())
         try:
-            done, _ = await asyncio.wait({pumping, receiving}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({pumping, receiving, stopping}, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 task.result()  # raises what ended the stream
         finally:
             stream.ended.set()  # wakes anything waiting to queue on this stream
-            for task in (pumping, receiving):
+            for task in (pumping, receiving, stopping):
                 task.cancel()
-            for task in (pumping, receiving):
+            for task in (pumping, receiving, stopping):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             if link.epoch == epoch:
@@ -428,10 +454,19 @@ class Replicator:
                 if link.greeted:
                     log.info("lost the stream with %s", link.name)
 
+    def _measure_clock(self, link: _Link, message: rpb.SyncMessage) -> None:
+        if not message.sent_wall_ms:
+            return
+        link.peer_sent_wall_ms = message.sent_wall_ms  # echoed back with the next message to the peer
+        link.peer_received_at = time.monotonic()
+        if message.echo_wall_ms:
+            sample = clock_sample(message.echo_wall_ms, message.echo_held_ms, message.sent_wall_ms, self._wall_ms())
+            if sample is not None:
+                link.clock_offset_ms, link.clock_error_ms = sample
+                link.offset_at = link.peer_received_at
+
     async def _on_message(self, link: _Link, message: rpb.SyncMessage) -> None:
-        if message.sent_wall_ms:
-            link.clock_offset_ms = message.sent_wall_ms - self._wall_ms()
-            link.offset_at = time.monotonic()
+        self._measure_clock(link, message)
         body = message.WhichOneof("body")
         core_message: Message
         if body == "hello":
@@ -801,6 +836,28 @@ class Replicator:
                 state.connected and not state.needs_repair and not state.sent.dominates(self.core.vector)
                 for state in self.core.peers.values()
             )
+
+
+class ClockSample(NamedTuple):
+    offset_ms: int  # the peer's clock minus this node's
+    error_ms: int  # the true offset is within this much of offset_ms: half the round trip
+
+
+def clock_sample(echoed_ms: int, held_ms: int, peer_sent_ms: int, now_ms: int) -> ClockSample | None:
+    """The offset of a peer's clock from one round trip, as NTP measures it.
+
+    This node sent a message at ``echoed_ms`` (its clock); the peer held it
+    ``held_ms`` and answered at ``peer_sent_ms`` (the peer's clock); the answer
+    arrived at ``now_ms`` (this clock). Whatever the two one-way delays, the
+    true offset lies within half the round trip of the midpoint estimate, so
+    time spent in queues widens the error instead of passing for offset.
+    None when the numbers cannot be a round trip (this clock stepped back).
+    """
+    round_trip = (now_ms - echoed_ms) - held_ms
+    if round_trip < 0 or held_ms < 0:
+        return None
+    offset = ((peer_sent_ms - held_ms - echoed_ms) + (peer_sent_ms - now_ms)) // 2
+    return ClockSample(offset, (round_trip + 1) // 2)
 
 
 def _bitmap(buckets: frozenset[int]) -> bytes:

@@ -296,6 +296,7 @@ class AdminService:
                     acked=token_of(acked),
                     behind=sum(replicator.core.behind(name).values()),
                     clock_offset_ms=link.clock_offset_ms or 0,
+                    clock_error_ms=link.clock_error_ms,
                 )
             )
         return pb.StatusResponse(

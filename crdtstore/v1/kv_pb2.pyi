@@ -202,17 +202,19 @@ class StatusResponse(_message.Message):
     def __init__(self, region: _Optional[str] = ..., version: _Optional[str] = ..., keys: _Optional[int] = ..., token: _Optional[_Union[CausalToken, _Mapping]] = ..., draining: _Optional[bool] = ..., data_bytes: _Optional[int] = ..., commits: _Optional[int] = ..., requests_committed: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[PeerStatus, _Mapping]]] = ..., clock_skew_events: _Optional[int] = ..., clock_fenced: _Optional[bool] = ...) -> None: ...
 
 class PeerStatus(_message.Message):
-    __slots__ = ("region", "address", "connected", "acked", "behind", "clock_offset_ms")
+    __slots__ = ("region", "address", "connected", "acked", "behind", "clock_offset_ms", "clock_error_ms")
     REGION_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
     ACKED_FIELD_NUMBER: _ClassVar[int]
     BEHIND_FIELD_NUMBER: _ClassVar[int]
     CLOCK_OFFSET_MS_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_ERROR_MS_FIELD_NUMBER: _ClassVar[int]
     region: str
     address: str
     connected: bool
     acked: CausalToken
     behind: int
     clock_offset_ms: int
-    def __init__(self, region: _Optional[str] = ..., address: _Optional[str] = ..., connected: _Optional[bool] = ..., acked: _Optional[_Union[CausalToken, _Mapping]] = ..., behind: _Optional[int] = ..., clock_offset_ms: _Optional[int] = ...) -> None: ...
+    clock_error_ms: int
+    def __init__(self, region: _Optional[str] = ..., address: _Optional[str] = ..., connected: _Optional[bool] = ..., acked: _Optional[_Union[CausalToken, _Mapping]] = ..., behind: _Optional[int] = ..., clock_offset_ms: _Optional[int] = ..., clock_error_ms: _Optional[int] = ...) -> None: ...

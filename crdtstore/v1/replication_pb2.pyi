@@ -75,8 +75,10 @@ class SyncWant(_message.Message):
     def __init__(self, buckets: _Optional[bytes] = ...) -> None: ...
 
 class SyncMessage(_message.Message):
-    __slots__ = ("sent_wall_ms", "hello", "entries", "ack", "snapshot", "digests", "want")
+    __slots__ = ("sent_wall_ms", "echo_wall_ms", "echo_held_ms", "hello", "entries", "ack", "snapshot", "digests", "want")
     SENT_WALL_MS_FIELD_NUMBER: _ClassVar[int]
+    ECHO_WALL_MS_FIELD_NUMBER: _ClassVar[int]
+    ECHO_HELD_MS_FIELD_NUMBER: _ClassVar[int]
     HELLO_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
@@ -84,10 +86,12 @@ class SyncMessage(_message.Message):
     DIGESTS_FIELD_NUMBER: _ClassVar[int]
     WANT_FIELD_NUMBER: _ClassVar[int]
     sent_wall_ms: int
+    echo_wall_ms: int
+    echo_held_ms: int
     hello: SyncHello
     entries: SyncEntries
     ack: SyncAck
     snapshot: SyncSnapshot
     digests: SyncDigests
     want: SyncWant
-    def __init__(self, sent_wall_ms: _Optional[int] = ..., hello: _Optional[_Union[SyncHello, _Mapping]] = ..., entries: _Optional[_Union[SyncEntries, _Mapping]] = ..., ack: _Optional[_Union[SyncAck, _Mapping]] = ..., snapshot: _Optional[_Union[SyncSnapshot, _Mapping]] = ..., digests: _Optional[_Union[SyncDigests, _Mapping]] = ..., want: _Optional[_Union[SyncWant, _Mapping]] = ...) -> None: ...
+    def __init__(self, sent_wall_ms: _Optional[int] = ..., echo_wall_ms: _Optional[int] = ..., echo_held_ms: _Optional[int] = ..., hello: _Optional[_Union[SyncHello, _Mapping]] = ..., entries: _Optional[_Union[SyncEntries, _Mapping]] = ..., ack: _Optional[_Union[SyncAck, _Mapping]] = ..., snapshot: _Optional[_Union[SyncSnapshot, _Mapping]] = ..., digests: _Optional[_Union[SyncDigests, _Mapping]] = ..., want: _Optional[_Union[SyncWant, _Mapping]] = ...) -> None: ...
