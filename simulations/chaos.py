@@ -923,6 +923,9 @@ def _meta(settings: _Settings, nemeses: str, netns: bool, command: str, faults: 
         "python": platform.python_version(),
         "command": command,
         "plan": [asdict(f) for f in faults],
+        # A request whose client gave up is applied, if at all, within this long: at worst it
+        # waited in a paused node for the longest pause, then committed (simulations.checkers).
+        "linger_ms": int(FAULT_HOLD_S_MAX * 1000) + 2000,
     }
     return Meta("chaos", settings.names, settings.seed, nemeses, detail)
 

@@ -11,6 +11,13 @@ minted. That is exact for this store, because a token is the region's whole
 context right after the request, and every event in a region's context is
 in its state (or was removed from it by something the region saw).
 
+What a runner can vouch for, in ``Meta.detail``: ``ground_truth`` (the
+simulator sees every commit, so every operation that applied carries its
+token even if its client never heard, and one without a token did not
+apply), and ``linger_ms`` (an operation whose client gave up is applied, if
+at all, within that long: the chaos runner's longest pause plus a margin).
+Without them an unknown operation may have applied at any time.
+
 Violations, by kind:
 
 ``diverged``
@@ -109,11 +116,46 @@ class CheckResult:
 
 
 def observed(later: Op, earlier: Op) -> bool:
-    """Whether acknowledged ``later`` had seen ``earlier``'s event when it applied."""
+    """Whether ``later`` (applied, with its token) had seen ``earlier``'s event when it applied."""
     dot = earlier.dot
     if later is earlier or later.token is None or dot is None:
         return False
     return later.token.get(dot[0], 0) >= dot[1]
+
+
+@dataclass(frozen=True)
+class _Rules:
+    """What the history's runner vouches for (``Meta.detail``).
+
+    ``ground_truth``: every operation that was applied carries its token,
+    even when its client never heard (the simulator sees every commit). An
+    operation without a token then certainly did not apply.
+    ``linger_ms``: an operation whose outcome is unknown is applied, if at
+    all, at most this long after its client gave up (None: any time).
+    """
+
+    ground_truth: bool = False
+    linger_ms: int | None = None
+
+    def applied(self, op: Op) -> bool:
+        """Certainly applied: acknowledged, or seen applied by the runner."""
+        return op.token is not None
+
+    def never_applied(self, op: Op) -> bool:
+        return op.outcome == "fail" or (self.ground_truth and op.token is None)
+
+    def may_have_observed(self, later: Op, earlier: Op) -> bool:
+        """Whether ``later`` could have seen ``earlier`` (and so replaced or removed it)."""
+        if later is earlier:
+            return False
+        if later.token is not None:
+            return observed(later, earlier)
+        if self.never_applied(later):
+            return False
+        # Unknown and unseen: it may have applied any time after its invocation, until it stopped lingering.
+        if self.linger_ms is None or later.complete_ms is None:
+            return True
+        return later.complete_ms + self.linger_ms >= earlier.invoke_ms
 
 
 def check(records: Iterable[Record]) -> CheckResult:
@@ -135,6 +177,9 @@ def check(records: Iterable[Record]) -> CheckResult:
         "recovered": 0,
     }
     regions = metas[0].regions if metas else []
+    detail = metas[0].detail if metas else {}
+    linger = detail.get("linger_ms")
+    rules = _Rules(bool(detail.get("ground_truth", False)), int(linger) if linger is not None else None)
     for region in regions:
         if not any(f.region == region for f in finals):
             result.violations.append(Violation("missing-final", "", f"region {region} has no final read"))
@@ -156,7 +201,7 @@ def check(records: Iterable[Record]) -> CheckResult:
         keys = set(by_key) | set(final.keys)
         result.counts["keys"] = max(result.counts["keys"], len(keys))
         for key in sorted(keys):
-            _check_key(key, by_key.get(key, []), final.keys.get(key), where, result)
+            _check_key(key, by_key.get(key, []), final.keys.get(key), where=where, rules=rules, result=result)
     return result
 
 
@@ -207,7 +252,9 @@ def _check_clocks(ops: Sequence[Op], result: CheckResult) -> None:
                 )
 
 
-def _check_key(key: str, ops: Sequence[Op], read: KeyRead | None, where: str, result: CheckResult) -> None:
+def _check_key(
+    key: str, ops: Sequence[Op], read: KeyRead | None, *, where: str, rules: _Rules, result: CheckResult
+) -> None:
     types = {_TYPE_OF[op.f] for op in ops if op.f in _TYPE_OF}
     if read is not None and read.type not in types:
         result.violations.append(
@@ -215,14 +262,16 @@ def _check_key(key: str, ops: Sequence[Op], read: KeyRead | None, where: str, re
         )
         return
     if "register" in types:
-        _check_register(key, ops, read, where, result)
+        _check_register(key, ops, read, where=where, rules=rules, result=result)
     if "set" in types:
-        _check_set(key, ops, read, where, result)
+        _check_set(key, ops, read, where=where, rules=rules, result=result)
     if "counter" in types:
-        _check_counter(key, ops, read, where, result)
+        _check_counter(key, ops, read, where=where, rules=rules, result=result)
 
 
-def _check_register(key: str, ops: Sequence[Op], read: KeyRead | None, where: str, result: CheckResult) -> None:
+def _check_register(
+    key: str, ops: Sequence[Op], read: KeyRead | None, *, where: str, rules: _Rules, result: CheckResult
+) -> None:
     writes = [op for op in ops if op.f == "set"]
     removers = [op for op in ops if op.f in ("set", "del")]
     by_value: dict[str, Op] = {}
@@ -244,12 +293,12 @@ def _check_register(key: str, ops: Sequence[Op], read: KeyRead | None, where: st
             )
     for value in sorted(present):
         writer = by_value.get(value)
-        if writer is None or writer.outcome == "fail":
+        if writer is None or rules.never_applied(writer):
             result.violations.append(Violation("unexpected", key, f"value {value!r}{where} was never written"))
             continue
         if writer.outcome == "unknown":
             result.counts["recovered"] += 1
-        overwrite = next((r for r in removers if r.outcome == "ok" and observed(r, writer)), None)
+        overwrite = next((r for r in removers if rules.applied(r) and observed(r, writer)), None)
         if overwrite is not None:
             result.violations.append(
                 Violation(
@@ -260,9 +309,9 @@ def _check_register(key: str, ops: Sequence[Op], read: KeyRead | None, where: st
                 )
             )
     for writer in writes:
-        if writer.outcome != "ok" or str(writer.value) in present:
+        if not rules.applied(writer) or str(writer.value) in present:
             continue
-        if any(r is not writer and (r.outcome == "unknown" or observed(r, writer)) for r in removers):
+        if any(rules.may_have_observed(r, writer) for r in removers):
             continue  # overwritten or deleted (or perhaps, by an operation whose outcome is unknown)
         result.violations.append(
             Violation(
@@ -274,7 +323,9 @@ def _check_register(key: str, ops: Sequence[Op], read: KeyRead | None, where: st
         )
 
 
-def _check_set(key: str, ops: Sequence[Op], read: KeyRead | None, where: str, result: CheckResult) -> None:
+def _check_set(
+    key: str, ops: Sequence[Op], read: KeyRead | None, *, where: str, rules: _Rules, result: CheckResult
+) -> None:
     adds: dict[str, Op] = {}
     for op in ops:
         if op.f == "sadd" and isinstance(op.value, list):
@@ -291,12 +342,12 @@ def _check_set(key: str, ops: Sequence[Op], read: KeyRead | None, where: str, re
 
     for member in sorted(members):
         add = adds.get(member)
-        if add is None or add.outcome == "fail":
+        if add is None or rules.never_applied(add):
             result.violations.append(Violation("unexpected", key, f"member {member!r}{where} was never added"))
             continue
         if add.outcome == "unknown":
             result.counts["recovered"] += 1
-        remove = next((r for r in removers(member) if r.outcome == "ok" and observed(r, add)), None)
+        remove = next((r for r in removers(member) if rules.applied(r) and observed(r, add)), None)
         if remove is not None:
             result.violations.append(
                 Violation(
@@ -307,9 +358,9 @@ def _check_set(key: str, ops: Sequence[Op], read: KeyRead | None, where: str, re
                 )
             )
     for member, add in sorted(adds.items()):
-        if add.outcome != "ok" or member in members:
+        if not rules.applied(add) or member in members:
             continue
-        if any(r.outcome == "unknown" or observed(r, add) for r in removers(member)):
+        if any(rules.may_have_observed(r, add) for r in removers(member)):
             continue
         result.violations.append(
             Violation(
@@ -321,7 +372,9 @@ def _check_set(key: str, ops: Sequence[Op], read: KeyRead | None, where: str, re
         )
 
 
-def _check_counter(key: str, ops: Sequence[Op], read: KeyRead | None, where: str, result: CheckResult) -> None:
+def _check_counter(
+    key: str, ops: Sequence[Op], read: KeyRead | None, *, where: str, rules: _Rules, result: CheckResult
+) -> None:
     if any(op.f == "del" for op in ops):
         result.counts["counters_not_judged"] = result.counts.get("counters_not_judged", 0) + 1
         return
@@ -329,8 +382,12 @@ def _check_counter(key: str, ops: Sequence[Op], read: KeyRead | None, where: str
     if read is not None and read.type == "counter" and isinstance(read.value, int):
         value = read.value
     increments = [op for op in ops if op.f == "incr" and isinstance(op.value, int)]
-    acked = sum(int(op.value) for op in increments if op.outcome == "ok" and isinstance(op.value, int))
-    maybe = [int(op.value) for op in increments if op.outcome == "unknown" and isinstance(op.value, int)]
+    acked = sum(int(op.value) for op in increments if rules.applied(op) and isinstance(op.value, int))
+    maybe = [
+        int(op.value)
+        for op in increments
+        if not rules.applied(op) and not rules.never_applied(op) and isinstance(op.value, int)
+    ]
     low = acked + sum(n for n in maybe if n < 0)
     high = acked + sum(n for n in maybe if n > 0)
     if not low <= value <= high:

@@ -36,6 +36,7 @@ import hashlib
 import heapq
 import itertools
 import random
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,11 +100,14 @@ _MESSAGE_BYTES_MAX = 64 * 1024
 # Physical clocks start here, so that skewing one backwards stays positive.
 _EPOCH_MS = 1_700_000_000_000
 _CLIENT_DEADLINE_MS = 1_000
-_CLIENT_ATTEMPTS = 4
+_CLIENT_ATTEMPTS = 6
+_CLIENT_BACKOFF_MS = (100, 1_000)  # after a refused attempt: doubling from the first, at most the second
+_STALL_CHANCE = 0.01  # with crash faults: a commit stalls (a slow fsync, a long pause) ...
+_STALL_MS = (300, 1_500)  # ... this long, so clients give up and retry while it is still queued
 _SETTLE_LIMIT_MS = 300_000
-_REGISTER_KEYS = 6
+_REGISTER_KEYS = 24
 _COUNTER_KEYS = 3
-_SET_KEYS = 3
+_SET_KEYS = 12
 
 
 def region_names(count: int) -> list[str]:
@@ -201,6 +205,7 @@ class _Request:
     attempt: int = 0
     reached: bool = False  # some attempt reached a live region: it may have applied
     done: bool = False
+    applied: bool = False  # a commit applied it (whether or not its client hears)
 
 
 # -- the network -------------------------------------------------------------------------------
@@ -280,6 +285,7 @@ class _Region:
             trimmed=self.store.log_horizon,
         )
         self.horizon = self.store.log_horizon
+        self.stale_transfers = dict.fromkeys(self.peers, 0)
         self.up = True
         self.boot += 1
         self.links = {}
@@ -304,9 +310,20 @@ class _Region:
     # -- the node's loops ------------------------------------------------------------
 
     def _schedule_tick(self, boot: int) -> None:
+        last_heartbeat = self.sim.now
+
         def tick() -> None:
+            nonlocal last_heartbeat
             if not self.up or self.boot != boot:
                 return
+            if self.store.context.vv != self.core.vector:
+                # Entries persisted before a causal gap ended their connection: the core catches up.
+                self.core.local_committed(self.store.context.vv)
+            if self.sim.now - last_heartbeat >= _ANTI_ENTROPY_MS:
+                # The node's heartbeat: its vector (and its clock) to every peer, each period.
+                last_heartbeat = self.sim.now
+                for peer in sorted(self.links):
+                    self.sim.send(self.name, peer, Ack(self.core.vector))
             self.run(self.core.tick(self.sim.now))
             self._check_transfers()
             self.sim.after(_BATCH_WINDOW_MS, tick)
@@ -319,7 +336,7 @@ class _Region:
             self.commit_scheduled = True
             boot = self.boot
             # The writer picks the queue up, commits it in one transaction, and fsyncs.
-            self.sim.after(self.sim.random.randint(1, 3), lambda: self._commit(boot))
+            self.sim.after(self.sim.commit_delay(self.name), lambda: self._commit(boot))
 
     def _commit(self, boot: int) -> None:
         if not self.up or self.boot != boot:
@@ -330,6 +347,11 @@ class _Region:
         self.core.local_committed(self.store.context.vv)
         self._check_horizon()
         for request, result in zip(batch, results, strict=True):
+            if isinstance(result, Applied) and result.replayed:
+                self.sim.stats["idempotent_replays"] += 1
+            if isinstance(result, Applied) and not request.applied:
+                request.applied = True
+                self.sim.applied(self, request, result)
             self.sim.reply(self, request, result)
 
     # -- carrying out the core's actions (crdtstore.node.replication._run) --------------
@@ -490,6 +512,7 @@ class _Region:
         if not page.done:
             return
         context = decode_as(page.context, CausalContext)
+        before = self._keys()
         try:
             changed = self.store.finish_snapshot(peer, transfer, context, page.buckets, link.offered)
         except StaleTransfer:
@@ -498,12 +521,24 @@ class _Region:
             self.sim.trace_line(f"{self.name}: set aside a stale transfer from {peer}")
             return
         self.stale_transfers[peer] = 0
-        self.sim.trace_line(f"{self.name}: joined a transfer from {peer}: {changed} keys changed")
+        removed = len(before - self._keys())
+        self.sim.stats["transfers_joined"] += 1
+        self.sim.stats["keys_removed_by_transfers"] += removed
+        self.sim.trace_line(f"{self.name}: joined a transfer from {peer}: {changed} keys changed, {removed} removed")
         actions = self.core.applied(peer, self.store.context.vv)
         self._check_horizon()
         self.run(actions)
 
     # -- reading -------------------------------------------------------------------------
+
+    def _keys(self) -> set[str]:
+        keys: set[str] = set()
+        after = b""
+        while True:
+            page, after = self.store.scan("", after=after, limit=1000)
+            keys.update(key for key, state in page if state.read() is not None)
+            if not after:
+                return keys
 
     def final_read(self) -> FinalRead:
         keys: dict[str, KeyRead] = {}
@@ -556,8 +591,10 @@ class Simulation:
         self.history: list[Record] = []
         self.messages = 0
         self.bytes = 0
+        # What the run exercised (state transfers, resets, retries), so a test can tell a run did something.
+        self.stats: Counter[str] = Counter()
         # Per seed: a log small enough that partitions and crashes need state transfers, or a roomy one.
-        self.log_bytes_max = self.random.choice([8 * 1024, 64 * 1024, 64 * 1024 * 1024])
+        self.log_bytes_max = self.random.choice([4 * 1024, 16 * 1024, 64 * 1024, 64 * 1024 * 1024])
         names = region_names(scenario.regions)
         self.names = names
         self.latency = {
@@ -579,7 +616,13 @@ class Simulation:
                 names,
                 seed=scenario.seed,
                 faults=scenario.faults,
-                detail={"ops": scenario.ops, "clients": scenario.clients, "log_bytes_max": self.log_bytes_max},
+                detail={
+                    "ops": scenario.ops,
+                    "clients": scenario.clients,
+                    "log_bytes_max": self.log_bytes_max,
+                    # Every operation a commit applied carries its token, even if its client never heard.
+                    "ground_truth": True,
+                },
             )
         )
 
@@ -648,6 +691,7 @@ class Simulation:
         conn.epoch += 1
         conn.last_delivery.clear()
         conn.held.clear()
+        self.stats["connection_resets"] += 1
         self.trace_line(f"connection {conn.a}-{conn.b} broke: {why}")
         for side, other in ((conn.a, conn.b), (conn.b, conn.a)):
             if self.regions[side].up:
@@ -706,10 +750,14 @@ class Simulation:
         request = _Request(op, operations, f"c{client}-{op_id}".encode())
         self._attempt(client, request)
 
+    def _skewed(self, keys: int) -> int:
+        """A few hot keys and a long tail of cold ones (a key deleted while cold stays deleted a while)."""
+        return min(keys - 1, int(self.random.paretovariate(1.0)) - 1)
+
     def _choose(self, op_id: int) -> tuple[str, str, str | int | list[str] | None, list[Operation]]:
         r = self.random.random()
         if r < 0.30:
-            key = f"r/{self.random.randrange(_REGISTER_KEYS)}"
+            key = f"r/{self._skewed(_REGISTER_KEYS)}"
             value = f"v{op_id}"
             return "set", key, value, [SetRegister(key, value.encode())]
         if r < 0.55:
@@ -717,7 +765,7 @@ class Simulation:
             amount = self.random.choice([-3, -2, -1, 1, 2, 3, 4, 5])
             return "incr", key, amount, [Increment(key, amount)]
         if r < 0.90:
-            key = f"s/{self.random.randrange(_SET_KEYS)}"
+            key = f"s/{self._skewed(_SET_KEYS)}"
             added = self._added.setdefault(key, [])
             if r < 0.78 or not added:
                 member = f"m{op_id}"
@@ -725,6 +773,7 @@ class Simulation:
                 return "sadd", key, [member], [AddMembers(key, (member,))]
             members = sorted(set(self.random.sample(added, min(2, len(added)))))
             return "srem", key, members, [RemoveMembers(key, tuple(members))]
+        # Deletes pick uniformly: they reach the cold keys too.
         key = self.random.choice(
             [f"r/{self.random.randrange(_REGISTER_KEYS)}", f"s/{self.random.randrange(_SET_KEYS)}"]
         )
@@ -735,6 +784,7 @@ class Simulation:
         attempt = request.attempt
         region = self.regions[request.op.region]
         latency = self.random.randint(1, 3)
+        refused = not region.up
         if region.up:
             request.reached = True
             boot = region.boot
@@ -743,12 +793,14 @@ class Simulation:
                 if region.up and region.boot == boot and not request.done:
                     region.submit(request)
 
-            self.after(latency, arrive)
+            if not (self.drop and self.random.random() < self.drop):  # else the request is lost on the way
+                self.after(latency, arrive)
 
         def deadline() -> None:
             if request.done or request.attempt != attempt:
                 return
             if request.attempt < _CLIENT_ATTEMPTS:
+                self.stats["client_retries"] += 1
                 self._attempt(client, request)  # the same idempotency key: it applies at most once
                 return
             request.done = True
@@ -756,10 +808,34 @@ class Simulation:
             request.op.error = "no answer within the deadline" if request.reached else "the region was down"
             self._complete(request)
 
-        self.after(_CLIENT_DEADLINE_MS if region.up else latency + 50 * attempt, deadline)
+        if refused:
+            # Connection refused at once: back off (doubling), long enough to outlast a restart.
+            first, most = _CLIENT_BACKOFF_MS
+            self.after(latency + min(most, first << (attempt - 1)), deadline)
+        else:
+            self.after(_CLIENT_DEADLINE_MS, deadline)
+
+    def commit_delay(self, region: str) -> int:
+        if "crash" in self.kinds and not self.settling and self.random.random() < _STALL_CHANCE:
+            stall = self.random.randint(*_STALL_MS)
+            self.record(Nemesis(self.now, "stall", [region], f"the next commit waits {stall} ms"))
+            return stall
+        return self.random.randint(1, 3)
+
+    def applied(self, region: _Region, request: _Request, result: Applied) -> None:
+        """A commit applied ``request``: its token goes on the operation even if its client never hears.
+
+        The checkers then judge a write whose outcome is unknown to its
+        client by what it really did (``Meta.detail["ground_truth"]``).
+        """
+        request.op.token = dict(result.token.vv.items())
+        if request.op.f == "set":
+            request.op.ts = self._timestamp_of(region, request.op)
 
     def reply(self, region: _Region, request: _Request, result: object) -> None:
         boot = region.boot
+        if self.drop and self.random.random() < self.drop:
+            return  # the answer is lost on the way: the client's deadline passes and it retries
 
         def arrive() -> None:
             # A region that crashed right after the commit may never have sent the answer.
@@ -768,9 +844,6 @@ class Simulation:
             request.done = True
             if isinstance(result, Applied):
                 request.op.outcome = "ok"
-                request.op.token = dict(result.token.vv.items())
-                if request.op.f == "set" and region.up:
-                    request.op.ts = self._timestamp_of(region, request.op)
             else:
                 request.op.outcome = "fail"
                 request.op.error = str(getattr(result, "error", result))
@@ -802,7 +875,8 @@ class Simulation:
         if self._clients_done >= self.scenario.clients or not self.kinds:
             return
         kind = self.random.choice(self.kinds)
-        hold = self.random.randint(300, 3_000)
+        # Mostly short faults; now and then a long one, so that the logs move past a region and it needs a repair.
+        hold = self.random.randint(3_000, 6_000) if self.random.random() < 0.15 else self.random.randint(300, 3_000)
         heal = getattr(self, f"_fault_{kind}")(hold)
         self.after(hold, heal)
         self.after(hold + self.random.randint(50, 800), self._nemesis)
@@ -912,7 +986,7 @@ class Simulation:
         return back
 
     def _fault_network(self, hold: int) -> Callable[[], None]:
-        self.drop = self.random.choice([0.0, 0.01, 0.05, 0.2])
+        self.drop = self.random.choice([0.01, 0.05, 0.2])
         self.duplicate = self.random.choice([0.0, 0.02, 0.1])
         self.reorder = self.random.random() < 0.5
         detail = f"drop {self.drop:.0%}, duplicate {self.duplicate:.0%}, reorder {'on' if self.reorder else 'off'}"
@@ -952,7 +1026,9 @@ class Simulation:
         text = "\n".join(dump(r) for r in self.history)
         final = self.history[-1]
         keys = len(final.keys) if isinstance(final, FinalRead) else 0
-        skews = sum(r.skew_events for r in self.regions.values())
+        stats = dict(self.stats)
+        stats["clock_skew_events"] = sum(r.skew_events for r in self.regions.values())
+        stats["virtual_ms"] = self.now
         return SimResult(
             self.scenario,
             self.history,
@@ -962,7 +1038,7 @@ class Simulation:
             self.bytes,
             keys,
             self.trace,
-            {"clock_skew_events": skews, "virtual_ms": self.now},
+            stats,
         )
 
     def _heal_all_and_settle(self) -> int | None:

@@ -15,8 +15,8 @@ REGIONS = ["ra", "rb"]
 class History:
     """Builds a history: operations with tokens that a region's counter gives out in order."""
 
-    def __init__(self) -> None:
-        self.records: list[Record] = [Meta("test", REGIONS)]
+    def __init__(self, **detail: object) -> None:
+        self.records: list[Record] = [Meta("test", REGIONS, detail=dict(detail))]
         self.vectors: dict[str, dict[str, int]] = {r: {} for r in REGIONS}
         self.next_id = 0
 
@@ -29,6 +29,7 @@ class History:
         outcome: str = "ok",
         *,
         seen: list[Op] = (),  # type: ignore[assignment]
+        applied: bool = False,
     ) -> Op:
         """An operation at ``region`` that had seen everything ``region`` wrote and the ops in ``seen``."""
         vector = self.vectors[region]
@@ -37,11 +38,12 @@ class History:
             for r, n in other.token.items():
                 vector[r] = max(vector.get(r, 0), n)
         token = None
-        if outcome == "ok":
+        if outcome == "ok" or applied:
             vector[region] = vector.get(region, 0) + 1
             token = dict(vector)
         self.next_id += 1
-        op = Op(self.next_id, 0, region, f, key, value, outcome, self.next_id, self.next_id, token)
+        at = 10 * self.next_id  # invoked at this time, completed 5 ms later
+        op = Op(self.next_id, 0, region, f, key, value, outcome, at, at + 5, token)
         self.records.append(op)
         return op
 
@@ -246,3 +248,46 @@ def test_a_malformed_history_line_is_named(tmp_path: Path) -> None:
 def test_an_acknowledged_op_without_a_token_is_refused() -> None:
     with pytest.raises(ValueError, match="no causal token"):
         Op(1, 0, "ra", "set", "r", "v", "ok", 0)
+
+
+# -- what the runner vouches for --------------------------------------------------------------
+
+
+def test_an_unknown_remove_long_finished_before_the_add_excuses_nothing_when_operations_do_not_linger() -> None:
+    h = History(linger_ms=100)
+    h.op("ra", "srem", "s", ["x"], outcome="unknown")  # gave up at 15 ms
+    for _ in range(20):
+        h.op("rb", "incr", "c", 1)  # time passes: the add below is invoked at 230 ms
+    h.op("rb", "sadd", "s", ["x"])
+    found = kinds(h.final({"c": KeyRead("counter", 20)}))
+    assert found == {"lost": 1}
+    unbounded = History()
+    unbounded.records = [Meta("test", REGIONS), *h.records[1:]]
+    assert check(unbounded.final({"c": KeyRead("counter", 20)})).ok  # without the bound it might have
+
+
+def test_an_unknown_delete_excuses_only_adds_it_could_have_seen() -> None:
+    h = History(linger_ms=0)
+    early = h.op("ra", "sadd", "s", ["x"])
+    h.op("ra", "del", "s", None, outcome="unknown", seen=[early])
+    for _ in range(3):
+        h.op("rb", "sadd", "s", [f"later{_}"])
+    assert kinds(h.final({})) == {"lost": 3}  # x may be gone; the later adds may not
+
+
+def test_with_ground_truth_an_unknown_write_that_applied_is_judged_like_an_acknowledged_one() -> None:
+    h = History(ground_truth=True)
+    add = h.op("ra", "sadd", "s", ["x"], outcome="unknown", applied=True)
+    h.op("rb", "srem", "s", ["x"], seen=[add])
+    assert kinds(h.final({"s": KeyRead("set", ["x"])})) == {"resurrected": 1}
+    h2 = History(ground_truth=True)
+    h2.op("ra", "sadd", "s", ["x"], outcome="unknown", applied=True)
+    assert kinds(h2.final({})) == {"lost": 1}
+
+
+def test_with_ground_truth_an_unknown_write_that_never_applied_must_not_appear() -> None:
+    h = History(ground_truth=True)
+    h.op("ra", "sadd", "s", ["x"], outcome="unknown")
+    h.op("ra", "incr", "c", 4, outcome="unknown")
+    assert kinds(h.final({"s": KeyRead("set", ["x"]), "c": KeyRead("counter", 4)})) == {"unexpected": 1, "counter": 1}
+    assert check(h.final({})).ok

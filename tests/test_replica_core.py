@@ -116,6 +116,20 @@ def test_new_local_writes_are_pushed_after_the_batching_window_and_offered_again
     assert core.tick(3_000) == [SendLog("us", vv(eu=2), hold_fresh_relays=True)], "acks progress: no resend"
 
 
+def test_regression_time_that_steps_back_does_not_stall_pushes_or_anti_entropy() -> None:
+    # Found by review of the simulator: the node fed the core its wall clock, and
+    # after a 5 s step back nothing was pushed or offered again for 5 s.
+    core = ReplicaCore("eu", ["us"], vv(), batch_window_ms=10, anti_entropy_ms=1000)
+    core.connected("us")
+    core.received("us", Hello("us", vv()))
+    core.tick(10_000)
+    core.local_committed(vv(eu=1))
+    assert core.tick(5_000) == [SendLog("us", vv(), hold_fresh_relays=True)]
+    core.sent("us", vv(eu=1))
+    core.local_committed(vv(eu=2))
+    assert core.tick(5_010) == [SendLog("us", vv(eu=1), hold_fresh_relays=True)], "pushes go on after the step"
+
+
 def test_a_peer_must_introduce_itself_by_its_name() -> None:
     core = ReplicaCore("eu", ["us"], vv())
     with pytest.raises(ValueError, match="introduced itself"):

@@ -829,7 +829,8 @@ class Replicator:
                 # A write committed whose caller went away before telling us (a cancelled request).
                 self.local_committed()
             try:
-                await self._run(self.core.tick(self._wall_ms()))
+                # The core's timers run on monotonic time: a wall clock stepped back must not stall them.
+                await self._run(self.core.tick(time.monotonic_ns() // 1_000_000))
             except Exception:  # one bad round must not stop replication
                 log.exception("replication round failed")
             pending = any(

@@ -254,6 +254,12 @@ class ReplicaCore:
     def tick(self, now_ms: int) -> list[Action]:
         """Time passed: push new entries after the batching window; anti-entropy on its period."""
         actions: list[Action] = []
+        if now_ms < self._last_anti_entropy_ms:
+            # Time went backwards (a driver should pass monotonic time): start the periods over
+            # rather than wait for the clock to come back.
+            self._last_anti_entropy_ms = now_ms - self.anti_entropy_ms
+            for state in self.peers.values():
+                state.pushed_at_ms = min(state.pushed_at_ms, now_ms)
         for name, state in self.peers.items():
             if state.ack_due:
                 state.ack_due = False
