@@ -2,7 +2,7 @@
 
 Run it from the repository root::
 
-    python -m benchmarks.replication                 # full run, 5 repeats (about five minutes)
+    python -m benchmarks.replication                 # full run, 5 repeats (about ten minutes)
     python -m benchmarks.replication --quick         # lag + 3 regions x 1,000 keys, 2 repeats (about 25 s)
     python -m benchmarks.replication --repeats 3 --json bench-out/replication.json
 
@@ -65,7 +65,7 @@ What is measured
    in the report (each one, with its status, is in the JSON): an overloaded
    region's gRPC server may refuse calls it cannot take (seen as CANCELLED).
 
-2. Convergence after a partition heals, for 3 and 5 regions and 1,000 and
+2. Convergence after a partition heals, for 3, 5 and 7 regions and 1,000 and
    10,000 diverged keys, and 100,000 for 3 regions (``--quick``: 3 regions and
    1,000 keys only). Every run starts a fresh set of regions and waits until
    every stream is up, then isolates region a (``isolate("a", "drop")``: the
@@ -110,7 +110,7 @@ it. The lag figure uses one set of 3 regions for all its runs; every
 convergence run uses a fresh one, and the runs take the cases in turn within
 each repeat. Every RPC has a deadline, every loop a bound in count and in
 time, and every set of regions is stopped at the end of its run (SIGTERM,
-then SIGKILL), on error too. The whole benchmark also has a time budget (13
+then SIGKILL), on error too. The whole benchmark also has a time budget (20
 minutes, 85 s with ``--quick``): a run that would start after it is skipped
 and the report says so. Progress goes to stderr, the report to stdout;
 ``--json FILE`` also writes every figure with its unit (NaN as null).
@@ -142,7 +142,8 @@ import grpc.aio
 import lmdb
 
 from benchmarks.common import machine_busy_s, percentile, process_cpu_s, stats
-from benchmarks.micro import Stats, rate, table
+from benchmarks.figures import Baseline, Figure, Stats
+from benchmarks.micro import rate, table
 from crdtstore.crdt import CausalContext, HybridLogicalClock, KeyState, StoreMap, VersionVector, decode_as, encode
 from crdtstore.node.config import ReplicationSettings
 from crdtstore.operations import SetRegister
@@ -160,7 +161,7 @@ VALUE = random.Random(7).randbytes(100)  # every register value: 100 bytes
 LAG_KEY = "lag/{:012d}"
 CONV_PREFIX = "conv/"
 CONV_KEY = CONV_PREFIX + "{:08d}"
-NAMES = ("a", "b", "c", "d", "e")
+NAMES = ("a", "b", "c", "d", "e", "f", "g")
 BATCH_OPS = 1000
 PEAK_IN_FLIGHT = 64
 LIGHT_RPS = 50.0  # the second lag load: far below what the regions can take
@@ -216,15 +217,31 @@ class Config:
 def make_config(quick: bool, repeats: int | None) -> Config:
     if quick:
         return Config(True, repeats or 2, 0.5, 3.0, 30_000, 600, 3.0, 100, (Case(3, 1_000),), 85.0)
-    cases = (Case(3, 1_000), Case(3, 10_000), Case(3, 100_000), Case(5, 1_000), Case(5, 10_000))
-    return Config(False, repeats or 5, 0.5, 3.0, 30_000, 3_000, 10.0, 250, cases, 13 * 60.0)
+    cases = (
+        Case(3, 1_000),
+        Case(3, 10_000),
+        Case(3, 100_000),
+        Case(5, 1_000),
+        Case(5, 10_000),
+        Case(7, 1_000),
+        Case(7, 10_000),
+    )
+    return Config(False, repeats or 5, 0.5, 3.0, 30_000, 3_000, 10.0, 250, cases, 20 * 60.0)
 
 
 Log = Callable[[str], None]
 
 
-def progress(msg: str) -> None:
+def _to_stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+# Where progress (and, on a failure, the tail of each region's log) goes: stderr, or what ``collect`` is given.
+_progress_sink: list[Log] = [_to_stderr]
+
+
+def progress(msg: str) -> None:
+    _progress_sink[-1](msg)
 
 
 # ---------------------------------------------------------------------------
@@ -1051,7 +1068,7 @@ def measure_apply(cfg: Config) -> dict[str, Any]:
                     WriteRequest([SetRegister(f"k{start + j}", b"x" * 100)]) for j in range(APPLY_MESSAGE_ENTRIES)
                 ]
                 source.write_batch(requests, clock)
-            raw, _ = source.log_since(VersionVector(), 1 << 40)
+            raw, _, _ = source.log_since(VersionVector(), 1 << 40)
         finally:
             source.close()
         messages = [raw[i : i + APPLY_MESSAGE_ENTRIES] for i in range(0, len(raw), APPLY_MESSAGE_ENTRIES)]
@@ -1112,6 +1129,168 @@ def apply_report(figures: dict[str, Any], log: Log) -> None:
     log(f"  target for reference: incoming apply >= {rate(TARGET_APPLY_OPS)} ops/s")
 
 
+GROUP = "replication"
+LAG = "Replication lag under steady load, 3 regions"
+CONVERGE = "Convergence after a partition heals"
+APPLY = "Incoming deltas applied with no network"
+
+
+def lag_figures(lag: LagResults) -> list[Figure]:
+    out: list[Figure] = []
+    for load in (HALF_PEAK, LIGHT):
+        runs = lag.runs.get(load, [])
+        if not runs:
+            continue
+        where = f"at {rate(runs[0].rate)} writes/s" + (" (half peak)" if load == HALF_PEAK else "")
+        for key, label, values, targeted in LAG_SERIES:
+            if key in ("baseline_b", "write_ack"):
+                continue
+            for q in (50, 99):
+                base = [] if key == "lag_b_minus_baseline" else [percentile(run.base_b_ms, q) for run in runs]
+                target = f"<= {TARGET_LAG_P99_MS:g} ms" if targeted and q == 99 else ""
+                out.append(
+                    Figure(
+                        GROUP,
+                        LAG,
+                        f"{label.split(':')[0]} p{q}, {where}",
+                        stats([percentile(values(run), q) for run in runs], "ms"),
+                        len(runs),
+                        (
+                            Baseline(
+                                "a plain Get on b at the same moment (its round trip)", stats(base, "ms"), len(runs)
+                            ),
+                        )
+                        if base
+                        else (),
+                        target=target,
+                        better="lower",
+                        params={"load": load, "rate": runs[0].rate, "percentile": q, "series": key},
+                    )
+                )
+    return out
+
+
+def converge_figures(runs: dict[Case, list[ConvergeRun]]) -> list[Figure]:
+    out: list[Figure] = []
+    for case, case_runs in runs.items():
+        ok = [run for run in case_runs if run.converged]
+        if not ok:
+            continue
+        params = {"regions": case.regions, "keys": case.keys}
+        shape = f"{case.regions} regions, {case.keys:,} keys"
+        note = f"{len(ok)}/{len(case_runs)} runs converged"
+        out.append(
+            Figure(
+                GROUP,
+                CONVERGE,
+                f"time to converge, {shape}",
+                stats([run.converge_s for run in ok], "s"),
+                len(ok),
+                (
+                    Baseline(
+                        "reconnect: heal to a's first byte through a proxy",
+                        stats([r.reconnect_first_s for r in ok], "s"),
+                        len(ok),
+                    ),
+                ),
+                target=f"<= {TARGET_CONVERGE_S:g} s" if (case.regions, case.keys) == (3, 10_000) else "",
+                better="lower",
+                params=params,
+                note=note,
+            )
+        )
+        out.append(
+            Figure(
+                GROUP,
+                CONVERGE,
+                f"bytes to converge, {shape}",
+                stats([run.bytes for run in ok], "bytes"),
+                len(ok),
+                (
+                    Baseline(
+                        "minimum: encoded changed state x (regions - 1)",
+                        stats([run.minimum_bytes for run in ok], "bytes"),
+                        len(ok),
+                    ),
+                ),
+                target=f"ratio <= {TARGET_BYTES_RATIO:g}",
+                better="lower",
+                params=params,
+                note=note,
+            )
+        )
+        out.append(
+            Figure(
+                GROUP,
+                CONVERGE,
+                f"apply rate while converging (keys / converge s), {shape}",
+                stats([run.apply_ops for run in ok], "ops/s"),
+                len(ok),
+                target=f">= {rate(TARGET_APPLY_OPS)} ops/s",
+                better="higher",
+                params=params,
+            )
+        )
+    return out
+
+
+def apply_figures(applied: dict[str, Any], repeats: int) -> list[Figure]:
+    def of(name: str) -> Stats:
+        f = applied[name]
+        return Stats(f["median"], f["min"], f["max"], f["unit"])
+
+    return [
+        Figure(
+            GROUP,
+            APPLY,
+            "LmdbStore.apply_remote (checks, join, log, fsync per message)",
+            of("apply_remote"),
+            repeats,
+            (
+                Baseline("msgpack decode + join in memory, no storage", of("decode_join"), repeats),
+                Baseline("raw LMDB put of each entry's bytes, fsync per message", of("lmdb_put"), repeats),
+            ),
+            target=f">= {rate(TARGET_APPLY_OPS)} ops/s",
+            better="higher",
+            params={"entries": applied["entries"], "entries_per_message": APPLY_MESSAGE_ENTRIES},
+        )
+    ]
+
+
+def collect(cfg: Config, log: Log, step: Log) -> tuple[dict[str, Any], list[Figure]]:
+    """Run the benchmark: the JSON of ``--json`` (its ``figures``) and the suite's figures.
+
+    ``log`` gets the report, ``step`` the progress; when ``step`` is not this module's ``progress`` (stderr),
+    the progress lines (and, on a failure, the tail of each region's log) go into ``log`` as well.
+    """
+    # A region dials its peers through the proxies as soon as it starts, often before the peer listens;
+    # the proxy logs each refused connection as a warning. That is expected here; errors still show.
+    logging.getLogger("crdtstore.proxy").setLevel(logging.ERROR)
+    deadline = time.perf_counter() + cfg.budget_s
+    if step is not progress:
+
+        def sink(msg: str) -> None:
+            log(msg)
+            step(msg.strip())
+
+        _progress_sink.append(sink)
+    try:
+        step("lag under steady load, 3 regions")
+        lag = measure_lag(cfg, deadline)
+        step("convergence: " + ", ".join(f"{c.regions}x{c.keys:,}" for c in cfg.cases))
+        converge_runs, skipped = measure_convergence(cfg, deadline)
+        step("applying incoming deltas with no network")
+        applied = measure_apply(cfg)
+    finally:
+        if step is not progress:
+            _progress_sink.pop()
+    figures = {"lag": lag_report(lag, log), "convergence": converge_report(converge_runs, skipped, log)}
+    apply_report(applied, log)
+    figures["apply"] = applied
+    suite = lag_figures(lag) + converge_figures(converge_runs) + apply_figures(applied, cfg.repeats)
+    return figures, suite
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.replication", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 regions x 1,000 keys only, shorter lag runs, 2 repeats")
@@ -1121,11 +1300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.repeats is not None and args.repeats < 1:
         parser.error("--repeats must be at least 1")
     cfg = make_config(args.quick, args.repeats)
-    # A region dials its peers through the proxies as soon as it starts, often before the peer listens;
-    # the proxy logs each refused connection as a warning. That is expected here; errors still show.
-    logging.getLogger("crdtstore.proxy").setLevel(logging.ERROR)
     began = time.perf_counter()
-    deadline = began + cfg.budget_s
 
     def log(msg: str) -> None:
         print(msg, flush=True)
@@ -1139,13 +1314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "on a thread of this process, load generator (grpc.aio, generated stubs) in this process; 127.0.0.1, "
         "no CPU pinning"
     )
-    lag = measure_lag(cfg, deadline)
-    converge_runs, skipped = measure_convergence(cfg, deadline)
-    progress("applying incoming deltas with no network")
-    applied = measure_apply(cfg)
-    figures = {"lag": lag_report(lag, log), "convergence": converge_report(converge_runs, skipped, log)}
-    apply_report(applied, log)
-    figures["apply"] = applied
+    figures, _ = collect(cfg, log, progress)
     elapsed = time.perf_counter() - began
     log("")
     log(f"total {elapsed:.1f} s")

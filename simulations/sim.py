@@ -290,6 +290,7 @@ class _Region:
         self.boot += 1
         self.links = {}
         self.outgoing = {}
+        self.relay_hold_until_ms: dict[str, int] = {}
         self._schedule_tick(self.boot)
 
     def crash(self) -> None:
@@ -383,10 +384,18 @@ class _Region:
     def _send_log(self, peer: str, after: VersionVector, hold_fresh_relays: bool) -> None:
         if peer not in self.links:
             return
+        if hold_fresh_relays and self.sim.now < self.relay_hold_until_ms.get(peer, 0):
+            return  # the first entry it lacks is a relay still held back
+        now = self.physical_ms()
         after = after.join(self.core.peers[peer].sent)
-        relayed_before_ms = self.physical_ms() - _RELAY_DELAY_MS if hold_fresh_relays else None
-        entries, reached = self.store.log_since(after, _MESSAGE_BYTES_MAX, relayed_before_ms=relayed_before_ms)
+        relayed_before_ms = now - _RELAY_DELAY_MS if hold_fresh_relays else None
+        entries, reached, held_since = self.store.log_since(
+            after, _MESSAGE_BYTES_MAX, relayed_before_ms=relayed_before_ms
+        )
         if not entries:
+            if held_since is not None:
+                wait = min(_RELAY_DELAY_MS, max(0, held_since + _RELAY_DELAY_MS - now))
+                self.relay_hold_until_ms[peer] = self.sim.now + wait
             return
         top: dict[str, int] = {}
         for e in entries:

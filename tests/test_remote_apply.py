@@ -329,11 +329,12 @@ def test_a_push_holds_fresh_relays_and_what_depends_on_them(tmp_path: Path) -> N
         relay.apply_remote(eu.log(), source="eu")  # arrives at 2,000
         now[0] = 2_010
         relay.write_batch([WriteRequest([SetRegister("r", b"us")])], clock)  # depends on it
-        held, reached = relay.log_since(VersionVector(), 1 << 20, relayed_before_ms=1_990)
+        held, reached, held_since = relay.log_since(VersionVector(), 1 << 20, relayed_before_ms=1_990)
         assert held == [] and reached == VersionVector(), "the relay is fresh, and us's write must not overtake it"
-        sent, _ = relay.log_since(VersionVector(), 1 << 20, relayed_before_ms=2_050)
+        assert held_since == 2_000, "when the held relay arrived: nothing can go to this peer before it matures"
+        sent, _, _ = relay.log_since(VersionVector(), 1 << 20, relayed_before_ms=2_050)
         assert [(e.origin, e.last) for e in sent] == [("eu", 1), ("us", 1)]
-        caught_up, _ = relay.log_since(VersionVector(), 1 << 20)
+        caught_up, _, _ = relay.log_since(VersionVector(), 1 << 20)
         assert caught_up == sent, "a catch-up holds nothing"
     finally:
         eu.store.close()

@@ -73,8 +73,8 @@ def test_the_faults_reach_the_paths_that_matter(tmp_path: Path) -> None:
     # and carry a deletion by a transfer; every run passes its checks.
     wanted = ("client_retries", "idempotent_replays", "connection_resets", "transfers_joined")
     seen: Counter[str] = Counter()
-    for seed in range(1, 13):
-        result = simulate(tmp_path, Scenario(seed))
+    for seed in range(1, 19):
+        result = simulate(tmp_path, Scenario(seed, faults=("crash", "partition", "all")[seed % 3]))
         assert check(result.history).ok, seed
         seen.update(result.counts)
         if all(seen[k] for k in wanted) and seen["keys_removed_by_transfers"]:

@@ -286,11 +286,11 @@ def test_the_delta_log_is_bounded_in_bytes(make: Make) -> None:
 def test_log_since_sends_what_a_peer_lacks_in_apply_order_and_bounded(h: Harness) -> None:
     for i in range(10):
         h.one(SetRegister(f"k{i}", b"x" * 100))
-    entries, reached = h.store.log_since(VersionVector({"eu": 4}), bytes_max=1 << 20)
+    entries, reached, _ = h.store.log_since(VersionVector({"eu": 4}), bytes_max=1 << 20)
     assert [(e.origin, e.first, e.last) for e in entries] == [("eu", n, n) for n in range(5, 11)]
     assert reached == VersionVector({"eu": 10})
-    assert h.store.log_since(VersionVector({"eu": 10}), bytes_max=1 << 20) == ([], VersionVector())
-    one_by_one, reached = h.store.log_since(VersionVector(), bytes_max=1)
+    assert h.store.log_since(VersionVector({"eu": 10}), bytes_max=1 << 20) == ([], VersionVector(), None)
+    one_by_one, reached, _ = h.store.log_since(VersionVector(), bytes_max=1)
     assert [e.last for e in one_by_one] == [1], "at least one entry, however small the bound"
     assert reached == VersionVector({"eu": 1})
 
@@ -406,7 +406,7 @@ def test_regression_log_since_never_adds_an_entry_past_the_byte_bound(h: Harness
     for i in range(5):
         h.one(SetRegister(f"small{i}", b"s" * 100))
     h.one(SetRegister("big", b"b" * 5_000))
-    entries, _ = h.store.log_since(VersionVector(), bytes_max=2_000)
+    entries, _, _ = h.store.log_since(VersionVector(), bytes_max=2_000)
     assert [e.last for e in entries] == [1, 2, 3, 4, 5], "the big entry waits for the next message"
-    alone, _ = h.store.log_since(VersionVector({"eu": 5}), bytes_max=2_000)
+    alone, _, _ = h.store.log_since(VersionVector({"eu": 5}), bytes_max=2_000)
     assert [e.last for e in alone] == [6], "alone, an entry larger than the bound still goes"

@@ -88,12 +88,19 @@ class VersionVector:
         return dot.counter <= self._entries.get(dot.region, 0)
 
     def join(self, other: VersionVector) -> VersionVector:
-        if not other._entries:
-            return self
-        merged = dict(self._entries)
+        # Most joins are of a vector with one it already covers or that covers
+        # it (an acknowledgement repeating what was sent): those build nothing.
+        mine = self._entries
+        merged: dict[str, int] | None = None
         for region, counter in other._entries.items():
-            if counter > merged.get(region, 0):
+            if counter > mine.get(region, 0):
+                if merged is None:
+                    merged = mine.copy()
                 merged[region] = counter
+        if merged is None:
+            return self
+        if merged == other._entries:
+            return other
         return VersionVector._trusted(merged)
 
     def advance(self, region: str, counter: int) -> VersionVector:
@@ -107,7 +114,11 @@ class VersionVector:
     def dominates(self, other: VersionVector) -> bool:
         """True when every dot ``other`` stands for is also in ``self``."""
         mine = self._entries
-        return all(counter <= mine.get(region, 0) for region, counter in other._entries.items())
+        # A loop rather than all() over a generator: this runs on every message.
+        for region, counter in other._entries.items():  # noqa: SIM110
+            if counter > mine.get(region, 0):
+                return False
+        return True
 
     def concurrent(self, other: VersionVector) -> bool:
         return not self.dominates(other) and not other.dominates(self)
@@ -145,6 +156,16 @@ class CausalContext:
     def from_dots(cls, dots: Iterable[Dot]) -> CausalContext:
         return cls(None, dots)
 
+    @classmethod
+    def _trusted(cls, vv: VersionVector, cloud: frozenset[Dot]) -> CausalContext:
+        # Internal constructor for a pair that is already compact (the codec
+        # checks that on the way in): no dot of ``cloud`` is covered by ``vv``
+        # or continues it.
+        ctx = cls.__new__(cls)
+        ctx._vv = vv
+        ctx._cloud = cloud
+        return ctx
+
     @property
     def vv(self) -> VersionVector:
         return self._vv
@@ -154,7 +175,7 @@ class CausalContext:
         return self._cloud
 
     def contains(self, dot: Dot) -> bool:
-        return dot.counter <= self._vv.get(dot.region) or dot in self._cloud
+        return dot.counter <= self._vv._entries.get(dot.region, 0) or dot in self._cloud
 
     __contains__ = contains
 
@@ -243,34 +264,39 @@ def _compact(vv: VersionVector, cloud: frozenset[Dot]) -> tuple[VersionVector, f
     """Absorb the cloud dots that continue the vector and drop covered ones."""
     if not cloud:
         return vv, cloud
+    tops = vv._entries
     if len(cloud) == 1:
         # The common case (one new dot): no grouping needed.
         (dot,) = cloud
-        if dot.counter < 1:
+        region, counter = dot
+        if counter < 1:
             raise ValueError(f"dot counters start at 1, got {dot}")
-        top = vv.get(dot.region)
-        if dot.counter <= top:
+        top = tops.get(region, 0)
+        if counter <= top:
             return vv, frozenset()
-        if dot.counter == top + 1:
-            return vv.advance(dot.region, dot.counter), frozenset()
+        if counter == top + 1:
+            return vv.advance(region, counter), frozenset()
         return vv, cloud
     by_region: dict[str, set[int]] = {}
-    for dot in cloud:
-        if dot.counter < 1:
-            raise ValueError(f"dot counters start at 1, got {dot}")
-        if dot.counter > vv.get(dot.region):
-            by_region.setdefault(dot.region, set()).add(dot.counter)
+    for region, counter in cloud:
+        if counter < 1:
+            raise ValueError(f"dot counters start at 1, got {Dot(region, counter)}")
+        if counter > tops.get(region, 0):
+            if region in by_region:
+                by_region[region].add(counter)
+            else:
+                by_region[region] = {counter}
     entries: dict[str, int] | None = None
     rest: list[Dot] = []
     for region, counters in by_region.items():
-        top = vv.get(region)
+        start = top = tops.get(region, 0)
         while top + 1 in counters:
             top += 1
             counters.discard(top)
-        if top != vv.get(region):
+        if top != start:
             if entries is None:
-                entries = dict(vv.items())
+                entries = tops.copy()
             entries[region] = top
-        rest.extend(Dot(region, c) for c in counters)
+        rest.extend([Dot(region, c) for c in counters])
     new_vv = VersionVector._trusted(entries) if entries is not None else vv
     return new_vv, frozenset(rest)

@@ -59,8 +59,10 @@ holding the big-endian magnitude, so no amount is ever truncated.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Iterator
+import struct
+from collections.abc import Callable, Iterable
 from enum import IntEnum
+from functools import partial
 from typing import Any, TypeVar, cast
 
 import msgpack
@@ -125,36 +127,59 @@ class _RegionTable:
     the same size whether the region has made ten events or ten billion.
     """
 
-    __slots__ = ("base", "index", "names")
+    __slots__ = ("base", "names", "refs")
 
-    def __init__(self, dots: Iterable[tuple[str, int]]) -> None:
-        base: dict[str, int] = {}
-        for region, counter in dots:
-            if counter < base.get(region, _U64):
-                base[region] = counter
+    def __init__(self, base: dict[str, int]) -> None:
+        """``base`` maps each region to its smallest counter (see ``_lower_bases``)."""
         self.names = sorted(base)
-        self.index = {name: i for i, name in enumerate(self.names)}
         self.base = base
+        # Region to (index in the table, base counter): one lookup per dot written.
+        self.refs = {name: (i, base[name]) for i, name in enumerate(self.names)}
 
     def header(self) -> list[Any]:
         try:
-            bases = b"".join(self.base[name].to_bytes(8, "big") for name in self.names)
-        except OverflowError as exc:
-            raise CodecError("a dot counter is beyond 64 bits") from exc
+            bases = struct.pack(f">{len(self.names)}Q", *[self.base[name] for name in self.names])
+        except struct.error:
+            try:
+                bases = b"".join(self.base[name].to_bytes(8, "big") for name in self.names)
+            except OverflowError as exc:
+                raise CodecError("a dot counter is beyond 64 bits") from exc
         return [self.names, bases]
 
-    def ref(self, region: str, counter: int) -> tuple[int, int]:
-        return self.index[region], counter - self.base[region]
+
+def _lower_bases(dots: Iterable[tuple[str, int]], base: dict[str, int]) -> None:
+    """Lower each region's entry in ``base`` to the smallest counter of ``dots``."""
+    get = base.get
+    for region, counter in dots:
+        if counter < get(region, _U64):
+            base[region] = counter
 
 
-def _context_dots(ctx: CausalContext) -> Iterator[tuple[str, int]]:
-    yield from ctx.vv.items()
-    yield from ctx.cloud
+def _slot_bases(slot: Slot, base: dict[str, int]) -> None:
+    if isinstance(slot, AWSet):
+        for dots in slot.entries.values():
+            _lower_bases(dots, base)
+    else:
+        _lower_bases(slot.entries, base)
 
 
-def _enc_context(ctx: CausalContext, table: _RegionTable) -> list[Any]:
-    vector = [list(table.ref(r, c)) for r, c in sorted(ctx.vv.items())]
-    cloud = [list(table.ref(*d)) for d in sorted(ctx.cloud)]
+def _context_bases(ctx: CausalContext, base: dict[str, int]) -> None:
+    _lower_bases(ctx.vv.items(), base)
+    _lower_bases(ctx.cloud, base)
+
+
+_Refs = dict[str, tuple[int, int]]
+
+
+def _enc_context(ctx: CausalContext, refs: _Refs) -> list[Any]:
+    vector: list[Any] = []
+    for region, counter in sorted(ctx.vv.items()):
+        i, base = refs[region]
+        vector.append([i, counter - base])
+    cloud: list[Any] = []
+    for region, counter in sorted(ctx.cloud):
+        i, base = refs[region]
+        cloud.append([i, counter - base])
     return [vector, cloud]
 
 
@@ -164,30 +189,40 @@ def _enc_big(n: int) -> int | msgpack.ExtType:
     return msgpack.ExtType(_BIGINT_EXT, n.to_bytes((n.bit_length() + 7) // 8, "big"))
 
 
-def _enc_register(reg: Register, table: _RegionTable) -> list[Any]:
-    return [[*table.ref(*d), v.timestamp.wall_ms, v.timestamp.logical, v.value] for d, v in sorted(reg.entries.items())]
-
-
-def _enc_counter(counter: Counter, table: _RegionTable) -> list[Any]:
-    return [[*table.ref(*d), _enc_big(s.positive), _enc_big(s.negative)] for d, s in sorted(counter.entries.items())]
-
-
-def _enc_set(aw: AWSet, table: _RegionTable) -> list[Any]:
+def _enc_register(reg: Register, refs: _Refs) -> list[Any]:
     out: list[Any] = []
-    for member in sorted(aw.entries):
+    for (region, counter), (timestamp, value) in sorted(reg.entries.items()):
+        i, base = refs[region]
+        out.append([i, counter - base, timestamp.wall_ms, timestamp.logical, value])
+    return out
+
+
+def _enc_counter(counter: Counter, refs: _Refs) -> list[Any]:
+    out: list[Any] = []
+    for (region, n), (positive, negative) in sorted(counter.entries.items()):
+        i, base = refs[region]
+        out.append([i, n - base, _enc_big(positive), _enc_big(negative)])
+    return out
+
+
+def _enc_set(aw: AWSet, refs: _Refs) -> list[Any]:
+    out: list[Any] = []
+    for member, dots in sorted(aw.entries.items()):
         flat: list[int] = []
-        for d in sorted(aw.entries[member]):
-            flat.extend(table.ref(*d))
+        for region, counter in sorted(dots) if len(dots) > 1 else dots:
+            i, base = refs[region]
+            flat.append(i)
+            flat.append(counter - base)
         out.append([member, flat])
     return out
 
 
-def _enc_slot(slot: Slot, table: _RegionTable) -> list[Any]:
+def _enc_slot(slot: Slot, refs: _Refs) -> list[Any]:
     if isinstance(slot, Register):
-        return _enc_register(slot, table)
+        return _enc_register(slot, refs)
     if isinstance(slot, Counter):
-        return _enc_counter(slot, table)
-    return _enc_set(slot, table)
+        return _enc_counter(slot, refs)
+    return _enc_set(slot, refs)
 
 
 def _slot_tag(slot: Slot) -> ValueType:
@@ -198,40 +233,57 @@ def _slot_tag(slot: Slot) -> ValueType:
     return ValueType.SET
 
 
-def _enc_key_state(state: KeyState, table: _RegionTable) -> list[Any]:
-    return [[int(t), _enc_slot(state.slots[t], table)] for t in sorted(state.slots)]
+def _enc_key_state(state: KeyState, refs: _Refs) -> list[Any]:
+    return [[int(t), _enc_slot(slot, refs)] for t, slot in sorted(state.slots.items())]
+
+
+_SLOT_TAGS = {ValueType.REGISTER: Tag.REGISTER, ValueType.COUNTER: Tag.COUNTER, ValueType.SET: Tag.SET}
 
 
 def _body(obj: object) -> tuple[Tag, Any]:
     if isinstance(obj, VersionVector):
         return Tag.VERSION_VECTOR, [[r, c] for r, c in sorted(obj.items())]
+    if isinstance(obj, KeyState):
+        base: dict[str, int] = {}
+        for slot in obj.slots.values():
+            _slot_bases(slot, base)
+        table = _RegionTable(base)
+        return Tag.KEY_STATE, [table.header(), _enc_key_state(obj, table.refs)]
     if isinstance(obj, CausalContext):
-        table = _RegionTable(_context_dots(obj))
-        return Tag.CAUSAL_CONTEXT, [table.header(), _enc_context(obj, table)]
+        base = {}
+        _context_bases(obj, base)
+        table = _RegionTable(base)
+        return Tag.CAUSAL_CONTEXT, [table.header(), _enc_context(obj, table.refs)]
+    if isinstance(obj, StoreMap):
+        base = {}
+        for state in obj.entries.values():
+            for slot in state.slots.values():
+                _slot_bases(slot, base)
+        _context_bases(obj.context, base)
+        table = _RegionTable(base)
+        refs = table.refs
+        entries = [[k, _enc_key_state(state, refs)] for k, state in sorted(obj.entries.items())]
+        return Tag.STORE_MAP, [table.header(), _enc_context(obj.context, refs), entries]
     if isinstance(obj, Timestamp):
         return Tag.TIMESTAMP, [obj.wall_ms, obj.logical]
     if isinstance(obj, Register | Counter | AWSet):
-        table = _RegionTable(obj.dots())
-        tag = {ValueType.REGISTER: Tag.REGISTER, ValueType.COUNTER: Tag.COUNTER, ValueType.SET: Tag.SET}
-        return tag[_slot_tag(obj)], [table.header(), _enc_slot(obj, table)]
-    if isinstance(obj, KeyState):
-        table = _RegionTable(obj.dots())
-        return Tag.KEY_STATE, [table.header(), _enc_key_state(obj, table)]
-    if isinstance(obj, StoreMap):
-        dots = [d for state in obj.entries.values() for d in state.dots()]
-        table = _RegionTable([*dots, *_context_dots(obj.context)])
-        entries = [[k, _enc_key_state(obj.entries[k], table)] for k in sorted(obj.entries)]
-        return Tag.STORE_MAP, [table.header(), _enc_context(obj.context, table), entries]
+        base = {}
+        _slot_bases(obj, base)
+        table = _RegionTable(base)
+        return _SLOT_TAGS[_slot_tag(obj)], [table.header(), _enc_slot(obj, table.refs)]
     if isinstance(obj, Causal):
         store = cast(Slot, obj.store)
         if not isinstance(store, Register | Counter | AWSet):
             raise CodecError(f"cannot encode Causal[{type(store).__name__}]")
-        table = _RegionTable([*store.dots(), *_context_dots(obj.context)])
+        base = {}
+        _slot_bases(store, base)
+        _context_bases(obj.context, base)
+        table = _RegionTable(base)
         return Tag.CAUSAL, [
             table.header(),
             int(_slot_tag(store)),
-            _enc_slot(store, table),
-            _enc_context(obj.context, table),
+            _enc_slot(store, table.refs),
+            _enc_context(obj.context, table.refs),
         ]
     raise CodecError(f"cannot encode a {type(obj).__name__}")
 
@@ -529,12 +581,331 @@ def _dec_body(tag: Tag, body: Any) -> object:
     raise AssertionError(f"unhandled tag {tag}")  # pragma: no cover
 
 
+# ---------------------------------------------------------------------------
+# decoding, the fast path
+# ---------------------------------------------------------------------------
+#
+# The readers above check one rule at a time and name the first one a value
+# breaks. Decoding is most of the work of applying a remote delta, so
+# ``decode`` first tries the readers below, which check the same rules folded
+# together, build the values without re-validating them (a compact context,
+# Dot and Version tuples made directly) and raise ``_Irregular`` at the first
+# thing they do not accept. Then the careful readers above run on the same
+# input and decide: they raise the ``CodecError`` that names the problem (or,
+# should the fast path ever be stricter than they are, return the value). So
+# what decodes, and every error message, is exactly what the careful readers
+# say; tests/test_codec.py holds the fast path to giving the same values.
+#
+# Rules folded together: dots of one register, one counter or one set member
+# sorted with no region twice is "region indexes strictly increasing"; a
+# region table sorted, unique and without an empty name is "each name greater
+# than the one before, starting from the empty string".
+
+
+class _Irregular(Exception):
+    """The fast path does not accept this input; the careful readers decide."""
+
+
+_new_dot: Callable[[tuple[str, int]], Dot] = partial(tuple.__new__, Dot)
+_new_version: Callable[[tuple[Timestamp, bytes]], Version] = partial(tuple.__new__, Version)
+_new_timestamp: Callable[[tuple[int, int]], Timestamp] = partial(tuple.__new__, Timestamp)
+_new_share: Callable[[tuple[int, int]], Share] = partial(tuple.__new__, Share)
+
+
+def _fast_table(body: Any, length: int) -> tuple[list[str], tuple[int, ...]]:
+    if type(body) is not list or len(body) != length:
+        raise _Irregular
+    header = body[0]
+    if type(header) is not list or len(header) != 2:
+        raise _Irregular
+    names, bases_raw = header
+    if type(names) is not list or type(bases_raw) is not bytes or len(bases_raw) != 8 * len(names):
+        raise _Irregular
+    last = ""
+    for name in names:
+        if type(name) is not str or not last < name:
+            raise _Irregular
+        last = name
+    bases: tuple[int, ...] = struct.unpack(f">{len(names)}Q", bases_raw)
+    if 0 in bases:
+        raise _Irregular
+    return names, bases
+
+
+def _fast_context(body: Any, names: list[str], bases: tuple[int, ...], at_base: set[int]) -> CausalContext:
+    if type(body) is not list or len(body) != 2:
+        raise _Irregular
+    vector_raw, cloud_raw = body
+    if type(vector_raw) is not list or type(cloud_raw) is not list:
+        raise _Irregular
+    n = len(names)
+    vector: dict[str, int] = {}
+    last = -1
+    for pair in vector_raw:
+        if type(pair) is not list or len(pair) != 2:
+            raise _Irregular
+        ri, offset = pair
+        if type(ri) is not int or type(offset) is not int or not last < ri < n or offset < 0:
+            raise _Irregular
+        if not offset:
+            at_base.add(ri)
+        counter = bases[ri] + offset
+        if counter >= _U64:
+            raise _Irregular
+        vector[names[ri]] = counter
+        last = ri
+    cloud: list[Dot] = []
+    last, last_offset = 0, -1
+    for pair in cloud_raw:
+        if type(pair) is not list or len(pair) != 2:
+            raise _Irregular
+        ri, offset = pair
+        if type(ri) is not int or type(offset) is not int or not last <= ri < n or offset < 0:
+            raise _Irregular
+        if ri == last and offset <= last_offset:
+            raise _Irregular
+        if not offset:
+            at_base.add(ri)
+        counter = bases[ri] + offset
+        region = names[ri]
+        if counter >= _U64 or counter <= vector.get(region, 0) + 1:
+            raise _Irregular
+        cloud.append(_new_dot((region, counter)))
+        last, last_offset = ri, offset
+    # Compact as read: every cloud dot is beyond the vector and does not continue it.
+    return CausalContext._trusted(VersionVector._trusted(vector), frozenset(cloud))
+
+
+def _fast_register(body: Any, names: list[str], bases: tuple[int, ...], at_base: set[int], dots: list[Dot]) -> Register:
+    if type(body) is not list:
+        raise _Irregular
+    n = len(names)
+    entries: dict[Dot, Version] = {}
+    last = -1
+    for item in body:
+        if type(item) is not list or len(item) != 5:
+            raise _Irregular
+        ri, offset, wall, logical, value = item
+        if type(ri) is not int or type(offset) is not int or not last < ri < n or offset < 0:
+            raise _Irregular
+        if type(wall) is not int or type(logical) is not int or wall < 0 or logical < 0 or type(value) is not bytes:
+            raise _Irregular
+        if not offset:
+            at_base.add(ri)
+        counter = bases[ri] + offset
+        if counter >= _U64:
+            raise _Irregular
+        entries[_new_dot((names[ri], counter))] = _new_version((_new_timestamp((wall, logical)), value))
+        last = ri
+    dots.extend(entries)
+    return Register(entries)
+
+
+def _fast_counter(body: Any, names: list[str], bases: tuple[int, ...], at_base: set[int], dots: list[Dot]) -> Counter:
+    if type(body) is not list:
+        raise _Irregular
+    n = len(names)
+    entries: dict[Dot, Share] = {}
+    last = -1
+    for item in body:
+        if type(item) is not list or len(item) != 4:
+            raise _Irregular
+        ri, offset, positive, negative = item
+        if type(ri) is not int or type(offset) is not int or not last < ri < n or offset < 0:
+            raise _Irregular
+        if type(positive) is not int or positive < 0:
+            positive = _big(positive, "counter total")
+        if type(negative) is not int or negative < 0:
+            negative = _big(negative, "counter total")
+        if not offset:
+            at_base.add(ri)
+        counter = bases[ri] + offset
+        if counter >= _U64:
+            raise _Irregular
+        entries[_new_dot((names[ri], counter))] = _new_share((positive, negative))
+        last = ri
+    dots.extend(entries)
+    return Counter(entries)
+
+
+def _fast_set(body: Any, names: list[str], bases: tuple[int, ...], at_base: set[int], dots: list[Dot]) -> AWSet:
+    if type(body) is not list:
+        raise _Irregular
+    n = len(names)
+    entries: dict[str, frozenset[Dot]] = {}
+    last_member: str | None = None
+    for item in body:
+        if type(item) is not list or len(item) != 2:
+            raise _Irregular
+        member, flat = item
+        if type(member) is not str or type(flat) is not list or len(flat) % 2:
+            raise _Irregular
+        if last_member is not None and not last_member < member:
+            raise _Irregular
+        member_dots: list[Dot] = []
+        last = -1
+        for i in range(0, len(flat), 2):
+            ri = flat[i]
+            offset = flat[i + 1]
+            if type(ri) is not int or type(offset) is not int or not last < ri < n or offset < 0:
+                raise _Irregular
+            if not offset:
+                at_base.add(ri)
+            counter = bases[ri] + offset
+            if counter >= _U64:
+                raise _Irregular
+            member_dots.append(_new_dot((names[ri], counter)))
+            last = ri
+        dots.extend(member_dots)
+        entries[member] = frozenset(member_dots)
+        last_member = member
+    return AWSet(entries)
+
+
+_FastSlotReader = Callable[[Any, list[str], tuple[int, ...], set[int], list[Dot]], Slot]
+_FAST_SLOTS: dict[int, tuple[ValueType, _FastSlotReader]] = {
+    ValueType.REGISTER: (ValueType.REGISTER, _fast_register),
+    ValueType.COUNTER: (ValueType.COUNTER, _fast_counter),
+    ValueType.SET: (ValueType.SET, _fast_set),
+}
+
+
+def _fast_key_state(
+    body: Any, names: list[str], bases: tuple[int, ...], at_base: set[int], dots: list[Dot]
+) -> KeyState:
+    if type(body) is not list:
+        raise _Irregular
+    slots: dict[ValueType, Slot] = {}
+    last = 0
+    for item in body:
+        if type(item) is not list or len(item) != 2:
+            raise _Irregular
+        tag, slot_body = item
+        if type(tag) is not int or tag <= last or tag not in _FAST_SLOTS:
+            raise _Irregular
+        vtype, read = _FAST_SLOTS[tag]
+        slots[vtype] = read(slot_body, names, bases, at_base, dots)
+        last = tag
+    return KeyState(slots)
+
+
+def _fast_check_dots(dots: list[Dot], ctx: CausalContext | None) -> None:
+    """Each dot once in the whole value, and (when it has one) in the value's context."""
+    if len(set(dots)) != len(dots):
+        raise _Irregular
+    if ctx is not None:
+        contains = ctx.contains
+        for dot in dots:
+            if not contains(dot):
+                raise _Irregular
+
+
+def _fast_causal_context(body: Any) -> CausalContext:
+    names, bases = _fast_table(body, 2)
+    at_base: set[int] = set()
+    ctx = _fast_context(body[1], names, bases, at_base)
+    if len(at_base) != len(names):
+        raise _Irregular
+    return ctx
+
+
+def _fast_slot_reader(vtype: ValueType) -> Callable[[Any], object]:
+    read = _FAST_SLOTS[vtype][1]
+
+    def read_slot(body: Any) -> object:
+        names, bases = _fast_table(body, 2)
+        at_base: set[int] = set()
+        dots: list[Dot] = []
+        slot = read(body[1], names, bases, at_base, dots)
+        if len(at_base) != len(names):
+            raise _Irregular
+        _fast_check_dots(dots, None)
+        return slot
+
+    return read_slot
+
+
+def _fast_key_state_value(body: Any) -> KeyState:
+    names, bases = _fast_table(body, 2)
+    at_base: set[int] = set()
+    dots: list[Dot] = []
+    state = _fast_key_state(body[1], names, bases, at_base, dots)
+    if len(at_base) != len(names):
+        raise _Irregular
+    _fast_check_dots(dots, None)
+    return state
+
+
+def _fast_store_map(body: Any) -> StoreMap:
+    names, bases = _fast_table(body, 3)
+    at_base: set[int] = set()
+    dots: list[Dot] = []
+    ctx = _fast_context(body[1], names, bases, at_base)
+    entries_raw = body[2]
+    if type(entries_raw) is not list:
+        raise _Irregular
+    entries: dict[str, KeyState] = {}
+    last: str | None = None
+    for item in entries_raw:
+        if type(item) is not list or len(item) != 2:
+            raise _Irregular
+        key, state_body = item
+        if type(key) is not str or (last is not None and not last < key):
+            raise _Irregular
+        entries[key] = _fast_key_state(state_body, names, bases, at_base, dots)
+        last = key
+    if len(at_base) != len(names):
+        raise _Irregular
+    _fast_check_dots(dots, ctx)
+    return StoreMap(entries, ctx)
+
+
+def _fast_causal(body: Any) -> Causal[Any]:
+    names, bases = _fast_table(body, 4)
+    tag = body[1]
+    if type(tag) is not int or tag not in _FAST_SLOTS:
+        raise _Irregular
+    at_base: set[int] = set()
+    dots: list[Dot] = []
+    store = _FAST_SLOTS[tag][1](body[2], names, bases, at_base, dots)
+    ctx = _fast_context(body[3], names, bases, at_base)
+    if len(at_base) != len(names):
+        raise _Irregular
+    _fast_check_dots(dots, ctx)
+    return Causal(store, ctx)
+
+
+_FAST_DECODERS: dict[int, Callable[[Any], object]] = {
+    Tag.CAUSAL_CONTEXT: _fast_causal_context,
+    Tag.REGISTER: _fast_slot_reader(ValueType.REGISTER),
+    Tag.COUNTER: _fast_slot_reader(ValueType.COUNTER),
+    Tag.SET: _fast_slot_reader(ValueType.SET),
+    Tag.KEY_STATE: _fast_key_state_value,
+    Tag.STORE_MAP: _fast_store_map,
+    Tag.CAUSAL: _fast_causal,
+}
+
+
+def _decode_fast(raw: Any) -> object:
+    """The value of an unpacked envelope, or ``_Irregular`` (or another exception) if the fast path gives up."""
+    if type(raw) is not list or len(raw) != 3:
+        raise _Irregular
+    tag, version, body = raw
+    if type(tag) is not int or type(version) is not int or version != FORMAT_VERSION or tag not in _FAST_DECODERS:
+        raise _Irregular
+    return _FAST_DECODERS[tag](body)
+
+
 def decode(data: bytes) -> object:
     """The value ``data`` encodes, or ``CodecError``."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise CodecError(f"decode takes bytes, got {type(data).__name__}")
     try:
         raw = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
+        try:
+            return _decode_fast(raw)
+        except Exception:
+            pass  # the careful readers below decide, and name what is wrong
         envelope = _list(raw, "envelope", 3)
         tag_raw, version, body = envelope
         if type(tag_raw) is not int or tag_raw not in Tag._value2member_map_:

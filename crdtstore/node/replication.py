@@ -119,6 +119,8 @@ class _Link:
     transfer: asyncio.Task[Any] | None = None  # a state transfer to this peer, while it runs
     transfers_sent: int = 0
     want: asyncio.Future[frozenset[int]] | None = None  # the peer's answer to a digest offer
+    # A push found only a relay too fresh to send: no push before this (monotonic ms); it cannot go sooner.
+    relay_hold_until_ms: int = 0
     stale_transfers: int = 0  # transfers from this peer refused in a row; past a few, ask for every bucket
 
 
@@ -587,6 +589,8 @@ class Replicator:
             return
         if link.send_task is not None and not link.send_task.done():
             return  # one at a time; it asks for another round if there is more
+        if hold_fresh_relays and time.monotonic_ns() // 1_000_000 < link.relay_hold_until_ms:
+            return  # the first entry it lacks is a relay still held back: reading the log again finds the same
         relayed_before_ms = self._wall_ms() - self.settings.relay_delay_ms if hold_fresh_relays else None
         link.send_task = self._spawn(self._send_log(link, link.stream, after, relayed_before_ms), f"log to {peer}")
 
@@ -596,9 +600,14 @@ class Replicator:
         peer = link.name
         # Entries the core's view now covers went out while this waited.
         after = after.join(self.core.peers[peer].sent)
-        entries, reached = await asyncio.to_thread(
+        entries, reached, held_since = await asyncio.to_thread(
             lambda: self.store.log_since(after, self.settings.message_bytes_max, relayed_before_ms=relayed_before_ms)
         )
+        if not entries and held_since is not None:
+            # Matures relay_delay_ms after it arrived; counted on the monotonic clock, in case the wall clock steps.
+            delay = self.settings.relay_delay_ms
+            wait = min(delay, max(0, held_since + delay - self._wall_ms()))
+            link.relay_hold_until_ms = time.monotonic_ns() // 1_000_000 + wait
         if not entries or link.stream is not stream:
             return
         message = rpb.SyncMessage()

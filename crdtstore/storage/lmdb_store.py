@@ -81,6 +81,7 @@ __all__ = [
     "KeyTooLarge",
     "LmdbStore",
     "LogEntry",
+    "LogSlice",
     "RawLogEntry",
     "RemoteOutcome",
     "StaleTransfer",
@@ -174,6 +175,16 @@ class LogEntry(NamedTuple):
     # refuses any other form), so these are exactly ``encode(delta)``, and
     # logging them saves encoding the delta again.
     encoded: bytes = b""
+
+
+class LogSlice(NamedTuple):
+    """What ``log_since`` found for a peer."""
+
+    entries: list[RawLogEntry]
+    reached: VersionVector  # per origin, how far the peer has everything once it has these
+    # When the slice stopped at a relayed entry too fresh to send: when that entry
+    # arrived here (this node's clock). Nothing more can go before it matures.
+    held_since_ms: int | None = None
 
 
 class RawLogEntry(NamedTuple):
@@ -540,26 +551,26 @@ class LmdbStore:
             origin, first, last, source, delta, _arrived = msgpack.unpackb(value)
             yield LogEntry(origin, first, last, source, decode_as(delta, StoreMap))
 
-    def log_since(
-        self, after: VersionVector, bytes_max: int, *, relayed_before_ms: int | None = None
-    ) -> tuple[list[RawLogEntry], VersionVector]:
+    def log_since(self, after: VersionVector, bytes_max: int, *, relayed_before_ms: int | None = None) -> LogSlice:
         """The log entries a peer that has ``after`` lacks, in the order this node applied them.
 
         That order respects causality: every entry comes after the entries it
         depends on, which is what a receiver needs to apply each on arrival.
         Stops after about ``bytes_max`` bytes (at least one entry when there is
         one), and, with ``relayed_before_ms``, at the first entry that came from
-        another region after that time. Returns the entries and how far, per
+        another region after that time. Returns the entries, how far, per
         origin, the peer will have everything once it has them (entries it
-        already had included).
+        already had included), and, when a fresh relay stopped the slice, when
+        that entry arrived.
         """
         out: list[RawLogEntry] = []
         reached: dict[str, int] = {}
         size = 0
+        held: int | None = None
         with self._gate.read(), self.env.begin() as txn:
             start = self._first_needed(txn, after)
             if start is None:
-                return out, VersionVector()
+                return LogSlice(out, VersionVector())
             cursor = txn.cursor(db=self.log)
             found = cursor.set_range(start)
             while found:
@@ -568,12 +579,13 @@ class LmdbStore:
                     if out and size + len(delta) > bytes_max:
                         break
                     if source and relayed_before_ms is not None and arrived_ms > relayed_before_ms:
+                        held = arrived_ms
                         break
                     out.append(RawLogEntry(origin, first, last, delta))
                     size += len(delta)
                 reached[origin] = max(reached.get(origin, 0), last)
                 found = cursor.next()
-        return out, VersionVector(reached)
+        return LogSlice(out, VersionVector(reached), held)
 
     def _first_needed(self, txn: lmdb.Transaction, after: VersionVector) -> bytes | None:
         """The sequence key of the oldest entry, of any origin, above ``after``."""

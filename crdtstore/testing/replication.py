@@ -124,7 +124,7 @@ class SimulatedRegions:
             if isinstance(action, Send):
                 self._send(region.name, action.peer, action.message)
             elif isinstance(action, SendLog):
-                raw, reached = region.store.log_since(action.after, bytes_max=1 << 20)
+                raw, reached, _ = region.store.log_since(action.after, bytes_max=1 << 20)
                 if raw:
                     self._send(region.name, action.peer, Entries(tuple(raw), reached))
                     region.core.sent(action.peer, reached)

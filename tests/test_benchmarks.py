@@ -1,0 +1,104 @@
+"""The benchmark suite runs and writes what it promises; nothing here looks at how fast anything was.
+
+``python -m benchmarks run --smoke`` with the two groups that need no server
+(``micro``, ``storage``) takes a second or two; the server groups are covered
+by the ``--quick`` smoke run in CI.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks.__main__ import main
+from benchmarks.figures import Baseline, Figure, Stats
+from benchmarks.report import fmt
+
+
+@pytest.fixture(scope="module")
+def suite_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("bench")
+    assert main(["run", "--smoke", "--only", "micro,storage", "--out", str(out)]) == 0
+    return out, json.loads((out / "results.json").read_text())
+
+
+def test_the_suite_writes_its_files(suite_run: tuple[Path, dict[str, Any]]) -> None:
+    out, _ = suite_run
+    assert (out / "results.json").is_file()
+    assert (out / "REPORT.md").is_file()
+    assert (out / "logs" / "micro.txt").read_text()
+    assert (out / "logs" / "storage.txt").read_text()
+
+
+def test_results_record_the_run(suite_run: tuple[Path, dict[str, Any]]) -> None:
+    _, results = suite_run
+    assert results["command"] == f"python -m benchmarks run --smoke --only micro,storage --out {suite_run[0]}"
+    assert results["machine"]["cpu_count"] >= 1
+    assert results["machine"]["python"]
+    assert "sha" in results["commit"]
+    assert "dirty" in results["commit"]
+    assert results["started"]
+    assert set(results["placement"]) == {"micro", "storage"}
+    assert all(group["ok"] for group in results["groups"].values())
+
+
+def test_every_figure_has_a_unit_and_its_spread(suite_run: tuple[Path, dict[str, Any]]) -> None:
+    _, results = suite_run
+    figures = results["figures"]
+    assert {f["group"] for f in figures} == {"micro", "storage"}
+    for f in figures:
+        assert f["unit"], f["name"]
+        assert f["repeats"] >= 1, f["name"]
+        assert f["min"] <= f["median"] <= f["max"], f["name"]
+
+
+def test_speed_figures_sit_beside_a_baseline_with_a_ratio(suite_run: tuple[Path, dict[str, Any]]) -> None:
+    _, results = suite_run
+    rates = [f for f in results["figures"] if f["unit"].endswith("/s")]
+    assert rates
+    for f in rates:
+        assert f["baseline"] is not None, f["name"]
+        assert f["baseline"]["unit"] == f["unit"], f["name"]
+        assert f["ratio"] == pytest.approx(f["median"] / f["baseline"]["median"]), f["name"]
+
+
+def test_storage_counts_metadata_and_file_size(suite_run: tuple[Path, dict[str, Any]]) -> None:
+    _, results = suite_run
+    names = [f["name"] for f in results["figures"] if f["group"] == "storage"]
+    assert any(name.startswith("metadata per set element") for name in names)
+    assert any(name.startswith("metadata per register key") for name in names)
+    assert any(name.startswith("LmdbStore data.mdb") for name in names)
+
+
+def test_the_report_has_a_table_per_section(suite_run: tuple[Path, dict[str, Any]]) -> None:
+    out, results = suite_run
+    report = (out / "REPORT.md").read_text()
+    assert results["command"] in report
+    for section in {f["section"] for f in results["figures"]}:
+        assert f"### {section}" in report
+    assert report.count("| figure | measured | baseline | ratio | target |") == len(
+        {f["section"] for f in results["figures"]}
+    )
+
+
+def test_a_figure_without_a_usable_baseline_has_no_ratio() -> None:
+    zero = Baseline("nothing", Stats(0.0, 0.0, 0.0, "ops/s"), 1)
+    figure = Figure("micro", "s", "x", Stats(1.0, 1.0, 1.0, "ops/s"), 1, (zero,))
+    assert math.isnan(figure.ratio(zero))
+    assert figure.as_json()["ratio"] is None
+
+
+def test_values_read_in_their_units() -> None:
+    assert fmt(12_345.0, "ops/s") == "12.3k ops/s"
+    assert fmt(3 * 2**20, "bytes") == "3.00 MiB"
+    assert fmt(0.5, "s") == "0.500 s"
+    assert fmt(math.nan, "ms") == "n/a"
+
+
+def test_unknown_groups_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        main(["run", "--only", "micro,nonesuch", "--out", str(tmp_path)])
