@@ -7,7 +7,7 @@ import os
 import statistics
 from collections.abc import Sequence
 
-from benchmarks.micro import Stats
+from benchmarks.figures import Stats
 
 __all__ = ["machine_busy_s", "percentile", "process_cpu_s", "stats"]
 

@@ -92,6 +92,7 @@ from typing import Any
 
 import msgpack
 
+from benchmarks.figures import Baseline, Figure, Stats
 from crdtstore.crdt import (
     AWSet,
     Causal,
@@ -131,21 +132,12 @@ class Config:
     batch: int  # members per delta when building a big set
 
 
-def make_config(quick: bool, repeats: int | None) -> Config:
+def make_config(quick: bool, repeats: int | None, smoke: bool = False) -> Config:
+    if smoke:  # the suite's test: checks that every figure is produced, in a second or two
+        return Config(True, repeats or 1, 0.004, 40, (10, 200), (100,), 100)
     if quick:
         return Config(True, repeats or 3, 0.04, 300, (10, 1_000, 10_000), (1_000, 10_000), 1_000)
     return Config(False, repeats or 5, 0.12, 1_000, (10, 1_000, 100_000), (1_000, 10_000, 100_000), 5_000)
-
-
-@dataclass(frozen=True, slots=True)
-class Stats:
-    median: float
-    minimum: float
-    maximum: float
-    unit: str
-
-    def as_json(self) -> dict[str, Any]:
-        return {"median": self.median, "min": self.minimum, "max": self.maximum, "unit": self.unit}
 
 
 def _time(run: Run) -> tuple[int, float]:
@@ -812,7 +804,19 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[
 Log = Callable[[str], None]
 
 
-def section_throughput(cfg: Config, log: Log) -> list[dict[str, Any]]:
+def _quiet(_: str) -> None:
+    pass
+
+
+GROUP = "micro"
+THROUGHPUT = "CRDT core operations (pure, in memory)"
+SCALING = "Cost of one mutation against the size of the state"
+DELTAS = "Set add delta size"
+
+
+def section_throughput(
+    cfg: Config, log: Log, figures: list[Figure] | None = None, step: Log = _quiet
+) -> list[dict[str, Any]]:
     """Items 1 and 2 of the module docstring: every type and operation next to its raw baseline."""
     out: list[dict[str, Any]] = []
     rows: list[list[str]] = []
@@ -821,6 +825,7 @@ def section_throughput(cfg: Config, log: Log) -> list[dict[str, Any]]:
         case = make(cfg)
         legend.append(case.workload)
         for op, (core, raw, baseline, max_ops) in case.benches.items():
+            step(f"{case.name} {op}")
             core_stats = measure(core, cfg, max_ops)
             raw_stats = measure(raw, cfg, max_ops)
             slowdown = raw_stats.median / core_stats.median
@@ -836,6 +841,20 @@ def section_throughput(cfg: Config, log: Log) -> list[dict[str, Any]]:
                     "workload": case.workload,
                 }
             )
+            if figures is not None:
+                figures.append(
+                    Figure(
+                        GROUP,
+                        THROUGHPUT,
+                        f"{case.name} {op}",
+                        core_stats,
+                        cfg.repeats,
+                        (Baseline(f"raw: {baseline}", raw_stats, cfg.repeats),),
+                        better="higher",
+                        params={"type": case.name, "operation": op},
+                        note=case.workload,
+                    )
+                )
     log("1. Throughput in ops/s, median [min..max]; 'slower' = raw median / core median")
     log("")
     header = ["type", "operation", "core ops/s", "raw ops/s", "slower", "raw baseline (same size and shape)"]
@@ -849,9 +868,12 @@ def section_throughput(cfg: Config, log: Log) -> list[dict[str, Any]]:
     return out
 
 
-def section_sets(cfg: Config, log: Log) -> tuple[list[SetSizing], dict[str, Any]]:
+def section_sets(
+    cfg: Config, log: Log, out: list[Figure] | None = None, step: Log = _quiet
+) -> tuple[list[SetSizing], dict[str, Any]]:
     """Items 3 and 4: the size of a set add delta, and metadata bytes per set element."""
     log("2. Set add delta size and metadata per element")
+    step("set add deltas, sets of " + ", ".join(f"{n:,}" for n in cfg.set_sizes))
     sizings, verified = set_sizing(cfg, log)
     if cfg.quick:
         log("  (quick mode: the largest set has 10,000 members instead of 100,000)")
@@ -900,12 +922,35 @@ def section_sets(cfg: Config, log: Log) -> tuple[list[SetSizing], dict[str, Any]
             "target": {"value": 16, "unit": "bytes/element", "meaning": "at most"},
         },
     }
+    if out is not None:
+        for s in sizings:
+            size = {"members": s.n}
+            note = "should not depend on the size of the set"
+            for what, value in (("StoreMap", s.delta_bytes), ("Causal[AWSet]", s.causal_delta_bytes)):
+                b = float(value)
+                out.append(
+                    Figure(
+                        GROUP,
+                        DELTAS,
+                        f"{what} add delta, set of {s.n:,}",
+                        Stats(b, b, b, "bytes"),
+                        1,
+                        (),
+                        "",
+                        "lower",
+                        size,
+                        note,
+                    )
+                )
     return sizings, figures
 
 
-def section_scaling(cfg: Config, sizings: list[SetSizing], log: Log) -> dict[str, Any]:
+def section_scaling(
+    cfg: Config, sizings: list[SetSizing], log: Log, out: list[Figure] | None = None, step: Log = _quiet
+) -> dict[str, Any]:
     """The cost of one mutation against the size of the state it lands in."""
     log("3. Cost of one mutation against the size of the state it lands in")
+    step("register write against store size")
     log("")
     rows = [
         [
@@ -940,6 +985,33 @@ def section_scaling(cfg: Config, sizings: list[SetSizing], log: Log) -> dict[str
             f"one add at a time would take about {projected:,.0f} s (n/2 adds at the rate measured at n); "
             f"it was built with {cfg.batch:,} members per delta instead"
         )
+    if out is not None:
+        for s in sizings:
+            out.append(
+                Figure(
+                    GROUP,
+                    SCALING,
+                    f"set add (add_members + join_delta), set of {s.n:,}",
+                    s.add_rate,
+                    cfg.repeats,
+                    (Baseline("raw: d[k] = v, fresh keys, dict of the same size", s.raw_rate, cfg.repeats),),
+                    better="higher",
+                    params={"members": s.n},
+                )
+            )
+        for st in stores:
+            out.append(
+                Figure(
+                    GROUP,
+                    SCALING,
+                    f"register write (write_register + join_delta), {st.keys:,} keys",
+                    st.write_rate,
+                    cfg.repeats,
+                    (Baseline("raw: d[k] = v into a dict of the same size", st.raw_rate, cfg.repeats),),
+                    better="higher",
+                    params={"keys": st.keys},
+                )
+            )
     return {
         "set_add_scaling": [
             {
@@ -958,6 +1030,16 @@ def section_scaling(cfg: Config, sizings: list[SetSizing], log: Log) -> dict[str
             for st in stores
         ],
     }
+
+
+def collect(cfg: Config, log: Log, step: Log = _quiet) -> tuple[dict[str, Any], list[Figure]]:
+    """Every figure of this benchmark: the JSON of ``--json`` (without its meta) and the suite's figures."""
+    figures: list[Figure] = []
+    result: dict[str, Any] = {"throughput": section_throughput(cfg, log, figures, step)}
+    sizings, sets = section_sets(cfg, log, figures, step)
+    result.update(sets)
+    result.update(section_scaling(cfg, sizings, log, figures, step))
+    return result, figures
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -991,10 +1073,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "platform": platform.platform(),
         },
     }
-    result["throughput"] = section_throughput(cfg, log)
-    sizings, figures = section_sets(cfg, log)
-    result.update(figures)
-    result.update(section_scaling(cfg, sizings, log))
+    result.update(collect(cfg, log)[0])
     elapsed = time.perf_counter() - began
     result["meta"]["total_seconds"] = elapsed
     log("")

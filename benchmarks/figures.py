@@ -1,0 +1,105 @@
+"""What a benchmark hands to the suite: a figure with its unit and spread over repeats, beside its baselines.
+
+Every benchmark group (``benchmarks.micro``, ``benchmarks.node``,
+``benchmarks.replication``, ``benchmarks.storage``) returns a list of
+``Figure``; ``benchmarks.suite`` writes them to ``results.json`` and
+``benchmarks.report`` turns them into ``REPORT.md`` and plots. A figure's
+ratio is always *measured median / baseline median*, whatever the unit, so a
+throughput ratio below 1 and a latency ratio above 1 both mean "slower than
+the baseline"; ``better`` says which way is good.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = ["Baseline", "Figure", "Stats", "json_safe", "stats_of"]
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    median: float
+    minimum: float
+    maximum: float
+    unit: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"median": self.median, "min": self.minimum, "max": self.maximum, "unit": self.unit}
+
+
+def stats_of(values: Sequence[float], unit: str) -> Stats:
+    """Median, min and max of ``values`` (NaN when there are none)."""
+    if not values:
+        return Stats(math.nan, math.nan, math.nan, unit)
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+    return Stats(median, ordered[0], ordered[-1], unit)
+
+
+@dataclass(frozen=True, slots=True)
+class Baseline:
+    """What a figure is compared with, measured in the same run (or, for sizes, counted from the same data)."""
+
+    name: str
+    stats: Stats
+    repeats: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, **self.stats.as_json(), "repeats": self.repeats}
+
+
+@dataclass(frozen=True, slots=True)
+class Figure:
+    group: str  # "micro", "node", "replication", "storage"
+    section: str  # the table it belongs to in REPORT.md
+    name: str
+    stats: Stats
+    repeats: int
+    baselines: tuple[Baseline, ...] = ()
+    target: str = ""  # the issue's target, for reference only: nothing asserts it
+    better: Literal["higher", "lower", ""] = ""
+    # Numbers that place the figure in a series, for the plots: in_flight, regions, keys, percentile, ...
+    params: Mapping[str, float | int | str] = field(default_factory=dict)
+    note: str = ""
+
+    def ratio(self, baseline: Baseline) -> float:
+        """Measured median / baseline median (NaN when the baseline is zero or missing)."""
+        if not baseline.stats.median or math.isnan(baseline.stats.median):
+            return math.nan
+        return self.stats.median / baseline.stats.median
+
+    def as_json(self) -> dict[str, Any]:
+        first = self.baselines[0] if self.baselines else None
+        out: dict[str, Any] = json_safe(
+            {
+                "group": self.group,
+                "section": self.section,
+                "name": self.name,
+                **self.stats.as_json(),
+                "repeats": self.repeats,
+                "baseline": first.as_json() if first else None,
+                "ratio": self.ratio(first) if first else None,
+                "other_baselines": [{**b.as_json(), "ratio": self.ratio(b)} for b in self.baselines[1:]],
+                "ratio_meaning": "measured median / baseline median",
+                "better": self.better or None,
+                "target": self.target or None,
+                "params": dict(self.params),
+                "note": self.note or None,
+            }
+        )
+        return out
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN or infinity replaced by None, so the file is standard JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return value

@@ -1,0 +1,307 @@
+"""``REPORT.md`` and the plots of a suite run (``benchmarks.suite``).
+
+One table per section: figure, measured (median [min..max] over the repeats),
+baseline (the same), ratio (measured median / baseline median) and the issue's
+target where it states one. A figure with two baselines has a second row for
+the second. The plots, drawn with matplotlib's Agg backend, are
+``convergence.png`` (time and bytes to converge against the number of diverged
+keys, one line per region count), ``latency.png`` (write latency percentiles,
+node beside its baselines) and ``throughput.png`` (requests per second against
+the number in flight).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from benchmarks.figures import Figure, Stats
+
+if TYPE_CHECKING:
+    from benchmarks.suite import SuiteResult
+
+__all__ = ["fmt", "write_report"]
+
+
+def fmt(value: float, unit: str) -> str:
+    """A value in its unit, to a sensible precision: ``12.3k ops/s``, ``4.21 ms``, ``1.50 MiB``."""
+    if math.isnan(value):
+        return "n/a"
+    if unit == "bytes":
+        for limit, suffix in ((2.0**30, "GiB"), (2.0**20, "MiB"), (2.0**10, "KiB")):
+            if abs(value) >= limit:
+                return f"{value / limit:.2f} {suffix}"
+        return f"{value:,.0f} B"
+    if unit.endswith("/s"):
+        for limit, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+            if abs(value) >= limit * 0.9995:
+                return f"{value / limit:.3g}{suffix} {unit}"
+        return f"{value:.3g} {unit}"
+    if unit == "s":
+        return f"{value:.3f} s"
+    return f"{value:,.0f} {unit}" if abs(value) >= 100 else f"{value:.2f} {unit}"
+
+
+def spread(s: Stats, repeats: int) -> str:
+    if repeats <= 1 or s.minimum == s.maximum:
+        return fmt(s.median, s.unit)
+    low, high = fmt(s.minimum, s.unit).rsplit(" ", 1)[0], fmt(s.maximum, s.unit).rsplit(" ", 1)[0]
+    return f"{fmt(s.median, s.unit)} [{low}..{high}]"
+
+
+def ratio_text(value: float) -> str:
+    if math.isnan(value):
+        return "n/a"
+    return f"{value:.3g}" if value < 10 else f"{value:,.1f}"
+
+
+def cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def table(figures: Sequence[Figure]) -> list[str]:
+    lines = [
+        "| figure | measured | baseline | ratio | target |",
+        "|---|--:|---|--:|---|",
+    ]
+    for f in figures:
+        measured = spread(f.stats, f.repeats)
+        if not f.baselines:
+            lines.append(f"| {cell(f.name)} | {measured} | | | {cell(f.target)} |")
+            continue
+        for i, b in enumerate(f.baselines):
+            name = cell(f.name) if i == 0 else ""
+            shown = measured if i == 0 else ""
+            target = cell(f.target) if i == 0 else ""
+            base = f"{spread(b.stats, b.repeats)}: {cell(b.name)}"
+            lines.append(f"| {name} | {shown} | {base} | {ratio_text(f.ratio(b))} | {target} |")
+    return lines
+
+
+def write_report(suite: SuiteResult, out: Path) -> None:
+    from benchmarks.suite import GROUPS
+
+    plots = draw_plots(suite.figures, out)
+    m = suite.machine
+    sha = suite.commit.get("sha") or "unknown"
+    load = ", ".join(f"{x:.2f}" for x in m.get("load_average_at_start", []))
+    dirty = suite.commit.get("dirty")
+    lines = [
+        "# crdtstore benchmarks",
+        "",
+        f"Regenerate with `{suite.command}` from the repository root.",
+        "",
+        f"- mode: {suite.mode}" + (f", {suite.repeats} repeats" if suite.repeats else ", default repeats per group"),
+        f"- commit: `{sha}`" + (" with uncommitted changes" if dirty else ""),
+        f"- started {suite.started}, took {suite.seconds:.0f} s",
+        f"- machine: {m.get('cpu_count')} CPUs ({m.get('cpu_model') or 'model unknown'}), Python {m.get('python')}, "
+        f"{m.get('platform')}; load average at start {load}",
+        "",
+        "Every figure is the median over its repeats with [min..max] beside it; the baseline is measured in the same "
+        "run (sizes: counted from the same data). **ratio = measured median / baseline median**, so for a rate "
+        "below 1 and for a time or a size above 1 means the measured path costs more than its baseline. Targets are "
+        "the issue's, shown for reference: nothing asserts them. `--quick` runs are smoke runs: fewer repeats and "
+        "smaller sizes, for checking that the suite runs, not for judging speed.",
+        "",
+    ]
+    for result in suite.groups:
+        group = GROUPS[result.name]
+        lines += [f"## {result.name}: {group.title}", "", f"Placement: {group.placement}.", ""]
+        if result.error:
+            lines += [
+                f"**FAILED** after {result.seconds:.0f} s: `{cell(result.error)}` (see `logs/{result.name}.txt`)",
+                "",
+            ]
+        sections: dict[str, list[Figure]] = {}
+        for f in result.figures:
+            sections.setdefault(f.section, []).append(f)
+        for section, figures in sections.items():
+            lines += [f"### {section}", "", *table(figures), ""]
+            by_note: dict[str, list[str]] = {}
+            for f in figures:
+                if f.note:
+                    by_note.setdefault(f.note, []).append(f.name)
+            if by_note and len(by_note) <= 12:
+                notes = [f"- {cell(', '.join(names))}: {cell(note)}" for note, names in by_note.items()]
+                lines += ["Notes:", "", *notes, ""]
+        lines += [f"Full text report: `logs/{result.name}.txt`; took {result.seconds:.0f} s.", ""]
+    if plots:
+        lines += ["## Plots", ""]
+        lines += [f"![{title}]({name})" + "\n" for name, title in plots]
+    (out / "REPORT.md").write_text("\n".join(lines).rstrip() + "\n")
+
+
+# ---------------------------------------------------------------------------
+# plots
+# ---------------------------------------------------------------------------
+
+
+def draw_plots(figures: Sequence[Figure], out: Path) -> list[tuple[str, str]]:
+    """Draw what the figures allow; returns (file name, title) of each plot written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    drawn: list[tuple[str, str]] = []
+    for name, title, draw in (
+        ("convergence.png", "Convergence after a partition heals", _convergence),
+        ("latency.png", "Write latency at half the peak rate", _latency),
+        ("throughput.png", "Throughput against requests in flight", _throughput),
+    ):
+        if draw(figures, out / name):
+            drawn.append((name, title))
+    return drawn
+
+
+def _errors(stats: Sequence[Stats]) -> list[list[float]]:
+    return [[s.median - s.minimum for s in stats], [s.maximum - s.median for s in stats]]
+
+
+def _plain(value: float, _: object) -> str:
+    return f"{value:g}"
+
+
+def _convergence(figures: Sequence[Figure], path: Path) -> bool:
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    series: dict[str, dict[int, list[tuple[int, Stats]]]] = {"time": {}, "bytes": {}, "minimum": {}}
+    for f in figures:
+        if f.group != "replication" or "regions" not in f.params:
+            continue
+        kind = "time" if f.name.startswith("time to converge") else "bytes" if f.name.startswith("bytes") else ""
+        if kind:
+            series[kind].setdefault(int(f.params["regions"]), []).append((int(f.params["keys"]), f.stats))
+        if kind == "bytes" and f.baselines:
+            series["minimum"].setdefault(int(f.params["regions"]), []).append(
+                (int(f.params["keys"]), f.baselines[0].stats)
+            )
+    if not series["time"]:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, kind, label in ((axes[0], "time", "seconds, heal to converged"), (axes[1], "bytes", "MiB through proxies")):
+        scale = 2**20 if kind == "bytes" else 1
+        for i, (regions, points) in enumerate(sorted(series[kind].items())):
+            points.sort()
+            xs = [k for k, _ in points]
+            st = [Stats(s.median / scale, s.minimum / scale, s.maximum / scale, s.unit) for _, s in points]
+            color = f"C{i}"
+            ax.errorbar(
+                xs,
+                [s.median for s in st],
+                yerr=_errors(st),
+                marker="o",
+                capsize=3,
+                color=color,
+                label=f"{regions} regions",
+            )
+            if kind == "bytes" and regions in series["minimum"]:
+                least = sorted(series["minimum"][regions])
+                ax.plot(
+                    [k for k, _ in least],
+                    [s.median / scale for _, s in least],
+                    linestyle=":",
+                    marker="x",
+                    color=color,
+                    label=f"{regions} regions: minimum",
+                )
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(_plain))
+        ax.yaxis.set_minor_formatter(FuncFormatter(_plain))
+        ax.set_xlabel("diverged keys")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    axes[0].set_title("time to converge (median, min..max; log-log)")
+    axes[1].set_title("bytes to converge, beside the minimum (log-log)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _latency(figures: Sequence[Figure], path: Path) -> bool:
+    import matplotlib.pyplot as plt
+
+    lat = [f for f in figures if f.group == "node" and "percentile" in f.params]
+    if not lat:
+        return False
+    labels = ["p" + f"{float(f.params['percentile']):g}".replace(".", "") for f in lat]
+    columns: list[tuple[str, list[Stats]]] = [("node", [f.stats for f in lat])]
+    for i, short in enumerate(("echo server", "raw LMDB commit")):
+        if all(len(f.baselines) > i for f in lat):
+            columns.append((short, [f.baselines[i].stats for f in lat]))
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    width = 0.8 / len(columns)
+    for j, (name, st) in enumerate(columns):
+        xs = [i + (j - (len(columns) - 1) / 2) * width for i in range(len(lat))]
+        ax.bar(xs, [s.median for s in st], width, yerr=_errors(st), capsize=3, label=name)
+    ax.set_xticks(range(len(lat)), labels)
+    ax.set_yscale("log")
+    ax.set_ylabel("ms (log scale)")
+    ax.set_title(lat[0].name.split(" at ", 1)[-1].join(("single-op write latency at ", "")))
+    ax.grid(True, axis="y", which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _throughput(figures: Sequence[Figure], path: Path) -> bool:
+    import matplotlib.pyplot as plt
+
+    kinds = {"mutate": "single-op writes", "get": "reads"}
+    chosen = {
+        kind: sorted(
+            (
+                f
+                for f in figures
+                if f.group == "node" and f.params.get("kind") == kind and f.params.get("ops_per_request") == 1
+            ),
+            key=lambda f: float(f.params["in_flight"]),
+        )
+        for kind in kinds
+    }
+    if not any(chosen.values()):
+        return False
+    fig, axes = plt.subplots(1, len(kinds), figsize=(11, 4.2), squeeze=False)
+    for ax, (kind, title) in zip(axes[0], kinds.items(), strict=True):
+        series = chosen[kind]
+        if not series:
+            ax.set_visible(False)
+            continue
+        xs = [float(f.params["in_flight"]) for f in series]
+        ax.errorbar(
+            xs,
+            [f.stats.median for f in series],
+            yerr=_errors([f.stats for f in series]),
+            marker="o",
+            capsize=3,
+            label="node",
+        )
+        for i, short in enumerate(("echo server", "raw LMDB")):
+            if all(len(f.baselines) > i for f in series):
+                st = [f.baselines[i].stats for f in series]
+                ax.errorbar(
+                    xs, [s.median for s in st], yerr=_errors(st), marker="s", capsize=3, label=short, linestyle="--"
+                )
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(xs, [f"{x:g}" for x in xs])
+        shown = [f.stats for f in series] + [b.stats for f in series for b in f.baselines]
+        if max(s.maximum for s in shown) > 20 * min(s.minimum for s in shown):
+            ax.set_yscale("log")
+            ax.set_ylabel(series[0].stats.unit + " (log scale)")
+        else:
+            ax.set_ylim(bottom=0)
+            ax.set_ylabel(series[0].stats.unit)
+        ax.set_xlabel("requests in flight")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
