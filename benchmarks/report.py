@@ -6,8 +6,9 @@ target where it states one. A figure with two baselines has a second row for
 the second. The plots, drawn with matplotlib's Agg backend, are
 ``convergence.png`` (time and bytes to converge against the number of diverged
 keys, one line per region count), ``latency.png`` (write latency percentiles,
-node beside its baselines) and ``throughput.png`` (requests per second against
-the number in flight).
+node beside its baselines), ``throughput.png`` (requests per second against
+the number in flight) and ``sync_cost.png`` (bytes sent over the minimum per
+workload and topology, beside state-based and the published figures).
 """
 
 from __future__ import annotations
@@ -148,6 +149,7 @@ def draw_plots(figures: Sequence[Figure], out: Path) -> list[tuple[str, str]]:
         ("convergence.png", "Convergence after a partition heals", _convergence),
         ("latency.png", "Write latency at half the peak rate", _latency),
         ("throughput.png", "Throughput against requests in flight", _throughput),
+        ("sync_cost.png", "Synchronisation cost over the minimum, beside Enes et al.", _sync_cost),
     ):
         if draw(figures, out / name):
             drawn.append((name, title))
@@ -301,6 +303,47 @@ def _throughput(figures: Sequence[Figure], path: Path) -> bool:
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _sync_cost(figures: Sequence[Figure], path: Path) -> bool:
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    cells = [f for f in figures if f.group == "sync_cost" and f.baselines]
+    if not cells:
+        return False
+    topologies = list(dict.fromkeys(str(f.params["topology"]) for f in cells))
+    series = (
+        ("all", "crdtstore, every message"),
+        ("entries", "crdtstore, deltas only"),
+        ("state-based", "state-based"),
+    )
+    fig, axes = plt.subplots(1, len(topologies), figsize=(6 * len(topologies), 4.2), squeeze=False)
+    for ax, topology in zip(axes[0], topologies, strict=True):
+        mine = [f for f in cells if f.params.get("topology") == topology]
+        workloads = list(dict.fromkeys(str(f.params["workload"]) for f in mine))
+        width = 0.8 / len(series)
+        for j, (counted, label) in enumerate(series):
+            ratios = {
+                str(f.params["workload"]): f.ratio(f.baselines[0]) for f in mine if f.params.get("counted") == counted
+            }
+            xs = [i + (j - (len(series) - 1) / 2) * width for i in range(len(workloads))]
+            ax.bar(xs, [ratios.get(w, math.nan) for w in workloads], width, label=label)
+        delta, state = float(mine[0].params["published_delta_bp_rr"]), float(mine[0].params["published_state_based"])
+        ax.axhline(delta, linestyle="--", color="black", linewidth=1, label=f"Enes et al. delta BP+RR ({delta:g}x)")
+        ax.axhline(state, linestyle=":", color="black", linewidth=1, label=f"Enes et al. state-based ({state:g}x)")
+        ax.set_xticks(range(len(workloads)), workloads, rotation=20)
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(_plain))
+        rounds = mine[0].params.get("rounds", "?")
+        ax.set_title(f"{topology}, 15 nodes, {rounds} rounds: bytes over the minimum")
+        ax.set_ylabel("x the minimum (log scale)")
+        ax.grid(True, axis="y", which="both", alpha=0.3)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

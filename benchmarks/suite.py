@@ -1,7 +1,7 @@
 """The benchmark suite: every group in turn, with a progress line, into ``results.json``, ``REPORT.md`` and plots.
 
 ``python -m benchmarks run [--quick] [--only NAME,...] [--repeats N] --out DIR``
-runs the groups (``micro``, ``node``, ``replication``, ``storage``) one after
+runs the groups (``micro``, ``node``, ``replication``, ``storage``, ``sync_cost``) one after
 the other in this process, each with its own servers where it has any, and
 writes into DIR:
 
@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from benchmarks import micro, node, replication, storage
+from benchmarks import micro, node, replication, storage, sync_cost
 from benchmarks.figures import Figure, json_safe
 
 __all__ = ["GROUPS", "Progress", "SuiteResult", "run_suite"]
@@ -64,6 +64,11 @@ def _replication(mode: Mode, repeats: int | None, log: Log, step: Log) -> tuple[
 def _storage(mode: Mode, repeats: int | None, log: Log, step: Log) -> tuple[dict[str, Any], list[Figure]]:
     # Sizes are counted, not timed: there is nothing to repeat.
     return storage.collect(storage.make_config(mode != "full", smoke=mode == "smoke"), log, step)
+
+
+def _sync_cost(mode: Mode, repeats: int | None, log: Log, step: Log) -> tuple[dict[str, Any], list[Figure]]:
+    # Bytes counted in virtual time from one seed: a repeat would count the same bytes.
+    return sync_cost.collect(sync_cost.make_config(mode != "full", smoke=mode == "smoke"), log, step)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +108,14 @@ GROUPS: dict[str, Group] = {
             "Memory and disk",
             "one process (this one); sizes counted from encoded states and LMDB files, nothing timed",
             _storage,
+        ),
+        Group(
+            "sync_cost",
+            "Synchronisation cost against Enes et al. (ICDE 2019)",
+            "one process (this one): 15 nodes, each an LmdbStore (sync off, in a temporary directory under /dev/shm) "
+            "and a ReplicaCore driven as the node drives it, on a network in virtual time; bytes counted, nothing "
+            "timed",
+            _sync_cost,
         ),
     )
 }
