@@ -26,7 +26,7 @@ from crdtstore.crdt import (
     decode_as,
     encode,
 )
-from crdtstore.crdt.codec import Tag
+from crdtstore.crdt.codec import _FAST_DECODERS, Tag, _decode_careful, _decode_fast
 from crdtstore.crdt.counter import Share
 from crdtstore.testing.strategies import TYPES, map_executions, type_executions
 
@@ -276,3 +276,63 @@ def _v(value: bytes) -> Any:
     from crdtstore.crdt import Version
 
     return Version(Timestamp(5, 0), value)
+
+
+# -- the fast path -------------------------------------------------------------------
+#
+# ``decode`` tries a fast reader first and lets the careful readers decide whenever
+# it gives up. These hold the fast reader to the careful ones: it reads every valid
+# encoding itself, to the same value (same named-tuple types, same order), and it
+# never accepts what the careful readers refuse.
+
+
+@st.composite
+def edited_trees(draw: st.DrawFn) -> Any:
+    """A valid encoding, unpacked and then edited: entries swapped, repeated or dropped, leaves replaced."""
+    tree = msgpack.unpackb(encode(draw(encodables())), raw=False)
+    odd_leaves = st.one_of(st.integers(-2, 2**64 + 2), st.sampled_from([0, 1, 2, 3, -1, True, None, "", "a", b"", 1.0]))
+
+    def edit(x: Any) -> Any:
+        if isinstance(x, list):
+            x = [edit(y) for y in x]
+            how = draw(st.integers(0, 12))
+            if how == 1 and len(x) >= 2:
+                i, j = draw(st.integers(0, len(x) - 1)), draw(st.integers(0, len(x) - 1))
+                x[i], x[j] = x[j], x[i]
+            elif how == 2 and x:
+                x.append(x[draw(st.integers(0, len(x) - 1))])
+            elif how == 3 and x:
+                del x[draw(st.integers(0, len(x) - 1))]
+            return x
+        if draw(st.integers(0, 8)) == 0:
+            return draw(odd_leaves)
+        if type(x) is int and draw(st.integers(0, 5)) == 0:
+            return x + draw(st.integers(-2, 2))
+        return x
+
+    return edit(tree)
+
+
+def _assert_fast_agrees_with_careful(tree: Any) -> None:
+    try:
+        fast = _decode_fast(tree)
+    except Exception:
+        return  # gave up: the careful readers decide alone
+    assert repr(_decode_careful(tree)) == repr(fast)
+
+
+@given(encodables())
+def test_the_fast_path_reads_every_valid_encoding_as_the_careful_readers_do(value: Any) -> None:
+    tree = msgpack.unpackb(encode(value), raw=False)
+    if tree[0] in _FAST_DECODERS:
+        assert repr(_decode_fast(tree)) == repr(_decode_careful(tree))
+
+
+@given(edited_trees())
+def test_the_fast_path_accepts_no_edited_encoding_the_careful_readers_refuse(tree: Any) -> None:
+    _assert_fast_agrees_with_careful(tree)
+
+
+@given(msgpack_trees())
+def test_the_fast_path_accepts_no_wrong_msgpack_the_careful_readers_refuse(tree: Any) -> None:
+    _assert_fast_agrees_with_careful(msgpack.unpackb(msgpack.packb(tree, use_bin_type=True), raw=False))

@@ -88,7 +88,10 @@ class AWSet:
         mine, theirs = self.entries, other.entries
         out = dict(mine)
         for member in members:
-            joined = join_dot_set(mine.get(member, _NO_DOTS), self_ctx, theirs.get(member, _NO_DOTS), other_ctx)
+            dots, other_dots = mine.get(member, _NO_DOTS), theirs.get(member, _NO_DOTS)
+            if dots is other_dots and dots:
+                continue  # one dot set shared by both sides (states from one base): already in ``out``
+            joined = join_dot_set(dots, self_ctx, other_dots, other_ctx)
             if joined or keep_empty:
                 out[member] = joined
             else:

@@ -55,8 +55,13 @@ class VersionVector:
     _entries: dict[str, int]
 
     def __init__(self, entries: Mapping[str, int] | None = None) -> None:
-        clean: dict[str, int] = {}
-        if entries:
+        if not entries:
+            self._entries = {}
+            return
+        clean = dict(entries)
+        if min(clean.values()) <= 0:
+            # Rare: drop the zeros, refuse a negative.
+            clean = {}
             for region, counter in entries.items():
                 if counter < 0:
                     raise ValueError(f"version vector counter for {region!r} is negative: {counter}")
@@ -90,16 +95,19 @@ class VersionVector:
     def join(self, other: VersionVector) -> VersionVector:
         # Most joins are of a vector with one it already covers or that covers
         # it (an acknowledgement repeating what was sent): those build nothing.
-        mine = self._entries
+        mine, theirs = self._entries, other._entries
+        if mine == theirs:
+            return self
         merged: dict[str, int] | None = None
-        for region, counter in other._entries.items():
-            if counter > mine.get(region, 0):
+        get = mine.get
+        for region, counter in theirs.items():
+            if counter > get(region, 0):
                 if merged is None:
                     merged = mine.copy()
                 merged[region] = counter
         if merged is None:
             return self
-        if merged == other._entries:
+        if merged == theirs:
             return other
         return VersionVector._trusted(merged)
 
@@ -277,15 +285,27 @@ def _compact(vv: VersionVector, cloud: frozenset[Dot]) -> tuple[VersionVector, f
         if counter == top + 1:
             return vv.advance(region, counter), frozenset()
         return vv, cloud
+    # Usually (a join) every dot is covered by the vector or continues it:
+    # find the dots beyond the vector first and group only those.
+    beyond: list[Dot] = []
+    for dot in cloud:
+        if dot.counter < 1:
+            raise ValueError(f"dot counters start at 1, got {dot}")
+        if dot.counter > tops.get(dot.region, 0):
+            beyond.append(dot)
+    if not beyond:
+        return vv, frozenset()
+    if len(beyond) == 1:
+        region, counter = beyond[0]
+        if counter == tops.get(region, 0) + 1:
+            return vv.advance(region, counter), frozenset()
+        return vv, frozenset(beyond)
     by_region: dict[str, set[int]] = {}
-    for region, counter in cloud:
-        if counter < 1:
-            raise ValueError(f"dot counters start at 1, got {Dot(region, counter)}")
-        if counter > tops.get(region, 0):
-            if region in by_region:
-                by_region[region].add(counter)
-            else:
-                by_region[region] = {counter}
+    for region, counter in beyond:
+        if region in by_region:
+            by_region[region].add(counter)
+        else:
+            by_region[region] = {counter}
     entries: dict[str, int] | None = None
     rest: list[Dot] = []
     for region, counters in by_region.items():

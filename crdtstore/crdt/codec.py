@@ -118,33 +118,37 @@ Encodable = (
 # ---------------------------------------------------------------------------
 
 
-class _RegionTable:
-    """Sorted region names with a base counter each, built from every dot of a value.
+_Refs = dict[str, tuple[int, int]]
 
-    Counters are written as offsets from their region's base (the smallest
-    counter of that region in the value), and the bases as fixed eight-byte
-    integers. A value with one dot per region (an add delta, say) therefore has
-    the same size whether the region has made ten events or ten billion.
+# Region tables are short: the structs that read and write their bases are made once.
+_BASES_STRUCTS = [struct.Struct(f">{n}Q") for n in range(33)]
+
+
+def _bases_struct(n: int) -> struct.Struct:
+    return _BASES_STRUCTS[n] if n < len(_BASES_STRUCTS) else struct.Struct(f">{n}Q")
+
+
+def _region_table(base: dict[str, int]) -> tuple[list[Any], _Refs]:
+    """The region table of a value, and how to refer to a region in it.
+
+    ``base`` maps each region of the value to its smallest counter (see
+    ``_lower_bases``). The table lists the regions sorted, with that counter
+    as the region's base; counters are written as offsets from their region's
+    base, and the bases as fixed eight-byte integers. A value with one dot per
+    region (an add delta, say) therefore has the same size whether the region
+    has made ten events or ten billion. The refs map a region to its (index in
+    the table, base counter): one lookup per dot written.
     """
-
-    __slots__ = ("base", "names", "refs")
-
-    def __init__(self, base: dict[str, int]) -> None:
-        """``base`` maps each region to its smallest counter (see ``_lower_bases``)."""
-        self.names = sorted(base)
-        self.base = base
-        # Region to (index in the table, base counter): one lookup per dot written.
-        self.refs = {name: (i, base[name]) for i, name in enumerate(self.names)}
-
-    def header(self) -> list[Any]:
+    names = sorted(base)
+    counters = [base[name] for name in names]
+    try:
+        bases = _bases_struct(len(names)).pack(*counters)
+    except struct.error:
         try:
-            bases = struct.pack(f">{len(self.names)}Q", *[self.base[name] for name in self.names])
-        except struct.error:
-            try:
-                bases = b"".join(self.base[name].to_bytes(8, "big") for name in self.names)
-            except OverflowError as exc:
-                raise CodecError("a dot counter is beyond 64 bits") from exc
-        return [self.names, bases]
+            bases = b"".join(counter.to_bytes(8, "big") for counter in counters)
+        except OverflowError as exc:
+            raise CodecError("a dot counter is beyond 64 bits") from exc
+    return [names, bases], dict(zip(names, enumerate(counters), strict=True))
 
 
 def _lower_bases(dots: Iterable[tuple[str, int]], base: dict[str, int]) -> None:
@@ -165,10 +169,8 @@ def _slot_bases(slot: Slot, base: dict[str, int]) -> None:
 
 def _context_bases(ctx: CausalContext, base: dict[str, int]) -> None:
     _lower_bases(ctx.vv.items(), base)
-    _lower_bases(ctx.cloud, base)
-
-
-_Refs = dict[str, tuple[int, int]]
+    if ctx.cloud:
+        _lower_bases(ctx.cloud, base)
 
 
 def _enc_context(ctx: CausalContext, refs: _Refs) -> list[Any]:
@@ -237,62 +239,122 @@ def _enc_key_state(state: KeyState, refs: _Refs) -> list[Any]:
     return [[int(t), _enc_slot(slot, refs)] for t, slot in sorted(state.slots.items())]
 
 
-_SLOT_TAGS = {ValueType.REGISTER: Tag.REGISTER, ValueType.COUNTER: Tag.COUNTER, ValueType.SET: Tag.SET}
+def _version_vector_body(obj: VersionVector) -> list[Any]:
+    return [[r, c] for r, c in sorted(obj.items())]
 
 
-def _body(obj: object) -> tuple[Tag, Any]:
-    if isinstance(obj, VersionVector):
-        return Tag.VERSION_VECTOR, [[r, c] for r, c in sorted(obj.items())]
-    if isinstance(obj, KeyState):
-        base: dict[str, int] = {}
-        for slot in obj.slots.values():
+def _context_body(obj: CausalContext) -> list[Any]:
+    if not obj.cloud:
+        # The usual context, a vector alone: each counter is its region's
+        # base, so every offset is zero.
+        vector = sorted(obj.vv.items())
+        names = [r for r, _ in vector]
+        try:
+            bases = _bases_struct(len(names)).pack(*[c for _, c in vector])
+        except struct.error:
+            pass  # the general path below says what is wrong
+        else:
+            return [[names, bases], [[[i, 0] for i in range(len(names))], []]]
+    base: dict[str, int] = {}
+    _context_bases(obj, base)
+    header, refs = _region_table(base)
+    return [header, _enc_context(obj, refs)]
+
+
+def _timestamp_body(obj: Timestamp) -> list[Any]:
+    return [obj.wall_ms, obj.logical]
+
+
+def _slot_body(obj: Slot) -> list[Any]:
+    base: dict[str, int] = {}
+    _slot_bases(obj, base)
+    header, refs = _region_table(base)
+    return [header, _enc_slot(obj, refs)]
+
+
+def _key_state_body(obj: KeyState) -> list[Any]:
+    base: dict[str, int] = {}
+    for slot in obj.slots.values():
+        _slot_bases(slot, base)
+    header, refs = _region_table(base)
+    return [header, _enc_key_state(obj, refs)]
+
+
+def _store_map_body(obj: StoreMap) -> list[Any]:
+    base: dict[str, int] = {}
+    _context_bases(obj.context, base)
+    for state in obj.entries.values():
+        for slot in state.slots.values():
             _slot_bases(slot, base)
-        table = _RegionTable(base)
-        return Tag.KEY_STATE, [table.header(), _enc_key_state(obj, table.refs)]
-    if isinstance(obj, CausalContext):
-        base = {}
-        _context_bases(obj, base)
-        table = _RegionTable(base)
-        return Tag.CAUSAL_CONTEXT, [table.header(), _enc_context(obj, table.refs)]
-    if isinstance(obj, StoreMap):
-        base = {}
-        for state in obj.entries.values():
-            for slot in state.slots.values():
-                _slot_bases(slot, base)
-        _context_bases(obj.context, base)
-        table = _RegionTable(base)
-        refs = table.refs
-        entries = [[k, _enc_key_state(state, refs)] for k, state in sorted(obj.entries.items())]
-        return Tag.STORE_MAP, [table.header(), _enc_context(obj.context, refs), entries]
-    if isinstance(obj, Timestamp):
-        return Tag.TIMESTAMP, [obj.wall_ms, obj.logical]
-    if isinstance(obj, Register | Counter | AWSet):
-        base = {}
-        _slot_bases(obj, base)
-        table = _RegionTable(base)
-        return _SLOT_TAGS[_slot_tag(obj)], [table.header(), _enc_slot(obj, table.refs)]
-    if isinstance(obj, Causal):
-        store = cast(Slot, obj.store)
-        if not isinstance(store, Register | Counter | AWSet):
-            raise CodecError(f"cannot encode Causal[{type(store).__name__}]")
-        base = {}
-        _slot_bases(store, base)
-        _context_bases(obj.context, base)
-        table = _RegionTable(base)
-        return Tag.CAUSAL, [
-            table.header(),
-            int(_slot_tag(store)),
-            _enc_slot(store, table.refs),
-            _enc_context(obj.context, table.refs),
-        ]
+    header, refs = _region_table(base)
+    entries = [[k, _enc_key_state(state, refs)] for k, state in sorted(obj.entries.items())]
+    return [header, _enc_context(obj.context, refs), entries]
+
+
+def _causal_body(obj: Causal[Any]) -> list[Any]:
+    store = cast(Slot, obj.store)
+    if not isinstance(store, Register | Counter | AWSet):
+        raise CodecError(f"cannot encode Causal[{type(store).__name__}]")
+    base: dict[str, int] = {}
+    _context_bases(obj.context, base)
+    _slot_bases(store, base)
+    header, refs = _region_table(base)
+    return [header, int(_slot_tag(store)), _enc_slot(store, refs), _enc_context(obj.context, refs)]
+
+
+# Each encodable class with its tag and the function that writes its body. A
+# subclass is written as the first class here it is an instance of.
+_ENCODERS: dict[type, tuple[int, Callable[[Any], list[Any]]]] = {
+    VersionVector: (Tag.VERSION_VECTOR.value, _version_vector_body),
+    CausalContext: (Tag.CAUSAL_CONTEXT.value, _context_body),
+    Timestamp: (Tag.TIMESTAMP.value, _timestamp_body),
+    Register: (Tag.REGISTER.value, _slot_body),
+    Counter: (Tag.COUNTER.value, _slot_body),
+    AWSet: (Tag.SET.value, _slot_body),
+    KeyState: (Tag.KEY_STATE.value, _key_state_body),
+    StoreMap: (Tag.STORE_MAP.value, _store_map_body),
+    Causal: (Tag.CAUSAL.value, _causal_body),
+}
+
+
+def _encoder(obj: object) -> tuple[int, Callable[[Any], list[Any]]]:
+    found = _ENCODERS.get(type(obj))
+    if found is not None:
+        return found
+    for cls, entry in _ENCODERS.items():
+        if isinstance(obj, cls):
+            return entry
     raise CodecError(f"cannot encode a {type(obj).__name__}")
+
+
+# ``msgpack.packb`` makes a Packer, and its buffer, per call: for the small
+# values written most (a vector, a context, one key) that is a third of the
+# cost of encoding. Packers are reused instead. One is not safe to share
+# between threads, so a call takes one from the pool for its own use
+# (``list.pop`` and ``list.append`` are atomic) and puts it back afterwards,
+# unless the value was big enough to have grown its buffer.
+_PACKERS: list[msgpack.Packer] = []
+_PACKERS_MAX = 8
+_PACKER_REUSE_BYTES_MAX = 64 * 1024
+
+
+def _pack(obj: list[Any]) -> bytes:
+    try:
+        packer = _PACKERS.pop()
+    except IndexError:
+        packer = msgpack.Packer(use_bin_type=True)
+    out: bytes = packer.pack(obj)
+    if len(out) <= _PACKER_REUSE_BYTES_MAX and len(_PACKERS) < _PACKERS_MAX:
+        _PACKERS.append(packer)
+    return out
 
 
 def encode(obj: Encodable) -> bytes:
     """The canonical bytes of ``obj``."""
-    tag, body = _body(obj)
+    tag, write_body = _encoder(obj)
+    body = write_body(obj)
     try:
-        return msgpack.packb([int(tag), FORMAT_VERSION, body], use_bin_type=True)
+        return _pack([tag, FORMAT_VERSION, body])
     except (ValueError, TypeError, OverflowError) as exc:  # e.g. a string with a lone surrogate
         raise CodecError(f"cannot encode {type(obj).__name__}: {exc}") from exc
 
@@ -626,7 +688,7 @@ def _fast_table(body: Any, length: int) -> tuple[list[str], tuple[int, ...]]:
         if type(name) is not str or not last < name:
             raise _Irregular
         last = name
-    bases: tuple[int, ...] = struct.unpack(f">{len(names)}Q", bases_raw)
+    bases: tuple[int, ...] = _bases_struct(len(names)).unpack(bases_raw)
     if 0 in bases:
         raise _Irregular
     return names, bases
@@ -742,6 +804,20 @@ def _fast_set(body: Any, names: list[str], bases: tuple[int, ...], at_base: set[
             raise _Irregular
         if last_member is not None and not last_member < member:
             raise _Irregular
+        if len(flat) == 2:  # one dot: the common case
+            ri, offset = flat
+            if type(ri) is not int or type(offset) is not int or not 0 <= ri < n or offset < 0:
+                raise _Irregular
+            if not offset:
+                at_base.add(ri)
+            counter = bases[ri] + offset
+            if counter >= _U64:
+                raise _Irregular
+            dot = _new_dot((names[ri], counter))
+            dots.append(dot)
+            entries[member] = frozenset((dot,))
+            last_member = member
+            continue
         member_dots: list[Dot] = []
         last = -1
         for i in range(0, len(flat), 2):
@@ -764,9 +840,9 @@ def _fast_set(body: Any, names: list[str], bases: tuple[int, ...], at_base: set[
 
 _FastSlotReader = Callable[[Any, list[str], tuple[int, ...], set[int], list[Dot]], Slot]
 _FAST_SLOTS: dict[int, tuple[ValueType, _FastSlotReader]] = {
-    ValueType.REGISTER: (ValueType.REGISTER, _fast_register),
-    ValueType.COUNTER: (ValueType.COUNTER, _fast_counter),
-    ValueType.SET: (ValueType.SET, _fast_set),
+    ValueType.REGISTER.value: (ValueType.REGISTER, _fast_register),
+    ValueType.COUNTER.value: (ValueType.COUNTER, _fast_counter),
+    ValueType.SET.value: (ValueType.SET, _fast_set),
 }
 
 
@@ -876,13 +952,13 @@ def _fast_causal(body: Any) -> Causal[Any]:
 
 
 _FAST_DECODERS: dict[int, Callable[[Any], object]] = {
-    Tag.CAUSAL_CONTEXT: _fast_causal_context,
-    Tag.REGISTER: _fast_slot_reader(ValueType.REGISTER),
-    Tag.COUNTER: _fast_slot_reader(ValueType.COUNTER),
-    Tag.SET: _fast_slot_reader(ValueType.SET),
-    Tag.KEY_STATE: _fast_key_state_value,
-    Tag.STORE_MAP: _fast_store_map,
-    Tag.CAUSAL: _fast_causal,
+    Tag.CAUSAL_CONTEXT.value: _fast_causal_context,
+    Tag.REGISTER.value: _fast_slot_reader(ValueType.REGISTER),
+    Tag.COUNTER.value: _fast_slot_reader(ValueType.COUNTER),
+    Tag.SET.value: _fast_slot_reader(ValueType.SET),
+    Tag.KEY_STATE.value: _fast_key_state_value,
+    Tag.STORE_MAP.value: _fast_store_map,
+    Tag.CAUSAL.value: _fast_causal,
 }
 
 
@@ -896,6 +972,18 @@ def _decode_fast(raw: Any) -> object:
     return _FAST_DECODERS[tag](body)
 
 
+def _decode_careful(raw: Any) -> object:
+    """The value of an unpacked envelope, or the ``CodecError`` that names what is wrong with it."""
+    envelope = _list(raw, "envelope", 3)
+    tag_raw, version, body = envelope
+    if type(tag_raw) is not int or tag_raw not in Tag._value2member_map_:
+        raise CodecError(f"unknown type tag {tag_raw!r}")
+    tag = Tag(tag_raw)
+    if type(version) is not int or version != FORMAT_VERSION:
+        raise CodecError(f"unknown version {version!r} of {tag.name} (this build reads {FORMAT_VERSION})")
+    return _dec_body(tag, body)
+
+
 def decode(data: bytes) -> object:
     """The value ``data`` encodes, or ``CodecError``."""
     if not isinstance(data, bytes | bytearray | memoryview):
@@ -905,15 +993,8 @@ def decode(data: bytes) -> object:
         try:
             return _decode_fast(raw)
         except Exception:
-            pass  # the careful readers below decide, and name what is wrong
-        envelope = _list(raw, "envelope", 3)
-        tag_raw, version, body = envelope
-        if type(tag_raw) is not int or tag_raw not in Tag._value2member_map_:
-            raise CodecError(f"unknown type tag {tag_raw!r}")
-        tag = Tag(tag_raw)
-        if type(version) is not int or version != FORMAT_VERSION:
-            raise CodecError(f"unknown version {version!r} of {tag.name} (this build reads {FORMAT_VERSION})")
-        return _dec_body(tag, body)
+            pass  # the careful readers decide, and name what is wrong
+        return _decode_careful(raw)
     except CodecError:
         raise
     except Exception as exc:

@@ -124,9 +124,21 @@ def join_dot_set(s1: frozenset[Dot], c1: CausalContext, s2: frozenset[Dot], c2: 
     """``(s1 & s2) | (s1 - c2) | (s2 - c1)``."""
     if s1 == s2:
         return s1
+    # One side empty is the usual case: a member only one side holds, or a delta's.
+    if not s2:
+        return _unseen(s1, c2)
+    if not s1:
+        return _unseen(s2, c1)
     kept = [d for d in s1 if d in s2 or not c2.contains(d)]
     kept.extend(d for d in s2 if d not in s1 and not c1.contains(d))
     return frozenset(kept)
+
+
+def _unseen(dots: frozenset[Dot], ctx: CausalContext) -> frozenset[Dot]:
+    """The dots ``ctx`` has not seen (``dots`` itself when that is all of them)."""
+    contains = ctx.contains
+    kept = [d for d in dots if not contains(d)]
+    return dots if len(kept) == len(dots) else frozenset(kept)
 
 
 def join_dot_fun(
@@ -142,14 +154,14 @@ def join_dot_fun(
     ``join_values`` may be given for value types that are themselves lattices.
     """
     out: dict[Dot, V] = {}
+    seen_by_2, seen_by_1 = c2.contains, c1.contains
     for dot, value in f1.items():
         if dot in f2:
-            other = f2[dot]
-            out[dot] = value if join_values is None else join_values(value, other)
-        elif not c2.contains(dot):
+            out[dot] = value if join_values is None else join_values(value, f2[dot])
+        elif not seen_by_2(dot):
             out[dot] = value
     for dot, value in f2.items():
-        if dot not in f1 and not c1.contains(dot):
+        if dot not in f1 and not seen_by_1(dot):
             out[dot] = value
     return out
 

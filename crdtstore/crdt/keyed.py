@@ -44,7 +44,7 @@ deltas and keeps the names.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import NamedTuple, Self
@@ -84,6 +84,9 @@ _SLOT_CLASS: dict[ValueType, type[Register] | type[Counter] | type[AWSet]] = {
     ValueType.COUNTER: Counter,
     ValueType.SET: AWSet,
 }
+
+# The empty slot of each type, shared: states are immutable.
+_BOTTOM: dict[ValueType, Slot] = {vtype: cls.bottom() for vtype, cls in _SLOT_CLASS.items()}
 
 
 class TypeMismatch(Exception):
@@ -131,7 +134,10 @@ class KeyState:
 
     def is_bottom(self) -> bool:
         """True when no slot holds a dot (a delta may still name slots)."""
-        return all(slot.is_bottom() for slot in self.slots.values())
+        for slot in self.slots.values():  # noqa: SIM110 -- a loop, not all() over a generator: a hot path
+            if not slot.is_bottom():
+                return False
+        return True
 
     def dots(self) -> Iterator[Dot]:
         for slot in self.slots.values():
@@ -152,15 +158,22 @@ class KeyState:
         return type(self)({t: slot.emptied() for t, slot in self.slots.items()})
 
     def _join_slots(
-        self, other: Self, self_ctx: CausalContext, other_ctx: CausalContext, types: Iterable[ValueType], how: str
+        self, other: Self, self_ctx: CausalContext, other_ctx: CausalContext, types: Collection[ValueType], how: str
     ) -> Self:
-        out = dict(self.slots)
-        for vtype in sorted(types):
-            empty = _SLOT_CLASS[vtype].bottom()
-            mine = self.slots.get(vtype, empty)
-            theirs = other.slots.get(vtype, empty)
-            joined = getattr(mine, how)(theirs, self_ctx, other_ctx)
-            if how == "combine" or not joined.is_bottom():
+        mine, theirs = self.slots, other.slots
+        out = dict(mine)
+        keep_empty = how == "combine"
+        for vtype in sorted(types) if len(types) > 1 else types:
+            empty = _BOTTOM[vtype]
+            slot, other_slot = mine.get(vtype, empty), theirs.get(vtype, empty)
+            if slot is other_slot and (keep_empty or not isinstance(slot, AWSet)):
+                # One slot shared by both sides (states from one base): every
+                # dot is on both sides, so the join is the slot itself. (A
+                # set's join would still drop members named with no dots.)
+                joined: Slot = slot
+            else:
+                joined = getattr(slot, how)(other_slot, self_ctx, other_ctx)
+            if keep_empty or not joined.is_bottom():
                 out[vtype] = joined
             else:
                 out.pop(vtype, None)
@@ -225,14 +238,16 @@ class StoreMap:
 
     def _join_keys(self, other: StoreMap, keys: Iterable[str], how: str) -> StoreMap:
         out = dict(self.entries)
+        theirs = other.entries
+        self_ctx, other_ctx = self.context, other.context
+        keep_empty = how == "combine"
         for key in keys:
-            mine = out.get(key, _EMPTY_KEY)
-            joined = getattr(mine, how)(other.entries.get(key, _EMPTY_KEY), self.context, other.context)
-            if how == "combine" or not joined.is_bottom():
+            joined = getattr(out.get(key, _EMPTY_KEY), how)(theirs.get(key, _EMPTY_KEY), self_ctx, other_ctx)
+            if keep_empty or not joined.is_bottom():
                 out[key] = joined
             else:
                 out.pop(key, None)
-        return StoreMap(out, self.context.join(other.context))
+        return StoreMap(out, self_ctx.join(other_ctx))
 
     # -- reads ----------------------------------------------------------------------
 
