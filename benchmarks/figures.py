@@ -11,12 +11,14 @@ the baseline"; ``better`` says which way is good.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["Baseline", "Figure", "Stats", "json_safe", "stats_of"]
+__all__ = ["Baseline", "Figure", "Stats", "json_safe", "stats_of", "write_json"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,3 +105,9 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [json_safe(item) for item in value]
     return value
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as standard JSON (no NaN), creating the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(json_safe(data), indent=2) + "\n")

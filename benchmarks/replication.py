@@ -120,7 +120,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import math
 import os
@@ -142,7 +141,7 @@ import grpc.aio
 import lmdb
 
 from benchmarks.common import machine_busy_s, percentile, process_cpu_s, stats
-from benchmarks.figures import Baseline, Figure, Stats
+from benchmarks.figures import Baseline, Figure, Stats, write_json
 from benchmarks.micro import rate, table
 from crdtstore.crdt import CausalContext, HybridLogicalClock, KeyState, StoreMap, VersionVector, decode_as, encode
 from crdtstore.node.config import ReplicationSettings
@@ -1030,17 +1029,6 @@ def converge_report(runs: dict[Case, list[ConvergeRun]], skipped: Sequence[str],
     return figures
 
 
-def json_safe(value: Any) -> Any:
-    """``value`` with every NaN replaced by None, so the file is standard JSON."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {key: json_safe(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(item) for item in value]
-    return value
-
-
 APPLY_MESSAGE_ENTRIES = 1_000
 
 
@@ -1339,8 +1327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "apply_ops_per_s": TARGET_APPLY_OPS,
             },
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(json_safe(out), indent=2) + "\n")
+        write_json(args.json, out)
         log(f"wrote {args.json}")
     return 0
 

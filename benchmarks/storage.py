@@ -39,7 +39,6 @@ What is counted
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -51,7 +50,7 @@ from typing import Any
 import lmdb
 import msgpack
 
-from benchmarks.figures import Baseline, Figure, Stats, json_safe
+from benchmarks.figures import Baseline, Figure, Stats, write_json
 from benchmarks.micro import R_A, VALUE, build_register_store, build_set_batched, member, the_set
 from crdtstore.crdt import HybridLogicalClock, encode
 from crdtstore.operations import SetRegister
@@ -282,9 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             line += f"; {b.name} {b.stats.median:,.2f} (ratio {f.ratio(b):.2f})"
         print(line)
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        out = {"figures": [f.as_json() for f in figures], "detail": detail}
-        args.json.write_text(json.dumps(json_safe(out), indent=2) + "\n")
+        write_json(args.json, {"figures": [f.as_json() for f in figures], "detail": detail})
     return 0
 
 

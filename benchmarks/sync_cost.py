@@ -104,7 +104,6 @@ from __future__ import annotations
 import argparse
 import heapq
 import itertools
-import json
 import os
 import random
 import sys
@@ -116,8 +115,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.figures import Baseline, Figure, Stats, json_safe
-from crdtstore.crdt import HybridLogicalClock, StoreMap, VersionVector, decode_as, encode
+from benchmarks.figures import Baseline, Figure, Stats, write_json
+from crdtstore.crdt import HybridLogicalClock, StoreMap, VersionVector, encode
 from crdtstore.operations import AddMembers, Increment, Operation, SetRegister
 from crdtstore.replica.core import (
     Ack,
@@ -134,7 +133,6 @@ from crdtstore.replica.core import (
 from crdtstore.storage import (
     Applied,
     LmdbStore,
-    LogEntry,
     RawLogEntry,
     RemoteOutcome,
     StorageConfig,
@@ -439,34 +437,21 @@ class _Node:
             return  # the first entry it lacks is a relay still held back
         relayed_before_ms = self.wall_ms() - RELAY_DELAY_MS if hold_fresh_relays else None
         after = after.join(self.core.peers[peer].sent)
-        entries, reached, held_since = self.store.log_since(
-            after, MESSAGE_BYTES_MAX, relayed_before_ms=relayed_before_ms
-        )
+        found = self.store.log_since(after, MESSAGE_BYTES_MAX, relayed_before_ms=relayed_before_ms)
+        entries, reached, held_since = found
         if not entries:
             if held_since is not None:
                 wait = min(RELAY_DELAY_MS, max(0, held_since + RELAY_DELAY_MS - self.wall_ms()))
                 self.relay_hold_until_ms[peer] = self.net.now_ms + wait
             return
-        top: dict[str, int] = {}
-        for e in entries:
-            top[e.origin] = max(top.get(e.origin, 0), e.last)
-        self.net.send(self.name, peer, Entries(tuple(entries), VersionVector(top)))
+        self.net.send(self.name, peer, Entries(tuple(entries), found.tops()))
         self.core.sent(peer, reached)
         if not self.core.peers[peer].sent.dominates(self.core.vector):
             self._mark_dirty()  # more than one message's worth: go on at the next tick
 
     def _apply(self, peer: str, entries: tuple[object, ...]) -> None:
-        raw = [e for e in entries if isinstance(e, RawLogEntry)]
-        decoded = [
-            LogEntry(e.origin, e.first, e.last, peer, decode_as(e.delta, StoreMap), e.delta)
-            for e in self.store.lacking(raw)
-        ]
-        outcomes = self.store.apply_remote(decoded, source=peer)
-        for entry, outcome in zip(decoded, outcomes, strict=True):
-            if outcome is RemoteOutcome.APPLIED:
-                latest = entry.delta.latest_timestamp()
-                if latest is not None:
-                    self.clock.receive(latest)
+        raw = (e for e in entries if isinstance(e, RawLogEntry))
+        outcomes, _ = self.store.apply_raw(raw, peer, self.clock)
         self._check_horizon()
         if RemoteOutcome.GAP in outcomes:
             # In-order links that never fail cannot reorder causally related entries.
@@ -760,9 +745,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     detail, figures = collect(cfg, log, lambda _: None)
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        out = {"figures": [f.as_json() for f in figures], "detail": detail}
-        args.json.write_text(json.dumps(json_safe(out), indent=2) + "\n")
+        write_json(args.json, {"figures": [f.as_json() for f in figures], "detail": detail})
     return 0
 
 

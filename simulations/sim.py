@@ -47,7 +47,6 @@ from crdtstore.crdt import (
     CausalContext,
     HybridLogicalClock,
     Register,
-    StoreMap,
     ValueType,
     VersionVector,
     decode_as,
@@ -71,7 +70,6 @@ from crdtstore.storage import (
     DIGEST_BUCKETS,
     Applied,
     LmdbStore,
-    LogEntry,
     RawLogEntry,
     RemoteOutcome,
     StaleTransfer,
@@ -389,31 +387,20 @@ class _Region:
         now = self.physical_ms()
         after = after.join(self.core.peers[peer].sent)
         relayed_before_ms = now - _RELAY_DELAY_MS if hold_fresh_relays else None
-        entries, reached, held_since = self.store.log_since(
-            after, _MESSAGE_BYTES_MAX, relayed_before_ms=relayed_before_ms
-        )
+        found = self.store.log_since(after, _MESSAGE_BYTES_MAX, relayed_before_ms=relayed_before_ms)
+        entries, reached, held_since = found
         if not entries:
             if held_since is not None:
                 wait = min(_RELAY_DELAY_MS, max(0, held_since + _RELAY_DELAY_MS - now))
                 self.relay_hold_until_ms[peer] = self.sim.now + wait
             return
-        top: dict[str, int] = {}
-        for e in entries:
-            top[e.origin] = max(top.get(e.origin, 0), e.last)
-        self.sim.send(self.name, peer, Entries(tuple(entries), VersionVector(top)))
+        self.sim.send(self.name, peer, Entries(tuple(entries), found.tops()))
         self.core.sent(peer, reached)
 
     def _apply(self, peer: str, entries: tuple[object, ...]) -> bool:
-        decoded = [
-            LogEntry(e.origin, e.first, e.last, peer, decode_as(e.delta, StoreMap), e.delta)
-            for e in self.store.lacking(e for e in entries if isinstance(e, RawLogEntry))
-        ]
-        outcomes = self.store.apply_remote(decoded, source=peer)
-        for entry, outcome in zip(decoded, outcomes, strict=True):
-            if outcome is RemoteOutcome.APPLIED:
-                latest = entry.delta.latest_timestamp()
-                if latest is not None and self.clock.receive(latest) is not None:
-                    self.skew_events += 1
+        raw = (e for e in entries if isinstance(e, RawLogEntry))
+        outcomes, skews = self.store.apply_raw(raw, peer, self.clock)
+        self.skew_events += skews
         self._check_horizon()
         if RemoteOutcome.GAP in outcomes:
             self.sim.trace_line(f"{self.name}: entries from {peer} out of causal order; connection reset")

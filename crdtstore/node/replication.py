@@ -46,7 +46,7 @@ from typing import Any, NamedTuple
 import grpc
 import msgpack
 
-from crdtstore.crdt import CausalContext, CodecError, HybridLogicalClock, StoreMap, VersionVector, decode_as, encode
+from crdtstore.crdt import CausalContext, CodecError, HybridLogicalClock, VersionVector, decode_as, encode
 from crdtstore.node.config import NodeConfig
 from crdtstore.node.writer import GroupCommitWriter
 from crdtstore.replica.core import (
@@ -65,7 +65,6 @@ from crdtstore.replica.core import (
 from crdtstore.storage import (
     DIGEST_BUCKETS,
     LmdbStore,
-    LogEntry,
     RawLogEntry,
     RemoteOutcome,
     StaleTransfer,
@@ -624,18 +623,8 @@ class Replicator:
         store, clock = self.store, self.clock
 
         def apply() -> tuple[int, bool]:
-            # On the writer thread: decoding checks every invariant of the
-            # delta, and the clock belongs to this thread.
-            fresh = store.lacking(raw)
-            decoded = [LogEntry(e.origin, e.first, e.last, peer, decode_as(e.delta, StoreMap), e.delta) for e in fresh]
-            outcomes = store.apply_remote(decoded, source=peer)
-            skews = 0
-            for entry, outcome in zip(decoded, outcomes, strict=True):
-                if outcome is not RemoteOutcome.APPLIED:
-                    continue
-                latest = entry.delta.latest_timestamp()
-                if latest is not None and clock.receive(latest) is not None:
-                    skews += 1
+            # On the writer thread: decoding is CPU work, and the clock belongs to this thread.
+            outcomes, skews = store.apply_raw(raw, peer, clock)
             return skews, RemoteOutcome.GAP in outcomes
 
         skews, gap = await self.writer.call(apply)

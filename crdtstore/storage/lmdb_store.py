@@ -186,6 +186,13 @@ class LogSlice(NamedTuple):
     # arrived here (this node's clock). Nothing more can go before it matures.
     held_since_ms: int | None = None
 
+    def tops(self) -> VersionVector:
+        """The last event of each origin among the entries: what a message of them says the sender has."""
+        top: dict[str, int] = {}
+        for e in self.entries:
+            top[e.origin] = max(top.get(e.origin, 0), e.last)
+        return VersionVector(top)
+
 
 class RawLogEntry(NamedTuple):
     """A log entry as it travels: the delta still in its encoded bytes."""
@@ -937,6 +944,30 @@ class LmdbStore:
         """
         vv = self._context.vv
         return [e for e in entries if e.last > vv.get(e.origin)]
+
+    def apply_raw(
+        self, entries: Iterable[RawLogEntry], source: str, clock: HybridLogicalClock
+    ) -> tuple[list[RemoteOutcome], int]:
+        """Decode and apply entries as they arrived from peer ``source``; fold their timestamps into ``clock``.
+
+        Entries already here are skipped before their deltas are decoded
+        (``lacking``); decoding checks every invariant of a delta. Returns the
+        outcome of each entry that was not already here, and how many applied
+        register timestamps were too far ahead for the clock to follow
+        (applied all the same: convergence comes first).
+        """
+        decoded = [
+            LogEntry(e.origin, e.first, e.last, source, decode_as(e.delta, StoreMap), e.delta)
+            for e in self.lacking(entries)
+        ]
+        outcomes = self.apply_remote(decoded, source=source)
+        skews = 0
+        for entry, outcome in zip(decoded, outcomes, strict=True):
+            if outcome is RemoteOutcome.APPLIED:
+                latest = entry.delta.latest_timestamp()
+                if latest is not None and clock.receive(latest) is not None:
+                    skews += 1
+        return outcomes, skews
 
     def apply_remote(self, entries: Sequence[LogEntry], source: str) -> list[RemoteOutcome]:
         """Apply log entries received from peer ``source`` in one transaction and one fsync.
