@@ -157,8 +157,13 @@ class GroupCommitWriter:
             self.requests_committed += len(batch)
         loop = self._loop
         assert loop is not None
-        for (_, future), result in zip(batch, results, strict=True):
-            loop.call_soon_threadsafe(_resolve, future, result)
+        # One wake-up of the event loop for the whole batch, not one per caller.
+        loop.call_soon_threadsafe(_resolve_all, [future for _, future in batch], results)
+
+
+def _resolve_all(futures: Sequence[asyncio.Future[Any]], results: Sequence[Any]) -> None:
+    for future, result in zip(futures, results, strict=True):
+        _resolve(future, result)
 
 
 def _resolve(future: asyncio.Future[Any], result: Any) -> None:
