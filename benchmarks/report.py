@@ -7,14 +7,18 @@ the second. The plots, drawn with matplotlib's Agg backend, are
 ``convergence.png`` (time and bytes to converge against the number of diverged
 keys, one line per region count), ``latency.png`` (write latency percentiles,
 node beside its baselines), ``throughput.png`` (requests per second against
-the number in flight) and ``sync_cost.png`` (bytes sent over the minimum per
-workload and topology, beside state-based and the published figures).
+the number in flight), ``sync_cost.png`` (bytes sent over the minimum per
+workload and topology, beside state-based and the published figures) and
+``peers.png`` (delta bytes of one add and state bytes per element against the
+set size, crdtstore beside delta-crdts and pycrdt). A group's detail may carry
+``report_notes`` (shown as a list under its placement) and a group may have a
+side-by-side summary table (``peers`` has one).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -115,6 +119,12 @@ def write_report(suite: SuiteResult, out: Path) -> None:
                 f"**FAILED** after {result.seconds:.0f} s: `{cell(result.error)}` (see `logs/{result.name}.txt`)",
                 "",
             ]
+        notes = result.detail.get("report_notes")
+        if isinstance(notes, list) and notes:
+            lines += [*(f"- {cell(str(note))}" for note in notes), ""]
+        summary = SUMMARIES.get(result.name)
+        if summary is not None and result.figures:
+            lines += summary(result.figures)
         sections: dict[str, list[Figure]] = {}
         for f in result.figures:
             sections.setdefault(f.section, []).append(f)
@@ -135,6 +145,67 @@ def write_report(suite: SuiteResult, out: Path) -> None:
 
 
 # ---------------------------------------------------------------------------
+# side-by-side summaries
+# ---------------------------------------------------------------------------
+
+
+def _peers_summary(figures: Sequence[Figure]) -> list[str]:
+    """The peers group's figures as one column per implementation: sizes by set size, rates by workload."""
+    mine = [f for f in figures if f.group == "peers" and "implementation" in f.params]
+    impls = list(dict.fromkeys(str(f.params["implementation"]) for f in mine))
+    if not impls:
+        return []
+    lines = ["### Side by side", ""]
+    for kind, title in (
+        ("delta", "Delta bytes of one add (median over the adds counted at that size)"),
+        ("state", "Encoded state, bytes per element"),
+    ):
+        chosen = {
+            (str(f.params["implementation"]), int(f.params["set_size"])): f
+            for f in mine
+            if f.params.get("kind") == kind and not f.params.get("variant")
+        }
+        if not chosen:
+            continue
+        sizes = sorted({size for _, size in chosen})
+        lines += [f"{title}:", "", "| set size | " + " | ".join(impls) + " |", "|--:|" + "--:|" * len(impls)]
+        for size in sizes:
+            cells = [
+                fmt(chosen[i, size].stats.median, chosen[i, size].stats.unit) if (i, size) in chosen else ""
+                for i in impls
+            ]
+            lines.append(f"| {size:,} | " + " | ".join(cells) + " |")
+        lines.append("")
+    rates = [f for f in mine if str(f.params.get("kind", "")).endswith("_merge")]
+    if rates:
+        workloads = list(dict.fromkeys((str(f.params["kind"]), int(f.params["count"])) for f in rates))
+        by = {(str(f.params["implementation"]), str(f.params["kind"]), int(f.params["count"])): f for f in rates}
+        lines += [
+            "Merge throughput (decode + merge), median; in brackets the ratio to the first baseline (the same "
+            "runtime's raw decode):",
+            "",
+            "| workload | " + " | ".join(impls) + " |",
+            "|---|" + "--:|" * len(impls),
+        ]
+        for kind, count in workloads:
+            name = f"{count:,} single-add deltas" if kind == "delta_merge" else f"a state of {count:,} into {count:,}"
+            cells = []
+            for impl in impls:
+                f = by.get((impl, kind, count))
+                if f is None:
+                    cells.append("")
+                    continue
+                ratio = f" ({ratio_text(f.ratio(f.baselines[0]))})" if f.baselines else ""
+                cells.append(fmt(f.stats.median, f.stats.unit) + ratio)
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+SUMMARIES: dict[str, Callable[[Sequence[Figure]], list[str]]] = {"peers": _peers_summary}
+
+
+# ---------------------------------------------------------------------------
 # plots
 # ---------------------------------------------------------------------------
 
@@ -150,6 +221,7 @@ def draw_plots(figures: Sequence[Figure], out: Path) -> list[tuple[str, str]]:
         ("latency.png", "Write latency at half the peak rate", _latency),
         ("throughput.png", "Throughput against requests in flight", _throughput),
         ("sync_cost.png", "Synchronisation cost over the minimum, beside Enes et al.", _sync_cost),
+        ("peers.png", "Delta and state bytes against the set size, beside delta-crdts and pycrdt", _peers),
     ):
         if draw(figures, out / name):
             drawn.append((name, title))
@@ -344,6 +416,52 @@ def _sync_cost(figures: Sequence[Figure], path: Path) -> bool:
         ax.set_ylabel("x the minimum (log scale)")
         ax.grid(True, axis="y", which="both", alpha=0.3)
         ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _peers(figures: Sequence[Figure], path: Path) -> bool:
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    sized = [f for f in figures if f.group == "peers" and f.params.get("kind") in ("delta", "state")]
+    if not sized:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    impls = list(dict.fromkeys(str(f.params["implementation"]) for f in sized))
+    for ax, kind in ((axes[0], "delta"), (axes[1], "state")):
+        series: dict[tuple[str, str], list[Figure]] = {}
+        for f in sized:
+            if f.params["kind"] == kind:
+                series.setdefault((str(f.params["implementation"]), str(f.params.get("variant", ""))), []).append(f)
+        for (impl, variant), points in series.items():
+            points.sort(key=lambda f: float(f.params["set_size"]))
+            st = [f.stats for f in points]
+            ax.errorbar(
+                [float(f.params["set_size"]) for f in points],
+                [s.median for s in st],
+                yerr=_errors(st),
+                marker="x" if variant else "o",
+                linestyle=":" if variant else "-",
+                capsize=3,
+                color=f"C{impls.index(impl)}",
+                label=f"{impl}: {variant.split(',')[0]}" if variant else impl,
+            )
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(_plain))
+        ax.set_xlabel("members in the set (log scale)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_yscale("log")
+    axes[0].yaxis.set_major_formatter(FuncFormatter(_plain))
+    axes[0].set_ylabel("bytes (log scale)")
+    axes[0].set_title("delta of one add as the set grows")
+    axes[0].legend(fontsize=7, loc="center right")
+    axes[1].set_ylim(bottom=0)
+    axes[1].set_ylabel("bytes per element")
+    axes[1].set_title("encoded state per element")
+    axes[1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

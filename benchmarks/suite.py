@@ -1,8 +1,9 @@
 """The benchmark suite: every group in turn, with a progress line, into ``results.json``, ``REPORT.md`` and plots.
 
 ``python -m benchmarks run [--quick] [--only NAME,...] [--repeats N] --out DIR``
-runs the groups (``micro``, ``node``, ``replication``, ``storage``, ``sync_cost``) one after
-the other in this process, each with its own servers where it has any, and
+runs the groups (``micro``, ``node``, ``replication``, ``storage``, ``sync_cost``, ``peers``)
+one after the other in this process, each with its own servers (or, for
+``peers``, its ``node`` subprocess) where it has any, and
 writes into DIR:
 
 * ``results.json``: every figure with its unit, median, min and max over the
@@ -35,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from benchmarks import micro, node, replication, storage, sync_cost
+from benchmarks import micro, node, peers, replication, storage, sync_cost
 from benchmarks.figures import Figure, json_safe
 
 __all__ = ["GROUPS", "Progress", "SuiteResult", "run_suite"]
@@ -69,6 +70,10 @@ def _storage(mode: Mode, repeats: int | None, log: Log, step: Log) -> tuple[dict
 def _sync_cost(mode: Mode, repeats: int | None, log: Log, step: Log) -> tuple[dict[str, Any], list[Figure]]:
     # Bytes counted in virtual time from one seed: a repeat would count the same bytes.
     return sync_cost.collect(sync_cost.make_config(mode != "full", smoke=mode == "smoke"), log, step)
+
+
+def _peers(mode: Mode, repeats: int | None, log: Log, step: Log) -> tuple[dict[str, Any], list[Figure]]:
+    return peers.collect(peers.make_config(mode != "full", repeats, smoke=mode == "smoke"), log, step)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +121,14 @@ GROUPS: dict[str, Group] = {
             "and a ReplicaCore driven as the node drives it, on a network in virtual time; bytes counted, nothing "
             "timed",
             _sync_cost,
+        ),
+        Group(
+            "peers",
+            "Library peers: npm delta-crdts and PyPI pycrdt on the same set workloads",
+            "everything in one process (this one) but delta-crdts, which runs in a `node` subprocess that gets the "
+            "workload as JSON on stdin, times itself and answers JSON on stdout; no network (`npm ci` into "
+            "benchmarks/peers_js/node_modules once, when it lacks the locked packages)",
+            _peers,
         ),
     )
 }

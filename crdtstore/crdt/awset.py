@@ -18,8 +18,9 @@ mutation is an event, which keeps the context's version vector equal to
 "every event this replica has applied".
 
 Both deltas name one member and a handful of dots, so their size does not
-depend on the size of the set. (The npm ``delta-crdts`` add-wins set ships the
-whole causal context with each add, so its deltas grow with the state.)
+depend on the size of the set. (The npm ``delta-crdts`` 0.10.3 add-wins set
+returns its whole state from an add, so its "deltas" grow with the set:
+``python -m benchmarks.peers`` measures both side by side.)
 
 Add wins: an add concurrent with a remove carries a dot the remove never saw,
 so the join keeps it. Removing a member that was never seen is a no-op.
