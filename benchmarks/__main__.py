@@ -1,4 +1,7 @@
-"""``python -m benchmarks run [--quick] [--only NAME,...] [--repeats N] --out DIR``: see ``benchmarks/suite.py``."""
+"""``python -m benchmarks run [--quick] [--only NAME,...] [--repeats N] --out DIR``: see ``benchmarks/suite.py``.
+
+``python -m benchmarks summary RESULTS_JSON [--readme FILE]``: see ``benchmarks/summary.py``.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks.suite import GROUPS, Mode, run_suite
+from benchmarks.summary import summary_main
 
 
 def _names(text: str) -> list[str]:
@@ -49,7 +53,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     run.add_argument("--repeats", type=int, default=None, help="repeats per measurement (default: each group's own)")
     run.add_argument("--out", type=Path, required=True, metavar="DIR", help="directory for the results")
+    summary = commands.add_parser(
+        "summary",
+        help="the README's short results table from a run's results.json",
+        description="Print the headline figures of a run as a Markdown table, or write them into a README "
+        "between its summary markers.",
+    )
+    summary.add_argument("results", type=Path, metavar="RESULTS_JSON", help="results.json of a run")
+    summary.add_argument(
+        "--readme", type=Path, default=None, metavar="FILE", help="replace the table between FILE's markers"
+    )
     args = parser.parse_args(argv)
+    if args.command == "summary":
+        return summary_main(args.results, args.readme)
     if args.repeats is not None and args.repeats < 1:
         parser.error("--repeats must be at least 1")
     mode: Mode = "smoke" if args.smoke else "quick" if args.quick else "full"

@@ -1,0 +1,119 @@
+"""``python -m benchmarks summary``: the README's results table from a run's results.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks.__main__ import main
+from benchmarks.summary import BEGIN, END, SummaryError, headline, render, replace_between_markers
+
+
+def _figure(group: str, name: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "group": group,
+        "section": "s",
+        "name": name,
+        "median": 2.0,
+        "min": 1.0,
+        "max": 3.0,
+        "unit": "ops/s",
+        "repeats": 3,
+        "baseline": {"name": "echo", "median": 4.0, "min": 4.0, "max": 4.0, "unit": "ops/s", "repeats": 3},
+        "ratio": 0.5,
+        "target": None,
+        "params": {},
+        **extra,
+    }
+
+
+def _results(figures: list[dict[str, Any]], mode: str = "full") -> dict[str, Any]:
+    return {
+        "command": "python -m benchmarks run --out bench",
+        "mode": mode,
+        "started": "2026-11-21T17:00:00+00:00",
+        "machine": {"cpu_count": 2},
+        "commit": {"sha": "0123456789abcdef", "dirty": False},
+        "figures": figures,
+    }
+
+
+def _peer(name: str, implementation: str, kind: str, set_size: int = 0, variant: str = "") -> dict[str, Any]:
+    params = {"implementation": implementation, "kind": kind, "set_size": set_size, "variant": variant}
+    return _figure("peers", name, params=params)
+
+
+FIGURES = [
+    _figure("micro", "untargeted micro figure"),
+    _peer("crdtstore: delta of one add, set of 10", "crdtstore", "delta", 10),
+    _peer("crdtstore: delta of one add, set of 1,000", "crdtstore", "delta", 1000),
+    _peer("crdtstore (variant): delta of one add, set of 1,000", "crdtstore", "delta", 1000, variant="StoreMap"),
+    _peer("pycrdt: 300 single-add deltas", "pycrdt", "delta_merge"),
+    _figure("sync_cost", "gset, tree: crdtstore, every message", target="below 1.27x"),
+    _figure("sync_cost", "gmap 10%, tree: crdtstore, every message", target="below 1.27x"),
+    _figure("sync_cost", "gset, tree: state-based (computed)", target="Enes et al. measured 104x"),
+    _figure("node", "single-op writes/s, 64 in flight", target=">= 0.7x echo"),
+]
+
+
+def test_headline_is_the_targets_the_set_cost_and_the_peers_largest_delta_and_merges() -> None:
+    names = [f["name"] for f in headline(FIGURES)]
+    assert names == [
+        "single-op writes/s, 64 in flight",  # node first, whatever order the run wrote
+        "gset, tree: crdtstore, every message",
+        "crdtstore: delta of one add, set of 1,000",
+        "pycrdt: 300 single-add deltas",
+    ]
+
+
+def test_render_shows_the_spread_the_baseline_the_ratio_and_where_it_came_from() -> None:
+    text = render(_results(FIGURES))
+    row = next(line for line in text.splitlines() if "single-op writes/s" in line)
+    assert "2 ops/s [1..3]" in row
+    assert "4 ops/s: echo" in row
+    assert "| 0.5 |" in row
+    assert ">= 0.7x echo" in row
+    assert "`0123456789`" in text
+    assert "python -m benchmarks run --out bench" in text
+    assert "--quick" not in text
+    assert "not for judging speed" in render(_results(FIGURES, mode="quick"))
+
+
+def test_a_file_that_is_not_a_results_json_is_refused() -> None:
+    with pytest.raises(SummaryError, match="no 'figures'"):
+        render({"command": "x"})
+
+
+def test_only_the_text_between_the_markers_changes() -> None:
+    text = f"# title\nbefore\n{BEGIN}\nold table\n{END}\nafter\n"
+    out = replace_between_markers(text, "new table")
+    assert out == f"# title\nbefore\n{BEGIN}\nnew table\n{END}\nafter\n"
+    assert replace_between_markers(out, "new table") == out
+    with pytest.raises(SummaryError, match="marker"):
+        replace_between_markers("# no markers\n", "table")
+
+
+def test_the_command_writes_the_readme_and_refuses_what_it_cannot_use(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(_results(FIGURES)))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{BEGIN}\n{END}\nrest\n")
+    assert main(["summary", str(results), "--readme", str(readme)]) == 0
+    written = readme.read_text()
+    assert "single-op writes/s, 64 in flight" in written
+    assert written.startswith("intro\n") and written.endswith("rest\n")
+
+    assert main(["summary", str(results)]) == 0
+    assert "| group | figure |" in capsys.readouterr().out
+
+    readme.write_text("no markers\n")
+    assert main(["summary", str(results), "--readme", str(readme)]) == 2
+    assert readme.read_text() == "no markers\n"
+    assert main(["summary", str(tmp_path / "missing.json")]) == 2
+    results.write_text("{not json")
+    assert main(["summary", str(results)]) == 2
