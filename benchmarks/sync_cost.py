@@ -250,7 +250,7 @@ def message_bytes(message: Message) -> int:
     """Roughly the bytes ``message`` takes on the wire: the simulator's count (``simulations.sim._size``)."""
     if isinstance(message, Entries):
         return sum(entry_bytes(e) for e in message.entries if isinstance(e, RawLogEntry))
-    return len(encode(message.vector)) + 8
+    return len(encode(message.vector)) + (len(encode(message.incoming)) if message.incoming else 0) + 8
 
 
 def entry_bytes(entry: RawLogEntry) -> int:
@@ -323,6 +323,7 @@ class _Node:
             batch_window_ms=BATCH_WINDOW_MS,
             anti_entropy_ms=ANTI_ENTROPY_MS,
             trimmed=self.store.log_horizon,
+            clock=lambda: self.net.now_ms,
         )
         self.horizon = self.store.log_horizon
         self.relay_hold_until_ms: dict[str, int] = {}
@@ -388,7 +389,7 @@ class _Node:
         if timed_out and not self._dirty:
             # Quiet for a whole period: a heartbeat keeps each peer's view of this node fresh.
             for peer in self.peers:
-                self.net.send(self.name, peer, Ack(self.core.vector), "heartbeat")
+                self.net.send(self.name, peer, self.core.heartbeat(peer), "heartbeat")
         self._dirty = False
         self._ack_kind = "ack_tick"
         try:
@@ -414,7 +415,7 @@ class _Node:
                 kind = self._ack_kind if isinstance(action.message, Ack) else ""
                 self.net.send(self.name, action.peer, action.message, kind)
             elif isinstance(action, SendLog):
-                self._send_log(action.peer, action.after, action.hold_fresh_relays)
+                self._send_log(action)
             elif isinstance(action, Apply):
                 self._apply(action.peer, action.entries)
                 pending.extend(self.core.applied(action.peer, self.store.context.vv))
@@ -432,12 +433,13 @@ class _Node:
             self.horizon = self.store.log_horizon
             self.run(self.core.log_trimmed(self.horizon))
 
-    def _send_log(self, peer: str, after: VersionVector, hold_fresh_relays: bool) -> None:
+    def _send_log(self, action: SendLog) -> None:
+        peer, hold_fresh_relays = action.peer, action.hold_fresh_relays
         if hold_fresh_relays and self.net.now_ms < self.relay_hold_until_ms.get(peer, 0):
             return  # the first entry it lacks is a relay still held back
         relayed_before_ms = self.wall_ms() - RELAY_DELAY_MS if hold_fresh_relays else None
-        after = after.join(self.core.peers[peer].sent)
-        found = self.store.log_since(after, MESSAGE_BYTES_MAX, relayed_before_ms=relayed_before_ms)
+        after = action.after.join(self.core.peers[peer].sent)
+        found = self.store.log_since(after, MESSAGE_BYTES_MAX, relayed_before_ms=relayed_before_ms, held=action.held)
         entries, reached, held_since = found
         if not entries:
             if held_since is not None:

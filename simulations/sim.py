@@ -184,7 +184,7 @@ def _size(message: _Wire) -> int:
     if isinstance(message, Entries):
         return sum(len(e.delta) + len(e.origin) + 8 for e in message.entries if isinstance(e, RawLogEntry))
     if isinstance(message, Hello | Ack):
-        return len(encode(message.vector)) + 8
+        return len(encode(message.vector)) + (len(encode(message.incoming)) if message.incoming else 0) + 8
     if isinstance(message, _Offer):
         return 16 * len(message.digests)
     if isinstance(message, _Want):
@@ -281,6 +281,7 @@ class _Region:
             batch_window_ms=_BATCH_WINDOW_MS,
             anti_entropy_ms=_ANTI_ENTROPY_MS,
             trimmed=self.store.log_horizon,
+            clock=lambda: self.sim.now,
         )
         self.horizon = self.store.log_horizon
         self.stale_transfers = dict.fromkeys(self.peers, 0)
@@ -322,7 +323,7 @@ class _Region:
                 # The node's heartbeat: its vector (and its clock) to every peer, each period.
                 last_heartbeat = self.sim.now
                 for peer in sorted(self.links):
-                    self.sim.send(self.name, peer, Ack(self.core.vector))
+                    self.sim.send(self.name, peer, self.core.heartbeat(peer))
             self.run(self.core.tick(self.sim.now))
             self._check_transfers()
             self.sim.after(_BATCH_WINDOW_MS, tick)
@@ -362,7 +363,7 @@ class _Region:
             if isinstance(action, Send):
                 self.sim.send(self.name, action.peer, action.message)
             elif isinstance(action, SendLog):
-                self._send_log(action.peer, action.after, action.hold_fresh_relays)
+                self._send_log(action)
             elif isinstance(action, Apply):
                 if not self._apply(action.peer, action.entries):
                     return  # a causal gap ended the connection; the next hello starts over
@@ -379,15 +380,16 @@ class _Region:
             self.horizon = self.store.log_horizon
             self.run(self.core.log_trimmed(self.horizon))
 
-    def _send_log(self, peer: str, after: VersionVector, hold_fresh_relays: bool) -> None:
+    def _send_log(self, action: SendLog) -> None:
+        peer, hold_fresh_relays = action.peer, action.hold_fresh_relays
         if peer not in self.links:
             return
         if hold_fresh_relays and self.sim.now < self.relay_hold_until_ms.get(peer, 0):
             return  # the first entry it lacks is a relay still held back
         now = self.physical_ms()
-        after = after.join(self.core.peers[peer].sent)
+        after = action.after.join(self.core.peers[peer].sent)
         relayed_before_ms = now - _RELAY_DELAY_MS if hold_fresh_relays else None
-        found = self.store.log_since(after, _MESSAGE_BYTES_MAX, relayed_before_ms=relayed_before_ms)
+        found = self.store.log_since(after, _MESSAGE_BYTES_MAX, relayed_before_ms=relayed_before_ms, held=action.held)
         entries, reached, held_since = found
         if not entries:
             if held_since is not None:

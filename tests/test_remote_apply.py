@@ -339,3 +339,26 @@ def test_a_push_holds_fresh_relays_and_what_depends_on_them(tmp_path: Path) -> N
     finally:
         eu.store.close()
         relay.close()
+
+
+def test_a_push_holds_what_the_peer_is_receiving_from_elsewhere(tmp_path: Path) -> None:
+    eu = Region(tmp_path, "eu")
+    relay = LmdbStore(StorageConfig(tmp_path / "us", "us"), wall_ms=lambda: 5_000)
+    clock = HybridLogicalClock(FakeClock(1_000))
+    try:
+        eu.write(SetRegister("a", b"1"))
+        eu.write(SetRegister("b", b"2"))
+        relay.apply_remote(eu.log(), source="eu")
+        relay.write_batch([WriteRequest([SetRegister("r", b"us")])], clock)
+        everything, _, _ = relay.log_since(VersionVector(), 1 << 20)
+        assert [(e.origin, e.last) for e in everything] == [("eu", 1), ("eu", 2), ("us", 1)]
+        # The peer is applying eu:1 from eu itself: the push stops there, however old the entry.
+        held, reached, held_since = relay.log_since(VersionVector(), 1 << 20, held=VersionVector({"eu": 1}))
+        assert held == [] and reached == VersionVector() and held_since == 5_000
+        # Once it has eu:1, the rest goes.
+        rest, reached, _ = relay.log_since(VersionVector({"eu": 1}), 1 << 20, held=VersionVector({"eu": 1}))
+        assert [(e.origin, e.last) for e in rest] == [("eu", 2), ("us", 1)]
+        assert reached == VersionVector({"eu": 2, "us": 1})
+    finally:
+        eu.store.close()
+        relay.close()

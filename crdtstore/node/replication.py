@@ -79,6 +79,7 @@ log = logging.getLogger("crdtstore.replication")
 PROTOCOL_VERSION = 1
 SYNC_METHOD = "/crdtstore.v1.Replication/Sync"
 _TRIM_BUDGET = 10_000
+_LARGE_MESSAGE_BYTES = 64 * 1024  # entries that take long enough to apply for the peers to hear of them first
 _SPOOL_SUFFIX = ".spool"
 _WANT_TIMEOUT_S = 60.0
 _STALE_TRANSFERS_MAX = 3
@@ -146,6 +147,7 @@ class Replicator:
             batch_window_ms=self.settings.batch_window_ms,
             anti_entropy_ms=self.settings.anti_entropy_ms,
             trimmed=store.log_horizon,
+            clock=_monotonic_ms,
         )
         self.links = {name: _Link(name, address) for name, address in sorted(config.peers.items())}
         self._tls = config.tls.read() if config.tls.enabled else None
@@ -494,7 +496,8 @@ class Replicator:
                     self.config.region,
                     mine,
                 )
-            core_message = Hello(hello.region, vector)
+            hint = decode_as(hello.incoming, VersionVector) if hello.incoming else VersionVector()
+            core_message = Hello(hello.region, vector, hint)
             # A transfer from this peer that a broken stream cut short is void.
             await self.writer.call(lambda: self.store.discard_snapshot(link.name))
             link.greeted = True
@@ -509,7 +512,11 @@ class Replicator:
                 top[e.origin] = max(top.get(e.origin, 0), e.last)
             core_message = Entries(tuple(raw_entries), VersionVector(top))
         elif body == "ack":
-            core_message = Ack(decode_as(message.ack.vector, VersionVector))
+            raw_hint = message.ack.incoming
+            core_message = Ack(
+                decode_as(message.ack.vector, VersionVector),
+                decode_as(raw_hint, VersionVector) if raw_hint else VersionVector(),
+            )
         elif body == "snapshot":
             await self._receive_snapshot(link, message.snapshot)
             self._notify()
@@ -546,8 +553,11 @@ class Replicator:
             if isinstance(action, Send):
                 self._send_now(action.peer, _message_pb(action.message))
             elif isinstance(action, SendLog):
-                self._start_send_log(action.peer, action.after, action.hold_fresh_relays)
+                self._start_send_log(action)
             elif isinstance(action, Apply):
+                if _delta_bytes(action.entries) > _LARGE_MESSAGE_BYTES:
+                    # A tick while it applies tells the peers what is on its way (the core's incoming hint).
+                    self._dirty.set()
                 await self._apply(action.peer, action.entries)
                 pending.extend(self.core.applied(action.peer, self.store.context.vv))
                 self._dirty.set()  # relay what is new to the other peers
@@ -582,31 +592,40 @@ class Replicator:
                 put.cancel()
         return put.done() and not put.cancelled()
 
-    def _start_send_log(self, peer: str, after: VersionVector, hold_fresh_relays: bool) -> None:
+    def _start_send_log(self, action: SendLog) -> None:
+        peer, hold_fresh_relays = action.peer, action.hold_fresh_relays
         link = self.links[peer]
         if link.stream is None:
             return
         if link.send_task is not None and not link.send_task.done():
             return  # one at a time; it asks for another round if there is more
-        if hold_fresh_relays and time.monotonic_ns() // 1_000_000 < link.relay_hold_until_ms:
+        if hold_fresh_relays and _monotonic_ms() < link.relay_hold_until_ms:
             return  # the first entry it lacks is a relay still held back: reading the log again finds the same
         relayed_before_ms = self._wall_ms() - self.settings.relay_delay_ms if hold_fresh_relays else None
-        link.send_task = self._spawn(self._send_log(link, link.stream, after, relayed_before_ms), f"log to {peer}")
+        sending = self._send_log(link, link.stream, action.after, relayed_before_ms, action.held)
+        link.send_task = self._spawn(sending, f"log to {peer}")
 
     async def _send_log(
-        self, link: _Link, stream: _Stream, after: VersionVector, relayed_before_ms: int | None
+        self,
+        link: _Link,
+        stream: _Stream,
+        after: VersionVector,
+        relayed_before_ms: int | None,
+        held: VersionVector,
     ) -> None:
         peer = link.name
         # Entries the core's view now covers went out while this waited.
         after = after.join(self.core.peers[peer].sent)
         entries, reached, held_since = await asyncio.to_thread(
-            lambda: self.store.log_since(after, self.settings.message_bytes_max, relayed_before_ms=relayed_before_ms)
+            lambda: self.store.log_since(
+                after, self.settings.message_bytes_max, relayed_before_ms=relayed_before_ms, held=held
+            )
         )
         if not entries and held_since is not None:
             # Matures relay_delay_ms after it arrived; counted on the monotonic clock, in case the wall clock steps.
             delay = self.settings.relay_delay_ms
             wait = min(delay, max(0, held_since + delay - self._wall_ms()))
-            link.relay_hold_until_ms = time.monotonic_ns() // 1_000_000 + wait
+            link.relay_hold_until_ms = _monotonic_ms() + wait
         if not entries or link.stream is not stream:
             return
         message = rpb.SyncMessage()
@@ -821,14 +840,14 @@ class Replicator:
                     # Quiet: a heartbeat keeps each peer's view of this
                     # node's vector and of its clock fresh.
                     for name in self.links:
-                        self._send_now(name, _message_pb(Ack(self.core.vector)))
+                        self._send_now(name, _message_pb(self.core.heartbeat(name)))
             self._dirty.clear()
             if self.store.context.vv != self.core.vector:
                 # A write committed whose caller went away before telling us (a cancelled request).
                 self.local_committed()
             try:
                 # The core's timers run on monotonic time: a wall clock stepped back must not stall them.
-                await self._run(self.core.tick(time.monotonic_ns() // 1_000_000))
+                await self._run(self.core.tick(_monotonic_ms()))
             except Exception:  # one bad round must not stop replication
                 log.exception("replication round failed")
             pending = any(
@@ -886,14 +905,26 @@ def _parse(raw: bytes) -> rpb.SyncMessage:
         raise ProtocolError(f"a replication message that does not parse: {exc}") from None
 
 
+def _monotonic_ms() -> int:
+    return time.monotonic_ns() // 1_000_000
+
+
+def _delta_bytes(entries: tuple[object, ...]) -> int:
+    return sum(len(e.delta) for e in entries if isinstance(e, RawLogEntry))
+
+
 def _message_pb(message: Message) -> rpb.SyncMessage:
     out = rpb.SyncMessage()
     if isinstance(message, Hello):
         out.hello.region = message.region
         out.hello.vector = encode(message.vector)
+        if message.incoming:
+            out.hello.incoming = encode(message.incoming)
         out.hello.protocol = PROTOCOL_VERSION
     elif isinstance(message, Ack):
         out.ack.vector = encode(message.vector)
+        if message.incoming:
+            out.ack.incoming = encode(message.incoming)
     else:
         for e in message.entries:
             assert isinstance(e, RawLogEntry)

@@ -21,6 +21,12 @@ Protocol, per pair of regions over one long-lived stream each way:
   an old backup, or emptied) gets them back.
 * The receiver persists them (``Apply``; storage applies an entry only if it
   continues its origin's run) and acknowledges with ``Ack(vector)``.
+* While a large message is being applied (a catch-up after a partition heals
+  can take seconds), its acks to the other peers also say what is on its way
+  (``Ack.incoming``), and they hold those entries back from their pushes to it
+  until it acknowledges them or stops saying so for ``anti_entropy_ms``.
+  Otherwise every region that already applied the same backlog relays it too,
+  and a region hears it once from the origin and once from each other region.
 * Local writes are pushed after a short batching window; every
   ``anti_entropy_ms`` everything a peer has not acknowledged is offered again,
   which repairs any lost or refused message.
@@ -35,7 +41,7 @@ anti-entropy round).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from crdtstore.crdt import VersionVector
@@ -62,6 +68,8 @@ __all__ = [
 class Hello:
     region: str
     vector: VersionVector
+    # As Ack.incoming: what the sender is applying from other peers as it connects.
+    incoming: VersionVector = field(default_factory=VersionVector)
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,9 @@ class Entries:
 @dataclass(frozen=True)
 class Ack:
     vector: VersionVector
+    # Entries the sender has received from other peers and is applying, beyond ``vector``: a hint,
+    # since they may yet fail to apply. Every ack carries the whole current hint (often empty).
+    incoming: VersionVector = field(default_factory=VersionVector)
 
 
 Message = Hello | Entries | Ack
@@ -103,6 +114,8 @@ class SendLog:
     peer: str
     after: VersionVector
     hold_fresh_relays: bool = False
+    # Entries the peer said it is receiving from elsewhere: the push stops at the first of them.
+    held: VersionVector = field(default_factory=VersionVector)
 
 
 @dataclass(frozen=True)
@@ -138,6 +151,11 @@ Action = Send | SendLog | Apply | Trim | NeedsRepair
 @dataclass
 class _Peer:
     connected: bool = False
+    # Its hello arrived on this connection: until then what it has is not known, and nothing is
+    # pushed to it (what it acknowledged before may be far behind, and the hello resets ``sent``),
+    # for an anti-entropy period at most (a driver whose connections can lose a hello goes on).
+    greeted: bool = False
+    connected_at_ms: int = 0
     acked: VersionVector = field(default_factory=VersionVector)
     sent: VersionVector = field(default_factory=VersionVector)
     pushed_at_ms: int = 0
@@ -149,6 +167,15 @@ class _Peer:
     # What this node told the peer it has (hello and acks on this connection): an ack
     # carries only the origins that moved since, and the peer joins it into what it knew.
     told: VersionVector = field(default_factory=VersionVector)
+    # How far the entries this peer sent reach (joined over its messages); beyond this node's
+    # vector, they are received and not yet applied.
+    sending: VersionVector = field(default_factory=VersionVector)
+    # What the peer last said it is receiving from elsewhere (Ack.incoming), and when.
+    incoming: VersionVector = field(default_factory=VersionVector)
+    incoming_at_ms: int = 0
+    # What this node last said to the peer it is receiving, and when.
+    incoming_told: VersionVector = field(default_factory=VersionVector)
+    incoming_told_ms: int = 0
 
 
 class ReplicaCore:
@@ -161,6 +188,7 @@ class ReplicaCore:
         batch_window_ms: int = 10,
         anti_entropy_ms: int = 1000,
         trimmed: VersionVector | None = None,
+        clock: Callable[[], int] | None = None,
     ) -> None:
         names = sorted(set(peers))
         if region in names:
@@ -174,6 +202,13 @@ class ReplicaCore:
         self.peers: dict[str, _Peer] = {name: _Peer() for name in names}
         self._trimmed = trimmed or VersionVector()
         self._last_anti_entropy_ms = 0
+        # Monotonic milliseconds, the time ``tick`` is given: when a hint or a connection came.
+        # Without it, the time of the last tick (near enough for a driver that ticks steadily).
+        self._clock = clock
+        self._last_tick_ms = 0
+
+    def _now(self) -> int:
+        return self._clock() if self._clock is not None else self._last_tick_ms
 
     def _peer(self, name: str) -> _Peer:
         peer = self.peers.get(name)
@@ -186,13 +221,18 @@ class ReplicaCore:
     def connected(self, peer: str) -> list[Action]:
         state = self._peer(peer)
         state.connected = True
+        state.greeted = False
+        state.connected_at_ms = self._now()
         state.told = self.vector
-        return [Send(peer, Hello(self.region, self.vector))]
+        state.incoming_told = incoming = self._incoming()
+        state.incoming_told_ms = self._now()
+        return [Send(peer, Hello(self.region, self.vector, incoming))]
 
     def disconnected(self, peer: str) -> list[Action]:
         state = self._peer(peer)
-        state.connected = False
+        state.connected = state.greeted = False
         state.sent = state.acked  # whatever was in flight may be lost
+        state.sending = state.incoming = VersionVector()  # and so may what was on its way here
         return []
 
     def received(self, peer: str, message: Message) -> list[Action]:
@@ -204,16 +244,24 @@ class ReplicaCore:
             # restored from an old backup, or emptied, really is behind.
             state.acked = message.vector
             state.sent = message.vector
+            state.greeted = True
+            state.sending = VersionVector()
+            # What it is applying from others as it connects waits for them, as in a push.
+            now_ms = self._now()
+            state.incoming, state.incoming_at_ms = message.incoming, now_ms
             state.needs_repair = not message.vector.dominates(self._trimmed)
             if state.needs_repair:
                 # Part of what it lacks is no longer in the log.
                 return [NeedsRepair(peer, message.vector)]
-            return [SendLog(peer, state.sent), *self._trim()]
+            return [SendLog(peer, state.sent, held=self._held(state, now_ms)), *self._trim()]
         if isinstance(message, Entries):
             # The peer sent them, so it has them: never offer them back.
             state.acked = state.acked.join(message.vector)
             state.sent = state.sent.join(state.acked)
+            state.sending = state.sending.join(message.vector)
             return [Apply(peer, message.entries)] if message.entries else []
+        state.incoming = message.incoming
+        state.incoming_at_ms = self._now()
         before = state.acked
         state.acked = state.acked.join(message.vector)
         state.sent = state.sent.join(state.acked)
@@ -226,6 +274,8 @@ class ReplicaCore:
         """Entries from ``peer`` are durable here; this node now has ``vector``."""
         assert vector.dominates(self.vector), "a version vector never goes backwards"
         self.vector = vector  # the next tick relays what is new to the other peers
+        # Its message is done with: what did not apply (a gap) is not on its way any more.
+        self._peer(peer).sending = VersionVector()
         # Every connected peer hears it, not only the sender: then a region
         # about to relay these entries to a peer learns that it has them.
         # The sender at once (its acknowledgements count towards replicated
@@ -236,13 +286,53 @@ class ReplicaCore:
                 state.ack_due = True
         return [self._ack(peer)]
 
-    def _ack(self, peer: str) -> Send:
-        """An ack with only the origins that moved since the last one: acks are most of the bytes otherwise."""
+    def _ack(self, peer: str, vector: VersionVector | None = None) -> Send:
+        """An ack with only the origins that moved since the last one (acks are most of the bytes otherwise).
+
+        With ``vector``, that whole vector instead. Either way it carries what
+        is on its way here from the other peers.
+        """
         state = self.peers[peer]
-        told = state.told
-        moved = {r: n for r, n in self.vector.items() if n > told.get(r)}
+        if vector is None:
+            told = state.told
+            vector = VersionVector({r: n for r, n in self.vector.items() if n > told.get(r)})
         state.told = self.vector
-        return Send(peer, Ack(VersionVector(moved)))
+        incoming = self._incoming()
+        state.incoming_told = incoming
+        state.incoming_told_ms = self._now()
+        return Send(peer, Ack(vector, incoming))
+
+    def heartbeat(self, peer: str) -> Ack:
+        """The driver's periodic ack to ``peer``: the whole vector, and what is on its way here."""
+        del peer  # every peer hears the same
+        return Ack(self.vector, self._incoming())
+
+    def _incoming(self) -> VersionVector:
+        """What peers sent this node that it has not applied yet (per origin, beyond its vector).
+
+        Every peer hears it, the senders too: a message that takes longer
+        than an anti-entropy period to apply is then not taken for a lost one
+        and sent again.
+        """
+        mine = self.vector
+        out: dict[str, int] = {}
+        for state in self.peers.values():
+            if mine.dominates(state.sending):
+                continue
+            for region, counter in state.sending.items():
+                if counter > mine.get(region) and counter > out.get(region, 0):
+                    out[region] = counter
+        return VersionVector(out)
+
+    def _may_push(self, state: _Peer, now_ms: int) -> bool:
+        return state.connected and (state.greeted or now_ms - state.connected_at_ms >= self.anti_entropy_ms)
+
+    def _held(self, state: _Peer, now_ms: int) -> VersionVector:
+        """What ``state``'s peer is receiving from elsewhere, while it keeps saying so."""
+        incoming = state.incoming
+        if not incoming or now_ms - state.incoming_at_ms >= self.anti_entropy_ms:
+            return VersionVector()
+        return incoming
 
     def local_committed(self, vector: VersionVector) -> list[Action]:
         assert vector.dominates(self.vector), "a version vector never goes backwards"
@@ -273,10 +363,22 @@ class ReplicaCore:
             self._last_anti_entropy_ms = now_ms - self.anti_entropy_ms
             for state in self.peers.values():
                 state.pushed_at_ms = min(state.pushed_at_ms, now_ms)
+                state.incoming_at_ms = min(state.incoming_at_ms, now_ms)
+                state.incoming_told_ms = min(state.incoming_told_ms, now_ms)
+        self._last_tick_ms = now_ms
+        arriving = any(not self.vector.dominates(s.sending) for s in self.peers.values() if s.connected)
+        incoming = self._incoming() if arriving else VersionVector()
         for name, state in self.peers.items():
+            if not state.connected:
+                state.ack_due = False
+                continue
             if state.ack_due:
                 state.ack_due = False
-                if state.connected:
+                actions.append(self._ack(name))
+            elif state.incoming_told or arriving:
+                # The hint changed, or still holds and is due again before the peer lets it go stale.
+                stale = now_ms - state.incoming_told_ms >= self.anti_entropy_ms // 2
+                if incoming != state.incoming_told or (incoming and stale):
                     actions.append(self._ack(name))
         if now_ms - self._last_anti_entropy_ms >= self.anti_entropy_ms:
             self._last_anti_entropy_ms = now_ms
@@ -285,28 +387,32 @@ class ReplicaCore:
                     continue
                 if state.told != self.vector:
                     # The whole vector once a period: a partial ack that never arrived is made good.
-                    state.told = self.vector
-                    actions.append(Send(name, Ack(self.vector)))
+                    actions.append(self._ack(name, self.vector))
+                if not self._may_push(state, now_ms):
+                    continue
                 if state.needs_repair:
                     # Ask again: a transfer may have failed, or the horizon
                     # moved past what the last one brought.
                     actions.append(NeedsRepair(name, state.acked))
                     continue
-                if state.acked == state.acked_last_round and not state.acked.dominates(self.vector):
+                stalled = state.acked == state.acked_last_round and not state.acked.dominates(self.vector)
+                if stalled and not self._held(state, now_ms):
                     # No acknowledgement for a whole period while it lacks
-                    # something: what was sent may be lost (or refused as a
-                    # gap). Offer again everything not acknowledged.
+                    # something, and it does not say it is busy applying what
+                    # it received (then the rest waits on its stream, in order):
+                    # what was sent may be lost (or refused as a gap). Offer
+                    # again everything not acknowledged.
                     state.sent = state.acked
                 state.acked_last_round = state.acked
                 state.pushed_at_ms = now_ms
                 # Fresh relays wait here too: anti-entropy is for what got lost, not what is on its way.
-                actions.append(SendLog(name, state.sent, hold_fresh_relays=True))
+                actions.append(SendLog(name, state.sent, True, self._held(state, now_ms)))
             return actions
         for name, state in self.peers.items():
-            lacking = state.connected and not state.needs_repair and not state.sent.dominates(self.vector)
+            lacking = self._may_push(state, now_ms) and not state.needs_repair and not state.sent.dominates(self.vector)
             if lacking and now_ms - state.pushed_at_ms >= self.batch_window_ms:
                 state.pushed_at_ms = now_ms
-                actions.append(SendLog(name, state.sent, hold_fresh_relays=True))
+                actions.append(SendLog(name, state.sent, True, self._held(state, now_ms)))
         return actions
 
     # -- queries -----------------------------------------------------------------------

@@ -558,14 +558,23 @@ class LmdbStore:
             origin, first, last, source, delta, _arrived = msgpack.unpackb(value)
             yield LogEntry(origin, first, last, source, decode_as(delta, StoreMap))
 
-    def log_since(self, after: VersionVector, bytes_max: int, *, relayed_before_ms: int | None = None) -> LogSlice:
+    def log_since(
+        self,
+        after: VersionVector,
+        bytes_max: int,
+        *,
+        relayed_before_ms: int | None = None,
+        held: VersionVector | None = None,
+    ) -> LogSlice:
         """The log entries a peer that has ``after`` lacks, in the order this node applied them.
 
         That order respects causality: every entry comes after the entries it
         depends on, which is what a receiver needs to apply each on arrival.
         Stops after about ``bytes_max`` bytes (at least one entry when there is
-        one), and, with ``relayed_before_ms``, at the first entry that came from
-        another region after that time. Returns the entries, how far, per
+        one); with ``relayed_before_ms``, at the first entry that came from
+        another region after that time; with ``held``, at the first entry the
+        peer is receiving from elsewhere (its ``first`` at most ``held`` of its
+        origin; a held entry counts as arrived when it did). Returns the entries, how far, per
         origin, the peer will have everything once it has them (entries it
         already had included), and, when a fresh relay stopped the slice, when
         that entry arrived.
@@ -573,7 +582,7 @@ class LmdbStore:
         out: list[RawLogEntry] = []
         reached: dict[str, int] = {}
         size = 0
-        held: int | None = None
+        held_since: int | None = None
         with self._gate.read(), self.env.begin() as txn:
             start = self._first_needed(txn, after)
             if start is None:
@@ -585,14 +594,15 @@ class LmdbStore:
                 if last > after.get(origin):
                     if out and size + len(delta) > bytes_max:
                         break
-                    if source and relayed_before_ms is not None and arrived_ms > relayed_before_ms:
-                        held = arrived_ms
+                    fresh = source and relayed_before_ms is not None and arrived_ms > relayed_before_ms
+                    if fresh or (held and first <= held.get(origin)):
+                        held_since = arrived_ms
                         break
                     out.append(RawLogEntry(origin, first, last, delta))
                     size += len(delta)
                 reached[origin] = max(reached.get(origin, 0), last)
                 found = cursor.next()
-        return LogSlice(out, VersionVector(reached), held)
+        return LogSlice(out, VersionVector(reached), held_since)
 
     def _first_needed(self, txn: lmdb.Transaction, after: VersionVector) -> bytes | None:
         """The sequence key of the oldest entry, of any origin, above ``after``."""
@@ -988,7 +998,6 @@ class LmdbStore:
         apply order, so it is relayed onwards in causal order too.
         """
         outcomes: list[RemoteOutcome] = []
-        now_ms = self._wall_ms()
         while True:
             try:
                 with self.env.begin(write=True) as txn:
@@ -996,6 +1005,7 @@ class LmdbStore:
                     log_bytes = self._log_bytes
                     seq = self._next_seq(txn)
                     outcomes = []
+                    applied: list[LogEntry] = []
                     for i, entry in enumerate(entries):
                         have = context.vv.get(entry.origin)
                         if entry.last <= have:
@@ -1005,6 +1015,13 @@ class LmdbStore:
                             outcomes += [RemoteOutcome.GAP] * (len(entries) - i)
                             break
                         self._apply_entry(txn, entry, context)
+                        applied.append(entry)
+                        context = context.join(entry.delta.context)
+                        outcomes.append(RemoteOutcome.APPLIED)
+                    # Stamped when applied, not when the message arrived: a large message takes
+                    # a while, and a relay is held back relay_delay_ms from when it could go.
+                    now_ms = self._wall_ms()
+                    for entry in applied:
                         delta = entry.encoded or entry.delta
                         value = _log_value(
                             entry.origin, entry.first, entry.last, delta, source=source, arrived_ms=now_ms
@@ -1012,8 +1029,6 @@ class LmdbStore:
                         self._append_log(txn, seq, entry.origin, entry.last, value)
                         seq += 1
                         log_bytes += len(value)
-                        context = context.join(entry.delta.context)
-                        outcomes.append(RemoteOutcome.APPLIED)
                     # Relayed entries count against the log's bound like local ones.
                     trimmed: dict[str, int] = {}
                     budget = max(self.config.options.housekeeping_per_batch_max, 2 * len(entries))

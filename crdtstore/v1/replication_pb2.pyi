@@ -7,14 +7,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SyncHello(_message.Message):
-    __slots__ = ("region", "vector", "protocol")
+    __slots__ = ("region", "vector", "protocol", "incoming")
     REGION_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    INCOMING_FIELD_NUMBER: _ClassVar[int]
     region: str
     vector: bytes
     protocol: int
-    def __init__(self, region: _Optional[str] = ..., vector: _Optional[bytes] = ..., protocol: _Optional[int] = ...) -> None: ...
+    incoming: bytes
+    def __init__(self, region: _Optional[str] = ..., vector: _Optional[bytes] = ..., protocol: _Optional[int] = ..., incoming: _Optional[bytes] = ...) -> None: ...
 
 class SyncEntry(_message.Message):
     __slots__ = ("origin", "first", "last", "delta")
@@ -35,10 +37,12 @@ class SyncEntries(_message.Message):
     def __init__(self, entries: _Optional[_Iterable[_Union[SyncEntry, _Mapping]]] = ...) -> None: ...
 
 class SyncAck(_message.Message):
-    __slots__ = ("vector",)
+    __slots__ = ("vector", "incoming")
     VECTOR_FIELD_NUMBER: _ClassVar[int]
+    INCOMING_FIELD_NUMBER: _ClassVar[int]
     vector: bytes
-    def __init__(self, vector: _Optional[bytes] = ...) -> None: ...
+    incoming: bytes
+    def __init__(self, vector: _Optional[bytes] = ..., incoming: _Optional[bytes] = ...) -> None: ...
 
 class SnapshotKey(_message.Message):
     __slots__ = ("key", "state")
