@@ -85,7 +85,15 @@ _UINT32_MAX = 2**32 - 1
 
 # The client trusts the server it talks to: a page of a scan or a register with
 # siblings may exceed gRPC's default 4 MiB, and the server bounds what it sends.
-_CHANNEL_OPTIONS: list[tuple[str, Any]] = [("grpc.max_receive_message_length", -1)]
+_CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.max_receive_message_length", -1),
+    # gRPC waits longer and longer between reconnection attempts to a server that is down
+    # (up to two minutes); a node restarted after a crash would then stay unreachable to this
+    # client for many seconds, longer than its retries last. Try again at least every second.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
 
 TypeName = Literal["register", "counter", "set"]
 Value = bytes | int | frozenset[str]
