@@ -1,6 +1,6 @@
 """``python -m benchmarks run [--quick] [--only NAME,...] [--repeats N] --out DIR``: see ``benchmarks/suite.py``.
 
-``python -m benchmarks summary RESULTS_JSON [--readme FILE]``: see ``benchmarks/summary.py``.
+``python -m benchmarks summary RESULTS_JSON [RESULTS_JSON ...] [--readme FILE]``: see ``benchmarks/summary.py``.
 """
 
 from __future__ import annotations
@@ -59,7 +59,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Print the headline figures of a run as a Markdown table, or write them into a README "
         "between its summary markers.",
     )
-    summary.add_argument("results", type=Path, metavar="RESULTS_JSON", help="results.json of a run")
+    summary.add_argument(
+        "results",
+        type=Path,
+        nargs="+",
+        metavar="RESULTS_JSON",
+        help="results.json of a run; with several, each group's figures come from the last run that has it",
+    )
     summary.add_argument(
         "--readme", type=Path, default=None, metavar="FILE", help="replace the table between FILE's markers"
     )

@@ -2,9 +2,10 @@
 
 ::
 
-    python -m benchmarks run --out bench                                # the whole suite (about 40 minutes)
+    python -m benchmarks run --out bench                                # the whole suite (about 25 minutes)
     python -m benchmarks summary bench/results.json                     # print the table
     python -m benchmarks summary bench/results.json --readme README.md  # rewrite the README's copy
+    python -m benchmarks summary bench/results.json again/results.json  # each group from the last run that has it
 
 The table holds the headline figures: every figure the issues set a target
 for (of the synchronisation cost, the grow-only set on both overlays, the
@@ -42,16 +43,23 @@ class SummaryError(Exception):
 def _is_headline_peer(figure: dict[str, Any], largest: dict[str, int]) -> bool:
     params = figure.get("params") or {}
     kind = params.get("kind")
-    if kind in ("delta_merge", "state_merge"):
+    if kind == "delta_merge":
         return True
+    if kind == "state_merge":
+        return params.get("count") == max(largest.values(), default=None)
     if kind == "delta" and not params.get("variant"):
         return params.get("set_size") == largest.get(str(params.get("implementation")))
     return False
 
 
-def _is_headline_sync_cost(figure: dict[str, Any]) -> bool:
-    # The set is the workload the paper's headline figures are for; the README's own table has the rest.
-    return figure.get("group") != "sync_cost" or str(figure.get("name", "")).startswith("gset,")
+def _is_headline_target(figure: dict[str, Any]) -> bool:
+    name = str(figure.get("name", ""))
+    if figure.get("group") == "sync_cost":
+        # The set is the workload of the paper's headline figures (the README's own table has the rest);
+        # state-based synchronisation is a reference, not a figure of ours.
+        return name.startswith("gset,") and "state-based" not in name
+    # One direction of the lag is enough here, and the apply rate has its own row (apply_remote).
+    return not name.startswith(("lag a->c", "apply rate while converging"))
 
 
 def headline(figures: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -65,11 +73,13 @@ def headline(figures: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     picked = [
         f
         for f in figures
-        if (f.get("target") and "state-based" not in f.get("name", "") and _is_headline_sync_cost(f))
-        or (f.get("group") == "peers" and _is_headline_peer(f, largest))
+        if (f.get("target") and _is_headline_target(f)) or (f.get("group") == "peers" and _is_headline_peer(f, largest))
     ]
-    order = {name: i for i, name in enumerate(_GROUP_ORDER)}
-    return sorted(picked, key=lambda f: order.get(f.get("group", ""), len(order)))  # sorted() is stable
+    return sorted(picked, key=lambda f: _group_rank(f.get("group", "")))  # sorted() is stable
+
+
+def _group_rank(group: str) -> int:
+    return _GROUP_ORDER.index(group) if group in _GROUP_ORDER else len(_GROUP_ORDER)
 
 
 def _number(value: Any) -> float:
@@ -85,19 +95,40 @@ def _measured(f: dict[str, Any]) -> str:
     return text
 
 
-def render(results: dict[str, Any]) -> str:
-    """The Markdown table and the line that says where it came from."""
-    try:
-        figures = results["figures"]
-        commit = results.get("commit") or {}
-        machine = results.get("machine") or {}
-    except (KeyError, TypeError) as exc:
-        raise SummaryError(f"not a results.json of python -m benchmarks run (no {exc})") from None
+def _source_line(results: dict[str, Any], groups: Sequence[str]) -> str:
+    commit = results.get("commit") or {}
+    machine = results.get("machine") or {}
+    sha = str(commit.get("sha") or "unknown")[:10]
+    dirty = " (with uncommitted changes)" if commit.get("dirty") else ""
+    mode = results.get("mode", "?")
+    caution = " (a `--quick` run: smoke sizes and few repeats, not for judging speed)" if mode != "full" else ""
+    return (
+        f"- {', '.join(groups)}: `{results.get('command', '?')}` ({mode} mode{caution}) at commit `{sha}`{dirty}, "
+        f"started {results.get('started', '?')}, on {machine.get('cpu_count', '?')} CPUs shared with everything "
+        f"else on the machine."
+    )
+
+
+def render(runs: Sequence[dict[str, Any]]) -> str:
+    """The Markdown table and the lines that say where it came from.
+
+    With several runs, each group's figures come from the last run that has
+    the group (a later ``--only`` run replaces that group's figures).
+    """
+    latest: dict[str, int] = {}
+    for i, results in enumerate(runs):
+        try:
+            figures = results["figures"]
+        except (KeyError, TypeError) as exc:
+            raise SummaryError(f"not a results.json of python -m benchmarks run (no {exc})") from None
+        for f in figures:
+            latest[f.get("group", "")] = i
+    chosen = [f for i, results in enumerate(runs) for f in results["figures"] if latest[f.get("group", "")] == i]
     rows = [
         "| group | figure | measured | baseline (same run) | ratio | target |",
         "|---|---|--:|---|--:|---|",
     ]
-    for f in headline(figures):
+    for f in headline(chosen):
         base = f.get("baseline")
         if base:
             baseline = f"{fmt(_number(base.get('median')), base.get('unit', ''))}: {cell(str(base.get('name', '')))}"
@@ -106,18 +137,16 @@ def render(results: dict[str, Any]) -> str:
             baseline, ratio = "", ""
         target = cell(str(f.get("target") or ""))
         rows.append(f"| {f['group']} | {cell(f['name'])} | {_measured(f)} | {baseline} | {ratio} | {target} |")
-    sha = str(commit.get("sha") or "unknown")[:10]
-    dirty = " (with uncommitted changes)" if commit.get("dirty") else ""
-    mode = results.get("mode", "?")
-    caution = " A `--quick` run: smoke sizes and few repeats, not for judging speed." if mode != "full" else ""
-    cpus = machine.get("cpu_count", "?")
-    source = (
-        f"From `{results.get('command', '?')}` ({mode} mode) at commit `{sha}`{dirty}, started "
-        f"{results.get('started', '?')}, on {cpus} CPUs shared with everything else on the machine; medians "
-        f"[min..max] over each figure's repeats.{caution} Every figure, with its spread and both baselines where it "
-        f"has two, is in that run's `REPORT.md`."
+    sources = [
+        _source_line(results, sorted({g for g, j in latest.items() if j == i}, key=_group_rank))
+        for i, results in enumerate(runs)
+        if i in latest.values()
+    ]
+    note = (
+        "Medians [min..max] over each figure's repeats. Every figure, with its spread and both baselines where it "
+        "has two, is in its run's `REPORT.md`. The runs:"
     )
-    return "\n".join([*rows, "", source])
+    return "\n".join([*rows, "", note, "", *sources])
 
 
 def replace_between_markers(text: str, body: str) -> str:
@@ -128,10 +157,10 @@ def replace_between_markers(text: str, body: str) -> str:
     return text[: start + len(BEGIN)] + "\n" + body + "\n" + text[end:]
 
 
-def summary_main(results_path: Path, readme: Path | None) -> int:
+def summary_main(results_paths: Sequence[Path], readme: Path | None) -> int:
     try:
-        results = json.loads(results_path.read_text(encoding="utf-8"))
-        body = render(results)
+        runs = [json.loads(path.read_text(encoding="utf-8")) for path in results_paths]
+        body = render(runs)
         if readme is None:
             print(body)
             return 0
@@ -141,9 +170,9 @@ def summary_main(results_path: Path, readme: Path | None) -> int:
         print(f"python -m benchmarks summary: {exc}")
         return 2
     except (json.JSONDecodeError, SummaryError) as exc:
-        print(f"python -m benchmarks summary: {results_path}: {exc}")
+        print(f"python -m benchmarks summary: {', '.join(map(str, results_paths))}: {exc}")
         return 2
     if after != before:
         readme.write_text(after, encoding="utf-8")
-    print(f"{readme}: {len(headline(results['figures']))} figures written between the summary markers")
+    print(f"{readme}: the results table written between the summary markers")
     return 0

@@ -70,7 +70,7 @@ def test_headline_is_the_targets_the_set_cost_and_the_peers_largest_delta_and_me
 
 
 def test_render_shows_the_spread_the_baseline_the_ratio_and_where_it_came_from() -> None:
-    text = render(_results(FIGURES))
+    text = render([_results(FIGURES)])
     row = next(line for line in text.splitlines() if "single-op writes/s" in line)
     assert "2 ops/s [1..3]" in row
     assert "4 ops/s: echo" in row
@@ -79,12 +79,12 @@ def test_render_shows_the_spread_the_baseline_the_ratio_and_where_it_came_from()
     assert "`0123456789`" in text
     assert "python -m benchmarks run --out bench" in text
     assert "--quick" not in text
-    assert "not for judging speed" in render(_results(FIGURES, mode="quick"))
+    assert "not for judging speed" in render([_results(FIGURES, mode="quick")])
 
 
 def test_a_file_that_is_not_a_results_json_is_refused() -> None:
     with pytest.raises(SummaryError, match="no 'figures'"):
-        render({"command": "x"})
+        render([{"command": "x"}])
 
 
 def test_only_the_text_between_the_markers_changes() -> None:
@@ -117,3 +117,23 @@ def test_the_command_writes_the_readme_and_refuses_what_it_cannot_use(
     assert main(["summary", str(tmp_path / "missing.json")]) == 2
     results.write_text("{not json")
     assert main(["summary", str(results)]) == 2
+
+
+def test_with_several_runs_each_group_comes_from_the_last_run_that_has_it() -> None:
+    first = _results([_figure("node", "writes/s", target="t"), _figure("replication", "bytes, old", target="t")])
+    second = _results([_figure("replication", "bytes, new", target="t")])
+    second["command"] = "python -m benchmarks run --only replication --out again"
+    text = render([first, second])
+    assert "bytes, new" in text and "bytes, old" not in text
+    assert "writes/s" in text
+    assert "- node: `python -m benchmarks run --out bench`" in text
+    assert "- replication: `python -m benchmarks run --only replication --out again`" in text
+
+
+def test_the_second_direction_of_the_lag_and_the_apply_rate_while_converging_are_left_to_the_report() -> None:
+    figures = [
+        _figure("replication", "lag a->b p99, at 50 writes/s", target="<= 15 ms"),
+        _figure("replication", "lag a->c p99, at 50 writes/s", target="<= 15 ms"),
+        _figure("replication", "apply rate while converging (keys / converge s), 3 regions", target=">= 100k"),
+    ]
+    assert [f["name"] for f in headline(figures)] == ["lag a->b p99, at 50 writes/s"]
