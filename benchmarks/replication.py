@@ -222,6 +222,7 @@ def make_config(quick: bool, repeats: int | None) -> Config:
         Case(3, 100_000),
         Case(5, 1_000),
         Case(5, 10_000),
+        Case(5, 100_000),
         Case(7, 1_000),
         Case(7, 10_000),
     )
