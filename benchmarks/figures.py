@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["Baseline", "Figure", "Stats", "json_safe", "stats_of", "write_json"]
+__all__ = ["Baseline", "Figure", "Stats", "json_safe", "rate_problems", "stats_of", "write_json"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +94,26 @@ class Figure:
             }
         )
         return out
+
+
+def rate_problems(figures: Sequence[Mapping[str, Any]]) -> list[str]:
+    """What is wrong with the speed figures (units ending in ``/s``) of a results.json: the suite's promise
+    that every one sits beside a baseline in the same unit, with ratio = median / baseline median."""
+    problems: list[str] = []
+    for f in figures:
+        if not str(f["unit"]).endswith("/s"):
+            continue
+        name, base = f["name"], f["baseline"]
+        if base is None:
+            problems.append(f"{name}: no baseline")
+            continue
+        if base["unit"] != f["unit"] or any(o["unit"] != f["unit"] for o in f["other_baselines"]):
+            problems.append(f"{name}: a baseline in another unit")
+        if not math.isclose(f["ratio"], f["median"] / base["median"], rel_tol=1e-9):
+            problems.append(f"{name}: ratio {f['ratio']} is not median / baseline median")
+        if not f["min"] <= f["median"] <= f["max"]:
+            problems.append(f"{name}: median outside [min, max]")
+    return problems
 
 
 def json_safe(value: Any) -> Any:

@@ -137,3 +137,11 @@ def test_the_second_direction_of_the_lag_and_the_apply_rate_while_converging_are
         _figure("replication", "apply rate while converging (keys / converge s), 3 regions", target=">= 100k"),
     ]
     assert [f["name"] for f in headline(figures)] == ["lag a->b p99, at 50 writes/s"]
+
+
+def test_the_readme_has_one_generated_results_table() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert readme.count(BEGIN) == 1 and readme.count(END) == 1
+    table = readme[readme.index(BEGIN) : readme.index(END)]
+    assert "| group | figure | measured | baseline (same run) | ratio | target |" in table
+    assert "python -m benchmarks run" in table, "the table says which runs it came from"
