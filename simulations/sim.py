@@ -323,7 +323,7 @@ class _Region:
                 # The node's heartbeat: its vector (and its clock) to every peer, each period.
                 last_heartbeat = self.sim.now
                 for peer in sorted(self.links):
-                    self.sim.send(self.name, peer, self.core.heartbeat(peer))
+                    self.sim.send(self.name, peer, self.core.heartbeat())
             self.run(self.core.tick(self.sim.now))
             self._check_transfers()
             self.sim.after(_BATCH_WINDOW_MS, tick)

@@ -270,7 +270,7 @@ def test_a_region_applying_a_large_message_tells_the_other_peers_what_is_on_its_
     assert core.applied("us", vv(us=700)) == [Send("us", Ack(vv(us=700)))]
     acks = [a for a in core.tick(610) if isinstance(a, Send) and isinstance(a.message, Ack)]
     assert acks == [Send("ap", Ack(vv(us=700)))]
-    assert core.heartbeat("ap") == Ack(vv(us=700))
+    assert core.heartbeat() == Ack(vv(us=700))
 
 
 def test_a_hint_dies_with_the_connection_that_was_bringing_the_entries() -> None:
@@ -278,9 +278,9 @@ def test_a_hint_dies_with_the_connection_that_was_bringing_the_entries() -> None
     core.connected("us")
     core.connected("ap")
     core.received("us", Entries(("backlog",), vv(us=700)))
-    assert core.heartbeat("ap") == Ack(vv(), incoming=vv(us=700))
+    assert core.heartbeat() == Ack(vv(), incoming=vv(us=700))
     core.disconnected("us")  # the entries will never be applied from this connection
-    assert core.heartbeat("ap") == Ack(vv())
+    assert core.heartbeat() == Ack(vv())
     acks = [a for a in core.tick(11) if isinstance(a, Send) and isinstance(a.message, Ack)]
     assert acks == [], "nothing was said to ap yet, so there is nothing to take back"
 

@@ -496,8 +496,7 @@ class Replicator:
                     self.config.region,
                     mine,
                 )
-            hint = decode_as(hello.incoming, VersionVector) if hello.incoming else VersionVector()
-            core_message = Hello(hello.region, vector, hint)
+            core_message = Hello(hello.region, vector, _hint(hello.incoming))
             # A transfer from this peer that a broken stream cut short is void.
             await self.writer.call(lambda: self.store.discard_snapshot(link.name))
             link.greeted = True
@@ -512,11 +511,7 @@ class Replicator:
                 top[e.origin] = max(top.get(e.origin, 0), e.last)
             core_message = Entries(tuple(raw_entries), VersionVector(top))
         elif body == "ack":
-            raw_hint = message.ack.incoming
-            core_message = Ack(
-                decode_as(message.ack.vector, VersionVector),
-                decode_as(raw_hint, VersionVector) if raw_hint else VersionVector(),
-            )
+            core_message = Ack(decode_as(message.ack.vector, VersionVector), _hint(message.ack.incoming))
         elif body == "snapshot":
             await self._receive_snapshot(link, message.snapshot)
             self._notify()
@@ -840,7 +835,7 @@ class Replicator:
                     # Quiet: a heartbeat keeps each peer's view of this
                     # node's vector and of its clock fresh.
                     for name in self.links:
-                        self._send_now(name, _message_pb(self.core.heartbeat(name)))
+                        self._send_now(name, _message_pb(self.core.heartbeat()))
             self._dirty.clear()
             if self.store.context.vv != self.core.vector:
                 # A write committed whose caller went away before telling us (a cancelled request).
@@ -907,6 +902,11 @@ def _parse(raw: bytes) -> rpb.SyncMessage:
 
 def _monotonic_ms() -> int:
     return time.monotonic_ns() // 1_000_000
+
+
+def _hint(raw: bytes) -> VersionVector:
+    """A hello's or an ack's ``incoming`` (empty when the field is)."""
+    return decode_as(raw, VersionVector) if raw else VersionVector()
 
 
 def _delta_bytes(entries: tuple[object, ...]) -> int:

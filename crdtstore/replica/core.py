@@ -222,10 +222,9 @@ class ReplicaCore:
         state = self._peer(peer)
         state.connected = True
         state.greeted = False
-        state.connected_at_ms = self._now()
+        state.connected_at_ms = state.incoming_told_ms = self._now()
         state.told = self.vector
         state.incoming_told = incoming = self._incoming()
-        state.incoming_told_ms = self._now()
         return [Send(peer, Hello(self.region, self.vector, incoming))]
 
     def disconnected(self, peer: str) -> list[Action]:
@@ -286,25 +285,25 @@ class ReplicaCore:
                 state.ack_due = True
         return [self._ack(peer)]
 
-    def _ack(self, peer: str, vector: VersionVector | None = None) -> Send:
+    def _ack(self, peer: str, vector: VersionVector | None = None, incoming: VersionVector | None = None) -> Send:
         """An ack with only the origins that moved since the last one (acks are most of the bytes otherwise).
 
         With ``vector``, that whole vector instead. Either way it carries what
-        is on its way here from the other peers.
+        is on its way here from the peers (``incoming``, when the caller has it already).
         """
         state = self.peers[peer]
         if vector is None:
             told = state.told
             vector = VersionVector({r: n for r, n in self.vector.items() if n > told.get(r)})
         state.told = self.vector
-        incoming = self._incoming()
+        if incoming is None:
+            incoming = self._incoming()
         state.incoming_told = incoming
         state.incoming_told_ms = self._now()
         return Send(peer, Ack(vector, incoming))
 
-    def heartbeat(self, peer: str) -> Ack:
-        """The driver's periodic ack to ``peer``: the whole vector, and what is on its way here."""
-        del peer  # every peer hears the same
+    def heartbeat(self) -> Ack:
+        """The driver's periodic ack to every peer: the whole vector, and what is on its way here."""
         return Ack(self.vector, self._incoming())
 
     def _incoming(self) -> VersionVector:
@@ -366,6 +365,7 @@ class ReplicaCore:
                 state.incoming_at_ms = min(state.incoming_at_ms, now_ms)
                 state.incoming_told_ms = min(state.incoming_told_ms, now_ms)
         self._last_tick_ms = now_ms
+        # Disconnected peers' ``sending`` is empty, so with nothing arriving the hint is empty too.
         arriving = any(not self.vector.dominates(s.sending) for s in self.peers.values() if s.connected)
         incoming = self._incoming() if arriving else VersionVector()
         for name, state in self.peers.items():
@@ -374,12 +374,12 @@ class ReplicaCore:
                 continue
             if state.ack_due:
                 state.ack_due = False
-                actions.append(self._ack(name))
+                actions.append(self._ack(name, incoming=incoming))
             elif state.incoming_told or arriving:
                 # The hint changed, or still holds and is due again before the peer lets it go stale.
                 stale = now_ms - state.incoming_told_ms >= self.anti_entropy_ms // 2
                 if incoming != state.incoming_told or (incoming and stale):
-                    actions.append(self._ack(name))
+                    actions.append(self._ack(name, incoming=incoming))
         if now_ms - self._last_anti_entropy_ms >= self.anti_entropy_ms:
             self._last_anti_entropy_ms = now_ms
             for name, state in self.peers.items():
@@ -387,7 +387,7 @@ class ReplicaCore:
                     continue
                 if state.told != self.vector:
                     # The whole vector once a period: a partial ack that never arrived is made good.
-                    actions.append(self._ack(name, self.vector))
+                    actions.append(self._ack(name, self.vector, incoming))
                 if not self._may_push(state, now_ms):
                     continue
                 if state.needs_repair:
