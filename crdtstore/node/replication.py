@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -48,6 +49,7 @@ import msgpack
 
 from crdtstore.crdt import CausalContext, CodecError, HybridLogicalClock, VersionVector, decode_as, encode
 from crdtstore.node.config import NodeConfig
+from crdtstore.node.waits import VectorWaits
 from crdtstore.node.writer import GroupCommitWriter
 from crdtstore.replica.core import (
     Ack,
@@ -152,7 +154,10 @@ class Replicator:
         self.links = {name: _Link(name, address) for name, address in sorted(config.peers.items())}
         self._tls = config.tls.read() if config.tls.enabled else None
         self._horizon = store.log_horizon
-        self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
+        sources: dict[str, Callable[[], VersionVector]] = {config.region: lambda: self.store.context.vv}
+        for peer in sorted(config.peers):
+            sources[peer] = functools.partial(self._acked_by, peer)
+        self._waits = VectorWaits(sources)
         self._dirty = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
@@ -196,10 +201,7 @@ class Replicator:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        for _, future in self._waiters:
-            if not future.done():
-                future.set_exception(asyncio.CancelledError())
-        self._waiters.clear()
+        self._waits.cancel_all()
 
     def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
@@ -229,29 +231,21 @@ class Replicator:
 
     def replicas_with(self, vector: VersionVector) -> int:
         """How many regions, this one included, have acknowledged everything in ``vector``."""
-        count = 1 if self.has_seen(vector) else 0
-        return count + sum(1 for state in self.core.peers.values() if state.acked.dominates(vector))
+        return self._waits.covering(vector)
 
-    async def wait_for(self, predicate: Callable[[], bool], timeout_s: float) -> bool:
-        """Wait until ``predicate()`` holds (checked whenever the vector or an acknowledgement changes)."""
-        if predicate():
-            return True
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (predicate, future)
-        self._waiters.append(entry)
-        try:
-            await asyncio.wait_for(asyncio.shield(future), timeout_s)
-            return True
-        except TimeoutError:
-            return predicate()
-        finally:
-            with contextlib.suppress(ValueError):
-                self._waiters.remove(entry)
+    async def wait_seen(self, vector: VersionVector, timeout_s: float) -> bool:
+        """Wait until this region has everything ``vector`` covers; False if ``timeout_s`` passes first."""
+        return await self._waits.wait(vector, 1, timeout_s, among=(self.config.region,))
+
+    async def wait_replicated(self, vector: VersionVector, regions: int, timeout_s: float) -> bool:
+        """Wait until ``regions`` regions, this one included, have acknowledged ``vector``."""
+        return await self._waits.wait(vector, regions, timeout_s)
+
+    def _acked_by(self, peer: str) -> VersionVector:
+        return self.core.peers[peer].acked
 
     def _notify(self) -> None:
-        for predicate, future in self._waiters:
-            if not future.done() and predicate():
-                future.set_result(None)
+        self._waits.changed()
 
     def clock_fenced(self) -> bool:
         """True while this node's clock is out of bounds against most of its peers."""

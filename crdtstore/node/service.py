@@ -163,7 +163,7 @@ class KVService:
             except CodecError:
                 await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "the after token is not one crdtstore issued")
             replicator = self.node.replicator
-            if not await replicator.wait_for(lambda: replicator.has_seen(after), _time_left(context)):
+            if not await replicator.wait_seen(after, _time_left(context)):
                 await _abort(
                     context,
                     grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -211,9 +211,7 @@ class KVService:
             if not result.replayed:
                 replicator.local_committed()
             vector = result.token.vv
-            if replicas > 1 and not await replicator.wait_for(
-                lambda: replicator.replicas_with(vector) >= replicas, _time_left(context)
-            ):
+            if replicas > 1 and not await replicator.wait_replicated(vector, replicas, _time_left(context)):
                 await _abort(
                     context,
                     grpc.StatusCode.DEADLINE_EXCEEDED,
