@@ -829,6 +829,46 @@ def latency_rows(results: Results) -> tuple[list[list[str]], dict[str, Any]]:
     return rows, figures
 
 
+def ceilings(results: Results) -> list[str]:
+    """Targets that lie beyond a baseline of this same run: what no implementation could reach on this machine.
+
+    A batched write target above what raw LMDB puts alone reach (one put per
+    operation, as many per fsync-ed transaction) cannot be met by any store
+    that writes each operation; a latency target below what the echo server,
+    doing no work, shows at the same rate cannot be met by any server on
+    this gRPC stack.
+    """
+    out: list[str] = []
+    for scenario in SCENARIOS:
+        if scenario.name not in ("batch_100", "batch_1000"):
+            continue
+        echo = statistics.median(s.rps * scenario.ops for s in results.samples[(scenario.name, "echo")])
+        per_txn = LMDB_FOR[scenario.name]
+        raw = results.lmdb.get(per_txn)
+        if not raw:
+            continue
+        wanted, ceiling = TARGET_BATCH_VS_ECHO * echo, statistics.median(raw)
+        if wanted > ceiling:
+            out.append(
+                f"{scenario.label}: the target, {TARGET_BATCH_VS_ECHO}x echo = {rate(wanted)} ops/s, is above raw "
+                f"LMDB's {rate(ceiling)} puts/s at {per_txn:,} puts per fsync-ed transaction in this run: out of "
+                "reach of any store that writes each operation, on this machine."
+            )
+        else:
+            out.append(
+                f"{scenario.label}: the target, {TARGET_BATCH_VS_ECHO}x echo = {rate(wanted)} ops/s, is "
+                f"{wanted / ceiling:.0%} of raw LMDB's {rate(ceiling)} puts/s at {per_txn:,} puts per transaction: "
+                f"{1e6 / wanted:.1f} us per operation for everything but the puts."
+            )
+    echo_p99 = statistics.median(percentile(lat.from_schedule_ms, 99.0) for lat in results.latencies["echo"])
+    if echo_p99 > TARGET_P99_MS:
+        out.append(
+            f"p99 write latency: the echo server, doing no work, answers at p99 {echo_p99:.2f} ms at the same rate, "
+            f"above the {TARGET_P99_MS:g} ms target: out of reach of any server on this gRPC stack and machine."
+        )
+    return out
+
+
 def notes(results: Results, log: Log) -> None:
     log("")
     log("Notes")
@@ -854,6 +894,8 @@ def notes(results: Results, log: Log) -> None:
         "  - the raw LMDB column is the best case of storage, not an equal: per single-op request the node "
         "puts 4 records (data, log, idem, idem_time) and per commit 3 meta records, and computes the CRDT state."
     )
+    for line in ceilings(results):
+        log(f"  - {line}")
     for scenario in SCENARIOS:
         node_samples = results.samples[(scenario.name, "node")]
         fewest = min(s.requests for s in node_samples)
@@ -904,6 +946,7 @@ def report(results: Results, log: Log) -> dict[str, Any]:
     ]
     if results.data_dir_stats:
         figures["node_databases_after_run"] = results.data_dir_stats
+    figures["targets_beyond_baselines"] = ceilings(results)
 
     log("")
     log("Node vs baselines: median [min..max] over repeats; ratio = node median / baseline median")

@@ -106,3 +106,29 @@ def test_values_read_in_their_units() -> None:
 def test_unknown_groups_are_refused(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         main(["run", "--only", "micro,nonesuch", "--out", str(tmp_path)])
+
+
+def test_node_report_names_targets_beyond_the_same_runs_baselines() -> None:
+    """A target above raw LMDB's puts, or below the echo server's own latency, is said to be out of reach."""
+    from benchmarks.node import Latencies, Results, Sample, ceilings
+
+    def echo_at(ops_per_s: float, ops: int) -> list[Sample]:
+        return [Sample(int(ops_per_s / ops), 1.0, 0.0, 0.0, 0.0)]
+
+    results = Results(
+        samples={
+            ("batch_100", "echo"): echo_at(100_000, 100),
+            ("batch_1000", "echo"): echo_at(2_000_000, 1000),
+        },
+        latencies={"echo": [Latencies(500.0, 100, [1.0] * 98 + [9.0, 9.0], [1.0] * 100, 0.0)]},
+        lmdb={800: [300_000.0], 8000: [500_000.0]},
+    )
+    lines = ceilings(results)
+    assert len(lines) == 3
+    batch_100, batch_1000, latency = lines
+    assert "17% of raw LMDB's 300k puts/s" in batch_100 and "20.0 us per operation" in batch_100
+    assert "1M ops/s, is above raw LMDB's 500k puts/s" in batch_1000 and "out of reach" in batch_1000
+    assert "p99 9.00 ms" in latency and "out of reach" in latency
+
+    results.latencies["echo"] = [Latencies(500.0, 100, [1.0] * 100, [1.0] * 100, 0.0)]
+    assert not any("latency" in line for line in ceilings(results))
