@@ -10,12 +10,23 @@ batch's combined delta.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import msgpack
 
-from crdtstore.crdt import INT64_MAX, INT64_MIN, CausalContext, Dot, HybridLogicalClock, KeyState, StoreMap
+from crdtstore.crdt import (
+    INT64_MAX,
+    INT64_MIN,
+    CausalContext,
+    Dot,
+    HybridLogicalClock,
+    KeyState,
+    Register,
+    StoreMap,
+    ValueType,
+)
+from crdtstore.crdt.register import Version
 
 __all__ = [
     "AddMembers",
@@ -160,9 +171,25 @@ def apply_operations(
     context = window.context
     delta_entries: dict[str, KeyState] = {}
     delta_dots: list[Dot] = []
+    # Dots the fast path minted, added to ``context`` in one go (before the next general step, or at the end).
+    minted: list[Dot] = []
     for op in operations:
         key = op.key
         current = entries.get(key)
+        if type(op) is SetRegister and key not in delta_entries:
+            # The common case, computed directly: what the general path below computes for it.
+            dot = Dot(region, minted[-1].counter + 1) if minted else context.next_dot(region)
+            written = _write_register_alone(current, op, dot, clock)
+            if written is not None:
+                named, superseded = written
+                entries[key] = delta_entries[key] = named
+                minted.append(dot)
+                delta_dots.append(dot)
+                delta_dots.extend(superseded)
+                continue
+        if minted:
+            context = context.add_all(minted)
+            minted = []
         one = StoreMap({key: current} if current is not None else {}, context)
         if isinstance(op, SetRegister):
             step = one.write_register(key, op.value, clock.now(), region)
@@ -187,11 +214,39 @@ def apply_operations(
         delta_entries[key] = named if earlier is None else earlier.combine(named, _NOTHING_SEEN, step.context)
         delta_dots.extend(step.context.dots())
         context = context.join(step.context)
+    if minted:
+        context = context.add_all(minted)
     return StoreMap(entries, context), StoreMap(delta_entries, CausalContext.from_dots(delta_dots))
 
 
 _NOTHING_SEEN = CausalContext()
 _EMPTY_KEY = KeyState()
+_REGISTER_ONLY = frozenset({ValueType.REGISTER})
+
+
+def _write_register_alone(
+    current: KeyState | None, op: SetRegister, dot: Dot, clock: HybridLogicalClock
+) -> tuple[KeyState, Iterable[Dot]] | None:
+    """A register write, as ``dot``, to a key holding nothing or a register: its state and delta, what it supersedes.
+
+    The write's context covers every version the register holds, so the
+    key's state after it is the delta itself: the one new version. None
+    when the key holds another type (the general path raises or merges) or
+    the operation is malformed (the general path says why).
+    """
+    if current is None:
+        old: Mapping[Dot, object] = {}
+    elif current.slots.keys() == _REGISTER_ONLY:
+        register = current.slots[ValueType.REGISTER]
+        if type(register) is not Register:
+            return None
+        old = register.entries
+    else:
+        return None
+    if type(op.key) is not str or type(op.value) is not bytes:
+        return None
+    named = KeyState({ValueType.REGISTER: Register({dot: Version(clock.now(), op.value)})})
+    return named, old.keys()
 
 
 def fingerprint(operations: Sequence[Operation]) -> bytes:

@@ -26,8 +26,16 @@ from crdtstore.crdt import (
     decode_as,
     encode,
 )
-from crdtstore.crdt.codec import _FAST_DECODERS, Tag, _decode_careful, _decode_fast
+from crdtstore.crdt.codec import (
+    _FAST_DECODERS,
+    Tag,
+    _decode_careful,
+    _decode_fast,
+    _key_state_body,
+    _key_state_body_general,
+)
 from crdtstore.crdt.counter import Share
+from crdtstore.crdt.register import Version
 from crdtstore.testing.strategies import TYPES, map_executions, type_executions
 
 
@@ -336,3 +344,17 @@ def test_the_fast_path_accepts_no_edited_encoding_the_careful_readers_refuse(tre
 @given(msgpack_trees())
 def test_the_fast_path_accepts_no_wrong_msgpack_the_careful_readers_refuse(tree: Any) -> None:
     _assert_fast_agrees_with_careful(msgpack.unpackb(msgpack.packb(tree, use_bin_type=True), raw=False))
+
+
+@st.composite
+def register_writes(draw: st.DrawFn) -> KeyState:
+    """A key state that is one register write, at any counter and timestamp the codec takes."""
+    dot = Dot(draw(st.sampled_from(["a", "b", "region-é"])), draw(st.integers(1, 2**64 - 1)))
+    stamp = Timestamp(draw(st.integers(0, 2**64 - 1)), draw(st.integers(0, 2**64 - 1)))
+    return KeyState({ValueType.REGISTER: Register({dot: Version(stamp, draw(st.binary(max_size=40)))})})
+
+
+@given(st.one_of(register_writes(), encodables().filter(lambda value: isinstance(value, KeyState))))
+def test_the_one_register_write_fast_path_writes_what_the_general_path_writes(state: KeyState) -> None:
+    assert _key_state_body(state) == _key_state_body_general(state)
+    assert decode(encode(state)) == state

@@ -273,6 +273,34 @@ def _slot_body(obj: Slot) -> list[Any]:
 
 
 def _key_state_body(obj: KeyState) -> list[Any]:
+    one = _one_register_write(obj)
+    if one is not None:
+        # The state most keys hold, one register write: what the general path
+        # writes, built directly (its region table has one region, whose base
+        # is the write's own counter).
+        (region, counter), (timestamp, value) = one
+        return [[[region], _BASES_STRUCTS[1].pack(counter)], [[_REGISTER_TAG, [[0, 0, *timestamp, value]]]]]
+    return _key_state_body_general(obj)
+
+
+_REGISTER_TAG = int(ValueType.REGISTER)
+
+
+def _one_register_write(state: KeyState) -> tuple[Any, Any] | None:
+    """The (dot, version) of a key state that is one register write and nothing else, if it is."""
+    slots = state.slots
+    if len(slots) != 1:
+        return None
+    register = slots.get(ValueType.REGISTER)
+    if type(register) is not Register or len(register.entries) != 1:
+        return None
+    for item in register.entries.items():
+        if 0 <= item[0][1] < _U64:
+            return item
+    return None
+
+
+def _key_state_body_general(obj: KeyState) -> list[Any]:
     base: dict[str, int] = {}
     for slot in obj.slots.values():
         _slot_bases(slot, base)
