@@ -95,15 +95,38 @@ def test_trimming_past_a_connected_peer_reports_it_once() -> None:
 
 
 def test_the_log_is_trimmed_to_what_every_peer_acknowledged() -> None:
-    core = ReplicaCore("eu", ["us", "ap"], vv(eu=10))
-    assert core.received("us", Ack(vv(eu=7))) == []  # ap has acknowledged nothing
-    assert core.received("ap", Ack(vv(eu=5))) == [Trim(vv(eu=5))]
-    assert core.received("ap", Ack(vv(eu=9))) == [Trim(vv(eu=7))]
+    core = ReplicaCore("eu", ["us", "ap"], vv(eu=10), anti_entropy_ms=1000)
+    assert core.received("us", Ack(vv(eu=7))) == []
+    assert _trims(core.tick(5_000)) == []  # ap has acknowledged nothing
+    assert core.received("ap", Ack(vv(eu=5))) == []  # trimming waits for a tick
+    assert _trims(core.tick(5_100)) == [Trim(vv(eu=5))]
+    assert core.received("ap", Ack(vv(eu=9))) == []
+    assert _trims(core.tick(5_150)) == []  # at most one trim a tenth of the anti-entropy period
+    assert _trims(core.tick(5_200)) == [Trim(vv(eu=7))]
+    assert _trims(core.tick(5_400)) == []  # nothing new acknowledged
+
+
+def test_regression_a_stream_of_acks_costs_one_trim_per_period_not_one_each() -> None:
+    """Every ack trimmed at once: under replication the node committed a trim transaction per ack."""
+    core = ReplicaCore("eu", ["us"], vv(eu=1_000), anti_entropy_ms=1000)
+    trims = []
+    for n in range(1, 1_001):
+        assert core.received("us", Ack(vv(eu=n))) == []
+        if n % 10 == 0:  # a tick every 10 ms, an ack every ms
+            trims += _trims(core.tick(10_000 + n))
+    assert len(trims) == 10
+    assert trims[-1] == Trim(vv(eu=910))  # the rest goes at the next period's tick
+    assert _trims(core.tick(12_000)) == [Trim(vv(eu=1_000))]
+
+
+def _trims(actions: list[Action]) -> list[Action]:
+    return [action for action in actions if isinstance(action, Trim)]
 
 
 def test_a_peer_behind_the_trimmed_horizon_needs_repair() -> None:
     core = ReplicaCore("eu", ["us"], vv(eu=10))
     core.received("us", Ack(vv(eu=8)))
+    assert _trims(core.tick(1_000)) == [Trim(vv(eu=8))]
     assert core.received("us", Hello("us", vv())) == [NeedsRepair("us", vv())]
 
 
@@ -127,7 +150,9 @@ def test_new_local_writes_are_pushed_after_the_batching_window_and_offered_again
     )
     core.sent("us", vv(eu=2))
     core.received("us", Ack(vv(eu=1)))
-    assert no_acks(core.tick(3_000)) == [SendLog("us", vv(eu=2), hold_fresh_relays=True)], "acks progress: no resend"
+    assert no_acks(core.tick(3_000)) == [Trim(vv(eu=1)), SendLog("us", vv(eu=2), hold_fresh_relays=True)], (
+        "acks progress: no resend"
+    )
 
 
 def test_regression_time_that_steps_back_does_not_stall_pushes_or_anti_entropy() -> None:

@@ -31,7 +31,10 @@ Protocol, per pair of regions over one long-lived stream each way:
   ``anti_entropy_ms`` everything a peer has not acknowledged is offered again,
   which repairs any lost or refused message.
 * The log may be trimmed up to the component-wise minimum of what every
-  configured peer has acknowledged (``Trim``).
+  configured peer has acknowledged (``Trim``), at a tick, at most every
+  tenth of ``anti_entropy_ms``: acks arrive for every push from every peer,
+  and a trim is a write transaction of its own (an fsync in the node), so
+  trimming on each would double the node's commits under replication.
 
 What the core keeps per peer: whether it is connected, what it acknowledged
 (durably applied), and how far entries were sent (``sent``, which may run ahead
@@ -202,6 +205,10 @@ class ReplicaCore:
         self.peers: dict[str, _Peer] = {name: _Peer() for name in names}
         self._trimmed = trimmed or VersionVector()
         self._last_anti_entropy_ms = 0
+        # Acks moved what every peer has: trim at a tick, once per period.
+        self._trim_due = False
+        self._trim_every_ms = max(1, anti_entropy_ms // 10)
+        self._last_trim_ms = 0
         # Monotonic milliseconds, the time ``tick`` is given: when a hint or a connection came.
         # Without it, the time of the last tick (near enough for a driver that ticks steadily).
         self._clock = clock
@@ -267,7 +274,9 @@ class ReplicaCore:
         if state.needs_repair and state.acked.dominates(self._trimmed):
             state.needs_repair = False  # repaired (a state transfer): back to the log
         # Most acks repeat what the peer said before (every peer hears every ack): nothing to trim then.
-        return self._trim() if state.acked != before else []
+        if state.acked != before:
+            self._trim_due = True
+        return []
 
     def applied(self, peer: str, vector: VersionVector) -> list[Action]:
         """Entries from ``peer`` are durable here; this node now has ``vector``."""
@@ -360,11 +369,16 @@ class ReplicaCore:
             # Time went backwards (a driver should pass monotonic time): start the periods over
             # rather than wait for the clock to come back.
             self._last_anti_entropy_ms = now_ms - self.anti_entropy_ms
+            self._last_trim_ms = now_ms - self._trim_every_ms
             for state in self.peers.values():
                 state.pushed_at_ms = min(state.pushed_at_ms, now_ms)
                 state.incoming_at_ms = min(state.incoming_at_ms, now_ms)
                 state.incoming_told_ms = min(state.incoming_told_ms, now_ms)
         self._last_tick_ms = now_ms
+        if self._trim_due and now_ms - self._last_trim_ms >= self._trim_every_ms:
+            self._trim_due = False
+            self._last_trim_ms = now_ms
+            actions.extend(self._trim())
         # Disconnected peers' ``sending`` is empty, so with nothing arriving the hint is empty too.
         arriving = any(not self.vector.dominates(s.sending) for s in self.peers.values() if s.connected)
         incoming = self._incoming() if arriving else VersionVector()
