@@ -226,13 +226,6 @@ class Replicator:
             self._horizon = self.store.log_horizon
             self._start_repairs(self.core.log_trimmed(self._horizon))
 
-    def has_seen(self, vector: VersionVector) -> bool:
-        return self.store.context.vv.dominates(vector)
-
-    def replicas_with(self, vector: VersionVector) -> int:
-        """How many regions, this one included, have acknowledged everything in ``vector``."""
-        return self._waits.covering(vector)
-
     async def wait_seen(self, vector: VersionVector, timeout_s: float) -> bool:
         """Wait until this region has everything ``vector`` covers; False if ``timeout_s`` passes first."""
         return await self._waits.wait(vector, 1, timeout_s, among=(self.config.region,))

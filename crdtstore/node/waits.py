@@ -63,10 +63,6 @@ class VectorWaits:
         """Heap entries held (live and not yet compacted): for tests and status."""
         return self._heaps.entries
 
-    def covering(self, target: VersionVector) -> int:
-        """How many sources cover ``target`` now."""
-        return sum(1 for vector in self._sources.values() if vector().dominates(target))
-
     async def wait(
         self, target: VersionVector, needed: int, timeout_s: float, among: Collection[str] | None = None
     ) -> bool:
@@ -88,7 +84,8 @@ class VectorWaits:
             await asyncio.wait_for(asyncio.shield(future), timeout_s)
             return True
         except TimeoutError:
-            return sum(1 for source in names if self._sources[source]().dominates(target)) >= needed
+            # A source may have grown with no changed() call since: look once more.
+            return sum(1 for name in names if self._sources[name]().dominates(target)) >= needed
         finally:
             if not future.done():
                 future.cancel()
@@ -99,10 +96,8 @@ class VectorWaits:
         for (source, origin), heap in list(self._heaps.by_origin.items()):
             if not heap:
                 continue
-            have = self._sources[source]().get(origin)
-            if heap[0][0] > have:
-                continue
             vector = self._sources[source]()
+            have = vector.get(origin)
             while heap and heap[0][0] <= have:
                 _, _, waiter = heapq.heappop(heap)
                 self._heaps.entries -= 1
