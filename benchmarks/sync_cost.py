@@ -389,7 +389,7 @@ class _Node:
         if timed_out and not self._dirty:
             # Quiet for a whole period: a heartbeat keeps each peer's view of this node fresh.
             for peer in self.peers:
-                self.net.send(self.name, peer, self.core.heartbeat(), "heartbeat")
+                self.net.send(self.name, peer, self.core.heartbeat(peer), "heartbeat")
         self._dirty = False
         self._ack_kind = "ack_tick"
         try:

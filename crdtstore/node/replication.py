@@ -822,7 +822,7 @@ class Replicator:
                     # Quiet: a heartbeat keeps each peer's view of this
                     # node's vector and of its clock fresh.
                     for name in self.links:
-                        self._send_now(name, _message_pb(self.core.heartbeat()))
+                        self._send_now(name, _message_pb(self.core.heartbeat(name)))
             self._dirty.clear()
             if self.store.context.vv != self.core.vector:
                 # A write committed whose caller went away before telling us (a cancelled request).

@@ -24,9 +24,17 @@ Protocol, per pair of regions over one long-lived stream each way:
 * While a large message is being applied (a catch-up after a partition heals
   can take seconds), its acks to the other peers also say what is on its way
   (``Ack.incoming``), and they hold those entries back from their pushes to it
-  until it acknowledges them or stops saying so for ``anti_entropy_ms``.
+  until it acknowledges them or stops saying so for two ``anti_entropy_ms``
+  (it says so again every half period; on a busy machine a refresh can come
+  late, behind a megabyte message on the same stream).
   Otherwise every region that already applied the same backlog relays it too,
   and a region hears it once from the origin and once from each other region.
+  The hint also names what a region expects from an origin it is connected
+  to: the origin's own entries up to what its hello said it has, told to the
+  other peers (never to the origin), while the origin's stream makes
+  progress. When a partition heals, the origin's links come up at different
+  moments; without this, a region that got the backlog first relays it to
+  the others while the origin streams it to them too.
 * Local writes are pushed after a short batching window; every
   ``anti_entropy_ms`` everything a peer has not acknowledged is offered again,
   which repairs any lost or refused message.
@@ -179,6 +187,10 @@ class _Peer:
     # What this node last said to the peer it is receiving, and when.
     incoming_told: VersionVector = field(default_factory=VersionVector)
     incoming_told_ms: int = 0
+    # How many of its own entries the peer said it has in its hello: it streams them here, so the
+    # other peers need not relay them; and when that stream last brought entries (or the hello came).
+    expect: int = 0
+    expect_at_ms: int = 0
 
 
 class ReplicaCore:
@@ -231,7 +243,8 @@ class ReplicaCore:
         state.greeted = False
         state.connected_at_ms = state.incoming_told_ms = self._now()
         state.told = self.vector
-        state.incoming_told = incoming = self._incoming()
+        state.expect = 0
+        state.incoming_told = incoming = self._incoming(peer)
         return [Send(peer, Hello(self.region, self.vector, incoming))]
 
     def disconnected(self, peer: str) -> list[Action]:
@@ -239,6 +252,7 @@ class ReplicaCore:
         state.connected = state.greeted = False
         state.sent = state.acked  # whatever was in flight may be lost
         state.sending = state.incoming = VersionVector()  # and so may what was on its way here
+        state.expect = 0
         return []
 
     def received(self, peer: str, message: Message) -> list[Action]:
@@ -255,6 +269,8 @@ class ReplicaCore:
             # What it is applying from others as it connects waits for them, as in a push.
             now_ms = self._now()
             state.incoming, state.incoming_at_ms = message.incoming, now_ms
+            # It streams its own entries from here on: the other peers hear that at the next tick.
+            state.expect, state.expect_at_ms = message.vector.get(peer), now_ms
             state.needs_repair = not message.vector.dominates(self._trimmed)
             if state.needs_repair:
                 # Part of what it lacks is no longer in the log.
@@ -265,6 +281,8 @@ class ReplicaCore:
             state.acked = state.acked.join(message.vector)
             state.sent = state.sent.join(state.acked)
             state.sending = state.sending.join(message.vector)
+            if state.expect:
+                state.expect_at_ms = self._now()
             return [Apply(peer, message.entries)] if message.entries else []
         state.incoming = message.incoming
         state.incoming_at_ms = self._now()
@@ -283,7 +301,10 @@ class ReplicaCore:
         assert vector.dominates(self.vector), "a version vector never goes backwards"
         self.vector = vector  # the next tick relays what is new to the other peers
         # Its message is done with: what did not apply (a gap) is not on its way any more.
-        self._peer(peer).sending = VersionVector()
+        source = self._peer(peer)
+        source.sending = VersionVector()
+        if source.expect:
+            source.expect_at_ms = self._now()  # its stream makes progress (the next message is read now)
         # Every connected peer hears it, not only the sender: then a region
         # about to relay these entries to a peer learns that it has them.
         # The sender at once (its acknowledgements count towards replicated
@@ -306,22 +327,28 @@ class ReplicaCore:
             vector = VersionVector({r: n for r, n in self.vector.items() if n > told.get(r)})
         state.told = self.vector
         if incoming is None:
-            incoming = self._incoming()
+            incoming = self._incoming(peer)
         state.incoming_told = incoming
         state.incoming_told_ms = self._now()
         return Send(peer, Ack(vector, incoming))
 
-    def heartbeat(self) -> Ack:
-        """The driver's periodic ack to every peer: the whole vector, and what is on its way here."""
-        return Ack(self.vector, self._incoming())
+    def heartbeat(self, peer: str) -> Ack:
+        """The driver's periodic ack to ``peer``: the whole vector, and what is on its way here."""
+        return Ack(self.vector, self._incoming(peer))
 
-    def _incoming(self) -> VersionVector:
-        """What peers sent this node that it has not applied yet (per origin, beyond its vector).
+    def _incoming(self, peer: str) -> VersionVector:
+        """The hint for ``peer``: what is on its way here from the other peers (per origin, beyond the vector).
 
-        Every peer hears it, the senders too: a message that takes longer
-        than an anti-entropy period to apply is then not taken for a lost one
-        and sent again.
+        What peers sent this node that it has not applied yet: every peer
+        hears it, the senders too, so that a message that takes longer than
+        an anti-entropy period to apply is not taken for a lost one and sent
+        again. And what origins this node is connected to are streaming it
+        of their own entries (``_expected``): every peer but that origin.
         """
+        return _hint(self._receiving(), self._expected(self._now()), peer)
+
+    def _receiving(self) -> dict[str, int]:
+        """Per origin, how far the entries peers sent this node reach, where that is beyond its vector."""
         mine = self.vector
         out: dict[str, int] = {}
         for state in self.peers.values():
@@ -330,7 +357,39 @@ class ReplicaCore:
             for region, counter in state.sending.items():
                 if counter > mine.get(region) and counter > out.get(region, 0):
                     out[region] = counter
-        return VersionVector(out)
+        return out
+
+    def _expected(self, now_ms: int) -> dict[str, int]:
+        """Origins streaming their own entries here: how far, while their streams make progress.
+
+        A stream that brought nothing for an anti-entropy period, counted
+        from its last message that arrived or finished applying (the origin
+        is stuck, or repairing this node by a state transfer), is no longer
+        counted on, so the other peers relay what it has not brought.
+        """
+        mine = self.vector
+        period = self.anti_entropy_ms
+        return {
+            name: state.expect
+            for name, state in self.peers.items()
+            if state.expect > mine.get(name)
+            and state.greeted
+            and (now_ms - state.expect_at_ms < period or not mine.dominates(state.sending))
+        }
+
+    def _arriving(self) -> bool:
+        """Whether anything is on its way here (with nothing, the hint is empty for every peer).
+
+        Disconnected peers' ``sending`` and ``expect`` are empty.
+        """
+        arriving = False
+        mine = self.vector
+        for name, state in self.peers.items():
+            if state.expect and mine.get(name) >= state.expect:
+                state.expect = 0  # everything it said it would stream is here
+            if state.connected and (state.expect or not mine.dominates(state.sending)):
+                arriving = True
+        return arriving
 
     def _may_push(self, state: _Peer, now_ms: int) -> bool:
         return state.connected and (state.greeted or now_ms - state.connected_at_ms >= self.anti_entropy_ms)
@@ -338,7 +397,7 @@ class ReplicaCore:
     def _held(self, state: _Peer, now_ms: int) -> VersionVector:
         """What ``state``'s peer is receiving from elsewhere, while it keeps saying so."""
         incoming = state.incoming
-        if not incoming or now_ms - state.incoming_at_ms >= self.anti_entropy_ms:
+        if not incoming or now_ms - state.incoming_at_ms >= 2 * self.anti_entropy_ms:
             return VersionVector()
         return incoming
 
@@ -379,13 +438,14 @@ class ReplicaCore:
             self._trim_due = False
             self._last_trim_ms = now_ms
             actions.extend(self._trim())
-        # Disconnected peers' ``sending`` is empty, so with nothing arriving the hint is empty too.
-        arriving = any(not self.vector.dominates(s.sending) for s in self.peers.values() if s.connected)
-        incoming = self._incoming() if arriving else VersionVector()
+        arriving = self._arriving()
+        receiving = self._receiving() if arriving else {}
+        expected = self._expected(now_ms) if arriving else {}
         for name, state in self.peers.items():
             if not state.connected:
                 state.ack_due = False
                 continue
+            incoming = _hint(receiving, expected, name)
             if state.ack_due:
                 state.ack_due = False
                 actions.append(self._ack(name, incoming=incoming))
@@ -401,7 +461,7 @@ class ReplicaCore:
                     continue
                 if state.told != self.vector:
                     # The whole vector once a period: a partial ack that never arrived is made good.
-                    actions.append(self._ack(name, self.vector, incoming))
+                    actions.append(self._ack(name, self.vector, _hint(receiving, expected, name)))
                 if not self._may_push(state, now_ms):
                     continue
                 if state.needs_repair:
@@ -442,6 +502,21 @@ class ReplicaCore:
             return []
         self._trimmed = self._trimmed.join(floor)
         return [Trim(self._trimmed)]
+
+
+def _hint(receiving: dict[str, int], expected: dict[str, int], peer: str) -> VersionVector:
+    """What to tell ``peer`` is on its way here: ``receiving``, and ``expected`` from origins other than it.
+
+    An origin is never told that this node expects its own entries: it
+    would hold them back, waiting for itself.
+    """
+    if not expected or (len(expected) == 1 and peer in expected):
+        return VersionVector(receiving) if receiving else VersionVector()
+    out = dict(receiving)
+    for origin, counter in expected.items():
+        if origin != peer and counter > out.get(origin, 0):
+            out[origin] = counter
+    return VersionVector(out)
 
 
 def _minimum(vectors: Sequence[VersionVector], ceiling: VersionVector) -> VersionVector:
