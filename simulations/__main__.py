@@ -67,6 +67,10 @@ def _run(args: argparse.Namespace) -> int:
             f"wall {totals['wall_seconds']:.1f} s with {jobs} worker(s); "
             f"median {totals['seconds_per_seed_median']:.2f} s per seed"
         )
+        print(
+            f"in the store's commits and applies: median {totals['store_seconds_per_seed_median']:.2f} s per seed, "
+            f"{totals['store_wall_floor_seconds']:.1f} s of the wall time with {jobs} worker(s)"
+        )
         for s in summaries:
             if not s.ok:
                 print(f"seed {s.seed}: {s.violations}; replay: {s.command}")

@@ -41,6 +41,7 @@ class SeedSummary:
     ops: dict[str, int]
     seconds: float
     command: str
+    store_seconds: float  # of ``seconds``, in the production store's commits and applies
     details: list[str] = field(default_factory=list)  # the first violations, for the report
     history: list[str] = field(default_factory=list)  # JSON lines, kept only for failing seeds
 
@@ -78,6 +79,7 @@ def run_seed(scenario: Scenario, *, keep_history: bool = False) -> tuple[SeedSum
         ops={k: verdict.counts[k] for k in ("ok", "fail", "unknown")},
         seconds=time.perf_counter() - started,
         command=scenario.command(),
+        store_seconds=result.store_seconds,
         details=[f"{v.kind} {v.key}: {v.detail}" for v in verdict.violations[:20]],
         history=[dump(r) for r in result.history] if keep_history or not verdict.ok else [],
     )
@@ -166,6 +168,9 @@ def summarise(summaries: Sequence[SeedSummary], wall_s: float, jobs: int) -> dic
         "bytes_per_converged_key": sum(s.bytes for s in summaries) / keys,
         "wall_seconds": wall_s,
         "seconds_per_seed_median": statistics.median(s.seconds for s in summaries) if summaries else 0.0,
+        # What the store's commits and applies alone would take at this many workers: a floor on the wall time.
+        "store_seconds_per_seed_median": statistics.median(s.store_seconds for s in summaries) if summaries else 0.0,
+        "store_wall_floor_seconds": sum(s.store_seconds for s in summaries) / max(jobs, 1),
         "jobs": jobs,
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus, Python {platform.python_version()}",
     }
@@ -201,6 +206,8 @@ def write_report(out: Path, scenario: Scenario, summaries: Sequence[SeedSummary]
         f"| messages per converged key | {totals['messages_per_converged_key']:.1f} |",
         f"| bytes per converged key | {totals['bytes_per_converged_key']:.0f} |",
         f"| median seconds per seed | {totals['seconds_per_seed_median']:.2f} |",
+        f"| of which in the store's commits and applies (median) | {totals['store_seconds_per_seed_median']:.2f} |",
+        f"| those alone, over {totals['jobs']} worker(s) | {totals['store_wall_floor_seconds']:.1f} s |",
         "",
     ]
     if totals["violations_by_kind"]:

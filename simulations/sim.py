@@ -36,6 +36,7 @@ import hashlib
 import heapq
 import itertools
 import random
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -152,6 +153,9 @@ class SimResult:
     keys: int
     trace: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    # Wall seconds spent in the production store's commits and applies (``write_batch``,
+    # ``apply_raw``): a floor under the run's time that no change to the simulator removes.
+    store_seconds: float = 0.0
 
 
 # -- messages that only the driver knows (state transfer) -----------------------------------
@@ -323,7 +327,7 @@ class _Region:
                 # The node's heartbeat: its vector (and its clock) to every peer, each period.
                 last_heartbeat = self.sim.now
                 for peer in sorted(self.links):
-                    self.sim.send(self.name, peer, self.core.heartbeat())
+                    self.sim.send(self.name, peer, self.core.heartbeat(peer))
             self.run(self.core.tick(self.sim.now))
             self._check_transfers()
             self.sim.after(_BATCH_WINDOW_MS, tick)
@@ -343,7 +347,9 @@ class _Region:
             return
         batch, self.queue = self.queue, []
         self.commit_scheduled = False
+        started = time.perf_counter()
         results = self.store.write_batch([WriteRequest(r.operations, r.idempotency_key) for r in batch], self.clock)
+        self.sim.store_seconds += time.perf_counter() - started
         self.core.local_committed(self.store.context.vv)
         self._check_horizon()
         for request, result in zip(batch, results, strict=True):
@@ -401,7 +407,9 @@ class _Region:
 
     def _apply(self, peer: str, entries: tuple[object, ...]) -> bool:
         raw = (e for e in entries if isinstance(e, RawLogEntry))
+        started = time.perf_counter()
         outcomes, skews = self.store.apply_raw(raw, peer, self.clock)
+        self.sim.store_seconds += time.perf_counter() - started
         self.skew_events += skews
         self._check_horizon()
         if RemoteOutcome.GAP in outcomes:
@@ -589,6 +597,7 @@ class Simulation:
         self.history: list[Record] = []
         self.messages = 0
         self.bytes = 0
+        self.store_seconds = 0.0
         # What the run exercised (state transfers, resets, retries), so a test can tell a run did something.
         self.stats: Counter[str] = Counter()
         # Per seed: a log small enough that partitions and crashes need state transfers, or a roomy one.
@@ -1037,6 +1046,7 @@ class Simulation:
             keys,
             self.trace,
             stats,
+            self.store_seconds,
         )
 
     def _heal_all_and_settle(self) -> int | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -141,7 +142,10 @@ def test_the_run_command_checks_seeds_and_writes_a_report(tmp_path: Path, capsys
     assert "runs: 2, with violations: 0" in printed
     assert "convergence after the final heal" in printed
     assert (out / "REPORT.md").read_text().startswith("# Simulation report")
-    assert (out / "report.json").exists()
+    seeds = json.loads((out / "report.json").read_text())["seeds"]
+    # The store's share of each seed's time is measured, and is a part of it.
+    assert all(0 < s["store_seconds"] < s["seconds"] for s in seeds), seeds
+    assert "in the store's commits and applies" in printed
 
 
 def test_a_failing_seed_is_reported_with_its_replay_command_and_history(
