@@ -399,12 +399,18 @@ def test_regression_a_region_tells_its_peers_what_an_origin_streams_it_so_they_d
     assert hints(core.tick(700)) == {"ap": vv(), "sa": vv()}
 
 
-def test_an_origin_whose_stream_brings_nothing_for_a_period_is_no_longer_counted_on() -> None:
+def greeted_by_an_origin_with_900() -> ReplicaCore:
+    """eu, connected to us and ap; us's hello says it has 900 of its own entries."""
     core = ReplicaCore("eu", ["us", "ap"], vv(), anti_entropy_ms=1_000)
     core.connected("us")
     core.connected("ap")
     core.tick(0)
     core.received("us", Hello("us", vv(us=900)))
+    return core
+
+
+def test_an_origin_whose_stream_brings_nothing_for_a_period_is_no_longer_counted_on() -> None:
+    core = greeted_by_an_origin_with_900()
     assert hints(core.tick(10)) == {"ap": vv(us=900)}
     # us sends nothing (stuck, or repairing eu by a state transfer): after a period ap relays instead.
     assert hints(core.tick(999)) == {"ap": vv(us=900)}
@@ -418,11 +424,7 @@ def test_an_origin_whose_stream_brings_nothing_for_a_period_is_no_longer_counted
 
 def test_an_origin_whose_message_takes_longer_than_a_period_to_apply_is_still_counted_on() -> None:
     # A catch-up message of 1 MiB can take over a second to apply on a busy machine.
-    core = ReplicaCore("eu", ["us", "ap"], vv(), anti_entropy_ms=1_000)
-    core.connected("us")
-    core.connected("ap")
-    core.tick(0)
-    core.received("us", Hello("us", vv(us=900)))
+    core = greeted_by_an_origin_with_900()
     core.received("us", Entries(("part",), vv(us=400)))
     assert hints(core.tick(10)) == {"ap": vv(us=900), "us": vv(us=400)}
     assert hints(core.tick(1_500))["ap"] == vv(us=900), "still applying: still coming"
