@@ -431,3 +431,16 @@ def test_an_origin_whose_message_takes_longer_than_a_period_to_apply_is_still_co
     core.applied("us", vv(us=400))  # done at 1,500: the stream's next message is read from here
     assert hints(core.tick(2_490)) == {"ap": vv(us=900)}
     assert hints(core.tick(2_510)) == {"ap": vv()}
+
+
+def test_regression_an_expectation_does_not_outlive_its_period_when_time_steps_back() -> None:
+    # Found reading the change: every other timestamp was clamped when time steps back, this one was not,
+    # so an origin that stalled would have been counted on until the clock came back.
+    core = ReplicaCore("eu", ["us", "ap"], vv(), anti_entropy_ms=1_000)
+    core.connected("us")
+    core.connected("ap")
+    core.tick(5_000)
+    core.received("us", Hello("us", vv(us=900)))
+    assert hints(core.tick(5_010)) == {"ap": vv(us=900)}
+    core.tick(100)  # time steps back
+    assert hints(core.tick(1_110)) == {"ap": vv()}

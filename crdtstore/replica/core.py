@@ -372,8 +372,7 @@ class ReplicaCore:
         return {
             name: state.expect
             for name, state in self.peers.items()
-            if state.expect > mine.get(name)
-            and state.greeted
+            if state.expect > mine.get(name)  # set by its hello on this connection, so it greeted
             and (now_ms - state.expect_at_ms < period or not mine.dominates(state.sending))
         }
 
@@ -433,6 +432,7 @@ class ReplicaCore:
                 state.pushed_at_ms = min(state.pushed_at_ms, now_ms)
                 state.incoming_at_ms = min(state.incoming_at_ms, now_ms)
                 state.incoming_told_ms = min(state.incoming_told_ms, now_ms)
+                state.expect_at_ms = min(state.expect_at_ms, now_ms)
         self._last_tick_ms = now_ms
         if self._trim_due and now_ms - self._last_trim_ms >= self._trim_every_ms:
             self._trim_due = False
