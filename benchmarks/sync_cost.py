@@ -314,7 +314,13 @@ class _Node:
         self.name = name
         self.peers = list(peers)
         options = StorageOptions(sync=False, map_size_bytes=16 * 1024 * 1024)
-        self.store = LmdbStore(StorageConfig(path, name, options), wall_ms=self.wall_ms)
+        # Incarnations drawn from the node's name: the same bytes on every run.
+        incarnations = random.Random(name)
+        self.store = LmdbStore(
+            StorageConfig(path, name, options),
+            wall_ms=self.wall_ms,
+            incarnations=lambda: f"{incarnations.getrandbits(48):012x}",
+        )
         self.clock = HybridLogicalClock(self.wall_ms, floor=self.store.hlc_mark)
         self.core = ReplicaCore(
             name,
@@ -324,6 +330,7 @@ class _Node:
             anti_entropy_ms=ANTI_ENTROPY_MS,
             trimmed=self.store.log_horizon,
             clock=lambda: self.net.now_ms,
+            origin=self.store.origin,
         )
         self.horizon = self.store.log_horizon
         self.relay_hold_until_ms: dict[str, int] = {}
@@ -585,7 +592,7 @@ def run_cell(workload: Workload, topology: str, rounds: int, seed: int = 1) -> C
             last_write_ms = rounds * ROUND_MS + max(offsets)
             net.run_until(last_write_ms)
             # Every node has written all its rounds: its own counter is final.
-            everything = VersionVector({name: node.store.context.vv.get(name) for name, node in nodes.items()})
+            everything = VersionVector({n.store.origin: n.store.context.vv.get(n.store.origin) for n in nodes.values()})
 
             def settled() -> bool:
                 return not net.in_flight and all(node.store.context.vv == everything for node in nodes.values())

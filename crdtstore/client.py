@@ -173,6 +173,8 @@ class Status(TypedDict):
     peers: list[PeerStatus]
     clock_skew_events: int
     clock_fenced: bool
+    origin: str  # what this node mints its events under: its region and incarnation
+    conflicting_events: int  # events peers sent under ids this node holds for other events; never expected
 
 
 @dataclass(frozen=True)
@@ -413,6 +415,8 @@ def _status_from_proto(resp: kv_pb2.StatusResponse) -> Status:
         ],
         clock_skew_events=resp.clock_skew_events,
         clock_fenced=resp.clock_fenced,
+        origin=resp.origin,
+        conflicting_events=resp.conflicting_events,
     )
 
 

@@ -233,12 +233,13 @@ def _show(read: KeyRead | None) -> str:
 
 
 def _check_clocks(ops: Sequence[Op], result: CheckResult) -> None:
+    # Per origin (a region's incarnation): its counters order what it minted.
     stamped: dict[str, list[tuple[int, list[int], Op]]] = defaultdict(list)
     for op in ops:
         dot = op.dot
         if op.f == "set" and op.ts is not None and dot is not None:
-            stamped[op.region].append((dot[1], op.ts, op))
-    for region, writes in stamped.items():
+            stamped[dot[0]].append((dot[1], op.ts, op))
+    for origin, writes in stamped.items():
         writes.sort(key=lambda w: w[0])
         for (_, ts_a, a), (_, ts_b, b) in itertools.pairwise(writes):
             if tuple(ts_b) <= tuple(ts_a):
@@ -246,7 +247,7 @@ def _check_clocks(ops: Sequence[Op], result: CheckResult) -> None:
                     Violation(
                         "clock",
                         b.key,
-                        f"region {region}: operation {b.id} got timestamp {ts_b}, "
+                        f"origin {origin}: operation {b.id} got timestamp {ts_b}, "
                         f"not after operation {a.id}'s {ts_a} which it minted earlier",
                     )
                 )

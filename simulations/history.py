@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from crdtstore.crdt.origin import region_of
+
 __all__ = [
     "FUNCTIONS",
     "OUTCOMES",
@@ -84,6 +86,9 @@ class Op:
     ts: list[int] | None = None
     error: str = ""
     kind: str = "op"
+    # The origin the region minted this operation's event under (its region and incarnation), when the
+    # runner knows it; otherwise the one origin of the region in the token.
+    origin: str = ""
 
     def __post_init__(self) -> None:
         if self.f not in FUNCTIONS:
@@ -98,7 +103,14 @@ class Op:
         """The event this operation minted, when it was acknowledged."""
         if self.token is None:
             return None
-        return (self.region, self.token.get(self.region, 0))
+        origin = self.origin or _origin_in(self.token, self.region)
+        return (origin, self.token.get(origin, 0))
+
+
+def _origin_in(token: dict[str, int], region: str) -> str:
+    """The origin of ``region`` in ``token``, when there is one (several incarnations need ``Op.origin``)."""
+    mine = [origin for origin in token if region_of(origin) == region]
+    return mine[0] if len(mine) == 1 else region
 
 
 @dataclass

@@ -25,8 +25,9 @@ virtual time run in the order they were scheduled, so a seed replays the
 same history byte for byte (``SimResult.digest``).
 
 Not modelled (see the README's Simulations section): the node's
-clock fence and the lost-history write guard (no disk is ever lost here),
-TLS, and message sizes beyond the byte counts.
+clock fence, TLS, and message sizes beyond the byte counts. A lost disk
+(the ``disk`` fault) is modelled: the region comes back with an empty
+directory and so a new incarnation (``crdtstore.crdt.origin``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import hashlib
 import heapq
 import itertools
 import random
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -46,6 +48,7 @@ import msgpack
 
 from crdtstore.crdt import (
     CausalContext,
+    Dot,
     HybridLogicalClock,
     Register,
     ValueType,
@@ -53,6 +56,7 @@ from crdtstore.crdt import (
     decode_as,
     encode,
 )
+from crdtstore.crdt.origin import region_of
 from crdtstore.operations import AddMembers, DeleteKey, Increment, Operation, RemoveMembers, SetRegister
 from crdtstore.replica.core import (
     Ack,
@@ -83,7 +87,7 @@ from simulations.history import FinalRead, KeyRead, Meta, Nemesis, Op, Record, S
 
 __all__ = ["FAULT_KINDS", "Scenario", "SimResult", "Simulation", "region_names"]
 
-FAULT_KINDS = ("partition", "crash", "clock", "network")
+FAULT_KINDS = ("partition", "crash", "clock", "network", "disk")
 
 # The node's settings (crdtstore.node.config.ReplicationSettings defaults).
 _BATCH_WINDOW_MS = 10
@@ -253,6 +257,8 @@ class _Region:
         self.name = name
         self.peers = peers
         self.path = sim.root / name
+        # Incarnation ids from the seed, apart from the main stream so that they shift no other choice.
+        self.incarnations = random.Random(f"{sim.scenario.seed}/{name}")
         self.offset_ms = 0
         self.up = False
         self.boot = 0
@@ -276,7 +282,11 @@ class _Region:
             map_size_bytes=8 * 1024 * 1024,
             delta_log_bytes_max=self.sim.log_bytes_max,
         )
-        self.store = LmdbStore(StorageConfig(self.path, self.name, options), wall_ms=self.physical_ms)
+        self.store = LmdbStore(
+            StorageConfig(self.path, self.name, options),
+            wall_ms=self.physical_ms,
+            incarnations=lambda: f"{self.incarnations.getrandbits(48):012x}",
+        )
         self.clock = HybridLogicalClock(self.physical_ms, max_offset_ms=_MAX_CLOCK_OFFSET_MS, floor=self.store.hlc_mark)
         self.core = ReplicaCore(
             self.name,
@@ -286,6 +296,7 @@ class _Region:
             anti_entropy_ms=_ANTI_ENTROPY_MS,
             trimmed=self.store.log_horizon,
             clock=lambda: self.sim.now,
+            origin=self.store.origin,
         )
         self.horizon = self.store.log_horizon
         self.stale_transfers = dict.fromkeys(self.peers, 0)
@@ -350,6 +361,7 @@ class _Region:
         started = time.perf_counter()
         results = self.store.write_batch([WriteRequest(r.operations, r.idempotency_key) for r in batch], self.clock)
         self.sim.store_seconds += time.perf_counter() - started
+        self.core.origin = self.store.origin  # the store may have taken a new incarnation in that commit
         self.core.local_committed(self.store.context.vv)
         self._check_horizon()
         for request, result in zip(batch, results, strict=True):
@@ -436,6 +448,11 @@ class _Region:
         if link is None:
             return
         if isinstance(message, Hello):
+            origin = self.store.origin
+            if message.vector.get(origin) > self.store.context.vv.get(origin):
+                # As the node: this directory is older than events it minted; never mint those ids again.
+                self.sim.trace_line(f"{self.name}: {peer} holds more events of {origin}; a new incarnation")
+                self.store.retire_origin(f"{peer} holds more of {origin}")
             self.store.discard_snapshot(peer)  # a transfer a broken connection cut short is void
             self.run(self.core.received(peer, message))
         elif isinstance(message, Entries | Ack):
@@ -570,7 +587,8 @@ def _key_read(slot: object, vtype: ValueType, value: object) -> KeyRead:
     if vtype is ValueType.REGISTER:
         assert isinstance(slot, Register) and isinstance(value, bytes)
         siblings = [
-            Sibling(s.value.decode(), s.dot.region, [s.timestamp.wall_ms, s.timestamp.logical]) for s in slot.siblings()
+            Sibling(s.value.decode(), region_of(s.dot.region), [s.timestamp.wall_ms, s.timestamp.logical])
+            for s in slot.siblings()
         ]
         return KeyRead("register", value.decode(), siblings)
     if vtype is ValueType.COUNTER:
@@ -615,6 +633,7 @@ class Simulation:
         self._added: dict[str, list[str]] = {}  # set members added per key, for removes to choose from
         self.settling = False  # every fault healed: the nemesis starts nothing new
         self._next_op = 0
+        self._open: dict[int, _Request] = {}  # requests whose clients have not heard yet, by operation id
         self._clients_done = 0
         self._ops_issued = 0
         self.history.append(
@@ -755,6 +774,7 @@ class Simulation:
         f, key, value, operations = self._choose(op_id)
         op = Op(op_id, client, region, f, key, value, "unknown", self.now)
         request = _Request(op, operations, f"c{client}-{op_id}".encode())
+        self._open[op_id] = request
         self._attempt(client, request)
 
     def _skewed(self, keys: int) -> int:
@@ -836,6 +856,7 @@ class Simulation:
         client by what it really did (``Meta.detail["ground_truth"]``).
         """
         request.op.token = dict(result.token.vv.items())
+        request.op.origin = region.store.origin
         if request.op.f == "set":
             request.op.ts = self._timestamp_of(region, request.op)
 
@@ -870,6 +891,7 @@ class Simulation:
         return None  # already overwritten
 
     def _complete(self, request: _Request) -> None:
+        self._open.pop(request.op.id, None)
         request.op.complete_ms = self.now
         self.record(request.op)
         client = request.op.client
@@ -977,6 +999,50 @@ class Simulation:
         self.record(Nemesis(self.now, "restart", [name], "restarted from its data directory"))
         for peer in region.peers:
             self._dial_later(self.connection(name, peer))
+
+    def _fault_disk(self, hold: int) -> Callable[[], None]:
+        """A region loses its data directory while another is cut off, and comes back empty before it returns.
+
+        The region cut off may hold the lost region's newest events (nobody
+        else does); the lost region must not mint their ids again. Only when
+        every region is up, so that what survives elsewhere can be read.
+        """
+        if len(self.names) < 3 or not all(r.up for r in self.regions.values()):
+            return lambda: None
+        victim, away = self.random.sample(self.names, 2)
+        cut = {(a, b) for a in self.names for b in self.names if a != b and away in (a, b)}
+        self._cut(cut, "isolate")
+        self.after(self.random.randint(0, hold // 4), functools.partial(self._lose_disk, victim))
+        self.after(self.random.randint(hold // 3, hold // 2), functools.partial(self._restart, victim))
+        return lambda: self._heal(cut, "heal isolate")
+
+    def _lose_disk(self, name: str) -> None:
+        region = self.regions[name]
+        if not region.up or self.settling or not all(r.up for r in self.regions.values()):
+            return
+        self._crash(name)
+        shutil.rmtree(region.path)
+        survivors = [r.store.context for n, r in self.regions.items() if n != name]
+        lost = 0
+        # Writes acknowledged here (durability local) that no other region had yet are gone with the
+        # disk: that is what local durability promises. The history says so (the checkers then treat
+        # them as never applied); everything else must survive. Clients waiting on this region give up.
+        for request in list(self._open.values()):
+            if request.op.region == name and request.reached:
+                request.done = True
+                request.op.outcome = "unknown"
+                request.op.error = "its region lost its data directory"
+                self._complete(request)
+        for record in self.history:
+            if isinstance(record, Op) and record.region == name and record.dot is not None:
+                origin, counter = record.dot
+                if not any(c.contains(Dot(origin, counter)) for c in survivors):
+                    record.token = None
+                    record.outcome = "unknown" if record.outcome == "ok" else record.outcome
+                    record.error = "applied here only, then lost with its region's data directory"
+                    lost += 1
+        self.stats["disks_lost"] += 1
+        self.record(Nemesis(self.now, "disk", [name], f"lost its data directory; {lost} writes only it had are gone"))
 
     def _fault_clock(self, hold: int) -> Callable[[], None]:
         name = self.random.choice(self.names)

@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crdtstore.crdt import HybridLogicalClock, StoreMap, VersionVector, encode
+from crdtstore.crdt.origin import region_of
 from crdtstore.operations import AddMembers, DeleteKey, Increment, Operation, RemoveMembers, SetRegister
 from crdtstore.storage import (
     Applied,
@@ -44,8 +45,9 @@ class Region:
         (result,) = self.store.write_batch([WriteRequest(list(ops))], self.clock)
         return isinstance(result, Applied)
 
-    def log(self, origin: str | None = None) -> list[LogEntry]:
-        return [e for e in self.store.log_entries() if origin is None or e.origin == origin]
+    def log(self, region: str | None = None) -> list[LogEntry]:
+        """The log, or the entries that ``region`` minted (under any of its incarnations)."""
+        return [e for e in self.store.log_entries() if region is None or region_of(e.origin) == region]
 
     def snapshot(self) -> tuple[bytes, list[tuple[str, bytes]]]:
         entries, _ = self.store.scan("", limit=10_000)
@@ -223,7 +225,7 @@ def test_a_state_transfer_is_the_full_join(regions: dict[str, Region], tmp_path:
     assert changed > 0
     assert us.store.get("k0") is None, "what eu removed goes"
     assert us.snapshot() == expected
-    assert us.store.log_horizon.get("eu") == eu.store.context.vv.get("eu")
+    assert us.store.log_horizon.get(eu.store.origin) == eu.store.context.vv.get(eu.store.origin)
     assert _transfer(eu, us, tmp_path) == 0, "a second transfer changes nothing"
 
 
@@ -262,7 +264,7 @@ def test_regression_a_bucket_that_changed_after_the_comparison_refuses_the_trans
     eu.write(DeleteKey("k"))
     with pytest.raises(StaleTransfer):
         _transfer(eu, us, tmp_path, by_digest=True, between=lambda: us.store.apply_remote(ap.log(), source="ap"))
-    assert us.store.get("k") is not None and us.store.context.vv.get("eu") == 0, "nothing of it was joined"
+    assert us.store.get("k") is not None and us.store.context.vv.get(eu.store.origin) == 0, "nothing of it was joined"
     us.store.discard_snapshot("eu")
     _transfer(eu, us, tmp_path, by_digest=True)  # compared again: k's bucket now differs and travels
     assert us.store.get("k") is None
@@ -297,7 +299,7 @@ def test_relayed_entries_count_against_the_log_bound(tmp_path: Path) -> None:
         kept = list(relay.log_entries())
         assert 0 < len(kept) < 30
         assert kept[-1].last == 30, "the newest entries are kept"
-        assert relay.log_horizon.get("eu") == kept[0].first - 1
+        assert relay.log_horizon.get(source.store.origin) == kept[0].first - 1
     finally:
         source.store.close()
         relay.close()
@@ -314,8 +316,8 @@ def test_regression_a_transfer_moves_the_horizon_only_where_it_brought_events(
     us.write(Increment("n", 1))  # us has us:3 and its log; eu's transfer brings only us:1..2
     eu.write(SetRegister("r", b"x"))
     _transfer(eu, us, tmp_path)
-    assert us.store.log_horizon.get("us") == 0, "us lost no log entries of its own"
-    assert us.store.log_horizon.get("eu") == 1
+    assert us.store.log_horizon.get(us.store.origin) == 0, "us lost no log entries of its own"
+    assert us.store.log_horizon.get(eu.store.origin) == 1
 
 
 def test_a_push_holds_fresh_relays_and_what_depends_on_them(tmp_path: Path) -> None:
@@ -333,7 +335,7 @@ def test_a_push_holds_fresh_relays_and_what_depends_on_them(tmp_path: Path) -> N
         assert held == [] and reached == VersionVector(), "the relay is fresh, and us's write must not overtake it"
         assert held_since == 2_000, "when the held relay arrived: nothing can go to this peer before it matures"
         sent, _, _ = relay.log_since(VersionVector(), 1 << 20, relayed_before_ms=2_050)
-        assert [(e.origin, e.last) for e in sent] == [("eu", 1), ("us", 1)]
+        assert [(e.origin, e.last) for e in sent] == [(eu.store.origin, 1), (relay.origin, 1)]
         caught_up, _, _ = relay.log_since(VersionVector(), 1 << 20)
         assert caught_up == sent, "a catch-up holds nothing"
     finally:
@@ -351,14 +353,15 @@ def test_a_push_holds_what_the_peer_is_receiving_from_elsewhere(tmp_path: Path) 
         relay.apply_remote(eu.log(), source="eu")
         relay.write_batch([WriteRequest([SetRegister("r", b"us")])], clock)
         everything, _, _ = relay.log_since(VersionVector(), 1 << 20)
-        assert [(e.origin, e.last) for e in everything] == [("eu", 1), ("eu", 2), ("us", 1)]
+        o_eu, o_us = eu.store.origin, relay.origin
+        assert [(e.origin, e.last) for e in everything] == [(o_eu, 1), (o_eu, 2), (o_us, 1)]
         # The peer is applying eu:1 from eu itself: the push stops there, however old the entry.
-        held, reached, held_since = relay.log_since(VersionVector(), 1 << 20, held=VersionVector({"eu": 1}))
+        held, reached, held_since = relay.log_since(VersionVector(), 1 << 20, held=VersionVector({o_eu: 1}))
         assert held == [] and reached == VersionVector() and held_since == 5_000
         # Once it has eu:1, the rest goes.
-        rest, reached, _ = relay.log_since(VersionVector({"eu": 1}), 1 << 20, held=VersionVector({"eu": 1}))
-        assert [(e.origin, e.last) for e in rest] == [("eu", 2), ("us", 1)]
-        assert reached == VersionVector({"eu": 2, "us": 1})
+        rest, reached, _ = relay.log_since(VersionVector({o_eu: 1}), 1 << 20, held=VersionVector({o_eu: 1}))
+        assert [(e.origin, e.last) for e in rest] == [(o_eu, 2), (o_us, 1)]
+        assert reached == VersionVector({o_eu: 2, o_us: 1})
     finally:
         eu.store.close()
         relay.close()

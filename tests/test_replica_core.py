@@ -27,7 +27,7 @@ def no_acks(actions: list[Action]) -> list[Action]:
 
 def test_connect_says_hello_and_a_hello_asks_for_the_log() -> None:
     core = ReplicaCore("eu", ["us", "ap"], vv(eu=3))
-    assert core.connected("us") == [Send("us", Hello("eu", vv(eu=3)))]
+    assert core.connected("us") == [Send("us", Hello("eu", vv(eu=3), origin="eu"))]
     actions = core.received("us", Hello("us", vv(us=2, eu=1)))
     assert actions[0] == SendLog("us", vv(us=2, eu=1))
     assert core.behind("us") == {"eu": 2}
@@ -397,6 +397,21 @@ def test_regression_a_region_tells_its_peers_what_an_origin_streams_it_so_they_d
     core.received("us", Entries(("rest",), vv(us=900)))
     core.applied("us", vv(us=900))
     assert hints(core.tick(700)) == {"ap": vv(), "sa": vv()}
+
+
+def test_what_an_origin_streams_is_keyed_by_the_origin_its_hello_names() -> None:
+    # us lost its disk once: its own entries are now those of us#2; us#1's are an earlier incarnation's,
+    # which us relays like any other origin's (it never said it streams them).
+    core = ReplicaCore("eu", ["us", "ap"], vv(), anti_entropy_ms=1_000)
+    core.connected("us")
+    core.connected("ap")
+    core.tick(1)
+    core.received("us", Hello("us", VersionVector({"us#1": 70, "us#2": 900}), origin="us#2"))
+    assert hints(core.tick(11)) == {"ap": VersionVector({"us#2": 900})}
+    assert core.heartbeat("us") == Ack(vv()), "us is never told it streams its own entries"
+    core.received("us", Entries(("all",), VersionVector({"us#1": 70, "us#2": 900})))
+    core.applied("us", VersionVector({"us#1": 70, "us#2": 900}))
+    assert hints(core.tick(20))["ap"] == vv(), "everything arrived: the hint is taken back"
 
 
 def greeted_by_an_origin_with_900() -> ReplicaCore:

@@ -12,6 +12,7 @@ import random
 import re
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 import grpc
 import pytest
 
-from crdtstore.client import Client, ClientError
+from crdtstore.client import ClientError
 from crdtstore.node.replication import SYNC_METHOD
 from crdtstore.operations import AddMembers, DeleteKey, Increment, RemoveMembers, SetRegister
 from crdtstore.testing.regions import RegionProcesses
@@ -173,20 +174,91 @@ def test_replicated_write_survives_losing_the_origin_right_after_the_ack(three: 
     three.wait_converged(names=["b", "c"])
     assert three.clients["c"].get("precious").value == b"kept"
 
-    # a comes back empty, with --rejoin, while still cut off: it refuses writes
-    # (they would reuse event ids its peers hold) until it hears from a peer,
-    # and then until the peers have sent its events back.
+    # a comes back empty while still cut off: it takes a new incarnation and takes writes at once
+    # (no event id of its old one can be reused); its old events come back from the peers.
     three.isolate("a")
-    three.servers["a"].extra_args += ("--rejoin",)
     three.start("a")
-    with Client(three.servers["a"].addr, timeout_s=5, retries_max=0) as a, pytest.raises(ClientError) as err:
-        a.set("too-soon", "x")
-    assert err.value.code == grpc.StatusCode.UNAVAILABLE and "--rejoin" in err.value.message
+    three.clients["a"].set("after", "y")
     three.heal()
     three.wait_converged()
     assert three.clients["a"].get("precious").value == b"kept"
-    three.clients["a"].set("after", "y")
-    three.wait_converged()
+    assert three.clients["c"].get("after").value == b"y"
+
+
+def _members(regions: RegionProcesses, name: str) -> set[str]:
+    value = regions.clients[name].get("s").value or frozenset()
+    assert isinstance(value, frozenset)
+    return set(value)
+
+
+def _add(regions: RegionProcesses, name: str, *members: str) -> None:
+    for member in members:
+        regions.clients[name].sadd("s", member)
+
+
+def _wait_for(regions: RegionProcesses, name: str, members: set[str], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not members <= _members(regions, name):
+        assert time.monotonic() < deadline, f"{name} never received {sorted(members - _members(regions, name))}"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("how", ["empty", "empty-rejoin", "old-backup", "two-regions"])
+def test_regression_a_region_that_lost_its_disk_rejoins_while_the_holder_of_its_newest_events_is_cut_off(
+    tmp_path: Path, how: str
+) -> None:
+    """Found on real processes: a rejoining region minted new events under the ids of events only c held.
+
+    a's X1..X5 reach only c; a loses its disk (or is restored from an older
+    copy) and comes back while c is cut off, so no peer it can reach knows
+    of X1..X5; it acknowledges Y1..Y5. Under the same origin, Y took X's ids:
+    each side believed it held the other's events, and a, b read Y while c
+    read X, forever. Now a directory that cannot prove it minted its
+    origin's newest events mints under a new incarnation. Variants: an
+    empty directory with and without --rejoin, a restore from an older copy
+    of the directory, and a second region losing its disk afterwards.
+    """
+    base, xs, ys = {"base1", "base2"}, {f"X{i}" for i in range(1, 6)}, {f"Y{i}" for i in range(1, 6)}
+    with RegionProcesses(tmp_path / "regions", ["a", "b", "c"]) as regions:
+        _add(regions, "a", *sorted(base))
+        regions.wait_converged()
+        if how == "old-backup":
+            regions.stop("a")
+            shutil.copytree(regions.root / "a", tmp_path / "backup")
+            regions.start("a")
+            regions.wait_connected()
+        regions.isolate("b")
+        _add(regions, "a", *sorted(xs))  # acknowledged, fsynced; c receives them, b does not
+        _wait_for(regions, "c", base | xs)
+        origin_before = regions.clients["a"].status()["origin"]
+
+        regions.kill("a")
+        shutil.rmtree(regions.root / "a")
+        if how == "old-backup":
+            shutil.copytree(tmp_path / "backup", regions.root / "a")
+        regions.heal()  # b is back with a; c is cut off from everyone before a returns
+        regions.isolate("c")
+        if how == "empty-rejoin":
+            regions.servers["a"].extra_args += ("--rejoin",)
+        regions.start("a")
+        _wait_for(regions, "a", base)  # b has spoken to it
+        assert regions.clients["a"].status()["origin"] != origin_before
+        _add(regions, "a", *sorted(ys))
+        expected = base | xs | ys
+        if how == "two-regions":
+            _wait_for(regions, "b", base | ys)
+            regions.kill("b")
+            shutil.rmtree(regions.root / "b")
+            regions.start("b")
+            _wait_for(regions, "b", base | ys)
+            _add(regions, "b", "Z1", "Z2")
+            expected |= {"Z1", "Z2"}
+
+        regions.heal()
+        regions.wait_converged()
+        for name in regions.names:
+            assert _members(regions, name) == expected, f"{name} lost acknowledged writes"
+            assert regions.clients[name].status()["conflicting_events"] == 0
 
 
 def test_replicated_write_times_out_when_too_few_regions_are_reachable(three: RegionProcesses) -> None:

@@ -83,7 +83,7 @@ def h(make: Make) -> Harness:
 def test_a_batch_lands_and_survives_reopen(h: Harness) -> None:
     result = h.one(SetRegister("r", b"v"), Increment("n", 7), AddMembers("s", ("a", "b")))
     assert isinstance(result, Applied)
-    assert result.token.vv.get("eu") == 4, "one dot per register write and increment, one per member"
+    assert result.token.vv.get(h.store.origin) == 4, "one dot per register write and increment, one per member"
     h.reopen()
     assert h.value("r") == b"v"
     assert h.value("n") == 7
@@ -107,7 +107,9 @@ def test_a_failing_request_changes_nothing_and_its_batch_neighbours_land(h: Harn
     assert h.value("new") is None, "nothing of the failed request was written"
     assert h.value("other") is None
     assert h.value("r") == b"v"
-    assert h.store.context.vv.get("eu") == before.vv.get("eu") + 2, "the failed request minted no dots"
+    assert h.store.context.vv.get(h.store.origin) == before.vv.get(h.store.origin) + 2, (
+        "the failed request minted no dots"
+    )
     h.reopen()
     assert h.value("n") == 1
     assert h.value("s") == frozenset({"m"})
@@ -263,10 +265,10 @@ def test_the_delta_log_rebuilds_the_state(h: Harness) -> None:
     stored = dict(h.store.scan("", limit=100)[0])
     assert dict(rebuilt.entries) == stored
     assert [(e.origin, e.first, e.last, e.source) for e in h.store.log_entries()] == [
-        ("eu", 1, 3, ""),
-        ("eu", 4, 5, ""),
-        ("eu", 6, 7, ""),
-        ("eu", 8, 8, ""),
+        (h.store.origin, 1, 3, ""),
+        (h.store.origin, 4, 5, ""),
+        (h.store.origin, 6, 7, ""),
+        (h.store.origin, 8, 8, ""),
     ]
 
 
@@ -278,34 +280,34 @@ def test_the_delta_log_is_bounded_in_bytes(make: Make) -> None:
     assert 10 <= len(entries) < 60
     assert entries[-1].last == 60, "the newest entries are kept"
     # What went is recorded, so a peer that needed it is repaired, and the record survives reopen.
-    assert h.store.log_horizon == VersionVector({"eu": entries[0].first - 1})
+    assert h.store.log_horizon == VersionVector({h.store.origin: entries[0].first - 1})
     h.reopen()
-    assert h.store.log_horizon == VersionVector({"eu": entries[0].first - 1})
+    assert h.store.log_horizon == VersionVector({h.store.origin: entries[0].first - 1})
 
 
 def test_log_since_sends_what_a_peer_lacks_in_apply_order_and_bounded(h: Harness) -> None:
     for i in range(10):
         h.one(SetRegister(f"k{i}", b"x" * 100))
-    entries, reached, _ = h.store.log_since(VersionVector({"eu": 4}), bytes_max=1 << 20)
-    assert [(e.origin, e.first, e.last) for e in entries] == [("eu", n, n) for n in range(5, 11)]
-    assert reached == VersionVector({"eu": 10})
-    assert h.store.log_since(VersionVector({"eu": 10}), bytes_max=1 << 20) == ([], VersionVector(), None)
+    entries, reached, _ = h.store.log_since(VersionVector({h.store.origin: 4}), bytes_max=1 << 20)
+    assert [(e.origin, e.first, e.last) for e in entries] == [(h.store.origin, n, n) for n in range(5, 11)]
+    assert reached == VersionVector({h.store.origin: 10})
+    assert h.store.log_since(VersionVector({h.store.origin: 10}), bytes_max=1 << 20) == ([], VersionVector(), None)
     one_by_one, reached, _ = h.store.log_since(VersionVector(), bytes_max=1)
     assert [e.last for e in one_by_one] == [1], "at least one entry, however small the bound"
-    assert reached == VersionVector({"eu": 1})
+    assert reached == VersionVector({h.store.origin: 1})
 
 
 def test_trim_log_removes_what_every_peer_has_and_records_the_horizon(h: Harness) -> None:
     for i in range(10):
         h.one(Increment(f"n{i}", 1))
-    assert h.store.trim_log(VersionVector({"eu": 6}), budget=4) == 4
-    assert h.store.trim_log(VersionVector({"eu": 6})) == 2
-    assert h.store.trim_log(VersionVector({"eu": 6})) == 0
+    assert h.store.trim_log(VersionVector({h.store.origin: 6}), budget=4) == 4
+    assert h.store.trim_log(VersionVector({h.store.origin: 6})) == 2
+    assert h.store.trim_log(VersionVector({h.store.origin: 6})) == 0
     assert [e.last for e in h.store.log_entries()] == [7, 8, 9, 10]
-    assert h.store.log_horizon == VersionVector({"eu": 6})
+    assert h.store.log_horizon == VersionVector({h.store.origin: 6})
     assert [e.first for e in h.store.log_since(VersionVector(), bytes_max=1 << 20)[0]] == [7, 8, 9, 10]
     h.reopen()
-    assert h.store.log_horizon == VersionVector({"eu": 6})
+    assert h.store.log_horizon == VersionVector({h.store.origin: 6})
 
 
 def test_a_request_whose_change_cannot_travel_in_one_message_is_refused_whole(make: Make) -> None:
@@ -408,5 +410,5 @@ def test_regression_log_since_never_adds_an_entry_past_the_byte_bound(h: Harness
     h.one(SetRegister("big", b"b" * 5_000))
     entries, _, _ = h.store.log_since(VersionVector(), bytes_max=2_000)
     assert [e.last for e in entries] == [1, 2, 3, 4, 5], "the big entry waits for the next message"
-    alone, _, _ = h.store.log_since(VersionVector({"eu": 5}), bytes_max=2_000)
+    alone, _, _ = h.store.log_since(VersionVector({h.store.origin: 5}), bytes_max=2_000)
     assert [e.last for e in alone] == [6], "alone, an entry larger than the bound still goes"

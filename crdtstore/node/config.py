@@ -159,8 +159,8 @@ class NodeConfig:
     replication: ReplicationSettings = field(default_factory=ReplicationSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
     peers: Mapping[str, str] = field(default_factory=dict)  # region -> host:port
-    # Started on a restored (or emptied) data directory: refuse writes until a
-    # peer has said how much of this region's history it holds (--rejoin).
+    # The data directory may not be the copy that minted this region's newest
+    # events (restored in place from a backup): mint under a new incarnation (--rejoin).
     rejoin: bool = False
 
     @classmethod
@@ -262,8 +262,6 @@ class NodeConfig:
                 f"'.', '_' or '-', starting with a letter or digit"
             )
         parse_listen(self.listen)
-        if self.rejoin and not self.peers:
-            raise ConfigError("--rejoin needs peers: it waits for one of them to say what it holds of this region")
         for name, address in self.peers.items():
             if name == self.region:
                 raise ConfigError(f"peer {name!r} is this node's own region; list only the other regions")

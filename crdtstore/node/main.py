@@ -42,8 +42,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rejoin",
         action="store_true",
-        help="the data directory was restored from a backup (or lost): refuse writes until a peer has said what "
-        "it holds of this region, so no event id is used twice",
+        help="the data directory was restored from a backup or may otherwise be older than this region's newest "
+        "events: mint under a new incarnation, so no event id is used twice (a new, emptied, copied or restored "
+        "directory takes one by itself)",
     )
 
 
@@ -99,7 +100,9 @@ def serve_from_args(args: argparse.Namespace) -> int:
 
 async def run_node(config: NodeConfig, *, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> int:
     """Serve until SIGTERM/SIGINT (or ``stop`` is set), then drain and close."""
-    storage = StorageConfig(path=config.data_dir, region=config.region, options=config.storage)
+    storage = StorageConfig(
+        path=config.data_dir, region=config.region, options=config.storage, new_incarnation=config.rejoin
+    )
     offset_ms = _clock_offset_ms()
     store = LmdbStore(storage)
 

@@ -48,6 +48,7 @@ import grpc
 import msgpack
 
 from crdtstore.crdt import CausalContext, CodecError, HybridLogicalClock, VersionVector, decode_as, encode
+from crdtstore.crdt.origin import region_of
 from crdtstore.node.config import NodeConfig
 from crdtstore.node.waits import VectorWaits
 from crdtstore.node.writer import GroupCommitWriter
@@ -150,6 +151,7 @@ class Replicator:
             anti_entropy_ms=self.settings.anti_entropy_ms,
             trimmed=store.log_horizon,
             clock=_monotonic_ms,
+            origin=store.origin,
         )
         self.links = {name: _Link(name, address) for name, address in sorted(config.peers.items())}
         self._tls = config.tls.read() if config.tls.enabled else None
@@ -163,10 +165,6 @@ class Replicator:
         self._closing = False
         self._stopping = asyncio.Event()  # set by close(): every stream session returns
         self.skew_events = 0
-        # The most events of this region any peer has said it holds.
-        self._own_events_seen = 0
-        # Started with --rejoin: no write until a peer has said what it holds of this region.
-        self.awaiting_peer = config.rejoin
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -214,6 +212,7 @@ class Replicator:
 
     def local_committed(self) -> None:
         """A client write committed: push it after the batching window, and wake waiters."""
+        self.core.origin = self.store.origin  # storage may have taken a new incarnation in that commit
         self.core.local_committed(self.store.context.vv)
         if self.links:
             self._dirty.set()
@@ -257,16 +256,6 @@ class Replicator:
             and abs(link.clock_offset_ms) - link.clock_error_ms > bound
         )
         return out * 2 > len(self.links)
-
-    @property
-    def lost_own_history(self) -> bool:
-        """True while a peer holds events of this region that this node lacks (restored or lost data).
-
-        Writing then would mint event ids the peer already holds for other
-        changes. Peers send the events back (they are in their logs), and
-        writes resume once this node has them all again.
-        """
-        return self.store.context.vv.get(self.config.region) < self._own_events_seen
 
     def connected(self, peer: str) -> bool:
         return self.links[peer].stream is not None
@@ -467,23 +456,25 @@ class Replicator:
                 raise ProtocolError(
                     f"peer {link.name!r} speaks protocol {hello.protocol}, this node {PROTOCOL_VERSION}"
                 )
+            if hello.origin and region_of(hello.origin) != link.name:
+                raise ProtocolError(f"peer {link.name!r} says it mints under {hello.origin!r}, another region's name")
             vector = decode_as(hello.vector, VersionVector)
-            theirs = vector.get(self.config.region)
-            mine = self.store.context.vv.get(self.config.region)
-            self._own_events_seen = max(self._own_events_seen, theirs)
-            if self.awaiting_peer:
-                self.awaiting_peer = False
-                log.info("heard from %s, which holds %d events of this region (this node: %d)", link.name, theirs, mine)
+            origin = self.store.origin
+            theirs, mine = vector.get(origin), self.store.context.vv.get(origin)
             if theirs > mine:
+                # This directory is an old copy that kept its origin (restored in place): minting on
+                # would reuse ids of events the peer holds. The peer sends those events back as any
+                # other origin's; this node mints under a new incarnation from its next write on.
                 log.error(
-                    "peer %s has %d events of region %s, this node only %d: the data directory was restored or "
-                    "lost; local writes are refused until the peers have sent the missing events back",
+                    "peer %s holds %d events of this node's origin %s, this node only %d: the data directory "
+                    "is older than the events it minted; taking a new incarnation before the next write",
                     link.name,
                     theirs,
-                    self.config.region,
+                    origin,
                     mine,
                 )
-            core_message = Hello(hello.region, vector, _hint(hello.incoming))
+                self.store.retire_origin(f"peer {link.name} holds {theirs} events of {origin}, this directory {mine}")
+            core_message = Hello(hello.region, vector, _hint(hello.incoming), hello.origin)
             # A transfer from this peer that a broken stream cut short is void.
             await self.writer.call(lambda: self.store.discard_snapshot(link.name))
             link.greeted = True
@@ -908,6 +899,7 @@ def _message_pb(message: Message) -> rpb.SyncMessage:
         if message.incoming:
             out.hello.incoming = encode(message.incoming)
         out.hello.protocol = PROTOCOL_VERSION
+        out.hello.origin = message.origin
     elif isinstance(message, Ack):
         out.ack.vector = encode(message.vector)
         if message.incoming:

@@ -20,6 +20,7 @@ from google.protobuf.message import DecodeError, Message
 import crdtstore
 from crdtstore.crdt import CodecError, KeyState, TypeMismatch, ValueType, VersionVector, decode_as, encode
 from crdtstore.crdt.keyed import Value
+from crdtstore.crdt.origin import region_of
 from crdtstore.node.config import NodeConfig
 from crdtstore.node.replication import Replicator
 from crdtstore.node.writer import GroupCommitWriter
@@ -101,7 +102,7 @@ def key_value_pb(key: str, state: KeyState | None) -> pb.KeyValue:
     for sibling in read.siblings:
         out.siblings.add(
             value=sibling.value,
-            region=sibling.dot.region,
+            region=region_of(sibling.dot.region),
             wall_ms=sibling.timestamp.wall_ms,
             logical=sibling.timestamp.logical,
         )
@@ -185,20 +186,6 @@ class KVService:
         except InvalidRequest as exc:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         replicator = self.node.replicator
-        if replicator.awaiting_peer:
-            await _abort(
-                context,
-                grpc.StatusCode.UNAVAILABLE,
-                f"region {self.node.store.region} was started with --rejoin and has not heard from a peer yet; "
-                f"it refuses writes until one says what it holds of this region. Nothing was applied",
-            )
-        if replicator.lost_own_history:
-            await _abort(
-                context,
-                grpc.StatusCode.UNAVAILABLE,
-                f"region {self.node.store.region} has less of its own history than its peers (its data directory "
-                f"was restored or lost); it refuses writes so that it never reuses an event id. Nothing was applied",
-            )
         if replicator.clock_fenced():
             await _abort(
                 context,
@@ -309,6 +296,8 @@ class AdminService:
             peers=peers,
             clock_skew_events=replicator.skew_events,
             clock_fenced=replicator.clock_fenced(),
+            origin=store.origin,
+            conflicting_events=store.conflicting_events,
         )
 
 

@@ -9,8 +9,10 @@ drives exactly this code.
 
 Protocol, per pair of regions over one long-lived stream each way:
 
-* On connect each side sends ``Hello(region, vector)``: the version vector of
-  everything it has applied.
+* On connect each side sends ``Hello(region, vector, origin)``: the version
+  vector of everything it has applied, and the origin it mints its own events
+  under (its region and incarnation, ``crdtstore.crdt.origin``; a region's
+  earlier incarnations are origins like any other region's).
 * Each side then streams the log entries the other lacks (``SendLog``): for
   every origin, the entries above what the peer has, in per-origin order,
   from every origin (relay). Entries a peer sent are counted as entries it
@@ -81,6 +83,8 @@ class Hello:
     vector: VersionVector
     # As Ack.incoming: what the sender is applying from other peers as it connects.
     incoming: VersionVector = field(default_factory=VersionVector)
+    # The origin the sender mints its own events under; "" for its region name.
+    origin: str = ""
 
 
 @dataclass(frozen=True)
@@ -191,6 +195,8 @@ class _Peer:
     # other peers need not relay them; and when that stream last brought entries (or the hello came).
     expect: int = 0
     expect_at_ms: int = 0
+    # The origin the peer mints under, from its hello (its own entries are that origin's).
+    origin: str = ""
 
 
 class ReplicaCore:
@@ -204,6 +210,7 @@ class ReplicaCore:
         anti_entropy_ms: int = 1000,
         trimmed: VersionVector | None = None,
         clock: Callable[[], int] | None = None,
+        origin: str = "",
     ) -> None:
         names = sorted(set(peers))
         if region in names:
@@ -211,6 +218,8 @@ class ReplicaCore:
         if batch_window_ms < 0 or anti_entropy_ms <= 0:
             raise ValueError("batch_window_ms must be >= 0 and anti_entropy_ms > 0")
         self.region = region
+        # What this node mints under; the host updates it when storage takes a new incarnation.
+        self.origin = origin or region
         self.vector = vector
         self.batch_window_ms = batch_window_ms
         self.anti_entropy_ms = anti_entropy_ms
@@ -245,7 +254,7 @@ class ReplicaCore:
         state.told = self.vector
         state.expect = 0
         state.incoming_told = incoming = self._incoming(peer)
-        return [Send(peer, Hello(self.region, self.vector, incoming))]
+        return [Send(peer, Hello(self.region, self.vector, incoming, self.origin))]
 
     def disconnected(self, peer: str) -> list[Action]:
         state = self._peer(peer)
@@ -270,7 +279,8 @@ class ReplicaCore:
             now_ms = self._now()
             state.incoming, state.incoming_at_ms = message.incoming, now_ms
             # It streams its own entries from here on: the other peers hear that at the next tick.
-            state.expect, state.expect_at_ms = message.vector.get(peer), now_ms
+            state.origin = message.origin or peer
+            state.expect, state.expect_at_ms = message.vector.get(state.origin), now_ms
             state.needs_repair = not message.vector.dominates(self._trimmed)
             if state.needs_repair:
                 # Part of what it lacks is no longer in the log.
@@ -345,7 +355,7 @@ class ReplicaCore:
         again. And what origins this node is connected to are streaming it
         of their own entries (``_expected``): every peer but that origin.
         """
-        return _hint(self._receiving(), self._expected(self._now()), peer)
+        return _hint(self._receiving(), self._expected(self._now()), self.peers[peer].origin)
 
     def _receiving(self) -> dict[str, int]:
         """Per origin, how far the entries peers sent this node reach, where that is beyond its vector."""
@@ -370,9 +380,9 @@ class ReplicaCore:
         mine = self.vector
         period = self.anti_entropy_ms
         return {
-            name: state.expect
-            for name, state in self.peers.items()
-            if state.expect > mine.get(name)  # set by its hello on this connection, so it greeted
+            state.origin: state.expect
+            for state in self.peers.values()
+            if state.expect > mine.get(state.origin)  # set by its hello on this connection, so it greeted
             and (now_ms - state.expect_at_ms < period or not mine.dominates(state.sending))
         }
 
@@ -383,8 +393,8 @@ class ReplicaCore:
         """
         arriving = False
         mine = self.vector
-        for name, state in self.peers.items():
-            if state.expect and mine.get(name) >= state.expect:
+        for state in self.peers.values():
+            if state.expect and mine.get(state.origin) >= state.expect:
                 state.expect = 0  # everything it said it would stream is here
             if state.connected and (state.expect or not mine.dominates(state.sending)):
                 arriving = True
@@ -445,7 +455,7 @@ class ReplicaCore:
             if not state.connected:
                 state.ack_due = False
                 continue
-            incoming = _hint(receiving, expected, name)
+            incoming = _hint(receiving, expected, state.origin)
             if state.ack_due:
                 state.ack_due = False
                 actions.append(self._ack(name, incoming=incoming))
@@ -461,7 +471,7 @@ class ReplicaCore:
                     continue
                 if state.told != self.vector:
                     # The whole vector once a period: a partial ack that never arrived is made good.
-                    actions.append(self._ack(name, self.vector, _hint(receiving, expected, name)))
+                    actions.append(self._ack(name, self.vector, _hint(receiving, expected, state.origin)))
                 if not self._may_push(state, now_ms):
                     continue
                 if state.needs_repair:
@@ -504,17 +514,17 @@ class ReplicaCore:
         return [Trim(self._trimmed)]
 
 
-def _hint(receiving: dict[str, int], expected: dict[str, int], peer: str) -> VersionVector:
-    """What to tell ``peer`` is on its way here: ``receiving``, and ``expected`` from origins other than it.
+def _hint(receiving: dict[str, int], expected: dict[str, int], peer_origin: str) -> VersionVector:
+    """What to tell a peer is on its way here: ``receiving``, and ``expected`` from origins other than its own.
 
     An origin is never told that this node expects its own entries: it
     would hold them back, waiting for itself.
     """
-    if not expected or (len(expected) == 1 and peer in expected):
+    if not expected or (len(expected) == 1 and peer_origin in expected):
         return VersionVector(receiving) if receiving else VersionVector()
     out = dict(receiving)
     for origin, counter in expected.items():
-        if origin != peer and counter > out.get(origin, 0):
+        if origin != peer_origin and counter > out.get(origin, 0):
             out[origin] = counter
     return VersionVector(out)
 

@@ -9,8 +9,9 @@ Named databases:
 * ``log_index``  (origin region, last dot counter) -> sequence number
 * ``incoming``   (peer, key) -> a key's state received in a state transfer, staged
                  until the transfer's last message joins them all at once
-* ``meta``       schema version, region, causal context, HLC high-water mark, log size,
-                 log horizon (per origin, the last counter trimmed from the log)
+* ``meta``       schema version, region, the origin this directory mints under and the
+                 identity of the file it was taken in, causal context, HLC high-water
+                 mark, log size, log horizon (per origin, the last counter trimmed from the log)
 * ``idem``       idempotency key -> (time, request fingerprint, causal token)
 * ``idem_time``  (time, idempotency key) -> nothing: the expiry index of ``idem``
 
@@ -29,6 +30,17 @@ UTF-8, so no short key can collide) and its SHA-256; the value carries the
 full key. Keys longer than 448 bytes that share those first 448 bytes sort by
 hash among themselves: the only place where scan order is not byte order.
 
+Origins: local writes mint dots under ``origin``, the region's name and an
+incarnation (``crdtstore.crdt.origin``). A directory takes a fresh
+incarnation before its first write whenever it cannot prove it is the one
+that minted its origin's newest events: when it is new, when its data file is
+not the file the origin was taken in (it was copied, restored or moved: a
+file's inode number changes with every copy), when the operator says so
+(``StorageConfig.new_incarnation``, ``crdtstore serve --rejoin``), and when a
+peer turns out to hold events of the origin that this directory lacks
+(``retire_origin``). A fresh incarnation is always safe; reusing one that
+another region holds newer events of loses writes.
+
 Resources: the map grows by doubling when it fills, up to
 ``map_size_bytes_max``; past that, or when the disk is full, the batch is
 aborted (nothing half-written) and its requests fail with ``StoreFull``. The
@@ -46,6 +58,9 @@ import contextlib
 import enum
 import fcntl
 import hashlib
+import logging
+import os
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -70,6 +85,7 @@ from crdtstore.crdt import (
     encode,
 )
 from crdtstore.crdt.hlc import ZERO
+from crdtstore.crdt.origin import INCARNATION_HEX_DIGITS, origin_of
 from crdtstore.operations import Operation, apply_operations, fingerprint
 
 __all__ = [
@@ -101,6 +117,8 @@ _LONG_KEY_MARK = b"\xff"
 
 _META_SCHEMA = b"schema_version"
 _META_REGION = b"region"
+_META_ORIGIN = b"origin"
+_META_ORIGIN_FILE = b"origin_file"
 _META_CONTEXT = b"context"
 _META_HLC = b"hlc_high_water"
 _META_LOG_BYTES = b"delta_log_bytes"
@@ -108,6 +126,9 @@ _META_HORIZON = b"log_horizon"
 
 _FLAG_SHORT = b"\x00"
 _FLAG_LONG = b"\x01"
+
+
+log = logging.getLogger("crdtstore.storage")
 
 
 class StorageError(Exception):
@@ -155,6 +176,9 @@ class StorageConfig:
     path: Path
     region: str
     options: StorageOptions = field(default_factory=StorageOptions)
+    # Mint under a fresh incarnation from this open on, whatever the directory holds: the
+    # operator knows it may not be the copy that minted this region's newest events.
+    new_incarnation: bool = False
 
 
 class RemoteOutcome(enum.Enum):
@@ -380,9 +404,17 @@ def _digests(pairs: Iterable[tuple[bytes, str, bytes]]) -> list[int]:
 
 
 class LmdbStore:
-    def __init__(self, config: StorageConfig, *, wall_ms: Callable[[], int] | None = None) -> None:
+    def __init__(
+        self,
+        config: StorageConfig,
+        *,
+        wall_ms: Callable[[], int] | None = None,
+        incarnations: Callable[[], str] | None = None,
+    ) -> None:
+        """Open (or create) the store; ``incarnations`` makes fresh incarnation ids (random unless a test seeds it)."""
         self.config = config
         self._wall_ms = wall_ms or (lambda: time.time_ns() // 1_000_000)
+        self._incarnations = incarnations or (lambda: secrets.token_hex(INCARNATION_HEX_DIGITS // 2))
         path = Path(config.path)
         try:
             path.mkdir(parents=True, exist_ok=True)
@@ -418,6 +450,13 @@ class LmdbStore:
             self._lock_file.close()
             raise StorageError(f"cannot open the store in {path}: {exc}") from exc
         self._gate = _RemapGate()
+        # The origin local writes mint under (set by _load_or_initialise_meta), and how often this
+        # process took a new one; a reason set by retire_origin makes the next batch take one.
+        self.origin = ""
+        self.incarnations_taken = 0
+        self._retire_reason: str | None = None
+        # Entries from peers that carry event ids this node holds for different events (see apply_raw).
+        self.conflicting_events = 0
         self._context_memo: tuple[bytes, CausalContext] = (b"", CausalContext())
         try:
             # Reader slots left behind by a process that was killed would pin
@@ -458,6 +497,8 @@ class LmdbStore:
                 txn.put(_META_CONTEXT, encode(CausalContext()))
                 txn.put(_META_HLC, encode(ZERO))
                 txn.put(_META_LOG_BYTES, b"0")
+                # A new directory may stand in for a region that lost its disk: never reuse an origin.
+                self._take_incarnation(txn, "the data directory is new")
                 return CausalContext(), ZERO, 0
             if stored_schema != str(SCHEMA_VERSION).encode():
                 raise StorageError(
@@ -475,7 +516,52 @@ class LmdbStore:
                 mark = decode_as(txn.get(_META_HLC) or b"", Timestamp)
             except CodecError as exc:
                 raise StorageError(f"the store's metadata is damaged: {exc}") from exc
+            stored_origin = txn.get(_META_ORIGIN)
+            stored_file = txn.get(_META_ORIGIN_FILE)
+            if stored_origin is None:
+                # A directory from before incarnations: it minted under the bare region name. Keep
+                # it (its events are this directory's own) and record the file it lives in.
+                self.origin = region
+                txn.put(_META_ORIGIN, region.encode())
+                txn.put(_META_ORIGIN_FILE, self._file_identity())
+            else:
+                self.origin = stored_origin.decode()
+            if self.config.new_incarnation:
+                self._take_incarnation(txn, "the node was started with --rejoin (new_incarnation)")
+            elif stored_origin is not None and stored_file != self._file_identity():
+                self._take_incarnation(txn, "the data file is not the one its origin was taken in (copied or restored)")
             return context, mark, int(txn.get(_META_LOG_BYTES) or b"0")
+
+    def _file_identity(self) -> bytes:
+        """The identity of the data file: its inode number, which every copy or restore changes."""
+        return str(os.stat(Path(self.config.path) / "data.mdb").st_ino).encode()
+
+    def _take_incarnation(self, txn: lmdb.Transaction, reason: str) -> None:
+        """Mint under a fresh origin from this transaction on (see the module docstring)."""
+        previous = self.origin
+        self.origin = origin_of(self.config.region, self._incarnations())
+        txn.put(_META_ORIGIN, self.origin.encode(), db=self.meta)
+        txn.put(_META_ORIGIN_FILE, self._file_identity(), db=self.meta)
+        self.incarnations_taken += 1
+        if not previous:
+            log.info("region %s mints under the new origin %s: %s", self.config.region, self.origin, reason)
+        else:
+            log.warning(
+                "region %s mints under %s instead of %s from now on: %s",
+                self.config.region,
+                self.origin,
+                previous,
+                reason,
+            )
+
+    def retire_origin(self, reason: str) -> None:
+        """Mint under a fresh origin from the next write on: a peer holds events of this one that this node lacks.
+
+        Thread-safe: the writer takes the new incarnation in the transaction
+        of its next batch, before that batch mints anything. A batch already
+        committing when this is called still minted under the old origin.
+        """
+        self._retire_reason = reason
 
     def close(self) -> None:
         self.env.close()
@@ -848,6 +934,10 @@ class LmdbStore:
         results: list[Result] = []
         now_ms = self._wall_ms()
         with self.env.begin(write=True) as txn:
+            retire = self._retire_reason
+            if retire is not None:
+                self._retire_reason = None
+                self._take_incarnation(txn, retire)
             batch = _Batch(self._context_in(txn), self._log_bytes, self._next_seq(txn))
             for request in requests:
                 results.append(self._apply_one(txn, batch, request, clock, now_ms))
@@ -893,7 +983,7 @@ class LmdbStore:
         except (CodecError, StorageError) as exc:
             return Failed(DataCorruption(f"a stored key of this request cannot be read: {exc}"))
         try:
-            after, delta = apply_operations(window, request.operations, self.config.region, clock)
+            after, delta = apply_operations(window, request.operations, self.origin, clock)
         except (TypeMismatch, ValueError, TypeError) as exc:
             return Failed(exc)
         encoded: dict[str, bytes] = {}
@@ -910,15 +1000,15 @@ class LmdbStore:
                         )
                     )
         # The batch's own dots are the contiguous run first..last of this
-        # region (every operation mints at least one); replication sends
+        # node's origin (every operation mints at least one); replication sends
         # entries per origin in that order, and a peer has an entry once its
         # version vector reaches ``last``. The source is "" for local writes
         # and the sending peer for relayed ones (provenance).
-        region = self.config.region
-        first = batch.context.vv.get(region) + 1
-        last = after.context.max_counter(region)
+        origin = self.origin
+        first = batch.context.vv.get(origin) + 1
+        last = after.context.max_counter(origin)
         assert last >= first, "a batch mints at least one dot"
-        log_value = _log_value(region, first, last, delta, source="", arrived_ms=now_ms)
+        log_value = _log_value(origin, first, last, delta, source="", arrived_ms=now_ms)
         if len(log_value) > self.config.options.log_entry_bytes_max:
             return Failed(
                 KeyTooLarge(
@@ -932,7 +1022,7 @@ class LmdbStore:
                 txn.put(lmdb_key(key), encoded[key], db=self.data)
             else:
                 txn.delete(lmdb_key(key), db=self.data)
-        self._append_log(txn, batch.next_seq, region, last, log_value)
+        self._append_log(txn, batch.next_seq, origin, last, log_value)
         batch.next_seq += 1
         batch.log_bytes += len(log_value)
         batch.context = after.context
@@ -966,10 +1056,11 @@ class LmdbStore:
         register timestamps were too far ahead for the clock to follow
         (applied all the same: convergence comes first).
         """
-        decoded = [
-            LogEntry(e.origin, e.first, e.last, source, decode_as(e.delta, StoreMap), e.delta)
-            for e in self.lacking(entries)
-        ]
+        arrived = list(entries)
+        fresh = self.lacking(arrived)
+        if len(fresh) < len(arrived):
+            self._check_duplicates([e for e in arrived if e.last <= self._context.vv.get(e.origin)], source)
+        decoded = [LogEntry(e.origin, e.first, e.last, source, decode_as(e.delta, StoreMap), e.delta) for e in fresh]
         outcomes = self.apply_remote(decoded, source=source)
         skews = 0
         for entry, outcome in zip(decoded, outcomes, strict=True):
@@ -978,6 +1069,35 @@ class LmdbStore:
                 if latest is not None and clock.receive(latest) is not None:
                     skews += 1
         return outcomes, skews
+
+    def _check_duplicates(self, duplicates: Sequence[RawLogEntry], source: str) -> None:
+        """Count and log entries whose event ids this node holds for different events.
+
+        An entry travels whole and unchanged from its origin through every
+        relay, so an entry this node has must arrive with the same events and
+        the same bytes. Anything else means two events were minted under one
+        id (a region reused an origin after losing its data), and each side
+        would keep its own forever: the loudest error this node can report.
+        Only entries still in this node's log can be compared.
+        """
+        with self._gate.read(), self.env.begin() as txn:
+            for e in duplicates:
+                seq = txn.get(_log_key(e.origin, e.last), db=self.log_index)
+                raw = None if seq is None else txn.get(seq, db=self.log)
+                if raw is None:
+                    continue  # trimmed, or this node's entry for those events ends elsewhere
+                _origin, first, _last, _source, delta, _arrived = msgpack.unpackb(raw)
+                if first != e.first or bytes(delta) != e.delta:
+                    self.conflicting_events += e.last - e.first + 1
+                    log.error(
+                        "peer %s sent events %s:%d..%d that differ from the ones this node holds under the "
+                        "same ids: two events were minted under one id, and the regions cannot converge on "
+                        "them (see 'A region that lost its data' in the README)",
+                        source,
+                        e.origin,
+                        e.first,
+                        e.last,
+                    )
 
     def apply_remote(self, entries: Sequence[LogEntry], source: str) -> list[RemoteOutcome]:
         """Apply log entries received from peer ``source`` in one transaction and one fsync.

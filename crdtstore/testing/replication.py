@@ -57,9 +57,13 @@ class SimulatedRegions:
         self.bytes_sent = 0
         self.regions: dict[str, _Region] = {}
         for name in names:
-            store = LmdbStore(StorageConfig(root / name, name))
+            store = LmdbStore(
+                StorageConfig(root / name, name), incarnations=lambda: f"{self.random.getrandbits(48):012x}"
+            )
             peers = [n for n in names if n != name]
-            core = ReplicaCore(name, peers, store.context.vv, batch_window_ms=10, anti_entropy_ms=1000)
+            core = ReplicaCore(
+                name, peers, store.context.vv, batch_window_ms=10, anti_entropy_ms=1000, origin=store.origin
+            )
             clock = HybridLogicalClock(FakeClock(1_000), floor=store.hlc_mark)
             self.regions[name] = _Region(name, store, core, clock)
             for peer in peers:

@@ -176,7 +176,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("region", "version", "keys", "token", "draining", "data_bytes", "commits", "requests_committed", "peers", "clock_skew_events", "clock_fenced")
+    __slots__ = ("region", "version", "keys", "token", "draining", "data_bytes", "commits", "requests_committed", "peers", "clock_skew_events", "clock_fenced", "origin", "conflicting_events")
     REGION_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
@@ -188,6 +188,8 @@ class StatusResponse(_message.Message):
     PEERS_FIELD_NUMBER: _ClassVar[int]
     CLOCK_SKEW_EVENTS_FIELD_NUMBER: _ClassVar[int]
     CLOCK_FENCED_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    CONFLICTING_EVENTS_FIELD_NUMBER: _ClassVar[int]
     region: str
     version: str
     keys: int
@@ -199,7 +201,9 @@ class StatusResponse(_message.Message):
     peers: _containers.RepeatedCompositeFieldContainer[PeerStatus]
     clock_skew_events: int
     clock_fenced: bool
-    def __init__(self, region: _Optional[str] = ..., version: _Optional[str] = ..., keys: _Optional[int] = ..., token: _Optional[_Union[CausalToken, _Mapping]] = ..., draining: _Optional[bool] = ..., data_bytes: _Optional[int] = ..., commits: _Optional[int] = ..., requests_committed: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[PeerStatus, _Mapping]]] = ..., clock_skew_events: _Optional[int] = ..., clock_fenced: _Optional[bool] = ...) -> None: ...
+    origin: str
+    conflicting_events: int
+    def __init__(self, region: _Optional[str] = ..., version: _Optional[str] = ..., keys: _Optional[int] = ..., token: _Optional[_Union[CausalToken, _Mapping]] = ..., draining: _Optional[bool] = ..., data_bytes: _Optional[int] = ..., commits: _Optional[int] = ..., requests_committed: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[PeerStatus, _Mapping]]] = ..., clock_skew_events: _Optional[int] = ..., clock_fenced: _Optional[bool] = ..., origin: _Optional[str] = ..., conflicting_events: _Optional[int] = ...) -> None: ...
 
 class PeerStatus(_message.Message):
     __slots__ = ("region", "address", "connected", "acked", "behind", "clock_offset_ms", "clock_error_ms")
