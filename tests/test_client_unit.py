@@ -121,6 +121,8 @@ class FakeKV:
             token=kv_pb2.CausalToken(vector=b"\x00\xff"),
             draining=False,
             data_bytes=4096,
+            commits=7,
+            requests_committed=19,
             peers=[
                 kv_pb2.PeerStatus(
                     region="us",
@@ -357,6 +359,23 @@ def test_get_converts_every_type(kv: Client, fake: FakeKV) -> None:
     assert not missing.exists
 
 
+def test_text_reads_a_register_as_utf8() -> None:
+    assert Entry("r", "register", "héllo".encode()).text == "héllo"
+    assert Entry("gone", None, None).text is None
+
+
+def test_text_of_bytes_that_are_not_utf8_names_the_key() -> None:
+    with pytest.raises(UnicodeDecodeError, match="register 'bin' is not UTF-8 text") as caught:
+        _ = Entry("bin", "register", b"ok\xff").text
+    assert (caught.value.start, caught.value.object) == (2, b"ok\xff")
+
+
+@pytest.mark.parametrize("entry", [Entry("c", "counter", 3), Entry("s", "set", frozenset({"a"}))])
+def test_text_of_a_counter_or_a_set_is_a_type_error(entry: Entry) -> None:
+    with pytest.raises(TypeError, match=f"{entry.key!r} holds a {entry.type}, not a register"):
+        _ = entry.text
+
+
 def test_scan_follows_page_tokens(kv: Client, fake: FakeKV) -> None:
     for i in range(5):
         fake.put(f"user/{i}", kv_pb2.KeyValue(value=counter(i)))
@@ -375,6 +394,8 @@ def test_status(kv: Client) -> None:
         "token": b"\x00\xff",
         "draining": False,
         "data_bytes": 4096,
+        "commits": 7,
+        "requests_committed": 19,
         "peers": [
             {
                 "region": "us",
@@ -528,6 +549,8 @@ def test_status_output(addr: str, capsys: pytest.CaptureFixture[str]) -> None:
         "token": "AP8=",
         "draining": False,
         "data_bytes": 4096,
+        "commits": 7,
+        "requests_committed": 19,
         "peers": [
             {
                 "region": "us",

@@ -370,6 +370,8 @@ def test_cli_status_json(server: ServerProcess) -> None:
         "token",
         "draining",
         "data_bytes",
+        "commits",
+        "requests_committed",
         "peers",
         "clock_skew_events",
         "clock_fenced",
@@ -384,6 +386,13 @@ def test_cli_status_json(server: ServerProcess) -> None:
     human = run_cli("status", addr=server.addr)
     assert human.returncode == 0
     assert "region: eu" in human.stdout.splitlines()
+    # The group-commit counters the proto carries are in both outputs, and the writes are counted.
+    assert run_cli("set", "status/counted", "x", addr=server.addr).returncode == 0
+    after = cli_json(run_cli("status", "--json", addr=server.addr))
+    assert after["commits"] >= 1
+    assert after["requests_committed"] >= 1
+    human_names = {line.split(":")[0] for line in run_cli("status", addr=server.addr).stdout.splitlines()}
+    assert {"commits", "requests_committed"} <= human_names
 
 
 def test_cli_keys_count_matches_status(own_server: ServerProcess) -> None:
