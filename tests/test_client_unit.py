@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import io
 import json
 import socket
 import sys
@@ -18,6 +19,7 @@ import threading
 import types
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -624,3 +626,89 @@ def test_command_of() -> None:
     assert cli._command_of(["--addr", "serve", "get", "serve"]) == "get"
     assert cli._command_of(["--addr=h:1", "serve"]) == "serve"
     assert cli._command_of(["-h"]) is None
+
+
+# -- values and members from standard input and files ----------------------------------------
+
+
+def stdin_of(monkeypatch: pytest.MonkeyPatch, data: bytes) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+
+
+def sent_value(fake: FakeKV) -> bytes:
+    return fake.mutations[-1].operations[0].set.value
+
+
+def test_set_reads_the_value_from_a_file_byte_for_byte(
+    addr: str, fake: FakeKV, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    data = bytes(range(256)) * 1024 + b"\n"  # binary, with a trailing newline kept
+    (tmp_path / "value.bin").write_bytes(data)
+    assert run(capsys, "--addr", addr, "set", "k", f"@{tmp_path / 'value.bin'}") == (0, "", "")
+    assert sent_value(fake) == data
+
+
+def test_set_reads_the_value_from_standard_input(
+    addr: str, fake: FakeKV, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stdin_of(monkeypatch, b"\xff\x00 from stdin\n")
+    assert run(capsys, "--addr", addr, "set", "k", "-") == (0, "", "")
+    assert sent_value(fake) == b"\xff\x00 from stdin\n"
+
+
+@pytest.mark.parametrize(("arg", "stored"), [("@@home", b"@home"), ("@@@x", b"@@x"), ("a@b", b"a@b")])
+def test_a_literal_value_that_starts_with_at_is_escaped_with_a_second_at(
+    addr: str, fake: FakeKV, capsys: pytest.CaptureFixture[str], arg: str, stored: bytes
+) -> None:
+    assert run(capsys, "--addr", addr, "set", "k", "--", arg)[0] == 0
+    assert sent_value(fake) == stored
+
+
+def test_members_come_one_per_line_from_standard_input_and_files(
+    addr: str, fake: FakeKV, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "more.txt").write_bytes("pear\r\n\näpfel\n".encode())
+    stdin_of(monkeypatch, b"apple\nfig tree\n")
+    argv = ("sadd", "s", "kiwi", "-", f"@{tmp_path / 'more.txt'}", "@@at")
+    assert run(capsys, "--addr", addr, *argv) == (0, "", "")
+    assert list(fake.mutations[-1].operations[0].add.members) == ["kiwi", "apple", "fig tree", "pear", "äpfel", "@at"]
+    stdin_of(monkeypatch, b"apple\n")
+    assert run(capsys, "--addr", addr, "srem", "s", "-")[0] == 0
+    assert list(fake.mutations[-1].operations[0].remove.members) == ["apple"]
+
+
+UNREADABLE = [
+    (("set", "k", "@/no/such/file"), b"", "cannot read /no/such/file: No such file or directory"),
+    (("set", "k", "@"), b"", "'@' names no file"),
+    (("sadd", "s", "-"), b"\xff\n", "standard input is not UTF-8 text"),
+    (("sadd", "s", "-"), b"\n\n", "no members"),
+    (("sadd", "s", "-", "-"), b"a\n", "'-' (standard input) can be given once"),
+]
+
+
+@pytest.mark.parametrize("case", UNREADABLE, ids=[" ".join(argv) for argv, _, _ in UNREADABLE])
+def test_unreadable_input_is_wrong_usage_and_sends_nothing(
+    addr: str,
+    fake: FakeKV,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    case: tuple[tuple[str, ...], bytes, str],
+) -> None:
+    argv, stdin, message = case
+    stdin_of(monkeypatch, stdin)
+    code, out, err = run(capsys, "--addr", addr, *argv)
+    assert (code, out) == (2, "")
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+    assert fake.mutations == []
+
+
+def test_input_beyond_the_bound_is_refused(
+    addr: str, fake: FakeKV, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli, "INPUT_BYTES_MAX", 8)
+    stdin_of(monkeypatch, b"123456789")
+    code, _, err = run(capsys, "--addr", addr, "set", "k", "-")
+    assert code == 2
+    assert "more than 8 bytes" in err
+    assert fake.mutations == []

@@ -294,6 +294,25 @@ def test_cli_register(server: ServerProcess) -> None:
     assert cli_json(run_cli("get", "cli/reg", "--json", addr=addr))["value"] == "second"
 
 
+def test_cli_sets_a_large_binary_value_from_a_file_and_from_stdin(tmp_path: Path) -> None:
+    """2 MiB is far beyond what one shell argument may hold; ``@PATH`` and ``-`` carry it byte for byte."""
+    config = tmp_path / "node.toml"
+    config.write_text("[limits]\nvalue_bytes_max = 4194304\n")
+    value = bytes(range(256)) * (2 * 1024 * 1024 // 256)
+    (tmp_path / "value.bin").write_bytes(value)
+    with ServerProcess(tmp_path / "data", region="eu", extra_args=("--config", str(config))) as node:
+        assert run_cli("set", "big/file", f"@{tmp_path / 'value.bin'}", addr=node.addr).returncode == 0
+        cmd = [sys.executable, "-m", "crdtstore", "--addr", node.addr, "set", "big/stdin", "-"]
+        piped = subprocess.run(cmd, input=value[::-1], capture_output=True, timeout=CLI_TIMEOUT_S, check=False)
+        assert piped.returncode == 0, piped.stderr
+        with Client(node.addr, timeout_s=RPC_TIMEOUT_S) as kv:
+            assert kv.get("big/file").value == value
+            assert kv.get("big/stdin").value == value[::-1]
+        got = cli_json(run_cli("get", "big/file", "--json", addr=node.addr))
+        assert got["encoding"] == "base64"
+        assert base64.b64decode(got["value"]) == value
+
+
 def test_cli_register_not_utf8_is_base64(server: ServerProcess, client: Client) -> None:
     client.set("cli/bin", b"\xff\x00\xfe")
     assert cli_json(run_cli("get", "cli/bin", "--json", addr=server.addr)) == {
