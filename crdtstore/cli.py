@@ -62,6 +62,7 @@ import grpc
 
 from crdtstore.client import Client, ClientError, ClientTls, Entry, Status, Value, WriteResult, parse_durability
 from crdtstore.operations import AddMembers, DeleteKey, Increment, RemoveMembers, SetRegister
+from crdtstore.tokens import decode_token, describe_behind, events_behind
 
 __all__ = ["ADDR_ENV", "DEFAULT_ADDR", "build_parser", "entry_json", "main"]
 
@@ -200,8 +201,43 @@ def _status_json(status: Status) -> dict[str, object]:
 # -- commands ----------------------------------------------------------------------------
 
 
+# How long the command line asks a node's status after a read with --after ran out of time.
+_LAG_STATUS_TIMEOUT_S_MAX = 2.0
+
+
+def _token_not_seen(client: Client, token: bytes) -> str:
+    """Why a read with ``--after`` ran out of time when only the client's own deadline spoke.
+
+    The node usually answers first with its own account; when the answer was
+    late, its status says whether it is up and how far behind the token it is.
+    """
+    try:
+        target = decode_token(token)
+        with Client(
+            client.addr, timeout_s=min(client.timeout_s, _LAG_STATUS_TIMEOUT_S_MAX), retries_max=0, tls=client.tls
+        ) as probe:
+            seen = decode_token(probe.status()["token"])
+    except (ClientError, ValueError):
+        return (
+            f"{client.addr} did not show within {client.timeout_s:g} s that it has seen the token, "
+            f"and did not answer a status request either: is it overloaded or stuck?"
+        )
+    behind = events_behind(seen, target)
+    if not behind:
+        return f"{client.addr} has seen the token by now, but not within {client.timeout_s:g} s: retry"
+    return (
+        f"{client.addr} has not yet seen the token: it is {describe_behind(behind)}. The node is up; replication "
+        f"has not brought it that far yet: retry later, or read in the region that wrote it"
+    )
+
+
 def _get(client: Client, args: argparse.Namespace) -> None:
-    entry = client.get(args.key, after=args.after)
+    try:
+        entry = client.get(args.key, after=args.after)
+    except ClientError as err:
+        if args.after and err.code == grpc.StatusCode.DEADLINE_EXCEEDED and "token" not in err.message:
+            raise ClientError(err.code, _token_not_seen(client, args.after)) from err
+        raise
     if args.json:
         _print_json(entry_json(entry))
     else:

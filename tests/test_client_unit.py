@@ -38,6 +38,7 @@ from crdtstore.client import (
     WriteResult,
     _entry_from_get,
 )
+from crdtstore.crdt import VersionVector, encode
 from crdtstore.operations import AddMembers, DeleteKey, Increment, Operation, RemoveMembers, SetRegister
 from crdtstore.v1 import kv_pb2, kv_pb2_grpc
 
@@ -76,6 +77,7 @@ class FakeKV:
         self.scans: list[kv_pb2.ScanRequest] = []
         self.gets: list[str] = []
         self.applied: dict[bytes, kv_pb2.MutateResponse] = {}
+        self.status_token = b"\x00\xff"
 
     def put(self, key: str, kv: kv_pb2.KeyValue) -> None:
         kv.key = key
@@ -120,7 +122,7 @@ class FakeKV:
             region="eu",
             version="0.1.0",
             keys=len(self.entries),
-            token=kv_pb2.CausalToken(vector=b"\x00\xff"),
+            token=kv_pb2.CausalToken(vector=self.status_token),
             draining=False,
             data_bytes=4096,
             commits=7,
@@ -712,3 +714,54 @@ def test_input_beyond_the_bound_is_refused(
     assert code == 2
     assert "more than 8 bytes" in err
     assert fake.mutations == []
+
+
+# -- a read with --after that runs out of time ---------------------------------------------------
+
+# What gRPC itself says when the client's deadline passes before the node answers.
+LOCAL_DEADLINE = (grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+
+
+def after_token(**counts: int) -> str:
+    return base64.b64encode(encode(VersionVector(counts))).decode()
+
+
+def test_a_late_causal_read_says_how_far_behind_the_node_is(
+    addr: str, fake: FakeKV, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake.failures = [LOCAL_DEADLINE]
+    fake.status_token = encode(VersionVector({"us": 2, "eu": 7}))
+    code, out, err = run(capsys, "--addr", addr, "get", "k", "--after", after_token(us=5, eu=7, ap=1))
+    assert (code, out) == (1, "")
+    assert f"{addr} has not yet seen the token: it is 4 events behind it (from ap 1, us 3)" in err
+    assert "did not answer in time" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_late_causal_read_of_a_node_that_caught_up_since_says_retry(
+    addr: str, fake: FakeKV, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake.failures = [LOCAL_DEADLINE]
+    fake.status_token = encode(VersionVector({"us": 5}))
+    code, _, err = run(capsys, "--addr", addr, "get", "k", "--after", after_token(us=5))
+    assert code == 1
+    assert "has seen the token by now" in err
+
+
+def test_a_late_causal_read_of_a_node_that_does_not_answer_status(
+    addr: str, fake: FakeKV, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake.failures = [LOCAL_DEADLINE, (grpc.StatusCode.UNAVAILABLE, "gone")]
+    code, _, err = run(capsys, "--addr", addr, "get", "k", "--after", after_token(us=5))
+    assert code == 1
+    assert "did not answer a status request either" in err
+
+
+def test_the_nodes_own_account_of_a_late_causal_read_is_passed_on(
+    addr: str, fake: FakeKV, capsys: pytest.CaptureFixture[str]
+) -> None:
+    message = "region eu has not yet seen the token: it is 1 event behind it (from us 1)"
+    fake.failures = [(grpc.StatusCode.DEADLINE_EXCEEDED, message)]
+    code, _, err = run(capsys, "--addr", addr, "get", "k", "--after", after_token(us=5))
+    assert code == 1
+    assert err == f"crdtstore: {message} (DEADLINE_EXCEEDED)\n"

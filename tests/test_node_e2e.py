@@ -422,6 +422,18 @@ def test_cli_keys_count_matches_status(own_server: ServerProcess) -> None:
     assert cli_json(run_cli("status", "--json", addr=own_server.addr))["keys"] == 11
 
 
+def test_cli_causal_read_of_a_token_the_node_lacks_says_so(server: ServerProcess) -> None:
+    """Not "did not answer in time", which reads as a dead node: the node is up and behind the token."""
+    from crdtstore.crdt import VersionVector, encode
+
+    token = base64.b64encode(encode(VersionVector({"elsewhere": 5}))).decode()
+    proc = run_cli("--timeout", "1", "get", "cli/causal", "--after", token, addr=server.addr)
+    assert (proc.returncode, proc.stdout) == (1, "")
+    assert "has not yet seen the token: it is 5 events behind it (from elsewhere 5)" in proc.stderr
+    assert "did not answer in time" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
 def test_cli_wrong_type_exits_1(server: ServerProcess) -> None:
     assert run_cli("sadd", "cli/typed", "a", addr=server.addr).returncode == 0
     proc = run_cli("incr", "cli/typed", addr=server.addr)
