@@ -197,7 +197,7 @@ class Status(TypedDict):
     token: bytes
     draining: bool
     data_bytes: int
-    commits: int  # write transactions committed (each one fsync) since the node started
+    commits: int  # transactions of client writes committed (each one fsync) since the node started
     requests_committed: int  # client write requests in them: requests / commits is the group-commit batch size
     peers: list[PeerStatus]
     clock_skew_events: int
