@@ -213,6 +213,9 @@ def _token_not_seen(client: Client, token: bytes) -> str:
     """
     try:
         target = decode_token(token)
+    except ValueError:
+        return f"{client.addr} did not answer in time"
+    try:
         with Client(
             client.addr, timeout_s=min(client.timeout_s, _LAG_STATUS_TIMEOUT_S_MAX), retries_max=0, tls=client.tls
         ) as probe:

@@ -434,6 +434,14 @@ def test_cli_causal_read_of_a_token_the_node_lacks_says_so(server: ServerProcess
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(("time_left_s", "wait_s"), [(5.0, 4.5), (1.0, 0.9), (60.0, 59.5), (0.0, 0.0)])
+def test_a_causal_read_gives_up_before_the_callers_deadline(time_left_s: float, wait_s: float) -> None:
+    """So the node's account of what it lacks reaches the caller before the caller's own timer fires."""
+    from crdtstore.node.service import _answer_before_deadline_s
+
+    assert _answer_before_deadline_s(time_left_s) == pytest.approx(wait_s)
+
+
 def test_cli_wrong_type_exits_1(server: ServerProcess) -> None:
     assert run_cli("sadd", "cli/typed", "a", addr=server.addr).returncode == 0
     proc = run_cli("incr", "cli/typed", addr=server.addr)
