@@ -293,14 +293,14 @@ def _del(client: Client, args: argparse.Namespace) -> WriteResult:
     return client.mutate([DeleteKey(args.key)], durability=args.durability)
 
 
-class InputError(Exception):
+class _InputError(Exception):
     """A ``-`` or ``@PATH`` argument whose input cannot be read or used."""
 
 
 def _read_limited(stream: BinaryIO, source: str) -> bytes:
     data = stream.read(INPUT_BYTES_MAX + 1)
     if len(data) > INPUT_BYTES_MAX:
-        raise InputError(f"{source} holds more than {INPUT_BYTES_MAX} bytes, the most this command reads")
+        raise _InputError(f"{source} holds more than {INPUT_BYTES_MAX} bytes, the most this command reads")
     return data
 
 
@@ -312,12 +312,12 @@ def _input_bytes(arg: str, stdin: BinaryIO) -> tuple[bytes, str] | None:
         return None
     path = arg[1:]
     if not path:
-        raise InputError("'@' names no file: write @PATH to read a file, or @@ for a text that starts with @")
+        raise _InputError("'@' names no file: write @PATH to read a file, or @@ for a text that starts with @")
     try:
         with Path(path).open("rb") as file:
             return _read_limited(file, path), path
     except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise _InputError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def _literal(arg: str) -> str:
@@ -325,7 +325,7 @@ def _literal(arg: str) -> str:
     return arg[1:] if arg.startswith("@@") else arg
 
 
-def read_value(arg: str, stdin: BinaryIO) -> bytes:
+def _read_value(arg: str, stdin: BinaryIO) -> bytes:
     """``set``'s VALUE: ``-`` is standard input, ``@PATH`` a file (both byte for byte), else its UTF-8 bytes."""
     read = _input_bytes(arg, stdin)
     if read is not None:
@@ -334,10 +334,10 @@ def read_value(arg: str, stdin: BinaryIO) -> bytes:
     return _literal(arg).encode("utf-8", "surrogateescape")
 
 
-def read_members(args: Sequence[str], stdin: BinaryIO) -> list[str]:
+def _read_members(args: Sequence[str], stdin: BinaryIO) -> list[str]:
     """The MEMBERs of ``sadd``/``srem``: ``-`` and ``@PATH`` give one member per line."""
     if args.count("-") > 1:
-        raise InputError("'-' (standard input) can be given once")
+        raise _InputError("'-' (standard input) can be given once")
     members: list[str] = []
     for arg in args:
         read = _input_bytes(arg, stdin)
@@ -348,20 +348,20 @@ def read_members(args: Sequence[str], stdin: BinaryIO) -> list[str]:
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise InputError(f"{source} is not UTF-8 text (byte {exc.start}); set members are text") from None
+            raise _InputError(f"{source} is not UTF-8 text (byte {exc.start}); set members are text") from None
         lines = (line.removesuffix("\r") for line in text.split("\n"))
         members.extend(line for line in lines if line)
     if not members:
-        raise InputError(f"no members: {' '.join(args)} held none")
+        raise _InputError(f"no members: {' '.join(args)} held none")
     return members
 
 
 def _read_inputs(args: argparse.Namespace, stdin: BinaryIO) -> None:
-    """Replace ``set``'s VALUE and the MEMBERs by what they stand for (raises ``InputError``)."""
+    """Replace ``set``'s VALUE and the MEMBERs by what they stand for (raises ``_InputError``)."""
     if args.command == "set":
-        args.value = read_value(args.value, stdin)
+        args.value = _read_value(args.value, stdin)
     elif args.command in ("sadd", "srem"):
-        args.members = read_members(args.members, stdin)
+        args.members = _read_members(args.members, stdin)
 
 
 def _token(text: str) -> bytes:
@@ -574,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         _read_inputs(args, sys.stdin.buffer)
-    except InputError as exc:
+    except _InputError as exc:
         _note(str(exc))
         return 2
     try:
