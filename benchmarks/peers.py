@@ -135,6 +135,7 @@ import msgpack
 from benchmarks.figures import Baseline, Figure, Stats, stats_of, write_json
 from benchmarks.micro import R_A, R_B, SET_KEY, member
 from crdtstore.crdt import AWSet, Causal, CausalContext, KeyState, StoreMap, ValueType, decode_as, encode
+from crdtstore.testing.npm import install_locked
 
 __all__ = [
     "JS_DIR",
@@ -565,22 +566,6 @@ def run_pycrdt(cfg: Config, log: Log = _quiet, step: Log = _quiet) -> PeerRun | 
 # ---------------------------------------------------------------------------
 
 
-def _missing_packages(js_dir: Path) -> list[str]:
-    """The packages of ``package-lock.json`` that ``node_modules`` lacks, or holds at another version."""
-    lock = json.loads((js_dir / "package-lock.json").read_text())
-    missing: list[str] = []
-    for where, entry in lock.get("packages", {}).items():
-        if not where.startswith("node_modules/"):
-            continue
-        try:
-            installed = json.loads((js_dir / where / "package.json").read_text()).get("version")
-        except (OSError, ValueError):
-            installed = None
-        if installed != entry.get("version"):
-            missing.append(where.removeprefix("node_modules/"))
-    return missing
-
-
 def _tail(text: str, lines: int = 6) -> str:
     kept = [line for line in text.strip().splitlines() if line.strip()]
     return " / ".join(kept[-lines:])
@@ -588,35 +573,7 @@ def _tail(text: str, lines: int = 6) -> str:
 
 def _install(js_dir: Path, npm: str | None, log: Log) -> str | None:
     """Install the locked packages with ``npm ci`` unless they are there; the reason it could not, or None."""
-    missing = _missing_packages(js_dir)
-    if not missing:
-        return None
-    if npm is None:
-        return f"npm not found on PATH, and {js_dir.name}/node_modules lacks {len(missing)} locked package(s)"
-    command = [npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts"]
-    log(f"delta-crdts: {len(missing)} locked package(s) missing ({', '.join(missing[:3])}...): {' '.join(command)}")
-    began = time.perf_counter()
-    try:
-        done = subprocess.run(
-            command,
-            cwd=js_dir,
-            capture_output=True,
-            text=True,
-            timeout=NPM_TIMEOUT_S,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
-    except subprocess.TimeoutExpired:
-        return f"npm ci did not finish in {NPM_TIMEOUT_S:.0f} s (no registry?)"
-    except OSError as exc:
-        return f"npm ci could not start: {exc}"
-    if done.returncode != 0:
-        return f"npm ci failed (exit {done.returncode}): {_tail(done.stderr or done.stdout) or 'no output'}"
-    log(f"delta-crdts: npm ci took {time.perf_counter() - began:.1f} s")
-    still = _missing_packages(js_dir)
-    if still:
-        return f"npm ci succeeded but node_modules still lacks {', '.join(still[:5])}"
-    return None
+    return install_locked(js_dir, npm, lambda message: log(f"delta-crdts: {message}"), NPM_TIMEOUT_S)
 
 
 def _node_request(cfg: Config) -> dict[str, Any]:

@@ -5,13 +5,20 @@
     crdtstore demo [--regions N] [--data-dir DIR] [--latency-ms MS] [--base-port PORT]
     crdtstore [--addr HOST:PORT] [--timeout S] [--tls-ca FILE [--tls-cert FILE --tls-key FILE]] ...
     crdtstore [--addr HOST:PORT] [--timeout S] get KEY [--after TOKEN] [--json]
-    crdtstore [--addr HOST:PORT] [--timeout S] set KEY VALUE [--durability D] [--json]
+    crdtstore [--addr HOST:PORT] [--timeout S] set KEY VALUE|-|@PATH [--durability D] [--json]
     crdtstore [--addr HOST:PORT] [--timeout S] incr KEY [N] [--durability D] [--json]   # N may be negative
     crdtstore [--addr HOST:PORT] [--timeout S] sadd KEY MEMBER [MEMBER ...] [--durability D] [--json]
     crdtstore [--addr HOST:PORT] [--timeout S] srem KEY MEMBER [MEMBER ...] [--durability D] [--json]
     crdtstore [--addr HOST:PORT] [--timeout S] del KEY [--durability D] [--json]
     crdtstore [--addr HOST:PORT] [--timeout S] scan [PREFIX] [--json]
     crdtstore [--addr HOST:PORT] [--timeout S] status [--json]
+
+Input. ``set``'s VALUE is stored as its UTF-8 bytes, except that ``-`` reads
+the value from standard input and ``@PATH`` from a file, byte for byte (so a
+value can be binary, or larger than the shell lets an argument be); ``@@TEXT``
+is the literal ``@TEXT``. A MEMBER of ``sadd`` and ``srem`` is taken the same
+way, but ``-`` and ``@PATH`` give one member per line (UTF-8; empty lines are
+skipped, a trailing carriage return is dropped).
 
 ``D`` is ``local`` (the default: fsynced on this node) or ``replicated:N``
 (fsynced in N regions, this one included). ``--after TOKEN`` takes the token a
@@ -48,11 +55,14 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import BinaryIO
 
 import grpc
 
 from crdtstore.client import Client, ClientError, ClientTls, Entry, Status, Value, WriteResult, parse_durability
 from crdtstore.operations import AddMembers, DeleteKey, Increment, RemoveMembers, SetRegister
+from crdtstore.tokens import decode_token, describe_behind, events_behind
 
 __all__ = ["ADDR_ENV", "DEFAULT_ADDR", "build_parser", "entry_json", "main"]
 
@@ -61,6 +71,10 @@ ADDR_ENV = "CRDTSTORE_ADDR"
 PROG = "crdtstore"
 
 _WRITES = frozenset({"set", "incr", "sadd", "srem", "del"})
+
+# The most the command line reads for one ``-`` or ``@PATH``: a bound on its memory. A node
+# refuses far less by default (value_bytes_max, 1 MiB), and says so.
+INPUT_BYTES_MAX = 256 * 1024 * 1024
 
 Handler = Callable[[Client, argparse.Namespace], WriteResult | None]
 
@@ -187,8 +201,46 @@ def _status_json(status: Status) -> dict[str, object]:
 # -- commands ----------------------------------------------------------------------------
 
 
+# How long the command line asks a node's status after a read with --after ran out of time.
+_LAG_STATUS_TIMEOUT_S_MAX = 2.0
+
+
+def _token_not_seen(client: Client, token: bytes) -> str:
+    """Why a read with ``--after`` ran out of time when only the client's own deadline spoke.
+
+    The node usually answers first with its own account; when the answer was
+    late, its status says whether it is up and how far behind the token it is.
+    """
+    try:
+        target = decode_token(token)
+    except ValueError:
+        return f"{client.addr} did not answer in time"
+    try:
+        with Client(
+            client.addr, timeout_s=min(client.timeout_s, _LAG_STATUS_TIMEOUT_S_MAX), retries_max=0, tls=client.tls
+        ) as probe:
+            seen = decode_token(probe.status()["token"])
+    except (ClientError, ValueError):
+        return (
+            f"{client.addr} did not show within {client.timeout_s:g} s that it has seen the token, "
+            f"and did not answer a status request either: is it overloaded or stuck?"
+        )
+    behind = events_behind(seen, target)
+    if not behind:
+        return f"{client.addr} has seen the token by now, but not within {client.timeout_s:g} s: retry"
+    return (
+        f"{client.addr} has not yet seen the token: it is {describe_behind(behind)}. The node is up; replication "
+        f"has not brought it that far yet: retry later, or read in the region that wrote it"
+    )
+
+
 def _get(client: Client, args: argparse.Namespace) -> None:
-    entry = client.get(args.key, after=args.after)
+    try:
+        entry = client.get(args.key, after=args.after)
+    except ClientError as err:
+        if args.after and err.code == grpc.StatusCode.DEADLINE_EXCEEDED and "token" not in err.message:
+            raise ClientError(err.code, _token_not_seen(client, args.after)) from err
+        raise
     if args.json:
         _print_json(entry_json(entry))
     else:
@@ -222,7 +274,7 @@ def _status(client: Client, args: argparse.Namespace) -> None:
 
 
 def _set(client: Client, args: argparse.Namespace) -> WriteResult:
-    return client.mutate([SetRegister(args.key, args.value.encode("utf-8"))], durability=args.durability)
+    return client.mutate([SetRegister(args.key, args.value)], durability=args.durability)
 
 
 def _incr(client: Client, args: argparse.Namespace) -> WriteResult:
@@ -239,6 +291,77 @@ def _srem(client: Client, args: argparse.Namespace) -> WriteResult:
 
 def _del(client: Client, args: argparse.Namespace) -> WriteResult:
     return client.mutate([DeleteKey(args.key)], durability=args.durability)
+
+
+class _InputError(Exception):
+    """A ``-`` or ``@PATH`` argument whose input cannot be read or used."""
+
+
+def _read_limited(stream: BinaryIO, source: str) -> bytes:
+    data = stream.read(INPUT_BYTES_MAX + 1)
+    if len(data) > INPUT_BYTES_MAX:
+        raise _InputError(f"{source} holds more than {INPUT_BYTES_MAX} bytes, the most this command reads")
+    return data
+
+
+def _input_bytes(arg: str, stdin: BinaryIO) -> tuple[bytes, str] | None:
+    """What ``-`` or ``@PATH`` names, and a description of it; None for any other argument."""
+    if arg == "-":
+        return _read_limited(stdin, "standard input"), "standard input"
+    if not arg.startswith("@") or arg.startswith("@@"):
+        return None
+    path = arg[1:]
+    if not path:
+        raise _InputError("'@' names no file: write @PATH to read a file, or @@ for a text that starts with @")
+    try:
+        with Path(path).open("rb") as file:
+            return _read_limited(file, path), path
+    except OSError as exc:
+        raise _InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _literal(arg: str) -> str:
+    """An argument taken as written, with ``@@`` standing for a leading ``@``."""
+    return arg[1:] if arg.startswith("@@") else arg
+
+
+def _read_value(arg: str, stdin: BinaryIO) -> bytes:
+    """``set``'s VALUE: ``-`` is standard input, ``@PATH`` a file (both byte for byte), else its UTF-8 bytes."""
+    read = _input_bytes(arg, stdin)
+    if read is not None:
+        return read[0]
+    # surrogateescape: an argument that is not UTF-8 keeps the bytes the shell passed.
+    return _literal(arg).encode("utf-8", "surrogateescape")
+
+
+def _read_members(args: Sequence[str], stdin: BinaryIO) -> list[str]:
+    """The MEMBERs of ``sadd``/``srem``: ``-`` and ``@PATH`` give one member per line."""
+    if args.count("-") > 1:
+        raise _InputError("'-' (standard input) can be given once")
+    members: list[str] = []
+    for arg in args:
+        read = _input_bytes(arg, stdin)
+        if read is None:
+            members.append(_literal(arg))
+            continue
+        data, source = read
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _InputError(f"{source} is not UTF-8 text (byte {exc.start}); set members are text") from None
+        lines = (line.removesuffix("\r") for line in text.split("\n"))
+        members.extend(line for line in lines if line)
+    if not members:
+        raise _InputError(f"no members: {' '.join(args)} held none")
+    return members
+
+
+def _read_inputs(args: argparse.Namespace, stdin: BinaryIO) -> None:
+    """Replace ``set``'s VALUE and the MEMBERs by what they stand for (raises ``_InputError``)."""
+    if args.command == "set":
+        args.value = _read_value(args.value, stdin)
+    elif args.command in ("sadd", "srem"):
+        args.members = _read_members(args.members, stdin)
 
 
 def _token(text: str) -> bytes:
@@ -346,7 +469,12 @@ def build_parser(
 
     set_ = write_command("set", _set, "write a register")
     set_.add_argument("key", metavar="KEY")
-    set_.add_argument("value", metavar="VALUE", help="stored as its UTF-8 bytes")
+    set_.add_argument(
+        "value",
+        metavar="VALUE",
+        help="stored as its UTF-8 bytes; - reads standard input and @PATH a file, byte for byte "
+        "(@@TEXT for a value that starts with @)",
+    )
 
     # A negative N ("incr KEY -5") is taken as N, not as an option: argparse
     # does so because no option of this parser looks like a negative number.
@@ -354,13 +482,17 @@ def build_parser(
     incr.add_argument("key", metavar="KEY")
     incr.add_argument("n", metavar="N", type=int, nargs="?", default=1, help="may be negative (default: 1)")
 
+    member_help = (
+        "a member; - reads members from standard input and @PATH from a file, one per line "
+        "(@@TEXT for a member that starts with @)"
+    )
     sadd = write_command("sadd", _sadd, "add members to a set")
     sadd.add_argument("key", metavar="KEY")
-    sadd.add_argument("members", metavar="MEMBER", nargs="+")
+    sadd.add_argument("members", metavar="MEMBER", nargs="+", help=member_help)
 
     srem = write_command("srem", _srem, "remove members from a set")
     srem.add_argument("key", metavar="KEY")
-    srem.add_argument("members", metavar="MEMBER", nargs="+")
+    srem.add_argument("members", metavar="MEMBER", nargs="+", help=member_help)
 
     del_ = write_command("del", _del, "delete a key")
     del_.add_argument("key", metavar="KEY")
@@ -439,6 +571,11 @@ def main(argv: list[str] | None = None) -> int:
         tls = _client_tls(args)
     except (OSError, ValueError) as exc:
         _note(f"TLS settings: {exc}")
+        return 2
+    try:
+        _read_inputs(args, sys.stdin.buffer)
+    except _InputError as exc:
+        _note(str(exc))
         return 2
     try:
         with Client(addr, timeout_s=args.timeout, tls=tls) as client:

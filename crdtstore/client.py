@@ -131,6 +131,10 @@ class Entry:
     and a ``frozenset[str]`` for a set. ``siblings`` lists a register's
     concurrent writes, winner first, and is empty when there is only one.
     ``token`` is the causal token of the read (empty for entries of a scan).
+
+    A register holds bytes, whatever was written: ``set(key, "hello")`` stores
+    the UTF-8 bytes of the text and ``get`` returns ``b"hello"``. ``text`` gives
+    them back as a ``str``. Set members are text (``str``) on the wire already.
     """
 
     key: str
@@ -143,6 +147,29 @@ class Entry:
     @property
     def exists(self) -> bool:
         return self.type is not None
+
+    @property
+    def text(self) -> str | None:
+        """A register's value decoded as UTF-8; ``None`` when the key does not exist.
+
+        Raises ``TypeError`` for a counter or a set, and ``UnicodeDecodeError``
+        (a ``ValueError``) naming the key when the bytes are not UTF-8: read
+        ``value`` for them.
+        """
+        if self.value is None:
+            return None
+        if not isinstance(self.value, bytes):
+            raise TypeError(f"key {self.key!r} holds a {self.type}, not a register: read .value")
+        try:
+            return self.value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UnicodeDecodeError(
+                exc.encoding,
+                exc.object,
+                exc.start,
+                exc.end,
+                f"the register {self.key!r} is not UTF-8 text ({exc.reason}); .value has its bytes",
+            ) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +197,8 @@ class Status(TypedDict):
     token: bytes
     draining: bool
     data_bytes: int
+    commits: int  # transactions of client writes committed (each one fsync) since the node started
+    requests_committed: int  # client write requests in them: requests / commits is the group-commit batch size
     peers: list[PeerStatus]
     clock_skew_events: int
     clock_fenced: bool
@@ -401,6 +430,8 @@ def _status_from_proto(resp: kv_pb2.StatusResponse) -> Status:
         token=bytes(resp.token.vector),
         draining=resp.draining,
         data_bytes=resp.data_bytes,
+        commits=resp.commits,
+        requests_committed=resp.requests_committed,
         peers=[
             PeerStatus(
                 region=p.region,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import io
 import json
 import socket
 import sys
@@ -18,6 +19,7 @@ import threading
 import types
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -36,6 +38,7 @@ from crdtstore.client import (
     WriteResult,
     _entry_from_get,
 )
+from crdtstore.crdt import VersionVector, encode
 from crdtstore.operations import AddMembers, DeleteKey, Increment, Operation, RemoveMembers, SetRegister
 from crdtstore.v1 import kv_pb2, kv_pb2_grpc
 
@@ -74,6 +77,7 @@ class FakeKV:
         self.scans: list[kv_pb2.ScanRequest] = []
         self.gets: list[str] = []
         self.applied: dict[bytes, kv_pb2.MutateResponse] = {}
+        self.status_token = b"\x00\xff"
 
     def put(self, key: str, kv: kv_pb2.KeyValue) -> None:
         kv.key = key
@@ -118,9 +122,11 @@ class FakeKV:
             region="eu",
             version="0.1.0",
             keys=len(self.entries),
-            token=kv_pb2.CausalToken(vector=b"\x00\xff"),
+            token=kv_pb2.CausalToken(vector=self.status_token),
             draining=False,
             data_bytes=4096,
+            commits=7,
+            requests_committed=19,
             peers=[
                 kv_pb2.PeerStatus(
                     region="us",
@@ -357,6 +363,23 @@ def test_get_converts_every_type(kv: Client, fake: FakeKV) -> None:
     assert not missing.exists
 
 
+def test_text_reads_a_register_as_utf8() -> None:
+    assert Entry("r", "register", "héllo".encode()).text == "héllo"
+    assert Entry("gone", None, None).text is None
+
+
+def test_text_of_bytes_that_are_not_utf8_names_the_key() -> None:
+    with pytest.raises(UnicodeDecodeError, match="register 'bin' is not UTF-8 text") as caught:
+        _ = Entry("bin", "register", b"ok\xff").text
+    assert (caught.value.start, caught.value.object) == (2, b"ok\xff")
+
+
+@pytest.mark.parametrize("entry", [Entry("c", "counter", 3), Entry("s", "set", frozenset({"a"}))])
+def test_text_of_a_counter_or_a_set_is_a_type_error(entry: Entry) -> None:
+    with pytest.raises(TypeError, match=f"{entry.key!r} holds a {entry.type}, not a register"):
+        _ = entry.text
+
+
 def test_scan_follows_page_tokens(kv: Client, fake: FakeKV) -> None:
     for i in range(5):
         fake.put(f"user/{i}", kv_pb2.KeyValue(value=counter(i)))
@@ -375,6 +398,8 @@ def test_status(kv: Client) -> None:
         "token": b"\x00\xff",
         "draining": False,
         "data_bytes": 4096,
+        "commits": 7,
+        "requests_committed": 19,
         "peers": [
             {
                 "region": "us",
@@ -528,6 +553,8 @@ def test_status_output(addr: str, capsys: pytest.CaptureFixture[str]) -> None:
         "token": "AP8=",
         "draining": False,
         "data_bytes": 4096,
+        "commits": 7,
+        "requests_committed": 19,
         "peers": [
             {
                 "region": "us",
@@ -601,3 +628,140 @@ def test_command_of() -> None:
     assert cli._command_of(["--addr", "serve", "get", "serve"]) == "get"
     assert cli._command_of(["--addr=h:1", "serve"]) == "serve"
     assert cli._command_of(["-h"]) is None
+
+
+# -- values and members from standard input and files ----------------------------------------
+
+
+def stdin_of(monkeypatch: pytest.MonkeyPatch, data: bytes) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+
+
+def sent_value(fake: FakeKV) -> bytes:
+    return fake.mutations[-1].operations[0].set.value
+
+
+def test_set_reads_the_value_from_a_file_byte_for_byte(
+    addr: str, fake: FakeKV, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    data = bytes(range(256)) * 1024 + b"\n"  # binary, with a trailing newline kept
+    (tmp_path / "value.bin").write_bytes(data)
+    assert run(capsys, "--addr", addr, "set", "k", f"@{tmp_path / 'value.bin'}") == (0, "", "")
+    assert sent_value(fake) == data
+
+
+def test_set_reads_the_value_from_standard_input(
+    addr: str, fake: FakeKV, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stdin_of(monkeypatch, b"\xff\x00 from stdin\n")
+    assert run(capsys, "--addr", addr, "set", "k", "-") == (0, "", "")
+    assert sent_value(fake) == b"\xff\x00 from stdin\n"
+
+
+@pytest.mark.parametrize(("arg", "stored"), [("@@home", b"@home"), ("@@@x", b"@@x"), ("a@b", b"a@b")])
+def test_a_literal_value_that_starts_with_at_is_escaped_with_a_second_at(
+    addr: str, fake: FakeKV, capsys: pytest.CaptureFixture[str], arg: str, stored: bytes
+) -> None:
+    assert run(capsys, "--addr", addr, "set", "k", "--", arg)[0] == 0
+    assert sent_value(fake) == stored
+
+
+def test_members_come_one_per_line_from_standard_input_and_files(
+    addr: str, fake: FakeKV, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "more.txt").write_bytes("pear\r\n\näpfel\n".encode())
+    stdin_of(monkeypatch, b"apple\nfig tree\n")
+    argv = ("sadd", "s", "kiwi", "-", f"@{tmp_path / 'more.txt'}", "@@at")
+    assert run(capsys, "--addr", addr, *argv) == (0, "", "")
+    assert list(fake.mutations[-1].operations[0].add.members) == ["kiwi", "apple", "fig tree", "pear", "äpfel", "@at"]
+    stdin_of(monkeypatch, b"apple\n")
+    assert run(capsys, "--addr", addr, "srem", "s", "-")[0] == 0
+    assert list(fake.mutations[-1].operations[0].remove.members) == ["apple"]
+
+
+UNREADABLE = [
+    (("set", "k", "@/no/such/file"), b"", "cannot read /no/such/file: No such file or directory"),
+    (("set", "k", "@"), b"", "'@' names no file"),
+    (("sadd", "s", "-"), b"\xff\n", "standard input is not UTF-8 text"),
+    (("sadd", "s", "-"), b"\n\n", "no members"),
+    (("sadd", "s", "-", "-"), b"a\n", "'-' (standard input) can be given once"),
+]
+
+
+@pytest.mark.parametrize("case", UNREADABLE, ids=[" ".join(argv) for argv, _, _ in UNREADABLE])
+def test_unreadable_input_is_wrong_usage_and_sends_nothing(
+    addr: str,
+    fake: FakeKV,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    case: tuple[tuple[str, ...], bytes, str],
+) -> None:
+    argv, stdin, message = case
+    stdin_of(monkeypatch, stdin)
+    code, out, err = run(capsys, "--addr", addr, *argv)
+    assert (code, out) == (2, "")
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+    assert fake.mutations == []
+
+
+def test_input_beyond_the_bound_is_refused(
+    addr: str, fake: FakeKV, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli, "INPUT_BYTES_MAX", 8)
+    stdin_of(monkeypatch, b"123456789")
+    code, _, err = run(capsys, "--addr", addr, "set", "k", "-")
+    assert code == 2
+    assert "more than 8 bytes" in err
+    assert fake.mutations == []
+
+
+# -- a read with --after that runs out of time ---------------------------------------------------
+
+# What gRPC itself says when the client's deadline passes before the node answers.
+LOCAL_DEADLINE = (grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+
+
+def after_token(**counts: int) -> str:
+    return base64.b64encode(encode(VersionVector(counts))).decode()
+
+
+def test_a_late_causal_read_says_how_far_behind_the_node_is(
+    addr: str, fake: FakeKV, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake.failures = [LOCAL_DEADLINE]
+    fake.status_token = encode(VersionVector({"us": 2, "eu": 7}))
+    code, out, err = run(capsys, "--addr", addr, "get", "k", "--after", after_token(us=5, eu=7, ap=1))
+    assert (code, out) == (1, "")
+    assert f"{addr} has not yet seen the token: it is 4 events behind it (from ap 1, us 3)" in err
+    assert "did not answer in time" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_late_causal_read_of_a_node_that_caught_up_since_says_retry(
+    addr: str, fake: FakeKV, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake.failures = [LOCAL_DEADLINE]
+    fake.status_token = encode(VersionVector({"us": 5}))
+    code, _, err = run(capsys, "--addr", addr, "get", "k", "--after", after_token(us=5))
+    assert code == 1
+    assert "has seen the token by now" in err
+
+
+def test_a_late_causal_read_of_a_node_that_does_not_answer_status(
+    addr: str, fake: FakeKV, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake.failures = [LOCAL_DEADLINE, (grpc.StatusCode.UNAVAILABLE, "gone")]
+    code, _, err = run(capsys, "--addr", addr, "get", "k", "--after", after_token(us=5))
+    assert code == 1
+    assert "did not answer a status request either" in err
+
+
+def test_the_nodes_own_account_of_a_late_causal_read_is_passed_on(
+    addr: str, fake: FakeKV, capsys: pytest.CaptureFixture[str]
+) -> None:
+    message = "region eu has not yet seen the token: it is 1 event behind it (from us 1)"
+    fake.failures = [(grpc.StatusCode.DEADLINE_EXCEEDED, message)]
+    code, _, err = run(capsys, "--addr", addr, "get", "k", "--after", after_token(us=5))
+    assert code == 1
+    assert err == f"crdtstore: {message} (DEADLINE_EXCEEDED)\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -36,3 +37,21 @@ def test_the_client_example_runs_against_a_node(block: str, tmp_path: Path) -> N
     with ServerProcess(tmp_path / "data") as server:
         code = block.replace('"127.0.0.1:7420"', repr(server.addr))
         subprocess.run([sys.executable, "-c", code], check=True, timeout=60, capture_output=True)
+
+
+def test_the_token_capture_runs_against_a_node(tmp_path: Path) -> None:
+    """The shell lines that keep a write's token in a variable and read after it, on one node for all regions."""
+    (block,) = [b for b in re.findall(r"```sh\n(.*?)```", README.read_text(), flags=re.DOTALL) if "token=$(" in b]
+    lines = block.splitlines()
+    script = "\n".join(lines[: next(i for i, line in enumerate(lines) if "--after" in line) + 1])
+    assert '--after "$token"' in script
+    from crdtstore.testing.process import ServerProcess
+
+    with ServerProcess(tmp_path / "data") as server:
+        script = re.sub(r"127\.0\.0\.1:742\d", server.addr, script)
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+        done = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=60, env=env, check=False
+        )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "hello\n"

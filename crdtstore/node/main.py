@@ -9,7 +9,9 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -63,15 +65,77 @@ def _clock_offset_ms() -> int:
     return offset
 
 
-def _add_port(server: grpc.aio.Server, config: NodeConfig) -> int:
-    """Listen on the configured address, with TLS when it is configured; returns the bound port."""
+def _server_credentials(config: NodeConfig) -> grpc.ServerCredentials | None:
+    """TLS credentials when TLS is configured; None for plaintext."""
     if not config.tls.enabled:
-        return server.add_insecure_port(config.listen)
+        return None
     cert, key, ca = config.tls.read()
-    credentials = grpc.ssl_server_credentials(
+    return grpc.ssl_server_credentials(
         [(key, cert)], root_certificates=ca, require_client_auth=config.tls.require_client_cert
     )
-    return server.add_secure_port(config.listen, credentials)
+
+
+@contextlib.contextmanager
+def _stderr_held() -> Iterator[list[bytes]]:
+    """Hold what is written to file descriptor 2 meanwhile; the list receives it at the end.
+
+    gRPC's C core logs a failed bind straight to descriptor 2 (not through
+    Python's logging) before the call returns, and its line, with advice about
+    GRPC_VERBOSITY, would come before the node's own message. Holding the
+    descriptor for the one call keeps every other C-core log as it is.
+    """
+    held: list[bytes] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield held
+            finally:
+                os.dup2(saved, 2)
+                sink.seek(0)
+                held.append(sink.read())
+    finally:
+        os.close(saved)
+
+
+_BIND_FAILED = "Failed to add port to server: "
+
+
+def _bind_failure(core_log: bytes) -> str:
+    """The reason the C core logged for a failed bind, or ''."""
+    for line in reversed(core_log.decode("utf-8", errors="replace").splitlines()):
+        _, found, reason = line.partition(_BIND_FAILED)
+        if found:
+            return reason.strip()
+    return ""
+
+
+def _listen(server: grpc.aio.Server, config: NodeConfig) -> int:
+    """Bind the configured address; ``StartupError`` with one clear line when it cannot be bound."""
+    credentials = _server_credentials(config)
+    with _stderr_held() as held:
+        try:
+            if credentials is None:
+                bound = server.add_insecure_port(config.listen)
+            else:
+                bound = server.add_secure_port(config.listen, credentials)
+        except RuntimeError:  # grpc's own words say only "Failed to bind"; the core's log says why
+            bound = 0
+    core_log = b"".join(held)
+    _, port = parse_listen(config.listen)
+    if bound and (not port or bound == port):
+        if core_log:  # the bind worked: whatever the core said meanwhile belongs on stderr
+            os.write(2, core_log)
+        return bound
+    reason = _bind_failure(core_log)
+    if "in use" in reason.lower():
+        raise StartupError(
+            f"cannot listen on {config.listen}: the address is already in use (is a node running there?)"
+        )
+    detail = f" ({reason})" if reason else ""
+    raise StartupError(f"cannot listen on {config.listen}: is the port in use or the address wrong?{detail}")
 
 
 class StartupError(Exception):
@@ -136,17 +200,12 @@ async def run_node(config: NodeConfig, *, ready: asyncio.Event | None = None, st
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([*services, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
 
-    host, port = parse_listen(config.listen)
+    host, _ = parse_listen(config.listen)
     try:
-        bound = _add_port(server, config)
-    except RuntimeError as exc:
+        bound = _listen(server, config)
+    except StartupError:
         store.close()
-        raise StartupError(
-            f"cannot listen on {config.listen}: is the port in use or the address wrong? ({exc})"
-        ) from exc
-    if port and bound != port:
-        store.close()
-        raise StartupError(f"cannot listen on {config.listen}: is the port in use?")
+        raise
 
     writer.start()
     await server.start()
