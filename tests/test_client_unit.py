@@ -140,6 +140,8 @@ class FakeKV:
             ],
             clock_skew_events=2,
             clock_fenced=False,
+            origin="eu#0123456789ab",
+            conflicting_events=0,
         )
 
 
@@ -413,6 +415,8 @@ def test_status(kv: Client) -> None:
         ],
         "clock_skew_events": 2,
         "clock_fenced": False,
+        "origin": "eu#0123456789ab",
+        "conflicting_events": 0,
     }
 
 
@@ -568,6 +572,8 @@ def test_status_output(addr: str, capsys: pytest.CaptureFixture[str]) -> None:
         ],
         "clock_skew_events": 2,
         "clock_fenced": False,
+        "origin": "eu#0123456789ab",
+        "conflicting_events": 0,
     }
     code, out, _ = run(capsys, "--addr", addr, "status")
     assert "region: eu" in out.splitlines()

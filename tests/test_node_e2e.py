@@ -394,9 +394,13 @@ def test_cli_status_json(server: ServerProcess) -> None:
         "peers",
         "clock_skew_events",
         "clock_fenced",
+        "origin",
+        "conflicting_events",
     }
     assert status["peers"] == []  # a single node
     assert status["region"] == "eu"
+    assert status["origin"].startswith("eu#"), "what it mints under: its region and an incarnation"
+    assert status["conflicting_events"] == 0
     assert status["draining"] is False
     assert isinstance(status["version"], str) and status["version"]
     assert isinstance(status["keys"], int) and status["keys"] >= 0

@@ -213,7 +213,15 @@ async def run_node(config: NodeConfig, *, ready: asyncio.Event | None = None, st
     for name in ("", *services):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     security = "mutual TLS" if config.tls.require_client_cert else "TLS" if config.tls.enabled else "plaintext"
-    log.info("region %s serving (%s) on %s:%d, data in %s", config.region, security, host, bound, config.data_dir)
+    log.info(
+        "region %s serving (%s) on %s:%d, data in %s, minting under %s",
+        config.region,
+        security,
+        host,
+        bound,
+        config.data_dir,
+        store.origin,
+    )
     for name, address in sorted(config.peers.items()):
         log.info("peer %s at %s", name, address)
     print(f"crdtstore: region {config.region} listening on {host}:{bound}", flush=True)

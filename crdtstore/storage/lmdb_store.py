@@ -544,7 +544,8 @@ class LmdbStore:
         txn.put(_META_ORIGIN_FILE, self._file_identity(), db=self.meta)
         self.incarnations_taken += 1
         if not previous:
-            log.info("region %s mints under the new origin %s: %s", self.config.region, self.origin, reason)
+            # The node's start-up line names the origin; a new directory is nothing to warn about.
+            log.debug("region %s mints under the new origin %s: %s", self.config.region, self.origin, reason)
         else:
             log.warning(
                 "region %s mints under %s instead of %s from now on: %s",
