@@ -19,7 +19,7 @@ under ``tempfile.TemporaryDirectory()``, default configuration (replication
 ``batch_window_ms`` 10, ``anti_entropy_ms`` 1000, reconnect backoff at most
 1 s), started by ``crdtstore.testing.regions.RegionProcesses`` on 127.0.0.1.
 Every pair of regions replicates over one stream that goes through a
-``LinkProxy`` (``crdtstore/proxy.py``, no added delay), which is what lets the
+``LinkProxy`` (``crdtstore/tools/proxy.py``, no added delay), which is what lets the
 benchmark cut a region off and count the bytes that cross each link. The
 proxies run on an event loop in a daemon thread *of this process*
 (``ProxyThread``), so every inter-region byte is copied by Python in the same
@@ -150,9 +150,9 @@ from benchmarks.micro import rate, table
 from crdtstore.crdt import CausalContext, HybridLogicalClock, KeyState, StoreMap, VersionVector, decode_as, encode
 from crdtstore.node.config import ReplicationSettings
 from crdtstore.operations import SetRegister
-from crdtstore.proxy import DOWNSTREAM, UPSTREAM
 from crdtstore.storage import LmdbStore, LogEntry, StorageConfig, WriteRequest
 from crdtstore.testing.regions import RegionProcesses
+from crdtstore.tools.proxy import DOWNSTREAM, UPSTREAM
 from crdtstore.v1 import kv_pb2 as pb
 from crdtstore.v1 import kv_pb2_grpc as pb_grpc
 
@@ -1264,7 +1264,7 @@ def collect(cfg: Config, log: Log, step: Log) -> tuple[dict[str, Any], list[Figu
     """
     # A region dials its peers through the proxies as soon as it starts, often before the peer listens;
     # the proxy logs each refused connection as a warning. That is expected here; errors still show.
-    logging.getLogger("crdtstore.proxy").setLevel(logging.ERROR)
+    logging.getLogger("crdtstore.tools.proxy").setLevel(logging.ERROR)
     deadline = time.perf_counter() + cfg.budget_s
     if step is not progress:
 

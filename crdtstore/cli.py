@@ -42,7 +42,7 @@ Exit status: 0 on success (a missing key included), 1 when the server or the
 connection reports an error, 2 for wrong usage. Errors are one line on stderr.
 
 ``serve`` and ``demo`` belong to the node: their options come from
-``crdtstore.node.main.add_serve_arguments`` and ``crdtstore.node.demo``, imported
+``crdtstore.node.main.add_serve_arguments`` and ``crdtstore.tools.demo``, imported
 only when they are asked for, so the client commands work without the node's
 dependencies.
 """
@@ -531,7 +531,7 @@ def _serve(argv: Sequence[str]) -> int:
 
 def _demo(argv: Sequence[str]) -> int:
     try:
-        from crdtstore.node.demo import add_demo_arguments, demo_from_args  # noqa: PLC0415
+        from crdtstore.tools.demo import add_demo_arguments, demo_from_args  # noqa: PLC0415
     except ImportError as exc:
         _note(f"cannot start the demo: {exc}")
         return 1

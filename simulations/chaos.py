@@ -1206,7 +1206,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # A proxy that cannot reach a killed region says so on every connection: expected here, and noise.
-    logging.getLogger("crdtstore.proxy").setLevel(logging.ERROR)
+    logging.getLogger("crdtstore.tools.proxy").setLevel(logging.ERROR)
     if not args.json:
         print(
             f"chaos: {args.regions} regions, {args.duration:g} s, seed {seed}, nemesis {args.nemesis} -> {args.out}",

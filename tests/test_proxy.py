@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from crdtstore.proxy import DOWNSTREAM, UPSTREAM, CutMode, LinkProxy, ProxyThread
+from crdtstore.tools.proxy import DOWNSTREAM, UPSTREAM, CutMode, LinkProxy, ProxyThread
 
 TEST_TIMEOUT_S = 10.0
 LONG_DELAY_MS = 60_000.0  # far longer than any test runs: data so delayed is never delivered

@@ -62,3 +62,8 @@ def test_an_import_inside_a_function_is_seen(tmp_path: Path) -> None:
     module.parent.mkdir()
     module.write_text("def f():\n    import lmdb\n    from crdtstore.node import config\n    return lmdb, config\n")
     assert {"lmdb", "crdtstore.node"} <= _imported_modules(module)
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "node").glob("*.py")), ids=lambda p: p.name)
+def test_the_node_does_not_import_the_tools(path: Path) -> None:
+    assert not any(name.startswith("crdtstore.tools") for name in _imported_modules(path)), path.name

@@ -19,8 +19,8 @@ from pathlib import Path
 from types import TracebackType
 
 from crdtstore.client import Client, ClientTls, Entry
-from crdtstore.proxy import DOWNSTREAM, UPSTREAM, CutMode, LinkProxy, ProxyThread
 from crdtstore.testing.process import ServerProcess
+from crdtstore.tools.proxy import DOWNSTREAM, UPSTREAM, CutMode, LinkProxy, ProxyThread
 
 __all__ = ["RegionProcesses", "free_port", "snapshot"]
 

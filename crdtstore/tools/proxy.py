@@ -62,7 +62,7 @@ from typing import Any, Literal, TypeVar
 
 __all__ = ["DOWNSTREAM", "UPSTREAM", "CutMode", "LinkProxy", "ProxyThread"]
 
-log = logging.getLogger("crdtstore.proxy")
+log = logging.getLogger("crdtstore.tools.proxy")
 
 CutMode = Literal["drop", "reset", "blackhole"]
 _CUT_MODES: frozenset[str] = frozenset({"drop", "reset", "blackhole"})

@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 
 from crdtstore.node.config import ConfigError, parse_listen
-from crdtstore.proxy import LinkProxy
+from crdtstore.tools.proxy import LinkProxy
 
 __all__ = ["REGION_NAMES", "add_demo_arguments", "demo_from_args", "region_names"]
 
@@ -61,7 +61,7 @@ def demo_from_args(args: argparse.Namespace) -> int:
     """Exit codes: 0 after Ctrl-C and a clean stop, 1 when a region fails, 2 for bad arguments."""
     # A region that is still starting refuses the proxies' first connections;
     # replication retries, so that is not worth a line on the terminal.
-    logging.getLogger("crdtstore.proxy").setLevel(logging.ERROR)
+    logging.getLogger("crdtstore.tools.proxy").setLevel(logging.ERROR)
     problem = _check_arguments(args)
     if problem:
         print(f"crdtstore demo: {problem}", file=sys.stderr)
