@@ -26,9 +26,10 @@ from crdtstore.v1 import kv_pb2_grpc
 
 # ServerProcess.start() leaks its handle on the server's log file; see
 # test_node_e2e.test_server_process_leaves_no_file_open. Only that warning is ignored.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:unclosed file <_io.TextIOWrapper name='[^']*[.]log' mode='a':ResourceWarning"
-)
+pytestmark = [
+    pytest.mark.processes,
+    pytest.mark.filterwarnings("ignore:unclosed file <_io.TextIOWrapper name='[^']*[.]log' mode='a':ResourceWarning"),
+]
 
 RPC_TIMEOUT_S = 30.0
 BIG_BATCH_TIMEOUT_S = 30.0

@@ -150,11 +150,21 @@ def _check_run(result: ChaosResult, regions: int) -> None:
     assert "PASS" in result.report_path.read_text()
 
 
+@pytest.mark.processes
 def test_a_short_chaos_run_with_every_nemesis_has_no_violations(tmp_path: Path) -> None:
     result = run_chaos(3, 8.0, tmp_path / "out", seed=20261121, nemeses="all")
     _check_run(result, 3)
 
 
+@pytest.mark.slow
+@pytest.mark.processes
+def test_a_long_chaos_run_of_five_regions_has_no_violations(tmp_path: Path) -> None:
+    """The long form of the run above: five regions, every nemesis, 40 s of faults."""
+    result = run_chaos(5, 40.0, tmp_path / "out", seed=20261204, nemeses="all")
+    _check_run(result, 5)
+
+
+@pytest.mark.processes
 @pytest.mark.skipif(bool(netns_unavailable()), reason="network namespaces need root, Linux and ip(8)")
 def test_a_short_chaos_run_in_network_namespaces_has_no_violations(tmp_path: Path) -> None:
     result = run_chaos(3, 6.0, tmp_path / "out", seed=7, nemeses="partition,pause", netns=True)

@@ -9,9 +9,10 @@ idempotency key of its own:
 * a batch of all three, which must land whole or not at all.
 
 Every attempt is recorded before it is sent and every acknowledgement after it
-arrives. After a random 50-300 ms the node is killed with SIGKILL; writers stop
-at their first error (or at a per-cycle cap on requests). The node is started
-again on the same directory and port, and:
+arrives. Once the node has acknowledged a write of the cycle, and then after a
+random 50-300 ms more, it is killed with SIGKILL; writers stop at their first
+error (or at a per-cycle cap on requests). The node is started again on the same
+directory and port, and:
 
 * every acknowledged write is there; nothing that was never attempted is;
 * a counter lies between its acknowledged and its attempted total;
@@ -24,8 +25,10 @@ At the end a clean stop (SIGTERM, exit 0) and start must show all of it, and
 replays of acknowledged writes must still be answered from the idempotency
 records, not applied again.
 
-``CRDTSTORE_CRASH_CYCLES`` sets the number of cycles (default 20; a long run:
-``CRDTSTORE_CRASH_CYCLES=1000 pytest tests/test_crash.py``), and
+The default run (the README's ``pytest``) makes 3 cycles; the run marked
+``slow`` (``pytest -m slow``, which ``.ci/run`` runs) makes
+``CRDTSTORE_CRASH_CYCLES`` of them (default 100; a long run:
+``CRDTSTORE_CRASH_CYCLES=1000 pytest -m slow tests/test_crash.py``).
 ``CRDTSTORE_CRASH_SEED`` replays a run: the seed is in every failure message.
 """
 
@@ -48,15 +51,17 @@ from crdtstore.testing.process import ServerProcess
 
 # ServerProcess.start() leaks its handle on the server's log file; see
 # test_node_e2e.test_server_process_leaves_no_file_open. Only that warning is ignored.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:unclosed file <_io.TextIOWrapper name='[^']*[.]log' mode='a':ResourceWarning"
-)
+pytestmark = [
+    pytest.mark.processes,
+    pytest.mark.filterwarnings("ignore:unclosed file <_io.TextIOWrapper name='[^']*[.]log' mode='a':ResourceWarning"),
+]
 
-CYCLES = int(os.environ.get("CRDTSTORE_CRASH_CYCLES", "20"))
+SHORT_CYCLES = 3
+CYCLES = int(os.environ.get("CRDTSTORE_CRASH_CYCLES", "100"))
 SEED = int(os.environ.get("CRDTSTORE_CRASH_SEED") or random.SystemRandom().randrange(2**32))
 WRITERS = 4
 WRITES_PER_WRITER_MAX = 2_000  # per cycle: a bound on requests however fast the node is
-WRITE_WINDOW_S = (0.05, 0.3)  # how long the writers write before the kill
+WRITE_WINDOW_S = (0.05, 0.3)  # how much longer the writers write, after a first acknowledgement, before the kill
 JOIN_TIMEOUT_S = 30.0
 RPC_TIMEOUT_S = 5.0
 COUNTERS = ("ctr/0", "ctr/1", "ctr/2")
@@ -279,13 +284,31 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
 
 
 def test_acknowledged_writes_survive_kill_9(server: ServerProcess) -> None:
-    assert CYCLES >= 1
+    crash_cycles(server, SHORT_CYCLES)
+
+
+@pytest.mark.slow
+def test_acknowledged_writes_survive_many_kill_9_cycles(server: ServerProcess) -> None:
+    crash_cycles(server, CYCLES)
+
+
+def wait_for_an_ack(ledger: Ledger, before: int, why: str) -> None:
+    """Wait until a write is acknowledged past the first ``before``: the kill then lands while writes go on."""
+    deadline = time.monotonic() + JOIN_TIMEOUT_S  # only so that the test ends if the node never answers
+    while len(ledger.acked) <= before:
+        assert not ledger.unexpected, f"{why}: {ledger.unexpected}"
+        assert time.monotonic() < deadline, f"{why}: no write acknowledged in {JOIN_TIMEOUT_S} s"
+        time.sleep(0.001)
+
+
+def crash_cycles(server: ServerProcess, cycles: int) -> None:
+    assert cycles >= 1
     rng = random.Random(SEED)
     ledger = Ledger()
     server.start()
     unknown_total = unknown_landed = 0
 
-    for cycle in range(CYCLES):
+    for cycle in range(cycles):
         why = f"seed {SEED}, cycle {cycle} (CRDTSTORE_CRASH_SEED={SEED} replays this run)"
         stop, killing = threading.Event(), threading.Event()
         writers = [
@@ -298,9 +321,11 @@ def test_acknowledged_writes_survive_kill_9(server: ServerProcess) -> None:
             )
             for w in range(WRITERS)
         ]
+        acked_before = len(ledger.acked)
         for thread in writers:
             thread.start()
         try:
+            wait_for_an_ack(ledger, acked_before, why)
             time.sleep(rng.uniform(*WRITE_WINDOW_S))
             killing.set()
             server.kill()
@@ -323,7 +348,7 @@ def test_acknowledged_writes_survive_kill_9(server: ServerProcess) -> None:
     assert server.stop() == 0
     server.start()
     with Client(server.addr, timeout_s=RPC_TIMEOUT_S) as kv:
-        check_exact(kv, ledger, range(CYCLES), why)
+        check_exact(kv, ledger, range(cycles), why)
         assert registers_under(kv, "reg/") == ledger.registers_acked, why
         status = kv.status()
         counters = sum(1 for key in COUNTERS if ledger.counters_acked[key])
@@ -332,9 +357,9 @@ def test_acknowledged_writes_survive_kill_9(server: ServerProcess) -> None:
         # The idempotency records survived every crash and the clean restart too.
         for attempt in random.Random(SEED).sample(ledger.acked, min(50, len(ledger.acked))):
             assert kv.mutate(attempt.ops, idempotency_key=attempt.idempotency_key).replayed, why
-        check_exact(kv, ledger, range(CYCLES), why)
+        check_exact(kv, ledger, range(cycles), why)
     assert server.stop() == 0
     print(
-        f"crash test: seed {SEED}, {CYCLES} cycles, {len(ledger.acked)} writes, "
+        f"crash test: seed {SEED}, {cycles} cycles, {len(ledger.acked)} writes, "
         f"{unknown_total} of unknown outcome ({unknown_landed} of them had landed)"
     )

@@ -17,6 +17,8 @@ import pytest
 from crdtstore.client import Client
 from crdtstore.operations import Increment
 
+pytestmark = pytest.mark.processes
+
 
 def _free_run(count: int) -> int:
     """A base port with ``count`` free ports from it."""

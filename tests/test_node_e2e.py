@@ -40,7 +40,7 @@ from crdtstore.v1 import kv_pb2, kv_pb2_grpc
 # warning is ignored, so the suite's ``filterwarnings = error`` still guards
 # against every other leak.
 LOG_LEAK = "ignore:unclosed file <_io.TextIOWrapper name='[^']*[.]log' mode='a':ResourceWarning"
-pytestmark = pytest.mark.filterwarnings(LOG_LEAK)
+pytestmark = [pytest.mark.processes, pytest.mark.filterwarnings(LOG_LEAK)]
 
 CLI_TIMEOUT_S = 60.0
 SERVE_TIMEOUT_S = 60.0

@@ -71,6 +71,7 @@ def _check_peer_measured_everything(results: dict[str, Any], implementation: str
     assert peer["mapping"]
 
 
+@pytest.mark.processes  # node (or a stand-in) runs as a subprocess
 def test_the_group_writes_its_report(suite_run: Results) -> None:
     out, results = suite_run
     assert results["groups"]["peers"]["ok"], results["groups"]["peers"]["error"]
@@ -88,6 +89,7 @@ def test_the_group_writes_its_report(suite_run: Results) -> None:
     assert "Encodings:" in log
 
 
+@pytest.mark.processes  # node (or a stand-in) runs as a subprocess
 def test_every_peer_is_run_or_skipped_with_a_reason(suite_run: Results) -> None:
     _, results = suite_run
     detail = _detail(results)
@@ -97,6 +99,7 @@ def test_every_peer_is_run_or_skipped_with_a_reason(suite_run: Results) -> None:
     assert all(reason for reason in detail["skipped"].values())
 
 
+@pytest.mark.processes  # node (or a stand-in) runs as a subprocess
 def test_crdtstore_delta_and_state_sizes_are_its_codecs(suite_run: Results) -> None:
     """The figures equal the encoded sizes of the same adds, made here independently."""
     _, results = suite_run
@@ -126,12 +129,14 @@ def test_crdtstore_delta_and_state_sizes_are_its_codecs(suite_run: Results) -> N
         assert deltas[n]["baseline"]["median"] == len(b"\xad" + member(0).encode())  # a fixstr of 13 bytes
 
 
+@pytest.mark.processes  # node (or a stand-in) runs as a subprocess
 def test_rates_sit_beside_a_baseline_with_a_ratio(suite_run: Results) -> None:
     _, results = suite_run
     assert [f for f in results["figures"] if f["unit"].endswith("/s")]
     assert rate_problems(results["figures"]) == []
 
 
+@pytest.mark.processes  # node (or a stand-in) runs as a subprocess
 def test_delta_crdts_is_measured_where_node_is(suite_run: Results) -> None:
     _, results = suite_run
     skipped = _detail(results)["skipped"]
@@ -153,6 +158,7 @@ def test_delta_crdts_is_measured_where_node_is(suite_run: Results) -> None:
     assert sorted(f["params"]["set_size"] for f in one_dot) == list(SMOKE.sizes)
 
 
+@pytest.mark.processes  # node (or a stand-in) runs as a subprocess
 def test_pycrdt_is_measured_where_it_is_installed(suite_run: Results) -> None:
     _, results = suite_run
     skipped = _detail(results)["skipped"]
@@ -210,6 +216,7 @@ def test_no_npm_and_no_packages_is_a_skip(tmp_path: Path) -> None:
     assert "npm not found" in outcome.reason
 
 
+@pytest.mark.processes  # node (or a stand-in) runs as a subprocess
 def test_a_failing_npm_ci_is_a_skip_with_its_message(tmp_path: Path) -> None:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -221,6 +228,7 @@ def test_a_failing_npm_ci_is_a_skip_with_its_message(tmp_path: Path) -> None:
     assert "ENOTFOUND" in outcome.reason
 
 
+@pytest.mark.processes  # node (or a stand-in) runs as a subprocess
 def test_a_failing_driver_is_an_error_not_a_skip(tmp_path: Path) -> None:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

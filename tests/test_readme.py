@@ -25,11 +25,13 @@ def test_the_readme_starts_with_the_run_and_test_commands() -> None:
     assert lines[1] == "pip install -e '.[test]' && pytest"
 
 
+@pytest.mark.processes
 def test_the_core_example_runs() -> None:
     (core,) = [b for b in _python_blocks() if "crdtstore.crdt" in b]
     subprocess.run([sys.executable, "-c", core], check=True, timeout=60)
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("block", [b for b in _python_blocks() if "crdtstore.client" in b])
 def test_the_client_example_runs_against_a_node(block: str, tmp_path: Path) -> None:
     from crdtstore.testing.process import ServerProcess

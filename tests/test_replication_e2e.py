@@ -3,17 +3,26 @@
 Every check goes through the real client: writes are acknowledged (or not) by
 a region, and after healing every region must show the same data and vector,
 with every acknowledged write in it.
+
+Most tests share one module-wide cluster of three regions (``three``): each
+writes under keys of its own, and after each test every link is healed, every
+region is running again and all three agree, so no test sees another's faults.
+Tests that start regions with settings of their own, or damage a region's data,
+start their own.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import random
 import re
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,30 +30,76 @@ from typing import Any
 import grpc
 import pytest
 
-from crdtstore.client import ClientError
+from crdtstore.client import Client, ClientError
 from crdtstore.node.replication import SYNC_METHOD
-from crdtstore.operations import AddMembers, DeleteKey, Increment, RemoveMembers, SetRegister
+from crdtstore.operations import AddMembers, DeleteKey, Increment, Operation, RemoveMembers, SetRegister
 from crdtstore.testing.regions import RegionProcesses
 from crdtstore.v1 import replication_pb2 as rpb
+
+pytestmark = pytest.mark.processes
 
 NAMES_5 = ["a", "b", "c", "d", "e"]
 
 
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegionProcesses]:
+    with RegionProcesses(tmp_path_factory.mktemp("three"), NAMES_5[:3]) as regions:
+        yield regions
+
+
 @pytest.fixture
-def three(tmp_path: Path) -> Iterator[RegionProcesses]:
+def three(cluster: RegionProcesses) -> Iterator[RegionProcesses]:
+    """The shared cluster, whole: after the test, every link healed, every region up, all of them agreeing."""
+    yield cluster
+    cluster.heal()
+    for name in cluster.names:
+        server = cluster.servers[name]
+        if server.proc is None or server.proc.poll() is not None:
+            cluster.start(name)
+    cluster.wait_connected()
+    cluster.wait_converged()
+
+
+@pytest.fixture
+def own_three(tmp_path: Path) -> Iterator[RegionProcesses]:
+    """Three regions of the test's own, for a test that leaves them changed."""
     with RegionProcesses(tmp_path, NAMES_5[:3]) as regions:
         yield regions
 
 
+@dataclass(frozen=True)
+class Unknown:
+    """A write that was not acknowledged: it may or may not have landed in ``region``."""
+
+    region: str
+    operation: Operation
+    idempotency_key: bytes
+    record: Callable[[], None]  # what to count once it is acknowledged
+
+
 @dataclass
 class Acked:
-    """What the regions acknowledged: the expected state of a history without deletes of these keys."""
+    """What the regions acknowledged: the expected state of a history without deletes of these keys.
 
+    ``prefix`` keeps a test's keys apart from other tests' on the shared cluster.
+    """
+
+    prefix: str
     increments: int = 0
     added: set[str] = field(default_factory=set)
     removed: set[str] = field(default_factory=set)
     registers: set[bytes] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    in_flight: Counter[str] = field(default_factory=Counter)  # sent to a region and not yet answered
+    acknowledged_by: Counter[str] = field(default_factory=Counter)
+    unknown: list[Unknown] = field(default_factory=list)
+    halt_on_error: set[str] = field(default_factory=set)  # regions whose writer ends at its first failed write
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}/{name}"
+
+    def count(self, n: int) -> None:
+        self.increments += n
 
 
 def _writer(regions: RegionProcesses, name: str, ops: int, acked: Acked, seed: int) -> None:
@@ -54,64 +109,106 @@ def _writer(regions: RegionProcesses, name: str, ops: int, acked: Acked, seed: i
     mine: list[str] = []
     for i in range(ops):
         kind = rng.choice(["set", "incr", "add", "remove"])
+        operation: Operation
+        record: Callable[[], None]
+        if kind == "set":
+            value = f"{name}-{i}".encode()
+            operation = SetRegister(acked.key("reg"), value)
+            record = functools.partial(acked.registers.add, value)
+        elif kind == "incr":
+            n = rng.randint(-5, 9)
+            operation = Increment(acked.key("count"), n)
+            record = functools.partial(acked.count, n)
+        elif kind == "add" or not mine:
+            member = f"{name}-{i}"
+            operation = AddMembers(acked.key("members"), (member,))
+            record = functools.partial(acked.added.add, member)
+        else:
+            member = mine.pop(rng.randrange(len(mine)))
+            operation = RemoveMembers(acked.key("members"), (member,))
+            record = functools.partial(acked.removed.add, member)
+        idempotency_key = f"{acked.prefix}/{name}/{i}".encode()
+        with acked.lock:
+            acked.in_flight[name] += 1
         try:
-            if kind == "set":
-                value = f"{name}-{i}".encode()
-                client.mutate([SetRegister("reg", value)])
-                with acked.lock:
-                    acked.registers.add(value)
-            elif kind == "incr":
-                n = rng.randint(-5, 9)
-                client.mutate([Increment("count", n)])
-                with acked.lock:
-                    acked.increments += n
-            elif kind == "add" or not mine:
-                member = f"{name}-{i}"
-                client.mutate([AddMembers("members", (member,))])
-                mine.append(member)
-                with acked.lock:
-                    acked.added.add(member)
-            else:
-                member = mine.pop(rng.randrange(len(mine)))
-                client.mutate([RemoveMembers("members", (member,))])
-                with acked.lock:
-                    acked.removed.add(member)
+            client.mutate([operation], idempotency_key=idempotency_key)
         except ClientError:
-            continue  # not acknowledged: it may or may not be there, and the checks allow both
+            # Not acknowledged: it may or may not be there. Sent again with its key before the checks.
+            with acked.lock:
+                acked.in_flight[name] -= 1
+                acked.unknown.append(Unknown(name, operation, idempotency_key, record))
+            if name in acked.halt_on_error:
+                return
+            continue
+        with acked.lock:
+            acked.in_flight[name] -= 1
+            acked.acknowledged_by[name] += 1
+            record()
+        if isinstance(operation, AddMembers):
+            mine.append(member)
 
 
-def _write_concurrently(regions: RegionProcesses, names: list[str], ops: int, acked: Acked, seed: int = 0) -> None:
+def _resolve_unknown(regions: RegionProcesses, acked: Acked) -> None:
+    """Send every unacknowledged write again, with its idempotency key, to its region: then every write is known.
+
+    One that had landed is answered from the region's record and applies nothing
+    again; one that had not lands now. Either way it is acknowledged, so the
+    exact checks (the counter's total, the register's winner) hold.
+    """
+    for unknown in acked.unknown:
+        regions.clients[unknown.region].mutate([unknown.operation], idempotency_key=unknown.idempotency_key)
+        unknown.record()
+    acked.unknown.clear()
+
+
+def _start_writers(
+    regions: RegionProcesses, names: list[str], ops: int, acked: Acked, seed: int = 0
+) -> list[threading.Thread]:
     threads = [
         threading.Thread(target=_writer, args=(regions, name, ops, acked, seed * 100 + i))
         for i, name in enumerate(names)
     ]
     for t in threads:
         t.start()
+    return threads
+
+
+def _join_writers(threads: list[threading.Thread]) -> None:
     for t in threads:
         t.join(timeout=120)
         assert not t.is_alive(), "a writer did not finish"
 
 
+def _write_concurrently(regions: RegionProcesses, names: list[str], ops: int, acked: Acked, seed: int = 0) -> None:
+    _join_writers(_start_writers(regions, names, ops, acked, seed))
+
+
 def _check_acked(regions: RegionProcesses, name: str, acked: Acked, *, exact: bool = True) -> None:
+    assert not acked.unknown, "every write's outcome is known before the checks (_resolve_unknown)"
     client = regions.clients[name]
-    members = client.get("members").value or frozenset()
+    members = client.get(acked.key("members")).value or frozenset()
     assert isinstance(members, frozenset)
     lost = acked.added - acked.removed - members
     assert not lost, f"acknowledged adds lost in {name}: {sorted(lost)[:5]}"
     resurrected = members & acked.removed
     assert not resurrected, f"acknowledged removes undone in {name}: {sorted(resurrected)[:5]}"
     if exact:
-        assert client.get("count").value == acked.increments
-        reg = client.get("reg")
+        assert client.get(acked.key("count")).value == acked.increments
+        reg = client.get(acked.key("reg"))
         assert reg.value in acked.registers
 
 
 @pytest.mark.parametrize("count", [3, 5])
-def test_concurrent_conflicting_writes_converge(tmp_path: Path, count: int) -> None:
+def test_concurrent_conflicting_writes_converge(request: pytest.FixtureRequest, tmp_path: Path, count: int) -> None:
     names = NAMES_5[:count]
-    with RegionProcesses(tmp_path, names) as regions:
-        acked = Acked()
+    with contextlib.ExitStack() as stack:
+        if count == 3:
+            regions: RegionProcesses = request.getfixturevalue("three")
+        else:
+            regions = stack.enter_context(RegionProcesses(tmp_path, names))
+        acked = Acked(f"concurrent-{count}")
         _write_concurrently(regions, names, 40, acked)
+        _resolve_unknown(regions, acked)
         views = regions.wait_converged()
         for name in names:
             _check_acked(regions, name, acked)
@@ -120,8 +217,9 @@ def test_concurrent_conflicting_writes_converge(tmp_path: Path, count: int) -> N
 
 def test_partition_with_writes_on_both_sides_converges_after_healing(three: RegionProcesses) -> None:
     three.isolate("a")
-    acked = Acked()
+    acked = Acked("partition")
     _write_concurrently(three, ["a", "b", "c"], 20, acked, seed=1)
+    _resolve_unknown(three, acked)
     # While a is cut off, b and c agree with each other but not with a.
     three.wait_converged(names=["b", "c"])
     assert three.snapshots(["a"])["a"] != three.snapshots(["b"])["b"]
@@ -133,20 +231,46 @@ def test_partition_with_writes_on_both_sides_converges_after_healing(three: Regi
 
 def test_partial_partition_converges_through_relay(three: RegionProcesses) -> None:
     three.cut("a", "c")  # a-b and b-c stay up
-    acked = Acked()
+    acked = Acked("relay")
     _write_concurrently(three, ["a", "c"], 20, acked, seed=2)
+    _resolve_unknown(three, acked)
     three.wait_converged()  # without healing: through b
     for name in three.names:
         _check_acked(three, name, acked)
 
 
+def _kill_while_writing(regions: RegionProcesses, name: str, acked: Acked, *, after: int) -> tuple[int, int]:
+    """kill -9 ``name`` once it has acknowledged ``after`` writes and while a write to it is in flight.
+
+    The kill is sent while holding the ledger's lock, so no writer can record an
+    answer between the look and the kill. Returns the writes ``name`` had
+    acknowledged and those in flight to it at that moment.
+    """
+    deadline = time.monotonic() + 120  # only so that the test ends if the writes stop
+    while time.monotonic() < deadline:
+        with acked.lock:
+            if acked.acknowledged_by[name] >= after and acked.in_flight[name] > 0:
+                regions.kill(name)
+                return acked.acknowledged_by[name], acked.in_flight[name]
+        time.sleep(0.0005)
+    raise AssertionError(f"{name} never had a write in flight after {after} acknowledged ones: {acked.acknowledged_by}")
+
+
 def test_kill_9_during_writes_loses_nothing_acknowledged(three: RegionProcesses) -> None:
-    acked = Acked()
-    killer = threading.Timer(0.5, three.kill, args=("b",))
-    killer.start()
-    _write_concurrently(three, ["a", "b", "c"], 40, acked, seed=3)
-    killer.join()
+    acked = Acked("kill")
+    acked.halt_on_error.add("b")  # after the kill, b's writer stops at its first failed write
+    writers = _start_writers(three, ["a", "b", "c"], 40, acked, seed=3)
+    try:
+        acknowledged, in_flight = _kill_while_writing(three, "b", acked, after=5)
+    finally:
+        _join_writers(writers)
+    # The kill landed mid-stream: b had acknowledged writes, had one in flight, and wrote no more.
+    assert acknowledged >= 5 and in_flight >= 1, (acknowledged, in_flight)
+    assert any(u.region == "b" for u in acked.unknown), "a write to b went unacknowledged: the kill cut it off"
+    assert acked.acknowledged_by["b"] - acknowledged <= in_flight, "b acknowledged nothing sent after its death"
+    assert acked.acknowledged_by["a"] and acked.acknowledged_by["c"], acked.acknowledged_by
     three.start("b")
+    _resolve_unknown(three, acked)
     three.wait_converged()
     for name in three.names:
         _check_acked(three, name, acked)
@@ -154,35 +278,37 @@ def test_kill_9_during_writes_loses_nothing_acknowledged(three: RegionProcesses)
 
 def test_a_new_empty_region_catches_up(tmp_path: Path) -> None:
     with RegionProcesses(tmp_path, ["a", "b", "c"], start=["a", "b"]) as regions:
-        acked = Acked()
+        acked = Acked("catch-up")
         _write_concurrently(regions, ["a", "b"], 30, acked, seed=4)
+        _resolve_unknown(regions, acked)
         regions.wait_converged(names=["a", "b"])
         regions.start("c")
         regions.wait_converged()
         _check_acked(regions, "c", acked)
 
 
-def test_replicated_write_survives_losing_the_origin_right_after_the_ack(three: RegionProcesses) -> None:
-    three.clients["a"].set("before", "x")
-    three.cut("a", "c")  # so the write can only reach b: replicated:2 still answers
-    result = three.clients["a"].mutate([SetRegister("precious", b"kept")], durability="replicated:2")
+def test_replicated_write_survives_losing_the_origin_right_after_the_ack(own_three: RegionProcesses) -> None:
+    own = own_three  # it deletes a region's data: not on the shared cluster
+    own.clients["a"].set("before", "x")
+    own.cut("a", "c")  # so the write can only reach b: replicated:2 still answers
+    result = own.clients["a"].mutate([SetRegister("precious", b"kept")], durability="replicated:2")
     assert not result.replayed
-    three.kill("a")
-    shutil.rmtree(three.root / "a")
-    assert three.clients["b"].get("precious").value == b"kept"  # b acknowledged it durably
-    three.heal()
-    three.wait_converged(names=["b", "c"])
-    assert three.clients["c"].get("precious").value == b"kept"
+    own.kill("a")
+    shutil.rmtree(own.root / "a")
+    assert own.clients["b"].get("precious").value == b"kept"  # b acknowledged it durably
+    own.heal()
+    own.wait_converged(names=["b", "c"])
+    assert own.clients["c"].get("precious").value == b"kept"
 
     # a comes back empty while still cut off: it takes a new incarnation and takes writes at once
     # (no event id of its old one can be reused); its old events come back from the peers.
-    three.isolate("a")
-    three.start("a")
-    three.clients["a"].set("after", "y")
-    three.heal()
-    three.wait_converged()
-    assert three.clients["a"].get("precious").value == b"kept"
-    assert three.clients["c"].get("after").value == b"y"
+    own.isolate("a")
+    own.start("a")
+    own.clients["a"].set("after", "y")
+    own.heal()
+    own.wait_converged()
+    assert own.clients["a"].get("precious").value == b"kept"
+    assert own.clients["c"].get("after").value == b"y"
 
 
 def _members(regions: RegionProcesses, name: str) -> set[str]:
@@ -261,34 +387,44 @@ def test_regression_a_region_that_lost_its_disk_rejoins_while_the_holder_of_its_
             assert regions.clients[name].status()["conflicting_events"] == 0
 
 
+# The deadline of a call that must wait out its deadline: what it waits for cannot happen while the link is cut.
+HOPELESS_WAIT_S = 3
+
+
 def test_replicated_write_times_out_when_too_few_regions_are_reachable(three: RegionProcesses) -> None:
     three.isolate("a")
     client = three.clients["a"]
-    with pytest.raises(ClientError) as err:
-        client.mutate([Increment("n", 1)], durability="replicated:2", idempotency_key=b"r2-timeout")
+    with (
+        Client(three.servers["a"].addr, timeout_s=HOPELESS_WAIT_S, retries_max=0) as hopeless,
+        pytest.raises(ClientError) as err,
+    ):
+        hopeless.mutate([Increment("r2/n", 1)], durability="replicated:2", idempotency_key=b"r2-timeout")
     assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert client.get("n").value == 1  # applied here all the same
+    assert client.get("r2/n").value == 1  # applied here all the same
     three.heal()
     # The retry with the same key applies nothing again, and now gets its confirmation.
-    result = client.mutate([Increment("n", 1)], durability="replicated:2", idempotency_key=b"r2-timeout")
+    result = client.mutate([Increment("r2/n", 1)], durability="replicated:2", idempotency_key=b"r2-timeout")
     assert result.replayed
     three.wait_converged()
-    assert three.clients["b"].get("n").value == 1
+    assert three.clients["b"].get("r2/n").value == 1
 
 
 def test_replicated_needs_a_possible_count(three: RegionProcesses) -> None:
     with pytest.raises(ClientError) as err:
-        three.clients["a"].mutate([Increment("n", 1)], durability="replicated:4")
+        three.clients["a"].mutate([Increment("r4/n", 1)], durability="replicated:4")
     assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "1 to 3" in err.value.message
-    assert three.clients["a"].get("n").value is None
+    assert three.clients["a"].get("r4/n").value is None
 
 
 def test_a_read_after_a_token_waits_until_the_region_has_it(three: RegionProcesses) -> None:
     three.isolate("c")
     token = three.clients["a"].set("greeting", "hello").token
-    with pytest.raises(ClientError) as err:
-        three.clients["c"].get("greeting", after=token)  # c cannot have it while cut off
+    with (
+        Client(three.servers["c"].addr, timeout_s=HOPELESS_WAIT_S, retries_max=0) as hopeless,
+        pytest.raises(ClientError) as err,
+    ):
+        hopeless.get("greeting", after=token)  # c cannot have it while cut off
     assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
     three.heal()
     assert three.clients["c"].get("greeting", after=token).value == b"hello"

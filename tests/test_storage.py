@@ -333,6 +333,7 @@ def test_the_clock_mark_survives_reopen_so_no_timestamp_repeats(h: Harness) -> N
     assert slot.winner().value == b"2"  # type: ignore[union-attr]
 
 
+@pytest.mark.processes
 def test_stale_readers_of_a_killed_process_are_cleared_at_open(tmp_path: Path, make: Make) -> None:
     path = tmp_path / "s"
     make("s").store.close()

@@ -80,10 +80,9 @@ def _issue(ca: Authority, directory: Path, name: str) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-@pytest.fixture
-def pki(tmp_path: Path) -> dict[str, Any]:
-    directory = tmp_path / "pki"
-    directory.mkdir()
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    directory = tmp_path_factory.mktemp("pki")
     ca = _authority(directory, "crdtstore-ca")
     issued = {name: _issue(ca, directory, name) for name in ("a", "b", "operator")}
     stranger_ca = _authority(directory, "stranger-ca")
@@ -91,8 +90,10 @@ def pki(tmp_path: Path) -> dict[str, Any]:
     return {"ca": ca.path, "issued": issued}
 
 
-@pytest.fixture
-def mtls_regions(tmp_path: Path, pki: dict[str, Any]) -> Iterator[RegionProcesses]:
+@pytest.fixture(scope="module")
+def mtls_regions(tmp_path_factory: pytest.TempPathFactory, pki: dict[str, Any]) -> Iterator[RegionProcesses]:
+    """Two regions that require mutual TLS, shared by the tests of this module: none of them changes them."""
+    tmp_path = tmp_path_factory.mktemp("mtls")
     env: dict[str, dict[str, str]] = {}
     for name in ("a", "b"):
         cert, key = pki["issued"][name]
@@ -105,6 +106,7 @@ def mtls_regions(tmp_path: Path, pki: dict[str, Any]) -> Iterator[RegionProcesse
         yield regions
 
 
+@pytest.mark.processes
 def test_regions_replicate_over_mutual_tls(mtls_regions: RegionProcesses) -> None:
     token = mtls_regions.clients["a"].set("secret", "kept").token
     assert mtls_regions.clients["b"].get("secret", after=token).value == b"kept"
@@ -112,6 +114,7 @@ def test_regions_replicate_over_mutual_tls(mtls_regions: RegionProcesses) -> Non
     assert "(mutual TLS)" in (mtls_regions.root / "a.log").read_text()
 
 
+@pytest.mark.processes
 def test_callers_without_a_certificate_from_the_authority_are_refused(
     mtls_regions: RegionProcesses, pki: dict[str, Any]
 ) -> None:
@@ -133,6 +136,7 @@ def test_callers_without_a_certificate_from_the_authority_are_refused(
         assert err.value.code == grpc.StatusCode.UNAVAILABLE
 
 
+@pytest.mark.processes
 def test_a_peer_must_present_a_certificate_naming_its_region(
     mtls_regions: RegionProcesses, pki: dict[str, Any]
 ) -> None:
