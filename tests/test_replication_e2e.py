@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import random
 import re
 import shutil
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import lmdb
 import pytest
 
 from crdtstore.client import Client, ClientError
@@ -342,7 +344,8 @@ def test_regression_a_region_that_lost_its_disk_rejoins_while_the_holder_of_its_
     read X, forever. Now a directory that cannot prove it minted its
     origin's newest events mints under a new incarnation. Variants: an
     empty directory with and without --rejoin, a restore from an older copy
-    of the directory, and a second region losing its disk afterwards.
+    of the directory (with --rejoin, as the README says to restore), and a
+    second region losing its disk afterwards.
     """
     base, xs, ys = {"base1", "base2"}, {f"X{i}" for i in range(1, 6)}, {f"Y{i}" for i in range(1, 6)}
     with RegionProcesses(tmp_path / "regions", ["a", "b", "c"]) as regions:
@@ -364,7 +367,9 @@ def test_regression_a_region_that_lost_its_disk_rejoins_while_the_holder_of_its_
             shutil.copytree(tmp_path / "backup", regions.root / "a")
         regions.heal()  # b is back with a; c is cut off from everyone before a returns
         regions.isolate("c")
-        if how == "empty-rejoin":
+        if how in ("empty-rejoin", "old-backup"):
+            # A restore is started with --rejoin: the copy may even get the original file's inode number
+            # (freed by the deletion just before), so the file identity check alone cannot be relied on.
             regions.servers["a"].extra_args += ("--rejoin",)
         regions.start("a")
         _wait_for(regions, "a", base)  # b has spoken to it
@@ -385,6 +390,41 @@ def test_regression_a_region_that_lost_its_disk_rejoins_while_the_holder_of_its_
         for name in regions.names:
             assert _members(regions, name) == expected, f"{name} lost acknowledged writes"
             assert regions.clients[name].status()["conflicting_events"] == 0
+
+
+def test_a_directory_restored_in_place_takes_a_new_incarnation_when_a_peer_holds_more_of_its_events(
+    tmp_path: Path,
+) -> None:
+    """A restore the node cannot see by itself (no --rejoin, the same data file): the peers' hellos tell it."""
+    with RegionProcesses(tmp_path / "regions", ["a", "b", "c"]) as regions:
+        _add(regions, "a", "base1", "base2")
+        regions.wait_converged()
+        regions.stop("a")
+        shutil.copytree(regions.root / "a", tmp_path / "backup")
+        regions.start("a")
+        _add(regions, "a", "X1", "X2", "X3")
+        regions.wait_converged()
+        origin = regions.clients["a"].status()["origin"]
+        regions.kill("a")
+        shutil.rmtree(regions.root / "a")
+        shutil.copytree(tmp_path / "backup", regions.root / "a")
+        _pass_for_the_original_file(regions.root / "a")
+        regions.start("a")
+        regions.wait_connected()
+        _add(regions, "a", "Y1", "Y2")
+        assert regions.clients["a"].status()["origin"] != origin, "the peers hold more of its origin than it does"
+        regions.wait_converged()
+        for name in regions.names:
+            assert _members(regions, name) == {"base1", "base2", "X1", "X2", "X3", "Y1", "Y2"}, name
+
+
+def _pass_for_the_original_file(directory: Path) -> None:
+    """Make a restored copy's file identity match its record, as a copy written over the original in place does."""
+    env = lmdb.open(str(directory), max_dbs=8, subdir=True)
+    with env.begin(write=True) as txn:
+        meta = env.open_db(b"meta", txn=txn)
+        txn.put(b"origin_file", str(os.stat(directory / "data.mdb").st_ino).encode(), db=meta)
+    env.close()
 
 
 # The deadline of a call that must wait out its deadline: what it waits for cannot happen while the link is cut.

@@ -12,8 +12,9 @@ identity; its fix was an epoch in the actor id).
 
 So a region mints under an *origin*: its region name and an incarnation,
 ``eu-west#3f9a1c0b7d2e``. A data directory that cannot prove it is the one
-that minted its origin's newest events (it is new or empty, it was copied
-or restored, or the operator says so with ``--rejoin``) takes a fresh,
+that minted its origin's newest events (it is new or empty, the operator
+says so with ``--rejoin`` after a restore, a peer holds more of its events,
+or its data file is evidently a copy) takes a fresh,
 random incarnation before its first write. The old incarnation's events are
 then ordinary events of another origin: peers that hold them send them back,
 and version vectors carry one more entry. Region names never contain ``#``

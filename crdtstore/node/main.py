@@ -45,8 +45,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--rejoin",
         action="store_true",
         help="the data directory was restored from a backup or may otherwise be older than this region's newest "
-        "events: mint under a new incarnation, so no event id is used twice (a new, emptied, copied or restored "
-        "directory takes one by itself)",
+        "events: mint under a new incarnation, so no event id is used twice (a new or emptied directory takes "
+        "one by itself; always use this after a restore)",
     )
 
 

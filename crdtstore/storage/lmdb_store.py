@@ -33,13 +33,15 @@ hash among themselves: the only place where scan order is not byte order.
 Origins: local writes mint dots under ``origin``, the region's name and an
 incarnation (``crdtstore.crdt.origin``). A directory takes a fresh
 incarnation before its first write whenever it cannot prove it is the one
-that minted its origin's newest events: when it is new, when its data file is
-not the file the origin was taken in (it was copied, restored or moved: a
-file's inode number changes with every copy), when the operator says so
-(``StorageConfig.new_incarnation``, ``crdtstore serve --rejoin``), and when a
-peer turns out to hold events of the origin that this directory lacks
-(``retire_origin``). A fresh incarnation is always safe; reusing one that
-another region holds newer events of loses writes.
+that minted its origin's newest events: when it is new, when the operator says
+so (``StorageConfig.new_incarnation``, ``crdtstore serve --rejoin``, which a
+restore must use), when a peer turns out to hold events of the origin that
+this directory lacks (``retire_origin``), and when its data file is evidently
+not the file the origin was taken in (its inode number differs: copied,
+restored or moved). That last check is a safety net, not a proof: a file
+system may give a copy the inode number of a file deleted just before. A
+fresh incarnation is always safe; reusing one that another region holds
+newer events of loses writes.
 
 Resources: the map grows by doubling when it fills, up to
 ``map_size_bytes_max``; past that, or when the disk is full, the batch is
