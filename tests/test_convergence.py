@@ -88,6 +88,16 @@ class Effect:
 
 
 class Model:
+    """The specification above, over the accepted operations alone.
+
+    It takes each operation's ``seen`` to be its replica's whole context,
+    which is sound only under causal delivery: a delete "saw" a share if its
+    replica had ever seen that share, even when an earlier delete of its
+    region had already removed it and the delete's delta names nothing. A
+    replica that applies a delta has everything the delta's replica had seen,
+    so what the model says that delete covers, every receiver already has.
+    """
+
     def __init__(self) -> None:
         self.effects: list[Effect] = []
         self.minted: dict[str, int] = dict.fromkeys(REGIONS, 0)
