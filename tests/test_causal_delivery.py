@@ -326,8 +326,8 @@ class CausalDelivery(RuleBasedStateMachine):
         assert states[0] == states[1] == states[2], "after synchronising, every store is the same"
 
 
-# Three real LMDB environments per example: a fifth of the profile's examples (100 in ci, 2,000 thorough).
-CausalDelivery.TestCase.settings = settings(max_examples=max(10, settings().max_examples // 5), stateful_step_count=40)
+# Three real LMDB environments per example: half the profile's examples (250 in ci, 5,000 thorough).
+CausalDelivery.TestCase.settings = settings(max_examples=max(10, settings().max_examples // 2), stateful_step_count=40)
 TestCausalDelivery = CausalDelivery.TestCase
 
 
