@@ -29,10 +29,13 @@ on the size of the set.
 
 Hostile input: ``decode`` accepts arbitrary bytes and either returns a value
 that satisfies every invariant above, and the causal ones that joins rely on
-(each dot appears once; a register, a counter or a set member holds at most
-one dot per region; every dot of a store with a context is in that context),
-or raises ``CodecError``; any other exception from msgpack or from validation
-is turned into ``CodecError``.
+(each dot appears once; every dot of a store with a context is in that
+context), or raises ``CodecError``; any other exception from msgpack or from
+validation is turned into ``CodecError``. What it accepts is exactly what
+joins can reach, no less: a register, a counter or a set member may hold
+several dots of one region (sorted by counter), because a join of deltas
+delivered without their causal past produces that, and a key the decoder
+refused would be unreadable (DATA_LOSS) on that node for good.
 
 Layouts (version 1)::
 
@@ -574,20 +577,21 @@ def _dec_key_state(body: Any, rd: _Reader) -> KeyState:
     return KeyState(slots)
 
 
-def _check_slot(vtype: ValueType, slot: Slot, seen: set[Dot]) -> None:
-    """Invariants every reachable state and delta keeps; a decoded value must keep them too.
+def _check_slot(slot: Slot, seen: set[Dot]) -> None:
+    """The invariant every reachable state and delta keeps and joins rely on: each dot once.
 
-    Every dot names one event, so it appears once in a whole value; and a
-    region's later write, share or add of a member replaces its earlier ones,
-    so a register, a counter, or one member holds at most one dot per region.
-    Without these checks a crafted value could make two replicas join to
-    different states.
+    Every dot names one event, so it appears once in a whole value; without
+    this check a crafted value could make two replicas join to different
+    states. A register, a counter or one set member may hold several dots of
+    one region: a join can produce that (a region's write, then its delete,
+    then its next write, joined without the delete: the third does not name
+    the first), and every type reads and overwrites such a state correctly
+    (a write, an increment or an add replaces all of its region's dots; a
+    counter sums all of its region's shares). Refusing it would make a key
+    that a join produced unreadable (issue 14).
     """
     groups = [list(dots) for dots in slot.entries.values()] if isinstance(slot, AWSet) else [list(slot.dots())]
     for group in groups:
-        regions = [d.region for d in group]
-        if len(set(regions)) != len(regions):
-            raise CodecError(f"a {vtype.label} holds two dots of one region where one replaces the other")
         for dot in group:
             if dot in seen:
                 raise CodecError(f"dot {dot.region}:{dot.counter} appears twice")
@@ -595,8 +599,8 @@ def _check_slot(vtype: ValueType, slot: Slot, seen: set[Dot]) -> None:
 
 
 def _check_key_state(state: KeyState, seen: set[Dot]) -> None:
-    for vtype, slot in state.slots.items():
-        _check_slot(vtype, slot, seen)
+    for slot in state.slots.values():
+        _check_slot(slot, seen)
 
 
 def _check_in_context(dots: set[Dot], ctx: CausalContext) -> None:
@@ -634,7 +638,7 @@ def _dec_body(tag: Tag, body: Any) -> object:
         vtype = {Tag.REGISTER: ValueType.REGISTER, Tag.COUNTER: ValueType.COUNTER, Tag.SET: ValueType.SET}[tag]
         slot = _SLOT_DECODERS[vtype](slot_body, rd)
         rd.finish()
-        _check_slot(vtype, slot, set())
+        _check_slot(slot, set())
         return slot
     if tag is Tag.KEY_STATE:
         rd, (state_body,) = _with_table(body, 2)
@@ -661,11 +665,11 @@ def _dec_body(tag: Tag, body: Any) -> object:
         return StoreMap(entries, ctx)
     if tag is Tag.CAUSAL:
         rd, (tag_raw, store_body, ctx_body) = _with_table(body, 4)
-        vtype, store = _dec_slot(tag_raw, store_body, rd)
+        _, store = _dec_slot(tag_raw, store_body, rd)
         ctx = _dec_context(ctx_body, rd)
         rd.finish()
         dots: set[Dot] = set()
-        _check_slot(vtype, store, dots)
+        _check_slot(store, dots)
         _check_in_context(dots, ctx)
         return Causal(store, ctx)
     raise AssertionError(f"unhandled tag {tag}")  # pragma: no cover
@@ -772,11 +776,14 @@ def _fast_register(body: Any, names: list[str], bases: tuple[int, ...], at_base:
     n = len(names)
     entries: dict[Dot, Version] = {}
     last = -1
+    last_offset = -1
     for item in body:
         if type(item) is not list or len(item) != 5:
             raise _Irregular
         ri, offset, wall, logical, value = item
-        if type(ri) is not int or type(offset) is not int or not last < ri < n or offset < 0:
+        if type(ri) is not int or type(offset) is not int or not 0 <= ri < n or offset < 0:
+            raise _Irregular
+        if ri < last or (ri == last and offset <= last_offset):  # sorted by (region, counter), each once
             raise _Irregular
         if type(wall) is not int or type(logical) is not int or wall < 0 or logical < 0 or type(value) is not bytes:
             raise _Irregular
@@ -786,7 +793,7 @@ def _fast_register(body: Any, names: list[str], bases: tuple[int, ...], at_base:
         if counter >= _U64:
             raise _Irregular
         entries[_new_dot((names[ri], counter))] = _new_version((_new_timestamp((wall, logical)), value))
-        last = ri
+        last, last_offset = ri, offset
     dots.extend(entries)
     return Register(entries)
 
@@ -797,11 +804,14 @@ def _fast_counter(body: Any, names: list[str], bases: tuple[int, ...], at_base: 
     n = len(names)
     entries: dict[Dot, Share] = {}
     last = -1
+    last_offset = -1
     for item in body:
         if type(item) is not list or len(item) != 4:
             raise _Irregular
         ri, offset, positive, negative = item
-        if type(ri) is not int or type(offset) is not int or not last < ri < n or offset < 0:
+        if type(ri) is not int or type(offset) is not int or not 0 <= ri < n or offset < 0:
+            raise _Irregular
+        if ri < last or (ri == last and offset <= last_offset):  # sorted by (region, counter), each once
             raise _Irregular
         if type(positive) is not int or positive < 0:
             positive = _big(positive, "counter total")
@@ -813,7 +823,7 @@ def _fast_counter(body: Any, names: list[str], bases: tuple[int, ...], at_base: 
         if counter >= _U64:
             raise _Irregular
         entries[_new_dot((names[ri], counter))] = _new_share((positive, negative))
-        last = ri
+        last, last_offset = ri, offset
     dots.extend(entries)
     return Counter(entries)
 
@@ -848,10 +858,13 @@ def _fast_set(body: Any, names: list[str], bases: tuple[int, ...], at_base: set[
             continue
         member_dots: list[Dot] = []
         last = -1
+        last_offset = -1
         for i in range(0, len(flat), 2):
             ri = flat[i]
             offset = flat[i + 1]
-            if type(ri) is not int or type(offset) is not int or not last < ri < n or offset < 0:
+            if type(ri) is not int or type(offset) is not int or not 0 <= ri < n or offset < 0:
+                raise _Irregular
+            if ri < last or (ri == last and offset <= last_offset):  # sorted by (region, counter), each once
                 raise _Irregular
             if not offset:
                 at_base.add(ri)
@@ -859,7 +872,7 @@ def _fast_set(body: Any, names: list[str], bases: tuple[int, ...], at_base: set[
             if counter >= _U64:
                 raise _Irregular
             member_dots.append(_new_dot((names[ri], counter)))
-            last = ri
+            last, last_offset = ri, offset
         dots.extend(member_dots)
         entries[member] = frozenset(member_dots)
         last_member = member

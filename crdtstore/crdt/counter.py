@@ -14,13 +14,34 @@ An increment by region ``r`` mints a dot ``d`` and produces the delta
 
 where ``(P, N)`` is ``r``'s current share. Each region's share replaces its
 previous one, so the state holds one entry per region that has incremented
-since the key was created or last deleted: O(regions), never O(operations).
+since the key was created or last deleted (under causal delivery, below):
+O(regions), never O(operations).
+
+Delivery: these semantics assume causal delivery of deltas, which is what
+replication provides (a region applies a delta only after everything its
+origin had seen when it made it: ``LmdbStore.apply_remote`` takes each
+origin's entries in order and only once the events they name are there,
+senders send their log in apply order, and a peer the log cannot bring up to
+date is repaired by a full state join; ``tests/test_causal_delivery.py``).
+Within that, deltas may arrive twice, late, or interleaved with concurrent
+ones in any order. Causal delivery matters because a delete names only the
+shares the deleting region *sees in the key*: a second delete that finds the
+key already empty names nothing, so a replica that received it without the
+first would keep the share the first removed, and its region's next
+increment would carry that deleted amount back into the total (issue 14).
+Likewise a replica that received a region's later share without an earlier
+delta of another region that removed the region's previous share could hold
+two shares of one region and count the deleted one until the missing delta
+arrives. Full-state joins need no such care: a state's context is causally
+closed.
 
 Exactness: a share is identified by its dot and carries totals, not amounts,
-so delivering a delta twice, or in any order relative to others, cannot count
-an operation twice; the join takes the share the context says is newest.
-Amounts of any 64-bit size are exact because Python integers do not overflow;
-the codec stores totals beyond 64 bits without loss.
+so delivering a delta twice, or late, cannot count an operation twice; the
+join takes the share the context says is newest. Amounts of any 64-bit size
+are exact because Python integers do not overflow; the codec stores totals
+beyond 64 bits without loss. ``increment`` sums every share its region holds,
+so a state with several shares of one region (reachable only through
+non-causal delivery, and decoded like any other) is replaced by one.
 
 Deleting the key removes every share the deleting region had seen (an
 observed remove, like every removal here). The semantics under a concurrent
