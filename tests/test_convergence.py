@@ -350,16 +350,16 @@ def test_regression_storage_refuses_a_later_delete_whose_earlier_one_is_missing(
             return [e for e in store.log_entries() if e.origin == origin]
 
         write(ap, Increment("k2", 1))
-        assert eu.apply_remote(log(ap, "ap"), source="ap") == [RemoteOutcome.APPLIED]
+        assert eu.apply_remote(log(ap, ap.origin), source="ap") == [RemoteOutcome.APPLIED]
         write(eu, DeleteKey("k2"))
         write(eu, DeleteKey("k1"))
         write(eu, DeleteKey("k2"))
-        first, other, second = log(eu, "eu")
+        first, other, second = log(eu, eu.origin)
         assert ap.apply_remote([second], source="eu") == [RemoteOutcome.GAP]
-        assert ap.context.vv.get("eu") == 0, "nothing of it was applied"
+        assert ap.context.vv.get(eu.origin) == 0, "nothing of it was applied"
         assert ap.apply_remote([first, other, second], source="eu") == [RemoteOutcome.APPLIED] * 3
         write(ap, Increment("k2", 0))
-        assert eu.apply_remote(log(ap, "ap"), source="ap") == [RemoteOutcome.DUPLICATE, RemoteOutcome.APPLIED]
+        assert eu.apply_remote(log(ap, ap.origin), source="ap") == [RemoteOutcome.DUPLICATE, RemoteOutcome.APPLIED]
         for store in (ap, eu):
             state = store.get("k2")
             assert state is not None
