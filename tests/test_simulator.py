@@ -71,7 +71,7 @@ def test_every_kind_of_fault_is_injected_and_nothing_is_violated(tmp_path: Path,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("faults", ["partition", "crash", "clock", "network", "all"])
+@pytest.mark.parametrize("faults", ["partition", "crash", "clock", "network", "disk", "all"])
 def test_many_seeds_of_every_kind_of_fault_violate_nothing(tmp_path: Path, faults: str) -> None:
     """The long form of the test above (which runs two seeds of each): more seeds, more regions."""
     for seed in range(1, 26):

@@ -200,6 +200,13 @@ async def run_node(config: NodeConfig, *, ready: asyncio.Event | None = None, st
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([*services, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
 
+    # Before the port opens: a SIGTERM that arrives as soon as a client can connect drains
+    # the node like any other, instead of killing it with the signal's default action.
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
     host, _ = parse_listen(config.listen)
     try:
         bound = _listen(server, config)
@@ -226,11 +233,6 @@ async def run_node(config: NodeConfig, *, ready: asyncio.Event | None = None, st
         log.info("peer %s at %s", name, address)
     print(f"crdtstore: region {config.region} listening on {host}:{bound}", flush=True)
 
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
     if ready is not None:
         ready.set()
     await stop.wait()
