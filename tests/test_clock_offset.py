@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crdtstore.node.replication import ClockSample, clock_sample
+from crdtstore.node.clocks import ClockSample, clock_sample
 
 
 def test_a_symmetric_round_trip_measures_the_offset_exactly() -> None:

@@ -33,7 +33,7 @@ import lmdb
 import pytest
 
 from crdtstore.client import Client, ClientError
-from crdtstore.node.replication import SYNC_METHOD
+from crdtstore.node.wire import SYNC_METHOD
 from crdtstore.operations import AddMembers, DeleteKey, Increment, Operation, RemoveMembers, SetRegister
 from crdtstore.testing.regions import RegionProcesses
 from crdtstore.v1 import replication_pb2 as rpb

@@ -15,8 +15,8 @@ died), the newer one replaces the older.
 Clocks: every message carries the sender's physical clock, and echoes the
 last one it received from the peer with how long it held it. From that round
 trip each node keeps the last measured offset to each peer and its error
-(``clock_sample``): time in queues widens the error, it is not taken for
-offset. Remote register timestamps move the hybrid logical clock forward,
+(``crdtstore.node.clocks``): time in queues widens the error, it is not
+taken for offset. Remote register timestamps move the hybrid logical clock forward,
 except one beyond ``max_clock_offset_ms``: that delta is still applied
 (convergence comes first, and causality, not the clock, decides overwrites)
 but the clock ignores it, and it is counted and logged. A node whose own
@@ -24,6 +24,9 @@ clock is out of bounds against most of its peers, even allowing for each
 measurement's error, refuses local writes until it is back in bounds
 (CockroachDB fences a node the same way), because every register it wrote
 would win or lose by its wrong clock.
+
+Messages: ``crdtstore.node.wire`` translates between the stream's protobuf
+and the core's messages.
 
 Waiting: causal-token reads and ``replicated:N`` writes wait for conditions
 on the node's vector and its peers' acknowledgements. Waiters are checked
@@ -42,22 +45,31 @@ from asyncio import FIRST_COMPLETED
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import grpc
 import msgpack
 
 from crdtstore.crdt import CausalContext, CodecError, HybridLogicalClock, VersionVector, decode_as, encode
-from crdtstore.crdt.origin import region_of
+from crdtstore.node.clocks import clock_sample
 from crdtstore.node.config import NodeConfig
 from crdtstore.node.waits import VectorWaits
+from crdtstore.node.wire import (
+    SYNC_METHOD,
+    ProtocolError,
+    ack_from_pb,
+    bitmap_of,
+    buckets_of,
+    delta_bytes,
+    entries_from_pb,
+    hello_from_pb,
+    message_pb,
+    parse,
+)
 from crdtstore.node.writer import GroupCommitWriter
 from crdtstore.replica.core import (
-    Ack,
     Action,
     Apply,
-    Entries,
-    Hello,
     Message,
     NeedsRepair,
     ReplicaCore,
@@ -75,21 +87,15 @@ from crdtstore.storage import (
 )
 from crdtstore.v1 import replication_pb2 as rpb
 
-__all__ = ["PROTOCOL_VERSION", "SYNC_METHOD", "ClockSample", "ProtocolError", "Replicator", "clock_sample"]
+__all__ = ["Replicator"]
 
 log = logging.getLogger("crdtstore.replication")
 
-PROTOCOL_VERSION = 1
-SYNC_METHOD = "/crdtstore.v1.Replication/Sync"
 _TRIM_BUDGET = 10_000
 _LARGE_MESSAGE_BYTES = 64 * 1024  # entries that take long enough to apply for the peers to hear of them first
 _SPOOL_SUFFIX = ".spool"
 _WANT_TIMEOUT_S = 60.0
 _STALE_TRANSFERS_MAX = 3
-
-
-class ProtocolError(Exception):
-    """A peer sent something the protocol does not allow; the stream is closed."""
 
 
 @dataclass
@@ -347,7 +353,7 @@ class Replicator:
             return
         assert isinstance(raw, bytes)
         try:
-            first = _parse(raw)
+            first = parse(raw)
             if first.WhichOneof("body") != "hello":
                 raise ProtocolError("the first message of a stream must be a hello")
         except ProtocolError as exc:
@@ -410,7 +416,7 @@ class Replicator:
             if first is not None:
                 await self._on_message(link, first)
             while (raw := await read()) is not None:
-                await self._on_message(link, _parse(raw))
+                await self._on_message(link, parse(raw))
 
         pumping = asyncio.ensure_future(pump())
         receiving = asyncio.ensure_future(receive())
@@ -449,16 +455,8 @@ class Replicator:
         body = message.WhichOneof("body")
         core_message: Message
         if body == "hello":
-            hello = message.hello
-            if hello.region != link.name:
-                raise ProtocolError(f"peer {link.name!r} introduced itself as {hello.region!r}")
-            if hello.protocol != PROTOCOL_VERSION:
-                raise ProtocolError(
-                    f"peer {link.name!r} speaks protocol {hello.protocol}, this node {PROTOCOL_VERSION}"
-                )
-            if hello.origin and region_of(hello.origin) != link.name:
-                raise ProtocolError(f"peer {link.name!r} says it mints under {hello.origin!r}, another region's name")
-            vector = decode_as(hello.vector, VersionVector)
+            hello = hello_from_pb(message.hello, link.name)
+            vector = hello.vector
             origin = self.store.origin
             theirs, mine = vector.get(origin), self.store.context.vv.get(origin)
             if theirs > mine:
@@ -474,22 +472,15 @@ class Replicator:
                     mine,
                 )
                 self.store.retire_origin(f"peer {link.name} holds {theirs} events of {origin}, this directory {mine}")
-            core_message = Hello(hello.region, vector, _hint(hello.incoming), hello.origin)
+            core_message = hello
             # A transfer from this peer that a broken stream cut short is void.
             await self.writer.call(lambda: self.store.discard_snapshot(link.name))
             link.greeted = True
             log.info("replicating with %s", link.name)
         elif body == "entries":
-            raw_entries: list[RawLogEntry] = []
-            top: dict[str, int] = {}
-            for e in message.entries.entries:
-                if not e.origin or e.first < 1 or e.last < e.first:
-                    raise ProtocolError(f"a log entry {e.origin!r}:{e.first}..{e.last} is malformed")
-                raw_entries.append(RawLogEntry(e.origin, e.first, e.last, e.delta))
-                top[e.origin] = max(top.get(e.origin, 0), e.last)
-            core_message = Entries(tuple(raw_entries), VersionVector(top))
+            core_message = entries_from_pb(message.entries)
         elif body == "ack":
-            core_message = Ack(decode_as(message.ack.vector, VersionVector), _hint(message.ack.incoming))
+            core_message = ack_from_pb(message.ack)
         elif body == "snapshot":
             await self._receive_snapshot(link, message.snapshot)
             self._notify()
@@ -502,7 +493,7 @@ class Replicator:
             return
         elif body == "want":
             if link.want is not None and not link.want.done():
-                link.want.set_result(_buckets_of(message.want.buckets))
+                link.want.set_result(buckets_of(message.want.buckets))
             return
         else:
             raise ProtocolError("a message with no body")
@@ -524,11 +515,11 @@ class Replicator:
         while pending:
             action = pending.pop(0)
             if isinstance(action, Send):
-                self._send_now(action.peer, _message_pb(action.message))
+                self._send_now(action.peer, message_pb(action.message))
             elif isinstance(action, SendLog):
                 self._start_send_log(action)
             elif isinstance(action, Apply):
-                if _delta_bytes(action.entries) > _LARGE_MESSAGE_BYTES:
+                if delta_bytes(action.entries) > _LARGE_MESSAGE_BYTES:
                     # A tick while it applies tells the peers what is on its way (the core's incoming hint).
                     self._dirty.set()
                 await self._apply(action.peer, action.entries)
@@ -736,7 +727,7 @@ class Replicator:
                 if last:
                     message.snapshot.done = True
                     message.snapshot.context = encode(context)
-                    message.snapshot.buckets = _bitmap(buckets)
+                    message.snapshot.buckets = bitmap_of(buckets)
                 if not await self._put(stream, message):
                     return None  # the stream ended: the peer's next hello asks again
                 number += 1
@@ -758,7 +749,7 @@ class Replicator:
             mine = await asyncio.to_thread(self.store.bucket_digests)
             differ = frozenset(i for i in range(DIGEST_BUCKETS) if mine[i] != theirs[i])
         answer = rpb.SyncMessage()
-        answer.want.buckets = _bitmap(differ)
+        answer.want.buckets = bitmap_of(differ)
         await self._put(stream, answer)
 
     async def _receive_snapshot(self, link: _Link, snapshot: rpb.SyncSnapshot) -> None:
@@ -779,7 +770,7 @@ class Replicator:
         if not snapshot.done:
             return
         context = decode_as(snapshot.context, CausalContext)
-        covered = _buckets_of(snapshot.buckets)
+        covered = buckets_of(snapshot.buckets)
         expected = stream.offered_digests
         try:
             changed = await self.writer.call(
@@ -813,7 +804,7 @@ class Replicator:
                     # Quiet: a heartbeat keeps each peer's view of this
                     # node's vector and of its clock fresh.
                     for name in self.links:
-                        self._send_now(name, _message_pb(self.core.heartbeat(name)))
+                        self._send_now(name, message_pb(self.core.heartbeat(name)))
             self._dirty.clear()
             if self.store.context.vv != self.core.vector:
                 # A write committed whose caller went away before telling us (a cancelled request).
@@ -829,41 +820,6 @@ class Replicator:
             )
 
 
-class ClockSample(NamedTuple):
-    offset_ms: int  # the peer's clock minus this node's
-    error_ms: int  # the true offset is within this much of offset_ms: half the round trip
-
-
-def clock_sample(echoed_ms: int, held_ms: int, peer_sent_ms: int, now_ms: int) -> ClockSample | None:
-    """The offset of a peer's clock from one round trip, as NTP measures it.
-
-    This node sent a message at ``echoed_ms`` (its clock); the peer held it
-    ``held_ms`` and answered at ``peer_sent_ms`` (the peer's clock); the answer
-    arrived at ``now_ms`` (this clock). Whatever the two one-way delays, the
-    true offset lies within half the round trip of the midpoint estimate, so
-    time spent in queues widens the error instead of passing for offset.
-    None when the numbers cannot be a round trip (this clock stepped back).
-    """
-    round_trip = (now_ms - echoed_ms) - held_ms
-    if round_trip < 0 or held_ms < 0:
-        return None
-    offset = ((peer_sent_ms - held_ms - echoed_ms) + (peer_sent_ms - now_ms)) // 2
-    return ClockSample(offset, (round_trip + 1) // 2)
-
-
-def _bitmap(buckets: frozenset[int]) -> bytes:
-    out = bytearray(DIGEST_BUCKETS // 8)
-    for i in buckets:
-        out[i // 8] |= 1 << (i % 8)
-    return bytes(out)
-
-
-def _buckets_of(bitmap: bytes) -> frozenset[int]:
-    if len(bitmap) != DIGEST_BUCKETS // 8:
-        raise ProtocolError(f"a bucket bitmap of {len(bitmap)} bytes; {DIGEST_BUCKETS // 8} were expected")
-    return frozenset(i for i in range(DIGEST_BUCKETS) if bitmap[i // 8] >> (i % 8) & 1)
-
-
 def _certificate_names(context: grpc.aio.ServicerContext[Any, Any], region: str) -> bool:
     """Whether the caller's verified certificate names ``region``."""
     auth = context.auth_context()
@@ -871,41 +827,5 @@ def _certificate_names(context: grpc.aio.ServicerContext[Any, Any], region: str)
     return region.encode() in names
 
 
-def _parse(raw: bytes) -> rpb.SyncMessage:
-    try:
-        return rpb.SyncMessage.FromString(raw)
-    except Exception as exc:
-        raise ProtocolError(f"a replication message that does not parse: {exc}") from None
-
-
 def _monotonic_ms() -> int:
     return time.monotonic_ns() // 1_000_000
-
-
-def _hint(raw: bytes) -> VersionVector:
-    """A hello's or an ack's ``incoming`` (empty when the field is)."""
-    return decode_as(raw, VersionVector) if raw else VersionVector()
-
-
-def _delta_bytes(entries: tuple[object, ...]) -> int:
-    return sum(len(e.delta) for e in entries if isinstance(e, RawLogEntry))
-
-
-def _message_pb(message: Message) -> rpb.SyncMessage:
-    out = rpb.SyncMessage()
-    if isinstance(message, Hello):
-        out.hello.region = message.region
-        out.hello.vector = encode(message.vector)
-        if message.incoming:
-            out.hello.incoming = encode(message.incoming)
-        out.hello.protocol = PROTOCOL_VERSION
-        out.hello.origin = message.origin
-    elif isinstance(message, Ack):
-        out.ack.vector = encode(message.vector)
-        if message.incoming:
-            out.ack.incoming = encode(message.incoming)
-    else:
-        for e in message.entries:
-            assert isinstance(e, RawLogEntry)
-            out.entries.entries.add(origin=e.origin, first=e.first, last=e.last, delta=e.delta)
-    return out
