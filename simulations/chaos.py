@@ -1183,7 +1183,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--nemesis",
         default="all",
-        help=f"which faults: {', '.join(NEMESES)}, or several comma-separated (default all)",
+        help=f"which faults: all, none, {', '.join(k for k in NEMESES if k != 'all')}, or several comma-separated "
+        "(default all)",
     )
     parser.add_argument("--clients", type=int, default=None, help="client threads (default: two per region)")
     parser.add_argument(
