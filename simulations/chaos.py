@@ -9,11 +9,11 @@ whole time while a nemesis follows a seeded schedule of faults, each held a few
 seconds and then healed:
 
 * network faults (the partition shapes of ``simulations.faults``), one at a
-  time: isolate one region; halves (the smaller side of half the regions,
-  rounded down, formerly "majority"); a bridge (two sides, one region sees both); a ring (each region
-  sees only its two neighbours); one-way loss (a region still hears the others
-  but they no longer hear it); clogging every link one by one, then restoring
-  them in random order;
+  time: isolate one region; halves (one side of half the regions, rounded
+  down, and the other; formerly "majority"); a bridge (two sides, one region
+  sees both); a ring (each region sees only its two neighbours); one-way
+  loss (a region still hears the others but they no longer hear it);
+  clogging every link one by one, then restoring them in random order;
 * process faults, one at a time, on one region, alongside the network faults:
   kill -9 and restart; SIGSTOP and SIGCONT; a clock offset (the node restarts
   with ``CRDTSTORE_CHAOS_CLOCK_OFFSET_MS``, sometimes inside the bound the
