@@ -12,6 +12,7 @@ from pathlib import Path
 
 from simulations import chaos
 from simulations.checkers import check
+from simulations.faults import region_names
 from simulations.history import dump
 from simulations.run import Progress, parse_seeds, run_many, scratch_dir, summarise, write_report
 from simulations.sim import FAULT_KINDS, Scenario, SimResult, Simulation
@@ -31,8 +32,7 @@ def _scenario_arguments(parser: argparse.ArgumentParser) -> None:
 def _scenario(args: argparse.Namespace, seed: int) -> Scenario:
     scenario = Scenario(seed, regions=args.regions, ops=args.ops, clients=args.clients, faults=args.faults)
     scenario.fault_kinds()  # refuses unknown kinds with a message
-    if not 2 <= args.regions <= 26:
-        raise ValueError("--regions must be between 2 and 26")
+    region_names(args.regions, least=2, what="--regions")  # refuses a count out of bounds with a message
     if args.ops < 1 or args.clients < 1:
         raise ValueError("--ops and --clients must be at least 1")
     return scenario

@@ -8,11 +8,12 @@ its own network namespace with packet-drop rules for partitions
 whole time while a nemesis follows a seeded schedule of faults, each held a few
 seconds and then healed:
 
-* network faults, one at a time: isolate one region; a majority and a
-  minority; a bridge (two sides, one region sees both); a ring (each region
-  sees only its two neighbours); one-way loss (a region still hears the others
-  but they no longer hear it); clogging every link one by one, then restoring
-  them in random order;
+* network faults (the partition shapes of ``simulations.faults``), one at a
+  time: isolate one region; halves (one side of half the regions, rounded
+  down, and the other; formerly "majority"); a bridge (two sides, one region
+  sees both); a ring (each region sees only its two neighbours); one-way
+  loss (a region still hears the others but they no longer hear it);
+  clogging every link one by one, then restoring them in random order;
 * process faults, one at a time, on one region, alongside the network faults:
   kill -9 and restart; SIGSTOP and SIGCONT; a clock offset (the node restarts
   with ``CRDTSTORE_CHAOS_CLOCK_OFFSET_MS``, sometimes inside the bound the
@@ -69,9 +70,21 @@ from crdtstore.node.main import CLOCK_OFFSET_ENV
 from crdtstore.testing.process import ServerProcess
 from crdtstore.testing.regions import RegionProcesses, snapshot
 from simulations.checkers import CheckResult, Violation, check
+from simulations.faults import (
+    FINAL_HEAL,
+    PARTITION_SHAPES,
+    RUNNER_KINDS,
+    SHAPE_ALIASES,
+    bridge_sides,
+    halves,
+    links_text,
+    parse_faults,
+    ring_neighbours,
+)
+from simulations.faults import region_names as _region_names
 from simulations.history import FinalRead, KeyRead, Meta, Nemesis, Op, Record, Sibling, write_jsonl
 from simulations.netns import NamespacedRegions, netns_unavailable
-from simulations.timeline import FINAL_HEAL, Sample, Span, fault_spans, fenced_spans, render_timeline
+from simulations.timeline import Sample, Span, fault_spans, fenced_spans, render_timeline
 
 __all__ = [
     "NEMESES",
@@ -99,15 +112,14 @@ COUNTER_KEYS = tuple(f"c/{i}" for i in range(4))
 SET_KEYS = tuple(f"s/{i}" for i in range(4))
 INCREMENTS = (-3, -2, -1, 1, 2, 3, 4, 5)
 
-NETWORK_FAULTS = ("isolate", "majority", "bridge", "ring", "one-way", "clog")
-PROCESS_FAULTS = ("crash", "pause", "clock")
-# What --nemesis accepts (comma-separated), and the faults each name stands for.
+# The partition shapes (simulations.faults), each a fault of the network lane.
+NETWORK_FAULTS = tuple(PARTITION_SHAPES)
+PROCESS_FAULTS = tuple(k for k in RUNNER_KINDS["chaos"] if k != "partition")
+# What --nemesis accepts (comma-separated, as simulations.faults.parse_faults reads it; also none), and the
+# faults each name stands for.
 NEMESES: dict[str, tuple[str, ...]] = {
     "all": NETWORK_FAULTS + PROCESS_FAULTS,
-    "partition": NETWORK_FAULTS,
-    "crash": ("crash",),
-    "pause": ("pause",),
-    "clock": ("clock",),
+    **{kind: NETWORK_FAULTS if kind == "partition" else (kind,) for kind in RUNNER_KINDS["chaos"]},
 }
 
 REGIONS_MAX = 9
@@ -143,20 +155,19 @@ _CERTAIN_FAILURES = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode
 
 
 def region_names(count: int) -> list[str]:
-    """r1..rN: they sort the same as strings and as numbers, which the mesh's dialling relies on."""
-    if not 2 <= count <= REGIONS_MAX:
-        raise ValueError(f"a chaos run takes 2 to {REGIONS_MAX} regions, not {count}")
-    return [f"r{i}" for i in range(1, count + 1)]
+    """The regions of a chaos run: ``simulations.faults.region_names``, 2 to ``REGIONS_MAX`` of them."""
+    return _region_names(count, least=2, most=REGIONS_MAX, what="a chaos run")
 
 
 def parse_nemeses(spec: str) -> tuple[str, ...]:
-    """``all``, ``partition``, ``crash``, ``pause``, ``clock`` or a comma-separated mix -> the fault kinds."""
+    """``all``, ``partition``, ``crash``, ``pause``, ``clock`` or a comma-separated mix -> the faults to plan.
+
+    The spec is read as every fault spec is (``simulations.faults.parse_faults``); ``partition`` stands for
+    every shape of ``NETWORK_FAULTS``.
+    """
     kinds: list[str] = []
-    for part in spec.split(","):
-        name = part.strip()
-        if name not in NEMESES:
-            raise ValueError(f"unknown nemesis {name!r}; expected one of {', '.join(NEMESES)} (comma-separated)")
-        kinds += [kind for kind in NEMESES[name] if kind not in kinds]
+    for kind in parse_faults(spec, "chaos"):
+        kinds += [fault for fault in NEMESES[kind] if fault not in kinds]
     return tuple(kinds)
 
 
@@ -187,8 +198,8 @@ class Fault:
         return self.start_s + self.hold_s
 
     def links_text(self) -> str:
-        sep = ">" if self.kind == "one-way" else "-"
-        return "links " + " ".join(f"{a}{sep}{b}" for a, b in self.links)
+        one_way = self.kind == "one-way"
+        return links_text([(a, b) for a, b in self.links] + ([] if one_way else [(b, a) for a, b in self.links]))
 
 
 def _cross(side_a: Sequence[str], side_b: Sequence[str]) -> tuple[Link, ...]:
@@ -206,26 +217,17 @@ def _network_fault(kind: str, names: Sequence[str], rng: random.Random, start_s:
     if kind == "isolate":
         lone, rest = shuffled[0], sorted(shuffled[1:])
         return Fault(kind, start_s, hold_s, f"isolate {lone}", (lone,), _cross([lone], rest))
-    if kind == "majority":
-        size = len(names) // 2 + 1
-        big, small = sorted(shuffled[:size]), sorted(shuffled[size:])
-        return Fault(
-            kind,
-            start_s,
-            hold_s,
-            f"majority {' '.join(big)} | minority {' '.join(small)}",
-            tuple(names),
-            _cross(big, small),
-        )
+    if kind == "halves":
+        small, big = (sorted(side) for side in halves(shuffled))
+        description = f"halves {' '.join(small)} | {' '.join(big)}"
+        return Fault(kind, start_s, hold_s, description, tuple(names), _cross(small, big))
     if kind == "bridge":
-        bridge, rest = shuffled[0], shuffled[1:]
-        half = len(rest) // 2
-        left, right = sorted(rest[:half]), sorted(rest[half:])
-        description = f"bridge {bridge} between {' '.join(left)} | {' '.join(right)}"
-        return Fault(kind, start_s, hold_s, description, tuple(names), _cross(left, right))
+        bridge, left, right = bridge_sides(shuffled)
+        description = f"bridge {bridge} between {' '.join(sorted(left))} | {' '.join(sorted(right))}"
+        return Fault(kind, start_s, hold_s, description, tuple(names), _cross(sorted(left), sorted(right)))
     if kind == "ring":
-        neighbours = {(min(a, b), max(a, b)) for a, b in zip(shuffled, shuffled[1:] + shuffled[:1], strict=True)}
-        cut = sorted(set(_all_links(names)) - neighbours)
+        neighbours = ring_neighbours(shuffled)
+        cut = [link for link in _all_links(names) if frozenset(link) not in neighbours]
         return Fault(kind, start_s, hold_s, f"ring {' '.join(shuffled)}", tuple(names), tuple(cut))
     if kind == "one-way":
         sender, receivers = shuffled[0], sorted(shuffled[1:])
@@ -272,8 +274,10 @@ def plan_faults(names: Sequence[str], duration_s: float, seed: int, kinds: Seque
     usable = {
         "bridge": len(names) >= 3,
         "ring": len(names) >= 4,
-        "majority": len(names) >= 3,
+        "halves": len(names) >= 3,  # of two, the halves are an isolated region
     }
+    # A shape may be given by an old name too (``majority``).
+    kinds = [SHAPE_ALIASES.get(k, k) for k in kinds]
     lanes = [
         ([k for k in kinds if k in NETWORK_FAULTS and usable.get(k, True)], _network_fault),
         ([k for k in kinds if k in PROCESS_FAULTS], _process_fault),
@@ -538,12 +542,12 @@ class _Nemesis:
                     if not self._wait_until(started_s + i * pace_s, stop):
                         return
                     self.cluster.cut(*link)
-                    self.recorder.nemesis("clog", link, f"link {link[0]}-{link[1]}")
+                    self.recorder.nemesis("clog", link, f"clog; {links_text([link, link[::-1]])}")
                 for i, link in enumerate(fault.restore):
                     if not self._wait_until(started_s + fault.hold_s / 2 + (i + 1) * pace_s, stop):
                         return
                     self.cluster.heal(*link)
-                    self.recorder.nemesis("unclog", link, f"link {link[0]}-{link[1]}")
+                    self.recorder.nemesis("unclog", link, f"clog; {links_text([link, link[::-1]])}")
                 continue
             self._start_fault(fault)
             in_place_s = self._now_s()  # a restart with a shifted clock takes a moment before the fault holds
@@ -1179,7 +1183,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--nemesis",
         default="all",
-        help=f"which faults: {', '.join(NEMESES)}, or several comma-separated (default all)",
+        help=f"which faults: all, none, {', '.join(k for k in NEMESES if k != 'all')}, or several comma-separated "
+        "(default all)",
     )
     parser.add_argument("--clients", type=int, default=None, help="client threads (default: two per region)")
     parser.add_argument(

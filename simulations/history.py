@@ -116,7 +116,7 @@ def _origin_in(token: dict[str, int], region: str) -> str:
 @dataclass
 class Nemesis:
     at_ms: int
-    event: str  # partition, heal, crash, restart, pause, resume, clock, clog, ...
+    event: str  # a fault's start or end (simulations.faults.EVENTS), or disk, stall
     regions: list[str] = field(default_factory=list)
     detail: str = ""
     kind: str = "nemesis"

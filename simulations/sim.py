@@ -83,11 +83,22 @@ from crdtstore.storage import (
     WriteRequest,
     bucket_of,
 )
+from simulations.faults import (
+    FINAL_HEAL,
+    PARTITION_SHAPES,
+    RUNNER_KINDS,
+    bridge_sides,
+    halves,
+    links_text,
+    parse_faults,
+    region_names,
+    ring_neighbours,
+)
 from simulations.history import FinalRead, KeyRead, Meta, Nemesis, Op, Record, Sibling, dump
 
 __all__ = ["FAULT_KINDS", "Scenario", "SimResult", "Simulation", "region_names"]
 
-FAULT_KINDS = ("partition", "crash", "clock", "network", "disk")
+FAULT_KINDS = RUNNER_KINDS["simulator"]  # the kinds this runner injects (simulations.faults)
 
 # The node's settings (crdtstore.node.config.ReplicationSettings defaults).
 _BATCH_WINDOW_MS = 10
@@ -113,12 +124,6 @@ _COUNTER_KEYS = 3
 _SET_KEYS = 12
 
 
-def region_names(count: int) -> list[str]:
-    if not 1 <= count <= 26:
-        raise ValueError(f"between 1 and 26 regions, not {count}")
-    return [f"r{chr(ord('a') + i)}" for i in range(count)]
-
-
 @dataclass(frozen=True)
 class Scenario:
     seed: int
@@ -128,15 +133,7 @@ class Scenario:
     faults: str = "all"  # all, none, or a comma-separated subset of FAULT_KINDS
 
     def fault_kinds(self) -> tuple[str, ...]:
-        if self.faults == "all":
-            return FAULT_KINDS
-        if self.faults in ("", "none"):
-            return ()
-        kinds = tuple(k.strip() for k in self.faults.split(","))
-        unknown = [k for k in kinds if k not in FAULT_KINDS]
-        if unknown:
-            raise ValueError(f"unknown fault kind(s) {unknown}; choose from all, none, {', '.join(FAULT_KINDS)}")
-        return kinds
+        return parse_faults(self.faults, "simulator")
 
     def command(self) -> str:
         """The command that replays this scenario."""
@@ -620,7 +617,7 @@ class Simulation:
         self.stats: Counter[str] = Counter()
         # Per seed: a log small enough that partitions and crashes need state transfers, or a roomy one.
         self.log_bytes_max = self.random.choice([4 * 1024, 16 * 1024, 64 * 1024, 64 * 1024 * 1024])
-        names = region_names(scenario.regions)
+        names = region_names(scenario.regions, what="a simulation")
         self.names = names
         self.latency = {
             (a, b): self.random.randint(1, 40) for a in names for b in names if a != b
@@ -913,22 +910,21 @@ class Simulation:
     def _fault_partition(self, hold: int) -> Callable[[], None]:
         names = list(self.names)
         self.random.shuffle(names)
-        shape = self.random.choice(["isolate", "halves", "bridge", "ring", "one-way", "clog"])
+        shape = self.random.choice(list(PARTITION_SHAPES))
         cut: set[tuple[str, str]] = set()
         pairs = [(a, b) for a in names for b in names if a != b]
         if shape == "isolate":
             cut = {(a, b) for a, b in pairs if names[0] in (a, b)}
         elif shape == "halves":
-            small = set(names[: len(names) // 2])
+            small = set(halves(names)[0])
             cut = {(a, b) for a, b in pairs if (a in small) != (b in small)}
         elif shape == "bridge":
             # One region sees both sides; the sides do not see each other.
-            bridge, rest = names[0], names[1:]
-            left = set(rest[: len(rest) // 2])
+            bridge, left, _ = bridge_sides(names)
             cut = {(a, b) for a, b in pairs if bridge not in (a, b) and (a in left) != (b in left)}
         elif shape == "ring":
             # Each region sees only its two neighbours.
-            near = {frozenset((names[i], names[(i + 1) % len(names)])) for i in range(len(names))}
+            near = ring_neighbours(names)
             cut = {(a, b) for a, b in pairs if frozenset((a, b)) not in near}
         elif shape == "one-way":
             cut = {(a, b) for a, b in pairs if self.random.random() < 0.3}
@@ -936,35 +932,34 @@ class Simulation:
             # Clog links one by one; they are restored one by one in random order.
             clogged = self.random.sample(pairs, min(len(pairs), self.random.randint(1, len(pairs))))
             for i, (a, b) in enumerate(clogged):
-                self.after(i * 100, functools.partial(self._cut, {(a, b), (b, a)}, "clog"))
+                self.after(i * 100, functools.partial(self._cut, {(a, b), (b, a)}, "clog", "clog"))
             order = list(clogged)
             self.random.shuffle(order)
 
             def unclog() -> None:
                 for i, (a, b) in enumerate(order):
-                    self.after(i * 100, functools.partial(self._heal, {(a, b), (b, a)}, "unclog"))
+                    self.after(i * 100, functools.partial(self._heal, {(a, b), (b, a)}, "clog", "unclog"))
 
             return unclog
         self._cut(cut, shape)
-        return lambda: self._heal(cut, f"heal {shape}")
+        return lambda: self._heal(cut, shape)
 
-    def _cut(self, cut: set[tuple[str, str]], shape: str) -> None:
+    def _cut(self, cut: set[tuple[str, str]], shape: str, event: str = "partition") -> None:
+        """Cut the directed links ``cut``; recorded as ``partition`` (``shape; links ...``), or ``clog`` per link."""
         if self.settling:
             return
         fresh = cut - self.cut
         self.cut |= fresh
         if fresh:
-            self.record(
-                Nemesis(self.now, "partition", sorted({r for pair in fresh for r in pair}), _links(fresh, shape))
-            )
+            self.record(Nemesis(self.now, event, sorted({r for pair in fresh for r in pair}), _detail(fresh, shape)))
         for src, dst in sorted(fresh):
             self._watch_cut(src, dst)
 
-    def _heal(self, cut: set[tuple[str, str]], what: str) -> None:
+    def _heal(self, cut: set[tuple[str, str]], shape: str, event: str = "heal") -> None:
         healed = cut & self.cut
         self.cut -= healed
         if healed:
-            self.record(Nemesis(self.now, "heal", sorted({r for pair in healed for r in pair}), _links(healed, what)))
+            self.record(Nemesis(self.now, event, sorted({r for pair in healed for r in pair}), _detail(healed, shape)))
         for a, b in sorted(healed):
             conn = self.connection(a, b)
             if not conn.up:
@@ -1014,7 +1009,7 @@ class Simulation:
         self._cut(cut, "isolate")
         self.after(self.random.randint(0, hold // 4), functools.partial(self._lose_disk, victim))
         self.after(self.random.randint(hold // 3, hold // 2), functools.partial(self._restart, victim))
-        return lambda: self._heal(cut, "heal isolate")
+        return lambda: self._heal(cut, "isolate")
 
     def _lose_disk(self, name: str) -> None:
         region = self.regions[name]
@@ -1054,7 +1049,8 @@ class Simulation:
         def back() -> None:
             if self.random.random() < 0.5 and not self.settling:
                 region.offset_ms -= jump
-                self.record(Nemesis(self.now, "clock", [name], f"jump {-jump:+d} ms (back to {region.offset_ms:+d})"))
+                detail = f"jump {-jump:+d} ms (back to {region.offset_ms:+d} ms)"
+                self.record(Nemesis(self.now, "clock-restore", [name], detail))
 
         return back
 
@@ -1070,7 +1066,7 @@ class Simulation:
                 return
             self.drop = self.duplicate = 0.0
             self.reorder = False
-            self.record(Nemesis(self.now, "network", list(self.names), "clean again"))
+            self.record(Nemesis(self.now, "network-restore", list(self.names), "clean again"))
 
         return calm
 
@@ -1121,7 +1117,7 @@ class Simulation:
         self.drop = self.duplicate = 0.0
         self.reorder = False
         self._heal(set(self.cut), "every link")
-        self.record(Nemesis(self.now, "heal", list(self.names), "every fault healed"))
+        self.record(Nemesis(self.now, "heal", list(self.names), f"{FINAL_HEAL}: every fault healed"))
         for name in self.names:
             self._restart(name)
         for conn in self.connections.values():
@@ -1149,5 +1145,5 @@ class Simulation:
         return all(r.state_digest() == digests for r in rest)
 
 
-def _links(pairs: Iterable[tuple[str, str]], what: str) -> str:
-    return f"{what}: " + " ".join(f"{a}->{b}" for a, b in sorted(pairs))
+def _detail(pairs: set[tuple[str, str]], what: str) -> str:
+    return f"{what}; {links_text(pairs)}"

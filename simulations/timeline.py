@@ -29,6 +29,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from simulations.faults import EVENTS, FINAL_HEAL
 from simulations.history import Nemesis, Record
 
 __all__ = [
@@ -42,10 +43,8 @@ __all__ = [
     "render_timeline",
 ]
 
-# The detail of the nemesis event that ends every fault still open.
-FINAL_HEAL = "final heal"
-# The event that ends each kind of fault.
-_ENDS = {"partition": "heal", "clog": "unclog", "crash": "restart", "pause": "resume", "clock": "clock-restore"}
+# The event that ends each kind of fault (FINAL_HEAL: the detail of the heal that ends every fault still open).
+_ENDS = EVENTS
 _LINKS = re.compile(r"links (.*)$")
 
 FAULT_COLOURS = {

@@ -29,7 +29,7 @@ from simulations.history import FinalRead, Meta, Nemesis, Op, read_jsonl
 from simulations.netns import netns_unavailable
 from simulations.timeline import FINAL_HEAL, fault_spans
 
-NAMES = ["r1", "r2", "r3", "r4", "r5"]
+NAMES = region_names(5)
 
 
 # -- the schedule ------------------------------------------------------------------------------
@@ -77,8 +77,8 @@ def test_partition_shapes_cut_what_they_say() -> None:
     bridge = by_kind["bridge"]
     bridging = bridge.description.split()[1]
     assert all(bridging not in link for link in bridge.links)
-    majority = by_kind["majority"]
-    assert len(majority.links) == 3 * 2
+    split = by_kind["halves"]
+    assert len(split.links) == 3 * 2
     one_way = by_kind["one-way"]
     assert {sender for sender, _ in one_way.links} == {one_way.regions[0]}
     clog = by_kind["clog"]
@@ -94,31 +94,59 @@ def test_process_faults_only_when_asked() -> None:
 
 
 def test_bad_settings_are_refused() -> None:
-    with pytest.raises(ValueError, match="unknown nemesis"):
+    with pytest.raises(ValueError, match="unknown fault kind 'meteor'"):
         parse_nemeses("all,meteor")
-    with pytest.raises(ValueError, match="2 to"):
+    with pytest.raises(ValueError, match="chaos runs cannot inject 'disk' faults"):
+        parse_nemeses("partition,disk")
+    with pytest.raises(ValueError, match="between 2 and 9"):
         region_names(1)
-    assert region_names(3) == ["r1", "r2", "r3"]
+    with pytest.raises(ValueError, match="between 2 and 9"):
+        region_names(10)
+    assert region_names(3) == ["ra", "rb", "rc"]
+
+
+def test_every_nemesis_accepted_before_still_is() -> None:
+    every = NETWORK_FAULTS + PROCESS_FAULTS
+    assert parse_nemeses("all") == every
+    assert parse_nemeses("partition") == NETWORK_FAULTS
+    assert parse_nemeses("crash,pause, clock") == ("crash", "pause", "clock")
+    assert parse_nemeses("all,crash") == every
+    assert parse_nemeses("none") == ()
+
+
+def test_a_shape_given_by_its_old_name_is_planned_by_its_one_name() -> None:
+    faults = plan_faults(NAMES, 60, 5, ["majority"])
+    assert faults
+    assert {f.kind for f in faults} == {"halves"}
 
 
 def test_fault_spans_pair_each_fault_with_its_end() -> None:
     records = [
-        Nemesis(100, "partition", ["r1"], "isolate r1; links r1-r2 r1-r3"),
-        Nemesis(150, "pause", ["r2"], "SIGSTOP"),
-        Nemesis(200, "clog", ["r2", "r3"], "link r2-r3"),
-        Nemesis(300, "heal", ["r1"], "isolate r1; links r1-r2 r1-r3"),
-        Nemesis(350, "partition", ["r3"], "one-way: ...; links r3>r1"),
-        Nemesis(400, "resume", ["r2"], "SIGCONT"),
-        Nemesis(500, "heal", ["r1", "r2", "r3"], f"{FINAL_HEAL}: everything"),
+        Nemesis(100, "partition", ["ra"], "isolate ra; links ra-rb ra-rc"),
+        Nemesis(150, "pause", ["rb"], "SIGSTOP"),
+        Nemesis(200, "clog", ["rb", "rc"], "clog; links rb-rc"),
+        Nemesis(300, "heal", ["ra"], "isolate ra; links ra-rb ra-rc"),
+        Nemesis(350, "partition", ["rc"], "one-way: ...; links rc>ra"),
+        Nemesis(400, "resume", ["rb"], "SIGCONT"),
+        Nemesis(500, "heal", ["ra", "rb", "rc"], f"{FINAL_HEAL}: everything"),
     ]
     spans = {(s.row, s.kind, s.start_ms, s.end_ms) for s in fault_spans(records, end_ms=600)}
     assert spans == {
-        ("r1-r2", "cut", 100, 300),
-        ("r1-r3", "cut", 100, 300),
-        ("r2", "pause", 150, 400),
-        ("r2-r3", "clog", 200, 500),
-        ("r1-r3", "one-way", 350, 500),
+        ("ra-rb", "cut", 100, 300),
+        ("ra-rc", "cut", 100, 300),
+        ("rb", "pause", 150, 400),
+        ("rb-rc", "clog", 200, 500),
+        ("ra-rc", "one-way", 350, 500),
     }
+
+
+def test_a_fault_names_its_links_as_the_timeline_reads_them() -> None:
+    faults = plan_faults(NAMES, 300, 11, parse_nemeses("partition"))
+    by_kind = {f.kind: f for f in faults}
+    assert by_kind["isolate"].links_text().startswith("links ")
+    assert ">" not in by_kind["isolate"].links_text()
+    one_way = by_kind["one-way"]
+    assert one_way.links_text() == "links " + " ".join(f"{a}>{b}" for a, b in sorted(one_way.links))
 
 
 # -- real runs ---------------------------------------------------------------------------------

@@ -19,9 +19,11 @@ from crdtstore.crdt import CausalContext, HybridLogicalClock
 from crdtstore.storage import Applied, Failed, LmdbStore, LogEntry, WriteRequest, lmdb_store
 from simulations.__main__ import main
 from simulations.checkers import check
+from simulations.faults import EVENTS, FINAL_HEAL, RUNNER_KINDS, parse_faults, region_names
 from simulations.history import Nemesis
 from simulations.run import parse_seeds, run_seed
 from simulations.sim import Scenario, SimResult, Simulation
+from simulations.timeline import fault_spans
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -219,7 +221,8 @@ def test_replay_prints_a_trace_and_the_digest(capsys: pytest.CaptureFixture[str]
     [
         (["run", "--seeds", "5-1"], "runs backwards"),
         (["run", "--seeds", "x"], "seeds must look like"),
-        (["run", "--faults", "meteor"], "unknown fault kind"),
+        (["run", "--faults", "meteor"], "unknown fault kind 'meteor'"),
+        (["run", "--faults", "crash,pause"], "the simulator cannot inject 'pause' faults (chaos runs can)"),
         (["replay", "--seed", "1", "--regions", "1"], "between 2 and 26"),
     ],
 )
@@ -232,3 +235,32 @@ def test_bad_arguments_are_refused_with_a_message(
 
 def test_seed_ranges() -> None:
     assert parse_seeds("1-3,7, 9-10") == [1, 2, 3, 7, 9, 10]
+
+
+def test_the_fault_spec_is_read_alike_for_both_runners() -> None:
+    assert parse_faults("all", "simulator") == RUNNER_KINDS["simulator"]
+    assert parse_faults("all", "chaos") == RUNNER_KINDS["chaos"]
+    assert parse_faults("none", "simulator") == parse_faults("", "chaos") == ()
+    assert parse_faults("disk, partition,disk", "simulator") == ("disk", "partition")
+    assert Scenario(1, faults="crash,clock").fault_kinds() == ("crash", "clock")
+    with pytest.raises(ValueError, match="chaos runs cannot inject 'network' faults"):
+        parse_faults("network", "chaos")
+
+
+def test_region_names_sort_in_the_order_they_are_made() -> None:
+    names = region_names(26)
+    assert names == sorted(names) and len(set(names)) == 26
+    assert names[:3] == ["ra", "rb", "rc"]
+    with pytest.raises(ValueError, match="between 1 and 26"):
+        region_names(27)
+
+
+def test_the_simulator_records_the_nemesis_words_of_chaos_runs(tmp_path: Path) -> None:
+    words = {*EVENTS, *EVENTS.values(), "disk", "stall"}
+    result = simulate(tmp_path, Scenario(4, regions=4, ops=300, faults="all"))
+    nemeses = [r for r in result.history if isinstance(r, Nemesis)]
+    assert {n.event for n in nemeses} <= words, {n.event for n in nemeses} - words
+    assert nemeses[-1].event == "heal" and nemeses[-1].detail.startswith(FINAL_HEAL)
+    # A simulated history draws as a chaos run's does: its partitions and clogs become spans on links.
+    spans = fault_spans(result.history, end_ms=10**9)
+    assert {s.kind for s in spans} >= {"cut", "clog"}, {s.kind for s in spans}
