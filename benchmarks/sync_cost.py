@@ -130,6 +130,7 @@ from crdtstore.replica.core import (
     SendLog,
     Trim,
 )
+from crdtstore.replica.settings import ReplicationSettings
 from crdtstore.storage import (
     Applied,
     LmdbStore,
@@ -158,11 +159,12 @@ GROUP = "sync_cost"
 SECTION = "Synchronisation cost (Enes et al., ICDE 2019): bytes per node, 15 nodes"
 NODES = 15
 
-# The node's settings (crdtstore.node.config.ReplicationSettings defaults).
-BATCH_WINDOW_MS = 10
-ANTI_ENTROPY_MS = 1000
-RELAY_DELAY_MS = 50
-MESSAGE_BYTES_MAX = 1024 * 1024
+# The node's settings, from where the node takes its defaults.
+SETTINGS = ReplicationSettings()
+BATCH_WINDOW_MS = SETTINGS.batch_window_ms
+ANTI_ENTROPY_MS = SETTINGS.anti_entropy_ms
+RELAY_DELAY_MS = SETTINGS.relay_delay_ms
+MESSAGE_BYTES_MAX = SETTINGS.message_bytes_max
 _TRIM_BUDGET = 10_000
 # One update per node per round, as the paper's one event per second.
 ROUND_MS = 1000

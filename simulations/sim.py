@@ -41,7 +41,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import msgpack
@@ -57,6 +57,7 @@ from crdtstore.crdt import (
     encode,
 )
 from crdtstore.crdt.origin import region_of
+from crdtstore.node.config import ServerSettings
 from crdtstore.operations import AddMembers, DeleteKey, Increment, Operation, RemoveMembers, SetRegister
 from crdtstore.replica.core import (
     Ack,
@@ -71,6 +72,7 @@ from crdtstore.replica.core import (
     SendLog,
     Trim,
 )
+from crdtstore.replica.settings import ReplicationSettings
 from crdtstore.storage import (
     DIGEST_BUCKETS,
     Applied,
@@ -100,17 +102,19 @@ __all__ = ["FAULT_KINDS", "Scenario", "SimResult", "Simulation", "region_names"]
 
 FAULT_KINDS = RUNNER_KINDS["simulator"]  # the kinds this runner injects (simulations.faults)
 
-# The node's settings (crdtstore.node.config.ReplicationSettings defaults).
-_BATCH_WINDOW_MS = 10
-_ANTI_ENTROPY_MS = 1000
-_RELAY_DELAY_MS = 50
-_BACKOFF_MAX_MS = 500
-_MAX_CLOCK_OFFSET_MS = 500
+# The node's settings, from where the node takes its defaults; messages smaller than the
+# node's 1 MiB so that transfers span several pages.
+_SETTINGS = replace(ReplicationSettings(), message_bytes_max=64 * 1024)
+_BATCH_WINDOW_MS = _SETTINGS.batch_window_ms
+_ANTI_ENTROPY_MS = _SETTINGS.anti_entropy_ms
+_RELAY_DELAY_MS = _SETTINGS.relay_delay_ms
+_BACKOFF_MAX_MS = _SETTINGS.reconnect_backoff_max_ms
+_MESSAGE_BYTES_MAX = _SETTINGS.message_bytes_max
+_MAX_CLOCK_OFFSET_MS = ServerSettings().max_clock_offset_ms
+# The node's own constants for state transfer (crdtstore.node.replication).
 _TRIM_BUDGET = 10_000
 _WANT_TIMEOUT_MS = 60_000
 _STALE_TRANSFERS_MAX = 3
-# Smaller than the node's 1 MiB so that transfers span several pages.
-_MESSAGE_BYTES_MAX = 64 * 1024
 # Physical clocks start here, so that skewing one backwards stays positive.
 _EPOCH_MS = 1_700_000_000_000
 _CLIENT_DEADLINE_MS = 1_000

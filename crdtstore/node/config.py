@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from crdtstore.operations import Limits
+from crdtstore.replica.settings import ReplicationSettings
 from crdtstore.storage import StorageOptions
 
 __all__ = [
@@ -86,27 +87,6 @@ class ServerSettings:
     scan_page_bytes_max: int = 4 * 1024 * 1024
     # Clocks: a remote timestamp further ahead than this is not taken into the clock.
     max_clock_offset_ms: int = 500
-
-
-@dataclass(frozen=True)
-class ReplicationSettings:
-    # Local writes are pushed to peers at most this long after they commit.
-    batch_window_ms: int = 10
-    # Entries received from one region are pushed on to another only this long
-    # after they arrived: meanwhile that region most likely got them from their
-    # origin and said so. A catch-up after a hello does not wait.
-    relay_delay_ms: int = 50
-    # Everything a peer has not acknowledged is offered again this often.
-    anti_entropy_ms: int = 1000
-    # A lost peer connection is retried with backoff up to this long between attempts.
-    reconnect_backoff_max_ms: int = 500
-    # HTTP/2 keepalive pings on idle replication streams; no answer within the timeout means a dead peer.
-    keepalive_ms: int = 2000
-    keepalive_timeout_ms: int = 2000
-    # One message of log entries carries about this many bytes (at least one entry, however large).
-    message_bytes_max: int = 1024 * 1024
-    # Messages queued per peer before the sender waits.
-    outbound_messages_max: int = 64
 
 
 @dataclass(frozen=True)
