@@ -330,12 +330,12 @@ class _Node:
             self.store.context.vv,
             batch_window_ms=BATCH_WINDOW_MS,
             anti_entropy_ms=ANTI_ENTROPY_MS,
+            relay_delay_ms=RELAY_DELAY_MS,
             trimmed=self.store.log_horizon,
             clock=lambda: self.net.now_ms,
             origin=self.store.origin,
         )
         self.horizon = self.store.log_horizon
-        self.relay_hold_until_ms: dict[str, int] = {}
         # The node's tick loop (crdtstore.node.replication._tick_loop): waiting for something new (or
         # a quiet anti-entropy period), or sleeping one batching window while a peer lacks something.
         self._dirty = False
@@ -444,16 +444,13 @@ class _Node:
 
     def _send_log(self, action: SendLog) -> None:
         peer, hold_fresh_relays = action.peer, action.hold_fresh_relays
-        if hold_fresh_relays and self.net.now_ms < self.relay_hold_until_ms.get(peer, 0):
-            return  # the first entry it lacks is a relay still held back
         relayed_before_ms = self.wall_ms() - RELAY_DELAY_MS if hold_fresh_relays else None
         after = action.after.join(self.core.peers[peer].sent)
         found = self.store.log_since(after, MESSAGE_BYTES_MAX, relayed_before_ms=relayed_before_ms, held=action.held)
         entries, reached, held_since = found
         if not entries:
             if held_since is not None:
-                wait = min(RELAY_DELAY_MS, max(0, held_since + RELAY_DELAY_MS - self.wall_ms()))
-                self.relay_hold_until_ms[peer] = self.net.now_ms + wait
+                self.core.relay_held(peer, held_since, self.wall_ms())
             return
         self.net.send(self.name, peer, Entries(tuple(entries), found.tops()))
         self.core.sent(peer, reached)

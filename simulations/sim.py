@@ -295,6 +295,7 @@ class _Region:
             self.store.context.vv,
             batch_window_ms=_BATCH_WINDOW_MS,
             anti_entropy_ms=_ANTI_ENTROPY_MS,
+            relay_delay_ms=_RELAY_DELAY_MS,
             trimmed=self.store.log_horizon,
             clock=lambda: self.sim.now,
             origin=self.store.origin,
@@ -305,7 +306,6 @@ class _Region:
         self.boot += 1
         self.links = {}
         self.outgoing = {}
-        self.relay_hold_until_ms: dict[str, int] = {}
         self._schedule_tick(self.boot)
 
     def crash(self) -> None:
@@ -403,8 +403,6 @@ class _Region:
         peer, hold_fresh_relays = action.peer, action.hold_fresh_relays
         if peer not in self.links:
             return
-        if hold_fresh_relays and self.sim.now < self.relay_hold_until_ms.get(peer, 0):
-            return  # the first entry it lacks is a relay still held back
         now = self.physical_ms()
         after = action.after.join(self.core.peers[peer].sent)
         relayed_before_ms = now - _RELAY_DELAY_MS if hold_fresh_relays else None
@@ -412,8 +410,7 @@ class _Region:
         entries, reached, held_since = found
         if not entries:
             if held_since is not None:
-                wait = min(_RELAY_DELAY_MS, max(0, held_since + _RELAY_DELAY_MS - now))
-                self.relay_hold_until_ms[peer] = self.sim.now + wait
+                self.core.relay_held(peer, held_since, now)
             return
         self.sim.send(self.name, peer, Entries(tuple(entries), found.tops()))
         self.core.sent(peer, reached)

@@ -459,3 +459,24 @@ def test_regression_an_expectation_does_not_outlive_its_period_when_time_steps_b
     assert hints(core.tick(5_010)) == {"ap": vv(us=900)}
     core.tick(100)  # time steps back
     assert hints(core.tick(1_110)) == {"ap": vv()}
+
+
+def test_a_push_that_found_only_a_fresh_relay_waits_until_it_matures() -> None:
+    # The core, not each host, keeps the hold: every host (node, simulator, benchmark) runs the same rule.
+    core = ReplicaCore("eu", ["us"], vv(eu=1, ap=3), batch_window_ms=10, anti_entropy_ms=1_000, relay_delay_ms=50)
+    core.connected("us")
+    core.tick(0)
+    core.received("us", Hello("us", vv(eu=1)))
+    assert no_acks(core.tick(20)) == [SendLog("us", vv(eu=1), True)]
+    # The log held ap's entries: they arrived at wall 5,000, and it is wall 5,010 now: 40 ms to go.
+    assert core.relay_held("us", held_since_ms=5_000, wall_now_ms=5_010) == []
+    assert no_acks(core.tick(40)) == [], "reading the log again would find the same relay"
+    assert no_acks(core.tick(55)) == []
+    assert no_acks(core.tick(65)) == [SendLog("us", vv(eu=1), True)]
+    # A relay that arrived long ago waits no more; one stamped in the future (a clock step) at most the delay.
+    core.relay_held("us", held_since_ms=0, wall_now_ms=5_010)
+    assert no_acks(core.tick(75)) == [SendLog("us", vv(eu=1), True)]
+    core.relay_held("us", held_since_ms=9_000, wall_now_ms=5_010)
+    assert no_acks(core.tick(100)) == []
+    assert no_acks(core.tick(120)) == []
+    assert no_acks(core.tick(130)) == [SendLog("us", vv(eu=1), True)]

@@ -129,7 +129,6 @@ class _Link:
     transfers_sent: int = 0
     want: asyncio.Future[frozenset[int]] | None = None  # the peer's answer to a digest offer
     # A push found only a relay too fresh to send: no push before this (monotonic ms); it cannot go sooner.
-    relay_hold_until_ms: int = 0
     stale_transfers: int = 0  # transfers from this peer refused in a row; past a few, ask for every bucket
 
 
@@ -155,6 +154,7 @@ class Replicator:
             store.context.vv,
             batch_window_ms=self.settings.batch_window_ms,
             anti_entropy_ms=self.settings.anti_entropy_ms,
+            relay_delay_ms=self.settings.relay_delay_ms,
             trimmed=store.log_horizon,
             clock=_monotonic_ms,
             origin=store.origin,
@@ -563,8 +563,6 @@ class Replicator:
             return
         if link.send_task is not None and not link.send_task.done():
             return  # one at a time; it asks for another round if there is more
-        if hold_fresh_relays and _monotonic_ms() < link.relay_hold_until_ms:
-            return  # the first entry it lacks is a relay still held back: reading the log again finds the same
         relayed_before_ms = self._wall_ms() - self.settings.relay_delay_ms if hold_fresh_relays else None
         sending = self._send_log(link, link.stream, action.after, relayed_before_ms, action.held)
         link.send_task = self._spawn(sending, f"log to {peer}")
@@ -586,10 +584,7 @@ class Replicator:
             )
         )
         if not entries and held_since is not None:
-            # Matures relay_delay_ms after it arrived; counted on the monotonic clock, in case the wall clock steps.
-            delay = self.settings.relay_delay_ms
-            wait = min(delay, max(0, held_since + delay - self._wall_ms()))
-            link.relay_hold_until_ms = _monotonic_ms() + wait
+            self.core.relay_held(peer, held_since, self._wall_ms())
         if not entries or link.stream is not stream:
             return
         message = rpb.SyncMessage()

@@ -197,6 +197,8 @@ class _Peer:
     expect_at_ms: int = 0
     # The origin the peer mints under, from its hello (its own entries are that origin's).
     origin: str = ""
+    # A push found only a relay too fresh to send: no push that holds fresh relays before this.
+    relay_hold_until_ms: int = 0
 
 
 class ReplicaCore:
@@ -208,6 +210,7 @@ class ReplicaCore:
         *,
         batch_window_ms: int = 10,
         anti_entropy_ms: int = 1000,
+        relay_delay_ms: int = 50,
         trimmed: VersionVector | None = None,
         clock: Callable[[], int] | None = None,
         origin: str = "",
@@ -223,6 +226,7 @@ class ReplicaCore:
         self.vector = vector
         self.batch_window_ms = batch_window_ms
         self.anti_entropy_ms = anti_entropy_ms
+        self.relay_delay_ms = relay_delay_ms
         self.peers: dict[str, _Peer] = {name: _Peer() for name in names}
         self._trimmed = trimmed or VersionVector()
         self._last_anti_entropy_ms = 0
@@ -425,6 +429,19 @@ class ReplicaCore:
                 actions.append(NeedsRepair(name, state.acked))
         return actions
 
+    def relay_held(self, peer: str, held_since_ms: int, wall_now_ms: int) -> list[Action]:
+        """A push to ``peer`` found nothing to send before a relay too fresh to go.
+
+        That relay arrived at ``held_since_ms`` and ``wall_now_ms`` is now, both
+        on the store's wall clock. It matures ``relay_delay_ms`` after it arrived:
+        no push that holds fresh relays goes to the peer before then (reading
+        the log again would find the same), counted on the core's own time in
+        case the wall clock steps.
+        """
+        wait = min(self.relay_delay_ms, max(0, held_since_ms + self.relay_delay_ms - wall_now_ms))
+        self._peer(peer).relay_hold_until_ms = self._now() + wait
+        return []
+
     def sent(self, peer: str, vector: VersionVector) -> None:
         """The driver sent ``peer`` entries up to ``vector`` (per origin)."""
         state = self._peer(peer)
@@ -466,38 +483,49 @@ class ReplicaCore:
                     actions.append(self._ack(name, incoming=incoming))
         if now_ms - self._last_anti_entropy_ms >= self.anti_entropy_ms:
             self._last_anti_entropy_ms = now_ms
-            for name, state in self.peers.items():
-                if not state.connected:
-                    continue
-                if state.told != self.vector:
-                    # The whole vector once a period: a partial ack that never arrived is made good.
-                    actions.append(self._ack(name, self.vector, _hint(receiving, expected, state.origin)))
-                if not self._may_push(state, now_ms):
-                    continue
-                if state.needs_repair:
-                    # Ask again: a transfer may have failed, or the horizon
-                    # moved past what the last one brought.
-                    actions.append(NeedsRepair(name, state.acked))
-                    continue
-                stalled = state.acked == state.acked_last_round and not state.acked.dominates(self.vector)
-                if stalled and not self._held(state, now_ms):
-                    # No acknowledgement for a whole period while it lacks
-                    # something, and it does not say it is busy applying what
-                    # it received (then the rest waits on its stream, in order):
-                    # what was sent may be lost (or refused as a gap). Offer
-                    # again everything not acknowledged.
-                    state.sent = state.acked
-                state.acked_last_round = state.acked
-                state.pushed_at_ms = now_ms
-                # Fresh relays wait here too: anti-entropy is for what got lost, not what is on its way.
-                actions.append(SendLog(name, state.sent, True, self._held(state, now_ms)))
+            actions.extend(self._anti_entropy_round(now_ms, receiving, expected))
             return actions
         for name, state in self.peers.items():
             lacking = self._may_push(state, now_ms) and not state.needs_repair and not state.sent.dominates(self.vector)
             if lacking and now_ms - state.pushed_at_ms >= self.batch_window_ms:
                 state.pushed_at_ms = now_ms
-                actions.append(SendLog(name, state.sent, True, self._held(state, now_ms)))
+                actions.extend(self._push(name, state, now_ms))
         return actions
+
+    def _anti_entropy_round(self, now_ms: int, receiving: dict[str, int], expected: dict[str, int]) -> list[Action]:
+        actions: list[Action] = []
+        for name, state in self.peers.items():
+            if not state.connected:
+                continue
+            if state.told != self.vector:
+                # The whole vector once a period: a partial ack that never arrived is made good.
+                actions.append(self._ack(name, self.vector, _hint(receiving, expected, state.origin)))
+            if not self._may_push(state, now_ms):
+                continue
+            if state.needs_repair:
+                # Ask again: a transfer may have failed, or the horizon
+                # moved past what the last one brought.
+                actions.append(NeedsRepair(name, state.acked))
+                continue
+            stalled = state.acked == state.acked_last_round and not state.acked.dominates(self.vector)
+            if stalled and not self._held(state, now_ms):
+                # No acknowledgement for a whole period while it lacks
+                # something, and it does not say it is busy applying what
+                # it received (then the rest waits on its stream, in order):
+                # what was sent may be lost (or refused as a gap). Offer
+                # again everything not acknowledged.
+                state.sent = state.acked
+            state.acked_last_round = state.acked
+            state.pushed_at_ms = now_ms
+            # Fresh relays wait here too: anti-entropy is for what got lost, not what is on its way.
+            actions.extend(self._push(name, state, now_ms))
+        return actions
+
+    def _push(self, name: str, state: _Peer, now_ms: int) -> list[Action]:
+        """A push of the log to ``name``, holding fresh relays; none while a relay it found is maturing."""
+        if now_ms < state.relay_hold_until_ms:
+            return []  # reading the log again would find the same relay, still too fresh
+        return [SendLog(name, state.sent, True, self._held(state, now_ms))]
 
     # -- queries -----------------------------------------------------------------------
 
