@@ -20,12 +20,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from benchmarks.figures import Figure, Stats
-
-if TYPE_CHECKING:
-    from benchmarks.suite import SuiteResult
+from benchmarks.groups import GROUPS, SuiteResult
 
 __all__ = ["fmt", "write_report"]
 
@@ -86,8 +83,6 @@ def table(figures: Sequence[Figure]) -> list[str]:
 
 
 def write_report(suite: SuiteResult, out: Path) -> None:
-    from benchmarks.suite import GROUPS
-
     plots = draw_plots(suite.figures, out)
     m = suite.machine
     sha = suite.commit.get("sha") or "unknown"
