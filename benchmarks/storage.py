@@ -1,39 +1,11 @@
 """Memory and disk: metadata bytes per set element and per key, and LMDB file size against the raw payload.
 
-Run it from the repository root::
+Sizes are counted, not timed (every figure is one count). Run it from the repository root::
 
     python -m benchmarks.storage              # 100,000-member set, 100,000 keys on disk (about a minute)
     python -m benchmarks.storage --quick      # 10,000 of each (a few seconds)
 
-Sizes are counted, not timed, so they do not vary between repeats: every
-figure here is one count (repeats = 1). This is a measurement, not a test.
-
-What is counted
----------------
-
-1. **Metadata per set element.** One key holding an add-wins set of N
-   members (``member-000000`` ...), all added by one region, as a
-   ``StoreMap`` (built with ``benchmarks.micro.build_set_batched``, which the
-   micro benchmark checks equals a one-by-one build):
-   ``(len(encode(store)) - sum of the members' own msgpack sizes) / N``,
-   against the issue's target of at most 16 B. The baseline is the members'
-   own msgpack bytes per element, so the ratio is encoded size / payload.
-   The ``AWSet`` alone (without key and causal context) is given too.
-
-2. **Metadata per key.** N register keys (``key-000000`` ...), each written
-   once with a 64-byte value by one region, as a ``StoreMap``:
-   ``(len(encode(store)) - sum of msgpack(key) + msgpack(value)) / N``.
-
-3. **On disk.** The same N keys and values written through
-   ``LmdbStore.write_batch`` (1,000 keys per request, one request per
-   transaction, sync on; a fresh directory), then the store is closed and
-   counted: the size of ``data.mdb``; the bytes of key + value of every record
-   in the store's ``data`` table, per key; and the pages of each table. The
-   baselines: the raw payload (sum of the UTF-8 key and the value bytes), and
-   a raw LMDB environment with the same pairs put in the same transactions of
-   1,000 (its ``data.mdb``). The store's file also holds the delta log (every
-   write is kept for replication, up to ``delta_log_bytes_max``) and its
-   metadata; the per-table pages show how much each takes.
+What is counted and against what: ``benchmarks/METHODS.md``, section "storage".
 """
 
 from __future__ import annotations
