@@ -31,6 +31,17 @@ class Stats:
     def as_json(self) -> dict[str, Any]:
         return {"median": self.median, "min": self.minimum, "max": self.maximum, "unit": self.unit}
 
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Stats:
+        """The stats of a figure or baseline as results.json has them (null, written for NaN, read back as NaN)."""
+        return cls(
+            _number(data.get("median")), _number(data.get("min")), _number(data.get("max")), data.get("unit", "")
+        )
+
+
+def _number(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
 
 def stats_of(values: Sequence[float], unit: str) -> Stats:
     """Median, min and max of ``values`` (NaN when there are none)."""
@@ -52,6 +63,10 @@ class Baseline:
 
     def as_json(self) -> dict[str, Any]:
         return {"name": self.name, **self.stats.as_json(), "repeats": self.repeats}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Baseline:
+        return cls(str(data.get("name", "")), Stats.from_json(data), int(data.get("repeats") or 1))
 
 
 @dataclass(frozen=True, slots=True)

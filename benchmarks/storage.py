@@ -24,6 +24,7 @@ import msgpack
 
 from benchmarks.figures import Baseline, Figure, Stats, write_json
 from benchmarks.micro import R_A, VALUE, build_register_store, build_set_batched, member, the_set
+from benchmarks.report import table
 from crdtstore.crdt import HybridLogicalClock, encode
 from crdtstore.operations import SetRegister
 from crdtstore.storage import LmdbStore, StorageConfig, WriteRequest
@@ -247,11 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     detail, figures = collect(make_config(args.quick), log, lambda _: None)
     print()
-    for f in figures:
-        line = f"{f.name}: {f.stats.median:,.2f} {f.stats.unit}"
-        for b in f.baselines:
-            line += f"; {b.name} {b.stats.median:,.2f} (ratio {f.ratio(b):.2f})"
-        print(line)
+    print("\n".join(table(figures)))  # the table REPORT.md has
     if args.json is not None:
         write_json(args.json, {"figures": [f.as_json() for f in figures], "detail": detail})
     return 0
