@@ -13,7 +13,6 @@ What is measured, the baselines and how: ``benchmarks/METHODS.md``, section "mic
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import math
@@ -23,11 +22,11 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import msgpack
 
+from benchmarks.common import group_parser, print_line
 from benchmarks.figures import Baseline, Figure, Stats
 from crdtstore.crdt import (
     AWSet,
@@ -979,18 +978,17 @@ def collect(cfg: Config, log: Log, step: Log = _quiet) -> tuple[dict[str, Any], 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.micro", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller sizes and 3 repeats (under ~30 s)")
-    parser.add_argument("--repeats", type=int, default=None, help="repeats per measurement (default 5, 3 with --quick)")
-    parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write every figure to FILE")
+    parser = group_parser(
+        "micro",
+        __doc__,
+        "smaller sizes and 3 repeats (under ~30 s)",
+        "repeats per measurement (default 5, 3 with --quick)",
+    )
     args = parser.parse_args(argv)
-    if args.repeats is not None and args.repeats < 1:
-        parser.error("--repeats must be at least 1")
     cfg = make_config(args.quick, args.repeats)
     began = time.perf_counter()
 
-    def log(msg: str) -> None:
-        print(msg, flush=True)
+    log = print_line
 
     msgpack_version = ".".join(map(str, msgpack.version))
     log(

@@ -12,7 +12,6 @@ Placement, what is measured, the baselines and the caveats: ``benchmarks/METHODS
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import json
@@ -38,7 +37,7 @@ import grpc
 import grpc.aio
 import lmdb
 
-from benchmarks.common import machine_busy_s, percentile, process_cpu_s, stats
+from benchmarks.common import group_parser, machine_busy_s, percentile, print_line, process_cpu_s, stats
 from benchmarks.figures import Baseline, Figure, Stats
 from benchmarks.micro import rate, table
 from crdtstore.testing.process import ServerProcess
@@ -1014,19 +1013,18 @@ def collect(cfg: Config, log: Log, step: Log) -> tuple[dict[str, Any], list[Figu
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.node", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="shorter runs and 2 repeats (under a minute)")
-    parser.add_argument("--repeats", type=int, default=None, help="repeats per measurement (default 5, 2 with --quick)")
-    parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write every figure to FILE")
+    parser = group_parser(
+        "node",
+        __doc__,
+        "shorter runs and 2 repeats (under a minute)",
+        "repeats per measurement (default 5, 2 with --quick)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (data and server logs)")
     args = parser.parse_args(argv)
-    if args.repeats is not None and args.repeats < 1:
-        parser.error("--repeats must be at least 1")
     cfg = make_config(args.quick, args.repeats)
     began = time.perf_counter()
 
-    def log(msg: str) -> None:
-        print(msg, flush=True)
+    log = print_line
 
     log(
         f"crdtstore node benchmark ({'quick' if cfg.quick else 'full'}): {cfg.repeats} repeats of {cfg.duration_s:g} s "

@@ -13,7 +13,6 @@ section "peers".
 
 from __future__ import annotations
 
-import argparse
 import gc
 import itertools
 import json
@@ -30,6 +29,7 @@ from typing import Any, TypeVar
 
 import msgpack
 
+from benchmarks.common import group_parser, print_line
 from benchmarks.figures import Baseline, Figure, Stats, stats_of, write_json
 from benchmarks.micro import R_A, R_B, SET_KEY, member
 from crdtstore.crdt import AWSet, Causal, CausalContext, KeyState, StoreMap, ValueType, decode_as, encode
@@ -743,16 +743,15 @@ def collect(cfg: Config, log: Log, step: Log = _quiet) -> tuple[dict[str, Any], 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.peers", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="sets of up to 1,000 members, 3 repeats")
-    parser.add_argument("--repeats", type=int, default=None, help="repeats per measurement (default 5, 3 with --quick)")
-    parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write every figure to FILE")
+    parser = group_parser(
+        "peers",
+        __doc__,
+        "sets of up to 1,000 members, 3 repeats",
+        "repeats per measurement (default 5, 3 with --quick)",
+    )
     args = parser.parse_args(argv)
-    if args.repeats is not None and args.repeats < 1:
-        parser.error("--repeats must be at least 1")
 
-    def log(msg: str) -> None:
-        print(msg, flush=True)
+    log = print_line
 
     began = time.perf_counter()
     detail, figures = collect(make_config(args.quick, args.repeats), log)

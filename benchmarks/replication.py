@@ -11,7 +11,6 @@ Placement, what is measured, the baselines and the time budget: ``benchmarks/MET
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import math
@@ -33,7 +32,7 @@ import grpc
 import grpc.aio
 import lmdb
 
-from benchmarks.common import machine_busy_s, percentile, process_cpu_s, stats
+from benchmarks.common import group_parser, machine_busy_s, percentile, print_line, process_cpu_s, stats
 from benchmarks.figures import Baseline, Figure, Stats, write_json
 from benchmarks.micro import rate, table
 from crdtstore.crdt import CausalContext, HybridLogicalClock, KeyState, StoreMap, VersionVector, decode_as, encode
@@ -1180,18 +1179,17 @@ def collect(cfg: Config, log: Log, step: Log) -> tuple[dict[str, Any], list[Figu
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.replication", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="3 regions x 1,000 keys only, shorter lag runs, 2 repeats")
-    parser.add_argument("--repeats", type=int, default=None, help="repeats per measurement (default 5, 2 with --quick)")
-    parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write every figure to FILE")
+    parser = group_parser(
+        "replication",
+        __doc__,
+        "3 regions x 1,000 keys only, shorter lag runs, 2 repeats",
+        "repeats per measurement (default 5, 2 with --quick)",
+    )
     args = parser.parse_args(argv)
-    if args.repeats is not None and args.repeats < 1:
-        parser.error("--repeats must be at least 1")
     cfg = make_config(args.quick, args.repeats)
     began = time.perf_counter()
 
-    def log(msg: str) -> None:
-        print(msg, flush=True)
+    log = print_line
 
     log(
         f"crdtstore replication benchmark ({'quick' if cfg.quick else 'full'}): {cfg.repeats} repeats; "

@@ -10,7 +10,6 @@ What is counted and against what: ``benchmarks/METHODS.md``, section "storage".
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -22,6 +21,7 @@ from typing import Any
 import lmdb
 import msgpack
 
+from benchmarks.common import group_parser, print_line
 from benchmarks.figures import Baseline, Figure, Stats, write_json
 from benchmarks.micro import R_A, VALUE, build_register_store, build_set_batched, member, the_set
 from benchmarks.report import table
@@ -238,13 +238,10 @@ def collect(cfg: Config, log: Log, step: Log) -> tuple[dict[str, Any], list[Figu
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.storage", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="10,000 members and keys instead of 100,000")
-    parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write every figure to FILE")
+    parser = group_parser("storage", __doc__, "10,000 members and keys instead of 100,000")
     args = parser.parse_args(argv)
 
-    def log(msg: str) -> None:
-        print(msg, flush=True)
+    log = print_line
 
     detail, figures = collect(make_config(args.quick), log, lambda _: None)
     print()

@@ -13,7 +13,6 @@ The paper's setup, what runs here, what is counted and how it differs from the p
 
 from __future__ import annotations
 
-import argparse
 import heapq
 import itertools
 import os
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import group_parser, print_line
 from benchmarks.figures import Baseline, Figure, Stats, write_json
 from crdtstore.crdt import HybridLogicalClock, StoreMap, VersionVector, encode
 from crdtstore.operations import AddMembers, Increment, Operation, SetRegister
@@ -642,12 +642,10 @@ def collect(cfg: Config, log: Log, step: Log) -> tuple[dict[str, Any], list[Figu
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.sync_cost", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="5 rounds instead of the paper's 100")
+    parser = group_parser("sync_cost", __doc__, "5 rounds instead of the paper's 100")
     parser.add_argument("--rounds", type=int, default=None, help="rounds (updates per node); overrides --quick")
     parser.add_argument("--only", default="", metavar="WORKLOAD[,...]", help="workloads by name, e.g. gset,'gmap 10%%'")
     parser.add_argument("--topology", choices=("tree", "mesh", "both"), default="both")
-    parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write every figure to FILE")
     args = parser.parse_args(argv)
     if args.rounds is not None and args.rounds < 1:
         parser.error("--rounds must be at least 1")
@@ -661,8 +659,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     topologies = ("tree", "mesh") if args.topology == "both" else (args.topology,)
     cfg = Config(args.rounds or cfg.rounds, workloads, topologies, cfg.seed)
 
-    def log(msg: str) -> None:
-        print(msg, flush=True)
+    log = print_line
 
     detail, figures = collect(cfg, log, lambda _: None)
     if args.json is not None:
