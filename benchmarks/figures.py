@@ -1,9 +1,9 @@
 """What a benchmark hands to the suite: a figure with its unit and spread over repeats, beside its baselines.
 
-Every benchmark group (``benchmarks.micro``, ``benchmarks.node``,
-``benchmarks.replication``, ``benchmarks.storage``) returns a list of
-``Figure``; ``benchmarks.suite`` writes them to ``results.json`` and
-``benchmarks.report`` turns them into ``REPORT.md`` and plots. A figure's
+Every benchmark group (the table is in ``benchmarks.groups``) returns a list
+of ``Figure``; ``benchmarks.suite`` writes them to ``results.json`` and
+``benchmarks.report`` turns them into ``REPORT.md`` and plots (and
+``benchmarks.summary`` into the README's table, read back from the JSON). A figure's
 ratio is always *measured median / baseline median*, whatever the unit, so a
 throughput ratio below 1 and a latency ratio above 1 both mean "slower than
 the baseline"; ``better`` says which way is good.

@@ -79,6 +79,7 @@ def _peers(mode: Mode, repeats: int | None, log: Log, step: Log) -> tuple[dict[s
     return peers.collect(peers.make_config(mode != "full", repeats, smoke=mode == "smoke"), log, step)
 
 
+# How the suite runs each group of GROUPS (benchmarks/groups.py) in a mode; the test checks both name the same.
 RUNNERS: dict[str, Runner] = {
     "micro": _micro,
     "node": _node,
