@@ -1,17 +1,43 @@
-"""Measurement helpers shared by the node and replication benchmarks: CPU from /proc, percentiles, medians."""
+"""Helpers shared by the benchmark groups: each group's command line, CPU from /proc, percentiles, medians."""
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import statistics
 from collections.abc import Sequence
+from pathlib import Path
 
 from benchmarks.figures import Stats
 
-__all__ = ["machine_busy_s", "percentile", "process_cpu_s", "stats"]
+__all__ = ["group_parser", "machine_busy_s", "percentile", "print_line", "process_cpu_s", "stats"]
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def group_parser(name: str, doc: str | None, quick: str, repeats: str | None = None) -> argparse.ArgumentParser:
+    """The command line every ``python -m benchmarks.NAME`` has: ``--quick``, ``--repeats`` (where the group
+    times anything; ``repeats`` is its help) and ``--json FILE``; the description is the docstring's first
+    paragraph. A group adds its own options to it."""
+    parser = argparse.ArgumentParser(prog=f"python -m benchmarks.{name}", description=(doc or "").split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help=quick)
+    if repeats is not None:
+        parser.add_argument("--repeats", type=_at_least_one, default=None, help=repeats)
+    parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write every figure to FILE")
+    return parser
+
+
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def print_line(msg: str) -> None:
+    """The log of a group run on its own: each line to stdout at once."""
+    print(msg, flush=True)
 
 
 def process_cpu_s(pid: int) -> float:

@@ -1,9 +1,9 @@
 """What a benchmark hands to the suite: a figure with its unit and spread over repeats, beside its baselines.
 
-Every benchmark group (``benchmarks.micro``, ``benchmarks.node``,
-``benchmarks.replication``, ``benchmarks.storage``) returns a list of
-``Figure``; ``benchmarks.suite`` writes them to ``results.json`` and
-``benchmarks.report`` turns them into ``REPORT.md`` and plots. A figure's
+Every benchmark group (the table is in ``benchmarks.groups``) returns a list
+of ``Figure``; ``benchmarks.suite`` writes them to ``results.json`` and
+``benchmarks.report`` turns them into ``REPORT.md`` and plots (and
+``benchmarks.summary`` into the README's table, read back from the JSON). A figure's
 ratio is always *measured median / baseline median*, whatever the unit, so a
 throughput ratio below 1 and a latency ratio above 1 both mean "slower than
 the baseline"; ``better`` says which way is good.
@@ -31,6 +31,17 @@ class Stats:
     def as_json(self) -> dict[str, Any]:
         return {"median": self.median, "min": self.minimum, "max": self.maximum, "unit": self.unit}
 
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Stats:
+        """The stats of a figure or baseline as results.json has them (null, written for NaN, read back as NaN)."""
+        return cls(
+            _number(data.get("median")), _number(data.get("min")), _number(data.get("max")), data.get("unit", "")
+        )
+
+
+def _number(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
 
 def stats_of(values: Sequence[float], unit: str) -> Stats:
     """Median, min and max of ``values`` (NaN when there are none)."""
@@ -52,6 +63,10 @@ class Baseline:
 
     def as_json(self) -> dict[str, Any]:
         return {"name": self.name, **self.stats.as_json(), "repeats": self.repeats}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Baseline:
+        return cls(str(data.get("name", "")), Stats.from_json(data), int(data.get("repeats") or 1))
 
 
 @dataclass(frozen=True, slots=True)

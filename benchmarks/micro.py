@@ -1,83 +1,18 @@
 """Micro benchmark of the pure CRDT core (``crdtstore.crdt``), each figure next to a raw baseline.
 
-Run it from the repository root::
+Throughput of mutate, join, apply delta, encode and decode for each type and the keyed store; the size of one set
+add delta as the set grows; metadata bytes per set element; how an add and a write scale. Run it from the
+repository root::
 
     python -m benchmarks.micro                  # full run, 5 repeats (one to two minutes)
     python -m benchmarks.micro --quick          # smaller sizes, 3 repeats (about 15 s)
     python -m benchmarks.micro --repeats 9 --json bench-out/micro.json
 
-This is a measurement, not a test: it never asserts anything about speed. It
-does check that its own set-ups are what they claim to be (the raw baselines
-re-encode to the very same bytes, a batched build equals a one-by-one build)
-and stops with an error if they are not.
-
-What is measured
-----------------
-
-1. Throughput, in operations per second, for the three types (``register``,
-   ``counter``, ``set``, each as a ``Causal[T]`` replica state) and for the
-   keyed store (``store``, a ``StoreMap`` of registers, counters and small sets):
-
-   * ``mutate``: produce a delta with the type's mutator and join it into the
-     state (``state.join(delta)``; ``StoreMap.join_delta`` for the store).
-   * ``join state``: the full join of two replica states of moderate size that
-     diverged from a common base by concurrent operations of two regions.
-   * ``apply delta``: join one delta produced by the other replica into a state.
-   * ``encode`` / ``decode``: ``crdtstore.crdt.codec`` of the joined state.
-
-   Next to each figure is a raw baseline measured in the same run on plain
-   Python data of the same size and shape, and the ratio between them
-   ("core is N x slower"):
-
-   * ``mutate`` vs ``d[key] = value`` into a dict with as many entries as the
-     state, for the same sequence of keys (fresh keys where the core adds fresh
-     members, the same keys where it overwrites).
-   * ``join state`` vs ``a | b`` of the plain entries (dicts of dot -> payload,
-     region -> share, key -> value; sets of member strings) plus ``va | vb`` of
-     the two version vectors as dicts.
-   * ``apply delta`` vs the same merge of the state's plain entries with the
-     delta's (a new collection, as the core's immutable states make one too).
-   * ``encode`` vs ``msgpack.packb`` of the plain lists/ints/strs/bytes the
-     codec hands to msgpack (obtained by unpacking the core's own encoding, and
-     checked to pack back to the identical bytes); ``decode`` vs
-     ``msgpack.unpackb`` of the same bytes with the codec's options.
-
-2. The encoded size of one set add delta (``StoreMap.add_members(key, [m],
-   region)``, and the same add as a ``Causal[AWSet]`` from ``AWSet.add``) on
-   sets of 10, 1,000 and 100,000 members (10,000 with ``--quick``). The sizes
-   should not depend on the size of the set. The sets of 10 and 1,000 are
-   built one add at a time (``add_members`` + ``join_delta``); the largest
-   with a few thousand members per delta, because one add costs time in
-   proportion to the size of the set (item 4), so 100,000 single adds would
-   take hours. ``add_members`` numbers a batch's dots in member order, so the
-   state is the same; that is checked at 1,000 members.
-
-3. Metadata bytes per set element: ``(len(encode(state)) - sum of the members'
-   own msgpack string sizes) / n`` for the largest of those sets, against the
-   target of at most 16 bytes per element.
-
-4. How the cost of one add (delta + ``join_delta``) grows with the size of the
-   set it lands in, and of one register write with the number of keys in the
-   store, with the same raw-dict baseline.
-
-How
----
-
-``time.perf_counter``; a measurement is warmed up and calibrated first (its op
-count is grown until one timed run is long enough, which also warms it up),
-then repeated (5 times, 3 with ``--quick``, or ``--repeats N``); a repeat times
-enough runs to last ``target`` seconds. Everything that prepares the input of a
-run (fresh key names, a copy of a plain dict) happens outside the timed region.
-The figure reported is the median over repeats with the min and max beside it:
-the machine is shared and noisy, and the median is what to compare. The garbage
-collector stays enabled (allocation is part of the cost of immutable states);
-it is collected before each measurement. ``--json FILE`` writes every figure
-with its unit.
+What is measured, the baselines and how: ``benchmarks/METHODS.md``, section "micro".
 """
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import math
@@ -87,11 +22,11 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import msgpack
 
+from benchmarks.common import group_parser, print_line
 from benchmarks.figures import Baseline, Figure, Stats
 from crdtstore.crdt import (
     AWSet,
@@ -817,7 +752,7 @@ DELTAS = "Set add delta size"
 def section_throughput(
     cfg: Config, log: Log, figures: list[Figure] | None = None, step: Log = _quiet
 ) -> list[dict[str, Any]]:
-    """Items 1 and 2 of the module docstring: every type and operation next to its raw baseline."""
+    """Throughput (METHODS.md, micro, item 1): every type and operation next to its raw baseline."""
     out: list[dict[str, Any]] = []
     rows: list[list[str]] = []
     legend: list[str] = []
@@ -871,7 +806,7 @@ def section_throughput(
 def section_sets(
     cfg: Config, log: Log, out: list[Figure] | None = None, step: Log = _quiet
 ) -> tuple[list[SetSizing], dict[str, Any]]:
-    """Items 3 and 4: the size of a set add delta, and metadata bytes per set element."""
+    """METHODS.md, micro, items 2 and 3: the size of a set add delta, and metadata bytes per set element."""
     log("2. Set add delta size and metadata per element")
     step("set add deltas, sets of " + ", ".join(f"{n:,}" for n in cfg.set_sizes))
     sizings, verified = set_sizing(cfg, log)
@@ -1043,18 +978,17 @@ def collect(cfg: Config, log: Log, step: Log = _quiet) -> tuple[dict[str, Any], 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.micro", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller sizes and 3 repeats (under ~30 s)")
-    parser.add_argument("--repeats", type=int, default=None, help="repeats per measurement (default 5, 3 with --quick)")
-    parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write every figure to FILE")
+    parser = group_parser(
+        "micro",
+        __doc__,
+        "smaller sizes and 3 repeats (under ~30 s)",
+        "repeats per measurement (default 5, 3 with --quick)",
+    )
     args = parser.parse_args(argv)
-    if args.repeats is not None and args.repeats < 1:
-        parser.error("--repeats must be at least 1")
     cfg = make_config(args.quick, args.repeats)
     began = time.perf_counter()
 
-    def log(msg: str) -> None:
-        print(msg, flush=True)
+    log = print_line
 
     msgpack_version = ".".join(map(str, msgpack.version))
     log(

@@ -1,91 +1,17 @@
 """End-to-end benchmark of one durable node, each figure next to baselines measured in the same run.
 
-Run it from the repository root::
+Write and read throughput at 1 to 64 requests in flight, batched writes, and write latency at half the peak rate,
+against an echo server of the same messages and a raw LMDB loop. Run it from the repository root::
 
     python -m benchmarks.node                  # full run, 5 repeats (about three and a half minutes)
     python -m benchmarks.node --quick          # shorter runs, 2 repeats (about 30 s)
     python -m benchmarks.node --repeats 9 --json bench-out/node.json
 
-This is a measurement, not a test: it never asserts anything about speed. The
-issue's targets are printed for reference only.
-
-Placement
----------
-
-The node is a real ``crdtstore serve`` process (``crdtstore.testing.ServerProcess``,
-a fresh data directory under the system temporary directory, default
-configuration, listening on an OS-chosen port of 127.0.0.1). The echo server
-(``benchmarks/echo_server.py``) is a second process on the same machine. The
-load generator is this process: one ``grpc.aio`` channel per server and the
-generated stub ``crdtstore.v1.kv_pb2_grpc.KVStub`` (not ``crdtstore.client``,
-so the client library's own overhead is not what is measured). Nothing is
-pinned to a CPU: the three processes share the machine's cores, so the load
-generator's CPU is part of every figure, of the node's and of the baseline's
-alike. The table reports each side's CPU use so it is visible which one runs
-out first.
-
-What is measured
-----------------
-
-* ``write xN``: durable single-operation writes per second with N requests in
-  flight (closed loop, N = 1, 16, 64). Each request is a ``Mutate`` with one
-  ``SetRegister`` of a 100-byte value under a key never written before, a
-  16-byte idempotency key and ``DURABILITY_LOCAL``.
-* ``batch 100`` / ``batch 1000``: ``Mutate`` requests of 100 and 1,000 such
-  operations (one idempotency key per request), 8 in flight; operations/s and
-  requests/s.
-* ``read xN``: ``Get`` of keys written before the measurements (prefill), N = 1, 16, 64 in flight.
-* ``latency``: p50, p99 and p999 of single-operation writes sent open loop (each at
-  its scheduled time, whether or not earlier ones have answered) at 50% of the
-  node's peak single-operation write rate measured above, for a bounded number
-  of requests (so p999 is among the few slowest of a run: 800 requests with
-  ``--quick``, 3,000 in full). A latency counts from the request's scheduled send time, so any
-  lag of the load generator is charged to it (and to the baseline's alike); the
-  JSON also has the latency counted from the moment the call was issued.
-
-Baselines, in the same run:
-
-* (a) the echo server: the same KV service with the same request and response
-  messages, doing no work. ``Mutate`` answers an empty ``MutateResponse`` with a
-  token as long as the one the node returned; ``Get`` a fixed ``GetResponse``
-  captured from the node for a prefilled key. The echo gets exactly the same
-  load: same message shapes, same concurrency, and for latency the same rate as
-  the node. (The node gets unique keys; the echo cycles through a pool of
-  requests of the same shape, which it cannot tell apart.)
-* (b) a raw LMDB loop in this process, on the same file system as the node's
-  data: ``txn.put`` of a key of the node's key length and a 100-byte value,
-  ``sync=True`` and ``metasync=True`` (LMDB's defaults and the node's: fsync on
-  every commit), with 1, 16, 64, 256, 800 and 8,000 puts per write transaction.
-  With N requests in flight the node's group commit puts at most N requests in
-  one transaction (8 x 100 and 8 x 1,000 operations for the batches); the node
-  does more than one put per operation (see the notes printed at the end).
-
-How
----
-
-Every measurement is warmed up once first (same load, shorter), then repeated
-(5 times, 2 with ``--quick``, or ``--repeats N``); node and echo alternate
-within a repeat, and which one goes first alternates between repeats. A timed
-run stops after ``duration`` seconds or when its requests are used up,
-whichever comes first, then waits for the requests in flight; its rate is the
-requests completed over the time until the last one answered. The node gets
-as many fresh requests as its rate so far (a single request first, in the
-warm-up) says it answers in the time, so that no request is left queued in it
-when the next measurement starts; when one request takes longer than a run,
-a run is one request and the notes say so. Requests are built before the
-timed region. The figure reported is the median over repeats
-with [min..max] beside it. Every RPC has a deadline, every loop a bound in
-count and in time, and both server processes are stopped at the end, on error
-too. ``--json FILE`` writes every figure with its unit.
-
-The CPU each process used during each run is read from ``/proc`` and shown
-next to the figures, with what the rest of the machine used meanwhile: other
-work on a two-core machine changes every figure here, latency most.
+Placement, what is measured, the baselines and the caveats: ``benchmarks/METHODS.md``, section "node".
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import json
@@ -111,7 +37,7 @@ import grpc
 import grpc.aio
 import lmdb
 
-from benchmarks.common import machine_busy_s, percentile, process_cpu_s, stats
+from benchmarks.common import group_parser, machine_busy_s, percentile, print_line, process_cpu_s, stats
 from benchmarks.figures import Baseline, Figure, Stats
 from benchmarks.micro import rate, table
 from crdtstore.testing.process import ServerProcess
@@ -1087,19 +1013,18 @@ def collect(cfg: Config, log: Log, step: Log) -> tuple[dict[str, Any], list[Figu
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.node", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="shorter runs and 2 repeats (under a minute)")
-    parser.add_argument("--repeats", type=int, default=None, help="repeats per measurement (default 5, 2 with --quick)")
-    parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write every figure to FILE")
+    parser = group_parser(
+        "node",
+        __doc__,
+        "shorter runs and 2 repeats (under a minute)",
+        "repeats per measurement (default 5, 2 with --quick)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (data and server logs)")
     args = parser.parse_args(argv)
-    if args.repeats is not None and args.repeats < 1:
-        parser.error("--repeats must be at least 1")
     cfg = make_config(args.quick, args.repeats)
     began = time.perf_counter()
 
-    def log(msg: str) -> None:
-        print(msg, flush=True)
+    log = print_line
 
     log(
         f"crdtstore node benchmark ({'quick' if cfg.quick else 'full'}): {cfg.repeats} repeats of {cfg.duration_s:g} s "

@@ -1,121 +1,18 @@
 """Library peers: crdtstore's add-wins set beside npm ``delta-crdts`` and PyPI ``pycrdt`` on the same workloads.
 
-Run it from the repository root::
+Delta bytes of one add as the set grows, state bytes per element, and merge throughput of deltas and of a whole
+state, each beside its runtime's raw decode. Run it from the repository root::
 
     python -m benchmarks.peers              # sets of up to 10,000 members, 5 repeats (about a minute)
     python -m benchmarks.peers --quick      # up to 1,000 members, 3 repeats (a few seconds)
     python -m benchmarks.peers --json bench-out/peers.json
 
-This is a measurement, not a test: nothing here judges speed. It does check
-its own set-ups (every merge ends with the members it should, a set made
-directly equals one built by adds) and stops with an error if they are wrong.
-
-The three implementations
--------------------------
-
-* **crdtstore**: ``AWSet`` (``crdtstore/crdt/awset.py``). A set add is
-  ``state.store.add(member, state.next_dot(region))``, a ``Causal[AWSet]``
-  delta (the new member with its dot, and a context of that dot), encoded
-  with ``crdtstore.crdt.codec.encode``: the canonical msgpack encoding the
-  node writes to LMDB and sends to peers. A delta is merged with
-  ``state.join_delta(decode_as(bytes, Causal))``, a whole state with
-  ``state.join(...)``. The node itself logs and sends a ``StoreMap`` delta,
-  which also names the key and its slot: its size is given too
-  (``StoreMap.add_members(key, [member], region)``, key ``set-under-test``).
-* **delta-crdts** (npm, through Node.js): the add-wins observed-remove set
-  ``aworset``, driven by ``benchmarks/peers_js/peers.js`` (versions pinned in
-  its ``package.json`` and ``package-lock.json``). A set add is
-  ``replica.add(member)``, which returns the delta; deltas and states are
-  encoded with ``delta-crdts-msgpack-codec``, the codec ``delta-crdts``
-  itself depends on (msgpack5, with extension type 0x40 for a ``Map`` and
-  0x41 for a ``Set``); a replica merges ``replica.apply(codec.decode(bytes))``.
-  Node runs as a subprocess: Python sends the workload as JSON on stdin and
-  reads the results as JSON on stdout; Node times itself
-  (``process.hrtime``), so no pipe is inside a timed region.
-* **pycrdt** (PyPI; Python bindings of Yrs, the Rust port of Yjs): it has no
-  set type. The closest analogue, used here, is one root ``Map`` named
-  ``set`` with one key per member set to ``True``: membership is the key's
-  presence. A set add is ``map[member] = True``; its delta is
-  ``doc.get_update(state_vector)`` with the state vector taken just before
-  the add (Yjs update format v1, lib0 encoding); a whole state is
-  ``doc.get_update()``; both are merged with ``doc.apply_update(bytes)``.
-
-What is measured (the same parameters and member names for all three)
----------------------------------------------------------------------
-
-Members are ``member-000000``, ``member-000001``, ... in that order; replica
-A is region ``us-east-1`` (pycrdt client id 1), replica B ``eu-west-1``
-(client id 2); pycrdt replicas that only receive have client id 3.
-
-1. **Delta bytes of one add as the set grows.** Replica A adds members one
-   by one; at each set size (1, 10, 100, 1,000, 10,000; ``--quick`` up to
-   1,000) the encoded size of the full state is counted (as bytes per
-   element), then the deltas of the next few adds (5; the set grows by that
-   much) are counted: the figure is their median, with min and max. The
-   baseline is the member's own msgpack bytes (a ``member-NNNNNN`` string is
-   14 B), so the ratio is bytes sent per byte of payload.
-2. **Merge throughput, single-add deltas.** Replica B adds N members one by
-   one (N = 1,000; ``--quick`` 300); its N deltas are encoded beforehand. A
-   run decodes and merges all N, in order, into an empty replica A (made
-   outside the timed region); the figure is deltas per second.
-3. **Merge throughput, a whole state.** Replica A holds N members of its
-   own, replica B N other members (N = 1,000 and 10,000; ``--quick`` 1,000);
-   a run decodes B's encoded state and merges it into a copy of A (made
-   outside the timed region); the figure is elements of B's state per second.
-
-Baselines, measured in the same run on the same workload: for the Python
-implementations, ``msgpack.unpackb`` of crdtstore's bytes of the workload in
-the same loop (for crdtstore that is the very bytes it decodes; pycrdt's
-bytes are not msgpack, so its first baseline is crdtstore's, which gives both
-Python figures one denominator, and its second is ``pycrdt.get_state``,
-which decodes its own bytes in Yrs and applies nothing). For Node:
-``JSON.parse`` of the same deltas or state written as JSON text (a native
-raw decode in the same runtime), and the codec's decode alone of the same
-bytes. The ratio is always measured / baseline.
-
-How: ``time.perf_counter``; one untimed warm-up run, then 5 repeats (3 with
-``--quick``; ``--repeats N``), each timing as many runs as it takes to last
-0.2 s (0.05 s with ``--quick``); the garbage collector is collected before
-each repeat (Node runs with ``--expose-gc`` and does the same). Everything
-that prepares a run (a fresh or copied receiving replica) is outside the
-timed region. The figure is the median over repeats with min and max.
-
-Building a delta-crdts set costs time in proportion to its size per add (its
-add scans and copies the whole set), so sets larger than 1,000 (100 with
-``--quick``) are made directly from the library's own ``DotSet`` and
-``CausalContext`` holding exactly what adds would make, and checked equal to a
-set built by adds.
-
-Fairness
---------
-
-* delta-crdts 0.10.3's ``aworset`` add returns the whole state, not a delta:
-  its mutator is ``s.join(s.removeValue(v), s.add(id, v))``, and
-  ``s.join(a, b)`` is the instance method ``DotSet.join(this=s, other=a,
-  joinValues=b)``, so the add's own delta is dropped and the state (which the
-  add already changed in place) is copied. Its figures are what the library
-  returns; the size of a delta of the new dot alone (what the mutator means
-  to return) in the same codec is given beside them.
-* The runtimes differ: crdtstore is pure Python (msgpack's C extension reads
-  the bytes); pycrdt's merge is Rust; delta-crdts runs on V8's JIT. Ratios to
-  each runtime's own raw decode say more than absolute rates across runtimes.
-* crdtstore's decoder validates hostile input (canonical order, compact
-  contexts, dots in range); msgpack5 and ``JSON.parse`` check only syntax.
-* A pycrdt Map key is not an OR-set member: removing and re-adding a key
-  leaves deleted items (Yjs keeps their ids in its delete set), and
-  concurrent writes of one key are settled by client id. The workloads here
-  only add fresh members, where the two behave alike.
-
-If ``node`` or ``npm`` is missing, ``npm ci`` fails (no registry), or pycrdt
-is not importable, that peer is skipped and the reason recorded; the other
-peers still run. The Node packages are installed with ``npm ci`` into
-``benchmarks/peers_js/node_modules`` when it does not hold what the lock file
-names; pycrdt comes with ``pip install -e '.[bench]'``.
+How each library is driven, what is measured, the baselines, fairness and skips: ``benchmarks/METHODS.md``,
+section "peers".
 """
 
 from __future__ import annotations
 
-import argparse
 import gc
 import itertools
 import json
@@ -132,6 +29,7 @@ from typing import Any, TypeVar
 
 import msgpack
 
+from benchmarks.common import group_parser, print_line
 from benchmarks.figures import Baseline, Figure, Stats, stats_of, write_json
 from benchmarks.micro import R_A, R_B, SET_KEY, member
 from crdtstore.crdt import AWSet, Causal, CausalContext, KeyState, StoreMap, ValueType, decode_as, encode
@@ -845,16 +743,15 @@ def collect(cfg: Config, log: Log, step: Log = _quiet) -> tuple[dict[str, Any], 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.peers", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="sets of up to 1,000 members, 3 repeats")
-    parser.add_argument("--repeats", type=int, default=None, help="repeats per measurement (default 5, 3 with --quick)")
-    parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write every figure to FILE")
+    parser = group_parser(
+        "peers",
+        __doc__,
+        "sets of up to 1,000 members, 3 repeats",
+        "repeats per measurement (default 5, 3 with --quick)",
+    )
     args = parser.parse_args(argv)
-    if args.repeats is not None and args.repeats < 1:
-        parser.error("--repeats must be at least 1")
 
-    def log(msg: str) -> None:
-        print(msg, flush=True)
+    log = print_line
 
     began = time.perf_counter()
     detail, figures = collect(make_config(args.quick, args.repeats), log)

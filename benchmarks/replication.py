@@ -1,128 +1,16 @@
 """End-to-end benchmark of replication between regions: lag under steady load, convergence after a partition.
 
-Run it from the repository root::
+Also the rate of applying incoming deltas with no network. Run it from the repository root::
 
     python -m benchmarks.replication                 # full run, 5 repeats (about ten minutes)
     python -m benchmarks.replication --quick         # lag + 3 regions x 1,000 keys, 2 repeats (about 25 s)
     python -m benchmarks.replication --repeats 3 --json bench-out/replication.json
 
-This is a measurement, not a test: it never asserts anything about speed. The
-issue's targets are printed for reference only. It does check its own set-up
-(every causal read returns the value written, every region holds the diverged
-keys after converging) and says so in the notes when that fails.
-
-Placement
----------
-
-Every region is a real ``crdtstore serve`` process with a fresh data directory
-under ``tempfile.TemporaryDirectory()``, default configuration (replication
-``batch_window_ms`` 10, ``anti_entropy_ms`` 1000, reconnect backoff at most
-1 s), started by ``crdtstore.testing.regions.RegionProcesses`` on 127.0.0.1.
-Every pair of regions replicates over one stream that goes through a
-``LinkProxy`` (``crdtstore/tools/proxy.py``, no added delay), which is what lets the
-benchmark cut a region off and count the bytes that cross each link. The
-proxies run on an event loop in a daemon thread *of this process*
-(``ProxyThread``), so every inter-region byte is copied by Python in the same
-interpreter as the load generator (``grpc.aio`` channels and the generated
-stubs ``crdtstore.v1.kv_pb2_grpc``, one channel per region). Nothing is
-pinned: on this 2-core machine 3 or 5 server processes, the proxies and the
-load generator share two cores. The report gives the CPU each used (and what
-the rest of the machine used meanwhile, which is not this benchmark's) during
-the lag runs and between each heal and convergence.
-
-What is measured
-----------------
-
-1. Replication lag under steady load, 3 regions (a, b, c). First a's peak
-   rate of single-operation writes is measured once: a closed loop with 64
-   requests in flight for 3 s (after a 0.5 s warm-up), each a ``Mutate`` of one
-   ``SetRegister`` of a 100-byte value under a key never written before,
-   ``DURABILITY_LOCAL``. Then, per repeat, an open-loop writer sends such writes
-   to a at half that rate (each at its scheduled time, whether or not earlier
-   ones have answered), for a bounded count (3,000 writes or 10 s' worth,
-   whichever is fewer; 600 or 3 s with ``--quick``). Lag is probed on a
-   sample of the writes, at most 50 a second (every write at 50/s, every
-   6th at 300/s): as soon as a probed write is acknowledged, three reads are
-   issued at once:
-
-   * ``Get(key, after=token)`` on b and on c, with the write's token: the
-     region answers once it has applied the write. **lag** = the moment that
-     read returns minus the moment the write was acknowledged. It includes
-     the read's own round trip (request, wait, answer) from this process.
-   * the **baseline**: the same ``Get`` on b without ``after``, issued at the
-     same moment (it usually finds nothing yet, which does not matter): the
-     read's round trip alone under the same load. ``lag - baseline`` is
-     computed per write and is roughly the pure replication delay (commit on a,
-     the batching window, the trip through the proxy, b's apply and fsync).
-
-   The same open loop also runs, in every repeat, at a light 50 writes/s
-   (250 writes; 100 with ``--quick``), where nothing is near its limits, so
-   the replication delay can be told apart from queueing at half the peak.
-   (Until 2026-11-21 every write was probed: at half the peak that made
-   four RPCs per write, twice the peak's RPC rate on these two cores, and
-   measured the probes' own queue, seconds long, rather than replication.)
-
-   Reported per repeat and load: p50 and p99 of each, in ms; the table shows
-   the median over repeats with [min..max]. Before each run the benchmark
-   waits until b and c have caught up with a, so no backlog of the previous
-   run is counted. A call that fails is left out of the figures and counted
-   in the report (each one, with its status, is in the JSON): an overloaded
-   region's gRPC server may refuse calls it cannot take (seen as CANCELLED).
-
-2. Convergence after a partition heals, for 3, 5 and 7 regions and 1,000 and
-   10,000 diverged keys, and 100,000 for 3 regions (``--quick``: 3 regions and
-   1,000 keys only). Every run starts a fresh set of regions and waits until
-   every stream is up, then isolates region a (``isolate("a", "drop")``: the
-   proxies close a's connections at once and refuse new ones, so a's streams
-   die immediately rather than after a keepalive timeout), writes K keys on a
-   in batches of 1,000 ``SetRegister`` operations per ``Mutate`` (100-byte
-   values), records the byte counters of every proxy, heals every link, and
-   polls every region's ``Admin.Status`` token every 20 ms (the proxies' byte
-   counters every 2 ms) until all tokens are equal, for at most 300 s. Reported:
-
-   * **converge s**: from just before ``heal()`` to the poll that saw every
-     token equal (so up to one poll interval late);
-   * **reconnect s**: from the same moment to the first byte forwarded by
-     any proxy of a's links (in the JSON also: by the last of a's links to
-     carry one). a redials its peers with a jittered backoff of at most 1 s,
-     so this separates waiting for the redial from the transfer itself;
-   * **bytes**: every byte every proxy forwarded, both directions, all links
-     (including b-c, which was never cut: what a region relays costs too),
-     between the heal and convergence. The JSON also has the bytes once the
-     counters have settled after convergence (acknowledgements and relayed
-     duplicates still in flight), and each link's share;
-   * **minimum**: the encoded size of the changed state, times (regions - 1),
-     since every other region needs it once. It is computed after the run from
-     region a's own store: a is stopped (SIGTERM), its data directory opened
-     with ``LmdbStore(StorageConfig(dir, "a"))``, and ``len(encode(state))``
-     summed over the ``KeyState`` of each of the K keys (``store.scan``). That
-     excludes the key names, which must travel too; the notes give the ratio
-     with them included;
-   * **apply ops/s**: K / converge s, the incoming apply rate seen by the user;
-     the JSON also has K / (converge s - reconnect s), the rate once connected.
-
-   A run that does not converge within 300 s is reported as such, the tail of
-   each region's log is printed to stderr and the logs are copied to a kept
-   directory; the remaining repeats of that case are skipped.
-
-How
----
-
-Every measurement is repeated (5 times, 2 with ``--quick``, or ``--repeats
-N``); the figure reported is the median over repeats with [min..max] beside
-it. The lag figure uses one set of 3 regions for all its runs; every
-convergence run uses a fresh one, and the runs take the cases in turn within
-each repeat. Every RPC has a deadline, every loop a bound in count and in
-time, and every set of regions is stopped at the end of its run (SIGTERM,
-then SIGKILL), on error too. The whole benchmark also has a time budget (20
-minutes, 85 s with ``--quick``): a run that would start after it is skipped
-and the report says so. Progress goes to stderr, the report to stdout;
-``--json FILE`` also writes every figure with its unit (NaN as null).
+Placement, what is measured, the baselines and the time budget: ``benchmarks/METHODS.md``, section "replication".
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import math
@@ -144,7 +32,7 @@ import grpc
 import grpc.aio
 import lmdb
 
-from benchmarks.common import machine_busy_s, percentile, process_cpu_s, stats
+from benchmarks.common import group_parser, machine_busy_s, percentile, print_line, process_cpu_s, stats
 from benchmarks.figures import Baseline, Figure, Stats, write_json
 from benchmarks.micro import rate, table
 from crdtstore.crdt import CausalContext, HybridLogicalClock, KeyState, StoreMap, VersionVector, decode_as, encode
@@ -1291,18 +1179,17 @@ def collect(cfg: Config, log: Log, step: Log) -> tuple[dict[str, Any], list[Figu
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.replication", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="3 regions x 1,000 keys only, shorter lag runs, 2 repeats")
-    parser.add_argument("--repeats", type=int, default=None, help="repeats per measurement (default 5, 2 with --quick)")
-    parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write every figure to FILE")
+    parser = group_parser(
+        "replication",
+        __doc__,
+        "3 regions x 1,000 keys only, shorter lag runs, 2 repeats",
+        "repeats per measurement (default 5, 2 with --quick)",
+    )
     args = parser.parse_args(argv)
-    if args.repeats is not None and args.repeats < 1:
-        parser.error("--repeats must be at least 1")
     cfg = make_config(args.quick, args.repeats)
     began = time.perf_counter()
 
-    def log(msg: str) -> None:
-        print(msg, flush=True)
+    log = print_line
 
     log(
         f"crdtstore replication benchmark ({'quick' if cfg.quick else 'full'}): {cfg.repeats} repeats; "

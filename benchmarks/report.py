@@ -20,14 +20,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from benchmarks.figures import Figure, Stats
+from benchmarks.figures import Baseline, Figure, Stats
+from benchmarks.groups import GROUPS, SuiteResult
 
-if TYPE_CHECKING:
-    from benchmarks.suite import SuiteResult
-
-__all__ = ["fmt", "write_report"]
+__all__ = ["baseline_cell", "cell", "fmt", "ratio_text", "spread", "table", "write_report"]
 
 
 def fmt(value: float, unit: str) -> str:
@@ -50,7 +47,8 @@ def fmt(value: float, unit: str) -> str:
 
 
 def spread(s: Stats, repeats: int) -> str:
-    if repeats <= 1 or s.minimum == s.maximum:
+    """The median in its unit, with [min..max] beside it when there were repeats and they differ."""
+    if repeats <= 1 or s.minimum == s.maximum or math.isnan(s.minimum):
         return fmt(s.median, s.unit)
     low, high = fmt(s.minimum, s.unit).rsplit(" ", 1)[0], fmt(s.maximum, s.unit).rsplit(" ", 1)[0]
     return f"{fmt(s.median, s.unit)} [{low}..{high}]"
@@ -64,6 +62,12 @@ def ratio_text(value: float) -> str:
 
 def cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
+
+
+def baseline_cell(baseline: Baseline, *, with_spread: bool = True) -> str:
+    """A baseline's table cell: its median (with [min..max] unless ``with_spread`` is false) and its name."""
+    shown = spread(baseline.stats, baseline.repeats) if with_spread else fmt(baseline.stats.median, baseline.stats.unit)
+    return f"{shown}: {cell(baseline.name)}"
 
 
 def table(figures: Sequence[Figure]) -> list[str]:
@@ -80,14 +84,11 @@ def table(figures: Sequence[Figure]) -> list[str]:
             name = cell(f.name) if i == 0 else ""
             shown = measured if i == 0 else ""
             target = cell(f.target) if i == 0 else ""
-            base = f"{spread(b.stats, b.repeats)}: {cell(b.name)}"
-            lines.append(f"| {name} | {shown} | {base} | {ratio_text(f.ratio(b))} | {target} |")
+            lines.append(f"| {name} | {shown} | {baseline_cell(b)} | {ratio_text(f.ratio(b))} | {target} |")
     return lines
 
 
 def write_report(suite: SuiteResult, out: Path) -> None:
-    from benchmarks.suite import GROUPS
-
     plots = draw_plots(suite.figures, out)
     m = suite.machine
     sha = suite.commit.get("sha") or "unknown"

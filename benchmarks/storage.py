@@ -1,44 +1,15 @@
 """Memory and disk: metadata bytes per set element and per key, and LMDB file size against the raw payload.
 
-Run it from the repository root::
+Sizes are counted, not timed (every figure is one count). Run it from the repository root::
 
     python -m benchmarks.storage              # 100,000-member set, 100,000 keys on disk (about a minute)
     python -m benchmarks.storage --quick      # 10,000 of each (a few seconds)
 
-Sizes are counted, not timed, so they do not vary between repeats: every
-figure here is one count (repeats = 1). This is a measurement, not a test.
-
-What is counted
----------------
-
-1. **Metadata per set element.** One key holding an add-wins set of N
-   members (``member-000000`` ...), all added by one region, as a
-   ``StoreMap`` (built with ``benchmarks.micro.build_set_batched``, which the
-   micro benchmark checks equals a one-by-one build):
-   ``(len(encode(store)) - sum of the members' own msgpack sizes) / N``,
-   against the issue's target of at most 16 B. The baseline is the members'
-   own msgpack bytes per element, so the ratio is encoded size / payload.
-   The ``AWSet`` alone (without key and causal context) is given too.
-
-2. **Metadata per key.** N register keys (``key-000000`` ...), each written
-   once with a 64-byte value by one region, as a ``StoreMap``:
-   ``(len(encode(store)) - sum of msgpack(key) + msgpack(value)) / N``.
-
-3. **On disk.** The same N keys and values written through
-   ``LmdbStore.write_batch`` (1,000 keys per request, one request per
-   transaction, sync on; a fresh directory), then the store is closed and
-   counted: the size of ``data.mdb``; the bytes of key + value of every record
-   in the store's ``data`` table, per key; and the pages of each table. The
-   baselines: the raw payload (sum of the UTF-8 key and the value bytes), and
-   a raw LMDB environment with the same pairs put in the same transactions of
-   1,000 (its ``data.mdb``). The store's file also holds the delta log (every
-   write is kept for replication, up to ``delta_log_bytes_max``) and its
-   metadata; the per-table pages show how much each takes.
+What is counted and against what: ``benchmarks/METHODS.md``, section "storage".
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -50,8 +21,10 @@ from typing import Any
 import lmdb
 import msgpack
 
+from benchmarks.common import group_parser, print_line
 from benchmarks.figures import Baseline, Figure, Stats, write_json
 from benchmarks.micro import R_A, VALUE, build_register_store, build_set_batched, member, the_set
+from benchmarks.report import table
 from crdtstore.crdt import HybridLogicalClock, encode
 from crdtstore.operations import SetRegister
 from crdtstore.storage import LmdbStore, StorageConfig, WriteRequest
@@ -265,21 +238,14 @@ def collect(cfg: Config, log: Log, step: Log) -> tuple[dict[str, Any], list[Figu
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.storage", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="10,000 members and keys instead of 100,000")
-    parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write every figure to FILE")
+    parser = group_parser("storage", __doc__, "10,000 members and keys instead of 100,000")
     args = parser.parse_args(argv)
 
-    def log(msg: str) -> None:
-        print(msg, flush=True)
+    log = print_line
 
     detail, figures = collect(make_config(args.quick), log, lambda _: None)
     print()
-    for f in figures:
-        line = f"{f.name}: {f.stats.median:,.2f} {f.stats.unit}"
-        for b in f.baselines:
-            line += f"; {b.name} {b.stats.median:,.2f} (ratio {f.ratio(b):.2f})"
-        print(line)
+    print("\n".join(table(figures)))  # the table REPORT.md has
     if args.json is not None:
         write_json(args.json, {"figures": [f.as_json() for f in figures], "detail": detail})
     return 0

@@ -32,21 +32,24 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
+
+import grpc
+import lmdb
+import msgpack
 
 from benchmarks import micro, node, peers, replication, storage, sync_cost
-from benchmarks.figures import Figure, json_safe
+from benchmarks.figures import Figure
+from benchmarks.groups import GROUPS, GroupResult, Mode, SuiteResult
+from benchmarks.report import write_report
 
-__all__ = ["GROUPS", "Progress", "SuiteResult", "run_suite"]
+__all__ = ["GROUPS", "RUNNERS", "Mode", "Progress", "SuiteResult", "run_suite"]
 
-Mode = Literal["smoke", "quick", "full"]
 Log = Callable[[str], None]
 Runner = Callable[[Mode, int | None, Log, Log], tuple[dict[str, Any], list[Figure]]]
 
 REPO = Path(__file__).resolve().parent.parent
-SCHEMA_VERSION = 1
 
 
 def _micro(mode: Mode, repeats: int | None, log: Log, step: Log) -> tuple[dict[str, Any], list[Figure]]:
@@ -76,61 +79,14 @@ def _peers(mode: Mode, repeats: int | None, log: Log, step: Log) -> tuple[dict[s
     return peers.collect(peers.make_config(mode != "full", repeats, smoke=mode == "smoke"), log, step)
 
 
-@dataclass(frozen=True, slots=True)
-class Group:
-    name: str
-    title: str
-    placement: str
-    run: Runner
-
-
-GROUPS: dict[str, Group] = {
-    g.name: g
-    for g in (
-        Group(
-            "micro",
-            "CRDT core, in memory",
-            "one process (this one), no network or storage; baselines on plain Python data of the same size and shape",
-            _micro,
-        ),
-        Group(
-            "node",
-            "One durable node: the client path",
-            "node (`crdtstore serve`) and echo server each in their own process, load generator (grpc.aio, generated "
-            "stubs) in this process; same machine, 127.0.0.1, no CPU pinning; raw LMDB baseline in this process on the "
-            "same file system",
-            _node,
-        ),
-        Group(
-            "replication",
-            "Replication between regions",
-            "every region its own `crdtstore serve` process; every inter-region link through a LinkProxy on a thread "
-            "of this process; load generator in this process; same machine, 127.0.0.1, no CPU pinning",
-            _replication,
-        ),
-        Group(
-            "storage",
-            "Memory and disk",
-            "one process (this one); sizes counted from encoded states and LMDB files, nothing timed",
-            _storage,
-        ),
-        Group(
-            "sync_cost",
-            "Synchronisation cost against Enes et al. (ICDE 2019)",
-            "one process (this one): 15 nodes, each an LmdbStore (sync off, in a temporary directory under /dev/shm) "
-            "and a ReplicaCore driven as the node drives it, on a network in virtual time; bytes counted, nothing "
-            "timed",
-            _sync_cost,
-        ),
-        Group(
-            "peers",
-            "Library peers: npm delta-crdts and PyPI pycrdt on the same set workloads",
-            "everything in one process (this one) but delta-crdts, which runs in a `node` subprocess that gets the "
-            "workload as JSON on stdin, times itself and answers JSON on stdout; no network (`npm ci` into "
-            "benchmarks/peers_js/node_modules once, when it lacks the locked packages)",
-            _peers,
-        ),
-    )
+# How the suite runs each group of GROUPS (benchmarks/groups.py) in a mode; the test checks both name the same.
+RUNNERS: dict[str, Runner] = {
+    "micro": _micro,
+    "node": _node,
+    "replication": _replication,
+    "storage": _storage,
+    "sync_cost": _sync_cost,
+    "peers": _peers,
 }
 
 
@@ -211,10 +167,6 @@ def machine() -> dict[str, Any]:
         load = list(os.getloadavg())
     except OSError:
         load = []
-    import grpc
-    import lmdb
-    import msgpack
-
     return {
         "cpu_count": os.cpu_count(),
         "cpu_model": model,
@@ -252,64 +204,6 @@ def commit() -> dict[str, Any]:
 # ---------------------------------------------------------------------------
 
 
-@dataclass
-class GroupResult:
-    name: str
-    seconds: float = 0.0
-    figures: list[Figure] = field(default_factory=list)
-    detail: dict[str, Any] = field(default_factory=dict)
-    error: str = ""
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "title": GROUPS[self.name].title,
-            "placement": GROUPS[self.name].placement,
-            "seconds": self.seconds,
-            "ok": not self.error,
-            "error": self.error or None,
-            "figures": len(self.figures),
-            "detail": self.detail,
-        }
-
-
-@dataclass
-class SuiteResult:
-    command: str
-    mode: Mode
-    repeats: int | None
-    started: str
-    groups: list[GroupResult]
-    seconds: float
-    machine: dict[str, Any]
-    commit: dict[str, Any]
-
-    @property
-    def figures(self) -> list[Figure]:
-        return [f for g in self.groups for f in g.figures]
-
-    @property
-    def ok(self) -> bool:
-        return all(not g.error for g in self.groups)
-
-    def as_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = json_safe(
-            {
-                "schema": SCHEMA_VERSION,
-                "command": self.command,
-                "mode": self.mode,
-                "repeats": self.repeats,
-                "started": self.started,
-                "seconds": self.seconds,
-                "machine": self.machine,
-                "commit": self.commit,
-                "placement": {g.name: GROUPS[g.name].placement for g in self.groups},
-                "groups": {g.name: g.as_json() for g in self.groups},
-                "figures": [f.as_json() for f in self.figures],
-            }
-        )
-        return out
-
-
 def run_suite(
     out: Path,
     names: Sequence[str],
@@ -320,8 +214,6 @@ def run_suite(
     progress: Progress | None = None,
 ) -> SuiteResult:
     """Run the groups ``names`` in turn and write every file into ``out``."""
-    from benchmarks.report import write_report
-
     out.mkdir(parents=True, exist_ok=True)
     logs = out / "logs"
     logs.mkdir(exist_ok=True)
@@ -331,7 +223,6 @@ def run_suite(
     began = time.perf_counter()
     results: list[GroupResult] = []
     for index, name in enumerate(names):
-        group = GROUPS[name]
         result = GroupResult(name)
         progress.start(index)
         group_began = time.perf_counter()
@@ -342,7 +233,7 @@ def run_suite(
                 text.flush()
 
             try:
-                result.detail, result.figures = group.run(mode, repeats, log, progress.step)
+                result.detail, result.figures = RUNNERS[name](mode, repeats, log, progress.step)
             except Exception as exc:  # recorded, and the other groups still run
                 result.error = f"{type(exc).__name__}: {exc}"
                 text.write(traceback.format_exc())

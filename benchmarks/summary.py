@@ -26,7 +26,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import cell, fmt, ratio_text
+from benchmarks.figures import Baseline, Stats
+from benchmarks.report import baseline_cell, cell, ratio_text, spread
 
 __all__ = ["BEGIN", "END", "headline", "render", "replace_between_markers"]
 
@@ -82,19 +83,6 @@ def _group_rank(group: str) -> int:
     return _GROUP_ORDER.index(group) if group in _GROUP_ORDER else len(_GROUP_ORDER)
 
 
-def _number(value: Any) -> float:
-    return math.nan if value is None else float(value)
-
-
-def _measured(f: dict[str, Any]) -> str:
-    unit = f.get("unit", "")
-    median, low, high = _number(f.get("median")), _number(f.get("min")), _number(f.get("max"))
-    text = fmt(median, unit)
-    if f.get("repeats", 1) > 1 and not math.isnan(low) and low != high:
-        text += f" [{fmt(low, unit).rsplit(' ', 1)[0]}..{fmt(high, unit).rsplit(' ', 1)[0]}]"
-    return text
-
-
 def _source_line(results: dict[str, Any], groups: Sequence[str]) -> str:
     commit = results.get("commit") or {}
     machine = results.get("machine") or {}
@@ -131,12 +119,13 @@ def render(runs: Sequence[dict[str, Any]]) -> str:
     for f in headline(chosen):
         base = f.get("baseline")
         if base:
-            baseline = f"{fmt(_number(base.get('median')), base.get('unit', ''))}: {cell(str(base.get('name', '')))}"
-            ratio = ratio_text(_number(f.get("ratio")))
+            baseline = baseline_cell(Baseline.from_json(base), with_spread=False)
+            ratio = ratio_text(math.nan if f.get("ratio") is None else float(f["ratio"]))
         else:
             baseline, ratio = "", ""
         target = cell(str(f.get("target") or ""))
-        rows.append(f"| {f['group']} | {cell(f['name'])} | {_measured(f)} | {baseline} | {ratio} | {target} |")
+        measured = spread(Stats.from_json(f), f.get("repeats", 1))
+        rows.append(f"| {f['group']} | {cell(f['name'])} | {measured} | {baseline} | {ratio} | {target} |")
     sources = [
         _source_line(results, sorted({g for g, j in latest.items() if j == i}, key=_group_rank))
         for i, results in enumerate(runs)

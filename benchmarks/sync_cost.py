@@ -1,107 +1,18 @@
 """Synchronisation cost against the state of the art: bytes per node beside the minimum and beside state-based.
 
-Run it from the repository root::
+The micro-benchmarks of Enes et al., "Efficient Synchronization of State-based CRDTs" (ICDE 2019), on 15 real
+stores and replica cores in virtual time. Run it from the repository root::
 
     python -m benchmarks.sync_cost              # the paper's 100 rounds, every workload, both overlays
     python -m benchmarks.sync_cost --quick      # 5 rounds: a smoke run (about 20 seconds)
     python -m benchmarks.sync_cost --rounds 30 --only gset,gcounter --topology tree
 
-This repeats the micro-benchmarks of Enes, Almeida, Baquero and Leitão,
-"Efficient Synchronization of State-based CRDTs" (ICDE 2019), whose
-delta-based synchronisation with both of its optimisations (BP: never send a
-delta back where it came from; RR: never send what the receiver's state
-already covers) is the state of the art this store's protocol follows.
-
-The paper's setup (as the authors' experiment scripts, ``vitorenesduarte/exp``, run it)
-------------------------------------------------------------------------------------
-
-* 15 nodes in one of two overlays: a tree (at most 3 neighbours, diameter 6)
-  and a partial mesh (4 neighbours each). ``TREE`` and ``PARTIAL_MESH`` are
-  the authors' own adjacency lists (``src/exp_overlay.erl``).
-* Every second each node performs one update and synchronises with its
-  neighbours. 100 updates per node: the published state-based ratios (104x
-  on the tree, 225x on the mesh, in set elements) are what a growing set
-  gives after about 100 rounds on these overlays.
-* Workloads (``src/exp_simulations.erl``): a grow-only set (each update adds
-  a unique element), a grow-only counter (each update increments), and a map
-  of 1,000 last-writer-wins registers in which each node owns a slice of
-  ``floor(1000 / 15) + 1 = 67`` keys and each update writes
-  ``floor(K% of 67) + 1`` of them, chosen at random, for K = 10, 30, 60 and
-  100 (7, 21, 41 and all of its keys; the values are empty, as there).
-
-What runs here
---------------
-
-The real path: each node is an ``LmdbStore`` (``StorageOptions(sync=False)``
-in a throwaway directory under /dev/shm when there is one, as in the
-deterministic simulator) and a ``ReplicaCore``, and a driver that carries out
-the core's actions the way ``crdtstore.node.replication`` does: persist, then
-send, then report back; relays held back ``RELAY_DELAY_MS`` like the node's
-``relay_delay_ms``; the node's tick loop (a tick at once when something is
-new, then every ``batch_window_ms`` while a peer still lacks something, and a
-heartbeat ``Ack`` to every peer after a quiet ``anti_entropy_ms``). Only
-neighbours are peers, so everything beyond them arrives by relay. Virtual
-time: each directed link has a fixed latency of 1 to 40 ms (one seed decides
-them) and delivers in order. Each round lasts ``ROUND_MS``; every node writes
-its update early in the round, at an offset of its own (0 to 49 ms), and the
-protocol synchronises as it does in production (pushes after a 10 ms batching
-window, not once per round). After the last round it runs until every node
-has everything and no message is in flight.
-
-A full run takes about 11 minutes on two shared cores, most of it in the
-store re-encoding a growing key on every delta applied (the set's one key, the
-map's registers). It still runs the real storage rather than an in-memory
-stand-in, because what decides the bytes lives there: which entries
-``log_since`` offers a peer, which relays it holds back, and which duplicates
-``apply_remote`` skips.
-
-What is counted
----------------
-
-* **crdtstore**: every message between nodes, counted as the simulator counts
-  them (``simulations.sim._size``): an ``Entries`` message is the encoded
-  delta of each log entry plus its origin's name plus 8 bytes; a ``Hello`` or
-  an ``Ack`` is its encoded version vector plus 8 bytes. Per node: the total
-  over all links divided by 15. "deltas only" leaves the acknowledgements,
-  hellos and heartbeats out, as the paper's transmission figures count CRDT
-  payload and report metadata separately.
-* **minimum**: every update sent exactly once to each node that lacks it:
-  the wire size of each log entry a node wrote, times 14, summed, over 15.
-* **state-based**: each node sends its whole state, encoded with the codec
-  (``encode(StoreMap(keys, context))``), to each neighbour once per round.
-  The state sent in round r is the node's state at the end of round r (here
-  every node holds every update of the round by then). A node running
-  state-based synchronisation once a round holds a little less (updates
-  from d hops away reach it d rounds later), so this overstates state-based
-  by about the diameter's worth of rounds in a hundred; the detail also has
-  the lower bound, the state at the start of each round.
-
-Differences from the paper, so the ratios are read with care:
-
-* Its transmission is counted in CRDT elements (set members, map entries),
-  ours in bytes. In bytes a whole state is far cheaper per element than a
-  delta: a set member in a state costs its name and a dot, a one-member
-  delta also carries its key, context, region table and framing. So
-  state-based over the minimum is several times smaller in bytes than in
-  elements, and "deltas only" over the minimum is the figure closest to the
-  paper's delta-based ratios.
-* Its synchronisation runs once a round on a timer; ours on every change,
-  after a 10 ms batching window, with relays held back 50 ms.
-* Its acknowledgements are per-neighbour sequence numbers; ours are full
-  version vectors (15 regions, about 100 bytes), sent on every message of
-  entries applied and, at the next tick, to every other peer (so that none
-  relays what this node already has). For small deltas they are most of
-  what crosses the wire beyond the minimum.
-* The sizes are those of the codec in the working tree when the run starts.
-
-The published targets (the authors' raw measurements, as issue 6 cites them):
-delta-based with BP and RR at about 1.27x the minimum on the tree and 3.9x on
-the mesh; state-based at 104x and 225x.
+The paper's setup, what runs here, what is counted and how it differs from the paper:
+``benchmarks/METHODS.md``, section "sync_cost".
 """
 
 from __future__ import annotations
 
-import argparse
 import heapq
 import itertools
 import os
@@ -115,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import group_parser, print_line
 from benchmarks.figures import Baseline, Figure, Stats, write_json
 from crdtstore.crdt import HybridLogicalClock, StoreMap, VersionVector, encode
 from crdtstore.operations import AddMembers, Increment, Operation, SetRegister
@@ -729,12 +641,10 @@ def collect(cfg: Config, log: Log, step: Log) -> tuple[dict[str, Any], list[Figu
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.sync_cost", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="5 rounds instead of the paper's 100")
+    parser = group_parser("sync_cost", __doc__, "5 rounds instead of the paper's 100")
     parser.add_argument("--rounds", type=int, default=None, help="rounds (updates per node); overrides --quick")
     parser.add_argument("--only", default="", metavar="WORKLOAD[,...]", help="workloads by name, e.g. gset,'gmap 10%%'")
     parser.add_argument("--topology", choices=("tree", "mesh", "both"), default="both")
-    parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write every figure to FILE")
     args = parser.parse_args(argv)
     if args.rounds is not None and args.rounds < 1:
         parser.error("--rounds must be at least 1")
@@ -748,8 +658,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     topologies = ("tree", "mesh") if args.topology == "both" else (args.topology,)
     cfg = Config(args.rounds or cfg.rounds, workloads, topologies, cfg.seed)
 
-    def log(msg: str) -> None:
-        print(msg, flush=True)
+    log = print_line
 
     detail, figures = collect(cfg, log, lambda _: None)
     if args.json is not None:

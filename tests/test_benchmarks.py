@@ -7,6 +7,7 @@ by the ``--quick`` smoke run in CI.
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 from benchmarks.__main__ import main
 from benchmarks.figures import Baseline, Figure, Stats, rate_problems
 from benchmarks.report import fmt
+from benchmarks.suite import GROUPS, RUNNERS
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +134,59 @@ def test_node_report_names_targets_beyond_the_same_runs_baselines() -> None:
 
     results.latencies["echo"] = [Latencies(500.0, 100, [1.0] * 100, [1.0] * 100, 0.0)]
     assert not any("latency" in line for line in ceilings(results))
+
+
+# Third-party packages that a benchmark module may import inside a function: optional extras (pycrdt; matplotlib
+# for the plots) that the rest of the suite runs without.
+LAZY_THIRD_PARTY = frozenset({"pycrdt", "matplotlib"})
+
+
+def _benchmarks_imports() -> tuple[dict[str, set[str]], list[str]]:
+    """Each benchmarks module's imports of other benchmarks modules, and every import made inside a function or
+    class body that is not of an optional third-party package."""
+    package = Path(__file__).resolve().parent.parent / "benchmarks"
+    modules = {f"benchmarks.{p.stem}": p for p in package.glob("*.py") if p.stem != "__init__"}
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    nested: list[str] = []
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        top = {id(node) for node in tree.body}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                # ``from benchmarks import micro`` imports the module benchmarks.micro.
+                targets = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+            else:
+                continue
+            if id(node) not in top and not all(t.split(".")[0] in LAZY_THIRD_PARTY for t in targets):
+                nested.append(f"{path.name}:{node.lineno} imports {', '.join(targets)} inside a body")
+            graph[name] |= {t for t in targets if t in modules and t != name}
+    return graph, nested
+
+
+def test_benchmark_modules_import_at_module_level_only() -> None:
+    _, nested = _benchmarks_imports()
+    assert nested == []
+
+
+def test_the_benchmark_modules_import_graph_has_no_cycle() -> None:
+    graph, _ = _benchmarks_imports()
+    assert "benchmarks.groups" in graph["benchmarks.report"]
+    assert "benchmarks.report" in graph["benchmarks.suite"]
+    done: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        assert name not in path, "import cycle: " + " -> ".join((*path[path.index(name) :], name))
+        if name in done:
+            return
+        for imported in sorted(graph[name]):
+            visit(imported, (*path, name))
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name, ())
+
+
+def test_every_group_has_a_runner() -> None:
+    assert list(RUNNERS) == list(GROUPS)
