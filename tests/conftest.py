@@ -28,11 +28,13 @@ None has a deadline: the machine is shared and noisy, and speed is measured in
 * ``default``: 100 examples per property.
 * ``ci``: 500 examples per property, the long pass of ``.ci/run``.
 * ``thorough``: 10,000 examples per property, for a long local run:
-  ``HYPOTHESIS_PROFILE=thorough pytest tests/test_laws.py``.
+  ``HYPOTHESIS_PROFILE=thorough pytest -m hypothesis`` (about an hour and a
+  half here, most of it ``tests/test_laws.py``).
 * ``dev``: 50 examples, for a quick edit-and-run loop.
 
 Tests that set ``max_examples`` themselves (their examples open real LMDB
-environments) keep that number in every profile.
+environments) give it as it is under ``ci`` and scale it to the loaded profile
+(``crdtstore.testing.strategies.examples``).
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from crdtstore.storage import (
     bucket_of,
 )
 from crdtstore.testing.clock import FakeClock
+from crdtstore.testing.strategies import examples
 
 
 class Region:
@@ -161,7 +162,7 @@ steps = st.lists(
 
 
 # Real LMDB environments per example: fewer examples than the pure-core properties.
-@settings(max_examples=60)
+@settings(max_examples=examples(60))
 @given(steps)
 def test_regions_converge_whatever_is_shipped_when(script: list[tuple[str, str, Operation | str]]) -> None:
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:

@@ -14,6 +14,7 @@ from crdtstore.crdt import VersionVector
 from crdtstore.operations import AddMembers, DeleteKey, Increment, Operation, RemoveMembers, SetRegister
 from crdtstore.replica.core import Ack, Action, Apply, Entries, Hello, NeedsRepair, ReplicaCore, Send, SendLog, Trim
 from crdtstore.testing.replication import SimulatedRegions
+from crdtstore.testing.strategies import examples
 
 
 def vv(**counters: int) -> VersionVector:
@@ -250,7 +251,7 @@ events = st.lists(
 
 
 # Real LMDB environments per example: fewer examples than the pure-core properties.
-@settings(max_examples=40)
+@settings(max_examples=examples(40))
 @given(events, st.integers(0, 2**32 - 1), st.sampled_from([0.0, 0.2]))
 def test_regions_converge_under_loss_and_partitions(
     script: list[tuple[str, str, Operation | str | int]], seed: int, drop: float

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from crdtstore.crdt import VersionVector
 from crdtstore.node.waits import VectorWaits
+from crdtstore.testing.strategies import examples
 
 ORIGINS = ("a", "b", "c")
 
@@ -40,7 +41,7 @@ class Sources:
 vectors = st.dictionaries(st.sampled_from(ORIGINS), st.integers(1, 6), max_size=3).map(VersionVector)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(
     waits_for=st.lists(
         st.tuples(vectors, st.integers(1, 3), st.none() | st.sampled_from([("x",), ("y", "z"), ("x", "z")])),

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from hypothesis import settings
 from hypothesis import strategies as st
 
 from crdtstore.crdt import (
@@ -38,6 +39,7 @@ __all__ = [
     "MapExecution",
     "TypeUnderTest",
     "amounts",
+    "examples",
     "map_executions",
     "type_executions",
 ]
@@ -218,3 +220,12 @@ def map_executions(draw: st.DrawFn) -> MapExecution:
             replicas[i] = replicas[i].join(replicas[arg])
         out.snapshots.append(replicas[i])
     return out
+
+
+def examples(at_ci: int) -> int:
+    """A property's own example count, given as it is under the ``ci`` profile (500 per property).
+
+    Scaled to the profile that is loaded, so ``thorough`` runs such a
+    property 20 times as long as ``ci`` and the default run a fifth as long.
+    """
+    return max(5, at_ci * settings().max_examples // 500)
