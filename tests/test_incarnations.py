@@ -7,6 +7,7 @@ and the simulator's ``disk`` fault covers them under every other fault.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 from pathlib import Path
@@ -183,5 +184,40 @@ def test_an_increment_after_a_lost_disk_counts_beside_the_old_incarnations_share
         assert state is not None
         read = state.read()
         assert read is not None and read.value == 7
+    finally:
+        store.close()
+
+
+def test_regression_a_new_incarnation_is_the_stores_only_once_its_batch_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From review: a batch that took a new origin and then aborted (a full map) left memory and disk apart.
+
+    The retry minted under the new origin while the directory still recorded
+    the retired one, so the next start would have minted the retired
+    origin's ids again.
+    """
+    store = _open(tmp_path / "eu")
+    try:
+        _write(store, "a")
+        retired = store.origin
+        store.retire_origin("a peer holds more events of it")
+        real = LmdbStore._next_seq
+        calls = itertools.count()
+
+        def full_once(self: LmdbStore, txn: lmdb.Transaction) -> int:
+            if next(calls) == 0:
+                raise lmdb.MapFullError("the map is full")
+            return real(self, txn)
+
+        monkeypatch.setattr(LmdbStore, "_next_seq", full_once)
+        token = _write(store, "b").token
+        minted = store.origin
+        assert minted != retired and token.vv.get(minted) == 1
+    finally:
+        store.close()
+    store = _open(tmp_path / "eu")
+    try:
+        assert store.origin == minted, "the directory records the origin its last batch minted under"
     finally:
         store.close()

@@ -269,6 +269,7 @@ Result = Applied | Failed
 class _Batch:
     """What one write transaction has done so far, so requests in it see each other."""
 
+    origin: str  # what its writes mint under
     context: CausalContext
     log_bytes: int
     next_seq: int
@@ -531,7 +532,7 @@ class LmdbStore:
             if self.config.new_incarnation:
                 self._take_incarnation(txn, "the node was started with --rejoin (new_incarnation)")
             elif stored_origin is not None and stored_file != self._file_identity():
-                self._take_incarnation(txn, "the data file is not the one its origin was taken in (copied or restored)")
+                self._take_incarnation(txn, "the data file is evidently not the one its origin was taken in (a copy)")
             return context, mark, int(txn.get(_META_LOG_BYTES) or b"0")
 
     def _file_identity(self) -> bytes:
@@ -539,11 +540,19 @@ class LmdbStore:
         return str(os.stat(Path(self.config.path) / "data.mdb").st_ino).encode()
 
     def _take_incarnation(self, txn: lmdb.Transaction, reason: str) -> None:
-        """Mint under a fresh origin from this transaction on (see the module docstring)."""
+        """Mint under a fresh origin from this open on (see the module docstring)."""
         previous = self.origin
-        self.origin = origin_of(self.config.region, self._incarnations())
-        txn.put(_META_ORIGIN, self.origin.encode(), db=self.meta)
+        self.origin = self._new_origin(txn)
+        self._took_incarnation(previous, reason)
+
+    def _new_origin(self, txn: lmdb.Transaction) -> str:
+        """A fresh origin, recorded in ``txn``: it is this directory's once ``txn`` commits."""
+        origin = origin_of(self.config.region, self._incarnations())
+        txn.put(_META_ORIGIN, origin.encode(), db=self.meta)
         txn.put(_META_ORIGIN_FILE, self._file_identity(), db=self.meta)
+        return origin
+
+    def _took_incarnation(self, previous: str, reason: str) -> None:
         self.incarnations_taken += 1
         if not previous:
             # The node's start-up line names the origin; a new directory is nothing to warn about.
@@ -936,12 +945,12 @@ class LmdbStore:
     def _commit(self, requests: Sequence[WriteRequest], clock: HybridLogicalClock) -> list[Result]:
         results: list[Result] = []
         now_ms = self._wall_ms()
+        retire = self._retire_reason
         with self.env.begin(write=True) as txn:
-            retire = self._retire_reason
-            if retire is not None:
-                self._retire_reason = None
-                self._take_incarnation(txn, retire)
-            batch = _Batch(self._context_in(txn), self._log_bytes, self._next_seq(txn))
+            # A new incarnation is recorded in the transaction of the first batch that mints under it,
+            # and is this store's only once that commits (a batch retried after a full map takes another).
+            origin = self.origin if retire is None else self._new_origin(txn)
+            batch = _Batch(origin, self._context_in(txn), self._log_bytes, self._next_seq(txn))
             for request in requests:
                 results.append(self._apply_one(txn, batch, request, clock, now_ms))
             if any(isinstance(r, Applied) and not r.replayed for r in results):
@@ -956,6 +965,11 @@ class LmdbStore:
                     horizon = self._horizon.join(VersionVector(batch.trimmed))
                     txn.put(_META_HORIZON, encode(horizon), db=self.meta)
         # The transaction committed (and fsynced) when the with-block closed.
+        if retire is not None:
+            if self._retire_reason is retire:
+                self._retire_reason = None
+            previous, self.origin = self.origin, batch.origin
+            self._took_incarnation(previous, retire)
         if batch.trimmed:
             self._horizon = horizon
         self._context = batch.context
@@ -986,7 +1000,7 @@ class LmdbStore:
         except (CodecError, StorageError) as exc:
             return Failed(DataCorruption(f"a stored key of this request cannot be read: {exc}"))
         try:
-            after, delta = apply_operations(window, request.operations, self.origin, clock)
+            after, delta = apply_operations(window, request.operations, batch.origin, clock)
         except (TypeMismatch, ValueError, TypeError) as exc:
             return Failed(exc)
         encoded: dict[str, bytes] = {}
@@ -1007,7 +1021,7 @@ class LmdbStore:
         # entries per origin in that order, and a peer has an entry once its
         # version vector reaches ``last``. The source is "" for local writes
         # and the sending peer for relayed ones (provenance).
-        origin = self.origin
+        origin = batch.origin
         first = batch.context.vv.get(origin) + 1
         last = after.context.max_counter(origin)
         assert last >= first, "a batch mints at least one dot"
