@@ -70,6 +70,7 @@ from crdtstore.node.writer import GroupCommitWriter
 from crdtstore.replica.core import (
     Action,
     Apply,
+    Entries,
     Message,
     NeedsRepair,
     ReplicaCore,
@@ -128,7 +129,6 @@ class _Link:
     transfer: asyncio.Task[Any] | None = None  # a state transfer to this peer, while it runs
     transfers_sent: int = 0
     want: asyncio.Future[frozenset[int]] | None = None  # the peer's answer to a digest offer
-    # A push found only a relay too fresh to send: no push before this (monotonic ms); it cannot go sooner.
     stale_transfers: int = 0  # transfers from this peer refused in a row; past a few, ask for every bucket
 
 
@@ -587,10 +587,7 @@ class Replicator:
             self.core.relay_held(peer, held_since, self._wall_ms())
         if not entries or link.stream is not stream:
             return
-        message = rpb.SyncMessage()
-        for e in entries:
-            message.entries.entries.add(origin=e.origin, first=e.first, last=e.last, delta=e.delta)
-        if not await self._put(stream, message) or link.stream is not stream:
+        if not await self._put(stream, message_pb(Entries(tuple(entries)))) or link.stream is not stream:
             return  # that stream ended: the next hello starts over
         self.core.sent(peer, reached)
         if not self.core.peers[peer].sent.dominates(self.core.vector):
