@@ -50,8 +50,16 @@ def spread(s: Stats, repeats: int) -> str:
     """The median in its unit, with [min..max] beside it when there were repeats and they differ."""
     if repeats <= 1 or s.minimum == s.maximum or math.isnan(s.minimum):
         return fmt(s.median, s.unit)
-    low, high = fmt(s.minimum, s.unit).rsplit(" ", 1)[0], fmt(s.maximum, s.unit).rsplit(" ", 1)[0]
-    return f"{fmt(s.median, s.unit)} [{low}..{high}]"
+    shown = fmt(s.median, s.unit)
+    unit = shown.rpartition(" ")[2]
+
+    def bound(value: float) -> str:
+        # A bound in another scale than the median (KiB beside MiB) keeps its own unit.
+        text = fmt(value, s.unit)
+        number, _, its_unit = text.rpartition(" ")
+        return number if number and its_unit == unit else text
+
+    return f"{shown} [{bound(s.minimum)}..{bound(s.maximum)}]"
 
 
 def ratio_text(value: float) -> str:

@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 
 from benchmarks.__main__ import main
+from benchmarks.figures import Stats
+from benchmarks.report import spread
 from benchmarks.summary import BEGIN, END, SummaryError, headline, render, replace_between_markers
 
 
@@ -145,3 +147,11 @@ def test_the_readme_has_one_generated_results_table() -> None:
     table = readme[readme.index(BEGIN) : readme.index(END)]
     assert "| group | figure | measured | baseline (same run) | ratio | target |" in table
     assert "python -m benchmarks run" in table, "the table says which runs it came from"
+
+
+def test_regression_a_spread_across_a_unit_boundary_keeps_each_bounds_unit() -> None:
+    """Found in the README: "811.15 KiB [807.04..1.18]", the maximum in MiB shown without its unit."""
+    kib = 1024.0
+    assert spread(Stats(811.15 * kib, 807.04 * kib, 1.18 * kib * kib, "bytes"), 5) == "811.15 KiB [807.04..1.18 MiB]"
+    assert spread(Stats(1030.0, 838.0, 1180.0, "ops/s"), 5) == "1.03k ops/s [838..1.18k]"
+    assert spread(Stats(38.71, 18.81, 105.0, "ms"), 5) == "38.71 ms [18.81..105]"
