@@ -446,11 +446,8 @@ class _Region:
         if link is None:
             return
         if isinstance(message, Hello):
-            origin = self.store.origin
-            if message.vector.get(origin) > self.store.context.vv.get(origin):
-                # As the node: this directory is older than events it minted; never mint those ids again.
-                self.sim.trace_line(f"{self.name}: {peer} holds more events of {origin}; a new incarnation")
-                self.store.retire_origin(f"{peer} holds more of {origin}")
+            if self.store.peer_holds(peer, message.vector):
+                self.sim.trace_line(f"{self.name}: {peer} holds more events of its origin; a new incarnation")
             self.store.discard_snapshot(peer)  # a transfer a broken connection cut short is void
             self.run(self.core.received(peer, message))
         elif isinstance(message, Entries | Ack):

@@ -137,6 +137,21 @@ def test_retire_origin_makes_the_next_batch_mint_under_a_new_incarnation(tmp_pat
         store.close()
 
 
+def test_a_peer_holding_more_of_the_origin_makes_the_next_write_take_a_new_incarnation(tmp_path: Path) -> None:
+    store = _open(tmp_path / "eu")
+    try:
+        _write(store, "a")
+        first = store.origin
+        assert not store.peer_holds("us", VersionVector({first: 1, "us#1": 9})), "it holds no more than this"
+        _write(store, "b")
+        assert store.origin == first
+        assert store.peer_holds("us", VersionVector({first: 5})), "an older copy of the directory"
+        _write(store, "c")
+        assert store.origin != first
+    finally:
+        store.close()
+
+
 def test_events_minted_twice_under_one_id_are_counted_and_not_taken_for_duplicates(tmp_path: Path) -> None:
     """The second line of defence: two directories that minted different events under one origin."""
     original = _open(tmp_path / "eu")

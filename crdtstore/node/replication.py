@@ -455,24 +455,8 @@ class Replicator:
         body = message.WhichOneof("body")
         core_message: Message
         if body == "hello":
-            hello = hello_from_pb(message.hello, link.name)
-            vector = hello.vector
-            origin = self.store.origin
-            theirs, mine = vector.get(origin), self.store.context.vv.get(origin)
-            if theirs > mine:
-                # This directory is an old copy that kept its origin (restored in place): minting on
-                # would reuse ids of events the peer holds. The peer sends those events back as any
-                # other origin's; this node mints under a new incarnation from its next write on.
-                log.error(
-                    "peer %s holds %d events of this node's origin %s, this node only %d: the data directory "
-                    "is older than the events it minted; taking a new incarnation before the next write",
-                    link.name,
-                    theirs,
-                    origin,
-                    mine,
-                )
-                self.store.retire_origin(f"peer {link.name} holds {theirs} events of {origin}, this directory {mine}")
-            core_message = hello
+            core_message = hello = hello_from_pb(message.hello, link.name)
+            self.store.peer_holds(link.name, hello.vector)
             # A transfer from this peer that a broken stream cut short is void.
             await self.writer.call(lambda: self.store.discard_snapshot(link.name))
             link.greeted = True

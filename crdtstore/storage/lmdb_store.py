@@ -453,10 +453,9 @@ class LmdbStore:
             self._lock_file.close()
             raise StorageError(f"cannot open the store in {path}: {exc}") from exc
         self._gate = _RemapGate()
-        # The origin local writes mint under (set by _load_or_initialise_meta), and how often this
-        # process took a new one; a reason set by retire_origin makes the next batch take one.
+        # The origin local writes mint under (set by _load_or_initialise_meta); a reason set by
+        # retire_origin makes the next batch take a new one.
         self.origin = ""
-        self.incarnations_taken = 0
         self._retire_reason: str | None = None
         # Entries from peers that carry event ids this node holds for different events (see apply_raw).
         self.conflicting_events = 0
@@ -553,7 +552,6 @@ class LmdbStore:
         return origin
 
     def _took_incarnation(self, previous: str, reason: str) -> None:
-        self.incarnations_taken += 1
         if not previous:
             # The node's start-up line names the origin; a new directory is nothing to warn about.
             log.debug("region %s mints under the new origin %s: %s", self.config.region, self.origin, reason)
@@ -565,6 +563,29 @@ class LmdbStore:
                 previous,
                 reason,
             )
+
+    def peer_holds(self, peer: str, vector: VersionVector) -> bool:
+        """``peer`` says it holds ``vector``; True when that is more of this node's origin than this directory holds.
+
+        The directory is then older than events it minted (restored in place):
+        minting on would reuse the ids of events the peer holds. The peer sends
+        those events back as any other origin's, and this node mints under a
+        new incarnation from its next write on (``retire_origin``).
+        """
+        origin = self.origin
+        theirs, mine = vector.get(origin), self._context.vv.get(origin)
+        if theirs <= mine:
+            return False
+        log.error(
+            "peer %s holds %d events of this node's origin %s, this directory only %d: it is older than the "
+            "events it minted; taking a new incarnation before the next write",
+            peer,
+            theirs,
+            origin,
+            mine,
+        )
+        self.retire_origin(f"peer {peer} holds {theirs} events of {origin}, this directory {mine}")
+        return True
 
     def retire_origin(self, reason: str) -> None:
         """Mint under a fresh origin from the next write on: a peer holds events of this one that this node lacks.
