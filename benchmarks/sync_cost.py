@@ -30,28 +30,11 @@ from benchmarks.common import group_parser, print_line
 from benchmarks.figures import Baseline, Figure, Stats, write_json
 from crdtstore.crdt import HybridLogicalClock, StoreMap, VersionVector, encode
 from crdtstore.operations import AddMembers, Increment, Operation, SetRegister
-from crdtstore.replica.core import (
-    Ack,
-    Action,
-    Apply,
-    Entries,
-    Message,
-    NeedsRepair,
-    ReplicaCore,
-    Send,
-    SendLog,
-    Trim,
-)
+from crdtstore.replica.driver import Driver, Outgoing, Ready, run_inline
 from crdtstore.replica.settings import ReplicationSettings
-from crdtstore.storage import (
-    Applied,
-    LmdbStore,
-    RawLogEntry,
-    RemoteOutcome,
-    StorageConfig,
-    StorageOptions,
-    WriteRequest,
-)
+from crdtstore.replica.wire import Entries, Message, RawLogEntry, entry_size, size_of
+from crdtstore.storage import Applied, LmdbStore, StorageConfig, StorageOptions, WriteRequest
+from crdtstore.storage.replication import ReplicaStore
 from simulations.sim import region_names
 
 __all__ = [
@@ -63,7 +46,6 @@ __all__ = [
     "Workload",
     "collect",
     "make_config",
-    "message_bytes",
     "run_cell",
 ]
 
@@ -73,11 +55,6 @@ NODES = 15
 
 # The node's settings, from where the node takes its defaults.
 SETTINGS = ReplicationSettings()
-BATCH_WINDOW_MS = SETTINGS.batch_window_ms
-ANTI_ENTROPY_MS = SETTINGS.anti_entropy_ms
-RELAY_DELAY_MS = SETTINGS.relay_delay_ms
-MESSAGE_BYTES_MAX = SETTINGS.message_bytes_max
-_TRIM_BUDGET = 10_000
 # One update per node per round, as the paper's one event per second.
 ROUND_MS = 1000
 _WRITE_OFFSET_MS_MAX = 50
@@ -160,17 +137,6 @@ def make_config(quick: bool, smoke: bool = False) -> Config:
     return Config(5 if quick else 100)
 
 
-def message_bytes(message: Message) -> int:
-    """Roughly the bytes ``message`` takes on the wire: the simulator's count (``simulations.sim._size``)."""
-    if isinstance(message, Entries):
-        return sum(entry_bytes(e) for e in message.entries if isinstance(e, RawLogEntry))
-    return len(encode(message.vector)) + (len(encode(message.incoming)) if message.incoming else 0) + 8
-
-
-def entry_bytes(entry: RawLogEntry) -> int:
-    return len(entry.delta) + len(entry.origin) + 8
-
-
 # -- the network ---------------------------------------------------------------------------
 
 
@@ -185,8 +151,8 @@ class _Network:
         self._last_delivery: dict[tuple[str, str], int] = {}
         self.nodes: dict[str, _Node] = {}
         self.in_flight = 0
-        # By kind: entries, hello, ack (on applying entries), ack_tick (to the other peers at the next
-        # tick, so that none relays what this node has), heartbeat (after a quiet anti-entropy period).
+        # By kind: entries (the log entries alone), envelope (the Entries messages around them), hello,
+        # ack, heartbeat (an ack after a quiet anti-entropy period), offer, want, page (state transfer).
         self.bytes: Counter[str] = Counter()
         self.messages: Counter[str] = Counter()
 
@@ -195,7 +161,13 @@ class _Network:
 
     def send(self, src: str, dst: str, message: Message, kind: str = "") -> None:
         kind = kind or type(message).__name__.lower()
-        self.bytes[kind] += message_bytes(message)
+        size = size_of(message)
+        if isinstance(message, Entries):
+            # The entries as the minimum counts them; the message around them apart.
+            payload = sum(entry_size(e) for e in message.entries)
+            self.bytes["envelope"] += size - payload
+            size = payload
+        self.bytes[kind] += size
         self.messages[kind] += 1
         arrive = max(self.now_ms + self.latency_ms[(src, dst)], self._last_delivery.get((src, dst), 0))
         self._last_delivery[(src, dst)] = arrive
@@ -223,6 +195,8 @@ class _Network:
 
 
 class _Node:
+    """A store and the production replication driver, its storage work run inline on the virtual clock."""
+
     def __init__(self, net: _Network, name: str, peers: Sequence[str], path: Path) -> None:
         self.net = net
         self.name = name
@@ -236,24 +210,8 @@ class _Node:
             incarnations=lambda: f"{incarnations.getrandbits(48):012x}",
         )
         self.clock = HybridLogicalClock(self.wall_ms, floor=self.store.hlc_mark)
-        self.core = ReplicaCore(
-            name,
-            peers,
-            self.store.context.vv,
-            batch_window_ms=BATCH_WINDOW_MS,
-            anti_entropy_ms=ANTI_ENTROPY_MS,
-            relay_delay_ms=RELAY_DELAY_MS,
-            trimmed=self.store.log_horizon,
-            clock=lambda: self.net.now_ms,
-            origin=self.store.origin,
-        )
-        self.horizon = self.store.log_horizon
-        # The node's tick loop (crdtstore.node.replication._tick_loop): waiting for something new (or
-        # a quiet anti-entropy period), or sleeping one batching window while a peer lacks something.
-        self._dirty = False
-        self._waiting_for_dirty = False
-        self._wakeup = 0  # the scheduled wake-up that still counts
-        self._ack_kind = "ack"  # how an Ack the core asks for is counted
+        self.driver = Driver(name, peers, ReplicaStore(self.store, self.clock, path), SETTINGS)
+        self._tick_at: int | None = None
 
     def wall_ms(self) -> int:
         return _EPOCH_MS + self.net.now_ms
@@ -265,8 +223,7 @@ class _Node:
 
     def start(self) -> None:
         for peer in self.peers:
-            self.run(self.core.connected(peer))
-        self._wait_for_dirty()
+            self._handle(self.driver.connected(peer, self.net.now_ms))
 
     def write(self, operations: Sequence[Operation]) -> list[RawLogEntry]:
         """Commit one client request; returns the log entries it wrote (what the minimum counts)."""
@@ -274,108 +231,33 @@ class _Node:
         (result,) = self.store.write_batch([WriteRequest(list(operations))], self.clock)
         if not isinstance(result, Applied):
             raise RuntimeError(f"{self.name}: the workload's write failed: {result}")
-        self.core.local_committed(self.store.context.vv)
-        self._check_horizon()
-        written = self.store.log_since(before, MESSAGE_BYTES_MAX).entries
-        self._mark_dirty()
-        return written
+        self._handle(self.driver.local_committed(self.net.now_ms))
+        return [RawLogEntry(*e) for e in self.store.log_since(before, SETTINGS.message_bytes_max).entries]
 
     def receive(self, peer: str, message: Message) -> None:
-        self.run(self.core.received(peer, message))
+        self._handle(self.driver.received(peer, message, self.net.now_ms))
 
-    # -- the tick loop ------------------------------------------------------------------
+    # -- the driver's host --------------------------------------------------------------
 
-    def _schedule(self, ms: int, *, timed_out: bool) -> None:
-        self._wakeup += 1
-        wakeup = self._wakeup
-        self.net.after(ms, lambda: self._wake(wakeup, timed_out))
-
-    def _wait_for_dirty(self) -> None:
-        if self._dirty:
-            self._schedule(0, timed_out=False)
+    def _handle(self, ready: Ready) -> None:
+        wake_at_ms = run_inline(self.driver, ready, self.net.now_ms, send=self._send, close=self._close)
+        if self._tick_at is not None and self._tick_at <= wake_at_ms:
             return
-        self._waiting_for_dirty = True
-        self._schedule(ANTI_ENTROPY_MS, timed_out=True)
+        self._tick_at = at_ms = wake_at_ms
 
-    def _mark_dirty(self) -> None:
-        self._dirty = True
-        if self._waiting_for_dirty:
-            self._waiting_for_dirty = False
-            self._schedule(0, timed_out=False)
+        def tick() -> None:
+            if self._tick_at == at_ms:
+                self._tick_at = None
+                self._handle(self.driver.tick(self.net.now_ms))
 
-    def _wake(self, wakeup: int, timed_out: bool) -> None:
-        if wakeup != self._wakeup:
-            return  # superseded by an earlier wake-up
-        self._waiting_for_dirty = False
-        if timed_out and not self._dirty:
-            # Quiet for a whole period: a heartbeat keeps each peer's view of this node fresh.
-            for peer in self.peers:
-                self.net.send(self.name, peer, self.core.heartbeat(peer), "heartbeat")
-        self._dirty = False
-        self._ack_kind = "ack_tick"
-        try:
-            self.run(self.core.tick(self.net.now_ms))
-        finally:
-            self._ack_kind = "ack"
-        pending = any(
-            state.connected and not state.needs_repair and not state.sent.dominates(self.core.vector)
-            for state in self.core.peers.values()
-        )
-        if pending:
-            self._schedule(BATCH_WINDOW_MS, timed_out=False)
-        else:
-            self._wait_for_dirty()
+        self.net.after(max(0, at_ms - self.net.now_ms), tick)
 
-    # -- carrying out the core's actions (crdtstore.node.replication._run) ---------------------
+    def _send(self, outgoing: Outgoing) -> None:
+        self.net.send(self.name, outgoing.peer, outgoing.message, "heartbeat" if outgoing.heartbeat else "")
 
-    def run(self, actions: Iterable[Action]) -> None:
-        pending = list(actions)
-        while pending:
-            action = pending.pop(0)
-            if isinstance(action, Send):
-                kind = self._ack_kind if isinstance(action.message, Ack) else ""
-                self.net.send(self.name, action.peer, action.message, kind)
-            elif isinstance(action, SendLog):
-                self._send_log(action)
-            elif isinstance(action, Apply):
-                self._apply(action.peer, action.entries)
-                pending.extend(self.core.applied(action.peer, self.store.context.vv))
-                self._mark_dirty()  # relay what is new to the other peers
-            elif isinstance(action, Trim):
-                while self.store.trim_log(action.vector, _TRIM_BUDGET) >= _TRIM_BUDGET:
-                    pass
-                self._check_horizon()
-            elif isinstance(action, NeedsRepair):
-                # Nothing here trims past a peer (the log is far larger than the run).
-                raise RuntimeError(f"{self.name}: {action.peer} needs a state transfer, which this model lacks")
-
-    def _check_horizon(self) -> None:
-        if self.store.log_horizon != self.horizon:
-            self.horizon = self.store.log_horizon
-            self.run(self.core.log_trimmed(self.horizon))
-
-    def _send_log(self, action: SendLog) -> None:
-        peer, hold_fresh_relays = action.peer, action.hold_fresh_relays
-        relayed_before_ms = self.wall_ms() - RELAY_DELAY_MS if hold_fresh_relays else None
-        after = action.after.join(self.core.peers[peer].sent)
-        found = self.store.log_since(after, MESSAGE_BYTES_MAX, relayed_before_ms=relayed_before_ms, held=action.held)
-        entries, reached, held_since = found
-        if not entries:
-            if held_since is not None:
-                self.core.relay_held(peer, held_since, self.wall_ms())
-            return
-        self.net.send(self.name, peer, Entries(tuple(entries), found.tops()))
-        self.core.sent(peer, reached)
-        if not self.core.peers[peer].sent.dominates(self.core.vector):
-            self._mark_dirty()  # more than one message's worth: go on at the next tick
-
-    def _apply(self, peer: str, entries: tuple[object, ...]) -> None:
-        raw = (e for e in entries if isinstance(e, RawLogEntry))
-        outcomes, _ = self.store.apply_raw(raw, peer, self.clock)
-        self._check_horizon()
-        if RemoteOutcome.GAP in outcomes:
-            # In-order links that never fail cannot reorder causally related entries.
-            raise RuntimeError(f"{self.name}: entries from {peer} arrived out of causal order")
+    def _close(self, peer: str, why: str) -> None:
+        # In-order links that never fail cannot reorder causally related entries.
+        raise RuntimeError(f"{self.name}: the driver closed the connection with {peer}: {why}")
 
     # -- state-based baseline ------------------------------------------------------------------
 
@@ -497,7 +379,7 @@ def run_cell(workload: Workload, topology: str, rounds: int, seed: int = 1) -> C
                     def update(node: _Node = node, name: str = name, i: int = i, r: int = round_ + 1) -> None:
                         nonlocal minimum
                         for entry in node.write(_update(workload, name, i, r, rng)):
-                            minimum += entry_bytes(entry) * (NODES - 1)
+                            minimum += entry_size(entry) * (NODES - 1)
 
                     net.after(start_ms + offsets[i] - net.now_ms, update)
             last_write_ms = rounds * ROUND_MS + max(offsets)

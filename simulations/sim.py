@@ -1,9 +1,11 @@
 """The deterministic simulator: regions, clients, a network and faults in virtual time, from one seed.
 
-What is real here is what production runs: the replica state machine
-(``crdtstore.replica.core``), the CRDTs, and the storage (``LmdbStore`` on
-LMDB, with its causal-delivery check, its delta log, its trimming and its
-state-transfer staging), each region in its own directory. Only fsync is
+What is real here is what production runs: the replication driver
+(``crdtstore.replica.driver``, with its core, its timers, its relay holds and
+its state transfers), the CRDTs, and the storage (``LmdbStore`` on LMDB, with
+its causal-delivery check, its delta log, its trimming and its state-transfer
+staging, through the same ``ReplicaStore`` adapter as the node), each region
+in its own directory. Only fsync is
 off (``StorageOptions.sync``): a simulated crash loses exactly what a real
 one loses with sync on, the requests waiting for the next group commit, and
 keeps everything committed.
@@ -13,12 +15,9 @@ each region (with skew and jumps), the network (one connection per pair of
 regions, opened by the region whose name sorts first, carrying messages
 that may be delayed, dropped, duplicated or reordered, and broken by
 partitions, crashes and protocol errors), the group commit, the clients
-(with deadlines and idempotent retries) and the nemesis. How a region
-carries out the core's actions follows ``crdtstore.node.replication``
-step by step: persist, then send, then report back; a causal gap or an
-unexpected transfer page ends the connection; a state transfer offers
-bucket digests, sends the buckets the peer asks for, and the receiver joins
-them in one transaction, refusing a stale comparison.
+(with deadlines and idempotent retries) and the nemesis. A region hosts
+the driver as the node does, but runs its storage work inline, at the
+instant it is asked for (``run_inline``), and ticks it when it asks to be.
 
 One ``random.Random(seed)`` decides everything, and events at the same
 virtual time run in the order they were scheduled, so a seed replays the
@@ -36,55 +35,37 @@ import functools
 import hashlib
 import heapq
 import itertools
+import logging
 import random
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import msgpack
-
 from crdtstore.crdt import (
-    CausalContext,
     Dot,
     HybridLogicalClock,
     Register,
     ValueType,
     VersionVector,
-    decode_as,
     encode,
 )
 from crdtstore.crdt.origin import region_of
 from crdtstore.node.config import ServerSettings
 from crdtstore.operations import AddMembers, DeleteKey, Increment, Operation, RemoveMembers, SetRegister
-from crdtstore.replica.core import (
-    Ack,
-    Action,
-    Apply,
-    Entries,
-    Hello,
-    Message,
-    NeedsRepair,
-    ReplicaCore,
-    Send,
-    SendLog,
-    Trim,
-)
+from crdtstore.replica.driver import Driver, Job, Outgoing, Ready, run_inline
 from crdtstore.replica.settings import ReplicationSettings
+from crdtstore.replica.wire import Message, size_of
 from crdtstore.storage import (
-    DIGEST_BUCKETS,
     Applied,
     LmdbStore,
-    RawLogEntry,
-    RemoteOutcome,
-    StaleTransfer,
     StorageConfig,
     StorageOptions,
     WriteRequest,
-    bucket_of,
 )
+from crdtstore.storage.replication import ReplicaStore
 from simulations.faults import (
     FINAL_HEAL,
     PARTITION_SHAPES,
@@ -104,17 +85,11 @@ FAULT_KINDS = RUNNER_KINDS["simulator"]  # the kinds this runner injects (simula
 
 # The node's settings, from where the node takes its defaults; messages smaller than the
 # node's 1 MiB so that transfers span several pages.
-_SETTINGS = replace(ReplicationSettings(), message_bytes_max=64 * 1024)
-_BATCH_WINDOW_MS = _SETTINGS.batch_window_ms
-_ANTI_ENTROPY_MS = _SETTINGS.anti_entropy_ms
-_RELAY_DELAY_MS = _SETTINGS.relay_delay_ms
-_BACKOFF_MAX_MS = _SETTINGS.reconnect_backoff_max_ms
-_MESSAGE_BYTES_MAX = _SETTINGS.message_bytes_max
+SETTINGS = replace(ReplicationSettings(), message_bytes_max=64 * 1024)
 _MAX_CLOCK_OFFSET_MS = ServerSettings().max_clock_offset_ms
-# The node's own constants for state transfer (crdtstore.node.replication).
-_TRIM_BUDGET = 10_000
-_WANT_TIMEOUT_MS = 60_000
-_STALE_TRANSFERS_MAX = 3
+# What the driver logs, a region says in the trace instead (thousands of simulated regions would flood a log).
+_QUIET = logging.getLogger("simulations.region")
+_QUIET.disabled = True
 # Physical clocks start here, so that skewing one backwards stays positive.
 _EPOCH_MS = 1_700_000_000_000
 _CLIENT_DEADLINE_MS = 1_000
@@ -163,44 +138,6 @@ class SimResult:
     store_seconds: float = 0.0
 
 
-# -- messages that only the driver knows (state transfer) -----------------------------------
-
-
-@dataclass(frozen=True)
-class _Offer:
-    digests: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class _Want:
-    buckets: frozenset[int]
-
-
-@dataclass(frozen=True)
-class _Page:
-    number: int
-    keys: tuple[tuple[str, bytes], ...]
-    done: bool
-    context: bytes = b""
-    buckets: frozenset[int] = frozenset()
-
-
-_Wire = Message | _Offer | _Want | _Page
-
-
-def _size(message: _Wire) -> int:
-    """Roughly the bytes the message takes on the wire (what the byte figures count)."""
-    if isinstance(message, Entries):
-        return sum(len(e.delta) + len(e.origin) + 8 for e in message.entries if isinstance(e, RawLogEntry))
-    if isinstance(message, Hello | Ack):
-        return len(encode(message.vector)) + (len(encode(message.incoming)) if message.incoming else 0) + 8
-    if isinstance(message, _Offer):
-        return 16 * len(message.digests)
-    if isinstance(message, _Want):
-        return DIGEST_BUCKETS // 8
-    return sum(len(k) + len(v) for k, v in message.keys) + len(message.context) + DIGEST_BUCKETS // 8
-
-
 # -- clients ---------------------------------------------------------------------------------------
 
 
@@ -230,29 +167,12 @@ class _Connection:
     # Per sender: messages sent while its direction is cut. TCP holds them
     # (retransmitting) until the cut heals or keepalive gives up on the
     # connection; then they are delivered in order, or lost with it.
-    held: dict[str, list[_Wire]] = field(default_factory=dict)
-
-
-@dataclass
-class _Outgoing:
-    """A state transfer this region is sending a peer."""
-
-    path: Path
-    context: CausalContext
-    epoch: int
-    started_ms: int
-
-
-@dataclass
-class _LinkState:
-    """Per connection, what a region keeps about its peer (the node's ``_Stream``)."""
-
-    next_page: int = 0
-    transfer: int = 0
-    offered: list[int] | None = None
+    held: dict[str, list[Message]] = field(default_factory=dict)
 
 
 class _Region:
+    """One region: production storage and the production replication driver, on a virtual clock."""
+
     def __init__(self, sim: Simulation, name: str, peers: list[str]) -> None:
         self.sim = sim
         self.name = name
@@ -265,11 +185,8 @@ class _Region:
         self.boot = 0
         self.queue: list[_Request] = []
         self.commit_scheduled = False
-        self.links: dict[str, _LinkState] = {}
-        self.outgoing: dict[str, _Outgoing] = {}
-        self.stale_transfers: dict[str, int] = dict.fromkeys(peers, 0)
-        self.transfers_sent = 0
-        self.skew_events = 0
+        self.tick_at: int | None = None  # when the next tick is scheduled
+        self.skew_events = 0  # over every boot
         self.start()
 
     # -- lifecycle -------------------------------------------------------------------
@@ -289,34 +206,20 @@ class _Region:
             incarnations=lambda: f"{self.incarnations.getrandbits(48):012x}",
         )
         self.clock = HybridLogicalClock(self.physical_ms, max_offset_ms=_MAX_CLOCK_OFFSET_MS, floor=self.store.hlc_mark)
-        self.core = ReplicaCore(
-            self.name,
-            self.peers,
-            self.store.context.vv,
-            batch_window_ms=_BATCH_WINDOW_MS,
-            anti_entropy_ms=_ANTI_ENTROPY_MS,
-            relay_delay_ms=_RELAY_DELAY_MS,
-            trimmed=self.store.log_horizon,
-            clock=lambda: self.sim.now,
-            origin=self.store.origin,
-        )
-        self.horizon = self.store.log_horizon
-        self.stale_transfers = dict.fromkeys(self.peers, 0)
+        storage = ReplicaStore(self.store, self.clock, self.sim.root)
+        self.driver = Driver(self.name, self.peers, storage, SETTINGS, trace=self.sim.trace_line, logger=_QUIET)
         self.up = True
         self.boot += 1
-        self.links = {}
-        self.outgoing = {}
-        self._schedule_tick(self.boot)
+        self.tick_at = None
+        self._schedule_tick(self.sim.now)
 
     def crash(self) -> None:
         """Lose the process: what waits for the next commit is gone; what is committed stays."""
         self.up = False
         self.queue = []
         self.commit_scheduled = False
-        for transfer in self.outgoing.values():
-            transfer.path.unlink(missing_ok=True)
-        self.outgoing = {}
-        self.links = {}
+        self.skew_events += self.driver.skew_events
+        self.handle(self.driver.shutdown(self.sim.now))  # the spools of transfers in progress go
         self.store.close()
 
     def close(self) -> None:
@@ -325,26 +228,20 @@ class _Region:
 
     # -- the node's loops ------------------------------------------------------------
 
-    def _schedule_tick(self, boot: int) -> None:
-        last_heartbeat = self.sim.now
+    def _schedule_tick(self, at_ms: int) -> None:
+        """Tick at ``at_ms`` unless a tick is due sooner (the node's tick loop, woken early by events)."""
+        if self.tick_at is not None and self.tick_at <= at_ms:
+            return
+        self.tick_at = at_ms
+        boot = self.boot
 
         def tick() -> None:
-            nonlocal last_heartbeat
-            if not self.up or self.boot != boot:
-                return
-            if self.store.context.vv != self.core.vector:
-                # Entries persisted before a causal gap ended their connection: the core catches up.
-                self.core.local_committed(self.store.context.vv)
-            if self.sim.now - last_heartbeat >= _ANTI_ENTROPY_MS:
-                # The node's heartbeat: its vector (and its clock) to every peer, each period.
-                last_heartbeat = self.sim.now
-                for peer in sorted(self.links):
-                    self.sim.send(self.name, peer, self.core.heartbeat(peer))
-            self.run(self.core.tick(self.sim.now))
-            self._check_transfers()
-            self.sim.after(_BATCH_WINDOW_MS, tick)
+            if not self.up or self.boot != boot or self.tick_at != at_ms:
+                return  # a crash, or a sooner tick took its place
+            self.tick_at = None
+            self.handle(self.driver.tick(self.sim.now))
 
-        self.sim.after(_BATCH_WINDOW_MS, tick)
+        self.sim.after(max(0, at_ms - self.sim.now), tick)
 
     def submit(self, request: _Request) -> None:
         self.queue.append(request)
@@ -362,9 +259,7 @@ class _Region:
         started = time.perf_counter()
         results = self.store.write_batch([WriteRequest(r.operations, r.idempotency_key) for r in batch], self.clock)
         self.sim.store_seconds += time.perf_counter() - started
-        self.core.origin = self.store.origin  # the store may have taken a new incarnation in that commit
-        self.core.local_committed(self.store.context.vv)
-        self._check_horizon()
+        self.handle(self.driver.local_committed(self.sim.now))
         for request, result in zip(batch, results, strict=True):
             if isinstance(result, Applied) and result.replayed:
                 self.sim.stats["idempotent_replays"] += 1
@@ -373,179 +268,44 @@ class _Region:
                 self.sim.applied(self, request, result)
             self.sim.reply(self, request, result)
 
-    # -- carrying out the core's actions (crdtstore.node.replication._run) --------------
+    # -- the driver's host -------------------------------------------------------------
 
-    def run(self, actions: Iterable[Action]) -> None:
-        pending = list(actions)
-        while pending and self.up:
-            action = pending.pop(0)
-            if isinstance(action, Send):
-                self.sim.send(self.name, action.peer, action.message)
-            elif isinstance(action, SendLog):
-                self._send_log(action)
-            elif isinstance(action, Apply):
-                if not self._apply(action.peer, action.entries):
-                    return  # a causal gap ended the connection; the next hello starts over
-                pending.extend(self.core.applied(action.peer, self.store.context.vv))
-            elif isinstance(action, Trim):
-                while self.store.trim_log(action.vector, _TRIM_BUDGET) >= _TRIM_BUDGET:
-                    pass
-                self._check_horizon()
-            elif isinstance(action, NeedsRepair):
-                self._start_repair(action.peer)
+    def handle(self, ready: Ready) -> None:
+        """Carry out what the driver asks: storage work inline, messages onto the network."""
+        wake_at_ms = run_inline(self.driver, ready, self.sim.now, send=self._send, close=self._close, run=self._run_job)
+        if self.up:
+            self._schedule_tick(wake_at_ms)
 
-    def _check_horizon(self) -> None:
-        if self.store.log_horizon != self.horizon:
-            self.horizon = self.store.log_horizon
-            self.run(self.core.log_trimmed(self.horizon))
+    def _send(self, outgoing: Outgoing) -> None:
+        self.sim.send(self.name, outgoing.peer, outgoing.message)
 
-    def _send_log(self, action: SendLog) -> None:
-        peer, hold_fresh_relays = action.peer, action.hold_fresh_relays
-        if peer not in self.links:
-            return
-        now = self.physical_ms()
-        after = action.after.join(self.core.peers[peer].sent)
-        relayed_before_ms = now - _RELAY_DELAY_MS if hold_fresh_relays else None
-        found = self.store.log_since(after, _MESSAGE_BYTES_MAX, relayed_before_ms=relayed_before_ms, held=action.held)
-        entries, reached, held_since = found
-        if not entries:
-            if held_since is not None:
-                self.core.relay_held(peer, held_since, now)
-            return
-        self.sim.send(self.name, peer, Entries(tuple(entries), found.tops()))
-        self.core.sent(peer, reached)
+    def _close(self, peer: str, why: str) -> None:
+        self.sim.break_connection(self.name, peer, why)
 
-    def _apply(self, peer: str, entries: tuple[object, ...]) -> bool:
-        raw = (e for e in entries if isinstance(e, RawLogEntry))
+    def _run_job(self, job: Job) -> object:
+        if job.kind == "finish":
+            before = self._keys()
+            changed = job.run()
+            if changed is not None:
+                self.sim.stats["transfers_joined"] += 1
+                self.sim.stats["keys_removed_by_transfers"] += len(before - self._keys())
+            return changed
+        if not job.writes:
+            return job.run()
         started = time.perf_counter()
-        outcomes, skews = self.store.apply_raw(raw, peer, self.clock)
-        self.sim.store_seconds += time.perf_counter() - started
-        self.skew_events += skews
-        self._check_horizon()
-        if RemoteOutcome.GAP in outcomes:
-            self.sim.trace_line(f"{self.name}: entries from {peer} out of causal order; connection reset")
-            self.sim.break_connection(self.name, peer, "causal gap")
-            return False
-        return True
-
-    # -- connections -------------------------------------------------------------------
+        try:
+            return job.run()
+        finally:
+            self.sim.store_seconds += time.perf_counter() - started
 
     def connected(self, peer: str) -> None:
-        self.links[peer] = _LinkState()
-        self.run(self.core.connected(peer))
+        self.handle(self.driver.connected(peer, self.sim.now))
 
     def disconnected(self, peer: str) -> None:
-        self.links.pop(peer, None)
-        transfer = self.outgoing.pop(peer, None)
-        if transfer is not None:
-            transfer.path.unlink(missing_ok=True)
-        self.core.disconnected(peer)
+        self.handle(self.driver.disconnected(peer, self.sim.now))
 
-    def receive(self, peer: str, message: _Wire) -> None:
-        link = self.links.get(peer)
-        if link is None:
-            return
-        if isinstance(message, Hello):
-            if self.store.peer_holds(peer, message.vector):
-                self.sim.trace_line(f"{self.name}: {peer} holds more events of its origin; a new incarnation")
-            self.store.discard_snapshot(peer)  # a transfer a broken connection cut short is void
-            self.run(self.core.received(peer, message))
-        elif isinstance(message, Entries | Ack):
-            self.run(self.core.received(peer, message))
-        elif isinstance(message, _Offer):
-            self._answer_offer(peer, link, message)
-        elif isinstance(message, _Want):
-            self._send_pages(peer, message.buckets)
-        else:
-            self._receive_page(peer, link, message)
-
-    # -- state transfer (crdtstore.node.replication._send_snapshot and its peers) ---------
-
-    def _start_repair(self, peer: str) -> None:
-        if peer not in self.links or peer in self.outgoing:
-            return
-        self.transfers_sent += 1
-        path = self.sim.root / f"{self.name}-transfer-{peer}-{self.transfers_sent}.spool"
-        context, _, digests = self.store.spool_snapshot(path)
-        epoch = self.sim.connection(self.name, peer).epoch
-        self.outgoing[peer] = _Outgoing(path, context, epoch, self.sim.now)
-        self.sim.trace_line(f"{self.name}: repairing {peer} by state transfer")
-        self.sim.send(self.name, peer, _Offer(tuple(digests)))
-
-    def _check_transfers(self) -> None:
-        for peer, transfer in list(self.outgoing.items()):
-            if self.sim.now - transfer.started_ms > _WANT_TIMEOUT_MS:
-                del self.outgoing[peer]  # no answer: the next anti-entropy round asks again
-                transfer.path.unlink(missing_ok=True)
-
-    def _answer_offer(self, peer: str, link: _LinkState, offer: _Offer) -> None:
-        theirs = list(offer.digests)
-        link.offered = theirs
-        if self.stale_transfers[peer] >= _STALE_TRANSFERS_MAX:
-            differ = frozenset(range(DIGEST_BUCKETS))
-        else:
-            mine = self.store.bucket_digests()
-            differ = frozenset(i for i in range(DIGEST_BUCKETS) if mine[i] != theirs[i])
-        self.sim.send(self.name, peer, _Want(differ))
-
-    def _send_pages(self, peer: str, buckets: frozenset[int]) -> None:
-        transfer = self.outgoing.pop(peer, None)
-        if transfer is None or transfer.epoch != self.sim.connection(self.name, peer).epoch:
-            return
-        try:
-            with transfer.path.open("rb") as spool:
-                unpacker = msgpack.Unpacker(spool, raw=False)
-                page: list[tuple[str, bytes]] = []
-                size = number = 0
-                for key, body in unpacker:
-                    if bucket_of(key) not in buckets:
-                        continue
-                    page.append((key, body))
-                    size += len(key) + len(body)
-                    if size >= _MESSAGE_BYTES_MAX:
-                        self.sim.send(self.name, peer, _Page(number, tuple(page), done=False))
-                        number += 1
-                        page, size = [], 0
-                self.sim.send(
-                    self.name,
-                    peer,
-                    _Page(number, tuple(page), done=True, context=encode(transfer.context), buckets=buckets),
-                )
-        finally:
-            transfer.path.unlink(missing_ok=True)
-
-    def _receive_page(self, peer: str, link: _LinkState, page: _Page) -> None:
-        if page.number == 0:
-            self.store.discard_snapshot(peer)
-            link.next_page = 0
-            link.transfer += 1
-        if page.number != link.next_page:
-            self.sim.trace_line(f"{self.name}: transfer page {page.number} from {peer}, {link.next_page} expected")
-            self.sim.break_connection(self.name, peer, "transfer page out of order")
-            return
-        link.next_page += 1
-        transfer = self.sim.connection(self.name, peer).epoch * 1_000_000 + link.transfer
-        if page.keys:
-            self.store.stage_snapshot(peer, transfer, page.keys)
-        if not page.done:
-            return
-        context = decode_as(page.context, CausalContext)
-        before = self._keys()
-        try:
-            changed = self.store.finish_snapshot(peer, transfer, context, page.buckets, link.offered)
-        except StaleTransfer:
-            self.store.discard_snapshot(peer)
-            self.stale_transfers[peer] += 1
-            self.sim.trace_line(f"{self.name}: set aside a stale transfer from {peer}")
-            return
-        self.stale_transfers[peer] = 0
-        removed = len(before - self._keys())
-        self.sim.stats["transfers_joined"] += 1
-        self.sim.stats["keys_removed_by_transfers"] += removed
-        self.sim.trace_line(f"{self.name}: joined a transfer from {peer}: {changed} keys changed, {removed} removed")
-        actions = self.core.applied(peer, self.store.context.vv)
-        self._check_horizon()
-        self.run(actions)
+    def receive(self, peer: str, message: Message) -> None:
+        self.handle(self.driver.received(peer, message, self.sim.now))
 
     # -- reading -------------------------------------------------------------------------
 
@@ -671,12 +431,12 @@ class Simulation:
     def connection(self, a: str, b: str) -> _Connection:
         return self.connections[(a, b) if a < b else (b, a)]
 
-    def send(self, src: str, dst: str, message: _Wire) -> None:
+    def send(self, src: str, dst: str, message: Message) -> None:
         conn = self.connection(src, dst)
         if not conn.up:
             return
         self.messages += 1
-        self.bytes += _size(message)
+        self.bytes += size_of(message)
         held = conn.held.setdefault(src, [])
         if (src, dst) in self.cut or held:
             held.append(message)
@@ -687,7 +447,7 @@ class Simulation:
             return
         self._transmit(conn, src, dst, message)
 
-    def _transmit(self, conn: _Connection, src: str, dst: str, message: _Wire) -> None:
+    def _transmit(self, conn: _Connection, src: str, dst: str, message: Message) -> None:
         # Duplicates and reordering go beyond what a stream does; the protocol must survive them anyway.
         copies = 2 if self.duplicate and self.random.random() < self.duplicate else 1
         for _ in range(copies):
@@ -699,7 +459,7 @@ class Simulation:
             deliver: Callable[[], None] = functools.partial(self._deliver, conn, conn.epoch, src, dst, message)
             heapq.heappush(self._events, (arrive, next(self._seq), deliver))
 
-    def _deliver(self, conn: _Connection, epoch: int, src: str, dst: str, message: _Wire) -> None:
+    def _deliver(self, conn: _Connection, epoch: int, src: str, dst: str, message: Message) -> None:
         region = self.regions[dst]
         if conn.up and conn.epoch == epoch and region.up:
             region.receive(src, message)
@@ -724,7 +484,7 @@ class Simulation:
             return
         conn.dialing = True
         delay = max(1, int(conn.backoff_ms * self.random.uniform(0.5, 1.0)))
-        conn.backoff_ms = min(conn.backoff_ms * 2, _BACKOFF_MAX_MS)
+        conn.backoff_ms = min(conn.backoff_ms * 2, SETTINGS.reconnect_backoff_max_ms)
         self.after(delay, lambda: self._dial(conn))
 
     def _dial(self, conn: _Connection) -> None:
@@ -1094,7 +854,9 @@ class Simulation:
         final = self.history[-1]
         keys = len(final.keys) if isinstance(final, FinalRead) else 0
         stats = dict(self.stats)
-        stats["clock_skew_events"] = sum(r.skew_events for r in self.regions.values())
+        stats["clock_skew_events"] = sum(
+            r.skew_events + (r.driver.skew_events if r.up else 0) for r in self.regions.values()
+        )
         stats["virtual_ms"] = self.now
         return SimResult(
             self.scenario,
@@ -1115,9 +877,10 @@ class Simulation:
         self.drop = self.duplicate = 0.0
         self.reorder = False
         self._heal(set(self.cut), "every link")
-        self.record(Nemesis(self.now, "heal", list(self.names), f"{FINAL_HEAL}: every fault healed"))
         for name in self.names:
             self._restart(name)
+        # Last, so that the final heal is the history's last nemesis record (restarts included).
+        self.record(Nemesis(self.now, "heal", list(self.names), f"{FINAL_HEAL}: every fault healed"))
         for conn in self.connections.values():
             if not conn.up:
                 self._dial_later(conn)

@@ -33,8 +33,8 @@ import lmdb
 import pytest
 
 from crdtstore.client import Client, ClientError
-from crdtstore.node.wire import SYNC_METHOD
 from crdtstore.operations import AddMembers, DeleteKey, Increment, Operation, RemoveMembers, SetRegister
+from crdtstore.replica.wire import SYNC_METHOD
 from crdtstore.testing.regions import RegionProcesses
 from crdtstore.v1 import replication_pb2 as rpb
 

@@ -17,11 +17,7 @@ from typing import Any
 import pytest
 
 from benchmarks.__main__ import main
-from benchmarks.sync_cost import PARTIAL_MESH, TREE, WORKLOADS, message_bytes, run_cell
-from crdtstore.crdt import VersionVector
-from crdtstore.replica.core import Ack, Entries, Hello
-from crdtstore.storage import RawLogEntry
-from simulations.sim import _size
+from benchmarks.sync_cost import PARTIAL_MESH, TREE, WORKLOADS, run_cell
 
 (GMAP_10,) = (w for w in WORKLOADS if w.name == "gmap 10%")
 
@@ -46,13 +42,6 @@ def test_the_overlays_are_the_papers() -> None:
             assert all(node in overlay[other] for other in near), "links go both ways"
     assert sum(len(near) for near in TREE.values()) == 2 * 14, "a tree on 15 nodes has 14 edges"
     assert all(len(near) == 4 for near in PARTIAL_MESH.values())
-
-
-def test_bytes_are_counted_as_the_simulator_counts_them() -> None:
-    vector = VersionVector({"ra": 3, "rb": 12})
-    entries = Entries((RawLogEntry("ra", 1, 3, b"\x93\x01\x01\x90"), RawLogEntry("rb", 12, 12, b"xyz")), vector)
-    for message in (entries, Ack(vector), Hello("ra", vector)):
-        assert message_bytes(message) == _size(message)
 
 
 def test_the_suite_reports_every_cell_beside_the_minimum_and_state_based(smoke: tuple[Path, dict[str, Any]]) -> None:

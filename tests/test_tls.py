@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from crdtstore.client import Client, ClientError, ClientTls
-from crdtstore.node.wire import SYNC_METHOD
+from crdtstore.replica.wire import SYNC_METHOD
 from crdtstore.testing.regions import RegionProcesses
 from crdtstore.v1 import replication_pb2 as rpb
 

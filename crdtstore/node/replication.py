@@ -1,16 +1,23 @@
-"""The replication driver: runs the replica core over gRPC streams, the store and the writer.
+"""The node's host of the replication driver: gRPC streams, the writer thread, the event loop's clock.
 
-The core (``crdtstore.replica.core``) decides what to send and what to apply;
-this module does the I/O, on the event loop, in the order the core asks:
-persist first (on the writer thread, one transaction and one fsync per
-message), then send, then report back.
+The protocol itself (what to send and when, relay holds, heartbeats,
+trimming, state transfer) is the driver's (``crdtstore.replica.driver``),
+the same code the simulator and the benchmarks run. This module feeds it
+events from the streams and a monotonic clock, and carries out each
+``Ready``: storage jobs that write run on the writer thread (one
+transaction, and one fsync, each), the others on a worker thread; messages
+go onto each peer's stream; the next tick is scheduled when the driver asks.
 
 Streams: each pair of regions keeps one bidirectional ``Replication.Sync``
 stream, opened by the region whose name sorts first and reopened with
 bounded, jittered backoff when it breaks. gRPC keepalive pings detect a peer
 that vanished without closing its connection. If a second stream for the same
 peer arrives (the peer reconnected before this side noticed the old one
-died), the newer one replaces the older.
+died), the newer one replaces the older. A peer's messages are read one at a
+time: the next is read once what the last one asked to persist is durable.
+Messages out wait in a queue per stream; an ack that finds it full is dropped
+(a later one supersedes it), and a job that makes a large message waits for
+room, so a slow peer holds up nobody else.
 
 Clocks: every message carries the sender's physical clock, and echoes the
 last one it received from the peer with how long it held it. From that round
@@ -25,8 +32,8 @@ measurement's error, refuses local writes until it is back in bounds
 (CockroachDB fences a node the same way), because every register it wrote
 would win or lose by its wrong clock.
 
-Messages: ``crdtstore.node.wire`` translates between the stream's protobuf
-and the core's messages.
+Messages: ``crdtstore.replica.wire`` translates between the stream's
+protobuf and the driver's messages.
 
 Waiting: causal-token reads and ``replicated:N`` writes wait for conditions
 on the node's vector and its peers' acknowledgements. Waiters are checked
@@ -41,74 +48,42 @@ import functools
 import logging
 import random
 import time
-from asyncio import FIRST_COMPLETED
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
-import msgpack
+from google.protobuf.message import DecodeError
 
-from crdtstore.crdt import CausalContext, CodecError, HybridLogicalClock, VersionVector, decode_as, encode
+from crdtstore.crdt import CodecError, HybridLogicalClock, VersionVector
 from crdtstore.node.clocks import clock_sample
 from crdtstore.node.config import NodeConfig
 from crdtstore.node.waits import VectorWaits
-from crdtstore.node.wire import (
-    SYNC_METHOD,
-    ProtocolError,
-    ack_from_pb,
-    bitmap_of,
-    buckets_of,
-    delta_bytes,
-    entries_from_pb,
-    hello_from_pb,
-    message_pb,
-    parse,
-)
 from crdtstore.node.writer import GroupCommitWriter
-from crdtstore.replica.core import (
-    Action,
-    Apply,
-    Entries,
-    Message,
-    NeedsRepair,
-    ReplicaCore,
-    Send,
-    SendLog,
-    Trim,
-)
-from crdtstore.storage import (
-    DIGEST_BUCKETS,
-    LmdbStore,
-    RawLogEntry,
-    RemoteOutcome,
-    StaleTransfer,
-    bucket_of,
-)
+from crdtstore.replica.core import ReplicaCore
+from crdtstore.replica.driver import Driver, Job, Ready
+from crdtstore.replica.wire import SYNC_METHOD, Ack, ProtocolError, parse, to_pb
+from crdtstore.storage import LmdbStore
+from crdtstore.storage.replication import ReplicaStore
 from crdtstore.v1 import replication_pb2 as rpb
 
 __all__ = ["Replicator"]
 
 log = logging.getLogger("crdtstore.replication")
 
-_TRIM_BUDGET = 10_000
-_LARGE_MESSAGE_BYTES = 64 * 1024  # entries that take long enough to apply for the peers to hear of them first
-_SPOOL_SUFFIX = ".spool"
-_WANT_TIMEOUT_S = 60.0
-_STALE_TRANSFERS_MAX = 3
+_NEVER = 1 << 62
 
 
 @dataclass
 class _Stream:
     """One stream with a peer: what goes out on it, and whether it has ended."""
 
-    queue: asyncio.Queue[rpb.SyncMessage]
+    queue: asyncio.Queue[rpb.SyncMessage] = field(default_factory=asyncio.Queue)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
-    epoch: int = 0  # the link's stream number
-    next_page: int = 0  # the next state-transfer page expected from the peer on this stream
-    transfer: int = 0  # state transfers begun by the peer on this stream
-    offered_digests: list[int] | None = None  # the peer's bucket digests from its last offer
+    room: asyncio.Event = field(default_factory=asyncio.Event)  # set when the pump takes a message
+    # Why the driver asked to close it (the peer broke the protocol).
+    closed: asyncio.Future[str] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 @dataclass
@@ -118,18 +93,12 @@ class _Link:
     epoch: int = 0
     stream: _Stream | None = None
     session: asyncio.Task[Any] | None = None
-    send_task: asyncio.Task[Any] | None = None  # reading and queueing log entries for this peer
     clock_offset_ms: int | None = None  # the peer's clock minus this node's, as last measured
     clock_error_ms: int = 0  # that measurement is right to within this
     offset_at: float = 0.0  # monotonic time of that measurement
     # The last message from the peer on this stream: its sent_wall_ms, and when it arrived (monotonic).
     peer_sent_wall_ms: int = 0
     peer_received_at: float = 0.0
-    greeted: bool = False  # the current stream's hello arrived
-    transfer: asyncio.Task[Any] | None = None  # a state transfer to this peer, while it runs
-    transfers_sent: int = 0
-    want: asyncio.Future[frozenset[int]] | None = None  # the peer's answer to a digest offer
-    stale_transfers: int = 0  # transfers from this peer refused in a row; past a few, ask for every bucket
 
 
 class Replicator:
@@ -148,36 +117,32 @@ class Replicator:
         self.writer = writer
         self.clock = clock
         self._wall_ms = wall_ms or (lambda: time.time_ns() // 1_000_000)
-        self.core = ReplicaCore(
-            config.region,
-            config.peers,
-            store.context.vv,
-            batch_window_ms=self.settings.batch_window_ms,
-            anti_entropy_ms=self.settings.anti_entropy_ms,
-            relay_delay_ms=self.settings.relay_delay_ms,
-            trimmed=store.log_horizon,
-            clock=_monotonic_ms,
-            origin=store.origin,
-        )
+        self.storage = ReplicaStore(store, clock, Path(config.data_dir))
+        self.driver = Driver(config.region, sorted(config.peers), self.storage, self.settings)
         self.links = {name: _Link(name, address) for name, address in sorted(config.peers.items())}
         self._tls = config.tls.read() if config.tls.enabled else None
-        self._horizon = store.log_horizon
         sources: dict[str, Callable[[], VersionVector]] = {config.region: lambda: self.store.context.vv}
         for peer in sorted(config.peers):
             sources[peer] = functools.partial(self._acked_by, peer)
         self._waits = VectorWaits(sources)
-        self._dirty = asyncio.Event()
+        self._wake = asyncio.Event()  # the driver wants a tick sooner than the tick loop planned
+        self._wake_at_ms = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
         self._stopping = asyncio.Event()  # set by close(): every stream session returns
-        self.skew_events = 0
+
+    @property
+    def core(self) -> ReplicaCore:
+        """What each peer has acknowledged, and how far behind it is (the status page reads it)."""
+        return self.driver.core
+
+    @property
+    def skew_events(self) -> int:
+        return self.driver.skew_events
 
     # -- lifecycle -------------------------------------------------------------------
 
     def start(self) -> None:
-        # Spools of state transfers a killed process left behind.
-        for stale in Path(self.config.data_dir).glob(f"transfer-*{_SPOOL_SUFFIX}"):
-            stale.unlink(missing_ok=True)
         self._spawn(self._tick_loop(), "tick")
         for name, link in self.links.items():
             if self.config.region < name:
@@ -205,6 +170,9 @@ class Replicator:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        for job in self.driver.shutdown(_monotonic_ms()).jobs:  # transfer spools in progress go
+            with contextlib.suppress(Exception):
+                job.run()
         self._waits.cancel_all()
 
     def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
@@ -218,18 +186,7 @@ class Replicator:
 
     def local_committed(self) -> None:
         """A client write committed: push it after the batching window, and wake waiters."""
-        self.core.origin = self.store.origin  # storage may have taken a new incarnation in that commit
-        self.core.local_committed(self.store.context.vv)
-        if self.links:
-            self._dirty.set()
-        self._check_horizon()
-        self._notify()
-
-    def _check_horizon(self) -> None:
-        """Tell the core when storage trimmed its log further (by acknowledgement, bytes, or a transfer)."""
-        if self.store.log_horizon != self._horizon:
-            self._horizon = self.store.log_horizon
-            self._start_repairs(self.core.log_trimmed(self._horizon))
+        self._handle(self.driver.local_committed(_monotonic_ms()))
 
     async def wait_seen(self, vector: VersionVector, timeout_s: float) -> bool:
         """Wait until this region has everything ``vector`` covers; False if ``timeout_s`` passes first."""
@@ -240,10 +197,7 @@ class Replicator:
         return await self._waits.wait(vector, regions, timeout_s)
 
     def _acked_by(self, peer: str) -> VersionVector:
-        return self.core.peers[peer].acked
-
-    def _notify(self) -> None:
-        self._waits.changed()
+        return self.driver.core.peers[peer].acked
 
     def clock_fenced(self) -> bool:
         """True while this node's clock is out of bounds against most of its peers."""
@@ -265,6 +219,92 @@ class Replicator:
 
     def connected(self, peer: str) -> bool:
         return self.links[peer].stream is not None
+
+    # -- carrying out the driver's Ready ------------------------------------------------
+
+    def _handle(self, ready: Ready) -> asyncio.Task[Any] | None:
+        """Carry out ``ready``; the task persisting what a peer sent, if it asked for that.
+
+        Never waits: messages are queued, jobs run as tasks, and the tick loop
+        hears when the driver wants its next tick.
+        """
+        for outgoing in ready.messages:
+            self._send_now(outgoing.peer, to_pb(outgoing.message), bulk=not isinstance(outgoing.message, Ack))
+        for peer, why in ready.close:
+            stream = self.links[peer].stream
+            if stream is not None and not stream.closed.done():
+                stream.closed.set_result(why)
+        inbound = [job for job in ready.jobs if job.inbound]
+        for job in ready.jobs:
+            if not job.inbound:
+                self._spawn(self._run_job(job), f"{job.kind} for {job.peer}")
+        if ready.wake_at_ms < self._wake_at_ms:
+            self._wake_at_ms = ready.wake_at_ms
+            self._wake.set()
+        self._waits.changed()  # the vector or a peer's acknowledgements may have moved
+        if not inbound:
+            return None
+        return self._spawn(self._run_in_order(inbound), f"persisting from {inbound[0].peer}")
+
+    async def _run_in_order(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            await self._run_job(job)
+
+    async def _run_job(self, job: Job) -> None:
+        if job.bulk and not await self._room(job.peer):
+            return  # that stream ended: the driver starts over with the next connection
+        try:
+            if job.writes:
+                result = await self.writer.call(job.run)
+            else:
+                result = await asyncio.to_thread(job.run)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._handle(self.driver.failed(job, exc, _monotonic_ms()))
+            return
+        self._handle(self.driver.done(job, result, _monotonic_ms()))
+
+    def _send_now(self, peer: str, message: rpb.SyncMessage, *, bulk: bool = True) -> None:
+        stream = self.links[peer].stream
+        if stream is None:
+            return  # the peer learns everything at its next hello
+        if not bulk and stream.queue.qsize() >= self.settings.outbound_messages_max:
+            log.debug("the stream to %s is full; dropped a %s", peer, message.WhichOneof("body"))
+            return
+        stream.queue.put_nowait(message)
+
+    async def _room(self, peer: str) -> bool:
+        """Wait until ``peer``'s stream has room for a large message; False if it ends first."""
+        stream = self.links[peer].stream
+        while stream is not None and not stream.ended.is_set():
+            if stream.queue.qsize() < self.settings.outbound_messages_max:
+                return True
+            stream.room.clear()
+            room = asyncio.ensure_future(stream.room.wait())
+            ended = asyncio.ensure_future(stream.ended.wait())
+            try:
+                await asyncio.wait({room, ended}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                room.cancel()
+                ended.cancel()
+        return False
+
+    async def _tick_loop(self) -> None:
+        while True:
+            delay_ms = self._wake_at_ms - _monotonic_ms()
+            if delay_ms > 0:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay_ms / 1000)
+                continue  # the time came, or something asked for a sooner tick
+            self._wake_at_ms = _NEVER  # the tick's Ready says when the next is due
+            try:
+                # The driver's timers run on monotonic time: a wall clock stepped back must not stall them.
+                self._handle(self.driver.tick(_monotonic_ms()))
+            except Exception:  # one bad round must not stop replication
+                log.exception("replication round failed")
+                self._wake_at_ms = _monotonic_ms() + self.settings.anti_entropy_ms
 
     # -- streams ---------------------------------------------------------------------
 
@@ -353,9 +393,11 @@ class Replicator:
             return
         assert isinstance(raw, bytes)
         try:
-            first = parse(raw)
+            first = rpb.SyncMessage.FromString(raw)
             if first.WhichOneof("body") != "hello":
                 raise ProtocolError("the first message of a stream must be a hello")
+        except DecodeError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"a replication message that does not parse: {exc}")
         except ProtocolError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         link = self.links.get(first.hello.region)
@@ -380,7 +422,7 @@ class Replicator:
             return raw
 
         try:
-            await self._session(link, read, context.write, first)
+            await self._session(link, read, context.write, raw)
         except (ProtocolError, CodecError) as exc:
             log.warning("stream from %s closed: %s", link.name, exc)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -390,21 +432,22 @@ class Replicator:
         link: _Link,
         read: Callable[[], Awaitable[bytes | None]],
         write: Callable[[rpb.SyncMessage], Awaitable[None]],
-        first: rpb.SyncMessage | None,
+        first: bytes | None,
     ) -> None:
         if link.session is not None and not link.session.done():
             link.session.cancel()  # the newer stream replaces the older
         link.epoch += 1
         epoch = link.epoch
-        stream = _Stream(asyncio.Queue(self.settings.outbound_messages_max), epoch=epoch)
+        stream = _Stream()
         link.stream = stream
         link.session = asyncio.current_task()
-        link.greeted = False
         link.peer_sent_wall_ms = 0
+        peer = link.name
 
         async def pump() -> None:
             while True:
                 message = await stream.queue.get()
+                stream.room.set()
                 message.sent_wall_ms = self._wall_ms()  # when it leaves, not when it was queued
                 if link.peer_sent_wall_ms:
                     message.echo_wall_ms = link.peer_sent_wall_ms
@@ -412,32 +455,38 @@ class Replicator:
                 await write(message)
 
         async def receive() -> None:
-            await self._run(self.core.connected(link.name))
-            if first is not None:
-                await self._on_message(link, first)
-            while (raw := await read()) is not None:
-                await self._on_message(link, parse(raw))
+            self._handle(self.driver.connected(peer, _monotonic_ms()))
+            raw = first if first is not None else await read()
+            while raw is not None:
+                pb, message = parse(raw, peer)
+                self._measure_clock(link, pb)
+                persisting = self._handle(self.driver.received(peer, message, _monotonic_ms()))
+                if persisting is not None:
+                    await persisting  # the next message is read once this one's entries are durable
+                raw = await read()
+
+        async def closed() -> None:
+            raise ProtocolError(await stream.closed)
 
         pumping = asyncio.ensure_future(pump())
         receiving = asyncio.ensure_future(receive())
+        closing = asyncio.ensure_future(closed())
         stopping = asyncio.ensure_future(self._stopping.wait())
         try:
-            done, _ = await asyncio.wait({pumping, receiving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({pumping, receiving, closing, stopping}, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 task.result()  # raises what ended the stream
         finally:
             stream.ended.set()  # wakes anything waiting to queue on this stream
-            for task in (pumping, receiving, stopping):
+            for task in (pumping, receiving, closing, stopping):
                 task.cancel()
-            for task in (pumping, receiving, stopping):
+            for task in (pumping, receiving, closing, stopping):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             if link.epoch == epoch:
                 link.stream = None
                 link.session = None
-                self.core.disconnected(link.name)
-                if link.greeted:
-                    log.info("lost the stream with %s", link.name)
+                self._handle(self.driver.disconnected(peer, _monotonic_ms()))
 
     def _measure_clock(self, link: _Link, message: rpb.SyncMessage) -> None:
         if not message.sent_wall_ms:
@@ -449,351 +498,6 @@ class Replicator:
             if sample is not None:
                 link.clock_offset_ms, link.clock_error_ms = sample
                 link.offset_at = link.peer_received_at
-
-    async def _on_message(self, link: _Link, message: rpb.SyncMessage) -> None:
-        self._measure_clock(link, message)
-        body = message.WhichOneof("body")
-        core_message: Message
-        if body == "hello":
-            core_message = hello = hello_from_pb(message.hello, link.name)
-            self.store.peer_holds(link.name, hello.vector)
-            # A transfer from this peer that a broken stream cut short is void.
-            await self.writer.call(lambda: self.store.discard_snapshot(link.name))
-            link.greeted = True
-            log.info("replicating with %s", link.name)
-        elif body == "entries":
-            core_message = entries_from_pb(message.entries)
-        elif body == "ack":
-            core_message = ack_from_pb(message.ack)
-        elif body == "snapshot":
-            await self._receive_snapshot(link, message.snapshot)
-            self._notify()
-            return
-        elif body == "digests":
-            stream = link.stream
-            assert stream is not None, "messages arrive only on a live stream"
-            # Hashing our state takes a moment: off the receive loop, which must keep reading.
-            self._spawn(self._answer_digests(link, stream, message.digests.digests), f"digests for {link.name}")
-            return
-        elif body == "want":
-            if link.want is not None and not link.want.done():
-                link.want.set_result(buckets_of(message.want.buckets))
-            return
-        else:
-            raise ProtocolError("a message with no body")
-        await self._run(self.core.received(link.name, core_message))
-        # Acks, and entries a peer sends (it has them), both tell what the peer has.
-        self._notify()
-
-    # -- carrying out the core's actions --------------------------------------------
-
-    async def _run(self, actions: list[Action]) -> None:
-        """Carry out the core's actions. Never waits on the network: a slow peer must not stall the others.
-
-        Messages are queued without waiting (an Ack that finds the queue full
-        is dropped: a later one supersedes it, and anti-entropy asks again);
-        log and state transfers run as one task per peer that waits for room.
-        Only persisting (on the writer thread) is awaited, since it comes first.
-        """
-        pending = list(actions)
-        while pending:
-            action = pending.pop(0)
-            if isinstance(action, Send):
-                self._send_now(action.peer, message_pb(action.message))
-            elif isinstance(action, SendLog):
-                self._start_send_log(action)
-            elif isinstance(action, Apply):
-                if delta_bytes(action.entries) > _LARGE_MESSAGE_BYTES:
-                    # A tick while it applies tells the peers what is on its way (the core's incoming hint).
-                    self._dirty.set()
-                await self._apply(action.peer, action.entries)
-                pending.extend(self.core.applied(action.peer, self.store.context.vv))
-                self._dirty.set()  # relay what is new to the other peers
-                self._notify()
-            elif isinstance(action, Trim):
-                await self._trim(action.vector)
-            elif isinstance(action, NeedsRepair):
-                self._start_repairs([action])
-
-    def _send_now(self, peer: str, message: rpb.SyncMessage) -> bool:
-        stream = self.links[peer].stream
-        if stream is None:
-            return False  # the peer learns everything at its next hello
-        try:
-            stream.queue.put_nowait(message)
-        except asyncio.QueueFull:
-            log.debug("the stream to %s is full; dropped a %s", peer, message.WhichOneof("body"))
-            return False
-        return True
-
-    async def _put(self, stream: _Stream, message: rpb.SyncMessage) -> bool:
-        """Queue ``message`` on ``stream``, waiting for room; False if the stream ends first."""
-        if stream.ended.is_set():
-            return False
-        put = asyncio.ensure_future(stream.queue.put(message))
-        ended = asyncio.ensure_future(stream.ended.wait())
-        try:
-            await asyncio.wait({put, ended}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            ended.cancel()
-            if not put.done():
-                put.cancel()
-        return put.done() and not put.cancelled()
-
-    def _start_send_log(self, action: SendLog) -> None:
-        peer, hold_fresh_relays = action.peer, action.hold_fresh_relays
-        link = self.links[peer]
-        if link.stream is None:
-            return
-        if link.send_task is not None and not link.send_task.done():
-            return  # one at a time; it asks for another round if there is more
-        relayed_before_ms = self._wall_ms() - self.settings.relay_delay_ms if hold_fresh_relays else None
-        sending = self._send_log(link, link.stream, action.after, relayed_before_ms, action.held)
-        link.send_task = self._spawn(sending, f"log to {peer}")
-
-    async def _send_log(
-        self,
-        link: _Link,
-        stream: _Stream,
-        after: VersionVector,
-        relayed_before_ms: int | None,
-        held: VersionVector,
-    ) -> None:
-        peer = link.name
-        # Entries the core's view now covers went out while this waited.
-        after = after.join(self.core.peers[peer].sent)
-        entries, reached, held_since = await asyncio.to_thread(
-            lambda: self.store.log_since(
-                after, self.settings.message_bytes_max, relayed_before_ms=relayed_before_ms, held=held
-            )
-        )
-        if not entries and held_since is not None:
-            self.core.relay_held(peer, held_since, self._wall_ms())
-        if not entries or link.stream is not stream:
-            return
-        if not await self._put(stream, message_pb(Entries(tuple(entries)))) or link.stream is not stream:
-            return  # that stream ended: the next hello starts over
-        self.core.sent(peer, reached)
-        if not self.core.peers[peer].sent.dominates(self.core.vector):
-            self._dirty.set()  # more than one message's worth: go on at the next tick
-
-    async def _apply(self, peer: str, entries: tuple[object, ...]) -> None:
-        raw = [e for e in entries if isinstance(e, RawLogEntry)]
-        store, clock = self.store, self.clock
-
-        def apply() -> tuple[int, bool]:
-            # On the writer thread: decoding is CPU work, and the clock belongs to this thread.
-            outcomes, skews = store.apply_raw(raw, peer, clock)
-            return skews, RemoteOutcome.GAP in outcomes
-
-        skews, gap = await self.writer.call(apply)
-        if skews:
-            self.skew_events += skews
-            log.warning(
-                "%d register timestamp(s) from %s are more than %d ms ahead of this clock: applied, "
-                "but the clock did not follow them",
-                skews,
-                peer,
-                self.clock.max_offset_ms,
-            )
-        self._check_horizon()
-        if gap:
-            # Entries arrived before something they depend on: both sides
-            # start over from a hello, and the peer resends in causal order.
-            raise ProtocolError(f"entries from {peer} arrived out of causal order; resynchronising")
-
-    async def _trim(self, upto: VersionVector) -> None:
-        store = self.store
-        while await self.writer.call(lambda: store.trim_log(upto, _TRIM_BUDGET)) >= _TRIM_BUDGET:
-            pass
-        self._check_horizon()
-
-    def _start_repairs(self, actions: list[Action]) -> None:
-        for action in actions:
-            if not isinstance(action, NeedsRepair):
-                continue
-            link = self.links[action.peer]
-            if link.stream is None or (link.transfer is not None and not link.transfer.done()):
-                continue  # not connected (its hello asks again), or one is on its way
-            log.warning(
-                "peer %s lacks entries this node has trimmed from its log (it has %s): sending it a state transfer",
-                action.peer,
-                action.vector,
-            )
-            link.transfer = self._spawn(self._send_snapshot(link, link.stream), f"transfer to {link.name}")
-
-    async def _send_snapshot(self, link: _Link, stream: _Stream) -> None:
-        """Repair ``link``'s peer: the keys of every bucket whose digest differs, from one consistent read.
-
-        The read is spooled to a file in the data directory first, so no read
-        transaction stays open while the peer takes its time. Then the
-        bucket digests go out, the peer answers which buckets differ, and
-        only their keys follow, the last page with the context of the read.
-        """
-        link.transfers_sent += 1
-        path = Path(self.config.data_dir) / f"transfer-{link.name}-{link.transfers_sent}{_SPOOL_SUFFIX}"
-        try:
-            context, count, digests = await asyncio.to_thread(self.store.spool_snapshot, path)
-            buckets = await self._ask_which_buckets(link, stream, digests)
-            if buckets is None:
-                return  # the stream ended or the peer did not answer: the next round asks again
-            sent = await self._send_pages(stream, path, buckets, context)
-            if sent is not None:
-                log.info(
-                    "repaired %s: %d of %d buckets differed; sent %d of %d keys, %d bytes",
-                    link.name,
-                    len(buckets),
-                    DIGEST_BUCKETS,
-                    sent[0],
-                    count,
-                    sent[1],
-                )
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("repairing %s failed; the next anti-entropy round asks again", link.name)
-        finally:
-            link.want = None
-            path.unlink(missing_ok=True)
-
-    async def _ask_which_buckets(self, link: _Link, stream: _Stream, digests: list[int]) -> frozenset[int] | None:
-        want: asyncio.Future[frozenset[int]] = asyncio.get_running_loop().create_future()
-        link.want = want
-        offer = rpb.SyncMessage()
-        offer.digests.digests = b"".join(d.to_bytes(16, "big") for d in digests)
-        if not await self._put(stream, offer):
-            return None
-        ended: asyncio.Future[Any] = asyncio.ensure_future(stream.ended.wait())
-        waiting: set[asyncio.Future[Any]] = {want, ended}
-        try:
-            await asyncio.wait(waiting, timeout=_WANT_TIMEOUT_S, return_when=FIRST_COMPLETED)
-        finally:
-            ended.cancel()
-        return want.result() if want.done() and not want.cancelled() else None
-
-    async def _send_pages(
-        self, stream: _Stream, path: Path, buckets: frozenset[int], context: CausalContext
-    ) -> tuple[int, int] | None:
-        """Send the spooled keys of ``buckets`` in pages; (keys, bytes) sent, or None if the stream ended."""
-        bytes_max = self.settings.message_bytes_max
-        with path.open("rb") as spool:
-            unpacker = msgpack.Unpacker(spool, raw=False, max_buffer_size=self.config.message_bytes_max)
-
-            def next_page() -> tuple[list[tuple[str, bytes]], bool]:
-                page: list[tuple[str, bytes]] = []
-                size = 0
-                for key, body in unpacker:
-                    if bucket_of(key) not in buckets:
-                        continue
-                    page.append((key, body))
-                    size += len(key) + len(body)
-                    if size >= bytes_max:
-                        return page, False
-                return page, True
-
-            number = sent_keys = sent_bytes = 0
-            while True:
-                page, last = await asyncio.to_thread(next_page)
-                message = rpb.SyncMessage()
-                message.snapshot.page = number
-                for key, body in page:
-                    message.snapshot.keys.add(key=key, state=body)
-                    sent_bytes += len(body)
-                sent_keys += len(page)
-                if last:
-                    message.snapshot.done = True
-                    message.snapshot.context = encode(context)
-                    message.snapshot.buckets = bitmap_of(buckets)
-                if not await self._put(stream, message):
-                    return None  # the stream ended: the peer's next hello asks again
-                number += 1
-                if last:
-                    return sent_keys, sent_bytes
-
-    async def _answer_digests(self, link: _Link, stream: _Stream, digests: bytes) -> None:
-        """A peer offers a repair: tell it which buckets differ from ours."""
-        if len(digests) != 16 * DIGEST_BUCKETS:
-            log.warning("%s offered %d bytes of digests, not %d; ignored", link.name, len(digests), 16 * DIGEST_BUCKETS)
-            return
-        theirs = [int.from_bytes(digests[16 * i : 16 * (i + 1)], "big") for i in range(DIGEST_BUCKETS)]
-        stream.offered_digests = theirs  # the skipped buckets must still match when the transfer is joined
-        if link.stale_transfers >= _STALE_TRANSFERS_MAX:
-            # Comparisons keep going stale before they can be joined (this
-            # region keeps changing): ask for every bucket, which needs none.
-            differ = frozenset(range(DIGEST_BUCKETS))
-        else:
-            mine = await asyncio.to_thread(self.store.bucket_digests)
-            differ = frozenset(i for i in range(DIGEST_BUCKETS) if mine[i] != theirs[i])
-        answer = rpb.SyncMessage()
-        answer.want.buckets = bitmap_of(differ)
-        await self._put(stream, answer)
-
-    async def _receive_snapshot(self, link: _Link, snapshot: rpb.SyncSnapshot) -> None:
-        stream = link.stream
-        assert stream is not None, "messages arrive only on a live stream"
-        store = self.store
-        if snapshot.page == 0:  # a new transfer: whatever an earlier one left is void
-            await self.writer.call(lambda: store.discard_snapshot(link.name))
-            stream.next_page = 0
-            stream.transfer += 1
-        if snapshot.page != stream.next_page:
-            raise ProtocolError(f"state transfer page {snapshot.page} arrived, {stream.next_page} was expected")
-        stream.next_page += 1
-        keys = [(k.key, k.state) for k in snapshot.keys]
-        transfer = stream.epoch * 1_000_000 + stream.transfer  # unique per stream and transfer
-        if keys:
-            await self.writer.call(lambda: store.stage_snapshot(link.name, transfer, keys))
-        if not snapshot.done:
-            return
-        context = decode_as(snapshot.context, CausalContext)
-        covered = buckets_of(snapshot.buckets)
-        expected = stream.offered_digests
-        try:
-            changed = await self.writer.call(
-                lambda: store.finish_snapshot(link.name, transfer, context, covered, expected)
-            )
-        except StaleTransfer as exc:
-            await self.writer.call(lambda: store.discard_snapshot(link.name))
-            link.stale_transfers += 1
-            log.info("set aside a state transfer from %s (%s); the next round compares again", link.name, exc)
-            return
-        link.stale_transfers = 0
-        log.info("joined a state transfer from %s: %d keys changed", link.name, changed)
-        self._dirty.set()
-        actions = self.core.applied(link.name, self.store.context.vv)
-        self._check_horizon()
-        await self._run(actions)
-
-    async def _tick_loop(self) -> None:
-        anti_entropy_s = self.settings.anti_entropy_ms / 1000
-        window_s = self.settings.batch_window_ms / 1000
-        pending = False
-        while True:
-            if pending:
-                # Something waits for its batching window: a write after a
-                # quiet spell goes at once, the ones right behind it together.
-                await asyncio.sleep(window_s)
-            else:
-                try:
-                    await asyncio.wait_for(self._dirty.wait(), anti_entropy_s)
-                except TimeoutError:
-                    # Quiet: a heartbeat keeps each peer's view of this
-                    # node's vector and of its clock fresh.
-                    for name in self.links:
-                        self._send_now(name, message_pb(self.core.heartbeat(name)))
-            self._dirty.clear()
-            if self.store.context.vv != self.core.vector:
-                # A write committed whose caller went away before telling us (a cancelled request).
-                self.local_committed()
-            try:
-                # The core's timers run on monotonic time: a wall clock stepped back must not stall them.
-                await self._run(self.core.tick(_monotonic_ms()))
-            except Exception:  # one bad round must not stop replication
-                log.exception("replication round failed")
-            pending = any(
-                state.connected and not state.needs_repair and not state.sent.dominates(self.core.vector)
-                for state in self.core.peers.values()
-            )
 
 
 def _certificate_names(context: grpc.aio.ServicerContext[Any, Any], region: str) -> bool:

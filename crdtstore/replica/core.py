@@ -54,18 +54,16 @@ anti-entropy round).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from crdtstore.crdt import VersionVector
+from crdtstore.replica.wire import Ack, Entries, Hello, RawLogEntry
 
 __all__ = [
-    "Ack",
     "Action",
     "Apply",
-    "Entries",
-    "Hello",
-    "Message",
+    "CoreMessage",
     "NeedsRepair",
     "ReplicaCore",
     "Send",
@@ -74,45 +72,17 @@ __all__ = [
 ]
 
 
-# -- messages between regions ----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Hello:
-    region: str
-    vector: VersionVector
-    # As Ack.incoming: what the sender is applying from other peers as it connects.
-    incoming: VersionVector = field(default_factory=VersionVector)
-    # The origin the sender mints its own events under; "" for its region name.
-    origin: str = ""
-
-
-@dataclass(frozen=True)
-class Entries:
-    """Log entries, in per-origin order, opaque to the core; ``vector``: how far they reach per origin."""
-
-    entries: tuple[object, ...]
-    vector: VersionVector = field(default_factory=VersionVector)
-
-
-@dataclass(frozen=True)
-class Ack:
-    vector: VersionVector
-    # Entries the sender has received from other peers and is applying, beyond ``vector``: a hint,
-    # since they may yet fail to apply. Every ack carries the whole current hint (often empty).
-    incoming: VersionVector = field(default_factory=VersionVector)
-
-
-Message = Hello | Entries | Ack
-
-
 # -- actions for the driver ------------------------------------------------------------------
+
+
+# What the core exchanges with its peers (the driver handles the state-transfer messages).
+CoreMessage = Hello | Entries | Ack
 
 
 @dataclass(frozen=True)
 class Send:
     peer: str
-    message: Message
+    message: CoreMessage
 
 
 @dataclass(frozen=True)
@@ -138,7 +108,7 @@ class Apply:
     """Persist entries received from ``peer``; then call ``applied(peer, vector)``."""
 
     peer: str
-    entries: tuple[object, ...]
+    entries: tuple[RawLogEntry, ...]
 
 
 @dataclass(frozen=True)
@@ -212,7 +182,6 @@ class ReplicaCore:
         anti_entropy_ms: int = 1000,
         relay_delay_ms: int = 50,
         trimmed: VersionVector | None = None,
-        clock: Callable[[], int] | None = None,
         origin: str = "",
     ) -> None:
         names = sorted(set(peers))
@@ -234,13 +203,6 @@ class ReplicaCore:
         self._trim_due = False
         self._trim_every_ms = max(1, anti_entropy_ms // 10)
         self._last_trim_ms = 0
-        # Monotonic milliseconds, the time ``tick`` is given: when a hint or a connection came.
-        # Without it, the time of the last tick (near enough for a driver that ticks steadily).
-        self._clock = clock
-        self._last_tick_ms = 0
-
-    def _now(self) -> int:
-        return self._clock() if self._clock is not None else self._last_tick_ms
 
     def _peer(self, name: str) -> _Peer:
         peer = self.peers.get(name)
@@ -250,14 +212,14 @@ class ReplicaCore:
 
     # -- events --------------------------------------------------------------------
 
-    def connected(self, peer: str) -> list[Action]:
+    def connected(self, peer: str, now_ms: int) -> list[Action]:
         state = self._peer(peer)
         state.connected = True
         state.greeted = False
-        state.connected_at_ms = state.incoming_told_ms = self._now()
+        state.connected_at_ms = state.incoming_told_ms = now_ms
         state.told = self.vector
         state.expect = 0
-        state.incoming_told = incoming = self._incoming(peer)
+        state.incoming_told = incoming = self._incoming(peer, now_ms)
         return [Send(peer, Hello(self.region, self.vector, incoming, self.origin))]
 
     def disconnected(self, peer: str) -> list[Action]:
@@ -268,7 +230,7 @@ class ReplicaCore:
         state.expect = 0
         return []
 
-    def received(self, peer: str, message: Message) -> list[Action]:
+    def received(self, peer: str, message: CoreMessage, now_ms: int) -> list[Action]:
         state = self._peer(peer)
         if isinstance(message, Hello):
             if message.region != peer:
@@ -280,7 +242,6 @@ class ReplicaCore:
             state.greeted = True
             state.sending = VersionVector()
             # What it is applying from others as it connects waits for them, as in a push.
-            now_ms = self._now()
             state.incoming, state.incoming_at_ms = message.incoming, now_ms
             # It streams its own entries from here on: the other peers hear that at the next tick.
             state.origin = message.origin or peer
@@ -296,10 +257,10 @@ class ReplicaCore:
             state.sent = state.sent.join(state.acked)
             state.sending = state.sending.join(message.vector)
             if state.expect:
-                state.expect_at_ms = self._now()
+                state.expect_at_ms = now_ms
             return [Apply(peer, message.entries)] if message.entries else []
         state.incoming = message.incoming
-        state.incoming_at_ms = self._now()
+        state.incoming_at_ms = now_ms
         before = state.acked
         state.acked = state.acked.join(message.vector)
         state.sent = state.sent.join(state.acked)
@@ -310,7 +271,7 @@ class ReplicaCore:
             self._trim_due = True
         return []
 
-    def applied(self, peer: str, vector: VersionVector) -> list[Action]:
+    def applied(self, peer: str, vector: VersionVector, now_ms: int) -> list[Action]:
         """Entries from ``peer`` are durable here; this node now has ``vector``."""
         assert vector.dominates(self.vector), "a version vector never goes backwards"
         self.vector = vector  # the next tick relays what is new to the other peers
@@ -318,7 +279,7 @@ class ReplicaCore:
         source = self._peer(peer)
         source.sending = VersionVector()
         if source.expect:
-            source.expect_at_ms = self._now()  # its stream makes progress (the next message is read now)
+            source.expect_at_ms = now_ms  # its stream makes progress (the next message is read now)
         # Every connected peer hears it, not only the sender: then a region
         # about to relay these entries to a peer learns that it has them.
         # The sender at once (its acknowledgements count towards replicated
@@ -327,9 +288,11 @@ class ReplicaCore:
         for name, state in self.peers.items():
             if name != peer and state.connected:
                 state.ack_due = True
-        return [self._ack(peer)]
+        return [self._ack(peer, now_ms)]
 
-    def _ack(self, peer: str, vector: VersionVector | None = None, incoming: VersionVector | None = None) -> Send:
+    def _ack(
+        self, peer: str, now_ms: int, vector: VersionVector | None = None, incoming: VersionVector | None = None
+    ) -> Send:
         """An ack with only the origins that moved since the last one (acks are most of the bytes otherwise).
 
         With ``vector``, that whole vector instead. Either way it carries what
@@ -341,16 +304,16 @@ class ReplicaCore:
             vector = VersionVector({r: n for r, n in self.vector.items() if n > told.get(r)})
         state.told = self.vector
         if incoming is None:
-            incoming = self._incoming(peer)
+            incoming = self._incoming(peer, now_ms)
         state.incoming_told = incoming
-        state.incoming_told_ms = self._now()
+        state.incoming_told_ms = now_ms
         return Send(peer, Ack(vector, incoming))
 
-    def heartbeat(self, peer: str) -> Ack:
+    def heartbeat(self, peer: str, now_ms: int) -> list[Action]:
         """The driver's periodic ack to ``peer``: the whole vector, and what is on its way here."""
-        return Ack(self.vector, self._incoming(peer))
+        return [self._ack(peer, now_ms, self.vector)]
 
-    def _incoming(self, peer: str) -> VersionVector:
+    def _incoming(self, peer: str, now_ms: int) -> VersionVector:
         """The hint for ``peer``: what is on its way here from the other peers (per origin, beyond the vector).
 
         What peers sent this node that it has not applied yet: every peer
@@ -359,7 +322,7 @@ class ReplicaCore:
         again. And what origins this node is connected to are streaming it
         of their own entries (``_expected``): every peer but that origin.
         """
-        return _hint(self._receiving(), self._expected(self._now()), self.peers[peer].origin)
+        return _hint(self._receiving(), self._expected(now_ms), self.peers[peer].origin)
 
     def _receiving(self) -> dict[str, int]:
         """Per origin, how far the entries peers sent this node reach, where that is beyond its vector."""
@@ -429,7 +392,7 @@ class ReplicaCore:
                 actions.append(NeedsRepair(name, state.acked))
         return actions
 
-    def relay_held(self, peer: str, held_since_ms: int, wall_now_ms: int) -> list[Action]:
+    def relay_held(self, peer: str, held_since_ms: int, wall_now_ms: int, now_ms: int) -> list[Action]:
         """A push to ``peer`` found nothing to send before a relay too fresh to go.
 
         That relay arrived at ``held_since_ms`` and ``wall_now_ms`` is now, both
@@ -439,7 +402,7 @@ class ReplicaCore:
         case the wall clock steps.
         """
         wait = min(self.relay_delay_ms, max(0, held_since_ms + self.relay_delay_ms - wall_now_ms))
-        self._peer(peer).relay_hold_until_ms = self._now() + wait
+        self._peer(peer).relay_hold_until_ms = now_ms + wait
         return []
 
     def sent(self, peer: str, vector: VersionVector) -> None:
@@ -460,7 +423,6 @@ class ReplicaCore:
                 state.incoming_at_ms = min(state.incoming_at_ms, now_ms)
                 state.incoming_told_ms = min(state.incoming_told_ms, now_ms)
                 state.expect_at_ms = min(state.expect_at_ms, now_ms)
-        self._last_tick_ms = now_ms
         if self._trim_due and now_ms - self._last_trim_ms >= self._trim_every_ms:
             self._trim_due = False
             self._last_trim_ms = now_ms
@@ -475,12 +437,12 @@ class ReplicaCore:
             incoming = _hint(receiving, expected, state.origin)
             if state.ack_due:
                 state.ack_due = False
-                actions.append(self._ack(name, incoming=incoming))
+                actions.append(self._ack(name, now_ms, incoming=incoming))
             elif state.incoming_told or arriving:
                 # The hint changed, or still holds and is due again before the peer lets it go stale.
                 stale = now_ms - state.incoming_told_ms >= self.anti_entropy_ms // 2
                 if incoming != state.incoming_told or (incoming and stale):
-                    actions.append(self._ack(name, incoming=incoming))
+                    actions.append(self._ack(name, now_ms, incoming=incoming))
         if now_ms - self._last_anti_entropy_ms >= self.anti_entropy_ms:
             self._last_anti_entropy_ms = now_ms
             actions.extend(self._anti_entropy_round(now_ms, receiving, expected))
@@ -499,7 +461,7 @@ class ReplicaCore:
                 continue
             if state.told != self.vector:
                 # The whole vector once a period: a partial ack that never arrived is made good.
-                actions.append(self._ack(name, self.vector, _hint(receiving, expected, state.origin)))
+                actions.append(self._ack(name, now_ms, self.vector, _hint(receiving, expected, state.origin)))
             if not self._may_push(state, now_ms):
                 continue
             if state.needs_repair:
@@ -528,6 +490,31 @@ class ReplicaCore:
         return [SendLog(name, state.sent, True, self._held(state, now_ms))]
 
     # -- queries -----------------------------------------------------------------------
+
+    def next_tick_ms(self) -> int:
+        """When the next ``tick`` is due for the core's own timers (possibly already past).
+
+        Pushes after their batching window (or a maturing relay, or a hello
+        that has not come), acks owed to peers, a hint to refresh before the
+        peers let it go stale, a trim, and the anti-entropy round. Between
+        events, nothing else changes what a tick would do.
+        """
+        due = self._last_anti_entropy_ms + self.anti_entropy_ms
+        if self._trim_due:
+            due = min(due, self._last_trim_ms + self._trim_every_ms)
+        for state in self.peers.values():
+            if not state.connected:
+                continue
+            if state.ack_due:
+                return 0
+            if state.incoming_told:
+                due = min(due, state.incoming_told_ms + self.anti_entropy_ms // 2)
+            if not state.needs_repair and not state.sent.dominates(self.vector):
+                push = max(state.pushed_at_ms + self.batch_window_ms, state.relay_hold_until_ms)
+                if not state.greeted:
+                    push = max(push, state.connected_at_ms + self.anti_entropy_ms)
+                due = min(due, push)
+        return due
 
     def behind(self, peer: str) -> dict[str, int]:
         """How many events of each origin this node has that ``peer`` has not acknowledged."""
