@@ -1,0 +1,44 @@
+"""The store's configuration: its directory, its region and its tunables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class StorageOptions:
+    """The store's tunables; ``crdtstore serve`` reads them from the ``[storage]`` table."""
+
+    map_size_bytes: int = 64 * 1024 * 1024
+    map_size_bytes_max: int = 64 * 1024 * 1024 * 1024
+    delta_log_bytes_max: int = 256 * 1024 * 1024
+    # A retry is recognised for this long, as long as fewer than
+    # idempotency_records_max other keyed requests arrived in between (past
+    # that the oldest records go early, and a very late retry applies again).
+    idempotency_ttl_s: int = 3600
+    idempotency_records_max: int = 10_000_000
+    # One key's stored state (a big set, say) may not grow past this, so every
+    # key stays readable in one response.
+    key_state_bytes_max: int = 8 * 1024 * 1024
+    # One request's change, as one delta log entry, must fit in one replication
+    # message; a larger request is refused rather than left unable to replicate.
+    log_entry_bytes_max: int = 16 * 1024 * 1024 + 512 * 1024
+    # At most this many expired idempotency records or log entries are removed
+    # per batch, so housekeeping never makes one commit slow.
+    housekeeping_per_batch_max: int = 256
+    # fsync every commit. Only the deterministic simulator turns this off: its
+    # stores live in a throwaway directory, and a simulated crash loses what
+    # was not committed (the group-commit queue), which is what a real crash
+    # loses with sync on.
+    sync: bool = True
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    path: Path
+    region: str
+    options: StorageOptions = field(default_factory=StorageOptions)
+    # Mint under a fresh incarnation from this open on, whatever the directory holds: the
+    # operator knows it may not be the copy that minted this region's newest events.
+    new_incarnation: bool = False

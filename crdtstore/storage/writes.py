@@ -1,0 +1,229 @@
+"""Local writes: client requests committed in batches, each with its log entry and idempotency record.
+
+Everything a write changes (the keys, the log entry, the context, the clock's
+mark, the idempotency record) is written in one write transaction, so a crash
+leaves all of it or none. ``write_batch`` takes many client requests and
+commits them in that one transaction, with one fsync (LMDB's default
+``sync=True``; acknowledged means fsynced; only the simulator's throwaway
+stores turn sync off, ``StorageOptions.sync``). Each request inside the batch is still all-or-nothing on its own: it is
+computed in memory first and written only if every operation in it is valid.
+
+Idempotency records (``idem``, with its expiry index ``idem_time``) are
+bounded by age and count; each batch's housekeeping removes the excess.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import lmdb
+import msgpack
+
+from crdtstore.crdt import (
+    CausalContext,
+    CodecError,
+    HybridLogicalClock,
+    StoreMap,
+    TypeMismatch,
+    VersionVector,
+    decode_as,
+    encode,
+)
+from crdtstore.operations import Operation, apply_operations, fingerprint
+from crdtstore.storage.delta_log import DeltaLog, _log_value
+from crdtstore.storage.environment import _META_HLC, _META_HORIZON, _META_LOG_BYTES
+from crdtstore.storage.errors import DataCorruption, IdempotencyConflict, KeyTooLarge, StorageError, StoreFull
+from crdtstore.storage.keys import _encode_value, lmdb_key
+
+
+@dataclass(frozen=True)
+class WriteRequest:
+    operations: Sequence[Operation]
+    idempotency_key: bytes = b""
+
+
+@dataclass(frozen=True)
+class Applied:
+    token: CausalContext  # the context right after this request: its causal token
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class Failed:
+    error: Exception  # TypeMismatch, IdempotencyConflict, StoreFull, ValueError
+
+
+Result = Applied | Failed
+
+
+@dataclass
+class _Batch:
+    """What one write transaction has done so far, so requests in it see each other."""
+
+    origin: str  # what its writes mint under
+    context: CausalContext
+    log_bytes: int
+    next_seq: int
+    trimmed: dict[str, int] = field(default_factory=dict)
+    replies: dict[bytes, tuple[bytes, Applied]] = field(default_factory=dict)
+
+
+class LocalWrites(DeltaLog):
+    """``write_batch`` and what one batch's transaction does."""
+
+    if TYPE_CHECKING:
+        # Defined by ``LmdbStore``, which keeps the store's origin: a batch may be the first to mint under a new one.
+        def _new_origin(self, txn: lmdb.Transaction) -> str: ...
+        def _took_incarnation(self, previous: str, reason: str) -> None: ...
+
+    def write_batch(self, requests: Sequence[WriteRequest], clock: HybridLogicalClock) -> list[Result]:
+        """Apply every request in one transaction and one fsync; one result per request.
+
+        On a full map the map grows and the batch is retried; when it cannot
+        grow, each request is retried alone so that the ones that fit still
+        land, and the rest fail with ``StoreFull``.
+        """
+        while True:
+            try:
+                return self._commit(requests, clock)
+            except lmdb.MapFullError:
+                if self._grow():
+                    continue
+                if len(requests) == 1:
+                    return [Failed(StoreFull(self._full_message()))]
+                return [self.write_batch([r], clock)[0] for r in requests]
+            except lmdb.DiskError as exc:
+                return [Failed(StoreFull(f"the disk is full or failing: {exc}"))] * len(requests)
+
+    def _commit(self, requests: Sequence[WriteRequest], clock: HybridLogicalClock) -> list[Result]:
+        results: list[Result] = []
+        now_ms = self._wall_ms()
+        retire = self._retire_reason
+        with self.env.begin(write=True) as txn:
+            # A new incarnation is recorded in the transaction of the first batch that mints under it,
+            # and is this store's only once that commits (a batch retried after a full map takes another).
+            origin = self.origin if retire is None else self._new_origin(txn)
+            batch = _Batch(origin, self._context_in(txn), self._log_bytes, self._next_seq(txn))
+            for request in requests:
+                results.append(self._apply_one(txn, batch, request, clock, now_ms))
+            if any(isinstance(r, Applied) and not r.replayed for r in results):
+                # Remove at least twice what this batch could add, so the
+                # bounds hold however large batches get.
+                budget = max(self.config.options.housekeeping_per_batch_max, 2 * len(requests))
+                self._housekeeping(txn, batch, now_ms, budget)
+                self._put_context(txn, batch.context)
+                txn.put(_META_HLC, encode(clock.high_water), db=self.meta)
+                txn.put(_META_LOG_BYTES, str(batch.log_bytes).encode(), db=self.meta)
+                if batch.trimmed:
+                    horizon = self._horizon.join(VersionVector(batch.trimmed))
+                    txn.put(_META_HORIZON, encode(horizon), db=self.meta)
+        # The transaction committed (and fsynced) when the with-block closed.
+        if retire is not None:
+            if self._retire_reason is retire:
+                self._retire_reason = None
+            previous, self.origin = self.origin, batch.origin
+            self._took_incarnation(previous, retire)
+        if batch.trimmed:
+            self._horizon = horizon
+        self._context = batch.context
+        self._hlc_mark = clock.high_water
+        self._log_bytes = batch.log_bytes
+        return results
+
+    def _apply_one(
+        self,
+        txn: lmdb.Transaction,
+        batch: _Batch,
+        request: WriteRequest,
+        clock: HybridLogicalClock,
+        now_ms: int,
+    ) -> Result:
+        idem_key = request.idempotency_key
+        print_ = fingerprint(request.operations) if idem_key else b""
+        if idem_key:
+            previous = batch.replies.get(idem_key) or self._stored_reply(txn, idem_key)
+            if previous is not None:
+                stored_print, applied = previous
+                if stored_print != print_:
+                    return Failed(IdempotencyConflict("this idempotency key was used for a different request"))
+                return Applied(applied.token, replayed=True)
+        keys = sorted({op.key for op in request.operations})
+        try:
+            window = StoreMap({k: s for k in keys if (s := self._get_in(txn, k)) is not None}, batch.context)
+        except (CodecError, StorageError) as exc:
+            return Failed(DataCorruption(f"a stored key of this request cannot be read: {exc}"))
+        try:
+            after, delta = apply_operations(window, request.operations, batch.origin, clock)
+        except (TypeMismatch, ValueError, TypeError) as exc:
+            return Failed(exc)
+        encoded: dict[str, bytes] = {}
+        for key in keys:
+            state = after.entries.get(key)
+            if state is not None and not state.is_bottom():
+                encoded[key] = value = _encode_value(key, state)
+                if len(value) > self.config.options.key_state_bytes_max:
+                    return Failed(
+                        KeyTooLarge(
+                            f"key {key[:60]!r} would hold {len(value)} bytes; a key holds at most "
+                            f"{self.config.options.key_state_bytes_max} (key_state_bytes_max): "
+                            f"remove members or spread the data over more keys"
+                        )
+                    )
+        # The batch's own dots are the contiguous run first..last of this
+        # node's origin (every operation mints at least one); replication sends
+        # entries per origin in that order, and a peer has an entry once its
+        # version vector reaches ``last``. The source is "" for local writes
+        # and the sending peer for relayed ones (provenance).
+        origin = batch.origin
+        first = batch.context.vv.get(origin) + 1
+        last = after.context.max_counter(origin)
+        assert last >= first, "a batch mints at least one dot"
+        log_value = _log_value(origin, first, last, delta, source="", arrived_ms=now_ms)
+        if len(log_value) > self.config.options.log_entry_bytes_max:
+            return Failed(
+                KeyTooLarge(
+                    f"the request's change is {len(log_value)} bytes, more than one replication message carries "
+                    f"({self.config.options.log_entry_bytes_max}, log_entry_bytes_max): split it into smaller batches"
+                )
+            )
+        # Checked above, written now: a refused request writes nothing.
+        for key in keys:
+            if key in encoded:
+                txn.put(lmdb_key(key), encoded[key], db=self.data)
+            else:
+                txn.delete(lmdb_key(key), db=self.data)
+        self._append_log(txn, batch.next_seq, origin, last, log_value)
+        batch.next_seq += 1
+        batch.log_bytes += len(log_value)
+        batch.context = after.context
+        applied = Applied(after.context)
+        if idem_key:
+            record = msgpack.packb([now_ms, print_, encode(after.context)])
+            txn.put(idem_key, record, db=self.idem)
+            txn.put(now_ms.to_bytes(8, "big") + idem_key, b"", db=self.idem_time)
+            batch.replies[idem_key] = (print_, applied)
+        return applied
+
+    def _stored_reply(self, txn: lmdb.Transaction, idem_key: bytes) -> tuple[bytes, Applied] | None:
+        raw = txn.get(idem_key, db=self.idem)
+        if raw is None:
+            return None
+        _, print_, token = msgpack.unpackb(raw)
+        return print_, Applied(decode_as(token, CausalContext))
+
+    def _housekeeping(self, txn: lmdb.Transaction, batch: _Batch, now_ms: int, budget: int) -> None:
+        # Expired or excess idempotency records, oldest first.
+        expire_before = now_ms - self.config.options.idempotency_ttl_s * 1000
+        excess = txn.stat(self.idem)["entries"] - self.config.options.idempotency_records_max
+        cursor = txn.cursor(db=self.idem_time)
+        while budget and cursor.first():
+            stamp = int.from_bytes(cursor.key()[:8], "big")
+            if stamp >= expire_before and excess <= 0:
+                break
+            txn.delete(cursor.key()[8:], db=self.idem)
+            cursor.delete()
+            excess -= 1
+            budget -= 1
+        batch.log_bytes = self._bound_log(txn, batch.log_bytes, batch.trimmed, budget)
