@@ -17,6 +17,7 @@ import lmdb
 import msgpack
 
 from crdtstore.crdt import StoreMap, VersionVector, decode_as, encode
+from crdtstore.replica.wire import RawLogEntry
 from crdtstore.storage.environment import _META_HORIZON, _META_LOG_BYTES, StoreEnvironment
 
 
@@ -49,15 +50,6 @@ class LogSlice(NamedTuple):
         for e in self.entries:
             top[e.origin] = max(top.get(e.origin, 0), e.last)
         return VersionVector(top)
-
-
-class RawLogEntry(NamedTuple):
-    """A log entry as it travels: the delta still in its encoded bytes."""
-
-    origin: str
-    first: int
-    last: int
-    delta: bytes
 
 
 class DeltaLog(StoreEnvironment):

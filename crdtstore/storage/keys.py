@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator
 import lmdb
 
 from crdtstore.crdt import KeyState, decode_as, encode
+from crdtstore.replica.wire import DIGEST_BUCKETS
 from crdtstore.storage.errors import StorageError
 
 _SHORT_KEY_BYTES_MAX = 480
@@ -68,9 +69,6 @@ def _stored_pairs(txn: lmdb.Transaction, data: lmdb._Database) -> Iterator[tuple
     for db_key, value in txn.cursor(db=data):
         raw = bytes(db_key)
         yield (raw, *_split_value(raw, bytes(value)))
-
-
-DIGEST_BUCKETS = 1024
 
 
 def bucket_of(key: str) -> int:

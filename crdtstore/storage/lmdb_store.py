@@ -60,8 +60,9 @@ import lmdb
 from crdtstore.crdt import CausalContext, CodecError, KeyState, Timestamp, VersionVector, decode_as, encode
 from crdtstore.crdt.hlc import ZERO
 from crdtstore.crdt.origin import INCARNATION_HEX_DIGITS, origin_of
+from crdtstore.replica.wire import DIGEST_BUCKETS, RawLogEntry
 from crdtstore.storage.config import StorageConfig, StorageOptions
-from crdtstore.storage.delta_log import LogEntry, LogSlice, RawLogEntry
+from crdtstore.storage.delta_log import LogEntry, LogSlice
 from crdtstore.storage.environment import (
     _META_CONTEXT,
     _META_HLC,
@@ -81,7 +82,7 @@ from crdtstore.storage.errors import (
     StoreFull,
     WrongRegion,
 )
-from crdtstore.storage.keys import _LONG_KEY_PREFIX_BYTES, DIGEST_BUCKETS, _decode_value, bucket_of, lmdb_key
+from crdtstore.storage.keys import _LONG_KEY_PREFIX_BYTES, _decode_value, bucket_of, lmdb_key
 from crdtstore.storage.remote import RemoteApply, RemoteOutcome
 from crdtstore.storage.transfer import StateTransfer
 from crdtstore.storage.writes import Applied, Failed, LocalWrites, WriteRequest
@@ -265,6 +266,10 @@ class LmdbStore(LocalWrites, RemoteApply, StateTransfer):
     def context(self) -> CausalContext:
         """Every event this node has applied; updated only after a commit is durable."""
         return self._context
+
+    def wall_ms(self) -> int:
+        """The store's wall clock: what a relayed entry's arrival is stamped with, and idempotency records' age."""
+        return self._wall_ms()
 
     @property
     def hlc_mark(self) -> Timestamp:

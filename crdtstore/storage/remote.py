@@ -10,7 +10,8 @@ import lmdb
 import msgpack
 
 from crdtstore.crdt import CausalContext, Dot, HybridLogicalClock, KeyState, StoreMap, VersionVector, decode_as, encode
-from crdtstore.storage.delta_log import DeltaLog, LogEntry, RawLogEntry, _log_key, _log_value
+from crdtstore.replica.wire import RawLogEntry
+from crdtstore.storage.delta_log import DeltaLog, LogEntry, _log_key, _log_value
 from crdtstore.storage.environment import _META_HORIZON, _META_LOG_BYTES
 from crdtstore.storage.errors import StoreFull
 from crdtstore.storage.keys import _encode_value, lmdb_key

@@ -19,7 +19,6 @@ from crdtstore.crdt import CausalContext, HybridLogicalClock, VersionVector
 from crdtstore.replica.storage import Applied, LogRead
 from crdtstore.replica.wire import RawLogEntry
 from crdtstore.storage import LmdbStore, RemoteOutcome, StaleTransfer, bucket_of
-from crdtstore.storage import RawLogEntry as StoredEntry
 
 __all__ = ["ReplicaStore"]
 
@@ -89,11 +88,10 @@ class ReplicaStore:
     def read_log(
         self, after: VersionVector, bytes_max: int, *, relay_delay_ms: int | None, held: VersionVector
     ) -> LogRead:
-        wall_ms = self.store._wall_ms()  # the clock relayed entries' arrival is stamped with
+        wall_ms = self.store.wall_ms()
         relayed_before_ms = None if relay_delay_ms is None else wall_ms - relay_delay_ms
         found = self.store.log_since(after, bytes_max, relayed_before_ms=relayed_before_ms, held=held)
-        entries = tuple(RawLogEntry(*e) for e in found.entries)
-        return LogRead(entries, found.reached, found.held_since_ms, wall_ms)
+        return LogRead(tuple(found.entries), found.reached, found.held_since_ms, wall_ms)
 
     def bucket_digests(self) -> tuple[int, ...]:
         return tuple(self.store.bucket_digests())
@@ -108,7 +106,7 @@ class ReplicaStore:
             raise
 
     def apply(self, peer: str, entries: Sequence[RawLogEntry]) -> Applied:
-        outcomes, skews = self.store.apply_raw((StoredEntry(*e) for e in entries), peer, self.clock)
+        outcomes, skews = self.store.apply_raw(entries, peer, self.clock)
         return Applied(RemoteOutcome.GAP in outcomes, skews)
 
     def trim_log(self, upto: VersionVector) -> None:

@@ -16,10 +16,10 @@ import lmdb
 import msgpack
 
 from crdtstore.crdt import CausalContext, CodecError, KeyState, VersionVector, decode_as, encode
+from crdtstore.replica.wire import DIGEST_BUCKETS
 from crdtstore.storage.environment import _META_HORIZON, StoreEnvironment
 from crdtstore.storage.errors import StaleTransfer, StoreFull
 from crdtstore.storage.keys import (
-    DIGEST_BUCKETS,
     _decode_value,
     _digests,
     _encode_value,
