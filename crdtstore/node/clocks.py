@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-__all__ = ["ClockSample", "clock_sample"]
+__all__ = ["ClockSample", "PeerClock", "clock_sample"]
 
 
 class ClockSample(NamedTuple):
@@ -34,3 +34,42 @@ def clock_sample(echoed_ms: int, held_ms: int, peer_sent_ms: int, now_ms: int) -
         return None
     offset = ((peer_sent_ms - held_ms - echoed_ms) + (peer_sent_ms - now_ms)) // 2
     return ClockSample(offset, (round_trip + 1) // 2)
+
+
+class PeerClock:
+    """What this node knows of one peer's clock, from the messages of its current stream.
+
+    ``received`` reads the clock fields of each message from the peer;
+    ``stamp`` fills them in on each message to it: the sender's wall clock as
+    the message leaves, and an echo of the peer's last one with how long it
+    was held here. The offset measured last is kept across streams (it is
+    shown with its age; the fence counts only fresh ones).
+    """
+
+    def __init__(self) -> None:
+        self.offset_ms: int | None = None  # the peer's clock minus this node's, as last measured
+        self.error_ms = 0  # that measurement is right to within this
+        self.measured_at = 0.0  # monotonic seconds of that measurement
+        self._peer_sent_wall_ms = 0  # the last message from the peer on this stream: its clock ...
+        self._peer_received_at = 0.0  # ... and when it arrived (monotonic seconds)
+
+    def new_stream(self) -> None:
+        self._peer_sent_wall_ms = 0
+
+    def received(self, sent_wall_ms: int, echo_wall_ms: int, echo_held_ms: int, wall_ms: int, now_s: float) -> None:
+        """A message from the peer: sent at ``sent_wall_ms`` (its clock), arriving at ``wall_ms`` (this clock)."""
+        if not sent_wall_ms:
+            return
+        self._peer_sent_wall_ms = sent_wall_ms
+        self._peer_received_at = now_s
+        if echo_wall_ms:
+            sample = clock_sample(echo_wall_ms, echo_held_ms, sent_wall_ms, wall_ms)
+            if sample is not None:
+                self.offset_ms, self.error_ms = sample
+                self.measured_at = now_s
+
+    def stamp(self, wall_ms: int, now_s: float) -> tuple[int, int, int]:
+        """The clock fields of a message leaving now: (sent_wall_ms, echo_wall_ms, echo_held_ms)."""
+        if not self._peer_sent_wall_ms:
+            return wall_ms, 0, 0
+        return wall_ms, self._peer_sent_wall_ms, round((now_s - self._peer_received_at) * 1000)

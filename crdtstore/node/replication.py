@@ -57,13 +57,14 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from crdtstore.crdt import CodecError, HybridLogicalClock, VersionVector
-from crdtstore.node.clocks import clock_sample
+from crdtstore.node.clocks import PeerClock
 from crdtstore.node.config import NodeConfig
+from crdtstore.node.streams import certificate_names, open_channel, server_options, sync_call
 from crdtstore.node.waits import VectorWaits
 from crdtstore.node.writer import GroupCommitWriter
 from crdtstore.replica.core import ReplicaCore
 from crdtstore.replica.driver import Driver, Job, Ready
-from crdtstore.replica.wire import SYNC_METHOD, Ack, ProtocolError, parse, to_pb
+from crdtstore.replica.wire import Ack, ProtocolError, parse, to_pb
 from crdtstore.storage import LmdbStore
 from crdtstore.storage.replication import ReplicaStore
 from crdtstore.v1 import replication_pb2 as rpb
@@ -93,12 +94,15 @@ class _Link:
     epoch: int = 0
     stream: _Stream | None = None
     session: asyncio.Task[Any] | None = None
-    clock_offset_ms: int | None = None  # the peer's clock minus this node's, as last measured
-    clock_error_ms: int = 0  # that measurement is right to within this
-    offset_at: float = 0.0  # monotonic time of that measurement
-    # The last message from the peer on this stream: its sent_wall_ms, and when it arrived (monotonic).
-    peer_sent_wall_ms: int = 0
-    peer_received_at: float = 0.0
+    clock: PeerClock = field(default_factory=PeerClock)
+
+    @property
+    def clock_offset_ms(self) -> int | None:
+        return self.clock.offset_ms
+
+    @property
+    def clock_error_ms(self) -> int:
+        return self.clock.error_ms
 
 
 class Replicator:
@@ -210,10 +214,10 @@ class Replicator:
             1
             for link in self.links.values()
             if link.stream is not None
-            and link.clock_offset_ms is not None
-            and link.offset_at >= fresh_after
+            and link.clock.offset_ms is not None
+            and link.clock.measured_at >= fresh_after
             # Out of bounds even if the measurement erred as far as it can the other way.
-            and abs(link.clock_offset_ms) - link.clock_error_ms > bound
+            and abs(link.clock.offset_ms) - link.clock.error_ms > bound
         )
         return out * 2 > len(self.links)
 
@@ -320,11 +324,9 @@ class Replicator:
     async def _dial_once(self, link: _Link) -> bool:
         """One stream to ``link``'s peer, until it breaks; True if the peer answered at all."""
         answered = False
-        channel = self._open_channel(link)
+        channel = open_channel(link.address, link.name, self._tls, self.settings, self.config.message_bytes_max)
         try:
-            call: grpc.aio.StreamStreamCall[Any, Any] = channel.stream_stream(
-                SYNC_METHOD, request_serializer=rpb.SyncMessage.SerializeToString, response_deserializer=None
-            )()
+            call = sync_call(channel)
 
             async def read() -> bytes | None:
                 nonlocal answered
@@ -346,43 +348,9 @@ class Replicator:
             await channel.close(grace=None)
         return answered
 
-    def _open_channel(self, link: _Link) -> grpc.aio.Channel:
-        if self._tls is None:
-            return grpc.aio.insecure_channel(link.address, options=self._channel_options())
-        cert, key, ca = self._tls
-        credentials = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
-        # The peer's certificate must name its region, whatever address it is dialled at.
-        options = [*self._channel_options(), ("grpc.ssl_target_name_override", link.name)]
-        return grpc.aio.secure_channel(link.address, credentials, options=options)
-
-    def _keepalive_options(self) -> list[tuple[str, Any]]:
-        s = self.settings
-        return [
-            ("grpc.keepalive_time_ms", s.keepalive_ms),
-            ("grpc.keepalive_timeout_ms", s.keepalive_timeout_ms),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.max_pings_without_data", 0),
-        ]
-
-    def _channel_options(self) -> list[tuple[str, Any]]:
-        s = self.settings
-        return [
-            *self._keepalive_options(),
-            ("grpc.max_receive_message_length", self.config.message_bytes_max),
-            ("grpc.max_send_message_length", self.config.message_bytes_max),
-            ("grpc.min_reconnect_backoff_ms", s.reconnect_backoff_max_ms),
-            ("grpc.max_reconnect_backoff_ms", s.reconnect_backoff_max_ms),
-            ("grpc.enable_retries", 0),
-        ]
-
     def server_options(self) -> list[tuple[str, Any]]:
         """Options the gRPC server needs so that peers' keepalive pings are welcome."""
-        s = self.settings
-        return [
-            *self._keepalive_options(),
-            ("grpc.http2.min_recv_ping_interval_without_data_ms", max(100, s.keepalive_ms // 2)),
-            ("grpc.http2.min_ping_interval_without_data_ms", max(100, s.keepalive_ms // 2)),
-        ]
+        return server_options(self.settings)
 
     async def serve_stream(self, request_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         """The server side of ``Replication.Sync``: the peer's Hello comes first and names it."""
@@ -407,7 +375,7 @@ class Replicator:
                 f"region {first.hello.region!r} is not a peer of region {self.config.region!r}; "
                 f"add it with --peer on both sides",
             )
-        if self.config.tls.require_client_cert and not _certificate_names(context, link.name):
+        if self.config.tls.require_client_cert and not certificate_names(context, link.name):
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"the client certificate does not name region {link.name!r}; a peer's certificate must carry "
@@ -441,17 +409,16 @@ class Replicator:
         stream = _Stream()
         link.stream = stream
         link.session = asyncio.current_task()
-        link.peer_sent_wall_ms = 0
+        link.clock.new_stream()
         peer = link.name
 
         async def pump() -> None:
             while True:
                 message = await stream.queue.get()
                 stream.room.set()
-                message.sent_wall_ms = self._wall_ms()  # when it leaves, not when it was queued
-                if link.peer_sent_wall_ms:
-                    message.echo_wall_ms = link.peer_sent_wall_ms
-                    message.echo_held_ms = round((time.monotonic() - link.peer_received_at) * 1000)
+                # When it leaves, not when it was queued.
+                stamps = link.clock.stamp(self._wall_ms(), time.monotonic())
+                message.sent_wall_ms, message.echo_wall_ms, message.echo_held_ms = stamps
                 await write(message)
 
         async def receive() -> None:
@@ -459,7 +426,9 @@ class Replicator:
             raw = first if first is not None else await read()
             while raw is not None:
                 pb, message = parse(raw, peer)
-                self._measure_clock(link, pb)
+                link.clock.received(
+                    pb.sent_wall_ms, pb.echo_wall_ms, pb.echo_held_ms, self._wall_ms(), time.monotonic()
+                )
                 persisting = self._handle(self.driver.received(peer, message, _monotonic_ms()))
                 if persisting is not None:
                     await persisting  # the next message is read once this one's entries are durable
@@ -487,24 +456,6 @@ class Replicator:
                 link.stream = None
                 link.session = None
                 self._handle(self.driver.disconnected(peer, _monotonic_ms()))
-
-    def _measure_clock(self, link: _Link, message: rpb.SyncMessage) -> None:
-        if not message.sent_wall_ms:
-            return
-        link.peer_sent_wall_ms = message.sent_wall_ms  # echoed back with the next message to the peer
-        link.peer_received_at = time.monotonic()
-        if message.echo_wall_ms:
-            sample = clock_sample(message.echo_wall_ms, message.echo_held_ms, message.sent_wall_ms, self._wall_ms())
-            if sample is not None:
-                link.clock_offset_ms, link.clock_error_ms = sample
-                link.offset_at = link.peer_received_at
-
-
-def _certificate_names(context: grpc.aio.ServicerContext[Any, Any], region: str) -> bool:
-    """Whether the caller's verified certificate names ``region``."""
-    auth = context.auth_context()
-    names = [*auth.get("x509_subject_alternative_name", []), *auth.get("x509_common_name", [])]
-    return region.encode() in names
 
 
 def _monotonic_ms() -> int:
