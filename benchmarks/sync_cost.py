@@ -30,7 +30,7 @@ from benchmarks.common import group_parser, print_line
 from benchmarks.figures import Baseline, Figure, Stats, write_json
 from crdtstore.crdt import HybridLogicalClock, StoreMap, VersionVector, encode
 from crdtstore.operations import AddMembers, Increment, Operation, SetRegister
-from crdtstore.replica.driver import Driver, Outgoing, Ready, run_inline
+from crdtstore.replica.driver import Driver, Outgoing, Ready, TickTimer, run_inline
 from crdtstore.replica.settings import ReplicationSettings
 from crdtstore.replica.wire import Entries, Message, RawLogEntry, entry_size, size_of
 from crdtstore.storage import Applied, LmdbStore, StorageConfig, StorageOptions, WriteRequest
@@ -211,7 +211,7 @@ class _Node:
         )
         self.clock = HybridLogicalClock(self.wall_ms, floor=self.store.hlc_mark)
         self.driver = Driver(name, peers, ReplicaStore(self.store, self.clock, path), SETTINGS)
-        self._tick_at: int | None = None
+        self._ticks = TickTimer(self.net.after)
 
     def wall_ms(self) -> int:
         return _EPOCH_MS + self.net.now_ms
@@ -241,16 +241,7 @@ class _Node:
 
     def _handle(self, ready: Ready) -> None:
         wake_at_ms = run_inline(self.driver, ready, self.net.now_ms, send=self._send, close=self._close)
-        if self._tick_at is not None and self._tick_at <= wake_at_ms:
-            return
-        self._tick_at = at_ms = wake_at_ms
-
-        def tick() -> None:
-            if self._tick_at == at_ms:
-                self._tick_at = None
-                self._handle(self.driver.tick(self.net.now_ms))
-
-        self.net.after(max(0, at_ms - self.net.now_ms), tick)
+        self._ticks.wake_at(wake_at_ms, self.net.now_ms, lambda: self._handle(self.driver.tick(self.net.now_ms)))
 
     def _send(self, outgoing: Outgoing) -> None:
         self.net.send(self.name, outgoing.peer, outgoing.message, "heartbeat" if outgoing.heartbeat else "")

@@ -55,7 +55,7 @@ from crdtstore.crdt import (
 from crdtstore.crdt.origin import region_of
 from crdtstore.node.config import ServerSettings
 from crdtstore.operations import AddMembers, DeleteKey, Increment, Operation, RemoveMembers, SetRegister
-from crdtstore.replica.driver import Driver, Job, Outgoing, Ready, run_inline
+from crdtstore.replica.driver import Driver, Job, Outgoing, Ready, TickTimer, run_inline
 from crdtstore.replica.settings import ReplicationSettings
 from crdtstore.replica.wire import Message, size_of
 from crdtstore.storage import (
@@ -185,7 +185,7 @@ class _Region:
         self.boot = 0
         self.queue: list[_Request] = []
         self.commit_scheduled = False
-        self.tick_at: int | None = None  # when the next tick is scheduled
+        self.ticks = TickTimer(self.sim.after)
         self.skew_events = 0  # over every boot
         self.start()
 
@@ -210,7 +210,7 @@ class _Region:
         self.driver = Driver(self.name, self.peers, storage, SETTINGS, trace=self.sim.trace_line, logger=_QUIET)
         self.up = True
         self.boot += 1
-        self.tick_at = None
+        self.ticks = TickTimer(self.sim.after)  # a crash takes the old one's ticks with it
         self._schedule_tick(self.sim.now)
 
     def crash(self) -> None:
@@ -230,18 +230,13 @@ class _Region:
 
     def _schedule_tick(self, at_ms: int) -> None:
         """Tick at ``at_ms`` unless a tick is due sooner (the node's tick loop, woken early by events)."""
-        if self.tick_at is not None and self.tick_at <= at_ms:
-            return
-        self.tick_at = at_ms
-        boot = self.boot
+        ticks = self.ticks
 
         def tick() -> None:
-            if not self.up or self.boot != boot or self.tick_at != at_ms:
-                return  # a crash, or a sooner tick took its place
-            self.tick_at = None
-            self.handle(self.driver.tick(self.sim.now))
+            if self.up and ticks is self.ticks:
+                self.handle(self.driver.tick(self.sim.now))
 
-        self.sim.after(max(0, at_ms - self.sim.now), tick)
+        ticks.wake_at(at_ms, self.sim.now, tick)
 
     def submit(self, request: _Request) -> None:
         self.queue.append(request)

@@ -562,3 +562,30 @@ def run_inline(
             result = job.run() if run is None else run(job)
             pending.append(driver.done(job, result, now_ms))
     return wake_at_ms
+
+
+class TickTimer:
+    """When an inline host ticks its driver next: the soonest time asked for; later asks wait for it.
+
+    ``after(ms, fn)`` is the host's scheduler (virtual time). A tick that a
+    sooner one replaced does nothing when its time comes.
+    """
+
+    def __init__(self, after: Callable[[int, Callable[[], None]], None]) -> None:
+        self._after = after
+        self.at_ms: int | None = None
+
+    def wake_at(self, at_ms: int, now_ms: int, tick: Callable[[], None]) -> None:
+        if self.at_ms is not None and self.at_ms <= at_ms:
+            return
+
+        def fire() -> None:
+            if self.at_ms == at_ms:
+                self.at_ms = None
+                tick()
+
+        self.at_ms = at_ms
+        self._after(max(0, at_ms - now_ms), fire)
+
+    def cancel(self) -> None:
+        self.at_ms = None

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from crdtstore.crdt import HybridLogicalClock, encode
 from crdtstore.operations import Operation
-from crdtstore.replica.driver import Driver, Job, Outgoing, Ready, run_inline
+from crdtstore.replica.driver import Driver, Job, Outgoing, Ready, TickTimer, run_inline
 from crdtstore.replica.settings import ReplicationSettings
 from crdtstore.replica.wire import Message, size_of
 from crdtstore.storage import Applied, LmdbStore, StorageConfig, StorageOptions, WriteRequest
@@ -43,7 +43,7 @@ class _Region:
     store: LmdbStore
     driver: Driver
     clock: HybridLogicalClock
-    tick_at: int | None = None
+    ticks: TickTimer
     jobs: list[str] = field(default_factory=list)  # the kind of every job it ran, in order
 
 
@@ -87,7 +87,7 @@ class FakeNetwork:
             clock = HybridLogicalClock(FakeClock(_EPOCH_MS), floor=store.hlc_mark)
             peers = [n for n in names if n != name]
             driver = Driver(name, peers, ReplicaStore(store, clock, root), self.settings)
-            self.regions[name] = _Region(name, store, driver, clock)
+            self.regions[name] = _Region(name, store, driver, clock, TickTimer(self._after))
         self._connections = {pair: _Connection() for pair in itertools.combinations(sorted(names), 2)}
 
     def close(self) -> None:
@@ -222,13 +222,4 @@ class FakeNetwork:
             close=lambda peer, why: self._break(region.name, peer),
             run=run,
         )
-        if region.tick_at is not None and region.tick_at <= wake_at_ms:
-            return
-        region.tick_at = at_ms = wake_at_ms
-
-        def tick() -> None:
-            if region.tick_at == at_ms:
-                region.tick_at = None
-                self._handle(region, region.driver.tick(self.now_ms))
-
-        self._after(max(0, at_ms - self.now_ms), tick)
+        region.ticks.wake_at(wake_at_ms, self.now_ms, lambda: self._handle(region, region.driver.tick(self.now_ms)))
