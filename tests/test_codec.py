@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -24,7 +22,6 @@ from crdtstore.crdt import (
     Timestamp,
     ValueType,
     VersionVector,
-    codec,
     decode,
     decode_as,
     encode,
@@ -591,21 +588,3 @@ def test_golden_bytes(name: str, hex_bytes: str) -> None:
 
 def test_the_golden_values_cover_every_tag() -> None:
     assert {bytes.fromhex(hex_bytes)[1] for _, hex_bytes in GOLDEN} == {int(tag) for tag in Tag}
-
-
-# -- the package -------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("path", sorted(Path(codec.__file__).parent.glob("*.py")), ids=lambda path: path.name)
-def test_the_codec_modules_stay_pure(path: Path) -> None:
-    """tests/test_purity.py's rule for crdtstore/crdt, for the codec's modules one folder down (it reads *.py)."""
-    imported: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            imported.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            assert not node.level, "the codec's modules import absolutely"
-            imported.add(node.module or "")
-    roots = {name.split(".")[0] for name in imported}
-    assert not roots & {"asyncio", "grpc", "lmdb", "os", "pathlib", "socket", "io", "time", "threading", "subprocess"}
-    assert all(name.startswith("crdtstore.crdt") for name in imported if name.split(".")[0] == "crdtstore")
