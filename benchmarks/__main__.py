@@ -41,8 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     size.add_argument(
         "--smoke",
         action="store_true",
-        help="the smallest sizes and one repeat where a group has them (micro, storage, sync_cost; the others run "
-        "as --quick): for the suite's own test",
+        help="the smallest sizes and one repeat where a group has them (micro, storage, sync_cost, peers, "
+        "redis_anchor; the others run as --quick): for the suite's own test",
     )
     run.add_argument(
         "--only",

@@ -66,6 +66,13 @@ GROUPS: dict[str, Group] = {
             "workload as JSON on stdin, times itself and answers JSON on stdout; no network (`npm ci` into "
             "benchmarks/peers_js/node_modules once, when it lacks the locked packages)",
         ),
+        Group(
+            "redis_anchor",
+            "Redis as the anchor: the same operations against redis-server, durable per write",
+            '`crdtstore serve` and `redis-server` (appendonly yes, appendfsync always, save "") each in their own '
+            "process, started by the group on 127.0.0.1 with their data in one temporary directory; load generator in "
+            "this process (crdtstore.client.AsyncClient and redis.asyncio); same machine, no CPU pinning",
+        ),
     )
 }
 

@@ -1,9 +1,9 @@
 """The benchmark suite: every group in turn, with a progress line, into ``results.json``, ``REPORT.md`` and plots.
 
 ``python -m benchmarks run [--quick] [--only NAME,...] [--repeats N] --out DIR``
-runs the groups (``micro``, ``node``, ``replication``, ``storage``, ``sync_cost``, ``peers``)
-one after the other in this process, each with its own servers (or, for
-``peers``, its ``node`` subprocess) where it has any, and
+runs the groups (``micro``, ``node``, ``replication``, ``storage``, ``sync_cost``, ``peers``,
+``redis_anchor``) one after the other in this process, each with its own servers (or, for
+``peers``, its ``node`` subprocess; for ``redis_anchor``, a ``redis-server``) where it has any, and
 writes into DIR:
 
 * ``results.json``: every figure with its unit, median, min and max over the
@@ -39,7 +39,7 @@ import grpc
 import lmdb
 import msgpack
 
-from benchmarks import micro, node, peers, replication, storage, sync_cost
+from benchmarks import micro, node, peers, redis_anchor, replication, storage, sync_cost
 from benchmarks.figures import Figure
 from benchmarks.groups import GROUPS, GroupResult, Mode, SuiteResult
 from benchmarks.report import write_report
@@ -79,6 +79,10 @@ def _peers(mode: Mode, repeats: int | None, log: Log, step: Log) -> tuple[dict[s
     return peers.collect(peers.make_config(mode != "full", repeats, smoke=mode == "smoke"), log, step)
 
 
+def _redis_anchor(mode: Mode, repeats: int | None, log: Log, step: Log) -> tuple[dict[str, Any], list[Figure]]:
+    return redis_anchor.collect(redis_anchor.make_config(mode != "full", repeats, smoke=mode == "smoke"), log, step)
+
+
 # How the suite runs each group of GROUPS (benchmarks/groups.py) in a mode; the test checks both name the same.
 RUNNERS: dict[str, Runner] = {
     "micro": _micro,
@@ -87,6 +91,7 @@ RUNNERS: dict[str, Runner] = {
     "storage": _storage,
     "sync_cost": _sync_cost,
     "peers": _peers,
+    "redis_anchor": _redis_anchor,
 }
 
 
