@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import importlib
 import math
 import os
 import shutil
@@ -129,12 +128,10 @@ class Skipped:
 
 
 def redis_client_module() -> Any:
-    """``redis.asyncio``, imported on first use: the ``redis`` package is an optional extra (``bench``).
+    """``redis.asyncio``, imported on first use: the ``redis`` package is an optional extra (``bench``)."""
+    import redis.asyncio
 
-    Imported through importlib because every import in a benchmarks module stands at module level
-    (tests/test_benchmarks.py), and a suite without the extra must still import this module.
-    """
-    return importlib.import_module("redis.asyncio")
+    return redis.asyncio
 
 
 def redis_unavailable(search_path: str | None = None) -> tuple[str | None, str]:

@@ -136,9 +136,9 @@ def test_node_report_names_targets_beyond_the_same_runs_baselines() -> None:
     assert not any("latency" in line for line in ceilings(results))
 
 
-# Third-party packages that a benchmark module may import inside a function: optional extras (pycrdt; matplotlib
-# for the plots) that the rest of the suite runs without.
-LAZY_THIRD_PARTY = frozenset({"pycrdt", "matplotlib"})
+# Third-party packages that a benchmark module may import inside a function: optional extras (pycrdt; redis for
+# the Redis anchor; matplotlib for the plots) that the rest of the suite runs without.
+LAZY_THIRD_PARTY = frozenset({"pycrdt", "redis", "matplotlib"})
 
 
 def _benchmarks_imports() -> tuple[dict[str, set[str]], list[str]]:
