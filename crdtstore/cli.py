@@ -10,13 +10,15 @@
     crdtstore [--addr HOST:PORT] [--timeout S] sadd KEY MEMBER [MEMBER ...] [--durability D] [--json]
     crdtstore [--addr HOST:PORT] [--timeout S] srem KEY MEMBER [MEMBER ...] [--durability D] [--json]
     crdtstore [--addr HOST:PORT] [--timeout S] del KEY [--durability D] [--json]
+    crdtstore [--addr HOST:PORT] [--timeout S] sismember KEY MEMBER [MEMBER ...] [--after TOKEN] [--json]
+    crdtstore [--addr HOST:PORT] [--timeout S] smembers KEY [--after TOKEN] [--json]
     crdtstore [--addr HOST:PORT] [--timeout S] scan [PREFIX] [--json]
     crdtstore [--addr HOST:PORT] [--timeout S] status [--json]
 
 Input. ``set``'s VALUE is stored as its UTF-8 bytes, except that ``-`` reads
 the value from standard input and ``@PATH`` from a file, byte for byte (so a
 value can be binary, or larger than the shell lets an argument be); ``@@TEXT``
-is the literal ``@TEXT``. A MEMBER of ``sadd`` and ``srem`` is taken the same
+is the literal ``@TEXT``. A MEMBER of ``sadd``, ``srem`` and ``sismember`` is taken the same
 way, but ``-`` and ``@PATH`` give one member per line (UTF-8; empty lines are
 skipped, a trailing carriage return is dropped).
 
@@ -35,7 +37,11 @@ siblings) is not UTF-8. A register with concurrent writes adds ``"siblings"``
 (every live value, winner first, in the same encoding) and a key with slots of
 other types adds ``"conflicts"`` (``[{"type", "value"}, ...]``). A missing key
 is ``{"key": K, "type": null, "value": null}``. ``scan --json`` prints one such
-object per line. Writes print nothing, or with ``--json``
+object per line. ``sismember`` prints ``true`` or ``false`` per member, in
+the order given (``--json``: ``{"key": K, "members": {MEMBER: bool, ...}}``);
+``smembers`` prints a set's members one per line in code point order, read a
+page at a time (``--json``: one JSON string per line); both fail with exit
+status 1 on a key of another type. Writes print nothing, or with ``--json``
 ``{"token": <base64>, "replayed": bool}``.
 
 Exit status: 0 on success (a missing key included), 1 when the server or the
@@ -255,6 +261,23 @@ def _scan(client: Client, args: argparse.Namespace) -> None:
             print(f"{_escape(entry.key)}\t{_human_line(entry.value)}")
 
 
+def _sismember(client: Client, args: argparse.Namespace) -> None:
+    present = client.smismember(args.key, *args.members, after=args.after)
+    if args.json:
+        _print_json({"key": args.key, "members": dict(zip(args.members, present, strict=True))})
+    else:
+        for answer in present:
+            print("true" if answer else "false")
+
+
+def _smembers(client: Client, args: argparse.Namespace) -> None:
+    for member in client.smembers(args.key, after=args.after):
+        if args.json:
+            _print_json(member)
+        else:
+            print(_escape(member))
+
+
 def _status(client: Client, args: argparse.Namespace) -> None:
     raw = client.status()
     status = _status_json(raw)
@@ -360,7 +383,7 @@ def _read_inputs(args: argparse.Namespace, stdin: BinaryIO) -> None:
     """Replace ``set``'s VALUE and the MEMBERs by what they stand for (raises ``_InputError``)."""
     if args.command == "set":
         args.value = _read_value(args.value, stdin)
-    elif args.command in ("sadd", "srem"):
+    elif args.command in ("sadd", "srem", "sismember"):
         args.members = _read_members(args.members, stdin)
 
 
@@ -458,14 +481,10 @@ def build_parser(
         )
         return sub
 
+    after_help = "first wait until this node has seen the token (printed by a write's --json, in any region)"
     get = command("get", _get, "read a key", json_help="print one JSON object")
     get.add_argument("key", metavar="KEY")
-    get.add_argument(
-        "--after",
-        metavar="TOKEN",
-        type=_token,
-        help="first wait until this node has seen the token (printed by a write's --json, in any region)",
-    )
+    get.add_argument("--after", metavar="TOKEN", type=_token, help=after_help)
 
     set_ = write_command("set", _set, "write a register")
     set_.add_argument("key", metavar="KEY")
@@ -496,6 +515,22 @@ def build_parser(
 
     del_ = write_command("del", _del, "delete a key")
     del_.add_argument("key", metavar="KEY")
+
+    sismember = command(
+        "sismember",
+        _sismember,
+        "say whether a set holds members, without reading the set",
+        json_help='print {"key": K, "members": {MEMBER: bool, ...}}',
+    )
+    sismember.add_argument("key", metavar="KEY")
+    sismember.add_argument("members", metavar="MEMBER", nargs="+", help=member_help)
+    sismember.add_argument("--after", metavar="TOKEN", type=_token, help=after_help)
+
+    smembers = command(
+        "smembers", _smembers, "list a set's members, a page at a time", json_help="print one JSON string per line"
+    )
+    smembers.add_argument("key", metavar="KEY")
+    smembers.add_argument("--after", metavar="TOKEN", type=_token, help=after_help)
 
     scan = command("scan", _scan, "list keys in key order", json_help="print one JSON object per line")
     scan.add_argument("prefix", metavar="PREFIX", nargs="?", default="", help="only keys that start with it")

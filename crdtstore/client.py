@@ -451,6 +451,41 @@ def _status_from_proto(resp: kv_pb2.StatusResponse) -> Status:
     )
 
 
+def _token(after: bytes | None) -> kv_pb2.CausalToken | None:
+    return kv_pb2.CausalToken(vector=after) if after else None
+
+
+def _contains_request(key: str, members: Sequence[str], after: bytes | None) -> kv_pb2.ContainsRequest:
+    if not members:
+        raise ValueError("name at least one member")
+    try:
+        return kv_pb2.ContainsRequest(key=key, members=list(members), after=_token(after))
+    except ValueError as exc:
+        raise ClientError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+
+
+def _present(resp: kv_pb2.ContainsResponse, asked: int) -> list[bool]:
+    if len(resp.present) != asked:
+        raise _malformed(f"Contains answered for {len(resp.present)} members, {asked} were asked")
+    return list(resp.present)
+
+
+def _members_request(key: str, page_size: int, page_token: str, after: bytes | None) -> kv_pb2.MembersRequest:
+    if not 0 <= page_size <= _UINT32_MAX:
+        raise ValueError(f"page_size must be between 0 (the server's default) and {_UINT32_MAX}, not {page_size}")
+    try:
+        return kv_pb2.MembersRequest(key=key, limit=page_size, page_token=page_token, after=_token(after))
+    except ValueError as exc:
+        raise ClientError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+
+
+def _members_page(resp: kv_pb2.MembersResponse, page_token: str) -> tuple[list[str], str]:
+    """The members of one page and the token of the next ('' when done)."""
+    if resp.next_page_token and resp.next_page_token == page_token:
+        raise _malformed("a members page repeats its own page token")
+    return list(resp.members), resp.next_page_token
+
+
 def _scan_page(resp: kv_pb2.ScanResponse, page_token: str) -> tuple[list[Entry], str]:
     """The entries of one page and the token of the next ('' when done)."""
     if resp.next_page_token and resp.next_page_token == page_token:
@@ -474,6 +509,8 @@ class _Rpc(Generic[ReqT, RespT]):
 _GET: _Rpc[kv_pb2.GetRequest, kv_pb2.GetResponse] = _Rpc("KV", "Get", kv_pb2.GetResponse)
 _MUTATE: _Rpc[kv_pb2.MutateRequest, kv_pb2.MutateResponse] = _Rpc("KV", "Mutate", kv_pb2.MutateResponse)
 _SCAN: _Rpc[kv_pb2.ScanRequest, kv_pb2.ScanResponse] = _Rpc("KV", "Scan", kv_pb2.ScanResponse)
+_CONTAINS: _Rpc[kv_pb2.ContainsRequest, kv_pb2.ContainsResponse] = _Rpc("KV", "Contains", kv_pb2.ContainsResponse)
+_MEMBERS: _Rpc[kv_pb2.MembersRequest, kv_pb2.MembersResponse] = _Rpc("KV", "Members", kv_pb2.MembersResponse)
 _STATUS: _Rpc[kv_pb2.StatusRequest, kv_pb2.StatusResponse] = _Rpc("Admin", "Status", kv_pb2.StatusResponse)
 
 
@@ -627,6 +664,24 @@ class Client(_ClientBase):
             if not page_token:
                 return
 
+    def sismember(self, key: str, member: str, *, after: bytes | None = None) -> bool:
+        """Whether the set at ``key`` holds ``member`` (False for a missing key), without reading the set."""
+        return self.smismember(key, member, after=after)[0]
+
+    def smismember(self, key: str, *members: str, after: bytes | None = None) -> list[bool]:
+        """Whether the set at ``key`` holds each of ``members``, in the order given."""
+        return _present(self._call(_CONTAINS, _contains_request(key, members, after)), len(members))
+
+    def smembers(self, key: str, *, page_size: int = 0, after: bytes | None = None) -> Iterator[str]:
+        """The set's members in code point order, fetched ``page_size`` at a time (0: the server's default)."""
+        page_token = ""
+        while True:
+            resp = self._call(_MEMBERS, _members_request(key, page_size, page_token, after))
+            members, page_token = _members_page(resp, page_token)
+            yield from members
+            if not page_token:
+                return
+
     def status(self) -> Status:
         return _status_from_proto(self._call(_STATUS, kv_pb2.StatusRequest()))
 
@@ -702,6 +757,25 @@ class AsyncClient(_ClientBase):
             entries, page_token = _scan_page(resp, page_token)
             for entry in entries:
                 yield entry
+            if not page_token:
+                return
+
+    async def sismember(self, key: str, member: str, *, after: bytes | None = None) -> bool:
+        """Whether the set at ``key`` holds ``member`` (False for a missing key), without reading the set."""
+        return (await self.smismember(key, member, after=after))[0]
+
+    async def smismember(self, key: str, *members: str, after: bytes | None = None) -> list[bool]:
+        """Whether the set at ``key`` holds each of ``members``, in the order given."""
+        return _present(await self._call(_CONTAINS, _contains_request(key, members, after)), len(members))
+
+    async def smembers(self, key: str, *, page_size: int = 0, after: bytes | None = None) -> AsyncIterator[str]:
+        """The set's members in code point order, fetched ``page_size`` at a time (0: the server's default)."""
+        page_token = ""
+        while True:
+            resp = await self._call(_MEMBERS, _members_request(key, page_size, page_token, after))
+            members, page_token = _members_page(resp, page_token)
+            for member in members:
+                yield member
             if not page_token:
                 return
 

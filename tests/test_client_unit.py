@@ -78,6 +78,8 @@ class FakeKV:
         self.gets: list[str] = []
         self.applied: dict[bytes, kv_pb2.MutateResponse] = {}
         self.status_token = b"\x00\xff"
+        self.members_requests: list[kv_pb2.MembersRequest] = []
+        self.contains_extra: list[bool] = []  # answers beyond the members asked: a malformed reply
 
     def put(self, key: str, kv: kv_pb2.KeyValue) -> None:
         kv.key = key
@@ -115,6 +117,23 @@ class FakeKV:
         page = keys[: request.limit or 1000]
         more = len(keys) > len(page)
         return kv_pb2.ScanResponse(entries=[self.entries[k] for k in page], next_page_token=page[-1] if more else "")
+
+    def _members(self, key: str) -> list[str]:
+        return sorted(self.entries[key].value.members) if key in self.entries else []
+
+    def Contains(self, request: kv_pb2.ContainsRequest, context: grpc.ServicerContext) -> kv_pb2.ContainsResponse:
+        self._maybe_fail(context)
+        held = set(self._members(request.key))
+        present = [m in held for m in request.members] + self.contains_extra
+        return kv_pb2.ContainsResponse(present=present)
+
+    def Members(self, request: kv_pb2.MembersRequest, context: grpc.ServicerContext) -> kv_pb2.MembersResponse:
+        self.members_requests.append(request)
+        self._maybe_fail(context)
+        members = [m for m in self._members(request.key) if m > request.page_token]
+        page = members[: request.limit or 1000]
+        more = len(members) > len(page)
+        return kv_pb2.MembersResponse(members=page, next_page_token=page[-1] if more else "")
 
     def Status(self, request: kv_pb2.StatusRequest, context: grpc.ServicerContext) -> kv_pb2.StatusResponse:
         self._maybe_fail(context)
@@ -390,6 +409,19 @@ def test_scan_follows_page_tokens(kv: Client, fake: FakeKV) -> None:
     assert [(e.key, e.value) for e in entries] == [(f"user/{i}", i) for i in range(5)]
     assert [(s.limit, s.page_token) for s in fake.scans] == [(2, ""), (2, "user/1"), (2, "user/3")]
     assert all(e.token == b"" for e in entries)
+
+
+def test_membership_and_members_follow_page_tokens(kv: Client, fake: FakeKV) -> None:
+    fake.put("s", kv_pb2.KeyValue(value=kv_pb2.Value(type=kv_pb2.VALUE_TYPE_SET, members=["a", "b", "c", "d", "e"])))
+    assert kv.smismember("s", "b", "x") == [True, False]
+    assert kv.sismember("s", "e")
+    assert list(kv.smembers("s", page_size=2)) == ["a", "b", "c", "d", "e"]
+    assert [(r.limit, r.page_token) for r in fake.members_requests] == [(2, ""), (2, "b"), (2, "d")]
+    with pytest.raises(ValueError, match="at least one member"):
+        kv.smismember("s")
+    fake.contains_extra = [True]
+    with pytest.raises(ClientError, match="answered for 2 members, 1 were asked"):
+        kv.sismember("s", "a")
 
 
 def test_status(kv: Client) -> None:

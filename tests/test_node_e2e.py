@@ -187,6 +187,8 @@ def test_async_client(server: ServerProcess) -> None:
             assert (reg.type, reg.value) == ("register", b"one")
             assert (ctr.type, ctr.value) == ("counter", 2)
             assert (st.type, st.value) == ("set", frozenset({"a", "b"}))
+            assert await kv.smismember("async/set", "a", "c") == [True, False]
+            assert [m async for m in kv.smembers("async/set", page_size=1)] == ["a", "b"]
 
             # Concurrent increments through one channel all land.
             await asyncio.gather(*(kv.incr("async/many") for _ in range(50)))
@@ -246,6 +248,54 @@ def test_scan_prefix_and_paging(client: Client) -> None:
 
     assert [e.key for e in client.scan("page/02", page_size=3)] == [k for k in keys if k.startswith("page/02")]
     assert list(client.scan("no-such-prefix/", page_size=3)) == []
+
+
+def test_membership_and_members_of_a_set_a_page_at_a_time(client: Client) -> None:
+    members = [f"m{i:04d}" for i in range(2_345)] + ["Zebra", "äpfel", "𝄞"]
+    for i in range(0, len(members), 1000):
+        client.sadd("members/s", *members[i : i + 1000])
+    client.srem("members/s", "m0007")
+    present = sorted(set(members) - {"m0007"})  # code point order: what the server promises
+    assert client.smismember("members/s", "m0001", "m0007", "nope", "𝄞") == [True, False, False, True]
+    assert client.sismember("members/s", "äpfel")
+    assert not client.sismember("members/missing-key", "m0001")
+    for page_size in (0, 1, 999, 2_345, 10_000):
+        assert list(client.smembers("members/s", page_size=page_size)) == present, page_size
+    assert list(client.smembers("members/missing-key")) == []
+    # The raw pages: each at most the limit, the last with no next token.
+    token, pages, seen = "", 0, []
+    with grpc.insecure_channel(client.addr) as channel:
+        stub: Any = kv_pb2_grpc.KVStub(channel)
+        while pages < 100:
+            resp = stub.Members(
+                kv_pb2.MembersRequest(key="members/s", limit=500, page_token=token), timeout=RPC_TIMEOUT_S
+            )
+            pages += 1
+            assert len(resp.members) <= 500
+            seen.extend(resp.members)
+            token = resp.next_page_token
+            if not token:
+                break
+        assert (pages, seen) == (5, present)
+        with pytest.raises(grpc.RpcError) as bad_token:
+            stub.Members(kv_pb2.MembersRequest(key="members/s", page_token="%%%"), timeout=RPC_TIMEOUT_S)
+        assert bad_token.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.RpcError) as no_members:
+            stub.Contains(kv_pb2.ContainsRequest(key="members/s"), timeout=RPC_TIMEOUT_S)
+        assert no_members.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_membership_of_a_key_of_another_type_is_refused(client: Client) -> None:
+    client.incr("members/counter")
+    for read in (lambda: client.sismember("members/counter", "x"), lambda: list(client.smembers("members/counter"))):
+        with pytest.raises(TypeMismatchError, match="holds a counter, not a set"):
+            read()
+
+
+def test_membership_reads_wait_for_a_token(client: Client) -> None:
+    token = client.sadd("members/t", "a").token
+    assert client.sismember("members/t", "a", after=token)
+    assert list(client.smembers("members/t", after=token)) == ["a"]
 
 
 def test_idempotency_applies_once(client: Client) -> None:
@@ -347,6 +397,27 @@ def test_cli_set_members(server: ServerProcess) -> None:
     }
     human = run_cli("get", "cli/set", addr=addr)
     assert human.stdout.splitlines() == sorted(["apple", "Zebra", "äpfel"])
+
+
+def test_cli_sismember_and_smembers(server: ServerProcess, client: Client) -> None:
+    addr = server.addr
+    members = [f"c{i:04d}" for i in range(1_500)] + ["tab\there"]  # more than one page of the server's default
+    client.sadd("cli/members", *members)
+    proc = run_cli("sismember", "cli/members", "c0001", "nope", addr=addr)
+    assert (proc.returncode, proc.stdout) == (0, "true\nfalse\n"), proc.stderr
+    assert cli_json(run_cli("sismember", "cli/members", "c0001", "nope", "--json", addr=addr)) == {
+        "key": "cli/members",
+        "members": {"c0001": True, "nope": False},
+    }
+    listed = run_cli("smembers", "cli/members", addr=addr)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines() == sorted(m.replace("\t", "\\t") for m in members)
+    as_json = run_cli("smembers", "cli/members", "--json", addr=addr)
+    assert [json.loads(line) for line in as_json.stdout.splitlines()] == sorted(members)
+    assert run_cli("set", "cli/not-a-set", "x", addr=addr).returncode == 0
+    wrong = run_cli("smembers", "cli/not-a-set", addr=addr)
+    assert wrong.returncode == 1
+    assert "not a set" in wrong.stderr
 
 
 def test_cli_delete_and_missing_key(server: ServerProcess) -> None:
@@ -567,7 +638,7 @@ def test_reflection_lists_the_services(server: ServerProcess) -> None:
         assert "grpc.health.v1.Health" in services
         proto = db.FindFileContainingSymbol("crdtstore.v1.KV")
         kv_service = next(s for s in proto.service if s.name == "KV")
-        assert {m.name for m in kv_service.method} == {"Get", "Mutate", "Scan"}
+        assert {m.name for m in kv_service.method} == {"Get", "Mutate", "Scan", "Contains", "Members"}
 
 
 # -- refusing to start -------------------------------------------------------------------------

@@ -85,6 +85,9 @@ class ServerSettings:
     scan_page_max: int = 1000
     scan_page_default: int = 100
     scan_page_bytes_max: int = 4 * 1024 * 1024
+    # A set's members per Members page (its limit, and when it gives none).
+    members_page_max: int = 10_000
+    members_page_default: int = 1000
     # Clocks: a remote timestamp further ahead than this is not taken into the clock.
     max_clock_offset_ms: int = 500
 
@@ -271,6 +274,8 @@ class NodeConfig:
             tls.read()
         if self.server.scan_page_default > self.server.scan_page_max:
             raise ConfigError("server.scan_page_default is larger than server.scan_page_max")
+        if self.server.members_page_default > self.server.members_page_max:
+            raise ConfigError("server.members_page_default is larger than server.members_page_max")
 
 
 def _merge_section(current: Any, values: dict[str, Any], where: str) -> Any:

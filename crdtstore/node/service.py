@@ -166,27 +166,86 @@ class KVService:
                 f"key of {size} bytes; the maximum is {self.node.config.limits.key_bytes_max}",
             )
 
+    async def _wait_after(self, token: pb.CausalToken, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """A read with a causal token waits, within its deadline, until this node has seen what the token covers."""
+        if not token.vector:
+            return
+        store = self.node.store
+        try:
+            after = decode_as(token.vector, VersionVector)
+        except CodecError:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "the after token is not one crdtstore issued")
+        replicator = self.node.replicator
+        if not await replicator.wait_seen(after, _answer_before_deadline_s(_time_left(context))):
+            behind = events_behind(store.context.vv, after)
+            lag = f": it is {describe_behind(behind)}" if behind else ""
+            await _abort(
+                context,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"region {store.region} has not yet seen the token{lag}. The node is up; replication has not "
+                f"brought it that far yet: retry later, or read in the region that wrote it",
+            )
+
     async def Get(self, request: pb.GetRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.GetResponse:
         await self._refuse_if_draining(context)
         await self._check_key(request.key, context)
+        await self._wait_after(request.after, context)
         store = self.node.store
-        if request.HasField("after") and request.after.vector:
-            try:
-                after = decode_as(request.after.vector, VersionVector)
-            except CodecError:
-                await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "the after token is not one crdtstore issued")
-            replicator = self.node.replicator
-            if not await replicator.wait_seen(after, _answer_before_deadline_s(_time_left(context))):
-                behind = events_behind(store.context.vv, after)
-                lag = f": it is {describe_behind(behind)}" if behind else ""
-                await _abort(
-                    context,
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    f"region {store.region} has not yet seen the token{lag}. The node is up; replication has not "
-                    f"brought it that far yet: retry later, or read in the region that wrote it",
-                )
         token = token_of(store.context.vv)  # read before the value: the value is at least this new
         return pb.GetResponse(entry=key_value_pb(request.key, store.get(request.key)), token=token)
+
+    async def Contains(
+        self, request: pb.ContainsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ContainsResponse:
+        await self._refuse_if_draining(context)
+        await self._check_key(request.key, context)
+        members = list(request.members)
+        if not members:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "name at least one member")
+        limits = self.node.config.limits
+        if len(members) > limits.members_per_operation_max:
+            await _abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{len(members)} members; at most {limits.members_per_operation_max} in one request",
+            )
+        await self._wait_after(request.after, context)
+        store = self.node.store
+        token = token_of(store.context.vv)
+        try:
+            present = await asyncio.to_thread(store.contains, request.key, members)
+        except TypeMismatch as exc:
+            await _abort(
+                context, grpc.StatusCode.FAILED_PRECONDITION, f"key {exc.key!r} holds a {exc.held.label}, not a set"
+            )
+        else:
+            return pb.ContainsResponse(present=present, token=token)
+
+    async def Members(
+        self, request: pb.MembersRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.MembersResponse:
+        await self._refuse_if_draining(context)
+        await self._check_key(request.key, context)
+        settings = self.node.config.server
+        limit = min(request.limit or settings.members_page_default, settings.members_page_max)
+        try:
+            after = _decode_page_token(request.page_token).decode("utf-8")
+        except (binascii.Error, UnicodeError, ValueError):
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "page_token is not one this server issued")
+        await self._wait_after(request.after, context)
+        store = self.node.store
+        token = token_of(store.context.vv)
+        try:
+            members, more = await asyncio.to_thread(store.set_members, request.key, after, limit)
+        except TypeMismatch as exc:
+            await _abort(
+                context, grpc.StatusCode.FAILED_PRECONDITION, f"key {exc.key!r} holds a {exc.held.label}, not a set"
+            )
+        else:
+            response = pb.MembersResponse(members=members, token=token)
+            if more:
+                response.next_page_token = base64.urlsafe_b64encode(members[-1].encode("utf-8")).decode("ascii")
+            return response
 
     async def Mutate(  # noqa: RET503 (every path returns or aborts; _abort never returns)
         self, request: pb.MutateRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -270,6 +329,10 @@ class KVService:
         return response
 
 
+def _not_a_set(exc: TypeMismatch) -> str:
+    return f"key {exc.key!r} holds a {exc.held.label}, not a set"
+
+
 def _decode_page_token(token: str) -> bytes:
     if not token:
         return b""
@@ -348,6 +411,8 @@ def add_services(server: grpc.aio.Server, node: NodeState) -> list[str]:
             "Get": _parsing(kv.Get, pb.GetRequest, pb.GetResponse),
             "Mutate": _parsing(kv.Mutate, pb.MutateRequest, pb.MutateResponse),
             "Scan": _parsing(kv.Scan, pb.ScanRequest, pb.ScanResponse),
+            "Contains": _parsing(kv.Contains, pb.ContainsRequest, pb.ContainsResponse),
+            "Members": _parsing(kv.Members, pb.MembersRequest, pb.MembersResponse),
         },
         "crdtstore.v1.Admin": {
             "Status": _parsing(admin.Status, pb.StatusRequest, pb.StatusResponse),

@@ -52,12 +52,23 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import lmdb
 
-from crdtstore.crdt import CausalContext, CodecError, KeyState, Timestamp, VersionVector, decode_as, encode
+from crdtstore.crdt import (
+    AWSet,
+    CausalContext,
+    CodecError,
+    KeyState,
+    Timestamp,
+    TypeMismatch,
+    ValueType,
+    VersionVector,
+    decode_as,
+    encode,
+)
 from crdtstore.crdt.hlc import ZERO
 from crdtstore.crdt.origin import INCARNATION_HEX_DIGITS, origin_of
 from crdtstore.replica.wire import DIGEST_BUCKETS, RawLogEntry
@@ -287,6 +298,35 @@ class LmdbStore(LocalWrites, RemoteApply, StateTransfer):
         if raw is None:
             return None
         return _decode_value(db_key, raw)[1]
+
+    def contains(self, key: str, members: Sequence[str]) -> list[bool]:
+        """Whether the set at ``key`` holds each of ``members`` (all False for a missing key).
+
+        ``TypeMismatch`` if the key holds another type and no set. Today this
+        reads the whole key; with members stored as their own records it
+        will read only theirs.
+        """
+        held = self._set_of(key)
+        return [bool(held.entries.get(m)) for m in members]
+
+    def set_members(self, key: str, after: str = "", limit: int = 1000) -> tuple[list[str], bool]:
+        """The set's members after ``after`` in code point order, at most ``limit``; and whether more follow."""
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, not {limit}")
+        present = sorted(m for m in self._set_of(key).value() if m > after)
+        return present[:limit], len(present) > limit
+
+    def _set_of(self, key: str) -> AWSet:
+        state = self.get(key)
+        if state is None:
+            return AWSet()
+        slot = state.slots.get(ValueType.SET)
+        if isinstance(slot, AWSet) and not slot.is_bottom():
+            return slot
+        held = state.visible_type
+        if held is None:
+            return AWSet()
+        raise TypeMismatch(key, held, ValueType.SET)
 
     def scan(
         self, prefix: str = "", after: bytes = b"", limit: int = 100, bytes_max: int = 4 * 1024 * 1024

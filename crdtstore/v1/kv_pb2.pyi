@@ -171,6 +171,46 @@ class ScanResponse(_message.Message):
     next_page_token: str
     def __init__(self, entries: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
+class ContainsRequest(_message.Message):
+    __slots__ = ("key", "members", "after")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    members: _containers.RepeatedScalarFieldContainer[str]
+    after: CausalToken
+    def __init__(self, key: _Optional[str] = ..., members: _Optional[_Iterable[str]] = ..., after: _Optional[_Union[CausalToken, _Mapping]] = ...) -> None: ...
+
+class ContainsResponse(_message.Message):
+    __slots__ = ("present", "token")
+    PRESENT_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    present: _containers.RepeatedScalarFieldContainer[bool]
+    token: CausalToken
+    def __init__(self, present: _Optional[_Iterable[bool]] = ..., token: _Optional[_Union[CausalToken, _Mapping]] = ...) -> None: ...
+
+class MembersRequest(_message.Message):
+    __slots__ = ("key", "limit", "page_token", "after")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    limit: int
+    page_token: str
+    after: CausalToken
+    def __init__(self, key: _Optional[str] = ..., limit: _Optional[int] = ..., page_token: _Optional[str] = ..., after: _Optional[_Union[CausalToken, _Mapping]] = ...) -> None: ...
+
+class MembersResponse(_message.Message):
+    __slots__ = ("members", "next_page_token", "token")
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    members: _containers.RepeatedScalarFieldContainer[str]
+    next_page_token: str
+    token: CausalToken
+    def __init__(self, members: _Optional[_Iterable[str]] = ..., next_page_token: _Optional[str] = ..., token: _Optional[_Union[CausalToken, _Mapping]] = ...) -> None: ...
+
 class StatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

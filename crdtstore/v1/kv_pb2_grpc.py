@@ -49,6 +49,16 @@ class KVStub:
                 request_serializer=crdtstore_dot_v1_dot_kv__pb2.ScanRequest.SerializeToString,
                 response_deserializer=crdtstore_dot_v1_dot_kv__pb2.ScanResponse.FromString,
                 _registered_method=True)
+        self.Contains = channel.unary_unary(
+                '/crdtstore.v1.KV/Contains',
+                request_serializer=crdtstore_dot_v1_dot_kv__pb2.ContainsRequest.SerializeToString,
+                response_deserializer=crdtstore_dot_v1_dot_kv__pb2.ContainsResponse.FromString,
+                _registered_method=True)
+        self.Members = channel.unary_unary(
+                '/crdtstore.v1.KV/Members',
+                request_serializer=crdtstore_dot_v1_dot_kv__pb2.MembersRequest.SerializeToString,
+                response_deserializer=crdtstore_dot_v1_dot_kv__pb2.MembersResponse.FromString,
+                _registered_method=True)
 
 
 class KVServicer:
@@ -75,6 +85,22 @@ class KVServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Contains(self, request, context):
+        """Whether a set holds each of some members. FAILED_PRECONDITION if the key holds another type.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Members(self, request, context):
+        """A set's members in order (by their UTF-8 bytes, which is code point order), a page at a time.
+        FAILED_PRECONDITION if the key holds another type. Each page is read when it is asked for:
+        members added or removed between pages may or may not show, as with Scan.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KVServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +118,16 @@ def add_KVServicer_to_server(servicer, server):
                     servicer.Scan,
                     request_deserializer=crdtstore_dot_v1_dot_kv__pb2.ScanRequest.FromString,
                     response_serializer=crdtstore_dot_v1_dot_kv__pb2.ScanResponse.SerializeToString,
+            ),
+            'Contains': grpc.unary_unary_rpc_method_handler(
+                    servicer.Contains,
+                    request_deserializer=crdtstore_dot_v1_dot_kv__pb2.ContainsRequest.FromString,
+                    response_serializer=crdtstore_dot_v1_dot_kv__pb2.ContainsResponse.SerializeToString,
+            ),
+            'Members': grpc.unary_unary_rpc_method_handler(
+                    servicer.Members,
+                    request_deserializer=crdtstore_dot_v1_dot_kv__pb2.MembersRequest.FromString,
+                    response_serializer=crdtstore_dot_v1_dot_kv__pb2.MembersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +211,60 @@ class KV:
             '/crdtstore.v1.KV/Scan',
             crdtstore_dot_v1_dot_kv__pb2.ScanRequest.SerializeToString,
             crdtstore_dot_v1_dot_kv__pb2.ScanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Contains(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crdtstore.v1.KV/Contains',
+            crdtstore_dot_v1_dot_kv__pb2.ContainsRequest.SerializeToString,
+            crdtstore_dot_v1_dot_kv__pb2.ContainsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Members(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crdtstore.v1.KV/Members',
+            crdtstore_dot_v1_dot_kv__pb2.MembersRequest.SerializeToString,
+            crdtstore_dot_v1_dot_kv__pb2.MembersResponse.FromString,
             options,
             channel_credentials,
             insecure,
