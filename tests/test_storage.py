@@ -385,12 +385,20 @@ def test_bounds_hold_with_batches_larger_than_the_housekeeping_budget(make: Make
 
 def test_a_key_cannot_grow_past_its_bound(make: Make) -> None:
     h = make("s", key_state_bytes_max=20_000)
-    assert isinstance(h.one(AddMembers("big", tuple(f"m{i:05d}" for i in range(1_000)))), Applied)
-    result = h.one(AddMembers("big", tuple(f"n{i:05d}" for i in range(2_000))), Increment("other", 1))
+    assert isinstance(h.one(SetRegister("big", b"x" * 10_000)), Applied)
+    result = h.one(SetRegister("big", b"y" * 25_000), Increment("other", 1))
     assert isinstance(result, Failed)
     assert isinstance(result.error, KeyTooLarge)
     assert h.value("other") is None, "nothing of the refused request was written"
-    assert len(h.value("big")) == 1_000  # type: ignore[arg-type]
+    assert h.value("big") == b"x" * 10_000
+
+
+def test_a_set_is_not_bound_by_the_key_state_bound(make: Make) -> None:
+    """Its members are records of their own: the set grows past key_state_bytes_max, a member at a time."""
+    h = make("s", key_state_bytes_max=20_000)
+    for i in range(0, 3_000, 1_000):
+        assert isinstance(h.one(AddMembers("big", tuple(f"m{n:05d}" for n in range(i, i + 1_000)))), Applied)
+    assert len(h.value("big")) == 3_000  # type: ignore[arg-type]
 
 
 def test_a_damaged_key_fails_only_its_own_request(h: Harness) -> None:

@@ -18,8 +18,8 @@ class StorageOptions:
     # that the oldest records go early, and a very late retry applies again).
     idempotency_ttl_s: int = 3600
     idempotency_records_max: int = 10_000_000
-    # One key's stored state (a big set, say) may not grow past this, so every
-    # key stays readable in one response.
+    # One key's stored state may not grow past this, so every key stays readable
+    # in one response. A set's members are records of their own and do not count.
     key_state_bytes_max: int = 8 * 1024 * 1024
     # One request's change, as one delta log entry, must fit in one replication
     # message; a larger request is refused rather than left unable to replicate.

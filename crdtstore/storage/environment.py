@@ -24,7 +24,7 @@ import lmdb
 from crdtstore.crdt import CausalContext, KeyState, Timestamp, VersionVector, decode_as, encode
 from crdtstore.storage.config import StorageConfig
 from crdtstore.storage.errors import StorageError
-from crdtstore.storage.keys import _decode_value, lmdb_key
+from crdtstore.storage.records import SetRecords
 
 # The keys of the ``meta`` database.
 _META_SCHEMA = b"schema_version"
@@ -35,6 +35,7 @@ _META_CONTEXT = b"context"
 _META_HLC = b"hlc_high_water"
 _META_LOG_BYTES = b"delta_log_bytes"
 _META_HORIZON = b"log_horizon"
+_META_NEXT_SET_ID = b"next_set_id"
 
 
 class _RemapGate:
@@ -128,7 +129,7 @@ class StoreEnvironment:
             self.env = lmdb.open(
                 str(path),
                 map_size=config.options.map_size_bytes,
-                max_dbs=8,
+                max_dbs=16,
                 subdir=True,
                 sync=config.options.sync,
                 metasync=config.options.sync,
@@ -147,6 +148,7 @@ class StoreEnvironment:
         self.env.reader_check()
         self._grow_to_file_size()
         self.data = self.env.open_db(b"data")
+        self.members = self.env.open_db(b"members")
         self.log = self.env.open_db(b"log")
         self.log_index = self.env.open_db(b"log_index")
         self.incoming = self.env.open_db(b"incoming")
@@ -199,7 +201,18 @@ class StoreEnvironment:
         # Keyed by the bytes: if this transaction aborts, the disk's bytes differ and are decoded.
         self._context_memo = (raw, context)
 
+    def _records(self, txn: lmdb.Transaction) -> SetRecords:
+        return SetRecords(txn, self.data, self.members)
+
+    def _set_ids(self, txn: lmdb.Transaction) -> Callable[[], int]:
+        """What gives a new set its id in ``txn`` (ids are never reused)."""
+
+        def allocate() -> int:
+            n = int(txn.get(_META_NEXT_SET_ID, db=self.meta) or b"1")
+            txn.put(_META_NEXT_SET_ID, str(n + 1).encode(), db=self.meta)
+            return n
+
+        return allocate
+
     def _get_in(self, txn: lmdb.Transaction, key: str) -> KeyState | None:
-        db_key = lmdb_key(key)
-        raw = txn.get(db_key, db=self.data)
-        return None if raw is None else _decode_value(db_key, bytes(raw))[1]
+        return self._records(txn).load(key)[0]

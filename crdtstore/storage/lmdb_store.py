@@ -58,7 +58,6 @@ from pathlib import Path
 import lmdb
 
 from crdtstore.crdt import (
-    AWSet,
     CausalContext,
     CodecError,
     KeyState,
@@ -93,7 +92,8 @@ from crdtstore.storage.errors import (
     StoreFull,
     WrongRegion,
 )
-from crdtstore.storage.keys import _LONG_KEY_PREFIX_BYTES, _decode_value, bucket_of, lmdb_key
+from crdtstore.storage.keys import _LONG_KEY_PREFIX_BYTES, bucket_of, lmdb_key
+from crdtstore.storage.records import KeyRecord, SetRecords, decode_record
 from crdtstore.storage.remote import RemoteApply, RemoteOutcome
 from crdtstore.storage.transfer import StateTransfer
 from crdtstore.storage.writes import Applied, Failed, LocalWrites, WriteRequest
@@ -121,7 +121,9 @@ __all__ = [
     "bucket_of",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+# Version 2 kept a set's members inside its key's record; opening such a directory moves them out (``_migrate``).
+_MIGRATES_FROM = {b"2"}
 
 log = logging.getLogger("crdtstore.storage")
 
@@ -172,7 +174,11 @@ class LmdbStore(LocalWrites, RemoteApply, StateTransfer):
                 # A new directory may stand in for a region that lost its disk: never reuse an origin.
                 self._take_incarnation(txn, "the data directory is new")
                 return CausalContext(), ZERO, 0
-            if stored_schema != str(SCHEMA_VERSION).encode():
+            if stored_schema in _MIGRATES_FROM:
+                moved = self._migrate(txn)
+                txn.put(_META_SCHEMA, str(SCHEMA_VERSION).encode())
+                log.info("moved the members of %d sets to records of their own (schema version %d)", moved, 3)
+            elif stored_schema != str(SCHEMA_VERSION).encode():
                 raise StorageError(
                     f"the data directory {self.config.path} has schema version {stored_schema.decode()!r}; "
                     f"this build reads version {SCHEMA_VERSION}"
@@ -203,6 +209,19 @@ class LmdbStore(LocalWrites, RemoteApply, StateTransfer):
             elif stored_origin is not None and stored_file != self._file_identity():
                 self._take_incarnation(txn, "the data file is evidently not the one its origin was taken in (a copy)")
             return context, mark, int(txn.get(_META_LOG_BYTES) or b"0")
+
+    def _migrate(self, txn: lmdb.Transaction) -> int:
+        """Schema 2 to 3: every set's members to records of their own, in the opening transaction."""
+        records = self._records(txn)
+        legacy = []
+        for db_key, value in txn.cursor(db=self.data):
+            record = decode_record(bytes(db_key), bytes(value))
+            if not record.set_id and ValueType.SET in decode_as(record.body, KeyState).slots:
+                legacy.append(record)
+        allocate = self._set_ids(txn)
+        for record in legacy:
+            records.store(record.key, decode_as(record.body, KeyState), record, allocate=allocate)
+        return len(legacy)
 
     def _file_identity(self) -> bytes:
         """The identity of the data file: its inode number, which every copy or restore changes."""
@@ -292,40 +311,41 @@ class LmdbStore(LocalWrites, RemoteApply, StateTransfer):
         return self._horizon
 
     def get(self, key: str) -> KeyState | None:
-        db_key = lmdb_key(key)
-        with self._gate.read(), self.env.begin(db=self.data) as txn:
-            raw = txn.get(db_key)
-        if raw is None:
-            return None
-        return _decode_value(db_key, raw)[1]
+        with self._gate.read(), self.env.begin() as txn:
+            return self._get_in(txn, key)
 
     def contains(self, key: str, members: Sequence[str]) -> list[bool]:
-        """Whether the set at ``key`` holds each of ``members`` (all False for a missing key).
+        """Whether the set at ``key`` holds each of ``members`` (all False for a missing key): O(log n) each.
 
-        ``TypeMismatch`` if the key holds another type and no set. Today this
-        reads the whole key; with members stored as their own records it
-        will read only theirs.
+        ``TypeMismatch`` if the key holds another type and no set.
         """
-        held = self._set_of(key)
-        return [bool(held.entries.get(m)) for m in members]
+        with self._gate.read(), self.env.begin() as txn:
+            records = self._records(txn)
+            record = self._set_record(records, key)
+            return [record is not None and records.contains(record, m) for m in members]
 
     def set_members(self, key: str, after: str = "", limit: int = 1000) -> tuple[list[str], bool]:
-        """The set's members after ``after`` in code point order, at most ``limit``; and whether more follow."""
+        """The set's members after ``after`` in order, at most ``limit``; and whether more follow.
+
+        The order is code point order, but for members longer than 440 UTF-8
+        bytes, which sort by hash among those sharing their first 440 bytes.
+        Reads ``limit`` member records, whatever the set's size.
+        """
         if limit < 1:
             raise ValueError(f"limit must be at least 1, not {limit}")
-        present = sorted(m for m in self._set_of(key).value() if m > after)
-        return present[:limit], len(present) > limit
+        with self._gate.read(), self.env.begin() as txn:
+            records = self._records(txn)
+            record = self._set_record(records, key)
+            return ([], False) if record is None else records.member_page(record, after, limit)
 
-    def _set_of(self, key: str) -> AWSet:
-        state = self.get(key)
-        if state is None:
-            return AWSet()
-        slot = state.slots.get(ValueType.SET)
-        if isinstance(slot, AWSet) and not slot.is_bottom():
-            return slot
-        held = state.visible_type
+    def _set_record(self, records: SetRecords, key: str) -> KeyRecord | None:
+        """The key's record if it holds a set (None if it holds nothing); ``TypeMismatch`` if another type."""
+        record = records.record(lmdb_key(key))
+        if record is None or record.members:
+            return record
+        held = decode_as(record.body, KeyState).visible_type
         if held is None:
-            return AWSet()
+            return None
         raise TypeMismatch(key, held, ValueType.SET)
 
     def scan(
@@ -343,8 +363,8 @@ class LmdbStore(LocalWrites, RemoteApply, StateTransfer):
         out: list[tuple[str, KeyState]] = []
         last = b""
         size = 0
-        with self._gate.read(), self.env.begin(db=self.data) as txn:
-            cursor = txn.cursor()
+        with self._gate.read(), self.env.begin() as txn:
+            cursor = txn.cursor(db=self.data)
             if not cursor.set_range(max(seek_prefix, after)):
                 return out, b""
             for db_key, value in cursor:
@@ -354,10 +374,10 @@ class LmdbStore(LocalWrites, RemoteApply, StateTransfer):
                     continue
                 if len(out) == limit or (out and size >= bytes_max):
                     return out, last
-                key, state = _decode_value(db_key, bytes(value))
-                if not key.startswith(prefix):
+                record = decode_record(db_key, bytes(value))
+                if not record.key.startswith(prefix):
                     continue
-                out.append((key, state))
+                out.append((record.key, self._records(txn).assemble(record)))
                 size += len(value)
                 last = db_key
         return out, b""

@@ -9,12 +9,22 @@ from collections.abc import Iterable, Sequence
 import lmdb
 import msgpack
 
-from crdtstore.crdt import CausalContext, Dot, HybridLogicalClock, KeyState, StoreMap, VersionVector, decode_as, encode
+from crdtstore.crdt import (
+    AWSet,
+    CausalContext,
+    Dot,
+    HybridLogicalClock,
+    KeyState,
+    StoreMap,
+    ValueType,
+    VersionVector,
+    decode_as,
+    encode,
+)
 from crdtstore.replica.wire import RawLogEntry
 from crdtstore.storage.delta_log import DeltaLog, LogEntry, _log_key, _log_value
 from crdtstore.storage.environment import _META_HORIZON, _META_LOG_BYTES
 from crdtstore.storage.errors import StoreFull
-from crdtstore.storage.keys import _encode_value, lmdb_key
 
 log = logging.getLogger("crdtstore.storage")
 
@@ -163,13 +173,15 @@ class RemoteApply(DeltaLog):
 
     def _apply_entry(self, txn: lmdb.Transaction, entry: LogEntry, context: CausalContext) -> None:
         delta = entry.delta
+        records = self._records(txn)
+        allocate = self._set_ids(txn)
         for key, named in delta.entries.items():
-            current = self._get_in(txn, key) or KeyState()
-            state = current.join_delta(named, context, delta.context)
-            if state.is_bottom():
-                txn.delete(lmdb_key(key), db=self.data)
-            else:
-                txn.put(lmdb_key(key), _encode_value(key, state), db=self.data)
+            # A delta names every member it changes: the join reads and writes those members alone.
+            held = named.slots.get(ValueType.SET)
+            members = list(held.entries) if isinstance(held, AWSet) else []
+            current, stored = records.load(key, members)
+            state = (current or KeyState()).join_delta(named, context, delta.context)
+            records.store(key, state, stored, allocate=allocate, members=members)
 
 
 def _dependencies_met(entry: LogEntry, context: CausalContext) -> bool:

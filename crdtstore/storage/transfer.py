@@ -20,10 +20,7 @@ from crdtstore.replica.wire import DIGEST_BUCKETS
 from crdtstore.storage.environment import _META_HORIZON, StoreEnvironment
 from crdtstore.storage.errors import StaleTransfer, StoreFull
 from crdtstore.storage.keys import (
-    _decode_value,
     _digests,
-    _encode_value,
-    _stored_pairs,
     bucket_of,
     lmdb_key,
 )
@@ -49,7 +46,7 @@ class StateTransfer(StoreEnvironment):
 
             def spooled() -> Iterator[tuple[bytes, str, bytes]]:
                 nonlocal count
-                for pair in _stored_pairs(txn, self.data):
+                for pair in self._records(txn).pairs():
                     out.write(packer.pack([pair[1], pair[2]]))
                     count += 1
                     yield pair
@@ -66,7 +63,7 @@ class StateTransfer(StoreEnvironment):
         encoding is canonical, so equal states are equal bytes.
         """
         with self._gate.read(), self.env.begin() as txn:
-            return _digests(_stored_pairs(txn, self.data))
+            return _digests(self._records(txn).pairs())
 
     def stage_snapshot(self, source: str, transfer: int, keys: Sequence[tuple[str, bytes]]) -> None:
         """Keep one page of state transfer number ``transfer`` from ``source`` until it is complete.
@@ -131,7 +128,7 @@ class StateTransfer(StoreEnvironment):
         with self.env.begin(write=True) as txn:
             local = self._context_in(txn)
             # Read before anything is joined: the skipped buckets' check and the own keys to visit.
-            own = list(_stored_pairs(txn, self.data))
+            own = list(self._records(txn).pairs())
             if buckets is not None and len(buckets) < DIGEST_BUCKETS:
                 _check_buckets_unchanged(own, buckets, expected)
             staged: set[bytes] = set()
@@ -173,15 +170,13 @@ class StateTransfer(StoreEnvironment):
         local: CausalContext,
         remote: CausalContext,
     ) -> int:
-        raw = txn.get(db_key, db=self.data)
-        current = KeyState() if raw is None else _decode_value(db_key, bytes(raw))[1]
+        records = self._records(txn)
+        found, stored = records.load(key)
+        current = found or KeyState()
         joined = current.join(theirs, local, remote)
         if joined == current:
             return 0
-        if joined.is_bottom():
-            txn.delete(db_key, db=self.data)
-        else:
-            txn.put(db_key, _encode_value(key, joined), db=self.data)
+        records.store(key, joined, stored, allocate=self._set_ids(txn))
         return 1
 
 

@@ -25,17 +25,19 @@ from crdtstore.crdt import (
     CausalContext,
     CodecError,
     HybridLogicalClock,
+    KeyState,
     StoreMap,
     TypeMismatch,
+    ValueType,
     VersionVector,
     decode_as,
     encode,
 )
-from crdtstore.operations import Operation, apply_operations, fingerprint
+from crdtstore.operations import AddMembers, Operation, RemoveMembers, apply_operations, fingerprint
 from crdtstore.storage.delta_log import DeltaLog, _log_value
 from crdtstore.storage.environment import _META_HLC, _META_HORIZON, _META_LOG_BYTES
 from crdtstore.storage.errors import DataCorruption, IdempotencyConflict, KeyTooLarge, StorageError, StoreFull
-from crdtstore.storage.keys import _encode_value, lmdb_key
+from crdtstore.storage.records import KeyRecord
 
 
 @dataclass(frozen=True)
@@ -150,19 +152,27 @@ class LocalWrites(DeltaLog):
                     return Failed(IdempotencyConflict("this idempotency key was used for a different request"))
                 return Applied(applied.token, replayed=True)
         keys = sorted({op.key for op in request.operations})
+        # A key that only adds and removes members is read for those members alone (``records``).
+        named = _members_named(request.operations)
+        records = self._records(txn)
+        loaded: dict[str, tuple[KeyState | None, KeyRecord | None]] = {}
         try:
-            window = StoreMap({k: s for k in keys if (s := self._get_in(txn, k)) is not None}, batch.context)
+            for k in keys:
+                loaded[k] = records.load(k, named.get(k))
         except (CodecError, StorageError) as exc:
             return Failed(DataCorruption(f"a stored key of this request cannot be read: {exc}"))
+        window = StoreMap({k: s for k, (s, _) in loaded.items() if s is not None}, batch.context)
         try:
             after, delta = apply_operations(window, request.operations, batch.origin, clock)
         except (TypeMismatch, ValueError, TypeError) as exc:
             return Failed(exc)
-        encoded: dict[str, bytes] = {}
+        bodies: dict[str, bytes] = {}
         for key in keys:
             state = after.entries.get(key)
             if state is not None and not state.is_bottom():
-                encoded[key] = value = _encode_value(key, state)
+                # A set's members are records of their own: the bound is on the rest of the key.
+                others = state if ValueType.SET not in state.slots else _without_set(state)
+                bodies[key] = value = encode(others)
                 if len(value) > self.config.options.key_state_bytes_max:
                     return Failed(
                         KeyTooLarge(
@@ -189,11 +199,10 @@ class LocalWrites(DeltaLog):
                 )
             )
         # Checked above, written now: a refused request writes nothing.
+        allocate = self._set_ids(txn)
         for key in keys:
-            if key in encoded:
-                txn.put(lmdb_key(key), encoded[key], db=self.data)
-            else:
-                txn.delete(lmdb_key(key), db=self.data)
+            state, stored = after.entries.get(key) or KeyState(), loaded[key][1]
+            records.store(key, state, stored, allocate=allocate, members=named.get(key), others_body=bodies.get(key))
         self._append_log(txn, batch.next_seq, origin, last, log_value)
         batch.next_seq += 1
         batch.log_bytes += len(log_value)
@@ -227,3 +236,19 @@ class LocalWrites(DeltaLog):
             excess -= 1
             budget -= 1
         batch.log_bytes = self._bound_log(txn, batch.log_bytes, batch.trimmed, budget)
+
+
+def _members_named(operations: Sequence[Operation]) -> dict[str, set[str]]:
+    """Per key, the members a batch names, for the keys that it only adds to and removes from."""
+    named: dict[str, set[str]] = {}
+    whole: set[str] = set()
+    for op in operations:
+        if isinstance(op, AddMembers | RemoveMembers):
+            named.setdefault(op.key, set()).update(op.members)
+        else:
+            whole.add(op.key)  # a delete names every member; another type must see the set to refuse
+    return {k: members for k, members in named.items() if k not in whole}
+
+
+def _without_set(state: KeyState) -> KeyState:
+    return KeyState({t: slot for t, slot in state.slots.items() if t != ValueType.SET})
