@@ -56,8 +56,8 @@ GROUPS: dict[str, Group] = {
             "sync_cost",
             "Synchronisation cost against Enes et al. (ICDE 2019)",
             "one process (this one): 15 nodes, each an LmdbStore (sync off, in a temporary directory under /dev/shm) "
-            "and a ReplicaCore driven as the node drives it, on a network in virtual time; bytes counted, nothing "
-            "timed",
+            "and the node's replication driver, on a network in virtual time; bytes counted at their protobuf size, "
+            "nothing timed",
         ),
         Group(
             "peers",
