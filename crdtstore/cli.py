@@ -41,7 +41,10 @@ object per line. ``sismember`` prints ``true`` or ``false`` per member, in
 the order given (``--json``: ``{"key": K, "members": {MEMBER: bool, ...}}``);
 ``smembers`` prints a set's members one per line in code point order, read a
 page at a time (``--json``: one JSON string per line); both fail with exit
-status 1 on a key of another type. Writes print nothing, or with ``--json``
+status 1 on a key of another type. ``get`` refuses a set with more members
+than the node's ``get_members_max`` (exit status 1: read it with
+``smembers``), and ``scan`` lists such a set with ``"value": null``,
+``"members_omitted": true`` and ``"member_count"``. Writes print nothing, or with ``--json``
 ``{"token": <base64>, "replayed": bool}``.
 
 Exit status: 0 on success (a missing key included), 1 when the server or the
@@ -113,6 +116,10 @@ def _json_value(value: Value) -> tuple[object, bool]:
 def entry_json(entry: Entry) -> dict[str, object]:
     """The JSON object ``get --json`` prints for ``entry``."""
     out: dict[str, object] = {"key": entry.key, "type": entry.type, "value": None}
+    if entry.members_omitted:
+        # Too many to list: smembers pages through them. (Only here: every other object keeps its shape.)
+        out["members_omitted"] = True
+        out["member_count"] = entry.member_count
     if entry.value is None:
         return out
     if isinstance(entry.value, bytes) and entry.siblings:
@@ -128,6 +135,9 @@ def entry_json(entry: Entry) -> dict[str, object]:
     if entry.conflicts:
         conflicts: list[dict[str, object]] = []
         for conflict in entry.conflicts:
+            if conflict.value is None:
+                conflicts.append({"type": conflict.type, "value": None, "members_omitted": True})
+                continue
             value, is_b64 = _json_value(conflict.value)
             item: dict[str, object] = {"type": conflict.type, "value": value}
             if is_b64:
@@ -179,8 +189,11 @@ def _print_json(obj: object) -> None:
 
 
 def _print_entry(entry: Entry) -> None:
-    if entry.value is None:
+    if not entry.exists:
         _note(f"{entry.key!r}: no such key")
+        return
+    if entry.value is None:
+        _note(f"{entry.key!r}: a set of {entry.member_count:,} members: list them with smembers")
         return
     if isinstance(entry.value, bytes):
         text, escaped = _human_register(entry.value)
@@ -257,6 +270,8 @@ def _scan(client: Client, args: argparse.Namespace) -> None:
     for entry in client.scan(args.prefix):
         if args.json:
             _print_json(entry_json(entry))
+        elif entry.members_omitted:
+            print(f"{_escape(entry.key)}\t(a set of {entry.member_count:,} members: list them with smembers)")
         elif entry.value is not None:
             print(f"{_escape(entry.key)}\t{_human_line(entry.value)}")
 

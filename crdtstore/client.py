@@ -119,7 +119,7 @@ class Conflict(NamedTuple):
     """A slot of another type created concurrently under the same key (delete the key to resolve)."""
 
     type: TypeName
-    value: Value
+    value: Value | None  # None for a set too large to list (read it with smembers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +131,10 @@ class Entry:
     and a ``frozenset[str]`` for a set. ``siblings`` lists a register's
     concurrent writes, winner first, and is empty when there is only one.
     ``token`` is the causal token of the read (empty for entries of a scan).
+    ``member_count`` is a set's number of members. A scan lists a set with
+    more members than one response carries (the node's ``get_members_max``)
+    with ``value`` ``None`` and ``members_omitted`` true: read its members with
+    ``smembers``.
 
     A register holds bytes, whatever was written: ``set(key, "hello")`` stores
     the UTF-8 bytes of the text and ``get`` returns ``b"hello"``. ``text`` gives
@@ -143,6 +147,8 @@ class Entry:
     siblings: tuple[Sibling, ...] = ()
     conflicts: tuple[Conflict, ...] = ()
     token: bytes = b""
+    member_count: int | None = None
+    members_omitted: bool = False
 
     @property
     def exists(self) -> bool:
@@ -387,7 +393,7 @@ def _counter_value(value: kv_pb2.Value) -> int:
     raise _malformed("a counter with neither counter_decimal nor counter_fits")
 
 
-def _value_from_proto(value: kv_pb2.Value) -> tuple[TypeName, Value] | None:
+def _value_from_proto(value: kv_pb2.Value) -> tuple[TypeName, Value | None] | None:
     if value.type == kv_pb2.VALUE_TYPE_UNSPECIFIED:
         return None
     name = _TYPE_NAMES.get(value.type)
@@ -397,7 +403,7 @@ def _value_from_proto(value: kv_pb2.Value) -> tuple[TypeName, Value] | None:
         return name, bytes(value.register)
     if name == "counter":
         return name, _counter_value(value)
-    return name, frozenset(value.members)
+    return name, None if value.members_omitted else frozenset(value.members)
 
 
 def _entry_from_proto(kv: kv_pb2.KeyValue, token: bytes = b"") -> Entry:
@@ -411,7 +417,11 @@ def _entry_from_proto(kv: kv_pb2.KeyValue, token: bytes = b"") -> Entry:
     siblings = tuple(Sibling(bytes(s.value), s.region, s.wall_ms, s.logical) for s in kv.siblings)
     if visible is None:
         return Entry(kv.key, None, None, siblings, tuple(conflicts), token)
-    return Entry(kv.key, visible[0], visible[1], siblings, tuple(conflicts), token)
+    if visible[0] != "set":
+        return Entry(kv.key, visible[0], visible[1], siblings, tuple(conflicts), token)
+    count = kv.value.member_count or len(kv.value.members)  # a server before member_count sent none
+    omitted = kv.value.members_omitted
+    return Entry(kv.key, "set", visible[1], siblings, tuple(conflicts), token, count, omitted)
 
 
 def _entry_from_get(resp: kv_pb2.GetResponse) -> Entry:

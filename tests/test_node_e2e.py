@@ -292,6 +292,39 @@ def test_membership_of_a_key_of_another_type_is_refused(client: Client) -> None:
             read()
 
 
+def test_a_set_too_large_for_one_response_is_read_a_page_at_a_time(tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text("[server]\nget_members_max = 50\n")
+    proc = ServerProcess(tmp_path / "data", region="eu", extra_args=("--config", str(config)))
+    try:
+        proc.start()
+        with Client(proc.addr, timeout_s=RPC_TIMEOUT_S) as kv:
+            kv.sadd("big", *(f"m{i:03d}" for i in range(51)))
+            kv.sadd("small", *(f"m{i:03d}" for i in range(50)))
+            kv.set("reg", "v")
+            with pytest.raises(ClientError, match="a set of 51 members, more than one Get returns") as info:
+                kv.get("big")
+            assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert kv.get("small").member_count == 50
+            scanned = {e.key: e for e in kv.scan("")}
+            assert (scanned["big"].type, scanned["big"].value) == ("set", None)
+            assert (scanned["big"].members_omitted, scanned["big"].member_count) == (True, 51)
+            assert scanned["small"].value == frozenset(f"m{i:03d}" for i in range(50))
+            assert not scanned["small"].members_omitted
+            assert len(list(kv.smembers("big", page_size=7))) == 51
+        listed = run_cli("scan", "--json", addr=proc.addr)
+        rows = {row["key"]: row for row in map(json.loads, listed.stdout.splitlines())}
+        assert rows["big"] == {"key": "big", "type": "set", "value": None, "members_omitted": True, "member_count": 51}
+        assert rows["small"]["value"] == [f"m{i:03d}" for i in range(50)]
+        human = run_cli("scan", addr=proc.addr)
+        assert "big\t(a set of 51 members: list them with smembers)" in human.stdout.splitlines()
+        refused = run_cli("get", "big", addr=proc.addr)
+        assert refused.returncode == 1
+        assert "smembers" in refused.stderr
+    finally:
+        proc.kill()
+
+
 def test_membership_reads_wait_for_a_token(client: Client) -> None:
     token = client.sadd("members/t", "a").token
     assert client.sismember("members/t", "a", after=token)

@@ -88,6 +88,9 @@ class ServerSettings:
     # A set's members per Members page (its limit, and when it gives none).
     members_page_max: int = 10_000
     members_page_default: int = 1000
+    # A Get of a set with more members than this is refused, and a Scan lists such a set without its
+    # members (members_omitted): both would otherwise be unbounded. Read it with Members instead.
+    get_members_max: int = 100_000
     # Clocks: a remote timestamp further ahead than this is not taken into the clock.
     max_clock_offset_ms: int = 500
 
@@ -274,6 +277,8 @@ class NodeConfig:
             tls.read()
         if self.server.scan_page_default > self.server.scan_page_max:
             raise ConfigError("server.scan_page_default is larger than server.scan_page_max")
+        if self.server.get_members_max < 1:
+            raise ConfigError("server.get_members_max must be at least 1")
         if self.server.members_page_default > self.server.members_page_max:
             raise ConfigError("server.members_page_default is larger than server.members_page_max")
 

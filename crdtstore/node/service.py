@@ -101,12 +101,20 @@ def _value_pb(vtype: ValueType, value: Value) -> pb.Value:
     else:
         assert isinstance(value, frozenset)
         out.members.extend(sorted(value))
+        out.member_count = len(value)
     return out
 
 
-def key_value_pb(key: str, state: KeyState | None) -> pb.KeyValue:
+def key_value_pb(key: str, state: KeyState | None, omitted_members: int = 0) -> pb.KeyValue:
+    """The key as the wire shows it; ``omitted_members``: the count of a set left out of ``state`` for its size."""
     out = pb.KeyValue(key=key)
     read = None if state is None else state.read()
+    omitted = None
+    if omitted_members:
+        omitted = pb.Value(type=pb.VALUE_TYPE_SET, member_count=omitted_members, members_omitted=True)
+        if read is None:
+            out.value.CopyFrom(omitted)
+            return out
     if read is None:
         out.value.type = pb.VALUE_TYPE_UNSPECIFIED
         return out
@@ -120,6 +128,9 @@ def key_value_pb(key: str, state: KeyState | None) -> pb.KeyValue:
         )
     for vtype, value in read.conflicts:
         out.conflicts.append(_value_pb(vtype, value))
+    if omitted is not None:
+        # Beside a register or a counter a set is a conflict, never the visible type: its type sorts last.
+        out.conflicts.append(omitted)
     return out
 
 
@@ -192,7 +203,17 @@ class KVService:
         await self._wait_after(request.after, context)
         store = self.node.store
         token = token_of(store.context.vv)  # read before the value: the value is at least this new
-        return pb.GetResponse(entry=key_value_pb(request.key, store.get(request.key)), token=token)
+        members_max = self.node.config.server.get_members_max
+        state, omitted = await asyncio.to_thread(store.get_bounded, request.key, members_max)
+        if omitted:
+            await _abort(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"key {request.key!r} is a set of {omitted:,} members, more than one Get returns "
+                f"(server.get_members_max = {members_max:,}): read its members a page at a time with Members "
+                f"(crdtstore smembers, Client.smembers), or ask whether it holds some with Contains",
+            )
+        return pb.GetResponse(entry=key_value_pb(request.key, state), token=token)
 
     async def Contains(
         self, request: pb.ContainsRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -319,11 +340,16 @@ class KVService:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "page_token is not one this server issued")
         # A page decodes up to scan_page_bytes_max of values: off the event loop.
         entries, last = await asyncio.to_thread(
-            self.node.store.scan, request.prefix, after, limit, settings.scan_page_bytes_max
+            self.node.store.scan_bounded,
+            request.prefix,
+            after,
+            limit,
+            settings.scan_page_bytes_max,
+            settings.get_members_max,
         )
         response = pb.ScanResponse()
-        for key, state in entries:
-            response.entries.append(key_value_pb(key, state))
+        for key, state, omitted in entries:
+            response.entries.append(key_value_pb(key, state, omitted))
         if last:
             response.next_page_token = base64.urlsafe_b64encode(last).decode("ascii")
         return response

@@ -314,6 +314,21 @@ class LmdbStore(LocalWrites, RemoteApply, StateTransfer):
         with self._gate.read(), self.env.begin() as txn:
             return self._get_in(txn, key)
 
+    def get_bounded(self, key: str, members_max: int) -> tuple[KeyState | None, int]:
+        """The key's state and 0, or without its set and the set's member count if it has over ``members_max``.
+
+        A whole read of a set of millions would be unbounded; its members are
+        read a page at a time instead (``set_members``).
+        """
+        with self._gate.read(), self.env.begin() as txn:
+            records = self._records(txn)
+            record = records.record(lmdb_key(key))
+            if record is None:
+                return None, 0
+            if record.members > members_max:
+                return decode_as(record.body, KeyState), record.members
+            return records.assemble(record), 0
+
     def contains(self, key: str, members: Sequence[str]) -> list[bool]:
         """Whether the set at ``key`` holds each of ``members`` (all False for a missing key): O(log n) each.
 
@@ -358,12 +373,26 @@ class LmdbStore(LocalWrites, RemoteApply, StateTransfer):
         the entries and the LMDB key of the last one (the next page's
         ``after``), or ``b""`` when the range is exhausted.
         """
+        entries, last = self.scan_bounded(prefix, after, limit, bytes_max)
+        return [(key, state) for key, state, _ in entries], last
+
+    def scan_bounded(
+        self,
+        prefix: str = "",
+        after: bytes = b"",
+        limit: int = 100,
+        bytes_max: int = 4 * 1024 * 1024,
+        members_max: int | None = None,
+    ) -> tuple[list[tuple[str, KeyState, int]], bytes]:
+        """As ``scan``, with ``get_bounded``'s rule per key: (key, state, 0), or (key, state without its set,
+        the set's member count) for a set of more than ``members_max`` members."""
         raw_prefix = prefix.encode("utf-8")
         seek_prefix = raw_prefix[:_LONG_KEY_PREFIX_BYTES]
-        out: list[tuple[str, KeyState]] = []
+        out: list[tuple[str, KeyState, int]] = []
         last = b""
         size = 0
         with self._gate.read(), self.env.begin() as txn:
+            records = self._records(txn)
             cursor = txn.cursor(db=self.data)
             if not cursor.set_range(max(seek_prefix, after)):
                 return out, b""
@@ -377,8 +406,14 @@ class LmdbStore(LocalWrites, RemoteApply, StateTransfer):
                 record = decode_record(db_key, bytes(value))
                 if not record.key.startswith(prefix):
                     continue
-                out.append((record.key, self._records(txn).assemble(record)))
-                size += len(value)
+                if members_max is not None and record.members > members_max:
+                    out.append((record.key, decode_as(record.body, KeyState), record.members))
+                    size += len(value)
+                else:
+                    state = records.assemble(record)
+                    out.append((record.key, state, 0))
+                    # A set's members count towards the page as the response will carry them.
+                    size += len(value) if not record.members else len(value) + len(encode(state))
                 last = db_key
         return out, b""
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63rdtstore/v1/kv.proto\x12\x0c\x63rdtstore.v1\"\x1d\n\x0b\x43\x61usalToken\x12\x0e\n\x06vector\x18\x01 \x01(\x0c\"C\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x05\x61\x66ter\x18\x02 \x01(\x0b\x32\x19.crdtstore.v1.CausalToken\"J\n\x07Sibling\x12\r\n\x05value\x18\x01 \x01(\x0c\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0f\n\x07wall_ms\x18\x03 \x01(\x04\x12\x0f\n\x07logical\x18\x04 \x01(\x04\"\x91\x01\n\x05Value\x12%\n\x04type\x18\x01 \x01(\x0e\x32\x17.crdtstore.v1.ValueType\x12\x10\n\x08register\x18\x02 \x01(\x0c\x12\x0f\n\x07\x63ounter\x18\x03 \x01(\x12\x12\x14\n\x0c\x63ounter_fits\x18\x04 \x01(\x08\x12\x17\n\x0f\x63ounter_decimal\x18\x05 \x01(\t\x12\x0f\n\x07members\x18\x06 \x03(\t\"\x8c\x01\n\x08KeyValue\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.crdtstore.v1.Value\x12\'\n\x08siblings\x18\x03 \x03(\x0b\x32\x15.crdtstore.v1.Sibling\x12&\n\tconflicts\x18\x04 \x03(\x0b\x32\x13.crdtstore.v1.Value\"^\n\x0bGetResponse\x12%\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x16.crdtstore.v1.KeyValue\x12(\n\x05token\x18\x02 \x01(\x0b\x32\x19.crdtstore.v1.CausalToken\"\x1c\n\x0bSetRegister\x12\r\n\x05value\x18\x01 \x01(\x0c\"\x1b\n\tIncrement\x12\x0e\n\x06\x61mount\x18\x01 \x01(\x12\"\x1d\n\nAddMembers\x12\x0f\n\x07members\x18\x01 \x03(\t\" \n\rRemoveMembers\x12\x0f\n\x07members\x18\x01 \x03(\t\"\x0b\n\tDeleteKey\"\xf9\x01\n\tOperation\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x03set\x18\x02 \x01(\x0b\x32\x19.crdtstore.v1.SetRegisterH\x00\x12,\n\tincrement\x18\x03 \x01(\x0b\x32\x17.crdtstore.v1.IncrementH\x00\x12\'\n\x03\x61\x64\x64\x18\x04 \x01(\x0b\x32\x18.crdtstore.v1.AddMembersH\x00\x12-\n\x06remove\x18\x05 \x01(\x0b\x32\x1b.crdtstore.v1.RemoveMembersH\x00\x12)\n\x06\x64\x65lete\x18\x06 \x01(\x0b\x32\x17.crdtstore.v1.DeleteKeyH\x00\x42\x04\n\x02op\"\x95\x01\n\rMutateRequest\x12+\n\noperations\x18\x01 \x03(\x0b\x32\x17.crdtstore.v1.Operation\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\x0c\x12,\n\ndurability\x18\x03 \x01(\x0e\x32\x18.crdtstore.v1.Durability\x12\x10\n\x08replicas\x18\x04 \x01(\r\"L\n\x0eMutateResponse\x12(\n\x05token\x18\x01 \x01(\x0b\x32\x19.crdtstore.v1.CausalToken\x12\x10\n\x08replayed\x18\x02 \x01(\x08\"@\n\x0bScanRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"P\n\x0cScanResponse\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.crdtstore.v1.KeyValue\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"Y\n\x0f\x43ontainsRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07members\x18\x02 \x03(\t\x12(\n\x05\x61\x66ter\x18\x03 \x01(\x0b\x32\x19.crdtstore.v1.CausalToken\"M\n\x10\x43ontainsResponse\x12\x0f\n\x07present\x18\x01 \x03(\x08\x12(\n\x05token\x18\x02 \x01(\x0b\x32\x19.crdtstore.v1.CausalToken\"j\n\x0eMembersRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\x12(\n\x05\x61\x66ter\x18\x04 \x01(\x0b\x32\x19.crdtstore.v1.CausalToken\"e\n\x0fMembersResponse\x12\x0f\n\x07members\x18\x01 \x03(\t\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12(\n\x05token\x18\x03 \x01(\x0b\x32\x19.crdtstore.v1.CausalToken\"\x0f\n\rStatusRequest\"\xc2\x02\n\x0eStatusResponse\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04keys\x18\x03 \x01(\x04\x12(\n\x05token\x18\x04 \x01(\x0b\x32\x19.crdtstore.v1.CausalToken\x12\x10\n\x08\x64raining\x18\x05 \x01(\x08\x12\x12\n\ndata_bytes\x18\x06 \x01(\x04\x12\x0f\n\x07\x63ommits\x18\x07 \x01(\x04\x12\x1a\n\x12requests_committed\x18\x08 \x01(\x04\x12\'\n\x05peers\x18\t \x03(\x0b\x32\x18.crdtstore.v1.PeerStatus\x12\x19\n\x11\x63lock_skew_events\x18\n \x01(\x04\x12\x14\n\x0c\x63lock_fenced\x18\x0b \x01(\x08\x12\x0e\n\x06origin\x18\x0c \x01(\t\x12\x1a\n\x12\x63onflicting_events\x18\r \x01(\x04\"\xab\x01\n\nPeerStatus\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12(\n\x05\x61\x63ked\x18\x04 \x01(\x0b\x32\x19.crdtstore.v1.CausalToken\x12\x0e\n\x06\x62\x65hind\x18\x05 \x01(\x04\x12\x17\n\x0f\x63lock_offset_ms\x18\x06 \x01(\x12\x12\x16\n\x0e\x63lock_error_ms\x18\x07 \x01(\x04*l\n\tValueType\x12\x1a\n\x16VALUE_TYPE_UNSPECIFIED\x10\x00\x12\x17\n\x13VALUE_TYPE_REGISTER\x10\x01\x12\x16\n\x12VALUE_TYPE_COUNTER\x10\x02\x12\x12\n\x0eVALUE_TYPE_SET\x10\x03*Y\n\nDurability\x12\x1a\n\x16\x44URABILITY_UNSPECIFIED\x10\x00\x12\x14\n\x10\x44URABILITY_LOCAL\x10\x01\x12\x19\n\x15\x44URABILITY_REPLICATED\x10\x02\x32\xd7\x02\n\x02KV\x12:\n\x03Get\x12\x18.crdtstore.v1.GetRequest\x1a\x19.crdtstore.v1.GetResponse\x12\x43\n\x06Mutate\x12\x1b.crdtstore.v1.MutateRequest\x1a\x1c.crdtstore.v1.MutateResponse\x12=\n\x04Scan\x12\x19.crdtstore.v1.ScanRequest\x1a\x1a.crdtstore.v1.ScanResponse\x12I\n\x08\x43ontains\x12\x1d.crdtstore.v1.ContainsRequest\x1a\x1e.crdtstore.v1.ContainsResponse\x12\x46\n\x07Members\x12\x1c.crdtstore.v1.MembersRequest\x1a\x1d.crdtstore.v1.MembersResponse2L\n\x05\x41\x64min\x12\x43\n\x06Status\x12\x1b.crdtstore.v1.StatusRequest\x1a\x1c.crdtstore.v1.StatusResponseB-\n\x0fio.crdtstore.v1P\x01Z\x18\x63rdtstore/v1;crdtstorev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63rdtstore/v1/kv.proto\x12\x0c\x63rdtstore.v1\"\x1d\n\x0b\x43\x61usalToken\x12\x0e\n\x06vector\x18\x01 \x01(\x0c\"C\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x05\x61\x66ter\x18\x02 \x01(\x0b\x32\x19.crdtstore.v1.CausalToken\"J\n\x07Sibling\x12\r\n\x05value\x18\x01 \x01(\x0c\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0f\n\x07wall_ms\x18\x03 \x01(\x04\x12\x0f\n\x07logical\x18\x04 \x01(\x04\"\xc0\x01\n\x05Value\x12%\n\x04type\x18\x01 \x01(\x0e\x32\x17.crdtstore.v1.ValueType\x12\x10\n\x08register\x18\x02 \x01(\x0c\x12\x0f\n\x07\x63ounter\x18\x03 \x01(\x12\x12\x14\n\x0c\x63ounter_fits\x18\x04 \x01(\x08\x12\x17\n\x0f\x63ounter_decimal\x18\x05 \x01(\t\x12\x0f\n\x07members\x18\x06 \x03(\t\x12\x14\n\x0cmember_count\x18\x07 \x01(\x04\x12\x17\n\x0fmembers_omitted\x18\x08 \x01(\x08\"\x8c\x01\n\x08KeyValue\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.crdtstore.v1.Value\x12\'\n\x08siblings\x18\x03 \x03(\x0b\x32\x15.crdtstore.v1.Sibling\x12&\n\tconflicts\x18\x04 \x03(\x0b\x32\x13.crdtstore.v1.Value\"^\n\x0bGetResponse\x12%\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x16.crdtstore.v1.KeyValue\x12(\n\x05token\x18\x02 \x01(\x0b\x32\x19.crdtstore.v1.CausalToken\"\x1c\n\x0bSetRegister\x12\r\n\x05value\x18\x01 \x01(\x0c\"\x1b\n\tIncrement\x12\x0e\n\x06\x61mount\x18\x01 \x01(\x12\"\x1d\n\nAddMembers\x12\x0f\n\x07members\x18\x01 \x03(\t\" \n\rRemoveMembers\x12\x0f\n\x07members\x18\x01 \x03(\t\"\x0b\n\tDeleteKey\"\xf9\x01\n\tOperation\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x03set\x18\x02 \x01(\x0b\x32\x19.crdtstore.v1.SetRegisterH\x00\x12,\n\tincrement\x18\x03 \x01(\x0b\x32\x17.crdtstore.v1.IncrementH\x00\x12\'\n\x03\x61\x64\x64\x18\x04 \x01(\x0b\x32\x18.crdtstore.v1.AddMembersH\x00\x12-\n\x06remove\x18\x05 \x01(\x0b\x32\x1b.crdtstore.v1.RemoveMembersH\x00\x12)\n\x06\x64\x65lete\x18\x06 \x01(\x0b\x32\x17.crdtstore.v1.DeleteKeyH\x00\x42\x04\n\x02op\"\x95\x01\n\rMutateRequest\x12+\n\noperations\x18\x01 \x03(\x0b\x32\x17.crdtstore.v1.Operation\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\x0c\x12,\n\ndurability\x18\x03 \x01(\x0e\x32\x18.crdtstore.v1.Durability\x12\x10\n\x08replicas\x18\x04 \x01(\r\"L\n\x0eMutateResponse\x12(\n\x05token\x18\x01 \x01(\x0b\x32\x19.crdtstore.v1.CausalToken\x12\x10\n\x08replayed\x18\x02 \x01(\x08\"@\n\x0bScanRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"P\n\x0cScanResponse\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.crdtstore.v1.KeyValue\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"Y\n\x0f\x43ontainsRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07members\x18\x02 \x03(\t\x12(\n\x05\x61\x66ter\x18\x03 \x01(\x0b\x32\x19.crdtstore.v1.CausalToken\"M\n\x10\x43ontainsResponse\x12\x0f\n\x07present\x18\x01 \x03(\x08\x12(\n\x05token\x18\x02 \x01(\x0b\x32\x19.crdtstore.v1.CausalToken\"j\n\x0eMembersRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\x12(\n\x05\x61\x66ter\x18\x04 \x01(\x0b\x32\x19.crdtstore.v1.CausalToken\"e\n\x0fMembersResponse\x12\x0f\n\x07members\x18\x01 \x03(\t\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12(\n\x05token\x18\x03 \x01(\x0b\x32\x19.crdtstore.v1.CausalToken\"\x0f\n\rStatusRequest\"\xc2\x02\n\x0eStatusResponse\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04keys\x18\x03 \x01(\x04\x12(\n\x05token\x18\x04 \x01(\x0b\x32\x19.crdtstore.v1.CausalToken\x12\x10\n\x08\x64raining\x18\x05 \x01(\x08\x12\x12\n\ndata_bytes\x18\x06 \x01(\x04\x12\x0f\n\x07\x63ommits\x18\x07 \x01(\x04\x12\x1a\n\x12requests_committed\x18\x08 \x01(\x04\x12\'\n\x05peers\x18\t \x03(\x0b\x32\x18.crdtstore.v1.PeerStatus\x12\x19\n\x11\x63lock_skew_events\x18\n \x01(\x04\x12\x14\n\x0c\x63lock_fenced\x18\x0b \x01(\x08\x12\x0e\n\x06origin\x18\x0c \x01(\t\x12\x1a\n\x12\x63onflicting_events\x18\r \x01(\x04\"\xab\x01\n\nPeerStatus\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12(\n\x05\x61\x63ked\x18\x04 \x01(\x0b\x32\x19.crdtstore.v1.CausalToken\x12\x0e\n\x06\x62\x65hind\x18\x05 \x01(\x04\x12\x17\n\x0f\x63lock_offset_ms\x18\x06 \x01(\x12\x12\x16\n\x0e\x63lock_error_ms\x18\x07 \x01(\x04*l\n\tValueType\x12\x1a\n\x16VALUE_TYPE_UNSPECIFIED\x10\x00\x12\x17\n\x13VALUE_TYPE_REGISTER\x10\x01\x12\x16\n\x12VALUE_TYPE_COUNTER\x10\x02\x12\x12\n\x0eVALUE_TYPE_SET\x10\x03*Y\n\nDurability\x12\x1a\n\x16\x44URABILITY_UNSPECIFIED\x10\x00\x12\x14\n\x10\x44URABILITY_LOCAL\x10\x01\x12\x19\n\x15\x44URABILITY_REPLICATED\x10\x02\x32\xd7\x02\n\x02KV\x12:\n\x03Get\x12\x18.crdtstore.v1.GetRequest\x1a\x19.crdtstore.v1.GetResponse\x12\x43\n\x06Mutate\x12\x1b.crdtstore.v1.MutateRequest\x1a\x1c.crdtstore.v1.MutateResponse\x12=\n\x04Scan\x12\x19.crdtstore.v1.ScanRequest\x1a\x1a.crdtstore.v1.ScanResponse\x12I\n\x08\x43ontains\x12\x1d.crdtstore.v1.ContainsRequest\x1a\x1e.crdtstore.v1.ContainsResponse\x12\x46\n\x07Members\x12\x1c.crdtstore.v1.MembersRequest\x1a\x1d.crdtstore.v1.MembersResponse2L\n\x05\x41\x64min\x12\x43\n\x06Status\x12\x1b.crdtstore.v1.StatusRequest\x1a\x1c.crdtstore.v1.StatusResponseB-\n\x0fio.crdtstore.v1P\x01Z\x18\x63rdtstore/v1;crdtstorev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,10 +32,10 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'crdtstore.v1.kv_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\017io.crdtstore.v1P\001Z\030crdtstore/v1;crdtstorev1'
-  _globals['_VALUETYPE']._serialized_start=2266
-  _globals['_VALUETYPE']._serialized_end=2374
-  _globals['_DURABILITY']._serialized_start=2376
-  _globals['_DURABILITY']._serialized_end=2465
+  _globals['_VALUETYPE']._serialized_start=2313
+  _globals['_VALUETYPE']._serialized_end=2421
+  _globals['_DURABILITY']._serialized_start=2423
+  _globals['_DURABILITY']._serialized_end=2512
   _globals['_CAUSALTOKEN']._serialized_start=39
   _globals['_CAUSALTOKEN']._serialized_end=68
   _globals['_GETREQUEST']._serialized_start=70
@@ -43,47 +43,47 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SIBLING']._serialized_start=139
   _globals['_SIBLING']._serialized_end=213
   _globals['_VALUE']._serialized_start=216
-  _globals['_VALUE']._serialized_end=361
-  _globals['_KEYVALUE']._serialized_start=364
-  _globals['_KEYVALUE']._serialized_end=504
-  _globals['_GETRESPONSE']._serialized_start=506
-  _globals['_GETRESPONSE']._serialized_end=600
-  _globals['_SETREGISTER']._serialized_start=602
-  _globals['_SETREGISTER']._serialized_end=630
-  _globals['_INCREMENT']._serialized_start=632
-  _globals['_INCREMENT']._serialized_end=659
-  _globals['_ADDMEMBERS']._serialized_start=661
-  _globals['_ADDMEMBERS']._serialized_end=690
-  _globals['_REMOVEMEMBERS']._serialized_start=692
-  _globals['_REMOVEMEMBERS']._serialized_end=724
-  _globals['_DELETEKEY']._serialized_start=726
-  _globals['_DELETEKEY']._serialized_end=737
-  _globals['_OPERATION']._serialized_start=740
-  _globals['_OPERATION']._serialized_end=989
-  _globals['_MUTATEREQUEST']._serialized_start=992
-  _globals['_MUTATEREQUEST']._serialized_end=1141
-  _globals['_MUTATERESPONSE']._serialized_start=1143
-  _globals['_MUTATERESPONSE']._serialized_end=1219
-  _globals['_SCANREQUEST']._serialized_start=1221
-  _globals['_SCANREQUEST']._serialized_end=1285
-  _globals['_SCANRESPONSE']._serialized_start=1287
-  _globals['_SCANRESPONSE']._serialized_end=1367
-  _globals['_CONTAINSREQUEST']._serialized_start=1369
-  _globals['_CONTAINSREQUEST']._serialized_end=1458
-  _globals['_CONTAINSRESPONSE']._serialized_start=1460
-  _globals['_CONTAINSRESPONSE']._serialized_end=1537
-  _globals['_MEMBERSREQUEST']._serialized_start=1539
-  _globals['_MEMBERSREQUEST']._serialized_end=1645
-  _globals['_MEMBERSRESPONSE']._serialized_start=1647
-  _globals['_MEMBERSRESPONSE']._serialized_end=1748
-  _globals['_STATUSREQUEST']._serialized_start=1750
-  _globals['_STATUSREQUEST']._serialized_end=1765
-  _globals['_STATUSRESPONSE']._serialized_start=1768
-  _globals['_STATUSRESPONSE']._serialized_end=2090
-  _globals['_PEERSTATUS']._serialized_start=2093
-  _globals['_PEERSTATUS']._serialized_end=2264
-  _globals['_KV']._serialized_start=2468
-  _globals['_KV']._serialized_end=2811
-  _globals['_ADMIN']._serialized_start=2813
-  _globals['_ADMIN']._serialized_end=2889
+  _globals['_VALUE']._serialized_end=408
+  _globals['_KEYVALUE']._serialized_start=411
+  _globals['_KEYVALUE']._serialized_end=551
+  _globals['_GETRESPONSE']._serialized_start=553
+  _globals['_GETRESPONSE']._serialized_end=647
+  _globals['_SETREGISTER']._serialized_start=649
+  _globals['_SETREGISTER']._serialized_end=677
+  _globals['_INCREMENT']._serialized_start=679
+  _globals['_INCREMENT']._serialized_end=706
+  _globals['_ADDMEMBERS']._serialized_start=708
+  _globals['_ADDMEMBERS']._serialized_end=737
+  _globals['_REMOVEMEMBERS']._serialized_start=739
+  _globals['_REMOVEMEMBERS']._serialized_end=771
+  _globals['_DELETEKEY']._serialized_start=773
+  _globals['_DELETEKEY']._serialized_end=784
+  _globals['_OPERATION']._serialized_start=787
+  _globals['_OPERATION']._serialized_end=1036
+  _globals['_MUTATEREQUEST']._serialized_start=1039
+  _globals['_MUTATEREQUEST']._serialized_end=1188
+  _globals['_MUTATERESPONSE']._serialized_start=1190
+  _globals['_MUTATERESPONSE']._serialized_end=1266
+  _globals['_SCANREQUEST']._serialized_start=1268
+  _globals['_SCANREQUEST']._serialized_end=1332
+  _globals['_SCANRESPONSE']._serialized_start=1334
+  _globals['_SCANRESPONSE']._serialized_end=1414
+  _globals['_CONTAINSREQUEST']._serialized_start=1416
+  _globals['_CONTAINSREQUEST']._serialized_end=1505
+  _globals['_CONTAINSRESPONSE']._serialized_start=1507
+  _globals['_CONTAINSRESPONSE']._serialized_end=1584
+  _globals['_MEMBERSREQUEST']._serialized_start=1586
+  _globals['_MEMBERSREQUEST']._serialized_end=1692
+  _globals['_MEMBERSRESPONSE']._serialized_start=1694
+  _globals['_MEMBERSRESPONSE']._serialized_end=1795
+  _globals['_STATUSREQUEST']._serialized_start=1797
+  _globals['_STATUSREQUEST']._serialized_end=1812
+  _globals['_STATUSRESPONSE']._serialized_start=1815
+  _globals['_STATUSRESPONSE']._serialized_end=2137
+  _globals['_PEERSTATUS']._serialized_start=2140
+  _globals['_PEERSTATUS']._serialized_end=2311
+  _globals['_KV']._serialized_start=2515
+  _globals['_KV']._serialized_end=2858
+  _globals['_ADMIN']._serialized_start=2860
+  _globals['_ADMIN']._serialized_end=2936
 # @@protoc_insertion_point(module_scope)

@@ -54,20 +54,24 @@ class Sibling(_message.Message):
     def __init__(self, value: _Optional[bytes] = ..., region: _Optional[str] = ..., wall_ms: _Optional[int] = ..., logical: _Optional[int] = ...) -> None: ...
 
 class Value(_message.Message):
-    __slots__ = ("type", "register", "counter", "counter_fits", "counter_decimal", "members")
+    __slots__ = ("type", "register", "counter", "counter_fits", "counter_decimal", "members", "member_count", "members_omitted")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     REGISTER_FIELD_NUMBER: _ClassVar[int]
     COUNTER_FIELD_NUMBER: _ClassVar[int]
     COUNTER_FITS_FIELD_NUMBER: _ClassVar[int]
     COUNTER_DECIMAL_FIELD_NUMBER: _ClassVar[int]
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_COUNT_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_OMITTED_FIELD_NUMBER: _ClassVar[int]
     type: ValueType
     register: bytes
     counter: int
     counter_fits: bool
     counter_decimal: str
     members: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, type: _Optional[_Union[ValueType, str]] = ..., register: _Optional[bytes] = ..., counter: _Optional[int] = ..., counter_fits: _Optional[bool] = ..., counter_decimal: _Optional[str] = ..., members: _Optional[_Iterable[str]] = ...) -> None: ...
+    member_count: int
+    members_omitted: bool
+    def __init__(self, type: _Optional[_Union[ValueType, str]] = ..., register: _Optional[bytes] = ..., counter: _Optional[int] = ..., counter_fits: _Optional[bool] = ..., counter_decimal: _Optional[str] = ..., members: _Optional[_Iterable[str]] = ..., member_count: _Optional[int] = ..., members_omitted: _Optional[bool] = ...) -> None: ...
 
 class KeyValue(_message.Message):
     __slots__ = ("key", "value", "siblings", "conflicts")
