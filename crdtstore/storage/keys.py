@@ -1,4 +1,4 @@
-"""How the ``data`` database stores a key and its state, and which repair bucket a key falls in.
+"""How a key becomes an LMDB key, and which repair bucket a key falls in (its records: ``records``).
 
 Keys: LMDB keys are at most 511 bytes, the store's keys up to 1 KiB. A key of
 at most 480 UTF-8 bytes is its own LMDB key, so scans come out in byte order.
@@ -15,20 +15,13 @@ state) in it, so two regions compare their states bucket by bucket.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
-import lmdb
-
-from crdtstore.crdt import KeyState, decode_as, encode
 from crdtstore.replica.wire import DIGEST_BUCKETS
-from crdtstore.storage.errors import StorageError
 
 _SHORT_KEY_BYTES_MAX = 480
 _LONG_KEY_PREFIX_BYTES = 448
 _LONG_KEY_MARK = b"\xff"
-
-_FLAG_SHORT = b"\x00"
-_FLAG_LONG = b"\x01"
 
 
 def lmdb_key(key: str) -> bytes:
@@ -36,39 +29,6 @@ def lmdb_key(key: str) -> bytes:
     if len(raw) <= _SHORT_KEY_BYTES_MAX:
         return raw
     return raw[:_LONG_KEY_PREFIX_BYTES] + _LONG_KEY_MARK + hashlib.sha256(raw).digest()
-
-
-def _encode_value(key: str, state: KeyState) -> bytes:
-    body = encode(state)
-    raw = key.encode("utf-8")
-    if len(raw) <= _SHORT_KEY_BYTES_MAX:
-        return _FLAG_SHORT + body
-    return _FLAG_LONG + len(raw).to_bytes(2, "big") + raw + body
-
-
-def _split_value(db_key: bytes, value: bytes) -> tuple[str, bytes]:
-    """The key and its encoded state, without decoding the state."""
-    if value[:1] == _FLAG_SHORT:
-        return db_key.decode("utf-8"), value[1:]
-    if value[:1] == _FLAG_LONG:
-        n = int.from_bytes(value[1:3], "big")
-        key = value[3 : 3 + n].decode("utf-8")
-        if lmdb_key(key) != db_key:
-            raise StorageError(f"stored key does not match its index entry: {key[:40]!r}...")
-        return key, value[3 + n :]
-    raise StorageError(f"unknown value framing {value[:1]!r}")
-
-
-def _decode_value(db_key: bytes, value: bytes) -> tuple[str, KeyState]:
-    key, body = _split_value(db_key, value)
-    return key, decode_as(body, KeyState)
-
-
-def _stored_pairs(txn: lmdb.Transaction, data: lmdb._Database) -> Iterator[tuple[bytes, str, bytes]]:
-    """Every stored key as (LMDB key, key, encoded state), in key order."""
-    for db_key, value in txn.cursor(db=data):
-        raw = bytes(db_key)
-        yield (raw, *_split_value(raw, bytes(value)))
 
 
 def bucket_of(key: str) -> int:
