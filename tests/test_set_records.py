@@ -116,6 +116,25 @@ def test_a_delete_drops_every_member_record(db: Store) -> None:
     assert db.store.contains("s", ["again", "m1"]) == [True, False]
 
 
+def test_a_delete_too_large_for_one_log_entry_says_how_to_empty_the_set(tmp_path: Path) -> None:
+    store = LmdbStore(StorageConfig(tmp_path / "eu", "eu", StorageOptions(sync=False, log_entry_bytes_max=20_000)))
+    clock = HybridLogicalClock(FakeClock(1_700_000_000_000), floor=store.hlc_mark)
+    try:
+        for i in range(0, 3_000, 500):
+            store.write_batch([WriteRequest([AddMembers("s", tuple(f"m{n:05d}" for n in range(i, i + 500)))])], clock)
+        (refused,) = store.write_batch([WriteRequest([DeleteKey("s")])], clock)
+        assert not isinstance(refused, Applied)
+        assert "remove the members of 's' in batches first (srem), then delete it" in str(refused.error)
+        for i in range(0, 3_000, 500):
+            store.write_batch(
+                [WriteRequest([RemoveMembers("s", tuple(f"m{n:05d}" for n in range(i, i + 500)))])], clock
+            )
+        (deleted,) = store.write_batch([WriteRequest([DeleteKey("s")])], clock)
+        assert isinstance(deleted, Applied)
+    finally:
+        store.close()
+
+
 def test_an_operation_of_another_type_on_a_set_is_refused_whatever_members_it_names(db: Store) -> None:
     db.write(AddMembers("s", ("a",)))
     (result,) = db.store.write_batch([WriteRequest([SetRegister("s", b"v")])], db.clock)

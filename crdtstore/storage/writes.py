@@ -33,7 +33,7 @@ from crdtstore.crdt import (
     decode_as,
     encode,
 )
-from crdtstore.operations import AddMembers, Operation, RemoveMembers, apply_operations, fingerprint
+from crdtstore.operations import AddMembers, DeleteKey, Operation, RemoveMembers, apply_operations, fingerprint
 from crdtstore.storage.delta_log import DeltaLog, _log_value
 from crdtstore.storage.environment import _META_HLC, _META_HORIZON, _META_LOG_BYTES
 from crdtstore.storage.errors import DataCorruption, IdempotencyConflict, KeyTooLarge, StorageError, StoreFull
@@ -192,10 +192,19 @@ class LocalWrites(DeltaLog):
         assert last >= first, "a batch mints at least one dot"
         log_value = _log_value(origin, first, last, delta, source="", arrived_ms=now_ms)
         if len(log_value) > self.config.options.log_entry_bytes_max:
+            # A delete names every member of a set (so that every region removes them): a set of
+            # millions is emptied in batches of removes first.
+            deleted = [op.key for op in request.operations if isinstance(op, DeleteKey)]
+            big = [k for k in deleted if (r := loaded[k][1]) is not None and r.members > 0]
+            advice = (
+                f"remove the members of {big[0]!r} in batches first (srem), then delete it"
+                if big
+                else "split it into smaller batches"
+            )
             return Failed(
                 KeyTooLarge(
                     f"the request's change is {len(log_value)} bytes, more than one replication message carries "
-                    f"({self.config.options.log_entry_bytes_max}, log_entry_bytes_max): split it into smaller batches"
+                    f"({self.config.options.log_entry_bytes_max}, log_entry_bytes_max): {advice}"
                 )
             )
         # Checked above, written now: a refused request writes nothing.
