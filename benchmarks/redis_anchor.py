@@ -47,7 +47,8 @@ __all__ = ["GROUP", "Config", "RedisServer", "Skipped", "collect", "make_config"
 GROUP = "redis_anchor"
 SEC_WRITES = "Durable single-operation writes: crdtstore set against Redis SET"
 SEC_ADD = "Adding one member to a set of N: crdtstore add against Redis SADD"
-SEC_MEMBER = "Membership of one member in a set of N: crdtstore get of the set against Redis SISMEMBER"
+SEC_MEMBER = "Membership of one member in a set of N: crdtstore sismember against Redis SISMEMBER"
+SEC_REMOVE = "Removing one member from a set of N: crdtstore srem against Redis SREM"
 SEC_BATCH = "Batched writes: one crdtstore request against a Redis pipeline"
 
 CRDTSTORE, REDIS = "crdtstore", "redis"
@@ -242,6 +243,7 @@ class Side:
     write: Call  # one key -> a durable single write
     batch: Call  # a list of keys -> one request (crdtstore) or one pipeline (Redis) of writes
     add: Callable[[str], Call]  # set key -> (one member -> add it)
+    remove: Callable[[str], Call]  # set key -> (one member -> remove it)
     member: Callable[[str, bool], Call]  # set key, the answer expected -> (one member -> is it in the set?)
     members: Callable[[str], Call] | None = None  # set key -> (its size -> read the whole set); Redis only
     samples: dict[str, list[Sample]] = field(default_factory=dict)  # measurement -> one per repeat
@@ -298,6 +300,13 @@ KINDS: dict[str, tuple[str, str, str, str]] = {
         "adds/s",
         "crdtstore: AsyncClient.sadd of one new member (the node writes that member's record and the key's small "
         "record); Redis: SADD of the same member",
+    ),
+    "remove": (
+        SEC_REMOVE,
+        "remove one member from a set of {n:,}, 1 in flight",
+        "removes/s",
+        "crdtstore: AsyncClient.srem of one member the set holds (the node deletes that member's record); Redis: "
+        "SREM of the same member",
     ),
 }
 
@@ -389,6 +398,8 @@ class Bench:
             results.set_builds_s.setdefault(side.name, {})[n] = time.perf_counter() - began
         await self.membership(n, key)
         await self.adds(n, key)
+        if n:
+            await self.removes(n, key)
 
     async def membership(self, n: int, key: str) -> None:
         """Reads of the set as both sides built it: members 0 .. n-1 (none: a member of a set that is not there)."""
@@ -429,6 +440,27 @@ class Bench:
                 size[side.name] += sample.requests
         self.results.measurements.append(replace(m, params={**m.params, "set_size_after_max": max(size.values())}))
 
+    async def removes(self, n: int, key: str) -> None:
+        """Removes of members the set holds, one at a time, from its first member on; the set shrinks as much."""
+        cfg = self.cfg
+        m = measurement("remove", n=n)
+        self.step(m.name)
+        why = await self._probe(f"remove from {n:,}", lambda side: side.remove(key), member(0))
+        if why is not None:
+            self.results.skipped.append(Skipped(m.name, why))
+            return
+        removed = {self.crdtstore.name: 1, self.redis.name: 1}
+        for rep in range(cfg.repeats):
+            for side in self.order(rep):
+                gone = [member(i) for i in range(removed[side.name], min(n, removed[side.name] + cfg.adds_per_run_max))]
+                if not gone:
+                    break
+                run = closed_loop(side.remove(key), gone, len(gone), 1, cfg.add_run_s)
+                sample = await timed(side.pid, run)
+                side.samples.setdefault(m.name, []).append(sample)
+                removed[side.name] += sample.requests
+        self.results.measurements.append(m)
+
     async def _probe(self, what: str, call_of: Callable[[Side], Call], arg: str) -> str | None:
         """One untimed call on each side (also the warm-up); why the measurement is skipped, or None."""
         for side in (self.crdtstore, self.redis):
@@ -456,7 +488,7 @@ def _check_member(who: str, key: str, name: str, found: bool, expected: bool) ->
 
 
 def crdtstore_side(kv: AsyncClient, pid: int) -> tuple[Side, Call]:
-    """crdtstore's calls: the client's ``set``, ``mutate``, ``sadd`` and ``sismember``."""
+    """crdtstore's calls: the client's ``set``, ``mutate``, ``sadd``, ``srem`` and ``sismember``."""
 
     async def contains(key: str, expected: bool, name: str) -> None:
         _check_member(CRDTSTORE, key, name, await kv.sismember(key, name), expected)
@@ -473,13 +505,14 @@ def crdtstore_side(kv: AsyncClient, pid: int) -> tuple[Side, Call]:
         write=lambda key: kv.set(key, VALUE),
         batch=lambda keys: kv.mutate([SetRegister(key, VALUE) for key in keys]),
         add=lambda key: partial(kv.sadd, key),
+        remove=lambda key: partial(kv.srem, key),
         member=lambda key, expected: partial(contains, key, expected),
     )
     return side, build
 
 
 def redis_side(client: Any, pid: int) -> tuple[Side, Call]:
-    """Redis's calls through redis.asyncio: SET, a pipeline of SETs, SADD, SISMEMBER and SMEMBERS."""
+    """Redis's calls through redis.asyncio: SET, a pipeline of SETs, SADD, SREM and SISMEMBER."""
 
     async def pipelined(keys: list[str]) -> None:
         pipe = client.pipeline(transaction=False)
@@ -504,6 +537,7 @@ def redis_side(client: Any, pid: int) -> tuple[Side, Call]:
         write=lambda key: client.set(key, VALUE),
         batch=pipelined,
         add=lambda key: partial(client.sadd, key),
+        remove=lambda key: partial(client.srem, key),
         member=lambda key, expected: partial(sismember, key, expected),
         members=None,
     )

@@ -231,6 +231,7 @@ def draw_plots(figures: Sequence[Figure], out: Path) -> list[tuple[str, str]]:
         ("throughput.png", "Throughput against requests in flight", _throughput),
         ("sync_cost.png", "Synchronisation cost over the minimum, beside Enes et al.", _sync_cost),
         ("peers.png", "Delta and state bytes against the set size, beside delta-crdts and pycrdt", _peers),
+        ("sets.png", "Set operations against the set's size, beside Redis", _sets),
     ):
         if draw(figures, out / name):
             drawn.append((name, title))
@@ -471,6 +472,52 @@ def _peers(figures: Sequence[Figure], path: Path) -> bool:
     axes[1].set_ylabel("bytes per element")
     axes[1].set_title("encoded state per element")
     axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _sets(figures: Sequence[Figure], path: Path) -> bool:
+    """Adds, removes and membership reads per second against the set's size, crdtstore and Redis (same run)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    kinds = (("add", "add one member"), ("remove", "remove one member"), ("member", "membership of one member"))
+    mine = [f for f in figures if f.group == "redis_anchor" and f.params.get("kind") in dict(kinds) and f.baselines]
+    if not mine:
+        return False
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for kind, label in kinds:
+        points = sorted((max(1, int(f.params["set_size"])), f) for f in mine if f.params.get("kind") == kind)
+        if not points:
+            continue
+        sizes = [n for n, _ in points]
+        line = ax.errorbar(
+            sizes,
+            [f.stats.median for _, f in points],
+            yerr=_errors([f.stats for _, f in points]),
+            marker="o",
+            capsize=3,
+            label=f"crdtstore: {label}",
+        )
+        ax.plot(
+            sizes,
+            [f.baselines[0].stats.median for _, f in points],
+            linestyle="--",
+            marker="x",
+            color=line[0].get_color(),
+            label=f"Redis: {label}",
+        )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.yaxis.set_major_formatter(FuncFormatter(_plain))
+    ax.set_xlabel("members in the set (0 drawn at 1)")
+    ax.set_ylabel("operations per second, 1 in flight (log)")
+    ax.set_title("One durable set operation against the set's size")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
