@@ -450,9 +450,11 @@ class Bench:
             self.results.skipped.append(Skipped(m.name, why))
             return
         removed = {self.crdtstore.name: 1, self.redis.name: 1}
+        # Every repeat finds members left to remove, and the set keeps at least half of them.
+        per_run = max(1, min(cfg.adds_per_run_max, n // (2 * cfg.repeats)))
         for rep in range(cfg.repeats):
             for side in self.order(rep):
-                gone = [member(i) for i in range(removed[side.name], min(n, removed[side.name] + cfg.adds_per_run_max))]
+                gone = [member(i) for i in range(removed[side.name], min(n, removed[side.name] + per_run))]
                 if not gone:
                     break
                 run = closed_loop(side.remove(key), gone, len(gone), 1, cfg.add_run_s)
