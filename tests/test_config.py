@@ -47,6 +47,8 @@ def test_flags_override_environment_override_file(tmp_path: Path) -> None:
         ("this is not toml", "is not valid TOML"),
         ('region = "Bad Region!"', "is not a valid region name"),
         ('listen = "nowhere"', "is not HOST:PORT"),
+        ("[server]\nmembers_page_default = 20000", "members_page_default is larger than server.members_page_max"),
+        ("[server]\nget_members_max = 0", "get_members_max must be"),
     ],
 )
 def test_bad_files_are_refused_with_the_setting_named(tmp_path: Path, text: str, message: str) -> None:
