@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import json
 import os
 import random
@@ -489,6 +490,52 @@ def test_a_stranger_is_refused(three: RegionProcesses) -> None:
             list(sync(iter([hello]), timeout=10))
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "mallory" in (err.value.details() or "")
+
+
+def test_a_hello_meant_for_another_region_is_refused(three: RegionProcesses) -> None:
+    """b's hello for c, arriving at a (c's address pointed at a for a while), must not pass for b's stream with a."""
+    hello = rpb.SyncMessage(hello=rpb.SyncHello(region="b", vector=b"", protocol=1, to="c"))
+    with grpc.insecure_channel(three.servers["a"].addr) as channel:
+        sync: Any = channel.stream_stream(SYNC_METHOD, request_serializer=rpb.SyncMessage.SerializeToString)
+        with pytest.raises(grpc.RpcError) as err:
+            list(sync(iter([hello]), timeout=10))
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "this is region 'a', not 'c'" in (err.value.details() or "")
+    three.wait_connected()  # and b's own stream with a was left alone
+
+
+class _ColdStartCollision(RegionProcesses):
+    """c's first port is the a-b link's proxy port: c starts again elsewhere, as a port race makes it.
+
+    Until c's proxies are retargeted, a dial for c reaches b, and b's dial for c reaches b itself.
+    """
+
+    def __enter__(self) -> _ColdStartCollision:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.proxies_thread.__enter__()
+        for x, y in itertools.combinations(sorted(self.names), 2):
+            self.links[frozenset((x, y))] = self.proxies_thread.start_proxy("127.0.0.1", self.ports[y])
+        taken = self.links[frozenset(("a", "b"))].port
+        self.ports["c"] = taken
+        for pair in (("a", "c"), ("b", "c")):
+            self.links[frozenset(pair)].target_port = taken
+        for name in self.names:
+            self.servers[name] = self._server(name)
+        for name in self._to_start:
+            self._start_on_a_free_port(name)
+        return self
+
+
+def test_regression_dials_that_reached_the_wrong_node_do_not_keep_regions_apart(tmp_path: Path) -> None:
+    # Found by CI's benchmark smoke run: c's chosen port collided with a proxy's, c started elsewhere,
+    # and b and c never connected. gRPC reused the connection that had reached the wrong node for
+    # every later dial, and a dial for c that reached b replaced b's stream with a by cancelling its
+    # handler, which left a's call open: both views of some link stayed down for good.
+    with _ColdStartCollision(tmp_path, ["a", "b", "c"]) as cluster:
+        assert "in use" in cluster.servers["c"].log_path.read_text(), "c's first port was taken, as intended"
+        cluster.wait_connected(timeout_s=30.0)
+        token = cluster.clients["b"].set("after", "collision").token
+        assert cluster.clients["c"].get("after", after=token).value == b"collision"
 
 
 def test_a_node_with_a_bad_clock_is_fenced_and_its_timestamps_do_not_drag_the_others(tmp_path: Path) -> None:

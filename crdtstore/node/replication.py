@@ -64,7 +64,7 @@ from crdtstore.node.waits import VectorWaits
 from crdtstore.node.writer import GroupCommitWriter
 from crdtstore.replica.core import ReplicaCore
 from crdtstore.replica.driver import Driver, Job, Ready
-from crdtstore.replica.wire import Ack, ProtocolError, parse, to_pb
+from crdtstore.replica.wire import Ack, Hello, ProtocolError, parse, to_pb
 from crdtstore.storage import LmdbStore
 from crdtstore.storage.replication import ReplicaStore
 from crdtstore.v1 import replication_pb2 as rpb
@@ -83,6 +83,8 @@ class _Stream:
     queue: asyncio.Queue[rpb.SyncMessage] = field(default_factory=asyncio.Queue)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     room: asyncio.Event = field(default_factory=asyncio.Event)  # set when the pump takes a message
+    # Set when a newer stream with the same peer replaces this one: its session returns.
+    replaced: asyncio.Event = field(default_factory=asyncio.Event)
     # Why the driver asked to close it (the peer broke the protocol).
     closed: asyncio.Future[str] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
@@ -233,7 +235,10 @@ class Replicator:
         hears when the driver wants its next tick.
         """
         for outgoing in ready.messages:
-            self._send_now(outgoing.peer, to_pb(outgoing.message), bulk=not isinstance(outgoing.message, Ack))
+            message = to_pb(outgoing.message)
+            if isinstance(outgoing.message, Hello):
+                message.hello.to = outgoing.peer  # the node that answers must be that region
+            self._send_now(outgoing.peer, message, bulk=not isinstance(outgoing.message, Ack))
         for peer, why in ready.close:
             stream = self.links[peer].stream
             if stream is not None and not stream.closed.done():
@@ -368,6 +373,12 @@ class Replicator:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"a replication message that does not parse: {exc}")
         except ProtocolError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if first.hello.to and first.hello.to != self.config.region:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"this is region {self.config.region!r}, not {first.hello.to!r}: the address region "
+                f"{first.hello.region!r} dials for {first.hello.to!r} reaches another node",
+            )
         link = self.links.get(first.hello.region)
         if link is None:
             await context.abort(
@@ -402,8 +413,11 @@ class Replicator:
         write: Callable[[rpb.SyncMessage], Awaitable[None]],
         first: bytes | None,
     ) -> None:
-        if link.session is not None and not link.session.done():
-            link.session.cancel()  # the newer stream replaces the older
+        if link.stream is not None:
+            # The newer stream replaces the older, whose session returns: a server handler that
+            # returns ends its call, where one cancelled from outside would leave the call open
+            # (the peer would go on sending into a stream nobody reads).
+            link.stream.replaced.set()
         link.epoch += 1
         epoch = link.epoch
         stream = _Stream()
@@ -441,15 +455,17 @@ class Replicator:
         receiving = asyncio.ensure_future(receive())
         closing = asyncio.ensure_future(closed())
         stopping = asyncio.ensure_future(self._stopping.wait())
+        replacing = asyncio.ensure_future(stream.replaced.wait())
+        tasks = (pumping, receiving, closing, stopping, replacing)
         try:
-            done, _ = await asyncio.wait({pumping, receiving, closing, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 task.result()  # raises what ended the stream
         finally:
             stream.ended.set()  # wakes anything waiting to queue on this stream
-            for task in (pumping, receiving, closing, stopping):
+            for task in tasks:
                 task.cancel()
-            for task in (pumping, receiving, closing, stopping):
+            for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             if link.epoch == epoch:

@@ -39,6 +39,11 @@ def _channel_options(settings: ReplicationSettings, message_bytes_max: int) -> l
         ("grpc.min_reconnect_backoff_ms", settings.reconnect_backoff_max_ms),
         ("grpc.max_reconnect_backoff_ms", settings.reconnect_backoff_max_ms),
         ("grpc.enable_retries", 0),
+        # Each dial gets connections of its own, closed with its channel. gRPC otherwise shares
+        # connections between channels to the same address, and a connection that reached the
+        # wrong server (an address that pointed elsewhere for a moment) would serve every later
+        # dial too: the stream is refused again and again and never reaches the peer.
+        ("grpc.use_local_subchannel_pool", 1),
     ]
 
 

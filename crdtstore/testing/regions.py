@@ -104,6 +104,7 @@ class RegionProcesses:
             except RuntimeError:
                 if attempt == attempts - 1 or "in use" not in self.servers[name].log_path.read_text():
                     raise
+            self.servers[name].kill()  # the process that could not listen: release what it held
             self.ports[name] = free_port()
             self.servers[name] = self._server(name)
             for pair, proxy in self.links.items():

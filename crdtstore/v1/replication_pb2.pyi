@@ -7,18 +7,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SyncHello(_message.Message):
-    __slots__ = ("region", "vector", "protocol", "incoming", "origin")
+    __slots__ = ("region", "vector", "protocol", "incoming", "origin", "to")
     REGION_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     INCOMING_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    TO_FIELD_NUMBER: _ClassVar[int]
     region: str
     vector: bytes
     protocol: int
     incoming: bytes
     origin: str
-    def __init__(self, region: _Optional[str] = ..., vector: _Optional[bytes] = ..., protocol: _Optional[int] = ..., incoming: _Optional[bytes] = ..., origin: _Optional[str] = ...) -> None: ...
+    to: str
+    def __init__(self, region: _Optional[str] = ..., vector: _Optional[bytes] = ..., protocol: _Optional[int] = ..., incoming: _Optional[bytes] = ..., origin: _Optional[str] = ..., to: _Optional[str] = ...) -> None: ...
 
 class SyncEntry(_message.Message):
     __slots__ = ("origin", "first", "last", "delta")
