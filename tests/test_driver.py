@@ -175,6 +175,15 @@ def test_persisting_what_a_peer_sent_fails_closes_its_connection(one: One) -> No
     assert [peer for peer, _ in ready.close] == ["us"]
 
 
+def test_a_failure_persisting_what_an_ended_connection_sent_leaves_the_next_one_alone(one: One) -> None:
+    one.driver.connected("us", 0)
+    one.run(one.driver.received("us", Hello("us", VersionVector()), 0), 0)
+    (apply,) = one.driver.received("us", Entries.of((RawLogEntry("us", 1, 1, b"not a delta"),)), 1).jobs
+    one.driver.disconnected("us", 2)
+    one.driver.connected("us", 3)
+    assert one.driver.failed(apply, ValueError("does not decode"), 4).close == []
+
+
 def test_a_state_transfer_offers_digests_sends_the_buckets_wanted_and_is_joined(tmp_path: Path) -> None:
     sender, receiver = One(tmp_path / "a"), One(tmp_path / "b")
     try:

@@ -262,8 +262,10 @@ class Driver:
         """``job``'s ``run()`` raised ``error``."""
         link = self.links.get(job.peer, _Link())
         if job.inbound:
-            # What the peer sent could not be persisted (it does not decode, or the store refused it).
-            self._close(job.peer, f"{job.kind} of what {job.peer} sent failed: {error}")
+            # What the peer sent could not be persisted (it does not decode, or the store refused it):
+            # its connection ends, unless that one has already (a newer one did nothing wrong).
+            if job.epoch == link.epoch:
+                self._close(job.peer, f"{job.kind} of what {job.peer} sent failed: {error}")
         elif job.kind == "read_log" and job.epoch == link.epoch:
             link.reading_log = False
             self._dirty = True
