@@ -245,7 +245,6 @@ class Side:
     add: Callable[[str], Call]  # set key -> (one member -> add it)
     remove: Callable[[str], Call]  # set key -> (one member -> remove it)
     member: Callable[[str, bool], Call]  # set key, the answer expected -> (one member -> is it in the set?)
-    members: Callable[[str], Call] | None = None  # set key -> (its size -> read the whole set); Redis only
     samples: dict[str, list[Sample]] = field(default_factory=dict)  # measurement -> one per repeat
 
 
@@ -328,7 +327,6 @@ class Results:
     skipped: list[Skipped] = field(default_factory=list)
     crdtstore: dict[str, list[Sample]] = field(default_factory=dict)
     redis: dict[str, list[Sample]] = field(default_factory=dict)
-    redis_smembers: dict[str, list[Sample]] = field(default_factory=dict)
     set_builds_s: dict[str, dict[int, float]] = field(default_factory=dict)  # side -> set size -> seconds
     one_op_s: dict[str, dict[str, float]] = field(default_factory=dict)  # side -> probe -> seconds
     versions: dict[str, str] = field(default_factory=dict)
@@ -415,9 +413,6 @@ class Bench:
             for side in self.order(rep):
                 run = closed_loop(side.member(key, n > 0), asked, count, 1, self.cfg.run_s)
                 side.samples.setdefault(m.name, []).append(await timed(side.pid, run))
-                if side.members is not None:
-                    run = closed_loop(side.members(key), [n], count, 1, self.cfg.run_s)
-                    self.results.redis_smembers.setdefault(m.name, []).append(await timed(side.pid, run))
         self.results.measurements.append(m)
 
     async def adds(self, n: int, key: str) -> None:
@@ -541,7 +536,6 @@ def redis_side(client: Any, pid: int) -> tuple[Side, Call]:
         add=lambda key: partial(client.sadd, key),
         remove=lambda key: partial(client.srem, key),
         member=lambda key, expected: partial(sismember, key, expected),
-        members=None,
     )
     return side, build
 
@@ -621,9 +615,6 @@ def figures_of(results: Results) -> list[Figure]:
     for m in results.measurements:
         mine, theirs = results.crdtstore[m.name], results.redis[m.name]
         baselines = [Baseline("Redis, same run, same load", _rates(theirs, m.ops_per_request, m.unit), len(theirs))]
-        whole = results.redis_smembers.get(m.name)
-        if whole:
-            baselines.append(Baseline("Redis SMEMBERS of the whole set", _rates(whole, 1, m.unit), len(whole)))
         cpu = f"CPU server/client, % of one core, median run: crdtstore {_cpu_text(mine)}, Redis {_cpu_text(theirs)}"
         out.append(
             Figure(

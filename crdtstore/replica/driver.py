@@ -82,8 +82,6 @@ class Job:
     inbound: bool = False
     # It makes a large message for ``peer``: run it when the peer's connection has room.
     bulk: bool = False
-    # Bytes it applies (an apply's deltas).
-    size: int = 0
     epoch: int = 0
     then: Callable[[Any, int], None] = field(default=lambda result, now_ms: None, repr=False)
 
@@ -134,9 +132,9 @@ class _Link:
     stale_transfers: int = 0  # kept across connections
 
     def reset(self, epoch: int, now_ms: int) -> None:
-        """A new connection (``epoch``), or none: everything kept per connection starts over."""
+        """A new connection (``epoch``): everything kept per connection starts over."""
         self.epoch = epoch
-        self.connected = epoch > 0
+        self.connected = True
         self.closing = self.greeted = self.reading_log = False
         self.last_sent_ms = now_ms
         self.offered = None
@@ -350,10 +348,7 @@ class Driver:
                 self._act(self.core.applied(peer, self.storage.vector, now_ms), now_ms)
             self._dirty = True  # relay what is new to the other peers
 
-        size = sum(len(e.delta) for e in entries)
-        self._job(
-            "apply", peer, lambda: self.storage.apply(peer, entries), writes=True, inbound=True, size=size, then=then
-        )
+        self._job("apply", peer, lambda: self.storage.apply(peer, entries), writes=True, inbound=True, then=then)
 
     # -- state transfer: sending ------------------------------------------------------
 
@@ -494,10 +489,9 @@ class Driver:
         writes: bool = False,
         inbound: bool = False,
         bulk: bool = False,
-        size: int = 0,
         then: Callable[[Any, int], None] | None = None,
     ) -> None:
-        job = Job(kind, peer, run, writes, inbound, bulk, size, self.links[peer].epoch if peer in self.links else 0)
+        job = Job(kind, peer, run, writes, inbound, bulk, self.links[peer].epoch if peer in self.links else 0)
         if then is not None:
             job.then = then
         self._out.jobs.append(job)

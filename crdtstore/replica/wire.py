@@ -46,6 +46,7 @@ __all__ = [
     "ProtocolError",
     "RawLogEntry",
     "Want",
+    "entry_size",
     "from_pb",
     "parse",
     "size_of",

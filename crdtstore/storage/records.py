@@ -37,7 +37,7 @@ from crdtstore.crdt import AWSet, Dot, KeyState, ValueType, decode_as, encode
 from crdtstore.storage.errors import StorageError
 from crdtstore.storage.keys import _SHORT_KEY_BYTES_MAX, lmdb_key
 
-__all__ = ["KeyRecord", "decode_record", "encode_record", "member_key"]
+__all__ = ["KeyRecord", "SetRecords", "decode_record", "encode_record", "member_key"]
 
 _SHORT_MEMBER_BYTES_MAX = 480
 _LONG_MEMBER_PREFIX_BYTES = 440
@@ -189,8 +189,9 @@ class SetRecords:
     def contains(self, record: KeyRecord, member: str) -> bool:
         if not record.members:
             return False
-        raw = self.txn.get(member_key(record.set_id, member), db=self.members_db)
-        return raw is not None and bool(_member_of(member_key(record.set_id, member), bytes(raw))[1])
+        mkey = member_key(record.set_id, member)
+        raw = self.txn.get(mkey, db=self.members_db)
+        return raw is not None and bool(_member_of(mkey, bytes(raw))[1])
 
     def store(
         self,
