@@ -37,7 +37,7 @@ from crdtstore.crdt import AWSet, Dot, KeyState, ValueType, decode_as, encode
 from crdtstore.storage.errors import StorageError
 from crdtstore.storage.keys import _SHORT_KEY_BYTES_MAX, lmdb_key
 
-__all__ = ["KeyRecord", "SetRecords", "decode_record", "encode_record", "member_key"]
+__all__ = ["KeyRecord", "SetRecords", "decode_record", "encode_record", "member_key", "register_record"]
 
 _SHORT_MEMBER_BYTES_MAX = 480
 _LONG_MEMBER_PREFIX_BYTES = 440
@@ -65,6 +65,14 @@ def encode_record(key: str, others: KeyState, set_id: int, members: int, body: b
         parts.append(len(raw).to_bytes(2, "big") + raw)
     parts.append(encode(others) if body is None else body)
     return b"".join(parts)
+
+
+def register_record(key: str, body: bytes) -> bytes:
+    """The record of a key that holds no set: ``encode_record`` with the state's encoding ``body`` given."""
+    raw = key.encode("utf-8")
+    if len(raw) > _SHORT_KEY_BYTES_MAX:
+        return b"".join((bytes((_LONG_KEY,)), len(raw).to_bytes(2, "big"), raw, body))
+    return b"\x00" + body
 
 
 def decode_record(db_key: bytes, value: bytes) -> KeyRecord:
