@@ -289,8 +289,7 @@ class KVService:
             )
         result = await self.node.writer.submit(WriteRequest(ops, request.idempotency_key))
         if isinstance(result, Applied):
-            if not result.replayed:
-                replicator.local_committed()
+            # The writer told the replicator of the commit (``on_commit``) before answering.
             vector = result.token.vv
             if replicas > 1 and not await replicator.wait_replicated(vector, replicas, _time_left(context)):
                 await _abort(
