@@ -37,7 +37,7 @@ from crdtstore.crdt import AWSet, Dot, KeyState, ValueType, decode_as, encode
 from crdtstore.storage.errors import StorageError
 from crdtstore.storage.keys import _SHORT_KEY_BYTES_MAX, lmdb_key
 
-__all__ = ["KeyRecord", "SetRecords", "decode_record", "encode_record", "member_key", "register_record"]
+__all__ = ["KeyRecord", "SetRecords", "decode_record", "encode_record", "member_key", "plain_record"]
 
 _SHORT_MEMBER_BYTES_MAX = 480
 _LONG_MEMBER_PREFIX_BYTES = 440
@@ -67,8 +67,8 @@ def encode_record(key: str, others: KeyState, set_id: int, members: int, body: b
     return b"".join(parts)
 
 
-def register_record(key: str, body: bytes) -> bytes:
-    """The record of a key that holds no set: ``encode_record`` with the state's encoding ``body`` given."""
+def plain_record(key: str, body: bytes) -> bytes:
+    """The record of a key that has never held a set: ``encode_record`` with the state's encoding ``body``."""
     raw = key.encode("utf-8")
     if len(raw) > _SHORT_KEY_BYTES_MAX:
         return b"".join((bytes((_LONG_KEY,)), len(raw).to_bytes(2, "big"), raw, body))
@@ -218,6 +218,15 @@ class SetRecords:
         ``others_body``: the encoding of the state's other slots, when the caller has it.
         """
         db_key = lmdb_key(key)
+        if ValueType.SET not in state.slots and (record is None or not record.set_id):
+            # No set now and never one: the key's record alone (most keys: registers and counters).
+            if state.is_bottom():
+                self.txn.delete(db_key, db=self.data)
+            else:
+                self.txn.put(
+                    db_key, plain_record(key, encode(state) if others_body is None else others_body), db=self.data
+                )
+            return
         slots = dict(state.slots)
         held = slots.pop(ValueType.SET, None)
         entries = held.entries if isinstance(held, AWSet) else {}

@@ -51,7 +51,7 @@ from crdtstore.storage.delta_log import DeltaLog, _log_value
 from crdtstore.storage.environment import _META_HLC, _META_HORIZON, _META_LOG_BYTES
 from crdtstore.storage.errors import DataCorruption, IdempotencyConflict, KeyTooLarge, StorageError, StoreFull
 from crdtstore.storage.keys import lmdb_key
-from crdtstore.storage.records import KeyRecord, decode_record, register_record
+from crdtstore.storage.records import KeyRecord, decode_record, plain_record
 
 
 @dataclass(frozen=True)
@@ -311,7 +311,7 @@ class LocalWrites(DeltaLog):
         if len(log_value) > self.config.options.log_entry_bytes_max:
             return self._log_too_big(log_value, "")
         for (db_key, _, _), (key, _, _, _), body in zip(targets, writes, bodies, strict=True):
-            txn.put(db_key, register_record(key, body), db=data)
+            txn.put(db_key, plain_record(key, body), db=data)
         return batch.context.add_run(origin, first, dots[-1].counter), dots[-1].counter, log_value
 
     def _log_too_big(self, log_value: bytes, advice: str) -> Failed:
