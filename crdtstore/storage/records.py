@@ -149,6 +149,13 @@ class SetRecords:
             return None, None
         return self.assemble(record, members), record
 
+    def some_member(self, key: str) -> str | None:
+        """A live member of the key's set (its first record), or None when it has none."""
+        record = self.record(lmdb_key(key))
+        if record is None or not record.members:
+            return None
+        return next(self.member_stream(record.set_id, chunk=1))[1]
+
     def assemble(self, record: KeyRecord, members: Collection[str] | None = None) -> KeyState:
         others = decode_as(record.body, KeyState)
         if not record.members:

@@ -51,7 +51,7 @@ from crdtstore.storage.delta_log import DeltaLog, _log_value
 from crdtstore.storage.environment import _META_HLC, _META_HORIZON, _META_LOG_BYTES
 from crdtstore.storage.errors import DataCorruption, IdempotencyConflict, KeyTooLarge, StorageError, StoreFull
 from crdtstore.storage.keys import lmdb_key
-from crdtstore.storage.records import KeyRecord, decode_record, plain_record
+from crdtstore.storage.records import KeyRecord, SetRecords, decode_record, plain_record
 
 
 @dataclass(frozen=True)
@@ -199,13 +199,19 @@ class LocalWrites(DeltaLog):
         log entry, or why it failed (having written nothing).
         """
         keys = sorted({op.key for op in operations})
-        # A key that only adds and removes members is read for those members alone (``records``).
+        # A key the batch does not delete is read for the members it names alone (``records``).
         named = _members_named(operations)
         records = self._records(txn)
         loaded: dict[str, tuple[KeyState | None, KeyRecord | None]] = {}
         try:
             for k in keys:
-                loaded[k] = records.load(k, named.get(k))
+                members = named.get(k)
+                if members is None and (refused := self._delete_too_large(records, k)) is not None:
+                    return refused
+                if members is not None and (sample := records.some_member(k)) is not None:
+                    # One live member stands for the set: with it the key's type reads as it would whole.
+                    members = named[k] = members | {sample}
+                loaded[k] = records.load(k, members)
         except (CodecError, StorageError) as exc:
             return Failed(DataCorruption(f"a stored key of this request cannot be read: {exc}"))
         window = StoreMap({k: s for k, (s, _) in loaded.items() if s is not None}, batch.context)
@@ -238,7 +244,8 @@ class LocalWrites(DeltaLog):
             deleted = [op.key for op in operations if isinstance(op, DeleteKey)]
             big = [k for k in deleted if (r := loaded[k][1]) is not None and r.members > 0]
             return self._log_too_big(
-                log_value, f"remove the members of {big[0]!r} in batches first (srem), then delete it" if big else ""
+                len(log_value),
+                f"remove the members of {big[0]!r} in batches first (srem), then delete it" if big else "",
             )
         # Checked above, written now: a refused request writes nothing.
         allocate = self._set_ids(txn)
@@ -309,17 +316,43 @@ class LocalWrites(DeltaLog):
             arrived_ms=now_ms,
         )
         if len(log_value) > self.config.options.log_entry_bytes_max:
-            return self._log_too_big(log_value, "")
+            return self._log_too_big(len(log_value), "")
         for (db_key, _, _), (key, _, _, _), body in zip(targets, writes, bodies, strict=True):
             txn.put(db_key, plain_record(key, body), db=data)
         return batch.context.add_run(origin, first, dots[-1].counter), dots[-1].counter, log_value
 
-    def _log_too_big(self, log_value: bytes, advice: str) -> Failed:
-        advice = advice or "split it into smaller batches"
+    def _delete_too_large(self, records: SetRecords, key: str) -> Failed | None:
+        """Refuse, before reading it whole, the delete of a set too large to name every member of.
+
+        A delete names every member of the key's set in its delta (so that
+        every region removes what this one saw). Counting each member at
+        its name's bytes and two more (its delta holds at least that), a set
+        whose names already pass ``log_entry_bytes_max`` cannot be in one
+        replication message: it is refused without being loaded (memory would
+        grow with the set), having read at most that many bytes of names.
+        """
+        record = records.record(lmdb_key(key))
+        if record is None or record.members <= _LOAD_BEFORE_CHECKING_MEMBERS:
+            return None
+        limit = self.config.options.log_entry_bytes_max
+        at_least = 3 * record.members  # a name of one byte at least
+        if at_least <= limit:
+            at_least = 0
+            for _, member, _ in records.member_stream(record.set_id):
+                at_least += len(member.encode("utf-8")) + 2
+                if at_least > limit:
+                    break
+            else:
+                return None
+        advice = f"remove the members of {key!r} in batches first (srem), then delete it"
+        return self._log_too_big(at_least, advice, at_least=True)
+
+    def _log_too_big(self, size: int, advice: str, *, at_least: bool = False) -> Failed:
         return Failed(
             KeyTooLarge(
-                f"the request's change is {len(log_value)} bytes, more than one replication message carries "
-                f"({self.config.options.log_entry_bytes_max}, log_entry_bytes_max): {advice}"
+                f"the request's change is {'at least ' if at_least else ''}{size} bytes, more than one replication "
+                f"message carries ({self.config.options.log_entry_bytes_max}, log_entry_bytes_max): "
+                f"{advice or 'split it into smaller batches'}"
             )
         )
 
@@ -346,6 +379,10 @@ class LocalWrites(DeltaLog):
         batch.log_bytes = self._bound_log(txn, batch.log_bytes, batch.trimmed, budget)
 
 
+# A set of at most this many members is read whole for a delete (its delta's size is then known exactly).
+_LOAD_BEFORE_CHECKING_MEMBERS = 10_000
+
+
 def _registers_only(operations: Sequence[Operation]) -> TypeGuard[Sequence[SetRegister]]:
     return all(type(op) is SetRegister for op in operations)
 
@@ -358,15 +395,20 @@ def _too_large(key: str, size: int, limit: int) -> KeyTooLarge:
 
 
 def _members_named(operations: Sequence[Operation]) -> dict[str, set[str]]:
-    """Per key, the members a batch names, for the keys that it only adds to and removes from."""
+    """Per key, the members a batch names, for the keys it does not delete (a delete names every member).
+
+    Such a key is read for those members alone (and one more: see ``_write_general``).
+    """
     named: dict[str, set[str]] = {}
-    whole: set[str] = set()
+    deleted: set[str] = set()
     for op in operations:
         if isinstance(op, AddMembers | RemoveMembers):
             named.setdefault(op.key, set()).update(op.members)
+        elif isinstance(op, DeleteKey):
+            deleted.add(op.key)
         else:
-            whole.add(op.key)  # a delete names every member; another type must see the set to refuse
-    return {k: members for k, members in named.items() if k not in whole}
+            named.setdefault(op.key, set())
+    return {k: members for k, members in named.items() if k not in deleted}
 
 
 def _without_set(state: KeyState) -> KeyState:
