@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -206,3 +207,36 @@ def test_every_database_is_compared() -> None:
         with pair.stores[0].env.begin() as txn:
             names = {bytes(k) for k, _ in txn.cursor()}
         assert names == set(_DATABASES)
+
+
+@settings(max_examples=examples(150), deadline=None)
+@given(st.lists(st.lists(_REQUEST, min_size=1, max_size=4), min_size=1, max_size=6), st.integers(1, 5))
+def test_a_peers_register_writes_are_stored_as_the_join_stores_them(
+    batches: list[list[WriteRequest]], per_message: int
+) -> None:
+    """``remote._new_register_write`` (a new key's one register write, stored directly) against the join."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        wall = FakeClock(1_700_000_000_000)
+        source = LmdbStore(StorageConfig(root / "us", "us", StorageOptions(sync=False)), wall_ms=wall)
+        receivers = [
+            LmdbStore(
+                StorageConfig(root / name, "eu", StorageOptions(sync=False)),
+                wall_ms=wall,
+                incarnations=lambda: "0" * 12,
+            )
+            for name in ("direct", "joined")
+        ]
+        try:
+            clock = HybridLogicalClock(wall, floor=source.hlc_mark)
+            for batch in batches:
+                source.write_batch(batch, clock)
+            entries = list(source.log_entries())
+            for i in range(0, len(entries), per_message):
+                receivers[0].apply_remote(entries[i : i + per_message], source="us")
+                with mock.patch("crdtstore.storage.remote._new_register_write", return_value=False):
+                    receivers[1].apply_remote(entries[i : i + per_message], source="us")
+            assert _dump(receivers[0]) == _dump(receivers[1])
+        finally:
+            for store in (source, *receivers):
+                store.close()

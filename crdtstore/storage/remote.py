@@ -15,17 +15,20 @@ from crdtstore.crdt import (
     Dot,
     HybridLogicalClock,
     KeyState,
+    Register,
     StoreMap,
     ValueType,
     VersionVector,
     decode_as,
     encode,
+    encode_register_write,
 )
 from crdtstore.replica.wire import RawLogEntry
 from crdtstore.storage.delta_log import DeltaLog, LogEntry, _log_key, _log_value
 from crdtstore.storage.environment import _META_HORIZON, _META_LOG_BYTES
 from crdtstore.storage.errors import StoreFull
-from crdtstore.storage.records import SetRecords
+from crdtstore.storage.keys import lmdb_key
+from crdtstore.storage.records import SetRecords, plain_record
 
 log = logging.getLogger("crdtstore.storage")
 
@@ -178,12 +181,35 @@ class RemoteApply(DeltaLog):
     ) -> None:
         delta = entry.delta
         for key, named in delta.entries.items():
+            if _new_register_write(records, key, named, context):
+                continue
             # A delta names every member it changes: the join reads and writes those members alone.
             held = named.slots.get(ValueType.SET)
             members = list(held.entries) if isinstance(held, AWSet) else []
             current, stored = records.load(key, members)
             state = (current or KeyState()).join_delta(named, context, delta.context)
             records.store(key, state, stored, allocate=allocate, members=members)
+
+
+def _new_register_write(records: SetRecords, key: str, named: KeyState, context: CausalContext) -> bool:
+    """Store a delta's one register write to a key this node does not hold, directly; False if it is not one.
+
+    The join of nothing with one register version this node has not seen is
+    that version (one it has seen, and removed, joins to nothing): its record
+    is encoded straight from the write (``encode_register_write``, the bytes of
+    the key state), without the join and the key state's encoder.
+    """
+    if len(named.slots) != 1:
+        return False
+    register = named.slots.get(ValueType.REGISTER)
+    if type(register) is not Register or len(register.entries) != 1:
+        return False
+    ((dot, (timestamp, value)),) = register.entries.items()
+    db_key = lmdb_key(key)
+    if context.contains(dot) or records.txn.get(db_key, db=records.data) is not None:
+        return False
+    records.txn.put(db_key, plain_record(key, encode_register_write(dot, timestamp, value)), db=records.data)
+    return True
 
 
 def _dependencies_met(entry: LogEntry, context: CausalContext) -> bool:
