@@ -35,6 +35,13 @@ would win or lose by its wrong clock.
 Messages: ``crdtstore.replica.wire`` translates between the stream's
 protobuf and the driver's messages.
 
+Access: with access control on, a peer that opens a stream must be
+authenticated, by a client certificate that names its region (mutual TLS) or
+by a token with the right ``replicate`` on every key, which a dialling node
+presents from ``auth.peer_token_file`` or ``CRDTSTORE_PEER_TOKEN``. The stream
+ends when that token expires or is revoked, or the certificate expires: the
+session checks again whenever the rules change and at the expiry.
+
 Waiting: causal-token reads and ``replicated:N`` writes wait for conditions
 on the node's vector and its peers' acknowledgements. Waiters are checked
 whenever either changes.
@@ -56,10 +63,19 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from crdtstore.auth.policy import EVERY_KEY, Need
+from crdtstore.auth.tokens import Principal
 from crdtstore.crdt import CodecError, HybridLogicalClock, VersionVector
+from crdtstore.node.access import AccessControl, Refusal
 from crdtstore.node.clocks import PeerClock
-from crdtstore.node.config import NodeConfig
-from crdtstore.node.streams import certificate_names, open_channel, server_options, sync_call
+from crdtstore.node.config import ConfigError, NodeConfig
+from crdtstore.node.streams import (
+    certificate_expiry,
+    certificate_names,
+    open_channel,
+    server_options,
+    sync_call,
+)
 from crdtstore.node.waits import VectorWaits
 from crdtstore.node.writer import GroupCommitWriter
 from crdtstore.replica.core import ReplicaCore
@@ -136,6 +152,8 @@ class Replicator:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
         self._stopping = asyncio.Event()  # set by close(): every stream session returns
+        # Checks the peers that open streams, and hears of every write a peer's entries made.
+        self.access: AccessControl | None = None
 
     @property
     def core(self) -> ReplicaCore:
@@ -272,6 +290,8 @@ class Replicator:
         except Exception as exc:
             self._handle(self.driver.failed(job, exc, _monotonic_ms()))
             return
+        if job.writes and self.access is not None:
+            self.access.changed()  # what a peer sent may hold roles or revocations
         self._handle(self.driver.done(job, result, _monotonic_ms()))
 
     def _send_now(self, peer: str, message: rpb.SyncMessage, *, bulk: bool = True) -> None:
@@ -329,9 +349,15 @@ class Replicator:
     async def _dial_once(self, link: _Link) -> bool:
         """One stream to ``link``'s peer, until it breaks; True if the peer answered at all."""
         answered = False
+        try:
+            token = self.config.auth.peer_token()
+        except ConfigError as exc:
+            log.warning("dialling %s without a token: %s", link.name, exc)
+            token = None
+        metadata = (("authorization", f"Bearer {token}"),) if token else ()
         channel = open_channel(link.address, link.name, self._tls, self.settings, self.config.message_bytes_max)
         try:
-            call = sync_call(channel)
+            call = sync_call(channel, metadata)
 
             async def read() -> bytes | None:
                 nonlocal answered
@@ -344,7 +370,15 @@ class Replicator:
 
             await self._session(link, read, call.write, None)
         except grpc.aio.AioRpcError as exc:
-            log.debug("stream to %s (%s) ended: %s %s", link.name, link.address, exc.code(), exc.details())
+            refused = exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+            log.log(
+                logging.WARNING if refused else logging.DEBUG,
+                "stream to %s (%s) ended: %s %s",
+                link.name,
+                link.address,
+                exc.code(),
+                exc.details(),
+            )
         except (ProtocolError, CodecError) as exc:
             log.warning("stream to %s closed: %s", link.name, exc)
         except Exception:  # whatever it was, the next attempt starts afresh
@@ -361,6 +395,16 @@ class Replicator:
         """The server side of ``Replication.Sync``: the peer's Hello comes first and names it."""
         if self._closing:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the node is shutting down")
+        access = self.access
+        principal: Principal | None = None
+        by_certificate = self.config.tls.require_client_cert
+        if access is not None and access.enabled and not by_certificate:
+            # Before anything the caller sent is read: an unauthenticated stream costs nothing.
+            try:
+                principal = access.authenticate(context.invocation_metadata())
+                access.authorize(principal, (Need("replicate", EVERY_KEY),))
+            except Refusal as refusal:
+                await context.abort(refusal.code, refusal.message)
         raw = await context.read()
         if raw is grpc.aio.EOF:
             return
@@ -400,11 +444,39 @@ class Replicator:
             assert isinstance(raw, bytes)
             return raw
 
+        watch: Callable[[], Awaitable[None]] | None = None
+        if access is not None and access.enabled:
+            if principal is not None:
+                watch = functools.partial(self._watch_token, access, principal)
+            else:
+                watch = functools.partial(self._watch_certificate, certificate_expiry(context), link.name)
         try:
-            await self._session(link, read, context.write, raw)
+            await self._session(link, read, context.write, raw, watch)
         except (ProtocolError, CodecError) as exc:
             log.warning("stream from %s closed: %s", link.name, exc)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except Refusal as refusal:
+            log.warning("stream from %s closed: %s", link.name, refusal.message)
+            await context.abort(refusal.code, refusal.message)
+
+    @staticmethod
+    async def _watch_token(access: AccessControl, principal: Principal) -> None:
+        """Return never; raise ``Refusal`` once the peer's token expires, is revoked or loses ``replicate``."""
+        while True:
+            until_expiry_s = principal.expires_at + access.settings.leeway_s - time.time()
+            await access.wait_changed(max(0.0, min(until_expiry_s, 3600.0)))
+            access.check_current(principal)
+            access.authorize(principal, (Need("replicate", EVERY_KEY),))
+
+    @staticmethod
+    async def _watch_certificate(expires_at: float | None, peer: str) -> None:
+        """Return never; raise ``Refusal`` once the peer's certificate expires."""
+        if expires_at is None:
+            await asyncio.Event().wait()  # no certificate to watch: nothing ends the stream from here
+        assert expires_at is not None
+        while (left_s := expires_at - time.time()) > 0:
+            await asyncio.sleep(min(left_s, 3600.0))
+        raise Refusal(grpc.StatusCode.UNAUTHENTICATED, f"the certificate of peer {peer!r} has expired")
 
     async def _session(
         self,
@@ -412,6 +484,7 @@ class Replicator:
         read: Callable[[], Awaitable[bytes | None]],
         write: Callable[[rpb.SyncMessage], Awaitable[None]],
         first: bytes | None,
+        watch: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         if link.stream is not None:
             # The newer stream replaces the older, whose session returns: a server handler that
@@ -456,7 +529,9 @@ class Replicator:
         closing = asyncio.ensure_future(closed())
         stopping = asyncio.ensure_future(self._stopping.wait())
         replacing = asyncio.ensure_future(stream.replaced.wait())
-        tasks = (pumping, receiving, closing, stopping, replacing)
+        tasks: tuple[asyncio.Future[Any], ...] = (pumping, receiving, closing, stopping, replacing)
+        if watch is not None:
+            tasks = (*tasks, asyncio.ensure_future(watch()))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
