@@ -82,7 +82,7 @@ class FakeKV:
         self.contains_extra: list[bool] = []  # answers beyond the members asked: a malformed reply
         self.roles: dict[str, kv_pb2.Role] = {}
         self.revoked: list[str] = []
-        self.metadata: list[dict[str, str]] = []  # of each admin call
+        self.metadata: list[dict[str, str | bytes]] = []  # of each admin call
 
     def put(self, key: str, kv: kv_pb2.KeyValue) -> None:
         kv.key = key

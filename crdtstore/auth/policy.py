@@ -131,7 +131,8 @@ def parse_grant(text: str) -> Grant:
     prefix, sep, rights = text.rpartition("=")
     if not sep:
         raise PolicyError(
-            f"grant {text!r} is not PREFIX=RIGHT[,RIGHT...] (for example orders/=read,add; =read for every key)"
+            f"grant {text!r} is not PREFIX=RIGHT[,RIGHT...] (for example orders/=read,add; =read for every key; "
+            f"rights: {', '.join(RIGHTS)})"
         )
     return Grant(prefix, parse_rights(rights, f"grant {text!r}"))
 

@@ -239,6 +239,7 @@ class TokenVerifier:
             if moment <= cached.expires_at + self.leeway_s:
                 return cached
             del self._cache[token]
+            raise InvalidToken("the token has expired: ask for a new one")
         principal = self._verify(token, moment)
         self._cache[token] = principal
         if len(self._cache) > self.cache_entries_max:
