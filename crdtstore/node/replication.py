@@ -113,6 +113,8 @@ class _Link:
     stream: _Stream | None = None
     session: asyncio.Task[Any] | None = None
     clock: PeerClock = field(default_factory=PeerClock)
+    # Why the peer last refused this node's stream (its token or certificate): logged once, not at every redial.
+    refused: str = ""
 
     @property
     def clock_offset_ms(self) -> int | None:
@@ -365,20 +367,22 @@ class Replicator:
                 if raw is grpc.aio.EOF:
                     return None
                 answered = True
+                link.refused = ""
                 assert isinstance(raw, bytes)
                 return raw
 
             await self._session(link, read, call.write, None)
         except grpc.aio.AioRpcError as exc:
             refused = exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+            reason = f"{exc.code()} {exc.details()}"
             log.log(
-                logging.WARNING if refused else logging.DEBUG,
-                "stream to %s (%s) ended: %s %s",
+                logging.WARNING if refused and reason != link.refused else logging.DEBUG,
+                "stream to %s (%s) ended: %s",
                 link.name,
                 link.address,
-                exc.code(),
-                exc.details(),
+                reason,
             )
+            link.refused = reason if refused else ""
         except (ProtocolError, CodecError) as exc:
             log.warning("stream to %s closed: %s", link.name, exc)
         except Exception:  # whatever it was, the next attempt starts afresh
