@@ -32,9 +32,9 @@ signed with it, for a subject holding roles, valid for ``--ttl`` (``90s``,
 commands need a token with the ``admin`` right. A grant's PREFIX may be empty
 (``=read``: every key). ``role get --json`` prints ``{"name", "grants":
 [{"prefix", "rights"}], "changed_by", "changed_in", "changed_at_ms",
-"built_in"}``; ``role list --json`` one such object per line; ``role put
---json`` the role and the change's ``token``; ``role delete`` and ``token
-revoke`` with ``--json`` print ``{"token": <base64>}``.
+"built_in"}``; ``role list --json`` one such object per line, and ``role put --json``
+the role as stored; ``role delete`` and ``token revoke`` with ``--json``
+print ``{"token": <base64>}`` (the change's causal token).
 
 Input. ``set``'s VALUE is stored as its UTF-8 bytes, except that ``-`` reads
 the value from standard input and ``@PATH`` from a file, byte for byte (so a
