@@ -32,7 +32,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from benchmarks.common import group_parser, print_line, stats
+from benchmarks.common import group_parser, print_line, process_cpu_s, stats
 from benchmarks.figures import Baseline, Figure, write_json
 from benchmarks.node import CHANNEL_OPTIONS, RPC_TIMEOUT_S, VALUE, Keys, closed_loop
 from benchmarks.report import table
@@ -78,7 +78,12 @@ def _single_op_writes(keys: Keys, count: int) -> list[pb.MutateRequest]:
     ]
 
 
-async def _writes_per_s(addr: str, token: str | None, requests: Sequence[pb.MutateRequest], cfg: Config) -> float:
+async def _writes_per_s(
+    server: ServerProcess, token: str | None, requests: Sequence[pb.MutateRequest], cfg: Config
+) -> tuple[float, float]:
+    """Writes per second, and the server's CPU microseconds per write, over one repeat."""
+    addr = server.addr
+    assert server.proc is not None
     metadata = (("authorization", f"Bearer {token}"),) if token else None
     async with grpc.aio.insecure_channel(addr, options=CHANNEL_OPTIONS) as channel:
         stub: Any = pb_grpc.KVStub(channel)  # untyped generated code
@@ -87,8 +92,10 @@ async def _writes_per_s(addr: str, token: str | None, requests: Sequence[pb.Muta
             return await stub.Mutate(request, timeout=RPC_TIMEOUT_S, metadata=metadata)
 
         await closed_loop(mutate, requests[:100], 100, cfg.in_flight, 1.0)  # warm the connection and the caches
+        cpu_s = process_cpu_s(server.proc.pid)
         sample = await closed_loop(mutate, requests[100:], len(requests) - 100, cfg.in_flight, cfg.duration_s)
-    return sample.rps
+        cpu_s = process_cpu_s(server.proc.pid) - cpu_s
+    return sample.rps, cpu_s / sample.requests * 1e6
 
 
 def writes(cfg: Config, root: Path, log: Log, step: Log) -> tuple[Figure, dict[str, Any]]:
@@ -105,13 +112,20 @@ def writes(cfg: Config, root: Path, log: Log, step: Log) -> tuple[Figure, dict[s
         count = 100 + int(20_000 * cfg.duration_s)
         with_token: list[float] = []
         without: list[float] = []
+        cpu_us: dict[str, list[float]] = {"with_token": [], "without": []}
         for repeat in range(cfg.repeats):
             # In alternation, and the first of each repeat in turn, so that both see the same machine over the run.
             step(f"writes, repeat {repeat + 1}/{cfg.repeats}")
-            runs = [(without, plain.addr, None), (with_token, guarded.addr, token)]
-            for into, addr, credential in runs if repeat % 2 == 0 else reversed(runs):
-                into.append(asyncio.run(_writes_per_s(addr, credential, _single_op_writes(keys, count), cfg)))
-            log(f"repeat {repeat + 1}: {with_token[-1]:,.0f} writes/s with a token, {without[-1]:,.0f} without")
+            runs = [(without, "without", plain, None), (with_token, "with_token", guarded, token)]
+            for into, name, server, credential in runs if repeat % 2 == 0 else reversed(runs):
+                rate, cpu = asyncio.run(_writes_per_s(server, credential, _single_op_writes(keys, count), cfg))
+                into.append(rate)
+                cpu_us[name].append(cpu)
+            log(
+                f"repeat {repeat + 1}: {with_token[-1]:,.0f} writes/s with a token "
+                f"({cpu_us['with_token'][-1]:.0f} us of server CPU each), {without[-1]:,.0f} without "
+                f"({cpu_us['without'][-1]:.0f} us)"
+            )
     figure = Figure(
         GROUP,
         WRITES,
@@ -123,7 +137,8 @@ def writes(cfg: Config, root: Path, log: Log, step: Log) -> tuple[Figure, dict[s
         better="higher",
         params={"in_flight": cfg.in_flight},
     )
-    return figure, {"with_token": with_token, "without": without, "in_flight": cfg.in_flight}
+    detail = {"with_token": with_token, "without": without, "in_flight": cfg.in_flight, "server_cpu_us": cpu_us}
+    return figure, detail
 
 
 def _refused(client: Client) -> bool:
