@@ -34,7 +34,8 @@ import grpc.aio
 
 from benchmarks.common import group_parser, print_line, process_cpu_s, stats
 from benchmarks.figures import Baseline, Figure, write_json
-from benchmarks.node import CHANNEL_OPTIONS, RPC_TIMEOUT_S, VALUE, Keys, closed_loop
+from benchmarks.node import CHANNEL_OPTIONS, RPC_TIMEOUT_S, closed_loop
+from benchmarks.replication import Keys, single_op_writes
 from benchmarks.report import table
 from crdtstore.client import Client, ClientError
 from crdtstore.testing.auth import AuthKit
@@ -67,17 +68,6 @@ def make_config(quick: bool, repeats: int | None) -> Config:
     return Config(repeats or 5, 5.0, 32, 20)
 
 
-def _single_op_writes(keys: Keys, count: int) -> list[pb.MutateRequest]:
-    return [
-        pb.MutateRequest(
-            operations=[pb.Operation(key=key, set=pb.SetRegister(value=VALUE))],
-            idempotency_key=uuid.uuid4().bytes,
-            durability=pb.DURABILITY_LOCAL,
-        )
-        for key in keys.take(count)
-    ]
-
-
 async def _writes_per_s(
     server: ServerProcess, token: str | None, requests: Sequence[pb.MutateRequest], cfg: Config
 ) -> tuple[float, float]:
@@ -107,7 +97,7 @@ def writes(cfg: Config, root: Path, log: Log, step: Log) -> tuple[Figure, dict[s
         with Client(guarded.addr, token=kit.token("bench-admin", ["admin"])) as admin:
             admin.put_role("bench-writer", {"bench/": ["set"]})
         token = kit.token("bench-writer", ["bench-writer"], ttl_s=24 * 3600)
-        keys = Keys()
+        keys = Keys("bench/{:012d}")
         # Every request writes a key of its own; a repeat ends when its time is up or these run out.
         count = 100 + int(20_000 * cfg.duration_s)
         with_token: list[float] = []
@@ -118,7 +108,7 @@ def writes(cfg: Config, root: Path, log: Log, step: Log) -> tuple[Figure, dict[s
             step(f"writes, repeat {repeat + 1}/{cfg.repeats}")
             runs = [(without, "without", plain, None), (with_token, "with_token", guarded, token)]
             for into, name, server, credential in runs if repeat % 2 == 0 else reversed(runs):
-                rate, cpu = asyncio.run(_writes_per_s(server, credential, _single_op_writes(keys, count), cfg))
+                rate, cpu = asyncio.run(_writes_per_s(server, credential, single_op_writes(keys, count), cfg))
                 into.append(rate)
                 cpu_us[name].append(cpu)
             log(

@@ -55,27 +55,29 @@ def _read_until(proc: subprocess.Popen[str], marker: str, timeout_s: float = 60)
     return out.decode()
 
 
-@pytest.mark.parametrize("latency", ["0", "20"])
-def test_demo_runs_regions_that_replicate_and_stops_cleanly_on_ctrl_c(latency: str, tmp_path: Path) -> None:
-    base = _free_run(3)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "crdtstore",
-            "demo",
-            "--regions",
-            "3",
-            "--base-port",
-            str(base),
-            "--latency-ms",
-            latency,
-        ],
+def _start_demo(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "crdtstore", "demo", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+
+
+def _finish(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    proc.stderr.close()
+
+
+@pytest.mark.parametrize("latency", ["0", "20"])
+def test_demo_runs_regions_that_replicate_and_stops_cleanly_on_ctrl_c(latency: str, tmp_path: Path) -> None:
+    base = _free_run(3)
+    proc = _start_demo("--regions", "3", "--base-port", str(base), "--latency-ms", latency)
     try:
         banner = _read_until(proc, "Ctrl-C stops every region")
         addrs = re.findall(r"^\s+(\S+)\s+(127\.0\.0\.1:\d+)$", banner, flags=re.MULTILINE)
@@ -95,12 +97,7 @@ def test_demo_runs_regions_that_replicate_and_stops_cleanly_on_ctrl_c(latency: s
         assert proc.wait(timeout=60) == 0
         assert not Path(folder.group(1)).exists(), "the temporary data is removed"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        assert proc.stdout is not None and proc.stderr is not None
-        proc.stdout.close()
-        proc.stderr.close()
+        _finish(proc)
 
 
 def test_demo_refuses_a_port_in_use() -> None:
@@ -121,13 +118,7 @@ def test_demo_refuses_a_port_in_use() -> None:
 
 def test_demo_with_auth_requires_the_token_it_prints() -> None:
     base = _free_run(2)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "crdtstore", "demo", "--regions", "2", "--base-port", str(base), "--auth"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    proc = _start_demo("--regions", "2", "--base-port", str(base), "--auth")
     try:
         banner = _read_until(proc, "Ctrl-C stops every region")
         found = re.search(r"^admin token: (\S+)$", banner, flags=re.MULTILINE)
@@ -146,9 +137,4 @@ def test_demo_with_auth_requires_the_token_it_prints() -> None:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        assert proc.stdout is not None and proc.stderr is not None
-        proc.stdout.close()
-        proc.stderr.close()
+        _finish(proc)

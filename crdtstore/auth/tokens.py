@@ -108,12 +108,16 @@ def key_id(key: PublicKeyType) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(der).digest()[:16]).rstrip(b"=").decode("ascii")
 
 
+def _read_key_file(path: str | Path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot read it: {exc.strerror}") from None
+
+
 def load_public_key(path: str | Path) -> PublicKey:
     source = str(path)
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise KeyFileError(f"{source}: cannot read it: {exc.strerror}") from None
+    data = _read_key_file(path)
     try:
         key = serialization.load_pem_public_key(data)
     except ValueError:
@@ -125,10 +129,7 @@ def load_public_key(path: str | Path) -> PublicKey:
 
 def _load_private_key(path: str | Path) -> PrivateKeyType:
     source = str(path)
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise KeyFileError(f"{source}: cannot read it: {exc.strerror}") from None
+    data = _read_key_file(path)
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError):
