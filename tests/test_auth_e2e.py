@@ -504,8 +504,7 @@ def test_peers_without_a_token_cannot_replicate(tmp_path: Path) -> None:
 def test_a_replication_stream_ends_when_its_token_expires_or_is_revoked(tmp_path: Path) -> None:
     """x dials y with the token in its peer_token_file; y ends the stream at its expiry and at its revocation."""
     kit = AuthKit.create(tmp_path / "keys")
-    token_file = tmp_path / "peer.token"
-    token_file.write_text(kit.token("peer-x", ["admin"], ttl_s=3))
+    token_file = tmp_path / "peer.token"  # written once the regions run: until then x dials without a token
     config = kit.write_config(tmp_path / "node.toml", extra=f'leeway_s = 0\npeer_token_file = "{token_file}"\n')
     admin = kit.token("root", ["admin"])
     with RegionProcesses(tmp_path, ("x", "y"), extra_args=("--config", str(config)), client_token=admin) as cluster:
@@ -514,6 +513,8 @@ def test_a_replication_stream_ends_when_its_token_expires_or_is_revoked(tmp_path
         def connected() -> bool:
             return all(p["connected"] for p in y.status()["peers"])
 
+        wait_for(lambda: y.status()["refused_unauthenticated"] > 0, "y refuses x without a token")
+        token_file.write_text(kit.token("peer-x", ["admin"], ttl_s=4))
         wait_for(connected, "x connects with its token")
         wait_for(lambda: not connected(), "the stream ends when the token expires")
         token_file.write_text(kit.token("peer-x", ["admin"], token_id="peer-x-2"))  # read afresh at each dial
