@@ -30,7 +30,7 @@ from crdtstore.auth.policy import (
     validate_role_name,
 )
 from crdtstore.auth.tokens import InvalidToken, KeyFileError, TokenVerifier, issue_token, load_public_key, parse_ttl
-from crdtstore.node.access import _bearer, decode_role, revocation_operations, role_operations
+from crdtstore.node.access import bearer_token, decode_role, revocation_operations, role_operations
 from crdtstore.node.config import ConfigError, NodeConfig, is_loopback
 from crdtstore.node.service import _mutate_needs
 from crdtstore.operations import AddMembers, SetRegister
@@ -162,12 +162,12 @@ def test_role_records_carry_who_changed_them_and_where() -> None:
     assert isinstance(record_op, SetRegister)
 
 
-def test_the_bearer_token_is_read_from_the_metadata() -> None:
-    assert _bearer([("authorization", "Bearer abc")]) == "abc"
-    assert _bearer([("x", "y"), ("authorization", "bearer  abc ")]) == "abc"
-    assert _bearer([("authorization", "Basic abc")]) is None
-    assert _bearer([("authorization", "Bearer ")]) is None
-    assert _bearer(None) is None
+def test_thebearer_token_token_is_read_from_the_metadata() -> None:
+    assert bearer_token([("authorization", "Bearer abc")]) == "abc"
+    assert bearer_token([("x", "y"), ("authorization", "bearer  abc ")]) == "abc"
+    assert bearer_token([("authorization", "Basic abc")]) is None
+    assert bearer_token([("authorization", "Bearer ")]) is None
+    assert bearer_token(None) is None
 
 
 # -- tokens -------------------------------------------------------------------------------

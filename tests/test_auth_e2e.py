@@ -501,6 +501,23 @@ def test_peers_without_a_token_cannot_replicate(tmp_path: Path) -> None:
         assert not cluster.clients["y"].get("k").exists
 
 
+def test_a_node_takes_data_only_from_an_answering_peer_with_a_token(tmp_path: Path) -> None:
+    """x dials y; y answers without a token of its own: x takes nothing from it."""
+    kit = AuthKit.create(tmp_path / "keys")
+    config = kit.write_config(tmp_path / "node.toml")
+    env = {"x": {"CRDTSTORE_PEER_TOKEN": kit.token("peer-x", ["admin"])}}  # and y presents none
+    admin = kit.token("root", ["admin"])
+    with RegionProcesses(
+        tmp_path, ("x", "y"), extra_args=("--config", str(config)), env=env, client_token=admin
+    ) as cluster:
+        x = cluster.clients["x"]
+        cluster.clients["y"].set("from/y", "1")
+        wait_for(lambda: x.status()["refused_unauthenticated"] > 0, "x refuses y")
+        assert not any(p["connected"] for p in x.status()["peers"])
+        assert not x.get("from/y").exists
+        assert "is not one to take data from" in cluster.servers["x"].log_path.read_text()
+
+
 def test_a_replication_stream_ends_when_its_token_expires_or_is_revoked(tmp_path: Path) -> None:
     """x dials y with the token in its peer_token_file; y ends the stream at its expiry and at its revocation."""
     kit = AuthKit.create(tmp_path / "keys")

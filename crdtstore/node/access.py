@@ -57,6 +57,7 @@ __all__ = [
     "AccessControl",
     "Refusal",
     "RoleRecord",
+    "bearer_token",
     "is_reserved",
     "revocation_operations",
     "role_operations",
@@ -200,7 +201,7 @@ class AccessControl:
         """The caller named by the ``authorization: Bearer`` metadata; ``Refusal`` UNAUTHENTICATED otherwise."""
         if self.verifier is None:
             return ANONYMOUS
-        token = _bearer(metadata)
+        token = bearer_token(metadata)
         if token is None:
             raise self._unauthenticated(
                 "no token: send the metadata 'authorization: Bearer <token>' (crdtstore --token or "
@@ -317,7 +318,8 @@ class AccessControl:
         return known
 
 
-def _bearer(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
+def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
+    """The token of an ``authorization: Bearer`` entry of gRPC metadata, or None."""
     for key, value in metadata or ():
         if key == "authorization":
             text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
