@@ -248,6 +248,7 @@ def test_scan_shows_only_what_the_caller_may_read(node: Node) -> None:
     everything = [e.key for e in node.admin.scan("")]
     assert {"private/scan", "c/scan", "orders/scan"} <= set(everything)
     assert not [k for k in everything if k.startswith("\x00")], "the system keyspace never shows"
+    assert node.admin.status()["keys"] == len(everything), "nor is it counted among the keys"
 
 
 def test_the_system_keyspace_is_out_of_reach(node: Node) -> None:

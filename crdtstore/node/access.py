@@ -176,6 +176,7 @@ class AccessControl:
         self.refused_permission = 0
         self._roles: dict[str, Role | None] = {}
         self._revoked: dict[str, bool] = {}
+        self._system_keys: int | None = None
         self._changed: asyncio.Event | None = None
 
     # -- the rules changed -------------------------------------------------------------
@@ -184,6 +185,7 @@ class AccessControl:
         """Roles or revocations may have changed (a local admin write, or anything a peer sent)."""
         self._roles.clear()
         self._revoked.clear()
+        self._system_keys = None
         if self._changed is not None:
             self._changed.set()
             self._changed = None
@@ -307,6 +309,18 @@ class AccessControl:
                     continue
             if not after:
                 return records
+
+    def system_keys(self) -> int:
+        """How many keys the system keyspace holds (what a count of the store's keys leaves out)."""
+        if self._system_keys is None:
+            count, after = 0, b""
+            while True:
+                page, after = self.store.scan(SYSTEM_PREFIX, after, 1000)
+                count += len(page)
+                if not after:
+                    break
+            self._system_keys = count
+        return self._system_keys
 
     def is_revoked(self, token_id: str) -> bool:
         known = self._revoked.get(token_id)

@@ -437,7 +437,7 @@ class AdminService:
         return pb.StatusResponse(
             region=store.region,
             version=crdtstore.__version__,
-            keys=store.count_keys(),
+            keys=store.count_keys() - self.node.access.system_keys(),  # the node's own records are not keys
             token=token_of(store.context.vv),
             draining=self.node.draining,
             data_bytes=store.data_bytes(),
