@@ -609,7 +609,7 @@ def _parsing(
 
     async def handle(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
-            principal = access.authenticate(context.invocation_metadata())
+            principal = access.authenticate(context.invocation_metadata()) if access.enabled else ANONYMOUS
         except Refusal as refusal:
             await _abort(context, refusal.code, refusal.message)
         try:
