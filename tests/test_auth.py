@@ -433,3 +433,18 @@ def test_cli_role_put_refuses_a_bad_grant(capsys: pytest.CaptureFixture[str]) ->
         cli.main(["role", "put", "w", "--grant", "a/=write"])
     assert info.value.code == 2
     assert "'write' is not a right" in capsys.readouterr().err
+
+
+def test_es256_tokens_are_accepted_from_a_p256_key(tmp_path: Path) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    private, public = tmp_path / "ec.pem", tmp_path / "ec.pub.pem"
+    private.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    public.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    token = issue_token(private, "ec-user", ["reader"])
+    assert jwt.get_unverified_header(token)["alg"] == "ES256"
+    principal = TokenVerifier([load_public_key(public)], algorithms=["ES256"]).verify(token)
+    assert (principal.subject, principal.roles) == ("ec-user", ("reader",))
