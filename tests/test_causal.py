@@ -73,3 +73,13 @@ def test_version_vector_order(a: dict[str, int], b: dict[str, int]) -> None:
 def test_zero_entries_are_not_stored() -> None:
     assert VersionVector({"eu": 0}) == VersionVector()
     assert len(VersionVector({"eu": 0, "us": 2})) == 1
+
+
+@given(dot_sets, st.sampled_from(["eu", "us", "ap"]), st.integers(1, 14), st.integers(0, 6))
+def test_add_run_is_add_all_of_the_run(ds: frozenset[Dot], region: str, first: int, length: int) -> None:
+    ctx = CausalContext.from_dots(ds)
+    run = [Dot(region, c) for c in range(first, first + length)]
+    after = ctx.add_run(region, first, first + length - 1)
+    assert after == ctx.add_all(run)
+    assert set(after.dots()) == set(ds) | set(run)
+    after._check()

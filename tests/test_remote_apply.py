@@ -201,13 +201,13 @@ def _transfer(
     context, count, digests = sender.store.spool_snapshot(spool)
     assert digests == sender.store.bucket_digests()
     with spool.open("rb") as f:
-        pairs = [(key, body) for key, body in msgpack.Unpacker(f, raw=False)]
-    assert len(pairs) == count
+        pairs = [(key, body, part) for key, body, part in msgpack.Unpacker(f, raw=False)]
+    assert len({key for key, _, _ in pairs}) == count
     buckets = None
     if by_digest:
         theirs = receiver.store.bucket_digests()
         buckets = frozenset(i for i, (a, b) in enumerate(zip(digests, theirs, strict=True)) if a != b)
-        pairs = [(key, body) for key, body in pairs if bucket_of(key) in buckets]
+        pairs = [(key, body, part) for key, body, part in pairs if bucket_of(key) in buckets]
     between()
     for i in range(0, len(pairs), 3):  # in pages
         receiver.store.stage_snapshot(sender.name, 7, pairs[i : i + 3])
@@ -275,9 +275,9 @@ def test_regression_a_bucket_that_changed_after_the_comparison_refuses_the_trans
 def test_a_cut_short_transfer_is_discarded(regions: dict[str, Region], tmp_path: Path) -> None:
     eu, us = regions["eu"], regions["us"]
     eu.write(SetRegister("a", b"1"))
-    us.store.stage_snapshot("eu", 7, [("a", b"garbage that is never decoded")])
+    us.store.stage_snapshot("eu", 7, [("a", b"garbage that is never decoded", 0)])
     us.store.discard_snapshot("eu")
-    us.store.stage_snapshot("eu", 6, [("a", b"a late page of an abandoned transfer")])
+    us.store.stage_snapshot("eu", 6, [("a", b"a late page of an abandoned transfer", 0)])
     assert _transfer(eu, us, tmp_path) == 1, "transfer 7 does not see transfer 6's page"
     assert us.snapshot() == eu.snapshot()
 

@@ -7,14 +7,14 @@ records themselves, and at everything a whole-state reader sees through them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crdtstore.crdt import AWSet, HybridLogicalClock, StoreMap, TypeMismatch, ValueType, encode
+from crdtstore.crdt import AWSet, HybridLogicalClock, KeyState, StoreMap, TypeMismatch, ValueType, encode
 from crdtstore.operations import (
     AddMembers,
     DeleteKey,
@@ -24,10 +24,10 @@ from crdtstore.operations import (
     SetRegister,
     apply_operations,
 )
-from crdtstore.storage import Applied, LmdbStore, StorageConfig, StorageOptions, WriteRequest
+from crdtstore.storage import Applied, Failed, KeyTooLarge, LmdbStore, StorageConfig, StorageOptions, WriteRequest
 from crdtstore.storage.environment import _META_SCHEMA
 from crdtstore.storage.keys import lmdb_key
-from crdtstore.storage.records import decode_record
+from crdtstore.storage.records import KeyRecord, SetRecords, decode_record
 from crdtstore.testing.clock import FakeClock
 from crdtstore.testing.strategies import examples
 
@@ -131,6 +131,38 @@ def test_a_delete_too_large_for_one_log_entry_says_how_to_empty_the_set(tmp_path
             )
         (deleted,) = store.write_batch([WriteRequest([DeleteKey("s")])], clock)
         assert isinstance(deleted, Applied)
+    finally:
+        store.close()
+
+
+def test_a_delete_of_a_large_set_is_refused_before_the_set_is_read_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A set past the bound is refused from its member names alone, another type's write from one member:
+    memory must not grow with the set."""
+    store = LmdbStore(StorageConfig(tmp_path / "eu", "eu", StorageOptions(sync=False, log_entry_bytes_max=90_000)))
+    clock = HybridLogicalClock(FakeClock(1_700_000_000_000), floor=store.hlc_mark)
+    try:
+        for i in range(0, 12_000, 4_000):
+            store.write_batch([WriteRequest([AddMembers("s", tuple(f"m{n:05d}" for n in range(i, i + 4_000)))])], clock)
+
+        partial = SetRecords.assemble
+
+        def assemble(self: SetRecords, record: KeyRecord, members: Collection[str] | None = None) -> KeyState:
+            assert members is not None, "the set was read whole"
+            return partial(self, record, members)
+
+        monkeypatch.setattr(SetRecords, "assemble", assemble)
+        (refused,) = store.write_batch([WriteRequest([DeleteKey("s")])], clock)
+        assert isinstance(refused, Failed) and isinstance(refused.error, KeyTooLarge)
+        assert "change is at least " in str(refused.error), refused.error
+        assert int(str(refused.error).split("at least ")[1].split()[0]) > 90_000
+        assert "remove the members of 's' in batches first (srem), then delete it" in str(refused.error)
+        # Another type's write needs the set's presence, not its members: one member read shows it.
+        (mismatch,) = store.write_batch([WriteRequest([SetRegister("s", b"v"), AddMembers("s", ("new",))])], clock)
+        assert isinstance(mismatch, Failed) and isinstance(mismatch.error, TypeMismatch)
+        (added,) = store.write_batch([WriteRequest([AddMembers("s", ("new",)), Increment("other", 1)])], clock)
+        assert isinstance(added, Applied)
     finally:
         store.close()
 

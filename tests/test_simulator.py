@@ -152,10 +152,10 @@ def test_a_replica_that_silently_skips_a_remote_delta_is_caught(
     real = LmdbStore._apply_entry
     calls = itertools.count()
 
-    def forgetful(self: LmdbStore, txn: Any, entry: LogEntry, context: CausalContext) -> None:
+    def forgetful(self: LmdbStore, records: Any, allocate: Any, entry: LogEntry, context: CausalContext) -> None:
         if all(key.startswith("s/") for key in entry.delta.entries) and next(calls) % 5 == 4:
             return  # the context advances, the state does not
-        real(self, txn, entry, context)
+        real(self, records, allocate, entry, context)
 
     monkeypatch.setattr(LmdbStore, "_apply_entry", forgetful)
     summary, _ = run_seed(Scenario(4, regions=3, ops=300, faults="none"))

@@ -7,7 +7,15 @@ node, the replication protocol and the deterministic simulator all share.
 
 from crdtstore.crdt.awset import AWSet
 from crdtstore.crdt.causal import CausalContext, Dot, VersionVector
-from crdtstore.crdt.codec import CodecError, decode, decode_as, encode
+from crdtstore.crdt.codec import (
+    CodecError,
+    RegisterWrite,
+    decode,
+    decode_as,
+    encode,
+    encode_register_write,
+    encode_register_writes,
+)
 from crdtstore.crdt.counter import INT64_MAX, INT64_MIN, Counter, Share
 from crdtstore.crdt.dotstore import Causal, DotStore
 from crdtstore.crdt.hlc import ClockSkew, HybridLogicalClock, Timestamp
@@ -29,6 +37,7 @@ __all__ = [
     "KeyState",
     "KeyValue",
     "Register",
+    "RegisterWrite",
     "Share",
     "Sibling",
     "StoreMap",
@@ -40,4 +49,6 @@ __all__ = [
     "decode",
     "decode_as",
     "encode",
+    "encode_register_write",
+    "encode_register_writes",
 ]

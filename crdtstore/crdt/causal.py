@@ -215,6 +215,17 @@ class CausalContext:
             return self
         return self._with(self._vv, self._cloud.union(fresh))
 
+    def add_run(self, region: str, first: int, last: int) -> CausalContext:
+        """With the dots ``region:first..last`` added: ``add_all`` of the run, without a dot object per counter.
+
+        A region's own writes are such a run right after its vector entry; the
+        vector then moves to ``last`` and the cloud stays as it is.
+        """
+        top = self._vv.get(region)
+        if first <= top + 1 and not any(dot.region == region for dot in self._cloud):
+            return self if last <= top else CausalContext._trusted(self._vv.advance(region, last), self._cloud)
+        return self.add_all(Dot(region, counter) for counter in range(first, last + 1))
+
     def join(self, other: CausalContext) -> CausalContext:
         if other is self or (not other._cloud and self._vv.dominates(other._vv)):
             return self
@@ -288,13 +299,20 @@ def _compact(vv: VersionVector, cloud: frozenset[Dot]) -> tuple[VersionVector, f
     # Usually (a join) every dot is covered by the vector or continues it:
     # find the dots beyond the vector first and group only those.
     beyond: list[Dot] = []
+    continues = False  # some dot beyond the vector is right after its region's entry
     for dot in cloud:
-        if dot.counter < 1:
+        region, counter = dot
+        if counter < 1:
             raise ValueError(f"dot counters start at 1, got {dot}")
-        if dot.counter > tops.get(dot.region, 0):
+        top = tops.get(region, 0)
+        if counter > top:
             beyond.append(dot)
+            continues = continues or counter == top + 1
     if not beyond:
         return vv, frozenset()
+    if not continues:
+        # Nothing to absorb (a delta's context, say: dots from the middle of each region's history).
+        return vv, cloud if len(beyond) == len(cloud) else frozenset(beyond)
     if len(beyond) == 1:
         region, counter = beyond[0]
         if counter == tops.get(region, 0) + 1:

@@ -210,6 +210,7 @@ async def run_node(config: NodeConfig, *, ready: asyncio.Event | None = None, st
         pending_requests_max=config.server.pending_requests_max,
     )
     replicator = Replicator(config, store, writer, clock, wall_ms=wall_ms)
+    writer.on_commit = replicator.local_committed
     replicator.access = access
     node = NodeState(config, store, writer, replicator, access)
     message_max = config.message_bytes_max

@@ -332,8 +332,7 @@ class KVService:
             )
         result = await self.node.writer.submit(WriteRequest(ops, request.idempotency_key))
         if isinstance(result, Applied):
-            if not result.replayed:
-                replicator.local_committed()
+            # The writer told the replicator of the commit (``on_commit``) before answering.
             vector = result.token.vv
             if replicas > 1 and not await replicator.wait_replicated(vector, replicas, _time_left(context)):
                 await _abort(
@@ -456,7 +455,7 @@ class AdminService:
     # -- roles and revocations ---------------------------------------------------------------
 
     async def _write_rules(self, ops: list[Operation], context: grpc.aio.ServicerContext[Any, Any]) -> pb.CausalToken:
-        """Apply a write to the system keyspace like any client write; the rules' caches start afresh."""
+        """Apply a write to the system keyspace like any client write; it replicates like one."""
         if self.node.draining:
             await _abort(context, grpc.StatusCode.UNAVAILABLE, "the node is shutting down; retry on another node")
         result = await self.node.writer.submit(WriteRequest(ops))
@@ -464,7 +463,7 @@ class AdminService:
             error = result.error
             code = grpc.StatusCode.RESOURCE_EXHAUSTED if isinstance(error, StoreFull) else grpc.StatusCode.INTERNAL
             await _abort(context, code, f"the change was not applied: {error}")
-        self.node.replicator.local_committed()
+        # The writer told the replicator of the commit (on_commit); the rules' caches start afresh.
         self.node.access.changed()
         return token_of(result.token.vv)
 

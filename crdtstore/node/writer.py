@@ -15,7 +15,12 @@ runs the job, in arrival order.
 
 Backpressure: at most ``pending_requests_max`` requests wait at once; further
 callers wait for a place (their deadline still applies), so memory stays
-bounded however fast clients send.
+bounded however fast clients send. A place is given back when its request is
+answered, on the event loop, in the same callback that answers the batch.
+
+``on_commit`` (set by the node to the replicator's ``local_committed``) runs
+on the event loop once per batch that applied something new, before its
+callers are answered: replication hears of a batch once, not once per request.
 
 A caller that gives up (deadline, cancellation) does not withdraw its request:
 it may still be applied. That is why mutations carry idempotency keys.
@@ -30,7 +35,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from crdtstore.crdt import HybridLogicalClock
-from crdtstore.storage import Failed, LmdbStore, WriteRequest
+from crdtstore.storage import Applied, Failed, LmdbStore, WriteRequest
 from crdtstore.storage.lmdb_store import Result
 
 __all__ = ["GroupCommitWriter"]
@@ -66,6 +71,8 @@ class GroupCommitWriter:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, name="crdtstore-writer", daemon=True)
         self._closed = False
+        # Runs on the event loop once per committed batch that applied a request (not a replay).
+        self.on_commit: Callable[[], None] | None = None
         self.batches_committed = 0
         self.requests_committed = 0
 
@@ -76,13 +83,14 @@ class GroupCommitWriter:
     async def submit(self, request: WriteRequest) -> Result:
         future: asyncio.Future[Result] = await self._place()
         self._queue.put((request, future))
-        return await asyncio.shield(future)
+        # A caller that gives up cancels only its wait: the writer answers (and frees the place) regardless.
+        return await future
 
     async def call(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on the writer thread, between client batches; its result or exception comes back."""
         future: asyncio.Future[T] = await self._place()
         self._queue.put(_Job(fn, future))
-        return await asyncio.shield(future)
+        return await future
 
     async def _place(self) -> asyncio.Future[Any]:
         """Wait for a place in the queue; the future that answers the item put there."""
@@ -91,12 +99,10 @@ class GroupCommitWriter:
         loop = self._loop
         assert loop is not None, "start() first"
         await self._places.acquire()
-        future: asyncio.Future[Any] = loop.create_future()
-        # The place is given back when the item is answered, not when the
-        # caller stops waiting: a caller that gives up leaves its request
-        # queued, and the bound must still count it.
-        future.add_done_callback(lambda _: self._places.release())
-        return future
+        # The place is given back when the item is answered (``_answer``), not
+        # when the caller stops waiting: a caller that gives up leaves its
+        # request queued, and the bound must still count it.
+        return loop.create_future()
 
     async def close(self) -> None:
         """Commit what is queued, then stop the thread."""
@@ -143,9 +149,9 @@ class GroupCommitWriter:
         try:
             result = job.fn()
         except BaseException as exc:  # the caller hears of it, whatever it is
-            loop.call_soon_threadsafe(_fail, job.future, exc)
+            loop.call_soon_threadsafe(self._answer_job, job.future, None, exc)
         else:
-            loop.call_soon_threadsafe(_resolve, job.future, result)
+            loop.call_soon_threadsafe(self._answer_job, job.future, result, None)
 
     def _commit(self, batch: Sequence[_Item]) -> None:
         try:
@@ -158,19 +164,25 @@ class GroupCommitWriter:
         loop = self._loop
         assert loop is not None
         # One wake-up of the event loop for the whole batch, not one per caller.
-        loop.call_soon_threadsafe(_resolve_all, [future for _, future in batch], results)
+        loop.call_soon_threadsafe(self._answer, [future for _, future in batch], results)
 
+    # -- on the event loop -------------------------------------------------------------
 
-def _resolve_all(futures: Sequence[asyncio.Future[Any]], results: Sequence[Any]) -> None:
-    for future, result in zip(futures, results, strict=True):
-        _resolve(future, result)
+    def _answer(self, futures: Sequence[asyncio.Future[Any]], results: Sequence[Result]) -> None:
+        on_commit = self.on_commit
+        if on_commit is not None and any(isinstance(r, Applied) and not r.replayed for r in results):
+            on_commit()
+        release = self._places.release
+        for future, result in zip(futures, results, strict=True):
+            release()
+            if not future.done():
+                future.set_result(result)
 
-
-def _resolve(future: asyncio.Future[Any], result: Any) -> None:
-    if not future.done():
-        future.set_result(result)
-
-
-def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc)
+    def _answer_job(self, future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+        self._places.release()
+        if future.done():
+            return
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)

@@ -54,6 +54,7 @@ from crdtstore.replica.wire import (
     Message,
     Offer,
     Page,
+    TransferItem,
     Want,
 )
 
@@ -387,7 +388,7 @@ class Driver:
         assert spool is not None and buckets is not None, "pages follow the peer's answer to an offer"
         bytes_max = self.settings.message_bytes_max
 
-        def then(found: tuple[tuple[tuple[str, bytes], ...], bool], now_ms: int) -> None:
+        def then(found: tuple[tuple[TransferItem, ...], bool], now_ms: int) -> None:
             if link.sending is not sending:
                 return  # the connection ended; ending it released the spool
             keys, last = found
@@ -395,7 +396,7 @@ class Driver:
             self._send(peer, page, now_ms)
             sending.page += 1
             sending.keys_sent += len(keys)
-            sending.bytes_sent += sum(len(state) for _, state in keys)
+            sending.bytes_sent += sum(len(state) for _, state, _ in keys)
             if not last:
                 self._read_page(peer, link, sending)
                 return

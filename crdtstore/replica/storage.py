@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import NamedTuple, Protocol
 
 from crdtstore.crdt import CausalContext, VersionVector
-from crdtstore.replica.wire import RawLogEntry
+from crdtstore.replica.wire import RawLogEntry, TransferItem
 
 __all__ = ["Applied", "LogRead", "ReplicaStorage", "Spool"]
 
@@ -47,7 +47,7 @@ class Spool(Protocol):
     keys: int
     digests: tuple[int, ...]  # one per repair bucket (``wire.DIGEST_BUCKETS``)
 
-    def page(self, buckets: frozenset[int], bytes_max: int) -> tuple[tuple[tuple[str, bytes], ...], bool]:
+    def page(self, buckets: frozenset[int], bytes_max: int) -> tuple[tuple[TransferItem, ...], bool]:
         """The next keys of ``buckets``, about ``bytes_max`` bytes of them; True with the last."""
         ...
 
@@ -104,7 +104,7 @@ class ReplicaStorage(Protocol):
         """Forget a state transfer from ``peer`` that did not finish."""
         ...
 
-    def stage_transfer(self, peer: str, transfer: int, keys: Sequence[tuple[str, bytes]]) -> None: ...
+    def stage_transfer(self, peer: str, transfer: int, keys: Sequence[TransferItem]) -> None: ...
 
     def finish_transfer(
         self,

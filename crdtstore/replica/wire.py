@@ -45,6 +45,7 @@ __all__ = [
     "Page",
     "ProtocolError",
     "RawLogEntry",
+    "TransferItem",
     "Want",
     "entry_size",
     "from_pb",
@@ -53,7 +54,8 @@ __all__ = [
     "to_pb",
 ]
 
-PROTOCOL_VERSION = 1
+# 2: a large set travels in parts (SnapshotKey.part). Nodes of different versions refuse each other's streams.
+PROTOCOL_VERSION = 2
 SYNC_METHOD = "/crdtstore.v1.Replication/Sync"
 # Keys fall into this many repair buckets (a stable hash of the key, the same in every region).
 DIGEST_BUCKETS = 1024
@@ -119,12 +121,18 @@ class Want:
     buckets: frozenset[int]
 
 
+# A key of a state transfer: (key, encoded state, part). Part 0 is the key's whole state; a key whose set
+# is large travels in parts 1, 2, ..., each with the key's other slots and the next run of its members in
+# member record order (see crdtstore/storage/transfer.py), next to each other in the transfer.
+TransferItem = tuple[str, bytes, int]
+
+
 @dataclass(frozen=True)
 class Page:
     """Keys of a state transfer; page 0 starts a transfer, the one marked ``done`` ends it."""
 
     number: int
-    keys: tuple[tuple[str, bytes], ...]
+    keys: tuple[TransferItem, ...]
     done: bool = False
     # On the last page: the context the keys were read at, and the buckets the transfer covers.
     context: CausalContext | None = None
@@ -157,8 +165,8 @@ def to_pb(message: Message) -> rpb.SyncMessage:
         out.want.buckets = _bitmap_of(message.buckets)
     else:
         out.snapshot.page = message.number
-        for key, state in message.keys:
-            out.snapshot.keys.add(key=key, state=state)
+        for key, state, part in message.keys:
+            out.snapshot.keys.add(key=key, state=state, part=part)
         if message.done:
             out.snapshot.done = True
             out.snapshot.context = encode(message.context or CausalContext())
@@ -185,7 +193,7 @@ def from_pb(message: rpb.SyncMessage, peer: str) -> Message:
             return Want(_buckets_of(message.want.buckets))
         if body == "snapshot":
             s = message.snapshot
-            keys = tuple((k.key, k.state) for k in s.keys)
+            keys = tuple((k.key, k.state, k.part) for k in s.keys)
             if not s.done:
                 return Page(s.page, keys)
             return Page(s.page, keys, True, decode_as(s.context, CausalContext), _buckets_of(s.buckets))

@@ -27,6 +27,12 @@ class StorageOptions:
     # At most this many expired idempotency records or log entries are removed
     # per batch, so housekeeping never makes one commit slow.
     housekeeping_per_batch_max: int = 256
+    # A set with more members than this travels in a state transfer in parts
+    # of this many (one state each, with the key's other slots), and a
+    # transfer joins a set with more members than this, on either side,
+    # member by member this many at a time: a repair's memory does not grow
+    # with the size of a set.
+    set_part_members: int = 4096
     # fsync every commit. Only the deterministic simulator turns this off: its
     # stores live in a throwaway directory, and a simulated crash loses what
     # was not committed (the group-commit queue), which is what a real crash

@@ -8,14 +8,21 @@ full key. Keys longer than 448 bytes that share those first 448 bytes sort by
 hash among themselves: the only place where scan order is not byte order.
 
 Repair buckets: every key falls in one of ``DIGEST_BUCKETS`` buckets by a
-stable hash, and a bucket's digest is the XOR of a hash of each (key, encoded
-state) in it, so two regions compare their states bucket by bucket.
+stable hash, and a bucket's digest is the XOR of the digests of its keys, so
+two regions compare their states bucket by bucket. A key's digest is a hash of
+the key and the encoding of its slots other than its set, XORed with a hash of
+each set member with its dots: equal states give equal digests (the encoding
+is canonical, and XOR does not depend on order), and a set of any size is
+digested member by member in bounded memory. A key without set members
+digests to the hash of the key and its whole encoded state.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
+
+import msgpack
 
 from crdtstore.replica.wire import DIGEST_BUCKETS
 
@@ -44,9 +51,19 @@ def _pair_digest(key: str, body: bytes) -> int:
     return int.from_bytes(h.digest(), "big")
 
 
-def _digests(pairs: Iterable[tuple[bytes, str, bytes]]) -> list[int]:
-    """Per repair bucket, the XOR of a 128-bit hash of each (key, encoded state) in it."""
+def _member_digest(key: str, member: str, dots: Iterable[tuple[str, int]]) -> int:
+    flat: list[object] = [key, member]
+    for region, counter in sorted(dots):
+        flat += (region, counter)
+    return int.from_bytes(
+        hashlib.blake2b(msgpack.packb(flat, use_bin_type=True), digest_size=16, person=b"crdtstore-member").digest(),
+        "big",
+    )
+
+
+def _digests(keys: Iterable[tuple[str, int]]) -> list[int]:
+    """Per repair bucket, the XOR of the digests of its keys, from (key, the key's digest) pairs."""
     digests = [0] * DIGEST_BUCKETS
-    for _, key, body in pairs:
-        digests[bucket_of(key)] ^= _pair_digest(key, body)
+    for key, digest in keys:
+        digests[bucket_of(key)] ^= digest
     return digests

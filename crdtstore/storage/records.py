@@ -17,11 +17,12 @@ and its SHA-256, with the member itself in the value, so such members sort
 by hash among those sharing that prefix (as long keys do). The value is the
 member's dots, ``[member or "", origin, counter, origin, counter, ...]`` in msgpack.
 
-Reads that need the whole state (``get``, scans, digests, transfers)
+Reads that need the whole state (``get``, scans, a small set's transfer)
 assemble it: the key's slots with the set's members joined back in. The
 assembled state encodes to exactly the bytes a state holding everything in
-one record encoded to, so repair digests and transfers do not depend on how
-a store keeps its keys.
+one record encoded to. Repair digests (``digest``) and the transfer of a
+large set (``parts``, see ``transfer``) read the members a run at a time
+instead, so they never hold a large set in memory.
 """
 
 from __future__ import annotations
@@ -35,9 +36,17 @@ import msgpack
 
 from crdtstore.crdt import AWSet, Dot, KeyState, ValueType, decode_as, encode
 from crdtstore.storage.errors import StorageError
-from crdtstore.storage.keys import _SHORT_KEY_BYTES_MAX, lmdb_key
+from crdtstore.storage.keys import _SHORT_KEY_BYTES_MAX, _member_digest, _pair_digest, lmdb_key
 
-__all__ = ["KeyRecord", "SetRecords", "decode_record", "encode_record", "member_key"]
+__all__ = [
+    "KeyRecord",
+    "SetRecords",
+    "decode_record",
+    "encode_record",
+    "member_key",
+    "member_order",
+    "plain_record",
+]
 
 _SHORT_MEMBER_BYTES_MAX = 480
 _LONG_MEMBER_PREFIX_BYTES = 440
@@ -65,6 +74,14 @@ def encode_record(key: str, others: KeyState, set_id: int, members: int, body: b
         parts.append(len(raw).to_bytes(2, "big") + raw)
     parts.append(encode(others) if body is None else body)
     return b"".join(parts)
+
+
+def plain_record(key: str, body: bytes) -> bytes:
+    """The record of a key that has never held a set: ``encode_record`` with the state's encoding ``body``."""
+    raw = key.encode("utf-8")
+    if len(raw) > _SHORT_KEY_BYTES_MAX:
+        return b"".join((bytes((_LONG_KEY,)), len(raw).to_bytes(2, "big"), raw, body))
+    return b"\x00" + body
 
 
 def decode_record(db_key: bytes, value: bytes) -> KeyRecord:
@@ -132,6 +149,13 @@ class SetRecords:
             return None, None
         return self.assemble(record, members), record
 
+    def some_member(self, key: str) -> str | None:
+        """A live member of the key's set (its first record), or None when it has none."""
+        record = self.record(lmdb_key(key))
+        if record is None or not record.members:
+            return None
+        return next(self.member_stream(record.set_id, chunk=1))[1]
+
     def assemble(self, record: KeyRecord, members: Collection[str] | None = None) -> KeyState:
         others = decode_as(record.body, KeyState)
         if not record.members:
@@ -148,22 +172,60 @@ class SetRecords:
         slots[ValueType.SET] = AWSet(entries)
         return KeyState(slots)
 
-    def body(self, record: KeyRecord) -> bytes:
-        """The encoded whole state of the key (what digests and transfers carry)."""
-        if not record.members:
-            return record.body
-        return encode(self.assemble(record))
-
     def _all_members(self, set_id: int) -> Iterator[tuple[str, frozenset[Dot]]]:
+        for _, member, dots in self.member_stream(set_id):
+            yield member, dots
+
+    def member_stream(self, set_id: int, chunk: int = 1024) -> Iterator[tuple[bytes, str, frozenset[Dot]]]:
+        """The set's members in record order, as (record key without the set id, member, dots).
+
+        Read ``chunk`` records at a time, each read seeking past the last
+        record read before: the caller may write member records it has
+        already been given between two items (a join walking a set does).
+        """
         prefix = set_id.to_bytes(8, "big")
-        cursor = self.txn.cursor(db=self.members_db)
-        found = cursor.set_range(prefix)
-        while found:
-            record_key = bytes(cursor.key())
-            if not record_key.startswith(prefix):
+        start = prefix
+        while True:
+            read: list[tuple[bytes, str, frozenset[Dot]]] = []
+            cursor = self.txn.cursor(db=self.members_db)
+            found = cursor.set_range(start)
+            while found and len(read) < chunk:
+                record_key = bytes(cursor.key())
+                if not record_key.startswith(prefix):
+                    break
+                member, dots = _member_of(record_key, bytes(cursor.value()))
+                read.append((record_key[8:], member, dots))
+                found = cursor.next()
+            cursor.close()
+            yield from read
+            if len(read) < chunk:
                 return
-            yield _member_of(record_key, bytes(cursor.value()))
-            found = cursor.next()
+            start = prefix + read[-1][0] + b"\x00"
+
+    def records(self) -> Iterator[KeyRecord]:
+        """Every key's record, in key order."""
+        for db_key, value in self.txn.cursor(db=self.data):
+            yield decode_record(bytes(db_key), bytes(value))
+
+    def digest(self, record: KeyRecord) -> int:
+        """The key's repair digest (see ``keys``): its other slots hashed whole, its members one by one."""
+        digest = _pair_digest(record.key, record.body)
+        if record.members:
+            for _, member, dots in self.member_stream(record.set_id):
+                digest ^= _member_digest(record.key, member, dots)
+        return digest
+
+    def parts(self, record: KeyRecord, members_max: int) -> Iterator[KeyState]:
+        """The key's state in parts of at most ``members_max`` members, in record order; each holds the other slots."""
+        others = decode_as(record.body, KeyState)
+        chunk: dict[str, frozenset[Dot]] = {}
+        for _, member, dots in self.member_stream(record.set_id) if record.members else ():
+            chunk[member] = dots
+            if len(chunk) == members_max:
+                yield _with_set(others, chunk)
+                chunk = {}
+        if chunk:
+            yield _with_set(others, chunk)
 
     def member_page(self, record: KeyRecord, after: str, limit: int) -> tuple[list[str], bool]:
         """Live members after ``after`` in record order, at most ``limit``; and whether more follow."""
@@ -210,6 +272,15 @@ class SetRecords:
         ``others_body``: the encoding of the state's other slots, when the caller has it.
         """
         db_key = lmdb_key(key)
+        if ValueType.SET not in state.slots and (record is None or not record.set_id):
+            # No set now and never one: the key's record alone (most keys: registers and counters).
+            if state.is_bottom():
+                self.txn.delete(db_key, db=self.data)
+            else:
+                self.txn.put(
+                    db_key, plain_record(key, encode(state) if others_body is None else others_body), db=self.data
+                )
+            return
         slots = dict(state.slots)
         held = slots.pop(ValueType.SET, None)
         entries = held.entries if isinstance(held, AWSet) else {}
@@ -250,9 +321,13 @@ class SetRecords:
             self._drop_all(record.set_id)
         self.txn.delete(lmdb_key(key), db=self.data)
 
-    def pairs(self) -> Iterator[tuple[bytes, str, bytes]]:
-        """Every key as (LMDB key, key, encoded whole state), in key order."""
-        for db_key, value in self.txn.cursor(db=self.data):
-            raw = bytes(db_key)
-            record = decode_record(raw, bytes(value))
-            yield raw, record.key, self.body(record)
+
+def _with_set(others: KeyState, members: dict[str, frozenset[Dot]]) -> KeyState:
+    slots = dict(others.slots)
+    slots[ValueType.SET] = AWSet(members)
+    return KeyState(slots)
+
+
+def member_order(member: str) -> bytes:
+    """Where ``member`` sorts among a set's records (its record key without the set id)."""
+    return member_key(0, member)[8:]

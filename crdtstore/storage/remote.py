@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import lmdb
 import msgpack
@@ -25,6 +25,7 @@ from crdtstore.replica.wire import RawLogEntry
 from crdtstore.storage.delta_log import DeltaLog, LogEntry, _log_key, _log_value
 from crdtstore.storage.environment import _META_HORIZON, _META_LOG_BYTES
 from crdtstore.storage.errors import StoreFull
+from crdtstore.storage.records import SetRecords
 
 log = logging.getLogger("crdtstore.storage")
 
@@ -131,6 +132,7 @@ class RemoteApply(DeltaLog):
                     seq = self._next_seq(txn)
                     outcomes = []
                     applied: list[LogEntry] = []
+                    records, allocate = self._records(txn), self._set_ids(txn)
                     for i, entry in enumerate(entries):
                         have = context.vv.get(entry.origin)
                         if entry.last <= have:
@@ -139,7 +141,7 @@ class RemoteApply(DeltaLog):
                         if entry.first != have + 1 or not _dependencies_met(entry, context):
                             outcomes += [RemoteOutcome.GAP] * (len(entries) - i)
                             break
-                        self._apply_entry(txn, entry, context)
+                        self._apply_entry(records, allocate, entry, context)
                         applied.append(entry)
                         context = context.join(entry.delta.context)
                         outcomes.append(RemoteOutcome.APPLIED)
@@ -171,10 +173,10 @@ class RemoteApply(DeltaLog):
                 if not self._grow():
                     raise StoreFull(self._full_message()) from None
 
-    def _apply_entry(self, txn: lmdb.Transaction, entry: LogEntry, context: CausalContext) -> None:
+    def _apply_entry(
+        self, records: SetRecords, allocate: Callable[[], int], entry: LogEntry, context: CausalContext
+    ) -> None:
         delta = entry.delta
-        records = self._records(txn)
-        allocate = self._set_ids(txn)
         for key, named in delta.entries.items():
             # A delta names every member it changes: the join reads and writes those members alone.
             held = named.slots.get(ValueType.SET)

@@ -17,7 +17,7 @@ import msgpack
 
 from crdtstore.crdt import CausalContext, HybridLogicalClock, VersionVector
 from crdtstore.replica.storage import Applied, LogRead
-from crdtstore.replica.wire import RawLogEntry
+from crdtstore.replica.wire import RawLogEntry, TransferItem
 from crdtstore.storage import LmdbStore, RemoteOutcome, StaleTransfer, bucket_of
 
 __all__ = ["ReplicaStore"]
@@ -35,13 +35,13 @@ class _FileSpool:
         self._file = path.open("rb")
         self._pairs = msgpack.Unpacker(self._file, raw=False, max_buffer_size=read_bytes_max)
 
-    def page(self, buckets: frozenset[int], bytes_max: int) -> tuple[tuple[tuple[str, bytes], ...], bool]:
-        page: list[tuple[str, bytes]] = []
+    def page(self, buckets: frozenset[int], bytes_max: int) -> tuple[tuple[TransferItem, ...], bool]:
+        page: list[TransferItem] = []
         size = 0
-        for key, body in self._pairs:
+        for key, body, part in self._pairs:
             if bucket_of(key) not in buckets:
                 continue
-            page.append((key, body))
+            page.append((key, body, part))
             size += len(key) + len(body)
             if size >= bytes_max:
                 return tuple(page), False
@@ -116,7 +116,7 @@ class ReplicaStore:
     def discard_transfer(self, peer: str) -> None:
         self.store.discard_snapshot(peer)
 
-    def stage_transfer(self, peer: str, transfer: int, keys: Sequence[tuple[str, bytes]]) -> None:
+    def stage_transfer(self, peer: str, transfer: int, keys: Sequence[TransferItem]) -> None:
         self.store.stage_snapshot(peer, transfer, keys)
 
     def finish_transfer(

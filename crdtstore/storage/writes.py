@@ -14,9 +14,9 @@ bounded by age and count; each batch's housekeeping removes the excess.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeGuard
 
 import lmdb
 import msgpack
@@ -24,20 +24,34 @@ import msgpack
 from crdtstore.crdt import (
     CausalContext,
     CodecError,
+    Dot,
     HybridLogicalClock,
     KeyState,
+    Register,
+    RegisterWrite,
     StoreMap,
     TypeMismatch,
     ValueType,
     VersionVector,
     decode_as,
     encode,
+    encode_register_write,
+    encode_register_writes,
 )
-from crdtstore.operations import AddMembers, DeleteKey, Operation, RemoveMembers, apply_operations, fingerprint
+from crdtstore.operations import (
+    AddMembers,
+    DeleteKey,
+    Operation,
+    RemoveMembers,
+    SetRegister,
+    apply_operations,
+    fingerprint,
+)
 from crdtstore.storage.delta_log import DeltaLog, _log_value
 from crdtstore.storage.environment import _META_HLC, _META_HORIZON, _META_LOG_BYTES
 from crdtstore.storage.errors import DataCorruption, IdempotencyConflict, KeyTooLarge, StorageError, StoreFull
-from crdtstore.storage.records import KeyRecord
+from crdtstore.storage.keys import lmdb_key
+from crdtstore.storage.records import KeyRecord, SetRecords, decode_record, plain_record
 
 
 @dataclass(frozen=True)
@@ -151,19 +165,58 @@ class LocalWrites(DeltaLog):
                 if stored_print != print_:
                     return Failed(IdempotencyConflict("this idempotency key was used for a different request"))
                 return Applied(applied.token, replayed=True)
-        keys = sorted({op.key for op in request.operations})
-        # A key that only adds and removes members is read for those members alone (``records``).
-        named = _members_named(request.operations)
+        ops = request.operations
+        written = self._write_registers(txn, batch, ops, clock, now_ms) if _registers_only(ops) else None
+        if written is None:
+            written = self._write_general(txn, batch, ops, clock, now_ms)
+        if isinstance(written, Failed):
+            return written
+        context, last, log_value = written
+        origin = batch.origin
+        self._append_log(txn, batch.next_seq, origin, last, log_value)
+        batch.next_seq += 1
+        batch.log_bytes += len(log_value)
+        batch.context = context
+        applied = Applied(context)
+        if idem_key:
+            record = msgpack.packb([now_ms, print_, encode(context)])
+            txn.put(idem_key, record, db=self.idem)
+            txn.put(now_ms.to_bytes(8, "big") + idem_key, b"", db=self.idem_time)
+            batch.replies[idem_key] = (print_, applied)
+        return applied
+
+    def _write_general(
+        self,
+        txn: lmdb.Transaction,
+        batch: _Batch,
+        operations: Sequence[Operation],
+        clock: HybridLogicalClock,
+        now_ms: int,
+    ) -> tuple[CausalContext, int, bytes] | Failed:
+        """Any request: the touched keys read, the operations applied to them, the new states written.
+
+        Returns the context after the request, its last dot's counter and its
+        log entry, or why it failed (having written nothing).
+        """
+        keys = sorted({op.key for op in operations})
+        # A key the batch does not delete is read for the members it names alone (``records``).
+        named = _members_named(operations)
         records = self._records(txn)
         loaded: dict[str, tuple[KeyState | None, KeyRecord | None]] = {}
         try:
             for k in keys:
-                loaded[k] = records.load(k, named.get(k))
+                members = named.get(k)
+                if members is None and (refused := self._delete_too_large(records, k)) is not None:
+                    return refused
+                if members is not None and (sample := records.some_member(k)) is not None:
+                    # One live member stands for the set: with it the key's type reads as it would whole.
+                    members = named[k] = members | {sample}
+                loaded[k] = records.load(k, members)
         except (CodecError, StorageError) as exc:
             return Failed(DataCorruption(f"a stored key of this request cannot be read: {exc}"))
         window = StoreMap({k: s for k, (s, _) in loaded.items() if s is not None}, batch.context)
         try:
-            after, delta = apply_operations(window, request.operations, batch.origin, clock)
+            after, delta = apply_operations(window, operations, batch.origin, clock)
         except (TypeMismatch, ValueError, TypeError) as exc:
             return Failed(exc)
         bodies: dict[str, bytes] = {}
@@ -174,13 +227,7 @@ class LocalWrites(DeltaLog):
                 others = state if ValueType.SET not in state.slots else _without_set(state)
                 bodies[key] = value = encode(others)
                 if len(value) > self.config.options.key_state_bytes_max:
-                    return Failed(
-                        KeyTooLarge(
-                            f"key {key[:60]!r} would hold {len(value)} bytes; a key holds at most "
-                            f"{self.config.options.key_state_bytes_max} (key_state_bytes_max): "
-                            f"remove members or spread the data over more keys"
-                        )
-                    )
+                    return Failed(_too_large(key, len(value), self.config.options.key_state_bytes_max))
         # The batch's own dots are the contiguous run first..last of this
         # node's origin (every operation mints at least one); replication sends
         # entries per origin in that order, and a peer has an entry once its
@@ -194,35 +241,120 @@ class LocalWrites(DeltaLog):
         if len(log_value) > self.config.options.log_entry_bytes_max:
             # A delete names every member of a set (so that every region removes them): a set of
             # millions is emptied in batches of removes first.
-            deleted = [op.key for op in request.operations if isinstance(op, DeleteKey)]
+            deleted = [op.key for op in operations if isinstance(op, DeleteKey)]
             big = [k for k in deleted if (r := loaded[k][1]) is not None and r.members > 0]
-            advice = (
-                f"remove the members of {big[0]!r} in batches first (srem), then delete it"
-                if big
-                else "split it into smaller batches"
-            )
-            return Failed(
-                KeyTooLarge(
-                    f"the request's change is {len(log_value)} bytes, more than one replication message carries "
-                    f"({self.config.options.log_entry_bytes_max}, log_entry_bytes_max): {advice}"
-                )
+            return self._log_too_big(
+                len(log_value),
+                f"remove the members of {big[0]!r} in batches first (srem), then delete it" if big else "",
             )
         # Checked above, written now: a refused request writes nothing.
         allocate = self._set_ids(txn)
         for key in keys:
             state, stored = after.entries.get(key) or KeyState(), loaded[key][1]
             records.store(key, state, stored, allocate=allocate, members=named.get(key), others_body=bodies.get(key))
-        self._append_log(txn, batch.next_seq, origin, last, log_value)
-        batch.next_seq += 1
-        batch.log_bytes += len(log_value)
-        batch.context = after.context
-        applied = Applied(after.context)
-        if idem_key:
-            record = msgpack.packb([now_ms, print_, encode(after.context)])
-            txn.put(idem_key, record, db=self.idem)
-            txn.put(now_ms.to_bytes(8, "big") + idem_key, b"", db=self.idem_time)
-            batch.replies[idem_key] = (print_, applied)
-        return applied
+        return after.context, last, log_value
+
+    def _write_registers(
+        self,
+        txn: lmdb.Transaction,
+        batch: _Batch,
+        operations: Sequence[SetRegister],
+        clock: HybridLogicalClock,
+        now_ms: int,
+    ) -> tuple[CausalContext, int, bytes] | Failed | None:
+        """Register writes to distinct keys that hold nothing or a register alone, written directly.
+
+        What ``_write_general`` computes for such a request, without building
+        a key state, a window or a delta object per key: each key's new state
+        is its one new version, so its record and the request's delta are
+        encoded straight from the writes (``encode_register_write(s)``, the
+        same bytes). None when the request is not of that kind (a key written
+        twice, a key holding another type, a stored key that does not decode):
+        nothing has been written or stamped then, and the general path takes it.
+        """
+        data = self.data
+        targets: list[tuple[bytes, bytes, Iterable[Dot]]] = []
+        for op in operations:
+            db_key = lmdb_key(op.key)
+            raw = txn.get(db_key, db=data)
+            if raw is None:
+                targets.append((db_key, op.value, ()))
+                continue
+            try:
+                record = decode_record(db_key, bytes(raw))
+                state = decode_as(record.body, KeyState)
+            except (CodecError, StorageError):
+                return None
+            register = state.slots.get(ValueType.REGISTER)
+            if record.set_id or len(state.slots) != 1 or type(register) is not Register:
+                return None
+            targets.append((db_key, op.value, register.entries.keys()))
+        if len(targets) != len({db_key for db_key, _, _ in targets}):
+            return None
+        origin = batch.origin
+        first = batch.context.max_counter(origin) + 1
+        writes: list[RegisterWrite] = []
+        bodies: list[bytes] = []
+        dots: list[Dot] = []
+        state_max = self.config.options.key_state_bytes_max
+        for counter, op in enumerate(operations, first):
+            dot = Dot(origin, counter)
+            write = (op.key, dot, clock.now(), op.value)
+            body = encode_register_write(dot, write[2], write[3])
+            if len(body) > state_max:
+                return Failed(_too_large(op.key, len(body), state_max))
+            writes.append(write)
+            bodies.append(body)
+            dots.append(dot)
+        superseded = [dot for _, _, old in targets for dot in old]
+        log_value = _log_value(
+            origin,
+            first,
+            dots[-1].counter,
+            encode_register_writes(writes, CausalContext.from_dots(dots + superseded)),
+            source="",
+            arrived_ms=now_ms,
+        )
+        if len(log_value) > self.config.options.log_entry_bytes_max:
+            return self._log_too_big(len(log_value), "")
+        for (db_key, _, _), (key, _, _, _), body in zip(targets, writes, bodies, strict=True):
+            txn.put(db_key, plain_record(key, body), db=data)
+        return batch.context.add_run(origin, first, dots[-1].counter), dots[-1].counter, log_value
+
+    def _delete_too_large(self, records: SetRecords, key: str) -> Failed | None:
+        """Refuse, before reading it whole, the delete of a set too large to name every member of.
+
+        A delete names every member of the key's set in its delta (so that
+        every region removes what this one saw). Counting each member at
+        its name's bytes and two more (its delta holds at least that), a set
+        whose names already pass ``log_entry_bytes_max`` cannot be in one
+        replication message: it is refused without being loaded (memory would
+        grow with the set), having read at most that many bytes of names.
+        """
+        record = records.record(lmdb_key(key))
+        if record is None or record.members <= _LOAD_BEFORE_CHECKING_MEMBERS:
+            return None
+        limit = self.config.options.log_entry_bytes_max
+        at_least = 3 * record.members  # a name of one byte at least
+        if at_least <= limit:
+            at_least = 0
+            for _, member, _ in records.member_stream(record.set_id):
+                at_least += len(member.encode("utf-8")) + 2
+                if at_least > limit:
+                    break
+            else:
+                return None
+        advice = f"remove the members of {key!r} in batches first (srem), then delete it"
+        return self._log_too_big(at_least, advice, at_least=True)
+
+    def _log_too_big(self, size: int, advice: str, *, at_least: bool = False) -> Failed:
+        return Failed(
+            KeyTooLarge(
+                f"the request's change is {'at least ' if at_least else ''}{size} bytes, more than one replication "
+                f"message carries ({self.config.options.log_entry_bytes_max}, log_entry_bytes_max): "
+                f"{advice or 'split it into smaller batches'}"
+            )
+        )
 
     def _stored_reply(self, txn: lmdb.Transaction, idem_key: bytes) -> tuple[bytes, Applied] | None:
         raw = txn.get(idem_key, db=self.idem)
@@ -247,16 +379,36 @@ class LocalWrites(DeltaLog):
         batch.log_bytes = self._bound_log(txn, batch.log_bytes, batch.trimmed, budget)
 
 
+# A set of at most this many members is read whole for a delete (its delta's size is then known exactly).
+_LOAD_BEFORE_CHECKING_MEMBERS = 10_000
+
+
+def _registers_only(operations: Sequence[Operation]) -> TypeGuard[Sequence[SetRegister]]:
+    return all(type(op) is SetRegister for op in operations)
+
+
+def _too_large(key: str, size: int, limit: int) -> KeyTooLarge:
+    return KeyTooLarge(
+        f"key {key[:60]!r} would hold {size} bytes; a key holds at most {limit} (key_state_bytes_max): "
+        f"remove members or spread the data over more keys"
+    )
+
+
 def _members_named(operations: Sequence[Operation]) -> dict[str, set[str]]:
-    """Per key, the members a batch names, for the keys that it only adds to and removes from."""
+    """Per key, the members a batch names, for the keys it does not delete (a delete names every member).
+
+    Such a key is read for those members alone (and one more: see ``_write_general``).
+    """
     named: dict[str, set[str]] = {}
-    whole: set[str] = set()
+    deleted: set[str] = set()
     for op in operations:
         if isinstance(op, AddMembers | RemoveMembers):
             named.setdefault(op.key, set()).update(op.members)
+        elif isinstance(op, DeleteKey):
+            deleted.add(op.key)
         else:
-            whole.add(op.key)  # a delete names every member; another type must see the set to refuse
-    return {k: members for k, members in named.items() if k not in whole}
+            named.setdefault(op.key, set())
+    return {k: members for k, members in named.items() if k not in deleted}
 
 
 def _without_set(state: KeyState) -> KeyState:

@@ -49,12 +49,14 @@ class SyncAck(_message.Message):
     def __init__(self, vector: _Optional[bytes] = ..., incoming: _Optional[bytes] = ...) -> None: ...
 
 class SnapshotKey(_message.Message):
-    __slots__ = ("key", "state")
+    __slots__ = ("key", "state", "part")
     KEY_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
     key: str
     state: bytes
-    def __init__(self, key: _Optional[str] = ..., state: _Optional[bytes] = ...) -> None: ...
+    part: int
+    def __init__(self, key: _Optional[str] = ..., state: _Optional[bytes] = ..., part: _Optional[int] = ...) -> None: ...
 
 class SyncSnapshot(_message.Message):
     __slots__ = ("keys", "done", "context", "page", "buckets")

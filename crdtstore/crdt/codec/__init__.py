@@ -104,9 +104,19 @@ from crdtstore.crdt.codec import envelope, keyed
 from crdtstore.crdt.codec.base import FORMAT_VERSION as FORMAT_VERSION
 from crdtstore.crdt.codec.base import CodecError, Irregular, Tag
 from crdtstore.crdt.codec.envelope import Encodable as Encodable
-from crdtstore.crdt.codec.envelope import decode, decode_as, encode
+from crdtstore.crdt.codec.envelope import RegisterWrite as RegisterWrite
+from crdtstore.crdt.codec.envelope import decode, decode_as, encode, encode_register_write, encode_register_writes
 
-__all__ = ["CodecError", "Tag", "decode", "decode_as", "encode"]
+__all__ = [
+    "CodecError",
+    "RegisterWrite",
+    "Tag",
+    "decode",
+    "decode_as",
+    "encode",
+    "encode_register_write",
+    "encode_register_writes",
+]
 
 # The private names of the single-module codec that tests/test_codec.py
 # imports, kept importable from here.
