@@ -73,6 +73,13 @@ GROUPS: dict[str, Group] = {
             "process, started by the group on 127.0.0.1 with their data in one temporary directory; load generator in "
             "this process (crdtstore.client.AsyncClient and redis.asyncio); same machine, no CPU pinning",
         ),
+        Group(
+            "auth",
+            "Access control: the token check on the write path, and revocation across regions",
+            "two `crdtstore serve` processes (one without access control, one with) for the writes, measured in "
+            "alternation; two regions, each its own `crdtstore serve`, through LinkProxy threads of this process for "
+            "the revocations; load generator (grpc.aio, generated stubs) in this process; same machine, 127.0.0.1",
+        ),
     )
 }
 

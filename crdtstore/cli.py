@@ -14,6 +14,27 @@
     crdtstore [--addr HOST:PORT] [--timeout S] smembers KEY [--after TOKEN] [--json]
     crdtstore [--addr HOST:PORT] [--timeout S] scan [PREFIX] [--json]
     crdtstore [--addr HOST:PORT] [--timeout S] status [--json]
+    crdtstore [--token TOKEN] ...                                   # or CRDTSTORE_TOKEN
+    crdtstore token keygen --out DIR
+    crdtstore token issue --signing-key FILE --subject NAME --role ROLE [--role ...] [--ttl 1h]
+    crdtstore token revoke JTI [--json]
+    crdtstore role put NAME --grant PREFIX=RIGHT[,RIGHT...] [--grant ...] [--json]
+    crdtstore role get NAME [--json]
+    crdtstore role list [--json]
+    crdtstore role delete NAME [--json]
+
+Access control. Where a node requires tokens, ``--token`` (or
+``$CRDTSTORE_TOKEN``) is sent with every request. ``token keygen`` writes a
+signing key pair (``signing.pem``, mode 0600, and ``signing.pub.pem``, which
+nodes list in ``[auth] token_public_keys``); ``token issue`` prints a token
+signed with it, for a subject holding roles, valid for ``--ttl`` (``90s``,
+``15m``, ``1h``, ``30d``). Neither talks to a node. The role and revocation
+commands need a token with the ``admin`` right. A grant's PREFIX may be empty
+(``=read``: every key). ``role get --json`` prints ``{"name", "grants":
+[{"prefix", "rights"}], "changed_by", "changed_in", "changed_at_ms",
+"built_in"}``; ``role list --json`` one such object per line, and ``role put --json``
+the role as stored; ``role delete`` and ``token revoke`` with ``--json``
+print ``{"token": <base64>}`` (the change's causal token).
 
 Input. ``set``'s VALUE is stored as its UTF-8 bytes, except that ``-`` reads
 the value from standard input and ``@PATH`` from a file, byte for byte (so a
@@ -69,14 +90,26 @@ from typing import BinaryIO
 
 import grpc
 
-from crdtstore.client import Client, ClientError, ClientTls, Entry, Status, Value, WriteResult, parse_durability
+from crdtstore.auth.policy import Grant, PolicyError, parse_grant
+from crdtstore.client import (
+    Client,
+    ClientError,
+    ClientTls,
+    Entry,
+    RoleInfo,
+    Status,
+    Value,
+    WriteResult,
+    parse_durability,
+)
 from crdtstore.operations import AddMembers, DeleteKey, Increment, RemoveMembers, SetRegister
 from crdtstore.tokens import decode_token, describe_behind, events_behind
 
-__all__ = ["ADDR_ENV", "DEFAULT_ADDR", "build_parser", "entry_json", "main"]
+__all__ = ["ADDR_ENV", "DEFAULT_ADDR", "TOKEN_ENV", "build_parser", "entry_json", "main"]
 
 DEFAULT_ADDR = "127.0.0.1:7420"
 ADDR_ENV = "CRDTSTORE_ADDR"
+TOKEN_ENV = "CRDTSTORE_TOKEN"
 PROG = "crdtstore"
 
 _WRITES = frozenset({"set", "incr", "sadd", "srem", "del"})
@@ -86,6 +119,8 @@ _WRITES = frozenset({"set", "incr", "sadd", "srem", "del"})
 INPUT_BYTES_MAX = 256 * 1024 * 1024
 
 Handler = Callable[[Client, argparse.Namespace], WriteResult | None]
+# Commands that need no node: they work on local files.
+LocalHandler = Callable[[argparse.Namespace], int]
 
 
 # -- rendering ---------------------------------------------------------------------------
@@ -236,7 +271,11 @@ def _token_not_seen(client: Client, token: bytes) -> str:
         return f"{client.addr} did not answer in time"
     try:
         with Client(
-            client.addr, timeout_s=min(client.timeout_s, _LAG_STATUS_TIMEOUT_S_MAX), retries_max=0, tls=client.tls
+            client.addr,
+            timeout_s=min(client.timeout_s, _LAG_STATUS_TIMEOUT_S_MAX),
+            retries_max=0,
+            tls=client.tls,
+            token=client.token,
         ) as probe:
             seen = decode_token(probe.status()["token"])
     except (ClientError, ValueError):
@@ -309,6 +348,100 @@ def _status(client: Client, args: argparse.Namespace) -> None:
             f"peer {peer['region']} at {peer['address']}: {state}, {peer['behind']} events behind, "
             f"clock offset {peer['clock_offset_ms']} ms (±{peer['clock_error_ms']} ms)"
         )
+
+
+def _role_json(role: RoleInfo) -> dict[str, object]:
+    return {
+        "name": role.name,
+        "grants": [{"prefix": prefix, "rights": list(rights)} for prefix, rights in role.grants],
+        "changed_by": role.changed_by,
+        "changed_in": role.changed_in,
+        "changed_at_ms": role.changed_at_ms,
+        "built_in": role.built_in,
+    }
+
+
+def _grants_line(role: RoleInfo) -> str:
+    return "; ".join(f"{_escape(prefix) or '(every key)'}={','.join(rights)}" for prefix, rights in role.grants)
+
+
+def _print_role(role: RoleInfo) -> None:
+    print(role.name)
+    for prefix, rights in role.grants:
+        print(f"  {_escape(prefix) or '(every key)'}\t{','.join(rights)}")
+    if role.built_in:
+        print("  (built in)")
+    elif role.changed_by:
+        print(f"  changed by {role.changed_by} in {role.changed_in} at {role.changed_at_ms} ms")
+
+
+def _role_put(client: Client, args: argparse.Namespace) -> None:
+    grants: list[Grant] = args.grants
+    role = client.put_role(args.name, [(g.prefix, sorted(g.rights)) for g in grants])
+    if args.json:
+        _print_json(_role_json(role))
+
+
+def _role_get(client: Client, args: argparse.Namespace) -> None:
+    role = client.get_role(args.name)
+    if args.json:
+        _print_json(_role_json(role))
+    else:
+        _print_role(role)
+
+
+def _role_list(client: Client, args: argparse.Namespace) -> None:
+    for role in client.list_roles():
+        if args.json:
+            _print_json(_role_json(role))
+        else:
+            print(f"{role.name}\t{_grants_line(role)}")
+
+
+def _role_delete(client: Client, args: argparse.Namespace) -> None:
+    token = client.delete_role(args.name)
+    if args.json:
+        _print_json({"token": _b64(token)})
+
+
+def _token_revoke(client: Client, args: argparse.Namespace) -> None:
+    token = client.revoke_token(args.jti)
+    if args.json:
+        _print_json({"token": _b64(token)})
+
+
+def _token_keygen(args: argparse.Namespace) -> int:
+    from crdtstore.auth.tokens import KeyFileError, keygen  # noqa: PLC0415 (needs cryptography: only here)
+
+    try:
+        private, public = keygen(args.out)
+    except (KeyFileError, OSError) as exc:
+        _note(str(exc))
+        return 1
+    print(f"wrote {private} (the signing key: keep it secret; mode 0600)")
+    print(f"wrote {public} (list it in [auth] token_public_keys of every node)")
+    return 0
+
+
+def _token_issue(args: argparse.Namespace) -> int:
+    from crdtstore.auth.tokens import KeyFileError, issue_token, parse_ttl  # noqa: PLC0415
+
+    try:
+        ttl_s = parse_ttl(args.ttl)
+    except ValueError as exc:
+        _note(str(exc))
+        return 2
+    try:
+        token = issue_token(
+            args.signing_key, args.subject, args.roles, ttl_s=ttl_s, issuer=args.issuer, token_id=args.id
+        )
+    except (KeyFileError, ValueError) as exc:
+        _note(str(exc))
+        return 1
+    if not args.roles:
+        _note("the token holds no role: it can authenticate, but it may do nothing")
+    print(token)
+    return 0
 
 
 def _set(client: Client, args: argparse.Namespace) -> WriteResult:
@@ -409,6 +542,13 @@ def _token(text: str) -> bytes:
         raise argparse.ArgumentTypeError(f"{text!r} is not a token (the base64 a command printed)") from None
 
 
+def _grant(text: str) -> Grant:
+    try:
+        return parse_grant(text)
+    except PolicyError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _durability(text: str) -> str:
     try:
         parse_durability(text)
@@ -436,16 +576,8 @@ def _describe(err: ClientError, addr: str, *, write: bool) -> str:
 # -- parsing -----------------------------------------------------------------------------
 
 
-def build_parser(
-    serve_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
-    demo_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
-) -> argparse.ArgumentParser:
-    """The parser; ``serve_arguments`` and ``demo_arguments`` add the node's options (main passes them)."""
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="A multi-region CRDT key-value store: run a node, or read and write one.",
-        allow_abbrev=False,
-    )
+def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the node is and how to reach it: --addr, --timeout, --tls-*, --token."""
     parser.add_argument(
         "--addr",
         metavar="HOST:PORT",
@@ -464,6 +596,22 @@ def build_parser(
         parser.add_argument(
             f"--tls-{flag}", metavar="FILE" if flag != "server-name" else "NAME", help=f"{what} (or ${env})"
         )
+    parser.add_argument(
+        "--token", metavar="TOKEN", help=f"the bearer token for a node that requires one (default: ${TOKEN_ENV})"
+    )
+
+
+def build_parser(
+    serve_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+    demo_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> argparse.ArgumentParser:
+    """The parser; ``serve_arguments`` and ``demo_arguments`` add the node's options (main passes them)."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="A multi-region CRDT key-value store: run a node, or read and write one.",
+        allow_abbrev=False,
+    )
+    _add_connection_arguments(parser)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run a node", description="Run a crdtstore node.")
@@ -551,7 +699,68 @@ def build_parser(
     scan.add_argument("prefix", metavar="PREFIX", nargs="?", default="", help="only keys that start with it")
 
     command("status", _status, "show the node's status", json_help="print one JSON object")
+    _add_access_commands(commands)
     return parser
+
+
+def _add_access_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``token`` (keygen, issue, revoke) and ``role`` (put, get, list, delete)."""
+    token = commands.add_parser(
+        "token", help="make signing keys and tokens, revoke tokens", description="Signing keys and tokens."
+    )
+    token_actions = token.add_subparsers(dest="action", required=True, metavar="ACTION")
+    keygen = token_actions.add_parser(
+        "keygen", help="write a new Ed25519 signing key pair", description="Write signing.pem and signing.pub.pem."
+    )
+    keygen.add_argument("--out", metavar="DIR", required=True, help="the directory to write them in")
+    keygen.set_defaults(local_handler=_token_keygen)
+    issue = token_actions.add_parser("issue", help="print a signed token", description="Print a signed token.")
+    issue.add_argument("--signing-key", metavar="FILE", required=True, help="the private key (signing.pem)")
+    issue.add_argument("--subject", metavar="NAME", required=True, help="who the token speaks for (its sub)")
+    issue.add_argument(
+        "--role", metavar="ROLE", dest="roles", action="append", default=[], help="a role it holds; repeat for each"
+    )
+    issue.add_argument("--ttl", default="1h", help="how long it is valid: 90s, 15m, 1h, 30d (default 1h)")
+    issue.add_argument("--issuer", metavar="NAME", help="its iss claim, for nodes that check auth.issuer")
+    issue.add_argument("--id", metavar="JTI", help="its id, what token revoke names (default: a random one)")
+    issue.set_defaults(local_handler=_token_issue)
+    revoke = token_actions.add_parser(
+        "revoke", help="revoke a token by its id, in every region, for good", description="Revoke a token."
+    )
+    revoke.add_argument("jti", metavar="JTI", help="the token's id (its jti claim)")
+    revoke.add_argument("--json", action="store_true", help='print {"token": <base64>}')
+    revoke.set_defaults(handler=_token_revoke)
+
+    role = commands.add_parser(
+        "role", help="define roles: grants of rights on key prefixes", description="Manage roles (needs admin)."
+    )
+    role_actions = role.add_subparsers(dest="action", required=True, metavar="ACTION")
+    role_json = "print one JSON object"
+    put = role_actions.add_parser("put", help="create or replace a role", description="Create or replace a role.")
+    put.add_argument("name", metavar="NAME")
+    put.add_argument(
+        "--grant",
+        metavar="PREFIX=RIGHT[,RIGHT...]",
+        dest="grants",
+        type=_grant,
+        action="append",
+        required=True,
+        help="rights on every key that starts with PREFIX (empty: every key); repeat for each. Rights: read, set, "
+        "incr, decr, add, remove, delete, replicate, admin",
+    )
+    put.add_argument("--json", action="store_true", help=role_json)
+    put.set_defaults(handler=_role_put)
+    get = role_actions.add_parser("get", help="show a role", description="Show a role.")
+    get.add_argument("name", metavar="NAME")
+    get.add_argument("--json", action="store_true", help=role_json)
+    get.set_defaults(handler=_role_get)
+    list_ = role_actions.add_parser("list", help="list every role", description="List every role.")
+    list_.add_argument("--json", action="store_true", help="print one JSON object per line")
+    list_.set_defaults(handler=_role_list)
+    delete = role_actions.add_parser("delete", help="delete a role", description="Delete a role.")
+    delete.add_argument("name", metavar="NAME")
+    delete.add_argument("--json", action="store_true", help='print {"token": <base64>}')
+    delete.set_defaults(handler=_role_delete)
 
 
 def _command_of(argv: Sequence[str]) -> str | None:
@@ -559,7 +768,7 @@ def _command_of(argv: Sequence[str]) -> str | None:
     i = 0
     while i < len(argv):
         arg = argv[i]
-        if arg in ("--addr", "--timeout", "--tls-ca", "--tls-cert", "--tls-key", "--tls-server-name"):
+        if arg in ("--addr", "--timeout", "--tls-ca", "--tls-cert", "--tls-key", "--tls-server-name", "--token"):
             i += 2
         elif arg.startswith("-"):
             i += 1
@@ -612,6 +821,9 @@ def main(argv: list[str] | None = None) -> int:
     if _command_of(argv) == "demo":
         return _demo(argv)
     args = build_parser().parse_args(argv)
+    local_handler: LocalHandler | None = getattr(args, "local_handler", None)
+    if local_handler is not None:
+        return local_handler(args)
     addr = _resolve_addr(args.addr)
     handler: Handler = args.handler
     if not args.timeout > 0:
@@ -622,13 +834,17 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         _note(f"TLS settings: {exc}")
         return 2
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    if token is not None and (any(c.isspace() for c in token.strip()) or not token.strip()):
+        _note(f"--token (or ${TOKEN_ENV}) must be one token, as crdtstore token issue printed it")
+        return 2
     try:
         _read_inputs(args, sys.stdin.buffer)
     except _InputError as exc:
         _note(str(exc))
         return 2
     try:
-        with Client(addr, timeout_s=args.timeout, tls=tls) as client:
+        with Client(addr, timeout_s=args.timeout, tls=tls, token=token) as client:
             result = handler(client, args)
             if result is not None and args.json:
                 _print_json({"token": _b64(result.token), "replayed": result.replayed})

@@ -39,6 +39,11 @@ replicated write whose deadline passes first fails with ``DEADLINE_EXCEEDED``,
 but it *is* applied on the node and replicates later; retrying it with the same
 idempotency key waits again without applying it twice.
 
+Access control. Where a node requires tokens, give one: ``Client(addr,
+token=...)`` sends it as ``authorization: Bearer <token>`` metadata with
+every call. ``put_role``, ``get_role``, ``list_roles``, ``delete_role`` and
+``revoke_token`` manage the node's roles and revocations (the ``admin`` right).
+
 Causal reads. Every write and read returns a token; ``get(key, after=token)``
 waits (within the deadline) until the node has seen everything the token
 covers, so a read in one region sees a write made in another.
@@ -50,7 +55,7 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -70,6 +75,7 @@ __all__ = [
     "Conflict",
     "Entry",
     "PeerStatus",
+    "RoleInfo",
     "Sibling",
     "Status",
     "TypeMismatchError",
@@ -210,6 +216,21 @@ class Status(TypedDict):
     clock_fenced: bool
     origin: str  # what this node mints its events under: its region and incarnation
     conflicting_events: int  # events peers sent under ids this node holds for other events; never expected
+    auth_enabled: bool  # whether the node requires tokens
+    refused_unauthenticated: int  # requests it refused with UNAUTHENTICATED since it started
+    refused_permission_denied: int  # and with PERMISSION_DENIED
+
+
+@dataclass(frozen=True, slots=True)
+class RoleInfo:
+    """A role: its grants as (key prefix, rights), and who changed it last, from which origin, when."""
+
+    name: str
+    grants: tuple[tuple[str, tuple[str, ...]], ...]
+    changed_by: str = ""
+    changed_in: str = ""
+    changed_at_ms: int = 0
+    built_in: bool = False
 
 
 @dataclass(frozen=True)
@@ -458,6 +479,9 @@ def _status_from_proto(resp: kv_pb2.StatusResponse) -> Status:
         clock_fenced=resp.clock_fenced,
         origin=resp.origin,
         conflicting_events=resp.conflicting_events,
+        auth_enabled=resp.auth_enabled,
+        refused_unauthenticated=resp.refused_unauthenticated,
+        refused_permission_denied=resp.refused_permission_denied,
     )
 
 
@@ -522,6 +546,45 @@ _SCAN: _Rpc[kv_pb2.ScanRequest, kv_pb2.ScanResponse] = _Rpc("KV", "Scan", kv_pb2
 _CONTAINS: _Rpc[kv_pb2.ContainsRequest, kv_pb2.ContainsResponse] = _Rpc("KV", "Contains", kv_pb2.ContainsResponse)
 _MEMBERS: _Rpc[kv_pb2.MembersRequest, kv_pb2.MembersResponse] = _Rpc("KV", "Members", kv_pb2.MembersResponse)
 _STATUS: _Rpc[kv_pb2.StatusRequest, kv_pb2.StatusResponse] = _Rpc("Admin", "Status", kv_pb2.StatusResponse)
+_PUT_ROLE: _Rpc[kv_pb2.PutRoleRequest, kv_pb2.PutRoleResponse] = _Rpc("Admin", "PutRole", kv_pb2.PutRoleResponse)
+_GET_ROLE: _Rpc[kv_pb2.GetRoleRequest, kv_pb2.GetRoleResponse] = _Rpc("Admin", "GetRole", kv_pb2.GetRoleResponse)
+_LIST_ROLES: _Rpc[kv_pb2.ListRolesRequest, kv_pb2.ListRolesResponse] = _Rpc(
+    "Admin", "ListRoles", kv_pb2.ListRolesResponse
+)
+_DELETE_ROLE: _Rpc[kv_pb2.DeleteRoleRequest, kv_pb2.DeleteRoleResponse] = _Rpc(
+    "Admin", "DeleteRole", kv_pb2.DeleteRoleResponse
+)
+_REVOKE: _Rpc[kv_pb2.RevokeTokenRequest, kv_pb2.RevokeTokenResponse] = _Rpc(
+    "Admin", "RevokeToken", kv_pb2.RevokeTokenResponse
+)
+
+Grants = Mapping[str, Iterable[str]] | Iterable[tuple[str, Iterable[str]]]
+
+
+def _put_role_request(name: str, grants: Grants) -> kv_pb2.PutRoleRequest:
+    """``grants``: {prefix: rights} or [(prefix, rights), ...]; rights as names ("read", "add", ...)."""
+    items = grants.items() if isinstance(grants, Mapping) else grants
+    try:
+        return kv_pb2.PutRoleRequest(
+            name=name,
+            grants=[
+                kv_pb2.Grant(prefix=prefix, rights=[rights] if isinstance(rights, str) else list(rights))
+                for prefix, rights in items
+            ],
+        )
+    except (ValueError, TypeError) as exc:
+        raise ClientError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+
+
+def _role_info(role: kv_pb2.Role) -> RoleInfo:
+    return RoleInfo(
+        name=role.name,
+        grants=tuple((g.prefix, tuple(g.rights)) for g in role.grants),
+        changed_by=role.changed_by,
+        changed_in=role.changed_in,
+        changed_at_ms=role.changed_at_ms,
+        built_in=role.built_in,
+    )
 
 
 class _Stubs:
@@ -585,12 +648,20 @@ class _ClientBase:
         backoff_ms_max: float = 1000,
         durability: str = "local",
         tls: ClientTls | None = None,
+        token: str | None = None,
     ) -> None:
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be positive, not {timeout_s}")
         parse_durability(durability)
         self.durability = durability
         self.tls = tls
+        if token is not None and (not token.strip() or any(c.isspace() for c in token.strip())):
+            raise ValueError("token must be the token text a crdtstore token issue printed (no spaces)")
+        self.token = token.strip() if token else None
+        # Sent with every call: the bearer token, where the node requires one.
+        self._metadata: tuple[tuple[str, str], ...] | None = (
+            (("authorization", f"Bearer {self.token}"),) if self.token else None
+        )
         self.addr = addr
         self.timeout_s = timeout_s
         self._retry = _RetryPolicy(retries_max, backoff_ms_initial, backoff_ms_max)
@@ -630,7 +701,7 @@ class Client(_ClientBase):
         attempt = 0
         while True:
             try:
-                return _expect(rpc, method(request, timeout=self.timeout_s))
+                return _expect(rpc, method(request, timeout=self.timeout_s, metadata=self._metadata))
             except grpc.RpcError as exc:
                 delay = self._fail(exc, attempt, idempotency_key, retryable)
             _sleep(delay)
@@ -695,6 +766,25 @@ class Client(_ClientBase):
     def status(self) -> Status:
         return _status_from_proto(self._call(_STATUS, kv_pb2.StatusRequest()))
 
+    def put_role(self, name: str, grants: Grants) -> RoleInfo:
+        """Create or replace role ``name`` whole: ``{"orders/": ["read", "add"]}`` or [(prefix, rights), ...]."""
+        return _role_info(self._call(_PUT_ROLE, _put_role_request(name, grants)).role)
+
+    def get_role(self, name: str) -> RoleInfo:
+        """The role; ``ClientError`` NOT_FOUND if there is none."""
+        return _role_info(self._call(_GET_ROLE, kv_pb2.GetRoleRequest(name=name)).role)
+
+    def list_roles(self) -> list[RoleInfo]:
+        return [_role_info(r) for r in self._call(_LIST_ROLES, kv_pb2.ListRolesRequest()).roles]
+
+    def delete_role(self, name: str) -> bytes:
+        """Delete the role; returns the causal token of the change."""
+        return bytes(self._call(_DELETE_ROLE, kv_pb2.DeleteRoleRequest(name=name)).token.vector)
+
+    def revoke_token(self, jti: str) -> bytes:
+        """Revoke the token whose id (``jti`` claim) is ``jti``, in every region, for good; the change's token."""
+        return bytes(self._call(_REVOKE, kv_pb2.RevokeTokenRequest(jti=jti)).token.vector)
+
     def close(self) -> None:
         self._channel.close()
 
@@ -725,7 +815,7 @@ class AsyncClient(_ClientBase):
         attempt = 0
         while True:
             try:
-                return _expect(rpc, await method(request, timeout=self.timeout_s))
+                return _expect(rpc, await method(request, timeout=self.timeout_s, metadata=self._metadata))
             except grpc.RpcError as exc:
                 delay = self._fail(exc, attempt, idempotency_key, retryable)
             await _async_sleep(delay)
@@ -791,6 +881,25 @@ class AsyncClient(_ClientBase):
 
     async def status(self) -> Status:
         return _status_from_proto(await self._call(_STATUS, kv_pb2.StatusRequest()))
+
+    async def put_role(self, name: str, grants: Grants) -> RoleInfo:
+        """Create or replace role ``name`` whole: ``{"orders/": ["read", "add"]}`` or [(prefix, rights), ...]."""
+        return _role_info((await self._call(_PUT_ROLE, _put_role_request(name, grants))).role)
+
+    async def get_role(self, name: str) -> RoleInfo:
+        """The role; ``ClientError`` NOT_FOUND if there is none."""
+        return _role_info((await self._call(_GET_ROLE, kv_pb2.GetRoleRequest(name=name))).role)
+
+    async def list_roles(self) -> list[RoleInfo]:
+        return [_role_info(r) for r in (await self._call(_LIST_ROLES, kv_pb2.ListRolesRequest())).roles]
+
+    async def delete_role(self, name: str) -> bytes:
+        """Delete the role; returns the causal token of the change."""
+        return bytes((await self._call(_DELETE_ROLE, kv_pb2.DeleteRoleRequest(name=name))).token.vector)
+
+    async def revoke_token(self, jti: str) -> bytes:
+        """Revoke the token whose id (``jti`` claim) is ``jti``, in every region, for good; the change's token."""
+        return bytes((await self._call(_REVOKE, kv_pb2.RevokeTokenRequest(jti=jti))).token.vector)
 
     async def close(self) -> None:
         await self._channel.close()

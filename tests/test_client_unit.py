@@ -80,6 +80,9 @@ class FakeKV:
         self.status_token = b"\x00\xff"
         self.members_requests: list[kv_pb2.MembersRequest] = []
         self.contains_extra: list[bool] = []  # answers beyond the members asked: a malformed reply
+        self.roles: dict[str, kv_pb2.Role] = {}
+        self.revoked: list[str] = []
+        self.metadata: list[dict[str, str | bytes]] = []  # of each admin call
 
     def put(self, key: str, kv: kv_pb2.KeyValue) -> None:
         kv.key = key
@@ -162,6 +165,41 @@ class FakeKV:
             origin="eu#0123456789ab",
             conflicting_events=0,
         )
+
+    # Roles and revocations: kept in memory, with the metadata of each call, so the client and the
+    # command line can be checked without a node.
+    def _admin(self, context: grpc.ServicerContext) -> None:
+        self.metadata.append(dict(context.invocation_metadata()))
+        self._maybe_fail(context)
+
+    def PutRole(self, request: kv_pb2.PutRoleRequest, context: grpc.ServicerContext) -> kv_pb2.PutRoleResponse:
+        self._admin(context)
+        role = kv_pb2.Role(name=request.name, grants=request.grants, changed_by="tester", changed_in="eu#1")
+        self.roles[request.name] = role
+        return kv_pb2.PutRoleResponse(role=role, token=kv_pb2.CausalToken(vector=b"put"))
+
+    def GetRole(self, request: kv_pb2.GetRoleRequest, context: grpc.ServicerContext) -> kv_pb2.GetRoleResponse:
+        self._admin(context)
+        if request.name not in self.roles:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no role {request.name!r}")
+        return kv_pb2.GetRoleResponse(role=self.roles[request.name])
+
+    def ListRoles(self, request: kv_pb2.ListRolesRequest, context: grpc.ServicerContext) -> kv_pb2.ListRolesResponse:
+        self._admin(context)
+        return kv_pb2.ListRolesResponse(roles=[self.roles[name] for name in sorted(self.roles)])
+
+    def DeleteRole(self, request: kv_pb2.DeleteRoleRequest, context: grpc.ServicerContext) -> kv_pb2.DeleteRoleResponse:
+        self._admin(context)
+        if self.roles.pop(request.name, None) is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no role {request.name!r}")
+        return kv_pb2.DeleteRoleResponse(token=kv_pb2.CausalToken(vector=b"deleted"))
+
+    def RevokeToken(
+        self, request: kv_pb2.RevokeTokenRequest, context: grpc.ServicerContext
+    ) -> kv_pb2.RevokeTokenResponse:
+        self._admin(context)
+        self.revoked.append(request.jti)
+        return kv_pb2.RevokeTokenResponse(token=kv_pb2.CausalToken(vector=b"revoked"))
 
 
 @pytest.fixture
@@ -449,6 +487,9 @@ def test_status(kv: Client) -> None:
         "clock_fenced": False,
         "origin": "eu#0123456789ab",
         "conflicting_events": 0,
+        "auth_enabled": False,
+        "refused_unauthenticated": 0,
+        "refused_permission_denied": 0,
     }
 
 
@@ -606,6 +647,9 @@ def test_status_output(addr: str, capsys: pytest.CaptureFixture[str]) -> None:
         "clock_fenced": False,
         "origin": "eu#0123456789ab",
         "conflicting_events": 0,
+        "auth_enabled": False,
+        "refused_unauthenticated": 0,
+        "refused_permission_denied": 0,
     }
     code, out, _ = run(capsys, "--addr", addr, "status")
     assert "region: eu" in out.splitlines()

@@ -12,9 +12,10 @@ import sys
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 
-from crdtstore.client import Client
+from crdtstore.client import Client, ClientError
 from crdtstore.operations import Increment
 
 pytestmark = pytest.mark.processes
@@ -54,27 +55,29 @@ def _read_until(proc: subprocess.Popen[str], marker: str, timeout_s: float = 60)
     return out.decode()
 
 
-@pytest.mark.parametrize("latency", ["0", "20"])
-def test_demo_runs_regions_that_replicate_and_stops_cleanly_on_ctrl_c(latency: str, tmp_path: Path) -> None:
-    base = _free_run(3)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "crdtstore",
-            "demo",
-            "--regions",
-            "3",
-            "--base-port",
-            str(base),
-            "--latency-ms",
-            latency,
-        ],
+def _start_demo(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "crdtstore", "demo", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+
+
+def _finish(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    proc.stderr.close()
+
+
+@pytest.mark.parametrize("latency", ["0", "20"])
+def test_demo_runs_regions_that_replicate_and_stops_cleanly_on_ctrl_c(latency: str, tmp_path: Path) -> None:
+    base = _free_run(3)
+    proc = _start_demo("--regions", "3", "--base-port", str(base), "--latency-ms", latency)
     try:
         banner = _read_until(proc, "Ctrl-C stops every region")
         addrs = re.findall(r"^\s+(\S+)\s+(127\.0\.0\.1:\d+)$", banner, flags=re.MULTILINE)
@@ -94,12 +97,7 @@ def test_demo_runs_regions_that_replicate_and_stops_cleanly_on_ctrl_c(latency: s
         assert proc.wait(timeout=60) == 0
         assert not Path(folder.group(1)).exists(), "the temporary data is removed"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        assert proc.stdout is not None and proc.stderr is not None
-        proc.stdout.close()
-        proc.stderr.close()
+        _finish(proc)
 
 
 def test_demo_refuses_a_port_in_use() -> None:
@@ -116,3 +114,27 @@ def test_demo_refuses_a_port_in_use() -> None:
         )
     assert proc.returncode == 2
     assert f"127.0.0.1:{port}" in proc.stderr and "--base-port" in proc.stderr
+
+
+def test_demo_with_auth_requires_the_token_it_prints() -> None:
+    base = _free_run(2)
+    proc = _start_demo("--regions", "2", "--base-port", str(base), "--auth")
+    try:
+        banner = _read_until(proc, "Ctrl-C stops every region")
+        found = re.search(r"^admin token: (\S+)$", banner, flags=re.MULTILINE)
+        assert found is not None, banner
+        first, second = f"127.0.0.1:{base}", f"127.0.0.1:{base + 1}"
+        with Client(first, timeout_s=20, retries_max=0) as anonymous:
+            with pytest.raises(ClientError) as info:
+                anonymous.get("greeting")
+            assert info.value.code == grpc.StatusCode.UNAUTHENTICATED
+        with (
+            Client(first, timeout_s=20, token=found.group(1)) as a,
+            Client(second, timeout_s=20, token=found.group(1)) as b,
+        ):
+            token = a.set("greeting", "hello").token
+            assert b.get("greeting", after=token).value == b"hello", "the regions replicate with their peer token"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        _finish(proc)

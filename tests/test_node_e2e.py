@@ -500,7 +500,11 @@ def test_cli_status_json(server: ServerProcess) -> None:
         "clock_fenced",
         "origin",
         "conflicting_events",
+        "auth_enabled",
+        "refused_unauthenticated",
+        "refused_permission_denied",
     }
+    assert status["auth_enabled"] is False  # on loopback without [auth]
     assert status["peers"] == []  # a single node
     assert status["region"] == "eu"
     assert status["origin"].startswith("eu#"), "what it mints under: its region and an incarnation"
@@ -717,7 +721,10 @@ def test_port_in_use_is_refused(server: ServerProcess, tmp_path: Path) -> None:
 
 
 def test_an_address_that_does_not_resolve_is_refused_in_one_line(tmp_path: Path) -> None:
-    proc = run_serve("--region", "eu", "--data-dir", str(tmp_path / "data"), "--listen", "256.0.0.1:7420")
+    # --insecure-no-auth: without it the non-loopback address is refused before the node tries to bind it.
+    proc = run_serve(
+        "--region", "eu", "--data-dir", str(tmp_path / "data"), "--listen", "256.0.0.1:7420", "--insecure-no-auth"
+    )
     assert proc.returncode == 1
     (line,) = proc.stderr.splitlines()
     assert line.startswith("crdtstore serve: cannot listen on 256.0.0.1:7420: is the port in use or the address wrong?")

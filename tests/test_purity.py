@@ -80,3 +80,10 @@ def test_an_import_inside_a_function_is_seen(tmp_path: Path) -> None:
 @pytest.mark.parametrize("path", sorted((PACKAGE / "node").glob("*.py")), ids=lambda p: p.name)
 def test_the_node_does_not_import_the_tools(path: Path) -> None:
     assert not any(name.startswith("crdtstore.tools") for name in _imported_modules(path)), path.name
+
+
+def test_the_access_policy_is_pure() -> None:
+    """The decision over roles and grants is a pure function: no I/O, nothing of crdtstore."""
+    names = _imported_modules(PACKAGE / "auth" / "policy.py")
+    assert not ({name.split(".")[0] for name in names} & FORBIDDEN), sorted(names)
+    assert not [name for name in names if name.startswith("crdtstore")], sorted(names)

@@ -173,3 +173,31 @@ def test_tls_settings_are_checked_at_start(tmp_path: Path, pki: dict[str, Any], 
     config.write_text("[tls]\n" + text + "\n")
     with pytest.raises(ConfigError, match=message):
         NodeConfig.load(config_file=str(config), environ={})
+
+
+@pytest.mark.processes
+def test_with_access_control_a_peer_certificate_authenticates_and_clients_still_need_tokens(
+    tmp_path: Path, pki: dict[str, Any]
+) -> None:
+    """Mutual TLS and [auth] together: peers replicate on their certificates alone, clients need a token."""
+    from crdtstore.testing.auth import AuthKit
+
+    kit = AuthKit.create(tmp_path / "keys")
+    env: dict[str, dict[str, str]] = {}
+    for name in ("a", "b"):
+        cert, key = pki["issued"][name]
+        config = tmp_path / f"{name}.toml"
+        tls = f'[tls]\ncert = "{cert}"\nkey = "{key}"\nca = "{pki["ca"]}"\nrequire_client_cert = true\n'
+        config.write_text(tls + kit.config_text())
+        env[name] = {"CRDTSTORE_CONFIG": str(config)}  # and no peer token
+    cert, key = pki["issued"]["operator"]
+    tls_files = ClientTls.from_files(ca=str(pki["ca"]), cert=str(cert), key=str(key))
+    admin = kit.token("operator", ["admin"])
+    with RegionProcesses(tmp_path / "regions", ["a", "b"], env=env, client_tls=tls_files, client_token=admin) as r:
+        written = r.clients["a"].set("secret", "kept").token
+        assert r.clients["b"].get("secret", after=written).value == b"kept"
+        r.wait_connected()
+        no_token = Client(r.servers["b"].addr, timeout_s=5, retries_max=0, tls=tls_files)
+        with no_token, pytest.raises(ClientError) as err:
+            no_token.get("secret")
+        assert err.value.code == grpc.StatusCode.UNAUTHENTICATED

@@ -38,12 +38,19 @@ Example file::
     ca = "/etc/crdtstore/ca.pem"
     require_client_cert = true
 
+    [auth]               # every request needs a signed token; without it, loopback only
+    token_public_keys = ["/etc/crdtstore/signing.pub.pem"]
+    algorithms = ["EdDSA"]
+    issuer = "crdtstore"
+    peer_token_file = "/etc/crdtstore/peer.token"
+
 Peers are symmetric: every region lists every other region. Of each pair,
 the region whose name sorts first opens the replication stream.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -58,11 +65,14 @@ from crdtstore.storage import StorageOptions
 
 __all__ = [
     "DEFAULT_LISTEN",
+    "PEER_TOKEN_ENV",
+    "AuthSettings",
     "ConfigError",
     "NodeConfig",
     "ReplicationSettings",
     "ServerSettings",
     "TlsSettings",
+    "is_loopback",
     "parse_listen",
     "parse_peer",
 ]
@@ -71,6 +81,8 @@ DEFAULT_LISTEN = "127.0.0.1:7420"
 # Room above the largest batch for protobuf framing.
 MESSAGE_OVERHEAD_BYTES = 1024 * 1024
 _REGION = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+PEER_TOKEN_ENV = "CRDTSTORE_PEER_TOKEN"
+_TOKEN_ALGORITHMS = ("EdDSA", "ES256", "RS256")
 
 
 class ConfigError(Exception):
@@ -135,6 +147,73 @@ def _read_pem(path: str, setting: str) -> bytes:
 
 
 @dataclass(frozen=True)
+class AuthSettings:
+    """Access control; off when ``token_public_keys`` is empty (and then the node listens on loopback only).
+
+    Every request must carry a bearer token signed by the private half of one
+    of ``token_public_keys`` with one of ``algorithms``; ``issuer``, when set,
+    must be its ``iss``. ``leeway_s`` allows for clocks that disagree a little
+    on ``exp`` and ``nbf``. Verified tokens are cached until they expire, at
+    most ``token_cache_entries_max`` of them. A node presents the token in
+    ``peer_token_file`` (or ``CRDTSTORE_PEER_TOKEN``) to its peers: it needs the
+    ``replicate`` right, unless mutual TLS names the region.
+    """
+
+    token_public_keys: list[str] = field(default_factory=list)
+    algorithms: list[str] = field(default_factory=lambda: list(_TOKEN_ALGORITHMS))
+    issuer: str = ""
+    leeway_s: float = 30.0
+    token_cache_entries_max: int = 10_000
+    peer_token_file: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.token_public_keys)
+
+    def validate(self) -> None:
+        for name in ("token_public_keys", "algorithms"):
+            value = getattr(self, name)
+            if not all(isinstance(item, str) and item for item in value):
+                raise ConfigError(f"auth.{name} must be a list of non-empty strings")
+        unknown = [a for a in self.algorithms if a not in _TOKEN_ALGORITHMS]
+        if unknown or not self.algorithms:
+            raise ConfigError(
+                f"auth.algorithms: {unknown or 'an empty list'} is not accepted; choose among "
+                f"{', '.join(_TOKEN_ALGORITHMS)} (none and HMAC algorithms never are)"
+            )
+        if not 0 <= self.leeway_s <= 300:
+            raise ConfigError(f"auth.leeway_s must be from 0 to 300 seconds, got {self.leeway_s}")
+        if self.token_cache_entries_max < 1:
+            raise ConfigError(f"auth.token_cache_entries_max must be at least 1, got {self.token_cache_entries_max}")
+        if (self.peer_token_file or self.issuer) and not self.enabled:
+            raise ConfigError("auth.peer_token_file and auth.issuer need auth.token_public_keys (auth is off without)")
+
+    def peer_token(self, environ: Mapping[str, str] | None = None) -> str | None:
+        """The token this node presents to its peers: the file (read afresh, so it can be replaced), or the env."""
+        if self.peer_token_file:
+            try:
+                token = Path(self.peer_token_file).read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"auth.peer_token_file: cannot read {self.peer_token_file}: {exc}") from None
+            if not token:
+                raise ConfigError(f"auth.peer_token_file: {self.peer_token_file} is empty")
+            return token
+        env = os.environ if environ is None else environ
+        return env.get(PEER_TOKEN_ENV, "").strip() or None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (as ``parse_listen`` gives it) names a loopback address only."""
+    name = host.strip("[]")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False  # a host name, which may resolve to anything
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     region: str = "local"
     data_dir: Path = Path("crdtstore-data")
@@ -144,10 +223,13 @@ class NodeConfig:
     server: ServerSettings = field(default_factory=ServerSettings)
     replication: ReplicationSettings = field(default_factory=ReplicationSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
     peers: Mapping[str, str] = field(default_factory=dict)  # region -> host:port
     # The data directory may not be the copy that minted this region's newest
     # events (restored in place from a backup): mint under a new incarnation (--rejoin).
     rejoin: bool = False
+    # Serve a non-loopback address without access control, on purpose (--insecure-no-auth).
+    insecure_no_auth: bool = False
 
     @classmethod
     def load(
@@ -158,6 +240,7 @@ class NodeConfig:
         peer_flags: Sequence[str] = (),
         environ: Mapping[str, str] | None = None,
         rejoin: bool = False,
+        insecure_no_auth: bool = False,
     ) -> NodeConfig:
         env = os.environ if environ is None else environ
         config = cls()
@@ -179,6 +262,8 @@ class NodeConfig:
             config = config._with_peers(list(peer_flags), "--peer")
         if rejoin:
             config = replace(config, rejoin=True)
+        if insecure_no_auth:
+            config = replace(config, insecure_no_auth=True)
         config.validate()
         return config
 
@@ -222,6 +307,7 @@ class NodeConfig:
             "server": ServerSettings,
             "replication": ReplicationSettings,
             "tls": TlsSettings,
+            "auth": AuthSettings,
         }
         for key, value in raw.items():
             where = f"{path}: {key}"
@@ -236,6 +322,11 @@ class NodeConfig:
                     raise ConfigError(f"{where} must be a table ([{key}])")
                 current = getattr(config, key)
                 config = replace(config, **{key: _merge_section(current, value, where)})
+                if key == "auth" and not config.auth.token_public_keys:
+                    raise ConfigError(
+                        f"{where}.token_public_keys: list at least one public key file; without [auth] the node "
+                        f"serves loopback only"
+                    )
             else:
                 known = ", ".join(["region", "data_dir", "listen", "peers", *sections])
                 raise ConfigError(f"{where}: unknown setting (known: {known})")
@@ -275,6 +366,15 @@ class NodeConfig:
             raise ConfigError("tls.require_client_cert needs tls.ca, the authority that signs client certificates")
         if tls.enabled:
             tls.read()
+        self.auth.validate()
+        host, _ = parse_listen(self.listen)
+        if not self.auth.enabled and not self.insecure_no_auth and not is_loopback(host):
+            raise ConfigError(
+                f"refusing to listen on {self.listen} without access control: anyone who reaches it could read "
+                f"and change every key. Configure [auth] with token_public_keys (see docs/auth.md: crdtstore token "
+                f"keygen, then token issue), listen on a loopback address, or pass --insecure-no-auth if the "
+                f"network itself is trusted"
+            )
         if self.server.scan_page_default > self.server.scan_page_max:
             raise ConfigError("server.scan_page_default is larger than server.scan_page_max")
         if self.server.get_members_max < 1:

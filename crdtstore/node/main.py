@@ -18,7 +18,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from crdtstore.crdt import HybridLogicalClock
-from crdtstore.node.config import ConfigError, NodeConfig, parse_listen
+from crdtstore.node.access import AccessControl
+from crdtstore.node.config import ConfigError, NodeConfig, is_loopback, parse_listen
 from crdtstore.node.replication import Replicator
 from crdtstore.node.service import NodeState, add_services
 from crdtstore.node.writer import GroupCommitWriter
@@ -47,6 +48,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="the data directory was restored from a backup or may otherwise be older than this region's newest "
         "events: mint under a new incarnation, so no event id is used twice (a new or emptied directory takes "
         "one by itself; always use this after a restore)",
+    )
+    parser.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="serve a non-loopback --listen address without access control ([auth]), on purpose: anyone who "
+        "reaches the port can read and change every key",
     )
 
 
@@ -151,15 +158,36 @@ def serve_from_args(args: argparse.Namespace) -> int:
             flags={"data_dir": args.data_dir, "listen": args.listen, "region": args.region},
             peer_flags=args.peer,
             rejoin=args.rejoin,
+            insecure_no_auth=args.insecure_no_auth,
         )
     except ConfigError as exc:
         print(f"crdtstore serve: {exc}", file=sys.stderr)
         return 2
     try:
         return asyncio.run(run_node(config))
+    except ConfigError as exc:  # found only when the node starts: a key file that does not load
+        print(f"crdtstore serve: {exc}", file=sys.stderr)
+        return 2
     except (StartupError, StorageError) as exc:
         print(f"crdtstore serve: {exc}", file=sys.stderr)
         return 1
+
+
+def _access_control(config: NodeConfig, store: LmdbStore) -> AccessControl:
+    """The node's access control; its public keys load here (``ConfigError`` naming a file that does not)."""
+    try:
+        return AccessControl(config.auth, store)
+    except ConfigError:
+        store.close()
+        raise
+
+
+def _log_access(config: NodeConfig, access: AccessControl, host: str) -> None:
+    if access.enabled:
+        keys, algorithms = len(config.auth.token_public_keys), ", ".join(config.auth.algorithms)
+        log.info("access control on: %d token key(s), algorithms %s", keys, algorithms)
+    elif config.insecure_no_auth and not is_loopback(host):
+        log.warning("access control is OFF on %s (--insecure-no-auth): anyone who reaches it may do anything", host)
 
 
 async def run_node(config: NodeConfig, *, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> int:
@@ -169,6 +197,7 @@ async def run_node(config: NodeConfig, *, ready: asyncio.Event | None = None, st
     )
     offset_ms = _clock_offset_ms()
     store = LmdbStore(storage)
+    access = _access_control(config, store)
 
     def wall_ms() -> int:
         return time.time_ns() // 1_000_000 + offset_ms
@@ -182,7 +211,8 @@ async def run_node(config: NodeConfig, *, ready: asyncio.Event | None = None, st
     )
     replicator = Replicator(config, store, writer, clock, wall_ms=wall_ms)
     writer.on_commit = replicator.local_committed
-    node = NodeState(config, store, writer, replicator)
+    replicator.access = access
+    node = NodeState(config, store, writer, replicator, access)
     message_max = config.message_bytes_max
     server = grpc.aio.server(
         options=[
@@ -230,6 +260,7 @@ async def run_node(config: NodeConfig, *, ready: asyncio.Event | None = None, st
         config.data_dir,
         store.origin,
     )
+    _log_access(config, access, host)
     for name, address in sorted(config.peers.items()):
         log.info("peer %s at %s", name, address)
     print(f"crdtstore: region {config.region} listening on {host}:{bound}", flush=True)

@@ -35,6 +35,18 @@ would win or lose by its wrong clock.
 Messages: ``crdtstore.replica.wire`` translates between the stream's
 protobuf and the driver's messages.
 
+Access: with access control on, a peer that opens a stream must be
+authenticated, by a client certificate that names its region (mutual TLS) or
+by a token with the right ``replicate`` on every key, which a dialling node
+presents from ``auth.peer_token_file`` or ``CRDTSTORE_PEER_TOKEN``. The
+answering node presents its own token the same way, in the stream's initial
+metadata, and without TLS (which authenticates it by its certificate) the
+dialling node checks it before it takes anything from the stream: whoever
+answers at a peer's address cannot feed this node data, or rules, unless it
+holds ``replicate``. Either side ends the stream when the other's token
+expires or is revoked, or the certificate expires: a session checks again
+whenever the rules change and at the expiry.
+
 Waiting: causal-token reads and ``replicated:N`` writes wait for conditions
 on the node's vector and its peers' acknowledgements. Waiters are checked
 whenever either changes.
@@ -56,10 +68,19 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from crdtstore.auth.policy import EVERY_KEY, Need
+from crdtstore.auth.tokens import Principal
 from crdtstore.crdt import CodecError, HybridLogicalClock, VersionVector
+from crdtstore.node.access import AccessControl, Refusal, bearer_token
 from crdtstore.node.clocks import PeerClock
-from crdtstore.node.config import NodeConfig
-from crdtstore.node.streams import certificate_names, open_channel, server_options, sync_call
+from crdtstore.node.config import ConfigError, NodeConfig
+from crdtstore.node.streams import (
+    certificate_expiry,
+    certificate_names,
+    open_channel,
+    server_options,
+    sync_call,
+)
 from crdtstore.node.waits import VectorWaits
 from crdtstore.node.writer import GroupCommitWriter
 from crdtstore.replica.core import ReplicaCore
@@ -74,6 +95,8 @@ __all__ = ["Replicator"]
 log = logging.getLogger("crdtstore.replication")
 
 _NEVER = 1 << 62
+# How long a dialling node waits for the answering node's token (sent before anything else) when it needs one.
+_PEER_TOKEN_WAIT_S = 10.0
 
 
 @dataclass
@@ -97,6 +120,8 @@ class _Link:
     stream: _Stream | None = None
     session: asyncio.Task[Any] | None = None
     clock: PeerClock = field(default_factory=PeerClock)
+    # Why the peer last refused this node's stream (its token or certificate): logged once, not at every redial.
+    refused: str = ""
 
     @property
     def clock_offset_ms(self) -> int | None:
@@ -136,6 +161,9 @@ class Replicator:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
         self._stopping = asyncio.Event()  # set by close(): every stream session returns
+        # Checks the peers that open streams, and hears of every write a peer's entries made.
+        self.access: AccessControl | None = None
+        self._peer_token_problem = ""  # why this node's peer token could not be read, last time it was asked
 
     @property
     def core(self) -> ReplicaCore:
@@ -272,6 +300,8 @@ class Replicator:
         except Exception as exc:
             self._handle(self.driver.failed(job, exc, _monotonic_ms()))
             return
+        if job.writes and self.access is not None:
+            self.access.changed()  # what a peer sent may hold roles or revocations
         self._handle(self.driver.done(job, result, _monotonic_ms()))
 
     def _send_now(self, peer: str, message: rpb.SyncMessage, *, bulk: bool = True) -> None:
@@ -331,7 +361,8 @@ class Replicator:
         answered = False
         channel = open_channel(link.address, link.name, self._tls, self.settings, self.config.message_bytes_max)
         try:
-            call = sync_call(channel)
+            call = sync_call(channel, self._peer_metadata(link.name))
+            watch = await self._answering_peer(call, link.name)
 
             async def read() -> bytes | None:
                 nonlocal answered
@@ -339,19 +370,82 @@ class Replicator:
                 if raw is grpc.aio.EOF:
                     return None
                 answered = True
+                link.refused = ""
                 assert isinstance(raw, bytes)
                 return raw
 
-            await self._session(link, read, call.write, None)
+            await self._session(link, read, call.write, None, watch)
         except grpc.aio.AioRpcError as exc:
-            log.debug("stream to %s (%s) ended: %s %s", link.name, link.address, exc.code(), exc.details())
+            refused = exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+            reason = f"{exc.code()} {exc.details()}"
+            log.log(
+                logging.WARNING if refused and reason != link.refused else logging.DEBUG,
+                "stream to %s (%s) ended: %s",
+                link.name,
+                link.address,
+                reason,
+            )
+            link.refused = reason if refused else ""
         except (ProtocolError, CodecError) as exc:
             log.warning("stream to %s closed: %s", link.name, exc)
+        except Refusal as refusal:  # the answering node is not one this node may take data from
+            log.log(
+                logging.WARNING if refusal.message != link.refused else logging.DEBUG,
+                "stream to %s (%s) closed: %s",
+                link.name,
+                link.address,
+                refusal.message,
+            )
+            link.refused = refusal.message
         except Exception:  # whatever it was, the next attempt starts afresh
             log.exception("stream to %s failed", link.name)
         finally:
             await channel.close(grace=None)
         return answered
+
+    def _peer_metadata(self, peer: str) -> tuple[tuple[str, str], ...]:
+        """This node's peer token as metadata (read afresh, so a replaced file counts); none without one."""
+        try:
+            token = self.config.auth.peer_token()
+        except ConfigError as exc:
+            # Logged once while it lasts, not at every dial.
+            level = logging.WARNING if str(exc) != self._peer_token_problem else logging.DEBUG
+            log.log(level, "presenting no token to %s: %s", peer, exc)
+            self._peer_token_problem = str(exc)
+            return ()
+        self._peer_token_problem = ""
+        return (("authorization", f"Bearer {token}"),) if token else ()
+
+    async def _answering_peer(
+        self, call: grpc.aio.StreamStreamCall[Any, Any], peer: str
+    ) -> Callable[[], Awaitable[None]] | None:
+        """Check the token the answering node sent first; the watch that ends the stream when it lapses.
+
+        Nothing to check without access control, or with TLS (the peer's certificate named its region).
+        ``Refusal`` when the token is missing or does not hold ``replicate``.
+        """
+        access = self.access
+        if access is None or not access.enabled or self._tls is not None:
+            return None
+        try:
+            metadata = await asyncio.wait_for(call.initial_metadata(), _PEER_TOKEN_WAIT_S)
+        except TimeoutError:
+            raise Refusal(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"peer {peer!r} presented no token within {_PEER_TOKEN_WAIT_S:g} s: is access control on there?",
+            ) from None
+        if call.done() or bearer_token(metadata) is None:
+            # Headers without a token are also what a node that refused this one sends: say why it did.
+            with contextlib.suppress(TimeoutError):
+                code = await asyncio.wait_for(call.code(), 1.0)
+                metadata_none = grpc.aio.Metadata()
+                raise grpc.aio.AioRpcError(code, metadata_none, metadata_none, await call.details())
+        try:
+            principal = access.authenticate(metadata)
+            access.authorize(principal, (Need("replicate", EVERY_KEY),))
+        except Refusal as refusal:
+            raise Refusal(refusal.code, f"peer {peer!r} is not one to take data from: {refusal.message}") from None
+        return functools.partial(self._watch_token, access, principal)
 
     def server_options(self) -> list[tuple[str, Any]]:
         """Options the gRPC server needs so that peers' keepalive pings are welcome."""
@@ -361,6 +455,11 @@ class Replicator:
         """The server side of ``Replication.Sync``: the peer's Hello comes first and names it."""
         if self._closing:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the node is shutting down")
+        try:
+            # Before anything the caller sent is read: an unauthenticated stream costs nothing.
+            principal = await self._dialling_peer(context)
+        except Refusal as refusal:
+            await context.abort(refusal.code, refusal.message)
         raw = await context.read()
         if raw is grpc.aio.EOF:
             return
@@ -401,10 +500,57 @@ class Replicator:
             return raw
 
         try:
-            await self._session(link, read, context.write, raw)
+            await self._session(link, read, context.write, raw, self._dialling_watch(context, principal, link.name))
         except (ProtocolError, CodecError) as exc:
             log.warning("stream from %s closed: %s", link.name, exc)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except Refusal as refusal:
+            log.warning("stream from %s closed: %s", link.name, refusal.message)
+            await context.abort(refusal.code, refusal.message)
+
+    async def _dialling_peer(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal | None:
+        """With access control: the dialling node's principal (None where mutual TLS names it), after this node
+        sent its own token; ``Refusal`` for a dialling node without a token holding ``replicate``."""
+        access = self.access
+        if access is None or not access.enabled:
+            return None
+        principal = None
+        if not self.config.tls.require_client_cert:
+            principal = access.authenticate(context.invocation_metadata())
+            access.authorize(principal, (Need("replicate", EVERY_KEY),))
+        # This node's own token, before anything else: the dialling node checks it before it reads on.
+        await context.send_initial_metadata(self._peer_metadata("the peer that dialled"))
+        return principal
+
+    def _dialling_watch(
+        self, context: grpc.aio.ServicerContext[Any, Any], principal: Principal | None, peer: str
+    ) -> Callable[[], Awaitable[None]] | None:
+        """What ends a stream a peer opened when its token or certificate lapses; None without access control."""
+        access = self.access
+        if access is None or not access.enabled:
+            return None
+        if principal is not None:
+            return functools.partial(self._watch_token, access, principal)
+        return functools.partial(self._watch_certificate, certificate_expiry(context), peer)
+
+    @staticmethod
+    async def _watch_token(access: AccessControl, principal: Principal) -> None:
+        """Return never; raise ``Refusal`` once the peer's token expires, is revoked or loses ``replicate``."""
+        while True:
+            until_expiry_s = principal.expires_at + access.settings.leeway_s - time.time()
+            await access.wait_changed(max(0.0, min(until_expiry_s, 3600.0)))
+            access.check_current(principal)
+            access.authorize(principal, (Need("replicate", EVERY_KEY),))
+
+    @staticmethod
+    async def _watch_certificate(expires_at: float | None, peer: str) -> None:
+        """Return never; raise ``Refusal`` once the peer's certificate expires."""
+        if expires_at is None:
+            await asyncio.Event().wait()  # no certificate to watch: nothing ends the stream from here
+        assert expires_at is not None
+        while (left_s := expires_at - time.time()) > 0:
+            await asyncio.sleep(min(left_s, 3600.0))
+        raise Refusal(grpc.StatusCode.UNAUTHENTICATED, f"the certificate of peer {peer!r} has expired")
 
     async def _session(
         self,
@@ -412,6 +558,7 @@ class Replicator:
         read: Callable[[], Awaitable[bytes | None]],
         write: Callable[[rpb.SyncMessage], Awaitable[None]],
         first: bytes | None,
+        watch: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         if link.stream is not None:
             # The newer stream replaces the older, whose session returns: a server handler that
@@ -456,7 +603,9 @@ class Replicator:
         closing = asyncio.ensure_future(closed())
         stopping = asyncio.ensure_future(self._stopping.wait())
         replacing = asyncio.ensure_future(stream.replaced.wait())
-        tasks = (pumping, receiving, closing, stopping, replacing)
+        tasks: tuple[asyncio.Future[Any], ...] = (pumping, receiving, closing, stopping, replacing)
+        if watch is not None:
+            tasks = (*tasks, asyncio.ensure_future(watch()))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:

@@ -11,16 +11,38 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from typing import Any, NoReturn
 
 import grpc
 from google.protobuf.message import DecodeError, Message
 
 import crdtstore
+from crdtstore.auth.policy import (
+    ADMIN_ROLE,
+    BUILT_IN_ADMIN,
+    EVERY_KEY,
+    Grant,
+    Need,
+    PolicyError,
+    Right,
+    parse_rights,
+    validate_role_name,
+)
+from crdtstore.auth.tokens import Principal
 from crdtstore.crdt import CodecError, KeyState, TypeMismatch, ValueType, VersionVector, decode_as, encode
 from crdtstore.crdt.keyed import Value
 from crdtstore.crdt.origin import region_of
+from crdtstore.node.access import (
+    ANONYMOUS,
+    AccessControl,
+    Refusal,
+    RoleRecord,
+    is_reserved,
+    revocation_operations,
+    role_operations,
+)
 from crdtstore.node.config import NodeConfig
 from crdtstore.node.replication import Replicator
 from crdtstore.node.writer import GroupCommitWriter
@@ -59,12 +81,28 @@ _WAIT_WITHOUT_DEADLINE_S = 30.0
 class NodeState:
     """What the services share: the store, the writer, replication, and whether the node is draining."""
 
-    def __init__(self, config: NodeConfig, store: LmdbStore, writer: GroupCommitWriter, replicator: Replicator) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        store: LmdbStore,
+        writer: GroupCommitWriter,
+        replicator: Replicator,
+        access: AccessControl | None = None,
+    ) -> None:
         self.config = config
         self.store = store
         self.writer = writer
         self.replicator = replicator
+        self.access = access or AccessControl(config.auth, store)
         self.draining = False
+
+
+# The principal the request being served speaks for: set by the handler wrapper before the method runs.
+_caller: ContextVar[Principal] = ContextVar("crdtstore_caller", default=ANONYMOUS)
+
+
+def _reserved_key(key: str) -> str:
+    return f"key {key!r} starts with a NUL character: that keyspace is reserved for the node's own records"
 
 
 def _time_left(context: grpc.aio.ServicerContext[Any, Any]) -> float:
@@ -170,6 +208,8 @@ class KVService:
         size = len(key.encode("utf-8", "surrogatepass"))
         if not size:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "the key is empty")
+        if is_reserved(key):
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, _reserved_key(key))
         if size > self.node.config.limits.key_bytes_max:
             await _abort(
                 context,
@@ -276,6 +316,9 @@ class KVService:
         try:
             ops = operations_from_pb(request)
             validate(ops, request.idempotency_key, limits)
+            for i, op in enumerate(ops):
+                if is_reserved(op.key):
+                    raise InvalidRequest(f"operation {i}: {_reserved_key(op.key)}")
             replicas = self._replicas(request)
         except InvalidRequest as exc:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -347,7 +390,11 @@ class KVService:
             settings.get_members_max,
         )
         response = pb.ScanResponse()
+        access, caller = self.node.access, _caller.get()
         for key, state, omitted in entries:
+            # The node's own records, and keys the caller may not read, are left out without a word.
+            if is_reserved(key) or not access.may(caller, Need("read", key)):
+                continue
             response.entries.append(key_value_pb(key, state, omitted))
         if last:
             response.next_page_token = base64.urlsafe_b64encode(last).decode("ascii")
@@ -389,7 +436,7 @@ class AdminService:
         return pb.StatusResponse(
             region=store.region,
             version=crdtstore.__version__,
-            keys=store.count_keys(),
+            keys=store.count_keys() - self.node.access.system_keys(),  # the node's own records are not keys
             token=token_of(store.context.vv),
             draining=self.node.draining,
             data_bytes=store.data_bytes(),
@@ -400,21 +447,170 @@ class AdminService:
             clock_fenced=replicator.clock_fenced(),
             origin=store.origin,
             conflicting_events=store.conflicting_events,
+            auth_enabled=self.node.access.enabled,
+            refused_unauthenticated=self.node.access.refused_unauthenticated,
+            refused_permission_denied=self.node.access.refused_permission,
         )
+
+    # -- roles and revocations ---------------------------------------------------------------
+
+    async def _write_rules(self, ops: list[Operation], context: grpc.aio.ServicerContext[Any, Any]) -> pb.CausalToken:
+        """Apply a write to the system keyspace like any client write; it replicates like one."""
+        if self.node.draining:
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, "the node is shutting down; retry on another node")
+        result = await self.node.writer.submit(WriteRequest(ops))
+        if not isinstance(result, Applied):
+            error = result.error
+            code = grpc.StatusCode.RESOURCE_EXHAUSTED if isinstance(error, StoreFull) else grpc.StatusCode.INTERNAL
+            await _abort(context, code, f"the change was not applied: {error}")
+        # The writer told the replicator of the commit (on_commit); the rules' caches start afresh.
+        self.node.access.changed()
+        return token_of(result.token.vv)
+
+    async def _role_name(self, name: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        try:
+            validate_role_name(name)
+        except PolicyError as exc:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+    async def PutRole(
+        self, request: pb.PutRoleRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.PutRoleResponse:
+        await self._role_name(request.name, context)
+        grants: list[Grant] = []
+        try:
+            for i, grant in enumerate(request.grants):
+                if is_reserved(grant.prefix):
+                    raise PolicyError(f"grant {i}: {_reserved_key(grant.prefix)}")
+                grants.append(Grant(grant.prefix, parse_rights(list(grant.rights), f"grant {i} ({grant.prefix!r})")))
+        except PolicyError as exc:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if not grants:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "a role needs at least one grant")
+        store, caller = self.node.store, _caller.get()
+        now_ms = store.wall_ms()
+        token = await self._write_rules(
+            role_operations(request.name, grants, caller.subject, store.origin, now_ms), context
+        )
+        record = RoleRecord(request.name, tuple(grants), caller.subject, store.origin, now_ms)
+        return pb.PutRoleResponse(role=_role_pb(record), token=token)
+
+    async def GetRole(
+        self, request: pb.GetRoleRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetRoleResponse:
+        if request.name == ADMIN_ROLE:
+            return pb.GetRoleResponse(role=_built_in_admin_pb())
+        await self._role_name(request.name, context)
+        record = await asyncio.to_thread(self.node.access.role_record, request.name)
+        if record is None or record.grants is None:
+            await _abort(context, grpc.StatusCode.NOT_FOUND, f"no role {request.name!r}")
+        return pb.GetRoleResponse(role=_role_pb(record))
+
+    async def ListRoles(
+        self, request: pb.ListRolesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListRolesResponse:
+        records = await asyncio.to_thread(self.node.access.role_records)
+        roles = [_built_in_admin_pb(), *(_role_pb(r) for r in records if r.grants is not None)]
+        return pb.ListRolesResponse(roles=roles)
+
+    async def DeleteRole(
+        self, request: pb.DeleteRoleRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.DeleteRoleResponse:
+        await self._role_name(request.name, context)
+        record = await asyncio.to_thread(self.node.access.role_record, request.name)
+        if record is None or record.grants is None:
+            await _abort(context, grpc.StatusCode.NOT_FOUND, f"no role {request.name!r}")
+        store, caller = self.node.store, _caller.get()
+        ops = role_operations(request.name, None, caller.subject, store.origin, store.wall_ms())
+        return pb.DeleteRoleResponse(token=await self._write_rules(ops, context))
+
+    async def RevokeToken(
+        self, request: pb.RevokeTokenRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.RevokeTokenResponse:
+        jti = request.jti
+        if not jti or len(jti.encode("utf-8")) > self.node.config.limits.key_bytes_max // 2:
+            await _abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"name the token's id (its jti claim), 1 to {self.node.config.limits.key_bytes_max // 2} bytes",
+            )
+        store, caller = self.node.store, _caller.get()
+        ops = revocation_operations(jti, caller.subject, store.origin, store.wall_ms())
+        return pb.RevokeTokenResponse(token=await self._write_rules(ops, context))
+
+
+def _role_pb(record: RoleRecord) -> pb.Role:
+    return pb.Role(
+        name=record.name,
+        grants=[pb.Grant(prefix=g.prefix, rights=sorted(g.rights)) for g in record.grants or ()],
+        changed_by=record.changed_by,
+        changed_in=record.changed_in,
+        changed_at_ms=record.changed_at_ms,
+    )
+
+
+def _built_in_admin_pb() -> pb.Role:
+    return pb.Role(
+        name=BUILT_IN_ADMIN.name,
+        grants=[pb.Grant(prefix=g.prefix, rights=sorted(g.rights)) for g in BUILT_IN_ADMIN.grants],
+        built_in=True,
+    )
+
+
+# -- what each RPC needs ------------------------------------------------------------------
+
+Needs = Callable[[Any], Sequence[Need]]
+
+
+def _reads_key(request: Any) -> Sequence[Need]:
+    return (Need("read", request.key),)
+
+
+def _needs_nothing(request: Any) -> Sequence[Need]:
+    """Scan: the caller must be authenticated; the keys it may not read are left out of the answer."""
+    return ()
+
+
+def _needs_admin(request: Any) -> Sequence[Need]:
+    return (Need("admin", EVERY_KEY),)
+
+
+_OPERATION_RIGHTS: dict[str, Right] = {"set": "set", "add": "add", "remove": "remove", "delete": "delete"}
+
+
+def _mutate_needs(request: pb.MutateRequest) -> Sequence[Need]:
+    """One need per operation: a batch with one forbidden operation is refused whole."""
+    needs: list[Need] = []
+    for op in request.operations:
+        kind = op.WhichOneof("op")
+        if kind == "increment":
+            needs.append(Need("decr" if op.increment.amount < 0 else "incr", op.key))
+        elif kind is not None:
+            needs.append(Need(_OPERATION_RIGHTS[kind], op.key))
+    return needs
 
 
 def _parsing(
     method: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]],
     request_type: type[Message],
     response_type: type[Message],
+    access: AccessControl,
+    needs: Needs,
 ) -> grpc.RpcMethodHandler[Any, Any]:
-    """A handler that parses the request itself, so a malformed one is INVALID_ARGUMENT.
+    """A handler that checks the caller, then parses the request itself, so a malformed one is INVALID_ARGUMENT.
 
-    gRPC's own deserialisation would answer UNKNOWN with a Python traceback in
-    the details; the contract promises INVALID_ARGUMENT for malformed input.
+    Every unary RPC goes through here: the caller is authenticated before
+    anything else, and authorized for what ``needs`` says the request asks
+    before the method runs. gRPC's own deserialisation would answer UNKNOWN
+    with a Python traceback in the details; the contract promises
+    INVALID_ARGUMENT for malformed input.
     """
 
     async def handle(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            principal = access.authenticate(context.invocation_metadata()) if access.enabled else ANONYMOUS
+        except Refusal as refusal:
+            await _abort(context, refusal.code, refusal.message)
         try:
             request = request_type.FromString(raw)
         except DecodeError as exc:
@@ -423,6 +619,11 @@ def _parsing(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"the request is not a valid {request_type.DESCRIPTOR.full_name} message: {exc}",
             )
+        try:
+            access.authorize(principal, needs(request))
+        except Refusal as refusal:
+            await _abort(context, refusal.code, refusal.message)
+        _caller.set(principal)
         return await method(request, context)
 
     return grpc.unary_unary_rpc_method_handler(handle, response_serializer=response_type.SerializeToString)
@@ -431,20 +632,27 @@ def _parsing(
 def add_services(server: grpc.aio.Server, node: NodeState) -> list[str]:
     """Register KV, Admin and Replication on ``server``; returns their full service names."""
     kv, admin = KVService(node), AdminService(node)
+    access = node.access
+
+    def admin_rpc(method: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]], name: str) -> Any:
+        return _parsing(method, getattr(pb, f"{name}Request"), getattr(pb, f"{name}Response"), access, _needs_admin)
+
     handlers = {
         "crdtstore.v1.KV": {
-            "Get": _parsing(kv.Get, pb.GetRequest, pb.GetResponse),
-            "Mutate": _parsing(kv.Mutate, pb.MutateRequest, pb.MutateResponse),
-            "Scan": _parsing(kv.Scan, pb.ScanRequest, pb.ScanResponse),
-            "Contains": _parsing(kv.Contains, pb.ContainsRequest, pb.ContainsResponse),
-            "Members": _parsing(kv.Members, pb.MembersRequest, pb.MembersResponse),
+            "Get": _parsing(kv.Get, pb.GetRequest, pb.GetResponse, access, _reads_key),
+            "Mutate": _parsing(kv.Mutate, pb.MutateRequest, pb.MutateResponse, access, _mutate_needs),
+            "Scan": _parsing(kv.Scan, pb.ScanRequest, pb.ScanResponse, access, _needs_nothing),
+            "Contains": _parsing(kv.Contains, pb.ContainsRequest, pb.ContainsResponse, access, _reads_key),
+            "Members": _parsing(kv.Members, pb.MembersRequest, pb.MembersResponse, access, _reads_key),
         },
         "crdtstore.v1.Admin": {
-            "Status": _parsing(admin.Status, pb.StatusRequest, pb.StatusResponse),
+            name: admin_rpc(getattr(admin, name), name)
+            for name in ("Status", "PutRole", "GetRole", "ListRoles", "DeleteRole", "RevokeToken")
         },
         "crdtstore.v1.Replication": {
             # Messages arrive as bytes: the replicator parses them, so a
-            # malformed one closes the stream with INVALID_ARGUMENT.
+            # malformed one closes the stream with INVALID_ARGUMENT. It checks
+            # the peer (certificate or token, and the right replicate) itself.
             "Sync": grpc.stream_stream_rpc_method_handler(
                 node.replicator.serve_stream, response_serializer=rpb.SyncMessage.SerializeToString
             ),

@@ -12,12 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+from cryptography import x509
 
 from crdtstore.replica.settings import ReplicationSettings
 from crdtstore.replica.wire import SYNC_METHOD
 from crdtstore.v1 import replication_pb2 as rpb
 
-__all__ = ["certificate_names", "open_channel", "server_options", "sync_call"]
+__all__ = ["certificate_expiry", "certificate_names", "open_channel", "server_options", "sync_call"]
 
 Tls = tuple[bytes, bytes, bytes | None]  # certificate chain, private key, CA certificates (PEM; None: the system's)
 
@@ -68,13 +69,30 @@ def open_channel(
     return grpc.aio.secure_channel(address, credentials, options=[*options, ("grpc.ssl_target_name_override", peer)])
 
 
-def sync_call(channel: grpc.aio.Channel) -> grpc.aio.StreamStreamCall[Any, Any]:
-    """A new ``Replication.Sync`` stream on ``channel``: messages out as protobuf, in as raw bytes."""
+def sync_call(
+    channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...] = ()
+) -> grpc.aio.StreamStreamCall[Any, Any]:
+    """A new ``Replication.Sync`` stream on ``channel``: messages out as protobuf, in as raw bytes.
+
+    ``metadata`` carries this node's peer token, where access control asks for one.
+    """
     method: grpc.aio.StreamStreamMultiCallable[Any, Any] = channel.stream_stream(
         SYNC_METHOD, request_serializer=rpb.SyncMessage.SerializeToString, response_deserializer=None
     )
-    call: grpc.aio.StreamStreamCall[Any, Any] = method()
+    call: grpc.aio.StreamStreamCall[Any, Any] = method(metadata=metadata or None)
     return call
+
+
+def certificate_expiry(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
+    """When the caller's verified certificate expires (seconds since the epoch), or None without one."""
+    pems = list(context.auth_context().get("x509_pem_cert", []))
+    if not pems:
+        return None
+    try:
+        certificate = x509.load_pem_x509_certificate(pems[0])
+    except ValueError:
+        return None
+    return certificate.not_valid_after_utc.timestamp()
 
 
 def certificate_names(context: grpc.aio.ServicerContext[Any, Any], region: str) -> bool:

@@ -64,6 +64,7 @@ class RegionProcesses:
         start: Sequence[str] | None = None,
         env: Mapping[str, Mapping[str, str]] | None = None,
         client_tls: ClientTls | None = None,
+        client_token: str | None = None,
     ) -> None:
         self.root = Path(root)
         self.names = list(names)
@@ -76,6 +77,7 @@ class RegionProcesses:
         self._to_start = list(self.names if start is None else start)
         self._env = env or {}
         self._client_tls = client_tls
+        self._client_token = client_token  # what the clients send, where the regions require tokens
 
     def __enter__(self) -> RegionProcesses:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -134,7 +136,9 @@ class RegionProcesses:
 
     def start(self, name: str) -> None:
         self.servers[name].start()
-        self.clients[name] = Client(self.servers[name].addr, timeout_s=10, tls=self._client_tls)
+        self.clients[name] = Client(
+            self.servers[name].addr, timeout_s=10, tls=self._client_tls, token=self._client_token
+        )
 
     def kill(self, name: str) -> None:
         self.servers[name].kill()

@@ -8,6 +8,11 @@ listens on ``--base-port + i``, so the first region is on the address the
 inter-region link goes through an in-process proxy that delays each
 direction by N ms, so replication lag looks like it does between real regions.
 
+With ``--auth`` the regions require tokens: the demo makes a signing key
+pair (under the data directory, in ``auth/``), a token the regions present to
+each other, and prints an admin token to use with ``--token`` (or
+``CRDTSTORE_TOKEN``).
+
 It runs until Ctrl-C (or SIGTERM), then stops every region cleanly. If a
 region dies on its own, the demo says so and stops the others.
 """
@@ -55,6 +60,11 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
         "--base-port", type=int, default=7420, metavar="PORT", help="region i listens on PORT+i (default 7420)"
     )
     parser.add_argument("--host", default="127.0.0.1", help="loopback address to listen on (default 127.0.0.1)")
+    parser.add_argument(
+        "--auth",
+        action="store_true",
+        help="require tokens: make a signing key, and print an admin token to use with --token",
+    )
 
 
 def demo_from_args(args: argparse.Namespace) -> int:
@@ -132,10 +142,11 @@ async def _run(args: argparse.Namespace) -> int:
                 await proxy.start()
                 proxies.append(proxy)
                 peer_addr[(dialer.name, target.name)] = f"127.0.0.1:{proxy.port}"
+        config, admin_token = _auth_setup(root / "auth") if args.auth else (None, None)
         for region in regions:
             peers = [f"{other.name}={peer_addr[(region.name, other.name)]}" for other in regions if other is not region]
-            await _start(region, args.host, peers)
-        _announce(regions, args, root, temporary)
+            await _start(region, args.host, peers, config)
+        _announce(regions, args, root, temporary, admin_token)
         waits = [asyncio.ensure_future(r.proc.wait()) for r in regions if r.proc is not None]
         stopping = asyncio.ensure_future(stop.wait())
         await asyncio.wait({stopping, *waits}, return_when=asyncio.FIRST_COMPLETED)
@@ -166,7 +177,31 @@ class _StartError(Exception):
     pass
 
 
-async def _start(region: _Region, host: str, peers: list[str]) -> None:
+# How long the demo's tokens last: longer than anyone keeps a demo running.
+_DEMO_TOKEN_TTL_S = 7 * 24 * 3600
+
+
+def _auth_setup(directory: Path) -> tuple[Path, str]:
+    """A signing key (kept if the directory has one), the regions' configuration; returns it and an admin token."""
+    from crdtstore.auth.tokens import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, issue_token, keygen  # noqa: PLC0415
+
+    if not (directory / PRIVATE_KEY_FILE).exists():
+        keygen(directory)
+    signing_key = directory / PRIVATE_KEY_FILE
+    # The regions present this to each other. The demo gives it the built-in admin role, which every region
+    # knows from its first start; a deployment gives its peers a role holding only replicate (docs/auth.md).
+    peer_token = directory / "peer.token"
+    peer_token.write_text(issue_token(signing_key, "demo-peers", ["admin"], ttl_s=_DEMO_TOKEN_TTL_S), encoding="utf-8")
+    peer_token.chmod(0o600)
+    config = directory / "node.toml"
+    config.write_text(
+        f'[auth]\ntoken_public_keys = ["{directory / PUBLIC_KEY_FILE}"]\npeer_token_file = "{peer_token}"\n',
+        encoding="utf-8",
+    )
+    return config, issue_token(signing_key, "demo-admin", ["admin"], ttl_s=_DEMO_TOKEN_TTL_S)
+
+
+async def _start(region: _Region, host: str, peers: list[str], config: Path | None = None) -> None:
     cmd = [
         sys.executable,
         "-m",
@@ -179,6 +214,7 @@ async def _start(region: _Region, host: str, peers: list[str]) -> None:
         "--listen",
         f"{host}:{region.port}",
         *itertools.chain.from_iterable(("--peer", p) for p in peers),
+        *(("--config", str(config)) if config is not None else ()),
     ]
     with region.log_path.open("ab") as log:
         region.proc = await asyncio.create_subprocess_exec(
@@ -202,13 +238,19 @@ async def _start(region: _Region, host: str, peers: list[str]) -> None:
         raise _StartError(f"region {region.name} did not start within {_START_TIMEOUT_S:.0f} s") from None
 
 
-def _announce(regions: list[_Region], args: argparse.Namespace, root: Path, temporary: bool) -> None:
+def _announce(
+    regions: list[_Region], args: argparse.Namespace, root: Path, temporary: bool, admin_token: str | None
+) -> None:
     where = f"{root} (removed at exit)" if temporary else str(root)
     latency = f", {args.latency_ms:g} ms one-way delay on every link" if args.latency_ms > 0 else ""
     print(f"crdtstore demo: {len(regions)} regions in a mesh{latency}; data and logs in {where}")
     for region in regions:
         print(f"  {region.name:<10} {args.host}:{region.port}")
     first, last = regions[0], regions[-1]
+    if admin_token is not None:
+        print(f"access control is on; the signing key is {root / 'auth' / 'signing.pem'}")
+        print(f"admin token: {admin_token}")
+        print(f"  export CRDTSTORE_TOKEN={admin_token}")
     print("try:")
     print(f"  crdtstore --addr {args.host}:{first.port} set greeting hello")
     print(f"  crdtstore --addr {args.host}:{last.port} get greeting")

@@ -277,7 +277,8 @@ class KV:
 
 
 class AdminStub:
-    """Missing associated documentation comment in .proto file."""
+    """Every Admin RPC needs the right `admin` on every key when access control is on.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -290,13 +291,74 @@ class AdminStub:
                 request_serializer=crdtstore_dot_v1_dot_kv__pb2.StatusRequest.SerializeToString,
                 response_deserializer=crdtstore_dot_v1_dot_kv__pb2.StatusResponse.FromString,
                 _registered_method=True)
+        self.PutRole = channel.unary_unary(
+                '/crdtstore.v1.Admin/PutRole',
+                request_serializer=crdtstore_dot_v1_dot_kv__pb2.PutRoleRequest.SerializeToString,
+                response_deserializer=crdtstore_dot_v1_dot_kv__pb2.PutRoleResponse.FromString,
+                _registered_method=True)
+        self.GetRole = channel.unary_unary(
+                '/crdtstore.v1.Admin/GetRole',
+                request_serializer=crdtstore_dot_v1_dot_kv__pb2.GetRoleRequest.SerializeToString,
+                response_deserializer=crdtstore_dot_v1_dot_kv__pb2.GetRoleResponse.FromString,
+                _registered_method=True)
+        self.ListRoles = channel.unary_unary(
+                '/crdtstore.v1.Admin/ListRoles',
+                request_serializer=crdtstore_dot_v1_dot_kv__pb2.ListRolesRequest.SerializeToString,
+                response_deserializer=crdtstore_dot_v1_dot_kv__pb2.ListRolesResponse.FromString,
+                _registered_method=True)
+        self.DeleteRole = channel.unary_unary(
+                '/crdtstore.v1.Admin/DeleteRole',
+                request_serializer=crdtstore_dot_v1_dot_kv__pb2.DeleteRoleRequest.SerializeToString,
+                response_deserializer=crdtstore_dot_v1_dot_kv__pb2.DeleteRoleResponse.FromString,
+                _registered_method=True)
+        self.RevokeToken = channel.unary_unary(
+                '/crdtstore.v1.Admin/RevokeToken',
+                request_serializer=crdtstore_dot_v1_dot_kv__pb2.RevokeTokenRequest.SerializeToString,
+                response_deserializer=crdtstore_dot_v1_dot_kv__pb2.RevokeTokenResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Every Admin RPC needs the right `admin` on every key when access control is on.
+    """
 
     def Status(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutRole(self, request, context):
+        """Creates or replaces a role whole. Concurrent puts in different regions resolve like a register.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRole(self, request, context):
+        """One role; NOT_FOUND if it does not exist (or was deleted).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRoles(self, request, context):
+        """Every role, in name order (the built-in `admin` first).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteRole(self, request, context):
+        """Deletes a role: tokens that name it get nothing from it. NOT_FOUND if it does not exist.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeToken(self, request, context):
+        """Revokes a token by its id (its `jti` claim), in every region once replicated, for good.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -309,6 +371,31 @@ def add_AdminServicer_to_server(servicer, server):
                     request_deserializer=crdtstore_dot_v1_dot_kv__pb2.StatusRequest.FromString,
                     response_serializer=crdtstore_dot_v1_dot_kv__pb2.StatusResponse.SerializeToString,
             ),
+            'PutRole': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutRole,
+                    request_deserializer=crdtstore_dot_v1_dot_kv__pb2.PutRoleRequest.FromString,
+                    response_serializer=crdtstore_dot_v1_dot_kv__pb2.PutRoleResponse.SerializeToString,
+            ),
+            'GetRole': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRole,
+                    request_deserializer=crdtstore_dot_v1_dot_kv__pb2.GetRoleRequest.FromString,
+                    response_serializer=crdtstore_dot_v1_dot_kv__pb2.GetRoleResponse.SerializeToString,
+            ),
+            'ListRoles': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRoles,
+                    request_deserializer=crdtstore_dot_v1_dot_kv__pb2.ListRolesRequest.FromString,
+                    response_serializer=crdtstore_dot_v1_dot_kv__pb2.ListRolesResponse.SerializeToString,
+            ),
+            'DeleteRole': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRole,
+                    request_deserializer=crdtstore_dot_v1_dot_kv__pb2.DeleteRoleRequest.FromString,
+                    response_serializer=crdtstore_dot_v1_dot_kv__pb2.DeleteRoleResponse.SerializeToString,
+            ),
+            'RevokeToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeToken,
+                    request_deserializer=crdtstore_dot_v1_dot_kv__pb2.RevokeTokenRequest.FromString,
+                    response_serializer=crdtstore_dot_v1_dot_kv__pb2.RevokeTokenResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'crdtstore.v1.Admin', rpc_method_handlers)
@@ -318,7 +405,8 @@ def add_AdminServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Admin:
-    """Missing associated documentation comment in .proto file."""
+    """Every Admin RPC needs the right `admin` on every key when access control is on.
+    """
 
     @staticmethod
     def Status(request,
@@ -337,6 +425,141 @@ class Admin:
             '/crdtstore.v1.Admin/Status',
             crdtstore_dot_v1_dot_kv__pb2.StatusRequest.SerializeToString,
             crdtstore_dot_v1_dot_kv__pb2.StatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutRole(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crdtstore.v1.Admin/PutRole',
+            crdtstore_dot_v1_dot_kv__pb2.PutRoleRequest.SerializeToString,
+            crdtstore_dot_v1_dot_kv__pb2.PutRoleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRole(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crdtstore.v1.Admin/GetRole',
+            crdtstore_dot_v1_dot_kv__pb2.GetRoleRequest.SerializeToString,
+            crdtstore_dot_v1_dot_kv__pb2.GetRoleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRoles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crdtstore.v1.Admin/ListRoles',
+            crdtstore_dot_v1_dot_kv__pb2.ListRolesRequest.SerializeToString,
+            crdtstore_dot_v1_dot_kv__pb2.ListRolesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRole(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crdtstore.v1.Admin/DeleteRole',
+            crdtstore_dot_v1_dot_kv__pb2.DeleteRoleRequest.SerializeToString,
+            crdtstore_dot_v1_dot_kv__pb2.DeleteRoleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crdtstore.v1.Admin/RevokeToken',
+            crdtstore_dot_v1_dot_kv__pb2.RevokeTokenRequest.SerializeToString,
+            crdtstore_dot_v1_dot_kv__pb2.RevokeTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,

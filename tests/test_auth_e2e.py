@@ -1,0 +1,544 @@
+"""Access control on real nodes: every RPC against every way a request can fail, across regions, key rotation.
+
+One node serves the whole matrix (the module's fixture); the tests across
+regions share one cluster of three. Every refusal is checked twice: the status
+code and message, and, with an admin token, that nothing of it was applied.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from crdtstore.client import Client, ClientError
+from crdtstore.operations import DeleteKey, Increment, RemoveMembers, SetRegister
+from crdtstore.replica.wire import SYNC_METHOD
+from crdtstore.testing.auth import AuthKit
+from crdtstore.testing.process import ServerProcess
+from crdtstore.testing.regions import RegionProcesses
+from crdtstore.v1 import replication_pb2 as rpb
+
+# ServerProcess leaves its log file handle to the child; see tests/test_node_e2e.py.
+pytestmark = [pytest.mark.processes, pytest.mark.filterwarnings("ignore::ResourceWarning")]
+
+
+@dataclass
+class Node:
+    server: ServerProcess
+    kit: AuthKit
+    admin: Client
+    tokens: dict[str, str]
+
+    def client(self, token: str | None) -> Client:
+        return Client(self.server.addr, token=token, timeout_s=10, retries_max=0)
+
+
+ROLES: dict[str, dict[str, list[str]]] = {
+    "orders": {"orders/": ["read", "set"]},
+    "temp": {"orders/": ["read", "set"]},  # deleted once the node is up
+    "counter": {"c/": ["read", "incr"]},
+    "adder": {"s/": ["read", "add"]},
+}
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    root = tmp_path_factory.mktemp("auth-node")
+    kit = AuthKit.create(root / "keys")
+    config = kit.write_config(root / "node.toml")
+    with ServerProcess(root / "data", region="eu", extra_args=("--config", str(config))) as server:
+        admin_token = kit.token("root", ["admin"])
+        admin = Client(server.addr, token=admin_token, timeout_s=10)
+        for name, grants in ROLES.items():
+            admin.put_role(name, grants)
+        tokens = {
+            "admin": admin_token,
+            "orders": kit.token("svc-orders", ["orders"]),
+            "counter": kit.token("svc-counter", ["counter"]),
+            "adder": kit.token("svc-adder", ["adder"]),
+            "role deleted": kit.token("svc-temp", ["temp"]),
+            "revoked jti": kit.token("svc-revoked", ["admin"], token_id="revoked-jti-1"),
+            "victim": kit.token("svc-victim", ["orders"], token_id="victim-jti"),
+        }
+        admin.delete_role("temp")
+        admin.revoke_token("revoked-jti-1")
+        admin.put_role("keep", {"k/": ["read"]})
+        admin.set("orders/existing", "v")
+        admin.incr("c/n", 5)
+        admin.sadd("s/set", "m")
+        try:
+            yield Node(server, kit, admin, tokens)
+        finally:
+            admin.close()
+
+
+def sync_refusal(addr: str, token: str | None) -> tuple[grpc.StatusCode, str]:
+    """Open a replication stream as a region named 'intruder' would; the status it ends with."""
+    hello = rpb.SyncMessage(hello=rpb.SyncHello(region="intruder", vector=b"", protocol=1))
+    metadata = (("authorization", f"Bearer {token}"),) if token else None
+    with grpc.insecure_channel(addr) as channel:
+        sync: Any = channel.stream_stream(SYNC_METHOD, request_serializer=rpb.SyncMessage.SerializeToString)
+        try:
+            list(sync(iter([hello]), metadata=metadata, timeout=10))
+        except grpc.RpcError as err:
+            return err.code(), err.details() or ""
+    raise AssertionError("the replication stream ended without a status")
+
+
+# -- every RPC: a call, and what an admin sees afterwards if it had applied ---------------------
+
+
+@dataclass(frozen=True)
+class Rpc:
+    call: Callable[[Client], object]
+    applied: Callable[[Node], bool] | None = None  # None for reads: nothing to apply
+
+
+def _role_exists(node: Node, name: str) -> bool:
+    return name in {role.name for role in node.admin.list_roles()}
+
+
+def _victim_revoked(node: Node) -> bool:
+    try:
+        with node.client(node.tokens["victim"]) as c:
+            c.get("orders/existing")
+    except ClientError as err:
+        return err.code == grpc.StatusCode.UNAUTHENTICATED
+    return False
+
+
+RPCS: dict[str, Rpc] = {
+    "KV.Get": Rpc(lambda c: c.get("orders/existing")),
+    "KV.Mutate": Rpc(lambda c: c.set("orders/new", "x"), lambda n: n.admin.get("orders/new").exists),
+    "KV.Scan": Rpc(lambda c: list(c.scan("orders/"))),
+    "KV.Contains": Rpc(lambda c: c.sismember("s/set", "m")),
+    "KV.Members": Rpc(lambda c: list(c.smembers("s/set"))),
+    "Admin.Status": Rpc(lambda c: c.status()),
+    "Admin.PutRole": Rpc(lambda c: c.put_role("intruded", {"": ["admin"]}), lambda n: _role_exists(n, "intruded")),
+    "Admin.GetRole": Rpc(lambda c: c.get_role("keep")),
+    "Admin.ListRoles": Rpc(lambda c: c.list_roles()),
+    "Admin.DeleteRole": Rpc(lambda c: c.delete_role("keep"), lambda n: not _role_exists(n, "keep")),
+    "Admin.RevokeToken": Rpc(lambda c: c.revoke_token("victim-jti"), _victim_revoked),
+}
+
+UNAUTHENTICATED_TOKENS: dict[str, Callable[[Node], str | None]] = {
+    "no token": lambda n: None,
+    "malformed": lambda n: "not.a-jwt",
+    "wrong signature": lambda n: n.kit.forged("root", ["admin"]),
+    "expired": lambda n: n.kit.expired("root", ["admin"]),
+    "not yet valid": lambda n: n.kit.not_yet_valid("root", ["admin"]),
+    "unknown issuer key": lambda n: AuthKit.foreign("root", ["admin"]),
+    "revoked jti": lambda n: n.tokens["revoked jti"],
+}
+
+
+@pytest.mark.parametrize("failure", list(UNAUTHENTICATED_TOKENS))
+@pytest.mark.parametrize("rpc", [*RPCS, "Replication.Sync"])
+def test_every_rpc_refuses_an_unauthenticated_caller(node: Node, rpc: str, failure: str) -> None:
+    token = UNAUTHENTICATED_TOKENS[failure](node)
+    if rpc == "Replication.Sync":
+        code, message = sync_refusal(node.server.addr, token)
+    else:
+        with node.client(token) as client, pytest.raises(ClientError) as info:
+            RPCS[rpc].call(client)
+        code, message = info.value.code, info.value.message
+        applied = RPCS[rpc].applied
+        assert applied is None or not applied(node), "a refused request applied nothing"
+    assert code == grpc.StatusCode.UNAUTHENTICATED, message
+    assert not token or token not in message
+
+
+@pytest.mark.parametrize("rpc", [*RPCS, "Replication.Sync"])
+def test_every_rpc_admits_an_admin(node: Node, rpc: str) -> None:
+    """The control for the matrix: the same calls pass with a good token (so a refusal means something)."""
+    if rpc == "Replication.Sync":
+        code, message = sync_refusal(node.server.addr, node.tokens["admin"])
+        # Past access control: the region is refused for not being a peer, not for its token.
+        assert (code, "is not a peer" in message) == (grpc.StatusCode.PERMISSION_DENIED, True), message
+        return
+    with node.client(node.tokens["admin"]) as client:
+        # The calls that change something do it to keys and roles of their own, which the matrix never reads.
+        if rpc == "KV.Mutate":
+            client.set("orders/control", "x")
+            assert node.admin.get("orders/control").exists
+        elif rpc == "Admin.PutRole":
+            client.put_role("control", {"": ["read"]})
+            assert _role_exists(node, "control")
+        elif rpc == "Admin.DeleteRole":
+            client.put_role("control-deleted", {"": ["read"]})
+            client.delete_role("control-deleted")
+            assert not _role_exists(node, "control-deleted")
+        elif rpc == "Admin.RevokeToken":
+            client.revoke_token("control-jti")
+        else:
+            RPCS[rpc].call(client)
+
+
+@pytest.mark.parametrize("failure", ["role deleted", "key outside every granted prefix"])
+@pytest.mark.parametrize("rpc", [*RPCS, "Replication.Sync"])
+def test_every_rpc_refuses_a_caller_without_the_right(node: Node, rpc: str, failure: str) -> None:
+    token = node.tokens["role deleted" if failure == "role deleted" else "adder"]
+    if failure != "role deleted" and rpc in ("KV.Contains", "KV.Members"):
+        token = node.tokens["orders"]  # the adder may read s/set; the orders role may not
+    if rpc == "Replication.Sync":
+        code, message = sync_refusal(node.server.addr, token)
+    elif rpc == "KV.Scan":
+        with node.client(token) as client:
+            assert RPCS[rpc].call(client) == [], "keys the caller may not read are left out, silently"
+        return
+    else:
+        with node.client(token) as client, pytest.raises(ClientError) as info:
+            RPCS[rpc].call(client)
+        code, message = info.value.code, info.value.message
+        applied = RPCS[rpc].applied
+        assert applied is None or not applied(node)
+    assert code == grpc.StatusCode.PERMISSION_DENIED, message
+    assert token not in message
+    assert "principal 'svc-" in message, "the refusal names the principal"
+
+
+@pytest.mark.parametrize(
+    ("token", "ops", "right", "key"),
+    [
+        ("counter", [Increment("c/n", -1)], "decr", "c/n"),
+        ("adder", [RemoveMembers("s/set", ("m",))], "remove", "s/set"),
+        ("adder", [DeleteKey("s/set")], "delete", "s/set"),
+        ("counter", [Increment("c/n", 1), Increment("c/other", 1), SetRegister("c/n2", b"x")], "set", "c/n2"),
+    ],
+    ids=["decr with only incr", "remove with only add", "delete with only add", "a batch with one forbidden op"],
+)
+def test_an_operation_needs_its_own_right(node: Node, token: str, ops: list[Any], right: str, key: str) -> None:
+    before = {k: node.admin.get(k) for k in ("c/n", "c/other", "c/n2", "s/set")}
+    with node.client(node.tokens[token]) as client, pytest.raises(ClientError) as info:
+        client.mutate(ops)
+    assert info.value.code == grpc.StatusCode.PERMISSION_DENIED
+    assert f"right {right!r} on key {key!r}" in info.value.message
+    after = {k: node.admin.get(k) for k in before}
+    assert {k: (e.type, e.value) for k, e in after.items()} == {k: (e.type, e.value) for k, e in before.items()}
+
+
+def test_rights_allow_what_they_name(node: Node) -> None:
+    with node.client(node.tokens["counter"]) as counter:
+        counter.incr("c/allowed", 2)
+        assert counter.get("c/allowed").value == 2
+    with node.client(node.tokens["adder"]) as adder:
+        adder.sadd("s/allowed", "x")
+        assert adder.sismember("s/allowed", "x")
+    with node.client(node.tokens["orders"]) as orders:
+        orders.mutate([SetRegister("orders/a", b"1"), SetRegister("orders/b", b"2")])
+
+
+def test_scan_shows_only_what_the_caller_may_read(node: Node) -> None:
+    node.admin.mutate([SetRegister("orders/scan", b"o"), SetRegister("private/scan", b"p"), Increment("c/scan", 1)])
+    with node.client(node.tokens["orders"]) as orders:
+        keys = [e.key for e in orders.scan("")]
+    assert "orders/scan" in keys
+    assert not [k for k in keys if not k.startswith("orders/")], keys
+    everything = [e.key for e in node.admin.scan("")]
+    assert {"private/scan", "c/scan", "orders/scan"} <= set(everything)
+    assert not [k for k in everything if k.startswith("\x00")], "the system keyspace never shows"
+    assert node.admin.status()["keys"] == len(everything), "nor is it counted among the keys"
+
+
+def test_the_system_keyspace_is_out_of_reach(node: Node) -> None:
+    for call in (
+        lambda: node.admin.set("\x00auth/role/orders", "x"),
+        lambda: node.admin.get("\x00auth/revoked"),
+        lambda: node.admin.mutate([SetRegister("ok/key", b"1"), DeleteKey("\x00auth/revoked")]),
+    ):
+        with pytest.raises(ClientError) as info:
+            call()
+        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "reserved" in info.value.message
+    assert not node.admin.get("ok/key").exists
+    with pytest.raises(ClientError) as info:
+        node.admin.put_role("sneaky", {"\x00auth/": ["set"]})
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_role_changes_record_principal_and_origin(node: Node) -> None:
+    node.admin.put_role("audited", {"a/": ["read"]})
+    role = node.admin.get_role("audited")
+    assert role.changed_by == "root"
+    assert role.changed_in.startswith("eu#")
+    assert role.grants == (("a/", ("read",)),)
+    builtin = node.admin.get_role("admin")
+    assert builtin.built_in
+    with pytest.raises(ClientError) as info:
+        node.admin.put_role("admin", {"": ["read"]})
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(ClientError) as info:
+        node.admin.get_role("never-defined")
+    assert info.value.code == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_role_put_replaces_it_whole(node: Node) -> None:
+    token = node.kit.token("svc-replaced", ["replaced"])
+    node.admin.put_role("replaced", {"r/": ["read", "set"]})
+    with node.client(token) as client:
+        client.set("r/1", "x")
+        node.admin.put_role("replaced", {"r/": ["read"]})
+        with pytest.raises(ClientError) as info:
+            client.set("r/2", "x")
+        assert info.value.code == grpc.StatusCode.PERMISSION_DENIED
+        assert client.get("r/1").value == b"x"
+
+
+def test_refusals_are_counted(node: Node) -> None:
+    before = node.admin.status()
+    with node.client(None) as anonymous, pytest.raises(ClientError):
+        anonymous.get("orders/existing")
+    with node.client(node.tokens["orders"]) as orders, pytest.raises(ClientError):
+        orders.get("private/x")
+    after = node.admin.status()
+    assert after["auth_enabled"]
+    assert after["refused_unauthenticated"] == before["refused_unauthenticated"] + 1
+    assert after["refused_permission_denied"] == before["refused_permission_denied"] + 1
+
+
+def test_the_asyncio_client_sends_its_token(node: Node) -> None:
+    import asyncio
+
+    from crdtstore.client import AsyncClient
+
+    async def scenario() -> tuple[bytes | None, list[str]]:
+        async with AsyncClient(node.server.addr, token=node.tokens["orders"]) as client:
+            await client.set("orders/async", "a")
+            value = (await client.get("orders/async")).value
+        async with AsyncClient(node.server.addr, token=node.tokens["admin"]) as admin:
+            names = [r.name for r in await admin.list_roles()]
+        assert isinstance(value, bytes)
+        return value, names
+
+    value, names = asyncio.run(scenario())
+    assert value == b"a"
+    assert "orders" in names
+
+
+def run_cli(*args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("CRDTSTORE_ADDR", "CRDTSTORE_TOKEN")}
+    if token is not None:
+        env["CRDTSTORE_TOKEN"] = token
+    cmd = [sys.executable, "-m", "crdtstore", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env, check=False)
+
+
+def test_the_command_line_manages_roles(node: Node) -> None:
+    addr, admin = node.server.addr, node.tokens["admin"]
+    put = run_cli(
+        "--addr", addr, "role", "put", "cli-role", "--grant", "x/=read,add", "--grant", "=read", "--json", token=admin
+    )
+    assert put.returncode == 0, put.stderr
+    assert json.loads(put.stdout)["grants"] == [
+        {"prefix": "x/", "rights": ["add", "read"]},
+        {"prefix": "", "rights": ["read"]},
+    ]
+    got = run_cli("--addr", addr, "--token", admin, "role", "get", "cli-role", "--json")
+    assert json.loads(got.stdout)["changed_by"] == "root"
+    listed = run_cli("--addr", addr, "role", "list", "--json", token=admin)
+    assert "cli-role" in [json.loads(line)["name"] for line in listed.stdout.splitlines()]
+    human = run_cli("--addr", addr, "role", "get", "cli-role", token=admin)
+    assert human.stdout.splitlines()[:3] == ["cli-role", "  x/\tadd,read", "  (every key)\tread"]
+    deleted = run_cli("--addr", addr, "role", "delete", "cli-role", "--json", token=admin)
+    base64.b64decode(json.loads(deleted.stdout)["token"], validate=True)
+    gone = run_cli("--addr", addr, "role", "get", "cli-role", token=admin)
+    assert gone.returncode == 1 and "NOT_FOUND" in gone.stderr
+
+    refused = run_cli("--addr", addr, "role", "list")
+    assert refused.returncode == 1
+    assert "UNAUTHENTICATED" in refused.stderr and "--token" in refused.stderr
+    token = node.kit.token("cli-victim", ["orders"], token_id="cli-victim-jti")
+    assert run_cli("--addr", addr, "get", "orders/existing", token=token).stdout == "v\n"
+    revoked = run_cli("--addr", addr, "token", "revoke", "cli-victim-jti", "--json", token=admin)
+    assert revoked.returncode == 0, revoked.stderr
+    after = run_cli("--addr", addr, "get", "orders/existing", token=token)
+    assert after.returncode == 1 and "revoked" in after.stderr and token not in after.stderr
+
+
+# -- key rotation, and the protected default ------------------------------------------------------
+
+
+def test_key_rotation(tmp_path: Path) -> None:
+    old, new = AuthKit.create(tmp_path / "old"), AuthKit.create(tmp_path / "new")
+    config = old.write_config(tmp_path / "node.toml", public_keys=[old.public_key, new.public_key])
+    old_token, new_token = old.token("a", ["admin"]), new.token("b", ["admin"])
+    with ServerProcess(tmp_path / "data", region="eu", extra_args=("--config", str(config))) as server:
+        for token in (old_token, new_token):
+            with Client(server.addr, token=token, retries_max=0) as client:
+                client.set("rotation/k", "v")
+        new.write_config(config, public_keys=[new.public_key])  # the old key retires at the restart
+        server.stop()
+        server.start()
+        with Client(server.addr, token=new_token, retries_max=0) as client:
+            assert client.get("rotation/k").value == b"v"
+        with Client(server.addr, token=old_token, retries_max=0) as client, pytest.raises(ClientError) as info:
+            client.get("rotation/k")
+        assert info.value.code == grpc.StatusCode.UNAUTHENTICATED
+        assert "not among this node's auth.token_public_keys" in info.value.message
+
+
+def test_the_protected_default(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "crdtstore", "serve", "--region", "eu", "--data-dir", str(tmp_path / "d")]
+    proc = subprocess.run([*cmd, "--listen", "0.0.0.0:0"], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2
+    assert "without access control" in proc.stderr
+    assert "--insecure-no-auth" in proc.stderr and "[auth]" in proc.stderr
+    assert not (tmp_path / "d").exists(), "refused before anything was created"
+
+
+def test_a_node_on_every_address_with_auth(tmp_path: Path) -> None:
+    kit = AuthKit.create(tmp_path / "keys")
+    config = kit.write_config(tmp_path / "node.toml")
+    server = ServerProcess(tmp_path / "data", region="eu", extra_args=("--config", str(config)), host="0.0.0.0")
+    with server:
+        with Client(f"127.0.0.1:{server.port}", retries_max=0) as anonymous, pytest.raises(ClientError) as info:
+            anonymous.get("k")
+        assert info.value.code == grpc.StatusCode.UNAUTHENTICATED
+
+
+# -- across regions --------------------------------------------------------------------------------
+
+NAMES = ("a", "b", "c")
+
+
+@pytest.fixture(scope="module")
+def regions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RegionProcesses, AuthKit]]:
+    root = tmp_path_factory.mktemp("auth-regions")
+    kit = AuthKit.create(root / "keys")
+    config = kit.write_config(root / "node.toml")
+    peer_token = kit.token("peers", ["replicator"], ttl_s=24 * 3600)
+    admin = kit.token("root", ["admin"])
+    env = {name: {"CRDTSTORE_PEER_TOKEN": peer_token} for name in NAMES}
+    # The peers' token holds the role replicator (replicate on every key). A region cannot learn that role
+    # from a peer it cannot reach yet, so each region is given it first; the puts converge like any register.
+    cluster = RegionProcesses(root, NAMES, extra_args=("--config", str(config)), env=env, client_token=admin)
+    with cluster:
+        for name in NAMES:
+            cluster.clients[name].put_role("replicator", {"": ["replicate"]})
+        cluster.wait_connected()
+        yield cluster, kit
+
+
+def _refusal(client: Client, key: str) -> grpc.StatusCode | None:
+    try:
+        client.get(key)
+    except ClientError as err:
+        return err.code
+    return None
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout_s} s")
+        time.sleep(0.05)
+
+
+def test_a_role_made_in_one_region_is_enforced_in_the_others(regions: tuple[RegionProcesses, AuthKit]) -> None:
+    cluster, kit = regions
+    token = kit.token("svc-reports", ["reports"])
+    readers = {name: Client(cluster.servers[name].addr, token=token, retries_max=0) for name in NAMES}
+    try:
+        cluster.clients["a"].set("reports/q1", "42")
+        for name in NAMES:
+            assert _refusal(readers[name], "reports/q1") == grpc.StatusCode.PERMISSION_DENIED
+        cluster.clients["a"].put_role("reports", {"reports/": ["read"]})
+        for name in NAMES:
+            wait_for(lambda name=name: _refusal(readers[name], "reports/q1") is None, f"role in {name}")  # type: ignore[misc]
+            assert _refusal(readers[name], "private/x") == grpc.StatusCode.PERMISSION_DENIED
+        cluster.clients["c"].delete_role("reports")
+        for name in NAMES:
+            wait_for(
+                lambda name=name: _refusal(readers[name], "reports/q1") == grpc.StatusCode.PERMISSION_DENIED,  # type: ignore[misc]
+                f"deletion in {name}",
+            )
+    finally:
+        for client in readers.values():
+            client.close()
+
+
+def test_a_revocation_stops_the_token_everywhere_even_across_a_partition(
+    regions: tuple[RegionProcesses, AuthKit],
+) -> None:
+    cluster, kit = regions
+    token = kit.token("svc-leaked", ["admin"], token_id="leaked-jti")
+    users = {name: Client(cluster.servers[name].addr, token=token, retries_max=0) for name in NAMES}
+    try:
+        for name in NAMES:
+            assert _refusal(users[name], "any/key") is None
+        cluster.isolate("c")
+        cluster.clients["a"].revoke_token("leaked-jti")
+        wait_for(lambda: _refusal(users["b"], "any/key") == grpc.StatusCode.UNAUTHENTICATED, "revoked in b")
+        assert _refusal(users["a"], "any/key") == grpc.StatusCode.UNAUTHENTICATED
+        assert _refusal(users["c"], "any/key") is None, "c cannot know yet: it is cut off"
+        cluster.heal()
+        wait_for(lambda: _refusal(users["c"], "any/key") == grpc.StatusCode.UNAUTHENTICATED, "revoked in c")
+    finally:
+        for client in users.values():
+            client.close()
+    cluster.wait_connected()
+
+
+def test_peers_without_a_token_cannot_replicate(tmp_path: Path) -> None:
+    kit = AuthKit.create(tmp_path / "keys")
+    config = kit.write_config(tmp_path / "node.toml")
+    admin = kit.token("root", ["admin"])
+    with RegionProcesses(tmp_path, ("x", "y"), extra_args=("--config", str(config)), client_token=admin) as cluster:
+        cluster.clients["x"].set("k", "from x")
+        wait_for(lambda: cluster.clients["y"].status()["refused_unauthenticated"] > 0, "y refuses x's stream")
+        assert not any(p["connected"] for p in cluster.clients["y"].status()["peers"])
+        assert not cluster.clients["y"].get("k").exists
+
+
+def test_a_node_takes_data_only_from_an_answering_peer_with_a_token(tmp_path: Path) -> None:
+    """x dials y; y answers without a token of its own: x takes nothing from it."""
+    kit = AuthKit.create(tmp_path / "keys")
+    config = kit.write_config(tmp_path / "node.toml")
+    env = {"x": {"CRDTSTORE_PEER_TOKEN": kit.token("peer-x", ["admin"])}}  # and y presents none
+    admin = kit.token("root", ["admin"])
+    with RegionProcesses(
+        tmp_path, ("x", "y"), extra_args=("--config", str(config)), env=env, client_token=admin
+    ) as cluster:
+        x = cluster.clients["x"]
+        cluster.clients["y"].set("from/y", "1")
+        wait_for(lambda: x.status()["refused_unauthenticated"] > 0, "x refuses y")
+        assert not any(p["connected"] for p in x.status()["peers"])
+        assert not x.get("from/y").exists
+        assert "is not one to take data from" in cluster.servers["x"].log_path.read_text()
+
+
+def test_a_replication_stream_ends_when_its_token_expires_or_is_revoked(tmp_path: Path) -> None:
+    """x dials y with the token in its peer_token_file; y ends the stream at its expiry and at its revocation."""
+    kit = AuthKit.create(tmp_path / "keys")
+    token_file = tmp_path / "peer.token"  # written once the regions run: until then x dials without a token
+    config = kit.write_config(tmp_path / "node.toml", extra=f'leeway_s = 0\npeer_token_file = "{token_file}"\n')
+    admin = kit.token("root", ["admin"])
+    with RegionProcesses(tmp_path, ("x", "y"), extra_args=("--config", str(config)), client_token=admin) as cluster:
+        y = cluster.clients["y"]
+
+        def connected() -> bool:
+            return all(p["connected"] for p in y.status()["peers"])
+
+        wait_for(lambda: y.status()["refused_unauthenticated"] > 0, "y refuses x without a token")
+        token_file.write_text(kit.token("peer-x", ["admin"], ttl_s=4))
+        wait_for(connected, "x connects with its token")
+        wait_for(lambda: not connected(), "the stream ends when the token expires")
+        token_file.write_text(kit.token("peer-x", ["admin"], token_id="peer-x-2"))  # read afresh at each dial
+        wait_for(connected, "x reconnects with its new token")
+        y.revoke_token("peer-x-2")
+        wait_for(lambda: not connected(), "the stream ends when the token is revoked")
+        cluster.clients["x"].set("after/revocation", "1")
+        time.sleep(0.5)  # x's write had every chance to travel; it must not have
+        assert not y.get("after/revocation").exists
