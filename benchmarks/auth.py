@@ -154,7 +154,8 @@ def _wait(condition: Callable[[], bool], timeout_s: float = 30.0) -> float:
 def revocations(cfg: Config, root: Path, log: Log, step: Log) -> tuple[Figure, dict[str, Any]]:
     kit = AuthKit.create(root / "keys")
     config = kit.write_config(root / "auth.toml")
-    peers = {name: {"CRDTSTORE_PEER_TOKEN": kit.token("peers", ["admin"], ttl_s=24 * 3600)} for name in "ab"}
+    # A peer token names its region as subject.
+    peers = {name: {"CRDTSTORE_PEER_TOKEN": kit.token(name, ["admin"], ttl_s=24 * 3600)} for name in "ab"}
     admin = kit.token("bench-admin", ["admin"], ttl_s=24 * 3600)
     revoke_ms: list[float] = []
     write_ms: list[float] = []

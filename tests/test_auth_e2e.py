@@ -27,6 +27,8 @@ from crdtstore.replica.wire import SYNC_METHOD
 from crdtstore.testing.auth import AuthKit
 from crdtstore.testing.process import ServerProcess
 from crdtstore.testing.regions import RegionProcesses
+from crdtstore.v1 import kv_pb2 as kpb
+from crdtstore.v1 import kv_pb2_grpc as kpb_grpc
 from crdtstore.v1 import replication_pb2 as rpb
 
 # ServerProcess leaves its log file handle to the child; see tests/test_node_e2e.py.
@@ -251,6 +253,39 @@ def test_scan_shows_only_what_the_caller_may_read(node: Node) -> None:
     assert node.admin.status()["keys"] == len(everything), "nor is it counted among the keys"
 
 
+def test_regression_scan_page_tokens_say_nothing_of_the_keys_left_out(node: Node) -> None:
+    """Review: a page token was the last key the page read, readable or not: a caller allowed orders/ alone
+    could page through Scan(limit=1) and decode every key name, roles and revoked token ids included."""
+    node.admin.mutate([SetRegister("payroll/raise", b"p"), SetRegister("orders/zz-last", b"o")])
+    node.admin.put_role("hidden-role", {"nothing/": ["read"]})
+    seen: list[str] = []
+    tokens: list[str] = []
+    with grpc.insecure_channel(node.server.addr) as channel:
+        scan = kpb_grpc.KVStub(channel).Scan
+        metadata = (("authorization", f"Bearer {node.tokens['orders']}"),)
+        page_token = ""
+        for _ in range(10_000):
+            page = scan(kpb.ScanRequest(prefix="", limit=1, page_token=page_token), metadata=metadata, timeout=10)
+            seen += [e.key for e in page.entries]
+            if not page.next_page_token:
+                break
+            page_token = page.next_page_token
+            tokens.append(page_token)
+        with pytest.raises(grpc.RpcError) as info:  # a token this node did not seal
+            scan(
+                kpb.ScanRequest(limit=1, page_token=base64.urlsafe_b64encode(b"payroll/").decode()),
+                metadata=metadata,
+                timeout=10,
+            )
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "orders/zz-last" in seen and all(k.startswith("orders/") for k in seen), seen
+    assert tokens, "the scan took several pages"
+    for token in tokens:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        for secret in (b"payroll", b"hidden-role", b"auth/", b"victim-jti"):
+            assert secret not in raw, (secret, raw)
+
+
 def test_the_system_keyspace_is_out_of_reach(node: Node) -> None:
     for call in (
         lambda: node.admin.set("\x00auth/role/orders", "x"),
@@ -417,9 +452,9 @@ def regions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RegionPr
     root = tmp_path_factory.mktemp("auth-regions")
     kit = AuthKit.create(root / "keys")
     config = kit.write_config(root / "node.toml")
-    peer_token = kit.token("peers", ["replicator"], ttl_s=24 * 3600)
     admin = kit.token("root", ["admin"])
-    env = {name: {"CRDTSTORE_PEER_TOKEN": peer_token} for name in NAMES}
+    # A peer token names its region as subject.
+    env = {name: {"CRDTSTORE_PEER_TOKEN": kit.token(name, ["replicator"], ttl_s=24 * 3600)} for name in NAMES}
     # The peers' token holds the role replicator (replicate on every key). A region cannot learn that role
     # from a peer it cannot reach yet, so each region is given it first; the puts converge like any register.
     cluster = RegionProcesses(root, NAMES, extra_args=("--config", str(config)), env=env, client_token=admin)
@@ -506,7 +541,7 @@ def test_a_node_takes_data_only_from_an_answering_peer_with_a_token(tmp_path: Pa
     """x dials y; y answers without a token of its own: x takes nothing from it."""
     kit = AuthKit.create(tmp_path / "keys")
     config = kit.write_config(tmp_path / "node.toml")
-    env = {"x": {"CRDTSTORE_PEER_TOKEN": kit.token("peer-x", ["admin"])}}  # and y presents none
+    env = {"x": {"CRDTSTORE_PEER_TOKEN": kit.token("x", ["admin"])}}  # and y presents none
     admin = kit.token("root", ["admin"])
     with RegionProcesses(
         tmp_path, ("x", "y"), extra_args=("--config", str(config)), env=env, client_token=admin
@@ -519,23 +554,65 @@ def test_a_node_takes_data_only_from_an_answering_peer_with_a_token(tmp_path: Pa
         assert "is not one to take data from" in cluster.servers["x"].log_path.read_text()
 
 
+@pytest.mark.parametrize(
+    ("x_presents", "y_presents", "refusal"),
+    [
+        ("y", "y", "a peer token for 'y' presented for region 'x'"),  # y refuses the dialling x
+        ("x", "z", "a peer token for 'z' presented for region 'y'"),  # x refuses the answering y
+    ],
+)
+def test_regression_a_peer_token_speaks_for_its_own_region_only(
+    tmp_path: Path, x_presents: str, y_presents: str, refusal: str
+) -> None:
+    """Review: any replicate token was taken from any peer, so whatever answered at a peer's address could echo
+    the token it was sent, and one region could present another's. x dials y; each presents a token whose
+    subject is the name given."""
+    kit = AuthKit.create(tmp_path / "keys")
+    config = kit.write_config(tmp_path / "node.toml")
+    env = {
+        "x": {"CRDTSTORE_PEER_TOKEN": kit.token(x_presents, ["admin"])},
+        "y": {"CRDTSTORE_PEER_TOKEN": kit.token(y_presents, ["admin"])},
+    }
+    admin = kit.token("root", ["admin"])
+    with RegionProcesses(
+        tmp_path, ("x", "y"), extra_args=("--config", str(config)), env=env, client_token=admin
+    ) as cluster:
+        cluster.clients["y"].set("from/y", "1")
+        cluster.clients["x"].set("from/x", "1")
+        logs = [cluster.servers[name].log_path for name in ("x", "y")]
+        wait_for(lambda: any(refusal in p.read_text() for p in logs), refusal)
+        time.sleep(0.5)  # had either side taken the other's stream, the writes would have travelled by now
+        assert not cluster.clients["x"].get("from/y").exists
+        assert not cluster.clients["y"].get("from/x").exists
+        assert not any(p["connected"] for p in cluster.clients["x"].status()["peers"])
+
+
 def test_a_replication_stream_ends_when_its_token_expires_or_is_revoked(tmp_path: Path) -> None:
     """x dials y with the token in its peer_token_file; y ends the stream at its expiry and at its revocation."""
     kit = AuthKit.create(tmp_path / "keys")
-    token_file = tmp_path / "peer.token"  # written once the regions run: until then x dials without a token
-    config = kit.write_config(tmp_path / "node.toml", extra=f'leeway_s = 0\npeer_token_file = "{token_file}"\n')
+    token_file = tmp_path / "peer-x.token"  # written once the regions run: until then x dials without a token
+    y_token = tmp_path / "peer-y.token"
+    y_token.write_text(kit.token("y", ["admin"], ttl_s=24 * 3600))
+    env = {
+        name: {
+            "CRDTSTORE_CONFIG": str(
+                kit.write_config(tmp_path / f"{name}.toml", extra=f'leeway_s = 0\npeer_token_file = "{file}"\n')
+            )
+        }
+        for name, file in (("x", token_file), ("y", y_token))
+    }
     admin = kit.token("root", ["admin"])
-    with RegionProcesses(tmp_path, ("x", "y"), extra_args=("--config", str(config)), client_token=admin) as cluster:
+    with RegionProcesses(tmp_path, ("x", "y"), env=env, client_token=admin) as cluster:
         y = cluster.clients["y"]
 
         def connected() -> bool:
             return all(p["connected"] for p in y.status()["peers"])
 
         wait_for(lambda: y.status()["refused_unauthenticated"] > 0, "y refuses x without a token")
-        token_file.write_text(kit.token("peer-x", ["admin"], ttl_s=4))
+        token_file.write_text(kit.token("x", ["admin"], ttl_s=4))
         wait_for(connected, "x connects with its token")
         wait_for(lambda: not connected(), "the stream ends when the token expires")
-        token_file.write_text(kit.token("peer-x", ["admin"], token_id="peer-x-2"))  # read afresh at each dial
+        token_file.write_text(kit.token("x", ["admin"], token_id="peer-x-2"))  # read afresh at each dial
         wait_for(connected, "x reconnects with its new token")
         y.revoke_token("peer-x-2")
         wait_for(lambda: not connected(), "the stream ends when the token is revoked")

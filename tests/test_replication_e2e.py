@@ -560,6 +560,11 @@ def test_a_node_with_a_bad_clock_is_fenced_and_its_timestamps_do_not_drag_the_ot
         assert err.value.code == grpc.StatusCode.UNAVAILABLE
         assert "clock" in err.value.message
         assert regions.clients["c"].status()["clock_fenced"]
+        # Regression (review): role changes were not fenced. A role stamped 5 s ahead would win over every
+        # change of it made elsewhere until real time caught up.
+        with pytest.raises(ClientError) as err:
+            regions.clients["c"].put_role("readers", {"r": ["read"]})
+        assert err.value.code == grpc.StatusCode.UNAVAILABLE and "clock" in err.value.message
         regions.clients["a"].set("r", "from a")
         regions.wait_converged()
         assert regions.clients["c"].get("r").value == b"from a"

@@ -51,6 +51,7 @@ from crdtstore.storage import LmdbStore
 
 __all__ = [
     "ANONYMOUS",
+    "NOBODY",
     "REVOKED_SET",
     "ROLE_PREFIX",
     "SYSTEM_PREFIX",
@@ -73,6 +74,9 @@ _LOOKUPS_CACHED_MAX = 100_000
 
 # Who a request speaks for when access control is off: anyone may do anything.
 ANONYMOUS = Principal("anonymous", (ADMIN_ROLE,), "", math.inf)
+# Who a request speaks for before a handler has said (review: a handler registered some other way must not run as
+# ANONYMOUS): no role, no right.
+NOBODY = Principal("nobody", (), "", 0.0)
 
 
 def is_reserved(key: str) -> bool:

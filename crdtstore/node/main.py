@@ -186,6 +186,15 @@ def _log_access(config: NodeConfig, access: AccessControl, host: str) -> None:
     if access.enabled:
         keys, algorithms = len(config.auth.token_public_keys), ", ".join(config.auth.algorithms)
         log.info("access control on: %d token key(s), algorithms %s", keys, algorithms)
+        if not config.tls.enabled:
+            remote = [a for a in [host, *(parse_listen(p)[0] for p in config.peers.values())] if not is_loopback(a)]
+            if remote:
+                log.warning(
+                    "access control is on without TLS, and %s is not a loopback address: tokens, the peers' "
+                    "included, cross the network in clear text for anyone on the path to read and replay; "
+                    "configure [tls] (docs/auth.md)",
+                    remote[0],
+                )
     elif config.insecure_no_auth and not is_loopback(host):
         log.warning("access control is OFF on %s (--insecure-no-auth): anyone who reaches it may do anything", host)
 

@@ -443,6 +443,7 @@ class Replicator:
         try:
             principal = access.authenticate(metadata)
             access.authorize(principal, (Need("replicate", EVERY_KEY),))
+            _check_peer_subject(principal, peer)
         except Refusal as refusal:
             raise Refusal(refusal.code, f"peer {peer!r} is not one to take data from: {refusal.message}") from None
         return functools.partial(self._watch_token, access, principal)
@@ -485,6 +486,11 @@ class Replicator:
                 f"region {first.hello.region!r} is not a peer of region {self.config.region!r}; "
                 f"add it with --peer on both sides",
             )
+        if principal is not None:
+            try:
+                _check_peer_subject(principal, link.name)
+            except Refusal as refusal:
+                await context.abort(refusal.code, refusal.message)
         if self.config.tls.require_client_cert and not certificate_names(context, link.name):
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
@@ -518,8 +524,10 @@ class Replicator:
         if not self.config.tls.require_client_cert:
             principal = access.authenticate(context.invocation_metadata())
             access.authorize(principal, (Need("replicate", EVERY_KEY),))
-        # This node's own token, before anything else: the dialling node checks it before it reads on.
-        await context.send_initial_metadata(self._peer_metadata("the peer that dialled"))
+        if not self.config.tls.enabled:
+            # This node's own token, before anything else: the dialling node checks it before it reads on. Over
+            # TLS the certificate names this node, and the token would go to whoever dialled, unchecked (review).
+            await context.send_initial_metadata(self._peer_metadata("the peer that dialled"))
         return principal
 
     def _dialling_watch(
@@ -625,3 +633,18 @@ class Replicator:
 
 def _monotonic_ms() -> int:
     return time.monotonic_ns() // 1_000_000
+
+
+def _check_peer_subject(principal: Principal, region: str) -> None:
+    """A peer token speaks for one region: its subject is the region's name.
+
+    Without that, whatever answered at a peer's address could present any
+    replicate token it had seen (the one this node sent it, say) and be taken
+    for the peer, and one peer could claim another's acknowledgements.
+    """
+    if principal.subject != region:
+        raise Refusal(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"a peer token for {principal.subject!r} presented for region {region!r}: a peer token's subject must "
+            f"be its region's name (crdtstore token issue --subject {region} ...)",
+        )

@@ -16,6 +16,7 @@ from contextvars import ContextVar
 from typing import Any, NoReturn
 
 import grpc
+from cryptography.fernet import Fernet, InvalidToken
 from google.protobuf.message import DecodeError, Message
 
 import crdtstore
@@ -36,6 +37,7 @@ from crdtstore.crdt.keyed import Value
 from crdtstore.crdt.origin import region_of
 from crdtstore.node.access import (
     ANONYMOUS,
+    NOBODY,
     AccessControl,
     Refusal,
     RoleRecord,
@@ -94,11 +96,12 @@ class NodeState:
         self.writer = writer
         self.replicator = replicator
         self.access = access or AccessControl(config.auth, store)
+        self.scan_tokens = ScanTokens(sealed=self.access.enabled)
         self.draining = False
 
 
 # The principal the request being served speaks for: set by the handler wrapper before the method runs.
-_caller: ContextVar[Principal] = ContextVar("crdtstore_caller", default=ANONYMOUS)
+_caller: ContextVar[Principal] = ContextVar("crdtstore_caller", default=NOBODY)
 
 
 def _reserved_key(key: str) -> str:
@@ -377,9 +380,14 @@ class KVService:
         limit = request.limit or settings.scan_page_default
         limit = min(limit, settings.scan_page_max)
         try:
-            after = _decode_page_token(request.page_token)
-        except (binascii.Error, UnicodeEncodeError, ValueError):
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "page_token is not one this server issued")
+            after = self.node.scan_tokens.open(request.page_token)
+        except (binascii.Error, UnicodeEncodeError, ValueError, InvalidToken):
+            await _abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "page_token is not one this server issued (with access control on, a page token lasts as long as "
+                "the node process that issued it: start the scan again)",
+            )
         # A page decodes up to scan_page_bytes_max of values: off the event loop.
         entries, last = await asyncio.to_thread(
             self.node.store.scan_bounded,
@@ -397,12 +405,37 @@ class KVService:
                 continue
             response.entries.append(key_value_pb(key, state, omitted))
         if last:
-            response.next_page_token = base64.urlsafe_b64encode(last).decode("ascii")
+            # The last key read, which the caller may not be allowed to see: sealed when access control is on.
+            response.next_page_token = self.node.scan_tokens.seal(last)
         return response
 
 
 def _not_a_set(exc: TypeMismatch) -> str:
     return f"key {exc.key!r} holds a {exc.held.label}, not a set"
+
+
+class ScanTokens:
+    """Scan page tokens: where the next page starts, the last key the page read.
+
+    That key may be one the caller may not read (a page leaves such keys
+    out), so with access control on the token is sealed (Fernet: encrypted
+    and authenticated, with a key made when the node starts) and says nothing
+    of it; a token from another process of the node is refused. Without
+    access control it is the key in URL-safe base64, as it always was.
+    """
+
+    def __init__(self, sealed: bool) -> None:
+        self._fernet = Fernet(Fernet.generate_key()) if sealed else None
+
+    def seal(self, last: bytes) -> str:
+        if self._fernet is None:
+            return base64.urlsafe_b64encode(last).decode("ascii")
+        return self._fernet.encrypt(last).decode("ascii")
+
+    def open(self, token: str) -> bytes:
+        if self._fernet is None or not token:
+            return _decode_page_token(token)
+        return self._fernet.decrypt(token.encode("ascii"))
 
 
 def _decode_page_token(token: str) -> bytes:
@@ -458,6 +491,14 @@ class AdminService:
         """Apply a write to the system keyspace like any client write; it replicates like one."""
         if self.node.draining:
             await _abort(context, grpc.StatusCode.UNAVAILABLE, "the node is shutting down; retry on another node")
+        if self.node.replicator.clock_fenced():
+            # A role stamped by a clock far ahead would win over every later change until real time caught up.
+            await _abort(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                "this node's clock is out of bounds against most of its peers; it refuses changes of roles and "
+                "revocations until it is back in bounds (check NTP). Nothing was applied",
+            )
         result = await self.node.writer.submit(WriteRequest(ops))
         if not isinstance(result, Applied):
             error = result.error

@@ -142,10 +142,10 @@ async def _run(args: argparse.Namespace) -> int:
                 await proxy.start()
                 proxies.append(proxy)
                 peer_addr[(dialer.name, target.name)] = f"127.0.0.1:{proxy.port}"
-        config, admin_token = _auth_setup(root / "auth") if args.auth else (None, None)
+        configs, admin_token = _auth_setup(root / "auth", [r.name for r in regions]) if args.auth else ({}, None)
         for region in regions:
             peers = [f"{other.name}={peer_addr[(region.name, other.name)]}" for other in regions if other is not region]
-            await _start(region, args.host, peers, config)
+            await _start(region, args.host, peers, configs.get(region.name))
         _announce(regions, args, root, temporary, admin_token)
         waits = [asyncio.ensure_future(r.proc.wait()) for r in regions if r.proc is not None]
         stopping = asyncio.ensure_future(stop.wait())
@@ -181,24 +181,28 @@ class _StartError(Exception):
 _DEMO_TOKEN_TTL_S = 7 * 24 * 3600
 
 
-def _auth_setup(directory: Path) -> tuple[Path, str]:
-    """A signing key (kept if the directory has one), the regions' configuration; returns it and an admin token."""
+def _auth_setup(directory: Path, regions: list[str]) -> tuple[dict[str, Path], str]:
+    """A signing key (kept if the directory has one) and each region's configuration; returns them and an admin
+    token."""
     from crdtstore.auth.tokens import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, issue_token, keygen  # noqa: PLC0415
 
     if not (directory / PRIVATE_KEY_FILE).exists():
         keygen(directory)
     signing_key = directory / PRIVATE_KEY_FILE
-    # The regions present this to each other. The demo gives it the built-in admin role, which every region
-    # knows from its first start; a deployment gives its peers a role holding only replicate (docs/auth.md).
-    peer_token = directory / "peer.token"
-    peer_token.write_text(issue_token(signing_key, "demo-peers", ["admin"], ttl_s=_DEMO_TOKEN_TTL_S), encoding="utf-8")
-    peer_token.chmod(0o600)
-    config = directory / "node.toml"
-    config.write_text(
-        f'[auth]\ntoken_public_keys = ["{directory / PUBLIC_KEY_FILE}"]\npeer_token_file = "{peer_token}"\n',
-        encoding="utf-8",
-    )
-    return config, issue_token(signing_key, "demo-admin", ["admin"], ttl_s=_DEMO_TOKEN_TTL_S)
+    configs: dict[str, Path] = {}
+    for region in regions:
+        # What the region presents to the others: a peer token names its region as subject. The demo gives it the
+        # built-in admin role, which every region knows from its first start; a deployment gives its peers a role
+        # holding only replicate (docs/auth.md).
+        peer_token = directory / f"peer-{region}.token"
+        peer_token.write_text(issue_token(signing_key, region, ["admin"], ttl_s=_DEMO_TOKEN_TTL_S), encoding="utf-8")
+        peer_token.chmod(0o600)
+        configs[region] = config = directory / f"node-{region}.toml"
+        config.write_text(
+            f'[auth]\ntoken_public_keys = ["{directory / PUBLIC_KEY_FILE}"]\npeer_token_file = "{peer_token}"\n',
+            encoding="utf-8",
+        )
+    return configs, issue_token(signing_key, "demo-admin", ["admin"], ttl_s=_DEMO_TOKEN_TTL_S)
 
 
 async def _start(region: _Region, host: str, peers: list[str], config: Path | None = None) -> None:
