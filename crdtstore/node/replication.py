@@ -300,7 +300,7 @@ class Replicator:
         except Exception as exc:
             self._handle(self.driver.failed(job, exc, _monotonic_ms()))
             return
-        if job.writes and self.access is not None:
+        if job.kind in _CHANGES_RULES and self.access is not None:
             self.access.changed()  # what a peer sent may hold roles or revocations
         self._handle(self.driver.done(job, result, _monotonic_ms()))
 
@@ -633,6 +633,10 @@ class Replicator:
 
 def _monotonic_ms() -> int:
     return time.monotonic_ns() // 1_000_000
+
+
+# The jobs that may change roles or revocations here: applying a peer's entries, joining a state transfer.
+_CHANGES_RULES = frozenset({"apply", "finish"})
 
 
 def _check_peer_subject(principal: Principal, region: str) -> None:
