@@ -558,7 +558,7 @@ def test_a_node_takes_data_only_from_an_answering_peer_with_a_token(tmp_path: Pa
     ("x_presents", "y_presents", "refusal"),
     [
         ("y", "y", "a peer token for 'y' presented for region 'x'"),  # y refuses the dialling x
-        ("x", "z", "a peer token for 'z' presented for region 'y'"),  # x refuses the answering y
+        ("x", "x", "a peer token for 'x' presented for region 'y'"),  # x refuses the answering y (its own, echoed)
     ],
 )
 def test_regression_a_peer_token_speaks_for_its_own_region_only(
@@ -585,6 +585,21 @@ def test_regression_a_peer_token_speaks_for_its_own_region_only(
         assert not cluster.clients["x"].get("from/y").exists
         assert not cluster.clients["y"].get("from/x").exists
         assert not any(p["connected"] for p in cluster.clients["x"].status()["peers"])
+
+
+def test_one_peer_token_shared_by_every_region_still_connects_them(tmp_path: Path) -> None:
+    """The issue's form: one token holding replicate, presented by every region; its subject names no region."""
+    kit = AuthKit.create(tmp_path / "keys")
+    config = kit.write_config(tmp_path / "node.toml")
+    shared = kit.token("peers", ["admin"])
+    env = {name: {"CRDTSTORE_PEER_TOKEN": shared} for name in ("x", "y")}
+    admin = kit.token("root", ["admin"])
+    with RegionProcesses(
+        tmp_path, ("x", "y"), extra_args=("--config", str(config)), env=env, client_token=admin
+    ) as cluster:
+        cluster.wait_connected()
+        token = cluster.clients["x"].set("shared/token", "1").token
+        assert cluster.clients["y"].get("shared/token", after=token).value == b"1"
 
 
 def test_a_replication_stream_ends_when_its_token_expires_or_is_revoked(tmp_path: Path) -> None:

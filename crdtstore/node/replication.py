@@ -151,6 +151,8 @@ class Replicator:
         self.storage = ReplicaStore(store, clock, Path(config.data_dir))
         self.driver = Driver(config.region, sorted(config.peers), self.storage, self.settings)
         self.links = {name: _Link(name, address) for name, address in sorted(config.peers.items())}
+        # Every region of the mesh, this one included: a peer token whose subject is one of them speaks for it alone.
+        self._regions = frozenset([config.region, *config.peers])
         self._tls = config.tls.read() if config.tls.enabled else None
         sources: dict[str, Callable[[], VersionVector]] = {config.region: lambda: self.store.context.vv}
         for peer in sorted(config.peers):
@@ -443,7 +445,7 @@ class Replicator:
         try:
             principal = access.authenticate(metadata)
             access.authorize(principal, (Need("replicate", EVERY_KEY),))
-            _check_peer_subject(principal, peer)
+            _check_peer_subject(principal, peer, self._regions)
         except Refusal as refusal:
             raise Refusal(refusal.code, f"peer {peer!r} is not one to take data from: {refusal.message}") from None
         return functools.partial(self._watch_token, access, principal)
@@ -488,7 +490,7 @@ class Replicator:
             )
         if principal is not None:
             try:
-                _check_peer_subject(principal, link.name)
+                _check_peer_subject(principal, link.name, self._regions)
             except Refusal as refusal:
                 await context.abort(refusal.code, refusal.message)
         if self.config.tls.require_client_cert and not certificate_names(context, link.name):
@@ -639,16 +641,20 @@ def _monotonic_ms() -> int:
 _CHANGES_RULES = frozenset({"apply", "finish"})
 
 
-def _check_peer_subject(principal: Principal, region: str) -> None:
-    """A peer token speaks for one region: its subject is the region's name.
+def _check_peer_subject(principal: Principal, region: str, regions: frozenset[str]) -> None:
+    """A peer token whose subject is a region's name speaks for that region alone.
 
-    Without that, whatever answered at a peer's address could present any
-    replicate token it had seen (the one this node sent it, say) and be taken
-    for the peer, and one peer could claim another's acknowledgements.
+    Without that, whatever answered at a peer's address could present a
+    replicate token it had been sent (this node's own, say) and be taken for
+    the peer, and one region could claim another's acknowledgements. A token
+    whose subject names no region of the mesh (one token shared by every
+    region, as a small setup may issue) is taken from any peer: it cannot
+    tell the regions apart, which is safe only where its traffic cannot be
+    read (loopback, or TLS); ``docs/auth.md`` recommends a token per region.
     """
-    if principal.subject != region:
+    if principal.subject in regions and principal.subject != region:
         raise Refusal(
             grpc.StatusCode.PERMISSION_DENIED,
-            f"a peer token for {principal.subject!r} presented for region {region!r}: a peer token's subject must "
-            f"be its region's name (crdtstore token issue --subject {region} ...)",
+            f"a peer token for {principal.subject!r} presented for region {region!r}: a peer token whose subject "
+            f"is a region's name speaks for that region alone (crdtstore token issue --subject {region} ...)",
         )
