@@ -199,6 +199,7 @@ class _Region:
             sync=False,
             map_size_bytes=8 * 1024 * 1024,
             delta_log_bytes_max=self.sim.log_bytes_max,
+            set_part_members=self.sim.set_part_members,
         )
         self.store = LmdbStore(
             StorageConfig(self.path, self.name, options),
@@ -370,6 +371,9 @@ class Simulation:
         self.stats: Counter[str] = Counter()
         # Per seed: a log small enough that partitions and crashes need state transfers, or a roomy one.
         self.log_bytes_max = self.random.choice([4 * 1024, 16 * 1024, 64 * 1024, 64 * 1024 * 1024])
+        # Per seed: sets sent in parts of a few members and joined member by member in repairs (the path of sets
+        # larger than set_part_members), or whole. From a generator of its own, so the rest of a seed is unchanged.
+        self.set_part_members = random.Random(f"{scenario.seed}/set-parts").choice([2, 5, 4096])
         names = region_names(scenario.regions, what="a simulation")
         self.names = names
         self.latency = {
@@ -396,6 +400,7 @@ class Simulation:
                     "ops": scenario.ops,
                     "clients": scenario.clients,
                     "log_bytes_max": self.log_bytes_max,
+                    "set_part_members": self.set_part_members,
                     # Every operation a commit applied carries its token, even if its client never heard.
                     "ground_truth": True,
                 },
