@@ -28,7 +28,7 @@ instead, so they never hold a large set in memory.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import NamedTuple
 
 import lmdb
@@ -43,6 +43,7 @@ __all__ = [
     "SetRecords",
     "decode_record",
     "encode_record",
+    "key_digest",
     "member_key",
     "member_order",
     "plain_record",
@@ -65,6 +66,8 @@ class KeyRecord(NamedTuple):
 
 
 def encode_record(key: str, others: KeyState, set_id: int, members: int, body: bytes | None = None) -> bytes:
+    if not set_id:
+        return plain_record(key, encode(others) if body is None else body)
     raw = key.encode("utf-8")
     flags = (_LONG_KEY if len(raw) > _SHORT_KEY_BYTES_MAX else 0) | (_HAS_SET if set_id else 0)
     parts = [bytes((flags,))]
@@ -149,10 +152,9 @@ class SetRecords:
             return None, None
         return self.assemble(record, members), record
 
-    def some_member(self, key: str) -> str | None:
+    def some_member(self, record: KeyRecord) -> str | None:
         """A live member of the key's set (its first record), or None when it has none."""
-        record = self.record(lmdb_key(key))
-        if record is None or not record.members:
+        if not record.members:
             return None
         return next(self.member_stream(record.set_id, chunk=1))[1]
 
@@ -165,9 +167,10 @@ class SetRecords:
         else:
             entries = {}
             for member in members:
-                raw = self.txn.get(member_key(record.set_id, member), db=self.members_db)
+                mkey = member_key(record.set_id, member)
+                raw = self.txn.get(mkey, db=self.members_db)
                 if raw is not None:
-                    entries[member] = _member_of(member_key(record.set_id, member), bytes(raw))[1]
+                    entries[member] = _member_of(mkey, bytes(raw))[1]
         slots = dict(others.slots)
         slots[ValueType.SET] = AWSet(entries)
         return KeyState(slots)
@@ -208,12 +211,8 @@ class SetRecords:
             yield decode_record(bytes(db_key), bytes(value))
 
     def digest(self, record: KeyRecord) -> int:
-        """The key's repair digest (see ``keys``): its other slots hashed whole, its members one by one."""
-        digest = _pair_digest(record.key, record.body)
-        if record.members:
-            for _, member, dots in self.member_stream(record.set_id):
-                digest ^= _member_digest(record.key, member, dots)
-        return digest
+        """The key's repair digest (see ``keys``), its members read a run at a time."""
+        return key_digest(record, self._all_members(record.set_id) if record.members else ())
 
     def parts(self, record: KeyRecord, members_max: int) -> Iterator[KeyState]:
         """The key's state in parts of at most ``members_max`` members, in record order; each holds the other slots."""
@@ -326,6 +325,14 @@ def _with_set(others: KeyState, members: dict[str, frozenset[Dot]]) -> KeyState:
     slots = dict(others.slots)
     slots[ValueType.SET] = AWSet(members)
     return KeyState(slots)
+
+
+def key_digest(record: KeyRecord, members: Iterable[tuple[str, frozenset[Dot]]]) -> int:
+    """A key's repair digest (see ``keys``): its other slots hashed whole, XOR each of its ``members`` hashed."""
+    digest = _pair_digest(record.key, record.body)
+    for member, dots in members:
+        digest ^= _member_digest(record.key, member, dots)
+    return digest
 
 
 def member_order(member: str) -> bytes:

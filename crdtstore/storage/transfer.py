@@ -31,8 +31,8 @@ from crdtstore.crdt import AWSet, CausalContext, CodecError, Dot, KeyState, Valu
 from crdtstore.replica.wire import DIGEST_BUCKETS, TransferItem
 from crdtstore.storage.environment import _META_HORIZON, StoreEnvironment
 from crdtstore.storage.errors import StaleTransfer, StoreFull
-from crdtstore.storage.keys import _digests, _member_digest, _pair_digest, bucket_of, lmdb_key
-from crdtstore.storage.records import KeyRecord, SetRecords, decode_record, member_order
+from crdtstore.storage.keys import _digests, bucket_of, lmdb_key
+from crdtstore.storage.records import KeyRecord, SetRecords, decode_record, key_digest, member_order
 
 __all__ = ["StateTransfer"]
 
@@ -66,13 +66,16 @@ class StateTransfer(StoreEnvironment):
                     if record.members <= part_members:
                         state = records.assemble(record)
                         out.write(packer.pack([key, encode(state), 0]))
-                        yield key, _digest_of(key, record, [state])
+                        yield key, key_digest(record, _set_only(state).entries.items())
                         continue
-                    parts = []
-                    for n, part in enumerate(records.parts(record, part_members), 1):
-                        out.write(packer.pack([key, encode(part), n]))
-                        parts.append(_set_only(part))
-                    yield key, _digest_of(key, record, parts)
+
+                    def written(record: KeyRecord = record) -> Iterator[tuple[str, frozenset[Dot]]]:
+                        # Each part's members are digested as the part is written: one part in memory at a time.
+                        for n, part in enumerate(records.parts(record, part_members), 1):
+                            out.write(packer.pack([record.key, encode(part), n]))
+                            yield from _set_only(part).entries.items()
+
+                    yield key, key_digest(record, written())
 
             digests = _digests(spooled())
             out.flush()
@@ -291,16 +294,6 @@ def _groups(pairs: Iterator[_Pair], size: int) -> Iterator[list[_Pair]]:
 def _set_only(part: KeyState) -> AWSet:
     held = part.slots.get(ValueType.SET)
     return held if isinstance(held, AWSet) else AWSet()
-
-
-def _digest_of(key: str, record: KeyRecord, sets: Iterable[KeyState | AWSet]) -> int:
-    """``SetRecords.digest`` of a key whose members are at hand (in ``sets``)."""
-    digest = _pair_digest(key, record.body)
-    for held in sets:
-        members = held if isinstance(held, AWSet) else _set_only(held)
-        for member, dots in members.entries.items():
-            digest ^= _member_digest(key, member, dots)
-    return digest
 
 
 def _staged_keys(cursor: lmdb.Cursor, prefix: bytes) -> Iterator[tuple[str, Iterator[KeyState]]]:

@@ -205,13 +205,16 @@ class LocalWrites(DeltaLog):
         loaded: dict[str, tuple[KeyState | None, KeyRecord | None]] = {}
         try:
             for k in keys:
-                members = named.get(k)
-                if members is None and (refused := self._delete_too_large(records, k)) is not None:
+                record, members = records.record(lmdb_key(k)), named.get(k)
+                if record is None:
+                    loaded[k] = (None, None)
+                    continue
+                if members is None and (refused := self._delete_too_large(records, record)) is not None:
                     return refused
-                if members is not None and (sample := records.some_member(k)) is not None:
+                if members is not None and (sample := records.some_member(record)) is not None:
                     # One live member stands for the set: with it the key's type reads as it would whole.
                     members = named[k] = members | {sample}
-                loaded[k] = records.load(k, members)
+                loaded[k] = (records.assemble(record, members), record)
         except (CodecError, StorageError) as exc:
             return Failed(DataCorruption(f"a stored key of this request cannot be read: {exc}"))
         window = StoreMap({k: s for k, (s, _) in loaded.items() if s is not None}, batch.context)
@@ -273,12 +276,12 @@ class LocalWrites(DeltaLog):
         nothing has been written or stamped then, and the general path takes it.
         """
         data = self.data
-        targets: list[tuple[bytes, bytes, Iterable[Dot]]] = []
+        targets: list[tuple[bytes, Iterable[Dot]]] = []  # each key's LMDB key, and the versions its write supersedes
         for op in operations:
             db_key = lmdb_key(op.key)
             raw = txn.get(db_key, db=data)
             if raw is None:
-                targets.append((db_key, op.value, ()))
+                targets.append((db_key, ()))
                 continue
             try:
                 record = decode_record(db_key, bytes(raw))
@@ -288,8 +291,8 @@ class LocalWrites(DeltaLog):
             register = state.slots.get(ValueType.REGISTER)
             if record.set_id or len(state.slots) != 1 or type(register) is not Register:
                 return None
-            targets.append((db_key, op.value, register.entries.keys()))
-        if len(targets) != len({db_key for db_key, _, _ in targets}):
+            targets.append((db_key, register.entries.keys()))
+        if len(targets) != len({db_key for db_key, _ in targets}):
             return None
         origin = batch.origin
         first = batch.context.max_counter(origin) + 1
@@ -306,7 +309,7 @@ class LocalWrites(DeltaLog):
             writes.append(write)
             bodies.append(body)
             dots.append(dot)
-        superseded = [dot for _, _, old in targets for dot in old]
+        superseded = [dot for _, old in targets for dot in old]
         log_value = _log_value(
             origin,
             first,
@@ -317,11 +320,11 @@ class LocalWrites(DeltaLog):
         )
         if len(log_value) > self.config.options.log_entry_bytes_max:
             return self._log_too_big(len(log_value), "")
-        for (db_key, _, _), (key, _, _, _), body in zip(targets, writes, bodies, strict=True):
+        for (db_key, _), (key, _, _, _), body in zip(targets, writes, bodies, strict=True):
             txn.put(db_key, plain_record(key, body), db=data)
         return batch.context.add_run(origin, first, dots[-1].counter), dots[-1].counter, log_value
 
-    def _delete_too_large(self, records: SetRecords, key: str) -> Failed | None:
+    def _delete_too_large(self, records: SetRecords, record: KeyRecord) -> Failed | None:
         """Refuse, before reading it whole, the delete of a set too large to name every member of.
 
         A delete names every member of the key's set in its delta (so that
@@ -331,8 +334,7 @@ class LocalWrites(DeltaLog):
         replication message: it is refused without being loaded (memory would
         grow with the set), having read at most that many bytes of names.
         """
-        record = records.record(lmdb_key(key))
-        if record is None or record.members <= _LOAD_BEFORE_CHECKING_MEMBERS:
+        if record.members <= _LOAD_BEFORE_CHECKING_MEMBERS:
             return None
         limit = self.config.options.log_entry_bytes_max
         at_least = 3 * record.members  # a name of one byte at least
@@ -344,7 +346,7 @@ class LocalWrites(DeltaLog):
                     break
             else:
                 return None
-        advice = f"remove the members of {key!r} in batches first (srem), then delete it"
+        advice = f"remove the members of {record.key!r} in batches first (srem), then delete it"
         return self._log_too_big(at_least, advice, at_least=True)
 
     def _log_too_big(self, size: int, advice: str, *, at_least: bool = False) -> Failed:

@@ -18,7 +18,7 @@ from crdtstore.crdt.causal import CausalContext, Dot, VersionVector
 from crdtstore.crdt.codec import context, keyed, slots, timestamp
 from crdtstore.crdt.codec.base import FORMAT_VERSION, U64, CodecError, Irregular, Layout, Tag, array
 from crdtstore.crdt.codec.context import lower_context_bases, write_context
-from crdtstore.crdt.codec.regions import BASES_STRUCTS, lower_bases, region_table
+from crdtstore.crdt.codec.regions import lower_bases, region_table
 from crdtstore.crdt.counter import Counter
 from crdtstore.crdt.dotstore import Causal
 from crdtstore.crdt.hlc import Timestamp
@@ -106,11 +106,10 @@ def encode(obj: Encodable) -> bytes:
 # A batch of register writes is most of what a store writes. Its key states
 # and its delta are written here straight from the writes, without building
 # the KeyState and StoreMap objects first: the bytes are exactly those
-# ``encode`` gives for the objects (tests/test_codec.py holds them to it), so
+# ``encode`` gives for the objects (tests/test_write_path.py holds them to it), so
 # every reader, digest and peer sees no difference.
 
 _REGISTER_TAG = int(ValueType.REGISTER)
-_ONE_BASE = BASES_STRUCTS[1]
 
 RegisterWrite = tuple[str, Dot, Timestamp, bytes]  # key, the write's dot, its timestamp, the value
 
@@ -120,9 +119,8 @@ def encode_register_write(dot: Dot, timestamp: Timestamp, value: bytes) -> bytes
     region, counter = dot
     if not 0 < counter < U64:
         raise CodecError(f"dot counter {counter} is outside 1..2**64-1")
-    body = [[[region], _ONE_BASE.pack(counter)], [[_REGISTER_TAG, [[0, 0, timestamp[0], timestamp[1], value]]]]]
     try:
-        return _pack([_KEY_STATE, FORMAT_VERSION, body])
+        return _pack([_KEY_STATE, FORMAT_VERSION, keyed.one_register_write(region, counter, timestamp, value)])
     except (ValueError, TypeError, OverflowError) as exc:
         raise CodecError(f"cannot encode a register write: {exc}") from exc
 

@@ -113,8 +113,14 @@ def write_key_state_value(obj: KeyState) -> list[Any]:
         # writes, built directly (its region table has one region, whose base
         # is the write's own counter).
         (region, counter), (timestamp, value) = one
-        return [[[region], BASES_STRUCTS[1].pack(counter)], [[_REGISTER_TAG, [[0, 0, *timestamp, value]]]]]
+        return one_register_write(region, counter, timestamp, value)
     return write_key_state_value_general(obj)
+
+
+def one_register_write(region: str, counter: int, timestamp: tuple[int, int], value: bytes) -> list[Any]:
+    """The KEY_STATE body of a key state that is one register version: what the general writer writes for it
+    (its region table has one region, whose base is the version's counter)."""
+    return [[[region], BASES_STRUCTS[1].pack(counter)], [[_REGISTER_TAG, [[0, 0, *timestamp, value]]]]]
 
 
 def _one_register_write(state: KeyState) -> tuple[Any, Any] | None:
