@@ -675,7 +675,7 @@ def test_reflection_lists_the_services(server: ServerProcess) -> None:
         assert "grpc.health.v1.Health" in services
         proto = db.FindFileContainingSymbol("crdtstore.v1.KV")
         kv_service = next(s for s in proto.service if s.name == "KV")
-        assert {m.name for m in kv_service.method} == {"Get", "Mutate", "Scan", "Contains", "Members"}
+        assert {m.name for m in kv_service.method} == {"Get", "Mutate", "Scan", "Contains", "Members", "Watch"}
 
 
 # -- refusing to start -------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from crdtstore.crdt import HybridLogicalClock
 from crdtstore.node.access import AccessControl
 from crdtstore.node.config import ConfigError, NodeConfig, is_loopback, parse_listen
+from crdtstore.node.feed import FeedRetention
 from crdtstore.node.replication import Replicator
 from crdtstore.node.service import NodeState, add_services
 from crdtstore.node.writer import GroupCommitWriter
@@ -257,6 +258,7 @@ async def run_node(config: NodeConfig, *, ready: asyncio.Event | None = None, st
     writer.start()
     await server.start()
     replicator.start()
+    retention = FeedRetention(node).start()
     for name in ("", *services):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     security = "mutual TLS" if config.tls.require_client_cert else "TLS" if config.tls.enabled else "plaintext"
@@ -279,10 +281,11 @@ async def run_node(config: NodeConfig, *, ready: asyncio.Event | None = None, st
     await stop.wait()
 
     log.info("draining: refusing new requests, finishing the ones in flight")
-    node.draining = True
+    node.drain()
     await health_servicer.enter_graceful_shutdown()
     await replicator.close()  # replication streams are long-lived: end them, not wait for them
     await server.stop(grace=config.server.drain_grace_s)
+    await retention.close()
     await writer.close()
     store.close()
     log.info("stopped cleanly")

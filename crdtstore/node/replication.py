@@ -81,7 +81,7 @@ from crdtstore.node.streams import (
     server_options,
     sync_call,
 )
-from crdtstore.node.waits import VectorWaits
+from crdtstore.node.waits import ChangeSignal, VectorWaits
 from crdtstore.node.writer import GroupCommitWriter
 from crdtstore.replica.core import ReplicaCore
 from crdtstore.replica.driver import Driver, Job, Ready
@@ -158,6 +158,8 @@ class Replicator:
         for peer in sorted(config.peers):
             sources[peer] = functools.partial(self._acked_by, peer)
         self._waits = VectorWaits(sources)
+        # Woken with the waits: the change feed's streams wait on it for the store's next change.
+        self.changes = ChangeSignal()
         self._wake = asyncio.Event()  # the driver wants a tick sooner than the tick loop planned
         self._wake_at_ms = 0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -281,6 +283,7 @@ class Replicator:
             self._wake_at_ms = ready.wake_at_ms
             self._wake.set()
         self._waits.changed()  # the vector or a peer's acknowledgements may have moved
+        self.changes.changed()
         if not inbound:
             return None
         return self._spawn(self._run_in_order(inbound), f"persisting from {inbound[0].peer}")

@@ -14,6 +14,7 @@ Named databases:
                  mark, log size, log horizon (per origin, the last counter trimmed from the log)
 * ``idem``       idempotency key -> (time, request fingerprint, causal token)
 * ``idem_time``  (time, idempotency key) -> nothing: the expiry index of ``idem``
+* ``feed``, ``feed_marks``  the change feed's index of applied changes (``feed``)
 
 ``LmdbStore`` is put together from parts over that one environment, a module
 each:
@@ -24,6 +25,7 @@ each:
 * ``writes``       local writes: batches of client requests, idempotency records
 * ``remote``       log entries from peers, applied in causal order
 * ``transfer``     repair digests and state transfers
+* ``feed``         the change feed's index: written with every change, read by watch streams
 * ``config``, ``errors``  the store's configuration and exceptions
 
 This module opens the store (its metadata), keeps the origin it mints under,
@@ -153,6 +155,7 @@ class LmdbStore(LocalWrites, RemoteApply, StateTransfer):
             self._context, self._hlc_mark, self._log_bytes = self._load_or_initialise_meta()
             with self.env.begin(db=self.meta) as txn:
                 self._horizon = decode_as(bytes(txn.get(_META_HORIZON) or encode(VersionVector())), VersionVector)
+            self._open_feed()
         except BaseException:
             self.close()
             raise

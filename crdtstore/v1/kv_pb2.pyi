@@ -19,6 +19,17 @@ class Durability(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DURABILITY_UNSPECIFIED: _ClassVar[Durability]
     DURABILITY_LOCAL: _ClassVar[Durability]
     DURABILITY_REPLICATED: _ClassVar[Durability]
+
+class ChangeKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CHANGE_KIND_UNSPECIFIED: _ClassVar[ChangeKind]
+    CHANGE_KIND_SET: _ClassVar[ChangeKind]
+    CHANGE_KIND_INCR: _ClassVar[ChangeKind]
+    CHANGE_KIND_ADD: _ClassVar[ChangeKind]
+    CHANGE_KIND_REMOVE: _ClassVar[ChangeKind]
+    CHANGE_KIND_DELETE: _ClassVar[ChangeKind]
+    CHANGE_KIND_STATE: _ClassVar[ChangeKind]
+    CHANGE_KIND_SNAPSHOT: _ClassVar[ChangeKind]
 VALUE_TYPE_UNSPECIFIED: ValueType
 VALUE_TYPE_REGISTER: ValueType
 VALUE_TYPE_COUNTER: ValueType
@@ -26,6 +37,14 @@ VALUE_TYPE_SET: ValueType
 DURABILITY_UNSPECIFIED: Durability
 DURABILITY_LOCAL: Durability
 DURABILITY_REPLICATED: Durability
+CHANGE_KIND_UNSPECIFIED: ChangeKind
+CHANGE_KIND_SET: ChangeKind
+CHANGE_KIND_INCR: ChangeKind
+CHANGE_KIND_ADD: ChangeKind
+CHANGE_KIND_REMOVE: ChangeKind
+CHANGE_KIND_DELETE: ChangeKind
+CHANGE_KIND_STATE: ChangeKind
+CHANGE_KIND_SNAPSHOT: ChangeKind
 
 class CausalToken(_message.Message):
     __slots__ = ("vector",)
@@ -358,3 +377,57 @@ class RevokeTokenResponse(_message.Message):
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     token: CausalToken
     def __init__(self, token: _Optional[_Union[CausalToken, _Mapping]] = ...) -> None: ...
+
+class WatchRequest(_message.Message):
+    __slots__ = ("prefix", "after", "start", "on_expired", "progress_interval_ms")
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    ON_EXPIRED_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    prefix: str
+    after: CausalToken
+    start: str
+    on_expired: str
+    progress_interval_ms: int
+    def __init__(self, prefix: _Optional[str] = ..., after: _Optional[_Union[CausalToken, _Mapping]] = ..., start: _Optional[str] = ..., on_expired: _Optional[str] = ..., progress_interval_ms: _Optional[int] = ...) -> None: ...
+
+class WatchEvent(_message.Message):
+    __slots__ = ("key", "changes", "entry", "origin", "region", "counter", "wall_ms", "logical", "applied_ms", "principal")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    COUNTER_FIELD_NUMBER: _ClassVar[int]
+    WALL_MS_FIELD_NUMBER: _ClassVar[int]
+    LOGICAL_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_MS_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    changes: _containers.RepeatedScalarFieldContainer[ChangeKind]
+    entry: KeyValue
+    origin: str
+    region: str
+    counter: int
+    wall_ms: int
+    logical: int
+    applied_ms: int
+    principal: str
+    def __init__(self, key: _Optional[str] = ..., changes: _Optional[_Iterable[_Union[ChangeKind, str]]] = ..., entry: _Optional[_Union[KeyValue, _Mapping]] = ..., origin: _Optional[str] = ..., region: _Optional[str] = ..., counter: _Optional[int] = ..., wall_ms: _Optional[int] = ..., logical: _Optional[int] = ..., applied_ms: _Optional[int] = ..., principal: _Optional[str] = ...) -> None: ...
+
+class WatchResponse(_message.Message):
+    __slots__ = ("events", "token", "reset", "reset_done", "progress", "partial")
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    RESET_FIELD_NUMBER: _ClassVar[int]
+    RESET_DONE_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[WatchEvent]
+    token: CausalToken
+    reset: bool
+    reset_done: bool
+    progress: bool
+    partial: bool
+    def __init__(self, events: _Optional[_Iterable[_Union[WatchEvent, _Mapping]]] = ..., token: _Optional[_Union[CausalToken, _Mapping]] = ..., reset: _Optional[bool] = ..., reset_done: _Optional[bool] = ..., progress: _Optional[bool] = ..., partial: _Optional[bool] = ...) -> None: ...

@@ -1,0 +1,328 @@
+"""The change feed's server side: ``KV.Watch`` streams over the store's feed index.
+
+A stream is a loop over the index (``crdtstore.storage.feed``): read a page
+of changes after its position, send those under the prefix that its token
+does not cover, and, at the end of the index, wait for the next commit or
+apply (``waits.ChangeSignal``) or for the progress interval. Its token is a version
+vector: the join of what it started from and every change it passed (sent,
+or not under its prefix), and, at the end of the index, of everything this
+node had then. That is why a token from any region resumes here: the changes
+it lacks are exactly the records it does not cover.
+
+Resources: a stream holds one page at a time and reads the index at its own
+pace, so a slow consumer never holds back writers or replication and never
+makes the node buffer. gRPC's flow control makes a send wait while the
+consumer's window is full; a send that waits ``server.watch_stall_s`` ends
+the stream with ``RESOURCE_EXHAUSTED`` (the consumer resumes from its token).
+At most ``server.watch_streams_max`` streams at once.
+
+Retention: ``FeedRetention`` trims the index by age and size every few
+seconds, through the writer thread (one write transaction at a time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import grpc
+
+from crdtstore.auth.policy import Need
+from crdtstore.crdt import CodecError, KeyState, VersionVector, decode_as, encode
+from crdtstore.crdt.origin import region_of
+from crdtstore.node.access import is_reserved
+from crdtstore.node.values import key_value_pb
+from crdtstore.storage.feed import (
+    KIND_ADD,
+    KIND_DELETE,
+    KIND_INCR,
+    KIND_REMOVE,
+    KIND_SET,
+    KIND_STATE,
+    FeedRecord,
+)
+from crdtstore.v1 import kv_pb2 as pb
+
+if TYPE_CHECKING:
+    from crdtstore.node.service import NodeState
+
+__all__ = ["FeedRetention", "WatchStreams", "read_need"]
+
+log = logging.getLogger("crdtstore.feed")
+
+_KINDS = (
+    (KIND_SET, pb.CHANGE_KIND_SET),
+    (KIND_INCR, pb.CHANGE_KIND_INCR),
+    (KIND_ADD, pb.CHANGE_KIND_ADD),
+    (KIND_REMOVE, pb.CHANGE_KIND_REMOVE),
+    (KIND_DELETE, pb.CHANGE_KIND_DELETE),
+    (KIND_STATE, pb.CHANGE_KIND_STATE),
+)
+# Records of the index read per page, and keys: a page's values are read in one go.
+_PAGE_RECORDS = 256
+_PAGE_KEYS = 1024
+# Records trimmed per write transaction (``LmdbStore.trim_feed``'s budget).
+_TRIM_BATCH = 10_000
+
+
+class WatchStreams:
+    """Serves ``KV.Watch``; one per node."""
+
+    def __init__(self, node: NodeState) -> None:
+        self.node = node
+        self.signal = node.replicator.changes
+        self.open = 0
+        # Counted for status and metrics: events sent, and streams cut because the consumer stalled.
+        self.events_sent = 0
+        self.cut_stalled = 0
+
+    async def watch(
+        self, request: pb.WatchRequest, context: grpc.aio.ServicerContext[Any, Any], may_read: Callable[[str], bool]
+    ) -> None:
+        settings = self.node.config.server
+        if self.node.draining or self.signal.closed:
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, "the node is shutting down; watch another region")
+        start = request.start or "snapshot"
+        on_expired = request.on_expired or "reset"
+        if start not in ("snapshot", "now"):
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"start is 'snapshot' or 'now', not {start!r}")
+        if on_expired not in ("reset", "error"):
+            await _abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT, f"on_expired is 'reset' or 'error', not {on_expired!r}"
+            )
+        if request.after.vector and request.start:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "give either after (a token) or start, not both")
+        if is_reserved(request.prefix):
+            await _abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "a prefix starting with a NUL character names the node's own records, which are not watched",
+            )
+        token = VersionVector()
+        if request.after.vector:
+            try:
+                token = decode_as(request.after.vector, VersionVector)
+            except CodecError:
+                await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "the after token is not one crdtstore issued")
+        if self.open >= settings.watch_streams_max:
+            await _abort(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"this node already serves {self.open} watch streams (server.watch_streams_max); "
+                f"watch another region, or retry later",
+            )
+        self.open += 1
+        try:
+            stream = _Stream(self, request, context, token, may_read)
+            if request.after.vector:
+                await stream.resume(on_expired)
+            elif start == "now":
+                stream.position, head = await asyncio.to_thread(self.node.store.feed_head)
+                stream.token = stream.token.join(head)
+            else:
+                await stream.snapshot()
+            await stream.follow()
+        finally:
+            self.open -= 1
+
+
+class _Stream:
+    def __init__(
+        self,
+        streams: WatchStreams,
+        request: pb.WatchRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+        token: VersionVector,
+        may_read: Callable[[str], bool],
+    ) -> None:
+        self.streams = streams
+        self.store = streams.node.store
+        self.settings = streams.node.config.server
+        self.prefix = request.prefix
+        self.context = context
+        self.token = token
+        self.may_read = may_read
+        self.position = 0  # the last index record passed
+        interval_ms = request.progress_interval_ms or self.settings.watch_progress_interval_ms
+        self.progress_s = interval_ms / 1000
+        self.last_sent = time.monotonic()
+
+    def _wanted(self, key: str) -> bool:
+        return key.startswith(self.prefix) and not is_reserved(key) and self.may_read(key)
+
+    async def _send(self, response: pb.WatchResponse) -> None:
+        try:
+            await asyncio.wait_for(self.context.write(response), self.settings.watch_stall_s)
+        except TimeoutError:
+            self.streams.cut_stalled += 1
+            await _abort(
+                self.context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the consumer read nothing for {self.settings.watch_stall_s:g} s (server.watch_stall_s): the stream "
+                f"is closed so that the node does not hold its changes; resume from the last token received",
+            )
+        self.streams.events_sent += len(response.events)
+        self.last_sent = time.monotonic()
+
+    async def resume(self, on_expired: str) -> None:
+        start = await asyncio.to_thread(self.store.feed_start, self.token)
+        if start is not None:
+            self.position = start
+            return
+        if on_expired == "error":
+            await _abort(
+                self.context,
+                grpc.StatusCode.OUT_OF_RANGE,
+                f"the token is older than region {self.store.region}'s change feed keeps "
+                f"(storage.watch_retention_s, watch_retention_bytes_max): start again from a snapshot "
+                f"(on_expired = 'reset', or no token)",
+            )
+        await self.snapshot()
+
+    async def snapshot(self) -> None:
+        """The current state of every key under the prefix, as reset pages; then changes follow from its point.
+
+        The pages are read one transaction each, after the point is taken: a
+        key may show a change made after it, whose event then follows (its
+        value is the current one again). Until the last page the token stays
+        what it was, so a consumer that resumes mid-snapshot gets a snapshot again.
+        """
+        self.position, point = await asyncio.to_thread(self.store.feed_head)
+        settings = self.settings
+        after = b""
+        while True:
+            entries, after = await asyncio.to_thread(
+                self.store.scan_bounded,
+                self.prefix,
+                after,
+                settings.scan_page_max,
+                settings.scan_page_bytes_max,
+                settings.get_members_max,
+            )
+            events = [
+                _event(key, state, omitted, pb.CHANGE_KIND_SNAPSHOT)
+                for key, state, omitted in entries
+                if self._wanted(key)
+            ]
+            done = not after
+            if done:
+                self.token = self.token.join(point)
+            await self._send(pb.WatchResponse(events=events, token=_token(self.token), reset=True, reset_done=done))
+            if done:
+                return
+
+    async def follow(self) -> None:
+        """Changes after the position, as they come; a progress message when none matched for a while."""
+        signal = self.streams.signal
+        while True:
+            if signal.closed:
+                await _abort(
+                    self.context,
+                    grpc.StatusCode.UNAVAILABLE,
+                    "the node is shutting down; resume on another region with the last token received",
+                )
+            wake = signal.current()
+            page = await asyncio.to_thread(self.store.feed_read, self.position, _PAGE_RECORDS, _PAGE_KEYS)
+            for record in page.records:
+                await self._deliver(record)
+            if not page.at_end:
+                continue
+            self.token = self.token.join(page.reached)
+            idle = time.monotonic() - self.last_sent
+            if idle >= self.progress_s:
+                await self._send(pb.WatchResponse(token=_token(self.token), progress=True))
+                idle = 0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), self.progress_s - idle)
+
+    async def _deliver(self, record: FeedRecord) -> None:
+        self.position = record.seq
+        if record.covered_by(self.token):
+            return
+        keys = [(key, bits) for key, bits in record.changes if self._wanted(key)]
+        self.token = self.token.join(record.events())
+        if not keys:
+            return
+        states = await asyncio.to_thread(self._read, [key for key, _ in keys])
+        region = region_of(record.origin) if record.origin else ""
+        wall_ms, logical = record.hlc or (0, 0)
+        events: list[pb.WatchEvent] = []
+        size = 0
+        for (key, bits), (state, omitted) in zip(keys, states, strict=True):
+            event = _event(key, state, omitted, *(kind for bit, kind in _KINDS if bits & bit))
+            event.origin, event.region, event.counter = record.origin, region, record.last
+            event.wall_ms, event.logical, event.applied_ms = wall_ms, logical, record.applied_ms
+            size += event.ByteSize()
+            if events and size > self.settings.scan_page_bytes_max:
+                # One change too large for one message: its events in several, the token with the last.
+                await self._send(pb.WatchResponse(events=events, partial=True))
+                events, size = [], event.ByteSize()
+            events.append(event)
+        await self._send(pb.WatchResponse(events=events, token=_token(self.token)))
+
+    def _read(self, keys: Sequence[str]) -> list[tuple[KeyState | None, int]]:
+        members_max = self.settings.get_members_max
+        return [self.store.get_bounded(key, members_max) for key in keys]
+
+
+class FeedRetention:
+    """Trims the feed's index by age and size, every ``interval_s``, through the writer's thread."""
+
+    def __init__(self, node: NodeState, interval_s: float = 5.0) -> None:
+        self.node = node
+        self.interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> FeedRetention:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="change feed retention")
+        return self
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def trim_once(self) -> int:
+        """One pass: everything past the bounds goes; returns how many records went."""
+        store, options = self.node.store, self.node.config.storage
+        removed = 0
+        while True:
+            older_than = store.wall_ms() - options.watch_retention_s * 1000
+            n = await self.node.writer.call(
+                functools.partial(store.trim_feed, older_than, options.watch_retention_bytes_max, _TRIM_BATCH)
+            )
+            removed += n
+            if n < _TRIM_BATCH:
+                return removed
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self.trim_once()
+            except Exception:
+                log.exception("trimming the change feed's index failed; retrying in %g s", self.interval_s)
+
+
+def _token(vv: VersionVector) -> pb.CausalToken:
+    return pb.CausalToken(vector=encode(vv))
+
+
+def _event(key: str, state: KeyState | None, omitted: int, *kinds: pb.ChangeKind) -> pb.WatchEvent:
+    return pb.WatchEvent(key=key, changes=kinds, entry=key_value_pb(key, state, omitted))
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], code: grpc.StatusCode, message: str) -> NoReturn:
+    await context.abort(code, message)
+    raise AssertionError("abort returns by raising")  # pragma: no cover
+
+
+def read_need(request: pb.WatchRequest) -> Sequence[Need]:
+    """A watch needs ``read`` on its prefix."""
+    return (Need("read", request.prefix),)
