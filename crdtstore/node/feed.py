@@ -45,6 +45,7 @@ from crdtstore.storage.feed import (
     KIND_SET,
     KIND_STATE,
     FeedRecord,
+    pass_record,
 )
 from crdtstore.v1 import kv_pb2 as pb
 
@@ -124,6 +125,8 @@ class WatchStreams:
             elif start == "now":
                 stream.position, head = await asyncio.to_thread(self.node.store.feed_head)
                 stream.token = stream.token.join(head)
+                # At once, so that the consumer holds a token to resume from whatever happens next.
+                await stream.progress()
             else:
                 await stream.snapshot()
             await stream.follow()
@@ -168,6 +171,9 @@ class _Stream:
             )
         self.streams.events_sent += len(response.events)
         self.last_sent = time.monotonic()
+
+    async def progress(self) -> None:
+        await self._send(pb.WatchResponse(token=_token(self.token), progress=True))
 
     async def resume(self, on_expired: str) -> None:
         start = await asyncio.to_thread(self.store.feed_start, self.token)
@@ -235,17 +241,14 @@ class _Stream:
             self.token = self.token.join(page.reached)
             idle = time.monotonic() - self.last_sent
             if idle >= self.progress_s:
-                await self._send(pb.WatchResponse(token=_token(self.token), progress=True))
+                await self.progress()
                 idle = 0
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), self.progress_s - idle)
 
     async def _deliver(self, record: FeedRecord) -> None:
         self.position = record.seq
-        if record.covered_by(self.token):
-            return
-        keys = [(key, bits) for key, bits in record.changes if self._wanted(key)]
-        self.token = self.token.join(record.events())
+        keys, self.token = pass_record(record, self.token, self._wanted)
         if not keys:
             return
         states = await asyncio.to_thread(self._read, [key for key, _ in keys])

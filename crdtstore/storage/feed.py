@@ -40,7 +40,7 @@ every ``_MARK_EVERY`` records a mark) per change and nothing else.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import lmdb
@@ -121,6 +121,20 @@ class FeedRecord:
     def events(self) -> VersionVector:
         """The events this change delivers, as a vector to join into a stream's token."""
         return self.brought if self.brought is not None else VersionVector({self.origin: self.last})
+
+
+def pass_record(
+    record: FeedRecord, token: VersionVector, wanted: Callable[[str], bool]
+) -> tuple[list[tuple[str, int]], VersionVector]:
+    """What a stream holding ``token`` sends of ``record`` (its wanted keys, unless covered), and its token after.
+
+    The one rule of every watch stream: a change the token covers is skipped;
+    any other is delivered (those of its keys the stream wants) and joined into
+    the token, whether it had keys to send or not.
+    """
+    if record.covered_by(token):
+        return [], token
+    return [(key, bits) for key, bits in record.changes if wanted(key)], token.join(record.events())
 
 
 @dataclass(frozen=True)
