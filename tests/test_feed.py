@@ -25,8 +25,7 @@ from hypothesis import strategies as st
 from crdtstore.crdt import HybridLogicalClock, VersionVector
 from crdtstore.operations import AddMembers, DeleteKey, Increment, Operation, RemoveMembers, SetRegister
 from crdtstore.replica.wire import TransferItem
-from crdtstore.storage import Applied, LmdbStore, StorageConfig, StorageOptions, WriteRequest
-from crdtstore.storage import feed
+from crdtstore.storage import Applied, LmdbStore, StorageConfig, WriteRequest, feed
 from crdtstore.storage.feed import KIND_NAMES, changes_of, pass_record
 from crdtstore.testing.clock import FakeClock
 from crdtstore.testing.strategies import examples
@@ -35,12 +34,10 @@ NAMES = ("eu", "us", "ap")
 
 
 class Region:
-    def __init__(self, root: Path, name: str, **options: int) -> None:
+    def __init__(self, root: Path, name: str) -> None:
         self.name = name
         self.clock_ms = FakeClock(1_000)
-        self.store = LmdbStore(
-            StorageConfig(root / name, name, options=StorageOptions(**options)), wall_ms=self.clock_ms
-        )
+        self.store = LmdbStore(StorageConfig(root / name, name), wall_ms=self.clock_ms)
         self.clock = HybridLogicalClock(self.clock_ms, floor=self.store.hlc_mark)
 
     def write(self, *ops: Operation) -> bool:
