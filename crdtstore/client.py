@@ -60,7 +60,17 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -230,6 +240,11 @@ class Status(TypedDict):
     auth_enabled: bool  # whether the node requires tokens
     refused_unauthenticated: int  # requests it refused with UNAUTHENTICATED since it started
     refused_permission_denied: int  # and with PERMISSION_DENIED
+    watch_streams: int  # change-feed streams open now
+    watch_events_sent: int  # events they sent since the node started
+    watch_streams_cut: int  # streams closed because their consumer stopped reading
+    feed_records: int  # changes the feed's index holds (within watch_retention_s and _bytes_max)
+    feed_bytes: int  # the bytes of its pages
 
 
 @dataclass(frozen=True, slots=True)
@@ -493,6 +508,11 @@ def _status_from_proto(resp: kv_pb2.StatusResponse) -> Status:
         auth_enabled=resp.auth_enabled,
         refused_unauthenticated=resp.refused_unauthenticated,
         refused_permission_denied=resp.refused_permission_denied,
+        watch_streams=resp.watch_streams,
+        watch_events_sent=resp.watch_events_sent,
+        watch_streams_cut=resp.watch_streams_cut,
+        feed_records=resp.feed_records,
+        feed_bytes=resp.feed_bytes,
     )
 
 
@@ -882,7 +902,7 @@ class Client(_ClientBase):
         on_expired: str = "reset",
         progress_interval_ms: int = 0,
         addresses: Sequence[str] | None = None,
-    ) -> Iterator[WatchItem]:
+    ) -> Generator[WatchItem]:
         """Every change under ``prefix``, as it comes, until the caller stops iterating (see ``crdtstore.watching``).
 
         ``after``: resume from a token (this or any region's); without it a
@@ -1045,7 +1065,7 @@ class AsyncClient(_ClientBase):
         on_expired: str = "reset",
         progress_interval_ms: int = 0,
         addresses: Sequence[str] | None = None,
-    ) -> AsyncIterator[WatchItem]:
+    ) -> AsyncGenerator[WatchItem]:
         """Every change under ``prefix``, as it comes: ``Client.watch``, for asyncio."""
         state = _watch(
             self.addr,

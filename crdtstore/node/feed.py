@@ -16,8 +16,8 @@ consumer's window is full; a send that waits ``server.watch_stall_s`` ends
 the stream with ``RESOURCE_EXHAUSTED`` (the consumer resumes from its token).
 At most ``server.watch_streams_max`` streams at once.
 
-Retention: ``FeedRetention`` trims the index by age and size every few
-seconds, through the writer thread (one write transaction at a time).
+Retention: ``FeedRetention`` trims the index by age and size every
+second, through the writer thread (one write transaction at a time).
 """
 
 from __future__ import annotations
@@ -276,7 +276,7 @@ class _Stream:
 class FeedRetention:
     """Trims the feed's index by age and size, every ``interval_s``, through the writer's thread."""
 
-    def __init__(self, node: NodeState, interval_s: float = 5.0) -> None:
+    def __init__(self, node: NodeState, interval_s: float = 1.0) -> None:
         self.node = node
         self.interval_s = interval_s
         self._task: asyncio.Task[None] | None = None

@@ -409,6 +409,8 @@ class AdminService:
     async def Status(self, request: pb.StatusRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.StatusResponse:
         store = self.node.store
         replicator = self.node.replicator
+        watches = self.node.watches
+        feed_records, feed_bytes = await asyncio.to_thread(store.feed_stats)
         peers = []
         for name, link in replicator.links.items():
             acked = replicator.core.peers[name].acked
@@ -440,6 +442,11 @@ class AdminService:
             auth_enabled=self.node.access.enabled,
             refused_unauthenticated=self.node.access.refused_unauthenticated,
             refused_permission_denied=self.node.access.refused_permission,
+            watch_streams=watches.open if watches else 0,
+            watch_events_sent=watches.events_sent if watches else 0,
+            watch_streams_cut=watches.cut_stalled if watches else 0,
+            feed_records=feed_records,
+            feed_bytes=feed_bytes,
         )
 
     # -- roles and revocations ---------------------------------------------------------------

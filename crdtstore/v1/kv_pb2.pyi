@@ -239,7 +239,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("region", "version", "keys", "token", "draining", "data_bytes", "commits", "requests_committed", "peers", "clock_skew_events", "clock_fenced", "origin", "conflicting_events", "auth_enabled", "refused_unauthenticated", "refused_permission_denied")
+    __slots__ = ("region", "version", "keys", "token", "draining", "data_bytes", "commits", "requests_committed", "peers", "clock_skew_events", "clock_fenced", "origin", "conflicting_events", "auth_enabled", "refused_unauthenticated", "refused_permission_denied", "watch_streams", "watch_events_sent", "watch_streams_cut", "feed_records", "feed_bytes")
     REGION_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
@@ -256,6 +256,11 @@ class StatusResponse(_message.Message):
     AUTH_ENABLED_FIELD_NUMBER: _ClassVar[int]
     REFUSED_UNAUTHENTICATED_FIELD_NUMBER: _ClassVar[int]
     REFUSED_PERMISSION_DENIED_FIELD_NUMBER: _ClassVar[int]
+    WATCH_STREAMS_FIELD_NUMBER: _ClassVar[int]
+    WATCH_EVENTS_SENT_FIELD_NUMBER: _ClassVar[int]
+    WATCH_STREAMS_CUT_FIELD_NUMBER: _ClassVar[int]
+    FEED_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    FEED_BYTES_FIELD_NUMBER: _ClassVar[int]
     region: str
     version: str
     keys: int
@@ -272,7 +277,12 @@ class StatusResponse(_message.Message):
     auth_enabled: bool
     refused_unauthenticated: int
     refused_permission_denied: int
-    def __init__(self, region: _Optional[str] = ..., version: _Optional[str] = ..., keys: _Optional[int] = ..., token: _Optional[_Union[CausalToken, _Mapping]] = ..., draining: _Optional[bool] = ..., data_bytes: _Optional[int] = ..., commits: _Optional[int] = ..., requests_committed: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[PeerStatus, _Mapping]]] = ..., clock_skew_events: _Optional[int] = ..., clock_fenced: _Optional[bool] = ..., origin: _Optional[str] = ..., conflicting_events: _Optional[int] = ..., auth_enabled: _Optional[bool] = ..., refused_unauthenticated: _Optional[int] = ..., refused_permission_denied: _Optional[int] = ...) -> None: ...
+    watch_streams: int
+    watch_events_sent: int
+    watch_streams_cut: int
+    feed_records: int
+    feed_bytes: int
+    def __init__(self, region: _Optional[str] = ..., version: _Optional[str] = ..., keys: _Optional[int] = ..., token: _Optional[_Union[CausalToken, _Mapping]] = ..., draining: _Optional[bool] = ..., data_bytes: _Optional[int] = ..., commits: _Optional[int] = ..., requests_committed: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[PeerStatus, _Mapping]]] = ..., clock_skew_events: _Optional[int] = ..., clock_fenced: _Optional[bool] = ..., origin: _Optional[str] = ..., conflicting_events: _Optional[int] = ..., auth_enabled: _Optional[bool] = ..., refused_unauthenticated: _Optional[int] = ..., refused_permission_denied: _Optional[int] = ..., watch_streams: _Optional[int] = ..., watch_events_sent: _Optional[int] = ..., watch_streams_cut: _Optional[int] = ..., feed_records: _Optional[int] = ..., feed_bytes: _Optional[int] = ...) -> None: ...
 
 class PeerStatus(_message.Message):
     __slots__ = ("region", "address", "connected", "acked", "behind", "clock_offset_ms", "clock_error_ms")
