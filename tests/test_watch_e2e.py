@@ -10,7 +10,11 @@ every acknowledged write's dot was delivered.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -389,3 +393,38 @@ def test_the_async_client_watches_too(node: ServerProcess) -> None:
             return seen
 
     assert asyncio.run(run()) == [("w4/a", b"1"), ("w4/b", b"2")]
+
+
+def _cli_watch(addr: str, *args: str) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "crdtstore", "--addr", addr, "watch", *args]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+
+def _interrupt(proc: subprocess.Popen[str]) -> int:
+    proc.send_signal(signal.SIGINT)
+    return proc.wait(timeout=10)
+
+
+def test_the_command_line_prints_one_json_object_per_event_until_ctrl_c(node: ServerProcess) -> None:
+    with Client(node.addr) as kv:
+        kv.set("w5/a", "1")
+        with _cli_watch(node.addr, "w5/", "--json") as proc:
+            assert proc.stdout is not None
+            lines = [json.loads(proc.stdout.readline()) for _ in range(3)]
+            assert lines[0] == {"reset_begin": True}
+            assert lines[1]["key"] == "w5/a" and lines[1]["changes"] == ["snapshot"] and lines[1]["reset"]
+            assert lines[2]["reset_end"] and lines[2]["token"]
+            kv.sadd("w5/s", "x")
+            event = json.loads(proc.stdout.readline())
+            while event.get("progress"):
+                event = json.loads(proc.stdout.readline())
+            assert _interrupt(proc) == 130
+        assert (event["key"], event["changes"], event["value"], event["type"]) == ("w5/s", ["add"], ["x"], "set")
+        assert event["group_end"] and event["region"] == "local" and event["counter"] > 0
+        # The printed token resumes the command where it was; without --json, one line per change.
+        kv.set("w5/b", "2")
+        with _cli_watch(node.addr, "w5/", "--after", event["token"]) as resumed:
+            assert resumed.stdout is not None
+            line = resumed.stdout.readline()
+            assert _interrupt(resumed) == 130
+        assert line.split("\t")[:2] == ["set", "w5/b"]
