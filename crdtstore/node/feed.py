@@ -154,13 +154,15 @@ class _Stream:
         interval_ms = request.progress_interval_ms or self.settings.watch_progress_interval_ms
         self.progress_s = interval_ms / 1000
         self.last_sent = time.monotonic()
+        self._regions: dict[str, str] = {}
 
     def _wanted(self, key: str) -> bool:
         return key.startswith(self.prefix) and not is_reserved(key) and self.may_read(key)
 
     async def _send(self, response: pb.WatchResponse) -> None:
         try:
-            await asyncio.wait_for(self.context.write(response), self.settings.watch_stall_s)
+            async with asyncio.timeout(self.settings.watch_stall_s):
+                await self.context.write(response)
         except TimeoutError:
             self.streams.cut_stalled += 1
             await _abort(
@@ -233,12 +235,12 @@ class _Stream:
                     "the node is shutting down; resume on another region with the last token received",
                 )
             wake = signal.current()
-            page = await asyncio.to_thread(self.store.feed_read, self.position, _PAGE_RECORDS, _PAGE_KEYS)
-            for record in page.records:
-                await self._deliver(record)
-            if not page.at_end:
+            # A page of the index, what of it this stream sends, and the keys' values: one hop to a thread.
+            messages, at_end = await asyncio.to_thread(self._prepare)
+            for message in messages:
+                await self._send(message)
+            if not at_end:
                 continue
-            self.token = self.token.join(page.reached)
             idle = time.monotonic() - self.last_sent
             if idle >= self.progress_s:
                 await self.progress()
@@ -246,31 +248,64 @@ class _Stream:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), self.progress_s - idle)
 
-    async def _deliver(self, record: FeedRecord) -> None:
-        self.position = record.seq
-        keys, self.token = pass_record(record, self.token, self._wanted)
-        if not keys:
-            return
-        states = await asyncio.to_thread(self._read, [key for key, _ in keys])
-        region = region_of(record.origin) if record.origin else ""
-        wall_ms, logical = record.hlc or (0, 0)
-        events: list[pb.WatchEvent] = []
-        size = 0
-        for (key, bits), (state, omitted) in zip(keys, states, strict=True):
-            event = _event(key, state, omitted, *(kind for bit, kind in _KINDS if bits & bit))
-            event.origin, event.region, event.counter = record.origin, region, record.last
-            event.wall_ms, event.logical, event.applied_ms = wall_ms, logical, record.applied_ms
-            size += event.ByteSize()
-            if events and size > self.settings.scan_page_bytes_max:
-                # One change too large for one message: its events in several, the token with the last.
-                await self._send(pb.WatchResponse(events=events, partial=True))
-                events, size = [], event.ByteSize()
-            events.append(event)
-        await self._send(pb.WatchResponse(events=events, token=_token(self.token)))
+    def _prepare(self) -> tuple[list[pb.WatchResponse], bool]:
+        """The next page's messages (the changes under the prefix that the token lacks); whether the index ended.
 
-    def _read(self, keys: Sequence[str]) -> list[tuple[KeyState | None, int]]:
-        members_max = self.settings.get_members_max
-        return [self.store.get_bounded(key, members_max) for key in keys]
+        Advances the position and the token past what the messages carry. A
+        page stops early once its messages pass ``scan_page_bytes_max``.
+        """
+        page = self.store.feed_read(self.position, _PAGE_RECORDS, _PAGE_KEYS)
+        token = self.token
+        chosen: list[tuple[FeedRecord, list[tuple[str, int]], VersionVector]] = []
+        for record in page.records:
+            keys, token = pass_record(record, token, self._wanted)
+            chosen.append((record, keys, token))
+        wanted = [key for _, keys, _ in chosen for key, _ in keys]
+        states = iter(self.store.get_many_bounded(wanted, self.settings.get_members_max)) if wanted else iter(())
+        messages: list[pb.WatchResponse] = []
+        size, budget = 0, self.settings.scan_page_bytes_max
+        for i, (record, keys, token_after) in enumerate(chosen):
+            self.position, self.token = record.seq, token_after
+            if keys:
+                events = [self._event(record, key, bits, *next(states)) for key, bits in keys]
+                size += _group(messages, events, token_after, budget)
+            if size > budget and i < len(chosen) - 1:
+                return messages, False  # the rest of the page next time: a stream holds one page's worth
+        if page.at_end:
+            self.token = self.token.join(page.reached)
+        return messages, page.at_end
+
+    def _event(self, record: FeedRecord, key: str, bits: int, state: KeyState | None, omitted: int) -> pb.WatchEvent:
+        event = _event(key, state, omitted, *(kind for bit, kind in _KINDS if bits & bit))
+        event.origin, event.region, event.counter = record.origin, self._region(record.origin), record.last
+        if record.hlc is not None:
+            event.wall_ms, event.logical = record.hlc
+        event.applied_ms = record.applied_ms
+        return event
+
+    def _region(self, origin: str) -> str:
+        region = self._regions.get(origin)
+        if region is None:
+            region = self._regions[origin] = region_of(origin) if origin else ""
+        return region
+
+
+def _group(messages: list[pb.WatchResponse], events: list[pb.WatchEvent], token: VersionVector, budget: int) -> int:
+    """Append one change's events as one message (or, past ``budget`` bytes, several); returns their bytes."""
+    total = 0
+    part: list[pb.WatchEvent] = []
+    size = 0
+    for event in events:
+        n = event.ByteSize()
+        if part and size + n > budget:
+            # One change too large for one message: its events in several, the token with the last.
+            messages.append(pb.WatchResponse(events=part, partial=True))
+            total += size
+            part, size = [], 0
+        part.append(event)
+        size += n
+    messages.append(pb.WatchResponse(events=part, token=_token(token)))
+    return total + size
 
 
 class FeedRetention:
