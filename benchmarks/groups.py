@@ -80,6 +80,14 @@ GROUPS: dict[str, Group] = {
             "alternation; two regions, each its own `crdtstore serve`, through LinkProxy threads of this process for "
             "the revocations; load generator (grpc.aio, generated stubs) in this process; same machine, 127.0.0.1",
         ),
+        Group(
+            "watch",
+            "The change feed: events delivered, what watchers cost writers, commit to consumer",
+            "one `crdtstore serve` for the throughput figures, two (each its own process, linked through a LinkProxy "
+            "thread of this process) for the latency figures; the watchers (AsyncClient.watch) in a process of their "
+            "own (multiprocessing, spawned); load generator (grpc.aio, generated stubs) in this process; same "
+            "machine, 127.0.0.1",
+        ),
     )
 }
 
