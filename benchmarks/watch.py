@@ -42,11 +42,10 @@ from typing import Any
 
 import grpc.aio
 
-from benchmarks.common import group_parser, percentile, print_line, stats
-from benchmarks.figures import Baseline, Figure, write_json
+from benchmarks.common import group_parser, percentile, print_line, report_group, stats, wait_until
+from benchmarks.figures import Baseline, Figure
 from benchmarks.node import CHANNEL_OPTIONS, RPC_TIMEOUT_S, closed_loop
 from benchmarks.replication import Keys, single_op_writes
-from benchmarks.report import table
 from crdtstore.client import AsyncClient, Change, Progress
 from crdtstore.testing.process import ServerProcess
 from crdtstore.testing.regions import RegionProcesses
@@ -240,11 +239,12 @@ def latency(cfg: Config, root: Path, log: Log, step: Log) -> tuple[list[Figure],
                 if i % 10 == 0:
                     step(f"latency, probe {i + 1}/{cfg.probes}")
                 key = f"probe/{i}"
-                began = time.monotonic()
-                sent[key] = began
+                sent[key] = time.monotonic()  # the watchers' process reads the same clock
+                began = time.perf_counter()
                 a.set(key, "x")
-                ack.append((time.monotonic() - began) * 1000)
-                visible.append((_wait(lambda key=key: b.get(key).exists) - began) * 1000)  # type: ignore[misc]
+                ack.append((time.perf_counter() - began) * 1000)
+                shown = wait_until(lambda key=key: b.get(key).exists, poll_s=POLL_S)  # type: ignore[misc]
+                visible.append((shown - began) * 1000)
             time.sleep(0.5)
             report = process.stop()
     local = [(report["arrivals"][0][k] - t) * 1000 for k, t in sent.items() if k in report["arrivals"][0]]
@@ -279,15 +279,6 @@ def latency(cfg: Config, root: Path, log: Log, step: Log) -> tuple[list[Figure],
     return figures, {"ack_ms": ack, "visible_ms": visible, "watch_local_ms": local, "watch_remote_ms": remote}
 
 
-def _wait(condition: Callable[[], bool], timeout_s: float = 30.0) -> float:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("the other region did not show the write in time")
-        time.sleep(POLL_S)
-    return time.monotonic()
-
-
 def collect(cfg: Config, log: Log, step: Log) -> tuple[dict[str, Any], list[Figure]]:
     with tempfile.TemporaryDirectory(prefix="crdtstore-bench-watch-") as tmp:
         root = Path(tmp)
@@ -302,10 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     detail, figures = collect(make_config(args.quick, args.repeats), print_line, lambda _: None)
-    print()
-    print("\n".join(table(figures)))
-    if args.json is not None:
-        write_json(args.json, {"figures": [f.as_json() for f in figures], "detail": detail})
+    report_group(figures, detail, args.json)
     return 0
 
 
