@@ -68,6 +68,8 @@ class Consumer:
         read = 0
         while True:
             page = store.feed_read(position, 3, 10)
+            if not self.token.dominates(page.floor):
+                return False  # records it had not passed were trimmed
             for record in page.records:
                 if records_max is not None and read == records_max:
                     return True
@@ -179,11 +181,16 @@ def test_trimming_makes_old_tokens_expired_and_keeps_newer_ones(regions: dict[st
     assert not early.follow(eu.store), "a token that lacks trimmed changes is expired"
     assert late.follow(eu.store)
     assert sum(late.delivered.values()) == 6 and max(late.delivered.values()) == 1
-    # By size: everything goes once the bound is below one page.
-    assert eu.store.trim_feed(0, 0) == 3
-    assert eu.store.feed_stats()[0] == 0
-    assert eu.store.feed_floor() == VersionVector({eu.store.origin: 6})
-    assert late.follow(eu.store) and not eu.store.feed_read(0, 10, 10).records
+    # By size: everything but the newest record goes once the bound is below one page; numbers go on from it.
+    assert eu.store.trim_feed(0, 1) == 2
+    assert eu.store.feed_stats()[0] == 1
+    assert eu.store.feed_floor() == VersionVector({eu.store.origin: 5})
+    assert late.follow(eu.store)
+    assert eu.write(SetRegister("k6", b"v"))
+    (record,) = eu.store.feed_read(6, 10, 10).records
+    assert record.seq == 7
+    assert late.follow(eu.store)
+    assert late.delivered[(eu.store.origin, 7, "k6")] == 1 and sum(late.delivered.values()) == 7
 
 
 def test_a_directory_from_before_the_feed_starts_it_at_its_vector(tmp_path: Path) -> None:

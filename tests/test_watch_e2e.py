@@ -245,6 +245,38 @@ def test_an_expired_token_gets_a_reset_or_out_of_range(tmp_path: Path) -> None:
         projection.close()
 
 
+def test_a_stream_that_falls_behind_what_the_index_keeps_starts_again_from_a_snapshot(tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    # Trimmed every second down to the newest record; a consumer may stall for a minute before it is cut.
+    config.write_text("[storage]\nwatch_retention_bytes_max = 1\n[server]\nwatch_stall_s = 60\n")
+    with (
+        ServerProcess(tmp_path / "data", extra_args=("--config", str(config))) as server,
+        # A snapshot page may pass 4 MiB by one key, as a Scan page may (the Python client takes any size).
+        grpc.insecure_channel(server.addr, options=[("grpc.max_receive_message_length", -1)]) as channel,
+        Client(server.addr) as kv,
+    ):
+        stub: Any = kv_pb2_grpc.KVStub(channel)
+        call = stub.Watch(kv_pb2.WatchRequest(prefix="lag/", start="now"), timeout=WAIT_S)
+        assert next(call).progress
+        value = b"v" * 60_000
+        for i in range(300):  # more than gRPC's windows hold: the stream waits while the consumer does not read
+            kv.set(f"lag/{i}", value)
+        deadline = time.monotonic() + WAIT_S
+        while kv.status()["feed_records"] > 1:  # trimmed past where the stream is
+            assert time.monotonic() < deadline, "the index was never trimmed"
+            time.sleep(0.1)
+        last = kv.set("lag/last", "x")
+        reset = done = False
+        for message in call:  # now the consumer reads: a snapshot comes, not a history with a hole in it
+            reset = reset or message.reset
+            if message.reset_done:
+                done = True
+                assert _vv(bytes(message.token.vector)).dominates(_vv(last.token))
+                break
+        call.cancel()
+        assert reset and done
+
+
 # -- three regions ------------------------------------------------------------------------------
 
 

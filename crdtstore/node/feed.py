@@ -121,7 +121,7 @@ class WatchStreams:
         try:
             stream = _Stream(self, request, context, token, may_read)
             if request.after.vector:
-                await stream.resume(on_expired)
+                await stream.resume()
             elif start == "now":
                 stream.position, head = await asyncio.to_thread(self.node.store.feed_head)
                 stream.token = stream.token.join(head)
@@ -147,6 +147,7 @@ class _Stream:
         self.store = streams.node.store
         self.settings = streams.node.config.server
         self.prefix = request.prefix
+        self.on_expired = request.on_expired or "reset"
         self.context = context
         self.token = token
         self.may_read = may_read
@@ -177,12 +178,16 @@ class _Stream:
     async def progress(self) -> None:
         await self._send(pb.WatchResponse(token=_token(self.token), progress=True))
 
-    async def resume(self, on_expired: str) -> None:
+    async def resume(self) -> None:
         start = await asyncio.to_thread(self.store.feed_start, self.token)
         if start is not None:
             self.position = start
             return
-        if on_expired == "error":
+        await self.expired()
+
+    async def expired(self) -> None:
+        """The token lacks changes the index no longer holds: OUT_OF_RANGE, or (the default) a snapshot."""
+        if self.on_expired == "error":
             await _abort(
                 self.context,
                 grpc.StatusCode.OUT_OF_RANGE,
@@ -237,6 +242,11 @@ class _Stream:
             wake = signal.current()
             # A page of the index, what of it this stream sends, and the keys' values: one hop to a thread.
             messages, at_end = await asyncio.to_thread(self._prepare)
+            if messages is None:
+                # Records this stream had not passed were trimmed (it fell further behind than the
+                # index keeps): start again from a snapshot, never a history with a hole in it.
+                await self.expired()
+                continue
             for message in messages:
                 await self._send(message)
             if not at_end:
@@ -248,13 +258,15 @@ class _Stream:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), self.progress_s - idle)
 
-    def _prepare(self) -> tuple[list[pb.WatchResponse], bool]:
+    def _prepare(self) -> tuple[list[pb.WatchResponse] | None, bool]:
         """The next page's messages (the changes under the prefix that the token lacks); whether the index ended.
 
         Advances the position and the token past what the messages carry. A
         page stops early once its messages pass ``scan_page_bytes_max``.
         """
         page = self.store.feed_read(self.position, _PAGE_RECORDS, _PAGE_KEYS)
+        if not self.token.dominates(page.floor):
+            return None, False
         token = self.token
         chosen: list[tuple[FeedRecord, list[tuple[str, int]], VersionVector]] = []
         for record in page.records:

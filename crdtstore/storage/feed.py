@@ -31,7 +31,8 @@ consumer lacks, and they lie after the last mark that ``T`` covers (every
 record before a mark is within the mark's vector). A token that does not cover
 the floor is expired: the events it lacks were trimmed.
 
-Retention: ``trim_feed`` removes records older than ``watch_retention_s`` or
+Retention: ``trim_feed`` removes records (all but the newest, whose number
+the next one follows) older than ``watch_retention_s`` or
 beyond ``watch_retention_bytes_max`` (the pages the two databases occupy,
 as LMDB counts them; oldest first, folding them into the floor); the node
 runs it periodically, apart from the write path, which writes one record (and
@@ -146,6 +147,9 @@ class FeedPage:
     # the stream's token may become ``token ⊔ reached`` once the page is delivered, when ``at_end``.
     reached: VersionVector
     at_end: bool  # no record after the page when it was read
+    # Everything trimmed from the index (and held before it began), read with the page: a stream
+    # whose token does not cover it has lost records it had not passed, and must start again.
+    floor: VersionVector
 
 
 class FeedIndex(StoreEnvironment):
@@ -228,7 +232,8 @@ class FeedIndex(StoreEnvironment):
                 found = cursor.next()
             at_end = not found
             reached = self._context_in(txn).vv
-        return FeedPage(records, reached, at_end)
+            floor = decode_as(txn.get(_META_FEED_FLOOR, db=self.meta) or b"", VersionVector)
+        return FeedPage(records, reached, at_end, floor)
 
     def feed_stats(self) -> tuple[int, int]:
         """(records held, the bytes of the pages the index occupies)."""
@@ -252,9 +257,12 @@ class FeedIndex(StoreEnvironment):
                     # (with LMDB's per-node overhead), so a trim frees about that much.
                     excess = _bytes_of(txn, self.feed) + _bytes_of(txn, self.feed_marks) - bytes_max
                     cursor = txn.cursor(db=self.feed)
+                    # The newest record always stays: sequence numbers go on from it (a stream's position
+                    # is one), and would start again at 1 in an empty index.
+                    newest = bytes(cursor.key()) if cursor.last() else b""
                     gone: dict[str, int] = {}
                     removed = 0
-                    while removed < budget and cursor.first():
+                    while removed < budget and cursor.first() and bytes(cursor.key()) != newest:
                         value = bytes(cursor.value())
                         record = _decode_record(int.from_bytes(cursor.key(), "big"), value)
                         if record.applied_ms >= older_than_ms and excess <= 0:
