@@ -43,6 +43,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import lmdb
 import msgpack
@@ -98,9 +99,8 @@ def changes_of(delta: StoreMap) -> list[tuple[str, int]]:
     return [(key, kinds_of(named)) for key, named in sorted(delta.entries.items())]
 
 
-@dataclass(frozen=True)
-class FeedRecord:
-    """One change as the index holds it (see the module docstring)."""
+class FeedRecord(NamedTuple):
+    """One change as the index holds it (see the module docstring). A tuple: one is made per write."""
 
     seq: int
     origin: str  # "" for a state transfer

@@ -333,8 +333,9 @@ class LocalWrites(DeltaLog, FeedIndex):
             return self._log_too_big(len(log_value), "")
         for (db_key, _), (key, _, _, _), body in zip(targets, writes, bodies, strict=True):
             txn.put(db_key, plain_record(key, body), db=data)
-        newest = max(write[2] for write in writes)
-        feed = (sorted((op.key, KIND_SET) for op in operations), (newest.wall_ms, newest.logical))
+        newest = writes[-1][2]  # the clock's last reading: the newest
+        keys = sorted(op.key for op in operations) if len(operations) > 1 else [operations[0].key]
+        feed = ([(key, KIND_SET) for key in keys], (newest.wall_ms, newest.logical))
         return batch.context.add_run(origin, first, dots[-1].counter), dots[-1].counter, log_value, feed
 
     def _delete_too_large(self, records: SetRecords, record: KeyRecord) -> Failed | None:
