@@ -121,8 +121,21 @@ class WatchDecoder:
             self.token = token
             yield Progress(token)
             return
-        for i, event in enumerate(events):
-            yield self._change(event, token, i == len(events) - 1, message.reset)
+        if message.reset:
+            for event in events:
+                yield self._change(event, token, False, True)
+        else:
+            group: list[kv_pb2.WatchEvent] = []
+            for event in events:
+                group.append(event)
+                if event.group_end:
+                    # A change's events share the token its last one carries.
+                    group_token = bytes(event.token.vector) or token
+                    for i, member in enumerate(group):
+                        yield self._change(member, group_token, i == len(group) - 1, False)
+                    group = []
+            if group:
+                raise ValueError("a watch message ends in the middle of a change")
         if message.reset:
             if message.reset_done:
                 self._in_reset = False

@@ -886,6 +886,10 @@ def _event(key: str, value: bytes, counter: int, *changes: kv_pb2.ChangeKind) ->
 
 
 def _message(token: bytes, *events: kv_pb2.WatchEvent, **flags: bool) -> kv_pb2.WatchResponse:
+    """One message; outside a snapshot its events are one change, the last carrying the token."""
+    if events and not flags.get("reset"):
+        events[-1].group_end = True
+        events[-1].token.vector = token
     return kv_pb2.WatchResponse(events=events, token=kv_pb2.CausalToken(vector=token), **flags)
 
 
@@ -962,3 +966,22 @@ def test_watch_arguments_are_checked_before_anything_is_sent(fake: FakeKV, kv: C
     with pytest.raises(ValueError, match="on_expired"):
         next(kv.watch("k/", on_expired="ignore"))
     assert not fake.watches
+
+
+def test_a_message_of_several_changes_gives_each_its_own_token(fake: FakeKV, kv: Client) -> None:
+    first, second = _event("k/a", b"1", 1), _event("k/b", b"2", 2)
+    first.group_end, first.token.vector = True, b"T1"
+    second.group_end, second.token.vector = True, b"T2"
+    fake.watch_scripts.append(
+        (
+            [kv_pb2.WatchResponse(events=[first, second], token=kv_pb2.CausalToken(vector=b"T3"))],
+            grpc.StatusCode.OUT_OF_RANGE,
+        )
+    )
+    items: list[object] = []
+    with pytest.raises(ClientError):
+        items.extend(kv.watch("k/", after=b"T0"))
+    assert [(i.key, i.token, i.group_end) for i in items if isinstance(i, Change)] == [
+        ("k/a", b"T1", True),
+        ("k/b", b"T2", True),
+    ]

@@ -503,6 +503,11 @@ def test_cli_status_json(server: ServerProcess) -> None:
         "auth_enabled",
         "refused_unauthenticated",
         "refused_permission_denied",
+        "watch_streams",
+        "watch_events_sent",
+        "watch_streams_cut",
+        "feed_records",
+        "feed_bytes",
     }
     assert status["auth_enabled"] is False  # on loopback without [auth]
     assert status["peers"] == []  # a single node

@@ -261,8 +261,10 @@ class _Stream:
     def _prepare(self) -> tuple[list[pb.WatchResponse] | None, bool]:
         """The next page's messages (the changes under the prefix that the token lacks); whether the index ended.
 
-        Advances the position and the token past what the messages carry. A
-        page stops early once its messages pass ``scan_page_bytes_max``.
+        The changes of a page go in as few messages as ``scan_page_bytes_max``
+        allows, each change's last event marked ``group_end`` with the token
+        after it (one gRPC write per change would cost the event loop more
+        than the change). Advances the position and the token past the page.
         """
         page = self.store.feed_read(self.position, _PAGE_RECORDS, _PAGE_KEYS)
         if not self.token.dominates(page.floor):
@@ -274,18 +276,19 @@ class _Stream:
             chosen.append((record, keys, token))
         wanted = [key for _, keys, _ in chosen for key, _ in keys]
         states = iter(self.store.get_many_bounded(wanted, self.settings.get_members_max)) if wanted else iter(())
-        messages: list[pb.WatchResponse] = []
-        size, budget = 0, self.settings.scan_page_bytes_max
+        out = _Messages(self.settings.scan_page_bytes_max)
         for i, (record, keys, token_after) in enumerate(chosen):
             self.position, self.token = record.seq, token_after
             if keys:
                 events = [self._event(record, key, bits, *next(states)) for key, bits in keys]
-                size += _group(messages, events, token_after, budget)
-            if size > budget and i < len(chosen) - 1:
-                return messages, False  # the rest of the page next time: a stream holds one page's worth
+                events[-1].group_end = True
+                events[-1].token.vector = encode(token_after)
+                out.add(events, token_after)
+            if out.full and i < len(chosen) - 1:
+                return out.done(self.token), False  # the rest of the page next time: a stream holds one page's worth
         if page.at_end:
             self.token = self.token.join(page.reached)
-        return messages, page.at_end
+        return out.done(self.token), page.at_end
 
     def _event(self, record: FeedRecord, key: str, bits: int, state: KeyState | None, omitted: int) -> pb.WatchEvent:
         event = _event(key, state, omitted, *(kind for bit, kind in _KINDS if bits & bit))
@@ -302,22 +305,52 @@ class _Stream:
         return region
 
 
-def _group(messages: list[pb.WatchResponse], events: list[pb.WatchEvent], token: VersionVector, budget: int) -> int:
-    """Append one change's events as one message (or, past ``budget`` bytes, several); returns their bytes."""
-    total = 0
-    part: list[pb.WatchEvent] = []
-    size = 0
-    for event in events:
-        n = event.ByteSize()
-        if part and size + n > budget:
-            # One change too large for one message: its events in several, the token with the last.
-            messages.append(pb.WatchResponse(events=part, partial=True))
-            total += size
-            part, size = [], 0
-        part.append(event)
-        size += n
-    messages.append(pb.WatchResponse(events=part, token=_token(token)))
-    return total + size
+class _Messages:
+    """A page's changes as messages of about ``budget`` bytes at most; a change split only when larger alone."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.messages: list[pb.WatchResponse] = []
+        self.events: list[pb.WatchEvent] = []
+        self.size = 0
+        self.sent = 0  # bytes in finished messages
+        self.token: VersionVector | None = None  # after the last whole change in ``events``
+
+    @property
+    def full(self) -> bool:
+        return self.sent + self.size > self.budget
+
+    def add(self, events: list[pb.WatchEvent], token: VersionVector) -> None:
+        size = sum(e.ByteSize() for e in events)
+        if self.events and self.size + size > self.budget:
+            self._flush(self.token)
+        if size > self.budget:
+            # One change too large for one message: its events in several (partial), the token with the last.
+            for event in events[:-1]:
+                n = event.ByteSize()
+                if self.events and self.size + n > self.budget:
+                    self.messages.append(pb.WatchResponse(events=self.events, partial=True))
+                    self.sent += self.size
+                    self.events, self.size = [], 0
+                self.events.append(event)
+                self.size += n
+            events = events[-1:]
+            size = events[0].ByteSize()
+        self.events.extend(events)
+        self.size += size
+        self.token = token
+
+    def _flush(self, token: VersionVector | None) -> None:
+        assert token is not None
+        self.messages.append(pb.WatchResponse(events=self.events, token=_token(token)))
+        self.sent += self.size
+        self.events, self.size = [], 0
+
+    def done(self, token: VersionVector) -> list[pb.WatchResponse]:
+        """The messages; the last carries ``token`` (the stream's, past every change of the page)."""
+        if self.events:
+            self._flush(token)
+        return self.messages
 
 
 class FeedRetention:

@@ -403,7 +403,7 @@ class WatchRequest(_message.Message):
     def __init__(self, prefix: _Optional[str] = ..., after: _Optional[_Union[CausalToken, _Mapping]] = ..., start: _Optional[str] = ..., on_expired: _Optional[str] = ..., progress_interval_ms: _Optional[int] = ...) -> None: ...
 
 class WatchEvent(_message.Message):
-    __slots__ = ("key", "changes", "entry", "origin", "region", "counter", "wall_ms", "logical", "applied_ms", "principal")
+    __slots__ = ("key", "changes", "entry", "origin", "region", "counter", "wall_ms", "logical", "applied_ms", "principal", "group_end", "token")
     KEY_FIELD_NUMBER: _ClassVar[int]
     CHANGES_FIELD_NUMBER: _ClassVar[int]
     ENTRY_FIELD_NUMBER: _ClassVar[int]
@@ -414,6 +414,8 @@ class WatchEvent(_message.Message):
     LOGICAL_FIELD_NUMBER: _ClassVar[int]
     APPLIED_MS_FIELD_NUMBER: _ClassVar[int]
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    GROUP_END_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
     key: str
     changes: _containers.RepeatedScalarFieldContainer[ChangeKind]
     entry: KeyValue
@@ -424,7 +426,9 @@ class WatchEvent(_message.Message):
     logical: int
     applied_ms: int
     principal: str
-    def __init__(self, key: _Optional[str] = ..., changes: _Optional[_Iterable[_Union[ChangeKind, str]]] = ..., entry: _Optional[_Union[KeyValue, _Mapping]] = ..., origin: _Optional[str] = ..., region: _Optional[str] = ..., counter: _Optional[int] = ..., wall_ms: _Optional[int] = ..., logical: _Optional[int] = ..., applied_ms: _Optional[int] = ..., principal: _Optional[str] = ...) -> None: ...
+    group_end: bool
+    token: CausalToken
+    def __init__(self, key: _Optional[str] = ..., changes: _Optional[_Iterable[_Union[ChangeKind, str]]] = ..., entry: _Optional[_Union[KeyValue, _Mapping]] = ..., origin: _Optional[str] = ..., region: _Optional[str] = ..., counter: _Optional[int] = ..., wall_ms: _Optional[int] = ..., logical: _Optional[int] = ..., applied_ms: _Optional[int] = ..., principal: _Optional[str] = ..., group_end: _Optional[bool] = ..., token: _Optional[_Union[CausalToken, _Mapping]] = ...) -> None: ...
 
 class WatchResponse(_message.Message):
     __slots__ = ("events", "token", "reset", "reset_done", "progress", "partial")
