@@ -669,7 +669,7 @@ class _Watch:
         return kv_pb2.WatchRequest(
             prefix=self.prefix,
             after=kv_pb2.CausalToken(vector=token) if token else None,
-            start="" if token else self.start,
+            start="" if token else "snapshot" if self.decoder.snapshot_again else self.start,
             on_expired=self.on_expired,
             progress_interval_ms=self.progress_interval_ms,
         )

@@ -101,6 +101,7 @@ class WatchDecoder:
     def __init__(self, entry_of: Callable[[kv_pb2.KeyValue], Entry], token: bytes = b"") -> None:
         self._entry_of = entry_of
         self.token = token  # where a resume starts: the last token a complete message carried
+        self.snapshot_again = False  # a snapshot was cut off: the next stream starts with one
         self._in_reset = False
         self._partial: list[kv_pb2.WatchEvent] = []
 
@@ -145,8 +146,17 @@ class WatchDecoder:
         self.token = token
 
     def resumed(self) -> None:
-        """A new stream begins (after a failure): a group or snapshot left half-way starts again."""
+        """A new stream begins (after a failure): a group or snapshot left half-way starts again.
+
+        A snapshot left half-way must start again as a snapshot: the consumer
+        has seen ``ResetBegin`` and forgotten what it held, and its token (the
+        old one) might resume elsewhere without a reset. So the next stream
+        asks for a snapshot, with no token.
+        """
         self._partial = []
+        if self._in_reset:
+            self.token = b""
+            self.snapshot_again = True
         self._in_reset = False
 
     def _change(self, event: kv_pb2.WatchEvent, token: bytes, last: bool, reset: bool) -> Change:

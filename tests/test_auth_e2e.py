@@ -670,3 +670,21 @@ def test_a_watch_needs_read_on_its_prefix_and_never_shows_the_nodes_own_records(
         assert change.key == "zz/after-the-rules"  # the role and the revocation came first, unseen
     finally:
         stream.close()
+
+
+def test_regression_an_open_watch_ends_when_its_token_is_revoked(node: Node) -> None:
+    """Found in review: the stream kept delivering after a revocation that unary calls already obeyed."""
+    token = node.kit.token("svc-watcher", ["orders"], token_id="watch-revoked-jti")
+    with node.client(token) as watcher:
+        stream = watcher.watch("orders/", start="now", progress_interval_ms=100)
+        try:
+            assert isinstance(next(stream), Progress)
+            node.admin.revoke_token("watch-revoked-jti")
+            node.admin.set("orders/after-revocation", "secret")
+            with pytest.raises(ClientError) as info:
+                for item in stream:
+                    assert not (isinstance(item, Change) and item.key == "orders/after-revocation")
+            assert info.value.code == grpc.StatusCode.UNAUTHENTICATED
+            assert "revoked" in str(info.value)
+        finally:
+            stream.close()

@@ -985,3 +985,27 @@ def test_a_message_of_several_changes_gives_each_its_own_token(fake: FakeKV, kv:
         ("k/a", b"T1", True),
         ("k/b", b"T2", True),
     ]
+
+
+def test_regression_a_snapshot_cut_off_by_a_failure_starts_again_as_a_snapshot(fake: FakeKV, kv: Client) -> None:
+    """Found in review: the next stream resumed from the old token, and a consumer committed the reset's deletes."""
+    fake.watch_scripts.append(
+        (
+            [_message(b"old", _event("k/a", b"1", 0, kv_pb2.CHANGE_KIND_SNAPSHOT), reset=True)],
+            grpc.StatusCode.UNAVAILABLE,
+        )
+    )
+    fake.watch_scripts.append(
+        (
+            [
+                _message(b"none", _event("k/a", b"1", 0, kv_pb2.CHANGE_KIND_SNAPSHOT), reset=True),
+                _message(b"T9", reset=True, reset_done=True),
+            ],
+            grpc.StatusCode.PERMISSION_DENIED,
+        )
+    )
+    items: list[object] = []
+    with pytest.raises(ClientError):
+        items.extend(kv.watch("k/", after=b"old"))
+    assert [type(i).__name__ for i in items] == ["ResetBegin", "Change", "ResetBegin", "Change", "ResetEnd"]
+    assert not fake.watches[1].after.vector and fake.watches[1].start == "snapshot"

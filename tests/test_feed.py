@@ -145,11 +145,7 @@ def test_a_state_transfer_records_each_changed_key_as_a_whole_state_change(tmp_p
         stack.callback(us.store.close)
         assert eu.write(SetRegister("a", b"1"), AddMembers("s", ("x",)))
         assert eu.write(SetRegister("b", b"2"))
-        context, _, _ = eu.store.spool_snapshot(tmp_path / "spool")
-        with (tmp_path / "spool").open("rb") as spool:
-            items: list[TransferItem] = [(k, v, part) for k, v, part in msgpack.Unpacker(spool, raw=False)]
-        us.store.stage_snapshot("eu", 1, items)
-        assert us.store.finish_snapshot("eu", 1, context) == 3
+        assert _transfer(eu, us, tmp_path / "spool") == 3
         (record,) = us.store.feed_read(0, 10, 100).records
         assert record.origin == "" and record.brought == eu.store.context.vv
         assert sorted(record.changes) == [("a", 32), ("b", 32), ("s", 32)]
@@ -161,6 +157,41 @@ def test_a_state_transfer_records_each_changed_key_as_a_whole_state_change(tmp_p
         ahead.token = eu.store.context.vv
         assert ahead.follow(us.store)
         assert not ahead.delivered
+
+
+def _transfer(sender: Region, receiver: Region, spool: Path) -> int:
+    """A full state transfer from ``sender`` to ``receiver``, as a repair makes one; the keys it changed."""
+    context, _, _ = sender.store.spool_snapshot(spool)
+    with spool.open("rb") as f:
+        items: list[TransferItem] = [(k, v, part) for k, v, part in msgpack.Unpacker(f, raw=False)]
+    receiver.store.stage_snapshot(sender.name, 1, items)
+    return receiver.store.finish_snapshot(sender.name, 1, context)
+
+
+def test_regression_a_repair_of_more_than_a_records_keys_reaches_a_watcher_whole(tmp_path: Path) -> None:
+    """Found in review: every record of a large transfer carried its events, so the first covered the rest."""
+    with ExitStack() as stack:
+        eu, us = Region(tmp_path, "eu"), Region(tmp_path, "us")
+        stack.callback(eu.store.close)
+        stack.callback(us.store.close)
+        for i in range(25):
+            assert eu.write(*[SetRegister(f"p/{i:02}-{j:03}", b"v") for j in range(100)])
+        # A consumer at the end of us's feed, before the repair (a mark is due on the transfer's later records).
+        for i in range(63):
+            assert us.write(SetRegister(f"q/{i}", b"v"))
+        consumer = Consumer("p/")
+        assert consumer.follow(us.store)
+        assert _transfer(eu, us, tmp_path / "spool") == 2500
+        records = us.store.feed_read(63, 10, 10**6).records
+        assert [(len(r.changes), r.continued) for r in records] == [(1000, True), (1000, True), (500, False)]
+        # A stream reading on, and one that starts again from the same token: the whole transfer each time.
+        live = Consumer("p/")
+        live.token = consumer.token
+        assert consumer.follow(us.store)
+        assert len(consumer.delivered) == 2500
+        assert live.follow(us.store)
+        assert len(live.delivered) == 2500
+        assert consumer.token == live.token == us.store.context.vv
 
 
 def test_trimming_makes_old_tokens_expired_and_keeps_newer_ones(regions: dict[str, Region]) -> None:

@@ -112,6 +112,9 @@ class ServerSettings:
     watch_progress_interval_ms: int = 1000
     watch_stall_s: float = 30.0
     watch_streams_max: int = 1000
+    # A watch resuming from a token waits (sending progress) until this region has seen everything the
+    # token covers; past this, it starts again from a snapshot (or OUT_OF_RANGE, if it asked).
+    watch_catch_up_s: float = 30.0
 
 
 @dataclass(frozen=True)

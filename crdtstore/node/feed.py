@@ -35,7 +35,7 @@ import grpc
 from crdtstore.auth.policy import Need
 from crdtstore.crdt import CodecError, KeyState, VersionVector, decode_as, encode
 from crdtstore.crdt.origin import region_of
-from crdtstore.node.access import is_reserved
+from crdtstore.node.access import Refusal, is_reserved
 from crdtstore.node.values import key_value_pb
 from crdtstore.storage.feed import (
     KIND_ADD,
@@ -67,6 +67,10 @@ _KINDS = (
 # Records of the index read per page, and keys: a page's values are read in one go.
 _PAGE_RECORDS = 256
 _PAGE_KEYS = 1024
+# Streams that read the store at once (each in a thread of the default executor, which replication shares).
+_READERS = 2
+# The shortest progress interval a request may ask for.
+_PROGRESS_MS_MIN = 100
 # Records trimmed per write transaction (``LmdbStore.trim_feed``'s budget).
 _TRIM_BATCH = 10_000
 
@@ -78,13 +82,21 @@ class WatchStreams:
         self.node = node
         self.signal = node.replicator.changes
         self.open = 0
+        self.readers = asyncio.Semaphore(_READERS)
         # Counted for status and metrics: events sent, and streams cut because the consumer stalled.
         self.events_sent = 0
         self.cut_stalled = 0
 
     async def watch(
-        self, request: pb.WatchRequest, context: grpc.aio.ServicerContext[Any, Any], may_read: Callable[[str], bool]
+        self, request: pb.WatchRequest, context: grpc.aio.ServicerContext[Any, Any], still_allowed: Callable[[], None]
     ) -> None:
+        """Serve one stream; ``still_allowed`` raises ``Refusal`` once the caller may no longer read the prefix.
+
+        A caller allowed ``read`` on the prefix may read every key under it
+        (grants are prefixes), so keys are not checked one by one; the
+        permission (and the token's expiry and revocation) is checked again
+        before every page, on the event loop.
+        """
         settings = self.node.config.server
         if self.node.draining or self.signal.closed:
             await _abort(context, grpc.StatusCode.UNAVAILABLE, "the node is shutting down; watch another region")
@@ -119,7 +131,7 @@ class WatchStreams:
             )
         self.open += 1
         try:
-            stream = _Stream(self, request, context, token, may_read)
+            stream = _Stream(self, request, context, token, still_allowed)
             if request.after.vector:
                 await stream.resume()
             elif start == "now":
@@ -141,7 +153,7 @@ class _Stream:
         request: pb.WatchRequest,
         context: grpc.aio.ServicerContext[Any, Any],
         token: VersionVector,
-        may_read: Callable[[str], bool],
+        still_allowed: Callable[[], None],
     ) -> None:
         self.streams = streams
         self.store = streams.node.store
@@ -150,15 +162,15 @@ class _Stream:
         self.on_expired = request.on_expired or "reset"
         self.context = context
         self.token = token
-        self.may_read = may_read
+        self.still_allowed = still_allowed
         self.position = 0  # the last index record passed
-        interval_ms = request.progress_interval_ms or self.settings.watch_progress_interval_ms
+        interval_ms = max(request.progress_interval_ms or self.settings.watch_progress_interval_ms, _PROGRESS_MS_MIN)
         self.progress_s = interval_ms / 1000
         self.last_sent = time.monotonic()
         self._regions: dict[str, str] = {}
 
     def _wanted(self, key: str) -> bool:
-        return key.startswith(self.prefix) and not is_reserved(key) and self.may_read(key)
+        return key.startswith(self.prefix) and not is_reserved(key)
 
     async def _send(self, response: pb.WatchResponse) -> None:
         try:
@@ -180,20 +192,46 @@ class _Stream:
 
     async def resume(self) -> None:
         start = await asyncio.to_thread(self.store.feed_start, self.token)
-        if start is not None:
+        if start is None:
+            await self.expired()
+        elif await self._caught_up():
             self.position = start
-            return
-        await self.expired()
+        else:
+            await self.expired(
+                f"region {self.store.region} has not seen, within server.watch_catch_up_s "
+                f"({self.settings.watch_catch_up_s:g} s), every change the token covers (its origin may be cut off "
+                f"or gone)"
+            )
 
-    async def expired(self) -> None:
-        """The token lacks changes the index no longer holds: OUT_OF_RANGE, or (the default) a snapshot."""
+    async def _caught_up(self) -> bool:
+        """Wait (with progress messages, the token unchanged) until this region has seen everything the token covers.
+
+        Values are read from this region: read before it had what the consumer
+        already received elsewhere, a key could show an older value, and the
+        change that would correct it never come (the token covers it). A read
+        with ``after`` waits the same way.
+        """
+        deadline = time.monotonic() + self.settings.watch_catch_up_s
+        replicator = self.streams.node.replicator
+        while not self.store.context.vv.dominates(self.token):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if not await replicator.wait_seen(self.token, min(left, self.progress_s)):
+                await self.progress()
+        return True
+
+    async def expired(self, why: str = "") -> None:
+        """The token cannot resume here: OUT_OF_RANGE, or (the default) a snapshot."""
         if self.on_expired == "error":
+            why = why or (
+                f"the token is older than region {self.store.region}'s change feed keeps "
+                f"(storage.watch_retention_s, watch_retention_bytes_max)"
+            )
             await _abort(
                 self.context,
                 grpc.StatusCode.OUT_OF_RANGE,
-                f"the token is older than region {self.store.region}'s change feed keeps "
-                f"(storage.watch_retention_s, watch_retention_bytes_max): start again from a snapshot "
-                f"(on_expired = 'reset', or no token)",
+                f"{why}: start again from a snapshot (on_expired = 'reset', or no token), or in another region",
             )
         await self.snapshot()
 
@@ -204,6 +242,9 @@ class _Stream:
         key may show a change made after it, whose event then follows (its
         value is the current one again). Until the last page the token stays
         what it was, so a consumer that resumes mid-snapshot gets a snapshot again.
+        The last page's token is the point itself, not joined with the old
+        token: what that token held beyond the point is not in the snapshot,
+        and must come again if it ever arrives here.
         """
         self.position, point = await asyncio.to_thread(self.store.feed_head)
         settings = self.settings
@@ -224,7 +265,7 @@ class _Stream:
             ]
             done = not after
             if done:
-                self.token = self.token.join(point)
+                self.token = point
             await self._send(pb.WatchResponse(events=events, token=_token(self.token), reset=True, reset_done=done))
             if done:
                 return
@@ -239,9 +280,14 @@ class _Stream:
                     grpc.StatusCode.UNAVAILABLE,
                     "the node is shutting down; resume on another region with the last token received",
                 )
+            try:
+                self.still_allowed()
+            except Refusal as refusal:
+                await _abort(self.context, refusal.code, f"the watch ends: {refusal.message}")
             wake = signal.current()
             # A page of the index, what of it this stream sends, and the keys' values: one hop to a thread.
-            messages, at_end = await asyncio.to_thread(self._prepare)
+            async with self.streams.readers:  # a few streams read at once: replication's reads keep their threads
+                messages, at_end = await asyncio.to_thread(self._prepare)
             if messages is None:
                 # Records this stream had not passed were trimmed (it fell further behind than the
                 # index keeps): start again from a snapshot, never a history with a hole in it.
@@ -274,13 +320,16 @@ class _Stream:
         for record in page.records:
             keys, token = pass_record(record, token, self._wanted)
             chosen.append((record, keys, token))
-        wanted = [key for _, keys, _ in chosen for key, _ in keys]
-        states = iter(self.store.get_many_bounded(wanted, self.settings.get_members_max)) if wanted else iter(())
         out = _Messages(self.settings.scan_page_bytes_max)
+        members_max = self.settings.get_members_max
         for i, (record, keys, token_after) in enumerate(chosen):
             self.position, self.token = record.seq, token_after
             if keys:
-                events = [self._event(record, key, bits, *next(states)) for key, bits in keys]
+                # Read a change's values only when it goes: memory stays within the byte budget (and one change).
+                states = self.store.get_many_bounded([key for key, _ in keys], members_max)
+                events = [
+                    self._event(record, key, bits, *state) for (key, bits), state in zip(keys, states, strict=True)
+                ]
                 events[-1].group_end = True
                 events[-1].token.vector = encode(token_after)
                 out.add(events, token_after)

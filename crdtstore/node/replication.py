@@ -160,6 +160,7 @@ class Replicator:
         self._waits = VectorWaits(sources)
         # Woken with the waits: the change feed's streams wait on it for the store's next change.
         self.changes = ChangeSignal()
+        self._context_signalled = store.context
         self._wake = asyncio.Event()  # the driver wants a tick sooner than the tick loop planned
         self._wake_at_ms = 0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -283,7 +284,10 @@ class Replicator:
             self._wake_at_ms = ready.wake_at_ms
             self._wake.set()
         self._waits.changed()  # the vector or a peer's acknowledgements may have moved
-        self.changes.changed()
+        context = self.store.context
+        if context is not self._context_signalled:  # the store changed (not an ack or a tick): wake watch streams
+            self._context_signalled = context
+            self.changes.changed()
         if not inbound:
             return None
         return self._spawn(self._run_in_order(inbound), f"persisting from {inbound[0].peer}")

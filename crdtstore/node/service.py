@@ -672,10 +672,12 @@ def add_services(server: grpc.aio.Server, node: NodeState) -> list[str]:
     async def watch(request: pb.WatchRequest, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         caller = _caller.get()
 
-        def may_read(key: str) -> bool:
-            return not access.enabled or access.may(caller, Need("read", key))
+        def still_allowed() -> None:
+            if access.enabled:  # a token expires, or is revoked, or loses its role while the stream runs
+                access.check_current(caller)
+                access.authorize(caller, read_need(request))
 
-        await watches.watch(request, context, may_read)
+        await watches.watch(request, context, still_allowed)
 
     def admin_rpc(method: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]], name: str) -> Any:
         return _parsing(method, getattr(pb, f"{name}Request"), getattr(pb, f"{name}Response"), access, _needs_admin)

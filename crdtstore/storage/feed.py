@@ -14,9 +14,13 @@ written in the same transaction as the change it describes:
                   the delta itself, so every region describes a change alike.
                   ``hlc`` is the change's newest register timestamp
                   ``[wall_ms, logical]``, or None when it wrote no register.
-                  A state transfer (repair) is recorded with origin ``""``,
-                  ``first`` 0 and, instead of ``last``, the events it brought
-                  (an encoded version vector), each changed key as ``KIND_STATE``.
+                  A state transfer (repair) is recorded with origin ``""`` and,
+                  instead of ``last``, the events it brought (an encoded version
+                  vector), each changed key as ``KIND_STATE``, in records of at
+                  most 1000 keys; ``first`` is 1 on every record of it but the
+                  last (more follow), 0 on the last. A stream delivers them all
+                  or none (its token takes the events with the last), and only
+                  the first may carry a mark.
 * ``feed_marks``  feed sequence number -> the version vector this node had just
                   before that record was applied; one every ``_MARK_EVERY``
                   records, so a resume finds where to start without reading
@@ -50,6 +54,7 @@ import msgpack
 
 from crdtstore.crdt import AWSet, Counter, KeyState, Register, StoreMap, VersionVector, decode_as, encode
 from crdtstore.storage.environment import StoreEnvironment
+from crdtstore.storage.errors import StorageError
 
 _META_FEED_FLOOR = b"feed_floor"
 # A mark every this many records: a resume reads at most this many records it could have skipped.
@@ -111,6 +116,11 @@ class FeedRecord(NamedTuple):
     changes: Sequence[tuple[str, int]]
     brought: VersionVector | None = None  # a state transfer's events
 
+    @property
+    def continued(self) -> bool:
+        """A state transfer's record that more of the same transfer follow (they share its events)."""
+        return self.brought is not None and self.first == 1
+
     def covered_by(self, token: VersionVector) -> bool:
         """Whether a consumer holding ``token`` has this change already."""
         if self.brought is not None:
@@ -135,7 +145,9 @@ def pass_record(
     """
     if record.covered_by(token):
         return [], token
-    return [(key, bits) for key, bits in record.changes if wanted(key)], token.join(record.events())
+    keys = [(key, bits) for key, bits in record.changes if wanted(key)]
+    # A transfer's events join the token with its last record: until then its other records are not covered.
+    return keys, token if record.continued else token.join(record.events())
 
 
 @dataclass(frozen=True)
@@ -173,16 +185,19 @@ class FeedIndex(StoreEnvironment):
         cursor = txn.cursor(db=self.feed)
         return int.from_bytes(cursor.key(), "big") + 1 if cursor.last() else 1
 
-    def _feed_append(self, txn: lmdb.Transaction, record: FeedRecord, before: VersionVector) -> None:
-        """Record one change; ``before``: this node's vector just before it."""
+    def _feed_append(
+        self, txn: lmdb.Transaction, record: FeedRecord, before: VersionVector, *, markable: bool = True
+    ) -> None:
+        """Record one change; ``before``: this node's vector just before it (a mark's, unless not ``markable``)."""
         end: int | bytes = record.last if record.brought is None else encode(record.brought)
         value = msgpack.packb(
             [record.origin, record.first, end, record.applied_ms, record.hlc, record.changes], use_bin_type=True
         )
         seq = record.seq
         seq_key = seq.to_bytes(8, "big")
-        txn.put(seq_key, value, db=self.feed, append=True)
-        if seq - self._feed_mark_seq >= _MARK_EVERY or self._feed_mark_seq == 0:
+        if not txn.put(seq_key, value, db=self.feed, append=True):
+            raise StorageError(f"change feed record {seq} is not after the last one")
+        if markable and (seq - self._feed_mark_seq >= _MARK_EVERY or self._feed_mark_seq == 0):
             txn.put(seq_key, encode(before), db=self.feed_marks)
             # Set before the commit: an aborted transaction leaves a hint that only spaces marks wider.
             self._feed_mark_seq = seq

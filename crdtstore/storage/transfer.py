@@ -186,8 +186,10 @@ class StateTransfer(FeedIndex):
             feed_seq, now_ms = self._feed_next_seq(txn), self._wall_ms()
             for i in range(0, len(changed_keys), _FEED_KEYS_PER_RECORD):
                 chunk = [(k, KIND_STATE) for k in changed_keys[i : i + _FEED_KEYS_PER_RECORD]]
-                record = FeedRecord(feed_seq, "", 0, 0, now_ms, None, chunk, VersionVector(gained))
-                self._feed_append(txn, record, local.vv)
+                more = int(i + _FEED_KEYS_PER_RECORD < len(changed_keys))
+                record = FeedRecord(feed_seq, "", more, 0, now_ms, None, chunk, VersionVector(gained))
+                # Only the first may be a mark: before it, this node had local.vv; within the transfer, no vector holds.
+                self._feed_append(txn, record, local.vv, markable=i == 0)
                 feed_seq += 1
             self._put_context(txn, context)
             txn.put(_META_HORIZON, encode(horizon), db=self.meta)

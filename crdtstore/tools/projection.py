@@ -73,6 +73,8 @@ class SqliteProjection:
         if isinstance(item, ResetBegin):
             # The snapshot replaces everything under the prefix; until its end is committed, nothing of it shows.
             self.db.execute("DELETE FROM rows WHERE substr(key, 1, ?) = ?", (len(self.prefix), self.prefix))
+            if self.record_dots:
+                self.db.execute("DELETE FROM dots")  # after a reset an event may come again
             return None
         if isinstance(item, Change):
             if item.entry.exists:
