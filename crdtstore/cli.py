@@ -76,9 +76,10 @@ per changed key, or with ``--json`` one object per line: a change is
 ``add``, ``remove``, ``delete``, ``state`` for a repair, ``snapshot``),
 ``"origin"``, ``"region"``, ``"counter"`` (with origin, the change's dot),
 ``"wall_ms"``, ``"logical"``, ``"applied_ms"``, ``"principal"``,
-``"token"`` (base64: resume with ``--after``), ``"group_end"`` (keep a token
-only where it is true: a request's changes share one) and ``"reset"`` (part
-of a snapshot). A snapshot is framed by ``{"reset_begin": true}`` and
+``"token"`` (base64: resume with ``--after``; null but on the last change of
+a request's group, ``"group_end": true``, since a token kept in the middle of
+a group would skip the rest of it) and ``"reset"`` (part of a snapshot). A
+snapshot is framed by ``{"reset_begin": true}`` and
 ``{"reset_end": true, "token": ...}``; an idle stream prints
 ``{"progress": true, "token": ...}``. ``--failover`` names other regions to
 resume on, from the last token, when the node fails.
@@ -353,7 +354,8 @@ def watch_json(item: WatchItem) -> dict[str, object]:
         "logical": item.logical,
         "applied_ms": item.applied_ms,
         "principal": item.principal,
-        "token": _b64(item.token),
+        # Only where a consumer may keep it: the end of a change's group (a snapshot's ends with reset_end).
+        "token": _b64(item.token) if item.group_end else None,
         "group_end": item.group_end,
         "reset": item.reset,
     }
@@ -371,6 +373,8 @@ def _watch(client: Client, args: argparse.Namespace) -> None:
             shown = _human_line(item.entry.value) if item.entry.value is not None else "(gone)"
             where = f"  [{item.region}]" if item.region else ""
             print(f"{'+'.join(item.changes)}\t{_escape(item.key)}\t{shown}{where}", flush=True)
+        elif isinstance(item, ResetBegin):
+            print("-- snapshot: the keys as they are now", flush=True)
         elif isinstance(item, ResetEnd):
             print("-- snapshot complete; changes follow", flush=True)
         else:
