@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from typing import Any, NoReturn
 
@@ -32,6 +32,7 @@ from crdtstore.auth.policy import (
     validate_role_name,
 )
 from crdtstore.auth.tokens import Principal
+from crdtstore.backup.rpc import BackupService
 from crdtstore.crdt import CodecError, KeyState, TypeMismatch, ValueType, VersionVector, decode_as, encode
 from crdtstore.crdt.keyed import Value
 from crdtstore.crdt.origin import region_of
@@ -448,6 +449,7 @@ def _decode_page_token(token: str) -> bytes:
 class AdminService:
     def __init__(self, node: NodeState) -> None:
         self.node = node
+        self.backups = BackupService(node.store, node.replicator.wait_seen)
 
     async def Status(self, request: pb.StatusRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.StatusResponse:
         store = self.node.store
@@ -579,6 +581,22 @@ class AdminService:
         ops = revocation_operations(jti, caller.subject, store.origin, store.wall_ms())
         return pb.RevokeTokenResponse(token=await self._write_rules(ops, context))
 
+    # -- backup and verification: crdtstore.backup.rpc ----------------------------------------
+
+    async def Backup(
+        self, request: pb.BackupRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.BackupChunk]:
+        async for chunk in self.backups.backup(request, context):
+            yield chunk
+
+    async def Digest(self, request: pb.DigestRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.DigestResponse:
+        return await self.backups.digest(request, context)
+
+    async def BucketKeys(
+        self, request: pb.BucketKeysRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.BucketKeysResponse:
+        return await self.backups.bucket_keys(request, context)
+
 
 def _role_pb(record: RoleRecord) -> pb.Role:
     return pb.Role(
@@ -671,6 +689,40 @@ def _parsing(
     return grpc.unary_unary_rpc_method_handler(handle, response_serializer=response_type.SerializeToString)
 
 
+def _parsing_stream(
+    method: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]],
+    request_type: type[Message],
+    response_type: type[Message],
+    access: AccessControl,
+    needs: Needs,
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """``_parsing`` for an RPC that answers with a stream (Backup): the same checks before the first message."""
+
+    async def handle(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        try:
+            principal = access.authenticate(context.invocation_metadata()) if access.enabled else ANONYMOUS
+        except Refusal as refusal:
+            await _abort(context, refusal.code, refusal.message)
+        try:
+            request = request_type.FromString(raw)
+        except DecodeError as exc:
+            await _abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the request is not a valid {request_type.DESCRIPTOR.full_name} message: {exc}",
+            )
+        if access.enabled:
+            try:
+                access.authorize(principal, needs(request))
+            except Refusal as refusal:
+                await _abort(context, refusal.code, refusal.message)
+        _caller.set(principal)
+        async for response in method(request, context):
+            yield response
+
+    return grpc.unary_stream_rpc_method_handler(handle, response_serializer=response_type.SerializeToString)
+
+
 def add_services(server: grpc.aio.Server, node: NodeState) -> list[str]:
     """Register KV, Admin and Replication on ``server``; returns their full service names."""
     kv, admin = KVService(node), AdminService(node)
@@ -689,8 +741,18 @@ def add_services(server: grpc.aio.Server, node: NodeState) -> list[str]:
         },
         "crdtstore.v1.Admin": {
             name: admin_rpc(getattr(admin, name), name)
-            for name in ("Status", "PutRole", "GetRole", "ListRoles", "DeleteRole", "RevokeToken")
-        },
+            for name in (
+                "Status",
+                "PutRole",
+                "GetRole",
+                "ListRoles",
+                "DeleteRole",
+                "RevokeToken",
+                "Digest",
+                "BucketKeys",
+            )
+        }
+        | {"Backup": _parsing_stream(admin.Backup, pb.BackupRequest, pb.BackupChunk, access, _needs_admin)},
         "crdtstore.v1.Replication": {
             # Messages arrive as bytes: the replicator parses them, so a
             # malformed one closes the stream with INVALID_ARGUMENT. It checks
