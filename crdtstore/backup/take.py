@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,8 +31,9 @@ from crdtstore.backup.manifest import (
 from crdtstore.client import Client
 from crdtstore.crdt import CausalContext, Timestamp, VersionVector, decode_as
 from crdtstore.storage.backup import BackupFacts
+from crdtstore.v1 import kv_pb2
 
-__all__ = ["BackupError", "BackupResult", "take_backup"]
+__all__ = ["BackupError", "BackupResult", "take_backup", "write_backup"]
 
 
 class BackupError(Exception):
@@ -80,6 +82,11 @@ def write_durably(path: Path, data: bytes) -> None:
 
 def take_backup(client: Client, out: Path, *, chunk_bytes: int = 0, timeout_s: float = 3600.0) -> BackupResult:
     """Back up the node ``client`` speaks to into the new directory ``out`` (see the module docstring)."""
+    return write_backup(client.backup_chunks(chunk_bytes=chunk_bytes, timeout_s=timeout_s), out, source=client.addr)
+
+
+def write_backup(messages: Iterable[kv_pb2.BackupChunk], out: Path, *, source: str) -> BackupResult:
+    """Write the messages of a backup stream into the new directory ``out``, then check the backup."""
     prepare_empty_directory(out, "the backup directory")
     started = time.monotonic()
     partial = out / (DATA_FILE + ".partial")
@@ -87,7 +94,7 @@ def take_backup(client: Client, out: Path, *, chunk_bytes: int = 0, timeout_s: f
     size = 0
     summary = None
     with partial.open("wb") as f:
-        for message in client.backup_chunks(chunk_bytes=chunk_bytes, timeout_s=timeout_s):
+        for message in messages:
             if message.HasField("summary"):
                 summary = message.summary
                 break
@@ -123,7 +130,7 @@ def take_backup(client: Client, out: Path, *, chunk_bytes: int = 0, timeout_s: f
         {DATA_FILE: (size, digest.hexdigest())},
         version=summary.version,
         created_at=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        source=client.addr,
+        source=source,
     )
     write_durably(out / MANIFEST_FILE, manifest_bytes(manifest))
     report = verify_backup(out)
