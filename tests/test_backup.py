@@ -45,8 +45,8 @@ def _write(store: LmdbStore, *ops: object) -> None:
 def _fill(store: LmdbStore, n: int = 300) -> None:
     for i in range(n):
         _write(store, SetRegister(f"r{i}", f"value {i}".encode()), Increment(f"c{i % 7}", i))
-    _write(store, AddMembers("big", [f"m{i}" for i in range(50)]))  # more members than set_part_members
-    _write(store, RemoveMembers("big", ["m3", "m4"]), DeleteKey("r5"))
+    _write(store, AddMembers("big", tuple(f"m{i}" for i in range(50))))  # more members than set_part_members
+    _write(store, RemoveMembers("big", ("m3", "m4")), DeleteKey("r5"))
 
 
 def _stream(store: LmdbStore, chunk_bytes: int = 4096) -> Iterator[kv_pb2.BackupChunk]:
@@ -88,7 +88,7 @@ def test_the_copy_and_its_facts_come_from_one_read_while_writes_go_on(store: Lmd
 
     def writer() -> None:
         while not stop.is_set():
-            _write(store, SetRegister(f"during{written[0]}", b"x"), AddMembers("big", [f"d{written[0]}"]))
+            _write(store, SetRegister(f"during{written[0]}", b"x"), AddMembers("big", (f"d{written[0]}",)))
             written[0] += 1
 
     thread = threading.Thread(target=writer)
@@ -132,8 +132,8 @@ def test_a_flipped_byte_fails_verify_and_restore_refuses_it(
 
 def test_a_manifest_whose_digests_disagree_with_the_data_fails(store: LmdbStore, tmp_path: Path) -> None:
     """A manifest rewritten consistently (its own checksum recomputed) still has to match the data."""
-    from crdtstore.backup.manifest import build_manifest, manifest_bytes  # noqa: PLC0415
-    from crdtstore.storage.backup import BackupFacts  # noqa: PLC0415
+    from crdtstore.backup.manifest import build_manifest, manifest_bytes
+    from crdtstore.storage.backup import BackupFacts
 
     write_backup(_stream(store), tmp_path / "bk", source="test")
     manifest = load_manifest(tmp_path / "bk")
@@ -141,7 +141,9 @@ def test_a_manifest_whose_digests_disagree_with_the_data_fails(store: LmdbStore,
     wrong = list(facts.bucket_digests)
     wrong[17] ^= 1
     forged = build_manifest(
-        BackupFacts(facts.region, facts.origin, facts.storage_format, facts.context, facts.hlc, facts.keys, tuple(wrong)),
+        BackupFacts(
+            facts.region, facts.origin, facts.storage_format, facts.context, facts.hlc, facts.keys, tuple(wrong)
+        ),
         {DATA_FILE: (manifest["files"][DATA_FILE]["bytes"], manifest["files"][DATA_FILE]["sha256"])},
         version="x",
         created_at=manifest["created_at"],
@@ -203,11 +205,14 @@ def test_closing_the_stream_early_ends_the_copy_and_its_transaction(store: LmdbS
 def test_backup_verify_and_restore_commands(store: LmdbStore, tmp_path: Path) -> None:
     write_backup(_stream(store), tmp_path / "bk", source="test")
     cli = [sys.executable, "-m", "crdtstore"]
-    ok = subprocess.run([*cli, "backup", "verify", str(tmp_path / "bk"), "--json"], capture_output=True, text=True)
+    ok = subprocess.run(
+        [*cli, "backup", "verify", str(tmp_path / "bk"), "--json"], check=False, capture_output=True, text=True
+    )
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["ok"] is True
     restored = subprocess.run(
         [*cli, "restore", str(tmp_path / "bk"), "--data-dir", str(tmp_path / "new"), "--json"],
+        check=False,
         capture_output=True,
         text=True,
     )
@@ -217,11 +222,14 @@ def test_backup_verify_and_restore_commands(store: LmdbStore, tmp_path: Path) ->
     raw = bytearray(data.read_bytes())
     raw[len(raw) // 3] ^= 0x40
     data.write_bytes(bytes(raw))
-    bad = subprocess.run([*cli, "backup", "verify", str(tmp_path / "bk")], capture_output=True, text=True)
+    bad = subprocess.run([*cli, "backup", "verify", str(tmp_path / "bk")], check=False, capture_output=True, text=True)
     assert bad.returncode == 1
     assert "SHA-256" in bad.stderr
     refused = subprocess.run(
-        [*cli, "restore", str(tmp_path / "bk"), "--data-dir", str(tmp_path / "new2")], capture_output=True, text=True
+        [*cli, "restore", str(tmp_path / "bk"), "--data-dir", str(tmp_path / "new2")],
+        check=False,
+        capture_output=True,
+        text=True,
     )
     assert refused.returncode == 1
     assert "refusing to restore" in refused.stderr

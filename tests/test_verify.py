@@ -34,7 +34,11 @@ def regions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegionProcesse
 def _verify_cli(rp: RegionProcesses, *extra: str) -> subprocess.CompletedProcess[str]:
     addrs = [arg for name in ("a", "b") for arg in ("--addr", rp.servers[name].addr)]
     return subprocess.run(
-        [sys.executable, "-m", "crdtstore", "verify", *addrs, *extra], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "crdtstore", "verify", *addrs, *extra],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -43,7 +47,7 @@ def test_regions_that_converged_agree(regions: RegionProcesses) -> None:
     assert run.returncode == AGREE, run.stdout + run.stderr
     out = json.loads(run.stdout)
     assert out["result"] == "agree" and out["common_point"] is True
-    assert out["vector"] == {k: v for k, v in out["regions"][regions.servers["a"].addr]["vector"].items()}
+    assert out["vector"] == out["regions"][regions.servers["a"].addr]["vector"]
     human = _verify_cli(regions)
     assert human.returncode == AGREE and human.stdout.startswith("agree at {")
 
@@ -99,6 +103,7 @@ def test_regions_that_cannot_reach_a_common_point_exit_2(regions: RegionProcesse
 def test_verify_needs_two_regions(regions: RegionProcesses) -> None:
     run = subprocess.run(
         [sys.executable, "-m", "crdtstore", "verify", "--addr", regions.servers["a"].addr],
+        check=False,
         capture_output=True,
         text=True,
     )
