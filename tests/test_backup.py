@@ -233,3 +233,43 @@ def test_backup_verify_and_restore_commands(store: LmdbStore, tmp_path: Path) ->
     )
     assert refused.returncode == 1
     assert "refusing to restore" in refused.stderr
+
+
+def test_rejoin_mode_waits_for_every_peer_and_ends_once_for_good() -> None:
+    from crdtstore.crdt import VersionVector
+    from crdtstore.node.rejoin import RejoinGate
+
+    cleared: list[bool] = []
+    gate = RejoinGate(["b", "c"], pending=True, cleared=lambda: cleared.append(True))
+    have = VersionVector({"a#1": 5, "b#1": 2})
+    assert gate.waiting(have) == "waiting to hear from b, c"
+    gate.heard("b", VersionVector({"a#1": 9, "b#1": 2}))
+    assert gate.waiting(have) == "waiting to hear from c"
+    gate.heard("c", VersionVector({"c#1": 1}))
+    assert gate.waiting(have) == "catching up with b: 4 events behind it (from a#1 4)"
+    have = VersionVector({"a#1": 9, "b#1": 2})
+    assert gate.waiting(have) == "catching up with c: 1 event behind it (from c#1 1)"
+    assert not cleared
+    assert gate.waiting(VersionVector({"a#1": 9, "b#1": 3, "c#1": 1})) is None
+    assert cleared == [True]
+    assert gate.waiting(VersionVector()) is None, "once over, rejoin mode does not come back"
+    assert cleared == [True]
+    assert RejoinGate(["b"], pending=False, cleared=lambda: cleared.append(False)).waiting(VersionVector()) is None
+    assert RejoinGate([], pending=True, cleared=lambda: None).waiting(VersionVector()) is None, (
+        "no peers: nothing to wait for"
+    )
+
+
+def test_a_restored_directory_is_marked_for_rejoin_mode(store: LmdbStore, tmp_path: Path) -> None:
+    from crdtstore.storage.backup import clear_rejoin, rejoin_pending
+
+    assert not rejoin_pending(store)
+    write_backup(_stream(store), tmp_path / "bk", source="test")
+    restore_backup(tmp_path / "bk", tmp_path / "restored")
+    restored = _open(tmp_path / "restored")
+    try:
+        assert rejoin_pending(restored)
+        clear_rejoin(restored)
+        assert not rejoin_pending(restored)
+    finally:
+        restored.close()

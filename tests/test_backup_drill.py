@@ -25,11 +25,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 import pytest
 
 from crdtstore.backup.restore import restore_backup
 from crdtstore.backup.take import take_backup
-from crdtstore.client import Client, Entry
+from crdtstore.client import Client, ClientError, Entry
 from crdtstore.testing.regions import RegionProcesses
 from crdtstore.tools.verify import AGREE, compare_regions
 
@@ -160,10 +161,30 @@ def drill_cycle(rp: RegionProcesses, model: Model, rng: random.Random, work: Pat
     rp.start("a")
     assert rp.clients["a"].status()["origin"] == origin
     if partition:
-        # a takes writes at once, under its new incarnation, while the region with its newest writes is cut off.
-        _writes(rp.clients["a"], "a", model, rng, 10, fresh_only=True)
+        # The region holding a's newest writes is cut off: a stays in rejoin mode and refuses writes.
+        with Client(rp.servers["a"].addr, timeout_s=5, retries_max=0) as probe, pytest.raises(ClientError) as info:
+            probe.set("a/refused", "x")
+        assert info.value.code == grpc.StatusCode.UNAVAILABLE
+        assert "restored from a backup" in info.value.message and "waiting to hear from b" in info.value.message
         rp.heal()
+    _wait_writable(rp.clients["a"])
+    model.keys["a/writable"] = b"yes"
+    # Out of rejoin mode, a has everything its peers had: it writes on its own keys, under its new incarnation.
+    _writes(rp.clients["a"], "a", model, rng, 10, fresh_only=False)
     _check(rp, model)
+
+
+def _wait_writable(client: Client, timeout_s: float = 60.0) -> None:
+    """Until the restored region's peers have filled it in and it takes writes (its probe key is its own)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            client.set("a/writable", "yes")
+            return
+        except ClientError as err:
+            if err.code != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                raise
+        time.sleep(0.1)
 
 
 def _has(client: Client, token: bytes) -> bool:

@@ -208,9 +208,7 @@ class FakeKV:
     def Digest(self, request: kv_pb2.DigestRequest, context: grpc.ServicerContext) -> kv_pb2.DigestResponse:
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "not faked")
 
-    def BucketKeys(
-        self, request: kv_pb2.BucketKeysRequest, context: grpc.ServicerContext
-    ) -> kv_pb2.BucketKeysResponse:
+    def BucketKeys(self, request: kv_pb2.BucketKeysRequest, context: grpc.ServicerContext) -> kv_pb2.BucketKeysResponse:
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "not faked")
 
 

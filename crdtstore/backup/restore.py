@@ -9,7 +9,9 @@ records a fresh origin before it has minted anything, so the restored
 region never mints an event id that its lost incarnation already used and
 that a peer may hold. The backup's own origin becomes an ordinary origin:
 the restored node's vector claims exactly the events of it the backup held,
-so its peers send the rest (from their logs, or by repair).
+so its peers send the rest (from their logs, or by repair). The directory is
+marked so that the node starts in rejoin mode: it takes no writes until its
+peers have filled it in (``crdtstore.node.rejoin``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from crdtstore.backup.manifest import DATA_FILE, manifest_vector, verify_backup
 from crdtstore.backup.take import BackupError, fsync_directory, prepare_empty_directory
 from crdtstore.crdt import VersionVector
 from crdtstore.storage import LmdbStore, StorageConfig, StorageError, StorageOptions
+from crdtstore.storage.backup import mark_rejoin
 
 __all__ = ["RestoreResult", "restore_backup"]
 
@@ -67,6 +70,7 @@ def restore_backup(backup: Path, data_dir: Path, *, options: StorageOptions | No
         raise BackupError(f"the restored directory {data_dir} does not open: {exc}") from exc
     try:
         origin, vector = store.origin, store.context.vv
+        mark_rejoin(store)  # the node starts in rejoin mode on it (crdtstore.node.rejoin)
     finally:
         store.close()
     return RestoreResult(data_dir, region, manifest["origin"], origin, vector)

@@ -200,6 +200,18 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], code: grpc.StatusC
     raise AssertionError("abort returns by raising")  # pragma: no cover
 
 
+async def _refuse_while_rejoining(node: NodeState, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    """A region restored from a backup takes no writes until its peers have filled it in (``rejoin``)."""
+    waiting = node.replicator.rejoining()
+    if waiting is not None:
+        await _abort(
+            context,
+            grpc.StatusCode.UNAVAILABLE,
+            f"region {node.store.region} was restored from a backup and takes no writes until its peers have "
+            f"filled it in ({waiting}); retry, or write in another region. Nothing was applied",
+        )
+
+
 class KVService:
     def __init__(self, node: NodeState) -> None:
         self.node = node
@@ -334,6 +346,7 @@ class KVService:
                 f"this node's clock is more than {self.node.config.server.max_clock_offset_ms} ms away from most "
                 f"of its peers' clocks; it refuses writes until it is back in bounds (check NTP). Nothing was applied",
             )
+        await _refuse_while_rejoining(self.node, context)
         result = await self.node.writer.submit(WriteRequest(ops, request.idempotency_key))
         if isinstance(result, Applied):
             # The writer told the replicator of the commit (``on_commit``) before answering.
@@ -501,6 +514,7 @@ class AdminService:
                 "this node's clock is out of bounds against most of its peers; it refuses changes of roles and "
                 "revocations until it is back in bounds (check NTP). Nothing was applied",
             )
+        await _refuse_while_rejoining(self.node, context)
         result = await self.node.writer.submit(WriteRequest(ops))
         if not isinstance(result, Applied):
             error = result.error

@@ -56,8 +56,11 @@ __all__ = [
     "DotSummary",
     "bucket_keys",
     "check_buckets",
+    "clear_rejoin",
     "copy_chunks",
+    "mark_rejoin",
     "open_copy",
+    "rejoin_pending",
     "snapshot_facts",
     "store_facts",
 ]
@@ -263,6 +266,35 @@ def _bucket_key(records: SetRecords, record: KeyRecord, bucket: int, members_max
     state = others if omitted else records.assemble(record)
     summary = tuple(DotSummary(origin, n, top) for origin, (n, top) in sorted(counts.items()))
     return BucketKey(record.key, bucket, records.digest(record), state, omitted, summary)
+
+
+# Set in a directory ``crdtstore restore`` laid down; cleared by the node once its peers have filled it in
+# (``crdtstore.node.rejoin``).
+_META_REJOIN = b"rejoin_pending"
+
+
+def mark_rejoin(store: LmdbStore) -> None:
+    """Mark the store as restored: the node starts in rejoin mode on it."""
+    _put_meta(store, _META_REJOIN, b"1")
+
+
+def clear_rejoin(store: LmdbStore) -> None:
+    """The node's peers have filled it in: rejoin mode is over for this directory."""
+    _put_meta(store, _META_REJOIN, None)
+
+
+def rejoin_pending(store: LmdbStore) -> bool:
+    with store._gate.read(), store.env.begin(db=store.meta) as txn:
+        return txn.get(_META_REJOIN) is not None
+
+
+def _put_meta(store: LmdbStore, key: bytes, value: bytes | None) -> None:
+    # Under the remap gate as a reader is: the map must not be remapped while this transaction is open.
+    with store._gate.read(), store.env.begin(write=True, db=store.meta) as txn:
+        if value is None:
+            txn.delete(key)
+        else:
+            txn.put(key, value)
 
 
 def check_buckets(buckets: list[int]) -> frozenset[int]:
