@@ -55,7 +55,7 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -799,20 +799,21 @@ class Client(_ClientBase):
 
     # -- backup and verification (docs/backup.md; each needs the admin right) --
 
-    def backup_chunks(self, *, chunk_bytes: int = 0, timeout_s: float = 3600.0) -> Iterator[kv_pb2.BackupChunk]:
+    def backup_chunks(self, *, chunk_bytes: int = 0, timeout_s: float = 3600.0) -> Generator[kv_pb2.BackupChunk]:
         """The node's backup stream: chunks of its data file, then one message with the copy's summary.
 
         Not retried: a broken stream is started again from the beginning by the caller.
         """
         stream = self._stubs.method(_BACKUP)
+        call = stream(kv_pb2.BackupRequest(chunk_bytes=chunk_bytes), timeout=timeout_s, metadata=self._metadata)
         try:
-            for chunk in stream(
-                kv_pb2.BackupRequest(chunk_bytes=chunk_bytes), timeout=timeout_s, metadata=self._metadata
-            ):
+            for chunk in call:
                 yield _expect(_BACKUP, chunk)
         except grpc.RpcError as exc:
             code, message = _status_of(exc)
             raise _client_error(code, message, None) from exc
+        finally:
+            call.cancel()  # a caller that stops reading ends the node's copy at once (no-op once complete)
 
     def digest(self, *, after: bytes | None = None, timeout_s: float | None = None) -> kv_pb2.DigestResponse:
         """The node's bucket digests and the vector they were read at; ``after``: first wait for that token."""

@@ -31,6 +31,7 @@ import pytest
 from crdtstore.backup.restore import restore_backup
 from crdtstore.backup.take import take_backup
 from crdtstore.client import Client, ClientError, Entry
+from crdtstore.operations import SetRegister
 from crdtstore.testing.regions import RegionProcesses
 from crdtstore.tools.verify import AGREE, compare_regions
 
@@ -244,3 +245,28 @@ def test_disaster_recovery_from_backups_taken_at_different_times(cluster: Region
         assert _state(cluster.clients[name]) == newest
     clients = {cluster.servers[name].addr: cluster.clients[name] for name in REGIONS}
     assert compare_regions(clients, deadline_s=30).exit_code == AGREE
+
+
+def test_one_backup_at_a_time_and_a_receiver_that_leaves_ends_its_copy(
+    cluster: RegionProcesses, tmp_path: Path
+) -> None:
+    client = cluster.clients["b"]
+    for batch in range(4):
+        client.mutate([SetRegister(f"bulk/{batch}/{i}", b"x" * 1000) for i in range(500)])
+    first = client.backup_chunks(chunk_bytes=4096)
+    assert next(first).data, "the copy is streaming"
+    with pytest.raises(ClientError) as info:
+        list(client.backup_chunks())
+    assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "already running" in info.value.message
+    first.close()  # the receiver leaves mid-copy
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            result = take_backup(client, tmp_path / "after")
+            break
+        except ClientError as err:
+            assert err.code == grpc.StatusCode.RESOURCE_EXHAUSTED and time.monotonic() < deadline
+            shutil.rmtree(tmp_path / "after", ignore_errors=True)
+            time.sleep(0.05)
+    assert result.manifest["keys"] >= 2000

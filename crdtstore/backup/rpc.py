@@ -14,7 +14,7 @@ import base64
 import binascii
 import contextlib
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn
 
 import grpc
@@ -86,7 +86,7 @@ def _bucket_key_pb(item: BucketKey) -> pb.BucketKey:
 class BackupService:
     """Backup, Digest and BucketKeys over one store; ``wait_seen`` waits until the node has seen a vector."""
 
-    def __init__(self, store: LmdbStore, wait_seen: Any) -> None:
+    def __init__(self, store: LmdbStore, wait_seen: Callable[[VersionVector, float], Awaitable[bool]]) -> None:
         self.store = store
         self.wait_seen = wait_seen
         self._running = threading.BoundedSemaphore(BACKUPS_MAX)

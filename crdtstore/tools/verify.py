@@ -30,6 +30,7 @@ operator's check on demand.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -221,8 +222,6 @@ def compare_regions(
 
 def render(result: Comparison) -> str:
     """The human form of a comparison."""
-    import json  # noqa: PLC0415
-
     lines: list[str] = []
     where = "at different points" if not result.common_point else f"at {json.dumps(result.vector, sort_keys=True)}"
     if result.exit_code == AGREE:
