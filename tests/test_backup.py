@@ -273,3 +273,28 @@ def test_a_restored_directory_is_marked_for_rejoin_mode(store: LmdbStore, tmp_pa
         assert not rejoin_pending(restored)
     finally:
         restored.close()
+
+
+def test_a_copy_that_fails_says_so_instead_of_hanging(store: LmdbStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: a failure before the copy started left the pipe open, and the reader waited forever."""
+    import contextlib
+
+    import crdtstore.storage.backup as backup_module
+    from crdtstore.storage import StorageError
+
+    class BrokenGate:
+        def read(self) -> contextlib.AbstractContextManager[None]:
+            raise RuntimeError("no reading today")
+
+    real_gate = store._gate
+    monkeypatch.setattr(store, "_gate", BrokenGate())
+    with pytest.raises(StorageError, match="no reading today"):
+        list(copy_chunks(store, 4096))
+    monkeypatch.setattr(store, "_gate", real_gate)
+
+    def broken_facts(*args: object) -> None:
+        raise RuntimeError("digests failed")
+
+    monkeypatch.setattr(backup_module, "snapshot_facts", broken_facts)
+    with pytest.raises(StorageError, match="digests failed"):
+        list(copy_chunks(store, 4096))

@@ -21,7 +21,7 @@ import grpc
 
 import crdtstore
 from crdtstore.crdt import CodecError, VersionVector, decode_as, encode
-from crdtstore.storage import LmdbStore
+from crdtstore.storage import LmdbStore, StorageError
 from crdtstore.storage.backup import (
     DIGEST_BYTES,
     BackupFacts,
@@ -114,7 +114,10 @@ class BackupService:
             while True:
                 # Shielded: if the call is cancelled, the read under way finishes before the generator is closed.
                 pending = asyncio.ensure_future(asyncio.to_thread(next, chunks, None))
-                item = await asyncio.shield(pending)
+                try:
+                    item = await asyncio.shield(pending)
+                except StorageError as exc:
+                    await _abort(context, grpc.StatusCode.INTERNAL, f"{exc}; nothing usable was sent: run it again")
                 if item is None:
                     break
                 if isinstance(item, bytes):

@@ -93,19 +93,25 @@ def write_backup(messages: Iterable[kv_pb2.BackupChunk], out: Path, *, source: s
     digest = hashlib.sha256()
     size = 0
     summary = None
-    with partial.open("wb") as f:
-        for message in messages:
-            if message.HasField("summary"):
-                summary = message.summary
-                break
-            f.write(message.data)
-            digest.update(message.data)
-            size += len(message.data)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with partial.open("wb") as f:
+            for message in messages:
+                if message.HasField("summary"):
+                    summary = message.summary
+                    break
+                f.write(message.data)
+                digest.update(message.data)
+                size += len(message.data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        partial.unlink(missing_ok=True)  # the directory is left as it was found: empty
+        raise
     if summary is None:
+        partial.unlink(missing_ok=True)
         raise BackupError("the node ended the backup stream without its summary: the copy is incomplete; run it again")
     if summary.data_sha256 != digest.digest() or summary.data_bytes != size:
+        partial.unlink(missing_ok=True)
         raise BackupError(
             f"the {size} bytes received do not match what the node sent ({summary.data_bytes} bytes): "
             f"the copy was damaged on the way; run it again"

@@ -133,10 +133,55 @@ def open_copy(path: Path) -> Iterator[tuple[lmdb.Transaction, lmdb._Database, lm
         env.close()
 
 
-@dataclass(slots=True)
-class _CopyOutcome:
-    before: BackupFacts | None = None
-    error: BaseException | None = None
+class _PipedCopy:
+    """LMDB's compacting copy of one read transaction, written by a thread into a pipe, and the facts of that read.
+
+    ``read_end`` is the reader's; ``finish`` waits for the thread and says
+    what it read, or raises what went wrong.
+    """
+
+    def __init__(self, store: LmdbStore) -> None:
+        self.store = store
+        self.read_end, self._write_end = os.pipe()
+        set_pipe_size = getattr(fcntl, "F_SETPIPE_SZ", None)
+        if set_pipe_size is not None:
+            with contextlib.suppress(OSError):  # a smaller pipe only means more wake-ups
+                fcntl.fcntl(self._write_end, set_pipe_size, _PIPE_BYTES)
+        self._write_open = True
+        self._facts: BackupFacts | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._copy, name="crdtstore-backup", daemon=True)
+        self._thread.start()
+
+    def _end_of_copy(self) -> None:
+        # The reader sees the end of the copy; on every path, or it would wait for bytes forever.
+        if self._write_open:
+            self._write_open = False
+            os.close(self._write_end)
+
+    def _copy(self) -> None:
+        store = self.store
+        try:
+            with store._gate.read(), store.env.begin() as txn:
+                try:
+                    store.env.copyfd(self._write_end, compact=True, txn=txn)
+                finally:
+                    self._end_of_copy()
+                # The digests come from the same transaction, after the copy so its bytes start flowing at once.
+                self._facts = snapshot_facts(txn, store.data, store.members, store.meta)
+        except BaseException as exc:  # handed to the reader, who raises it
+            self._error = exc
+        finally:
+            self._end_of_copy()
+
+    def finish(self) -> BackupFacts:
+        """Close the reader's end (a copy still writing then fails at once, EPIPE) and wait for the thread."""
+        os.close(self.read_end)
+        self._thread.join()
+        if self._error is not None:
+            raise StorageError(f"the backup copy failed: {self._error}") from self._error
+        assert self._facts is not None
+        return self._facts
 
 
 def copy_chunks(store: LmdbStore, chunk_bytes: int) -> Generator[bytes | tuple[BackupFacts, bytes, int]]:
@@ -149,36 +194,13 @@ def copy_chunks(store: LmdbStore, chunk_bytes: int) -> Generator[bytes | tuple[B
     """
     if chunk_bytes < 1:
         raise ValueError(f"chunk_bytes must be positive, not {chunk_bytes}")
-    read_end, write_end = os.pipe()
-    set_pipe_size = getattr(fcntl, "F_SETPIPE_SZ", None)
-    if set_pipe_size is not None:
-        with contextlib.suppress(OSError):  # a smaller pipe only means more wake-ups
-            fcntl.fcntl(write_end, set_pipe_size, _PIPE_BYTES)
-    outcome = _CopyOutcome()
-    facts: list[BackupFacts] = []
-
-    def copy() -> None:
-        try:
-            with store._gate.read(), store.env.begin() as txn:
-                try:
-                    store.env.copyfd(write_end, compact=True, txn=txn)
-                finally:
-                    os.close(write_end)  # the reader sees the end of the copy
-                # The digests come from the same transaction, after the copy so its bytes start flowing at once.
-                facts.append(snapshot_facts(txn, store.data, store.members, store.meta))
-        except BaseException as exc:  # handed to the reader, who raises it
-            outcome.error = exc
-
-    worker = threading.Thread(target=copy, name="crdtstore-backup", daemon=True)
-    worker.start()
+    copy = _PipedCopy(store)
     digest = hashlib.sha256()
     total = 0
+    finished = False
     try:
         pending = bytearray()
-        while True:
-            piece = os.read(read_end, chunk_bytes - len(pending))
-            if not piece:
-                break
+        while piece := os.read(copy.read_end, chunk_bytes - len(pending)):
             pending += piece
             if len(pending) == chunk_bytes:
                 digest.update(pending)
@@ -189,13 +211,13 @@ def copy_chunks(store: LmdbStore, chunk_bytes: int) -> Generator[bytes | tuple[B
             digest.update(pending)
             total += len(pending)
             yield bytes(pending)
+        finished = True
+        facts = copy.finish()
     finally:
-        # Closing the read end makes a copy still writing fail at once (EPIPE), so the thread ends.
-        os.close(read_end)
-        worker.join()
-    if outcome.error is not None:
-        raise StorageError(f"the backup copy failed: {outcome.error}") from outcome.error
-    yield facts[0], digest.digest(), total
+        if not finished:
+            with contextlib.suppress(StorageError):  # the copy was abandoned: its own failure says nothing more
+                copy.finish()
+    yield facts, digest.digest(), total
 
 
 @dataclass(frozen=True, slots=True)

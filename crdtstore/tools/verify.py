@@ -214,6 +214,12 @@ def compare_regions(
             result.diverging, result.diverging_omitted = _diverging_keys(fetch, addrs, names, differing, keys_max)
         except ClientError as err:
             result.message = f"a region could not list its keys ({err.code.name}): {err.message}"
+        else:
+            if not result.diverging and not result.diverging_omitted:
+                result.message = (
+                    f"{len(differing)} bucket(s) differed, but their keys, read after the digests, no longer "
+                    f"do (changed meanwhile?): run verify again. {result.message}"
+                ).strip()
         result.exit_code = DRIFT if common else NO_COMMON_POINT
     result.bytes_received = fetch.bytes_received
     result.seconds = time.monotonic() - started
