@@ -74,6 +74,9 @@ than the node's ``get_members_max`` (exit status 1: read it with
 
 Exit status: 0 on success (a missing key included), 1 when the server or the
 connection reports an error, 2 for wrong usage. Errors are one line on stderr.
+``backup verify`` exits 1 on any difference; ``verify`` exits 0 when the
+regions agree, 1 on drift, 2 when they could not be brought to a common point
+(docs/backup.md says what each prints with ``--json``).
 
 ``serve`` and ``demo`` belong to the node: their options come from
 ``crdtstore.node.main.add_serve_arguments`` and ``crdtstore.tools.demo``, imported
