@@ -31,8 +31,10 @@ operator's check on demand.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,11 +99,22 @@ class _Fetch:
         self.clients = clients
         self.page_size = page_size
         self.bytes_received = 0
+        self._lock = threading.Lock()
 
     def digest(self, addr: str, after: VersionVector | None, timeout_s: float) -> kv_pb2.DigestResponse:
         resp = self.clients[addr].digest(after=encode(after) if after else None, timeout_s=timeout_s)
-        self.bytes_received += resp.ByteSize()
+        with self._lock:
+            self.bytes_received += resp.ByteSize()
         return resp
+
+    def digests(
+        self, addrs: list[str], after: VersionVector | None, deadline: float
+    ) -> dict[str, kv_pb2.DigestResponse]:
+        """Every region's digests, asked at once (each region reads its own store meanwhile)."""
+        timeout_s = max(0.1, deadline - time.monotonic())
+        with ThreadPoolExecutor(max_workers=len(addrs)) as pool:
+            futures = {addr: pool.submit(self.digest, addr, after, timeout_s) for addr in addrs}
+            return {addr: future.result() for addr, future in futures.items()}
 
     def keys(self, addr: str, buckets: list[int]) -> Iterator[kv_pb2.BucketKey]:
         token = ""
@@ -118,7 +131,7 @@ def _at_common_point(
     fetch: _Fetch, addrs: list[str], deadline: float
 ) -> tuple[dict[str, kv_pb2.DigestResponse], bool, str]:
     """Digests of every region, at one vector if it can be had before ``deadline``; (answers, common?, why not)."""
-    answers = {addr: fetch.digest(addr, None, max(0.1, deadline - time.monotonic())) for addr in addrs}
+    answers = fetch.digests(addrs, None, deadline)
     while True:
         vectors = {addr: _vector(a.token) for addr, a in answers.items()}
         if len(set(vectors.values())) == 1:
@@ -127,7 +140,7 @@ def _at_common_point(
             return answers, False, "writes went on: the regions answered at different vectors until the deadline"
         target = _join(list(vectors.values()))
         try:
-            answers = {addr: fetch.digest(addr, target, max(0.1, deadline - time.monotonic())) for addr in addrs}
+            answers = fetch.digests(addrs, target, deadline)
         except ClientError as err:
             if err.code != grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise
