@@ -17,6 +17,7 @@ peers have filled it in (``crdtstore.node.rejoin``).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -64,10 +65,17 @@ def restore_backup(backup: Path, data_dir: Path, *, options: StorageOptions | No
     partial.replace(data_dir / DATA_FILE)
     fsync_directory(data_dir)
     region = manifest["region"]
+    # The store logs why it takes a new incarnation as if a node had been started with --rejoin; here the
+    # restore's own result says so.
+    storage_log = logging.getLogger("crdtstore.storage")
+    level = storage_log.level
+    storage_log.setLevel(logging.ERROR)
     try:
         store = LmdbStore(StorageConfig(data_dir, region, options or StorageOptions(), new_incarnation=True))
     except StorageError as exc:
         raise BackupError(f"the restored directory {data_dir} does not open: {exc}") from exc
+    finally:
+        storage_log.setLevel(level)
     try:
         origin, vector = store.origin, store.context.vv
         mark_rejoin(store)  # the node starts in rejoin mode on it (crdtstore.node.rejoin)
