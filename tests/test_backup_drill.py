@@ -45,17 +45,18 @@ ModelValue = bytes | int | frozenset[str]
 class Model:
     """What each key must hold: every acknowledged write applied in order (each key has one writer)."""
 
+    ns: str  # every key of this model starts with it: tests that share a cluster never see each other's keys
     keys: dict[str, ModelValue] = field(default_factory=dict)
     serial: int = 0
 
     def fresh(self, region: str, kind: str) -> str:
         self.serial += 1
-        return f"{region}/{kind}/{self.serial}"
+        return f"{self.ns}{region}/{kind}/{self.serial}"
 
 
 def _writes(client: Client, region: str, model: Model, rng: random.Random, n: int, *, fresh_only: bool) -> None:
     """``n`` acknowledged writes by ``region`` to its own keys; ``fresh_only`` touches no key written before."""
-    mine = [k for k in model.keys if k.startswith(f"{region}/")]
+    mine = [k for k in model.keys if k.startswith(f"{model.ns}{region}/")]
     for _ in range(n):
         roll = rng.random()
         if fresh_only or not mine or roll < 0.3:
@@ -96,9 +97,9 @@ def _writes(client: Client, region: str, model: Model, rng: random.Random, n: in
             model.keys[key] = value | {member}
 
 
-def _state(client: Client) -> dict[str, ModelValue]:
+def _state(client: Client, ns: str) -> dict[str, ModelValue]:
     out: dict[str, ModelValue] = {}
-    for entry in client.scan(page_size=500):
+    for entry in client.scan(ns, page_size=500):
         assert isinstance(entry, Entry)
         assert not entry.siblings and not entry.conflicts, f"{entry.key}: one writer per key, yet {entry}"
         if entry.value is not None and not (isinstance(entry.value, frozenset) and not entry.value):
@@ -111,7 +112,7 @@ def _check(rp: RegionProcesses, model: Model) -> None:
     rp.wait_converged(timeout_s=90)
     expected = {k: v for k, v in model.keys.items() if not (isinstance(v, frozenset) and not v)}
     for name in REGIONS:
-        state = _state(rp.clients[name])
+        state = _state(rp.clients[name], model.ns)
         lost = sorted(k for k in expected if k not in state)
         resurrected = sorted(k for k in state if k not in expected)
         wrong = sorted(k for k in expected if k in state and state[k] != expected[k])
@@ -164,23 +165,23 @@ def drill_cycle(rp: RegionProcesses, model: Model, rng: random.Random, work: Pat
     if partition:
         # The region holding a's newest writes is cut off: a stays in rejoin mode and refuses writes.
         with Client(rp.servers["a"].addr, timeout_s=5, retries_max=0) as probe, pytest.raises(ClientError) as info:
-            probe.set("a/refused", "x")
+            probe.set(f"{model.ns}a/refused", "x")
         assert info.value.code == grpc.StatusCode.UNAVAILABLE
         assert "restored from a backup" in info.value.message and "waiting to hear from b" in info.value.message
         rp.heal()
-    _wait_writable(rp.clients["a"])
-    model.keys["a/writable"] = b"yes"
+    _wait_writable(rp.clients["a"], f"{model.ns}a/writable")
+    model.keys[f"{model.ns}a/writable"] = b"yes"
     # Out of rejoin mode, a has everything its peers had: it writes on its own keys, under its new incarnation.
     _writes(rp.clients["a"], "a", model, rng, 10, fresh_only=False)
     _check(rp, model)
 
 
-def _wait_writable(client: Client, timeout_s: float = 60.0) -> None:
+def _wait_writable(client: Client, key: str, timeout_s: float = 60.0) -> None:
     """Until the restored region's peers have filled it in and it takes writes (its probe key is its own)."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            client.set("a/writable", "yes")
+            client.set(key, "yes")
             return
         except ClientError as err:
             if err.code != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
@@ -196,15 +197,16 @@ def _has(client: Client, token: bytes) -> bool:
     return True
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[RegionProcesses]:
-    with RegionProcesses(tmp_path / "regions", REGIONS) as rp:
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegionProcesses]:
+    """One cluster for the module: each test leaves every region running and in step, under keys of its own."""
+    with RegionProcesses(tmp_path_factory.mktemp("drill") / "regions", REGIONS) as rp:
         rp.wait_connected()
         yield rp
 
 
 def test_restore_drill(cluster: RegionProcesses, tmp_path: Path) -> None:
-    model, rng = Model(), random.Random(20261205)
+    model, rng = Model("drill/"), random.Random(20261205)
     drill_cycle(cluster, model, rng, tmp_path, partition=False)
     drill_cycle(cluster, model, rng, tmp_path, partition=True)
 
@@ -213,7 +215,7 @@ def test_restore_drill(cluster: RegionProcesses, tmp_path: Path) -> None:
 def test_restore_drill_long(cluster: RegionProcesses, tmp_path: Path) -> None:
     cycles = int(os.environ.get("CRDTSTORE_RESTORE_CYCLES", "10"))
     seed = int(os.environ.get("CRDTSTORE_RESTORE_SEED", str(random.randrange(1 << 30))))
-    model, rng = Model(), random.Random(seed)
+    model, rng = Model("long/"), random.Random(seed)
     for cycle in range(cycles):
         try:
             drill_cycle(cluster, model, rng, tmp_path, partition=cycle % 3 == 2)
@@ -223,7 +225,7 @@ def test_restore_drill_long(cluster: RegionProcesses, tmp_path: Path) -> None:
 
 def test_disaster_recovery_from_backups_taken_at_different_times(cluster: RegionProcesses, tmp_path: Path) -> None:
     """Every region lost; each restored from its own backup, taken at a different time: they converge to the join."""
-    model, rng = Model(), random.Random(7)
+    model, rng = Model("dr/"), random.Random(7)
     backups: dict[str, Path] = {}
     newest: dict[str, ModelValue] = {}
     for name in REGIONS:
@@ -232,7 +234,7 @@ def test_disaster_recovery_from_backups_taken_at_different_times(cluster: Region
         cluster.wait_converged(timeout_s=60)
         backups[name] = tmp_path / f"dr-{name}"
         take_backup(cluster.clients[name], backups[name])
-        newest = _state(cluster.clients[name])
+        newest = _state(cluster.clients[name], model.ns)
     # Writes after the newest backup that no backup holds: what a disaster loses (docs/backup.md).
     _writes(cluster.clients["a"], "a", model, rng, 5, fresh_only=True)
     origins = {name: _wipe_and_restore(cluster, name, backups[name]) for name in REGIONS}
@@ -242,7 +244,7 @@ def test_disaster_recovery_from_backups_taken_at_different_times(cluster: Region
     cluster.wait_converged(timeout_s=90)
     # The newest backup (c's) had seen everything the older ones held, so the join is its state.
     for name in REGIONS:
-        assert _state(cluster.clients[name]) == newest
+        assert _state(cluster.clients[name], model.ns) == newest
     clients = {cluster.servers[name].addr: cluster.clients[name] for name in REGIONS}
     assert compare_regions(clients, deadline_s=30).exit_code == AGREE
 
