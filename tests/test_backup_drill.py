@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import lmdb
 import pytest
 
 from crdtstore.backup.restore import restore_backup
@@ -272,3 +273,34 @@ def test_one_backup_at_a_time_and_a_receiver_that_leaves_ends_its_copy(
             shutil.rmtree(tmp_path / "after", ignore_errors=True)
             time.sleep(0.05)
     assert result.manifest["keys"] >= 2000
+
+
+def test_rejoin_mode_ends_by_itself_once_caught_up(cluster: RegionProcesses, tmp_path: Path) -> None:
+    """Without a write to ask, a restored region leaves rejoin mode once its peers filled it in, and for good."""
+    take_backup(cluster.clients["c"], tmp_path / "c")
+    cluster.clients["a"].set("rejoin/after-backup", "x")
+    _wipe_and_restore(cluster, "c", tmp_path / "c")
+    data_dir = cluster.servers["c"].data_dir
+    assert _rejoin_pending(data_dir)
+    cluster.start("c")
+    deadline = time.monotonic() + 60
+    while _rejoin_pending(data_dir):
+        assert time.monotonic() < deadline, "the restored region never left rejoin mode"
+        time.sleep(0.1)
+    assert cluster.clients["c"].get("rejoin/after-backup").value == b"x"
+    cluster.stop("c")
+    cluster.start("c")
+    with Client(cluster.servers["c"].addr, timeout_s=5, retries_max=0) as c:
+        c.set("rejoin/taken-at-once", "y")  # no rejoin mode after a restart
+    cluster.wait_converged(timeout_s=60)
+
+
+def _rejoin_pending(data_dir: Path) -> bool:
+    """Read the mark beside the running node, as another LMDB reader (it never writes)."""
+    env = lmdb.open(str(data_dir), readonly=True, max_dbs=16, subdir=True)
+    try:
+        with env.begin() as txn:
+            meta = env.open_db(b"meta", txn=txn, create=False)
+            return txn.get(b"rejoin_pending", db=meta) is not None
+    finally:
+        env.close()

@@ -358,6 +358,7 @@ class Replicator:
             try:
                 # The driver's timers run on monotonic time: a wall clock stepped back must not stall them.
                 self._handle(self.driver.tick(_monotonic_ms()))
+                self.rejoining()  # a restored region leaves rejoin mode once caught up, written to or not
             except Exception:  # one bad round must not stop replication
                 log.exception("replication round failed")
                 self._wake_at_ms = _monotonic_ms() + self.settings.anti_entropy_ms
