@@ -902,8 +902,8 @@ def _restore(args: argparse.Namespace) -> int:
         print(
             f"restored region {result.region} into {result.data_dir}: it holds {json.dumps(vector, sort_keys=True)} "
             f"and mints under the new origin {result.origin}. Start it with its peers "
-            f"(crdtstore serve --region {result.region} --data-dir {result.data_dir} --peer ...): it catches up "
-            f"from them"
+            f"(crdtstore serve --region {result.region} --data-dir {result.data_dir} --peer ...): it starts in "
+            f"rejoin mode and takes writes once they have filled it in"
         )
     return 0
 
