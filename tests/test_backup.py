@@ -8,6 +8,7 @@ transport, which ``test_backup_drill.py`` runs on real processes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -199,6 +200,34 @@ def test_closing_the_stream_early_ends_the_copy_and_its_transaction(store: LmdbS
     chunks.close()
     # The copy's read transaction is gone: growing the map (which waits for this process's readers) goes through.
     assert store._grow()
+    assert not list(Path(store.config.path).glob("backup-spool-*")), "the spool is removed"
+
+
+def test_regression_a_backup_whose_receiver_pauses_never_holds_back_a_write_that_aborts(store: LmdbStore) -> None:
+    """Found in review: with the copy piped to the receiver, aborting a write transaction waited for the copy.
+
+    py-lmdb's abort waits while copyfd runs on another thread, holding the write lock: a refused repair or
+    a full map (each aborts a transaction) stalled every write until a slow receiver read the whole copy.
+    Now the copy is spooled to local disk first, and streamed from there.
+    """
+    chunks = copy_chunks(store, 1024)
+    assert isinstance(next(chunks), bytes)  # the receiver takes one chunk, then pauses
+    done = threading.Event()
+
+    def aborted_then_written() -> None:
+        with contextlib.suppress(RuntimeError), store.env.begin(write=True) as txn:
+            txn.put(b"x", b"y", db=store.meta)
+            raise RuntimeError("aborted, as a refused repair is")
+        _write(store, SetRegister("after-the-abort", b"v"))
+        done.set()
+
+    thread = threading.Thread(target=aborted_then_written, daemon=True)
+    thread.start()
+    thread.join(timeout=30)  # a bound on a hang, not a measure of speed
+    try:
+        assert done.is_set(), "a write waited for the paused backup"
+    finally:
+        chunks.close()
 
 
 @pytest.mark.processes
@@ -277,7 +306,6 @@ def test_a_restored_directory_is_marked_for_rejoin_mode(store: LmdbStore, tmp_pa
 
 def test_a_copy_that_fails_says_so_instead_of_hanging(store: LmdbStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """Regression: a failure before the copy started left the pipe open, and the reader waited forever."""
-    import contextlib
 
     import crdtstore.storage.backup as backup_module
     from crdtstore.storage import StorageError

@@ -7,17 +7,16 @@ idempotency records and the node's own records (roles, revocations) come
 along with the data. A backup is a region's state, not a dump of values: a
 restore is a data directory like any other.
 
-``copy_chunks`` runs the copy on a thread that writes into a pipe, and hands
-out fixed-size chunks read from the other end, so the node's memory stays
-bounded whatever the store's size and however slowly the receiver reads.
-In the same transaction, before the copy, it reads the vector, the clock's
-high-water mark and the key count, and after the copy the digest of every
-repair bucket (``keys``), so the manifest describes exactly the copied bytes.
-Writes go on meanwhile (LMDB readers never block the writer), but while the
-transaction is open the map cannot grow (``environment``: growth waits for
-this process's readers), so a map that fills during a backup holds writes
-until the copy is read to its end. The copy is streamed, so a slow receiver
-keeps the transaction open longer: back up over a link that can take it.
+``copy_chunks`` makes the copy into a spool directory inside the data
+directory, reading in the same transaction the vector, the clock's
+high-water mark, the key count and the digest of every repair bucket
+(``keys``), so the manifest describes exactly the copied bytes; then it hands
+out fixed-size chunks of the spooled file, so the node's memory stays bounded
+whatever the store's size and however slowly the receiver reads. Writes go
+on meanwhile (LMDB readers never block the writer); while the transaction is
+open (a local disk copy, not the receiver's pace) the map cannot grow
+(``environment``: growth waits for this process's readers). The spool takes
+as much disk as the compacted store until the backup ends.
 
 ``snapshot_facts`` reads the same facts from any transaction, so a backup's
 own data file, opened read-only (``open_copy``), is checked against its
@@ -29,10 +28,9 @@ keys of some buckets with their digests and dot summaries, for
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
-import os
-import threading
+import shutil
+import tempfile
 from collections import defaultdict
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
@@ -67,9 +65,6 @@ __all__ = [
 
 # A bucket's digest is an XOR of 128-bit hashes (``keys``): 16 bytes on the wire and in manifests.
 DIGEST_BYTES = 16
-# The pipe between the copying thread and the reader: as large as Linux allows an unprivileged process by
-# default, so the copy is not woken for every 64 KiB.
-_PIPE_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,91 +128,49 @@ def open_copy(path: Path) -> Iterator[tuple[lmdb.Transaction, lmdb._Database, lm
         env.close()
 
 
-class _PipedCopy:
-    """LMDB's compacting copy of one read transaction, written by a thread into a pipe, and the facts of that read.
-
-    ``read_end`` is the reader's; ``finish`` waits for the thread and says
-    what it read, or raises what went wrong.
-    """
-
-    def __init__(self, store: LmdbStore) -> None:
-        self.store = store
-        self.read_end, self._write_end = os.pipe()
-        set_pipe_size = getattr(fcntl, "F_SETPIPE_SZ", None)
-        if set_pipe_size is not None:
-            with contextlib.suppress(OSError):  # a smaller pipe only means more wake-ups
-                fcntl.fcntl(self._write_end, set_pipe_size, _PIPE_BYTES)
-        self._write_open = True
-        self._facts: BackupFacts | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._copy, name="crdtstore-backup", daemon=True)
-        self._thread.start()
-
-    def _end_of_copy(self) -> None:
-        # The reader sees the end of the copy; on every path, or it would wait for bytes forever.
-        if self._write_open:
-            self._write_open = False
-            os.close(self._write_end)
-
-    def _copy(self) -> None:
-        store = self.store
-        try:
-            with store._gate.read(), store.env.begin() as txn:
-                try:
-                    store.env.copyfd(self._write_end, compact=True, txn=txn)
-                finally:
-                    self._end_of_copy()
-                # The digests come from the same transaction, after the copy so its bytes start flowing at once.
-                self._facts = snapshot_facts(txn, store.data, store.members, store.meta)
-        except BaseException as exc:  # handed to the reader, who raises it
-            self._error = exc
-        finally:
-            self._end_of_copy()
-
-    def finish(self) -> BackupFacts:
-        """Close the reader's end (a copy still writing then fails at once, EPIPE) and wait for the thread."""
-        os.close(self.read_end)
-        self._thread.join()
-        if self._error is not None:
-            raise StorageError(f"the backup copy failed: {self._error}") from self._error
-        assert self._facts is not None
-        return self._facts
-
-
 def copy_chunks(store: LmdbStore, chunk_bytes: int) -> Generator[bytes | tuple[BackupFacts, bytes, int]]:
     """The compacting copy of one read transaction of ``store``, in chunks of ``chunk_bytes``; then its facts.
 
-    Yields ``bytes`` chunks (each ``chunk_bytes`` long but the last), then
-    one ``(facts, sha256 of every byte yielded, byte count)``. Closing the
-    generator early (the receiver went away) ends the copy and its
-    transaction. At most ``chunk_bytes`` plus the pipe's buffer is held.
+    The copy is first made into a spool directory inside the data directory
+    (a local disk copy: the read transaction is open only that long), then
+    streamed from there at the receiver's pace. Yields ``bytes`` chunks (each
+    ``chunk_bytes`` long but the last), then one ``(facts, sha256 of every
+    byte yielded, byte count)``. Closing the generator early (the receiver
+    went away) removes the spool. At most one chunk is held in memory.
+
+    Why a spool and not a pipe to the receiver: with py-lmdb, aborting a write
+    transaction waits while ``copyfd`` is copying on another thread, and the
+    waiting thread holds the write lock: a slow receiver could stall every
+    write of the node (a refused repair, or a full map, aborts one). Found in
+    review; ``tests/test_backup.py`` has the regression test.
     """
     if chunk_bytes < 1:
         raise ValueError(f"chunk_bytes must be positive, not {chunk_bytes}")
-    copy = _PipedCopy(store)
-    digest = hashlib.sha256()
-    total = 0
-    finished = False
+    data_dir = Path(store.config.path)
+    for stale in data_dir.glob(f"{_SPOOL_PREFIX}*"):  # left by a node killed during a backup
+        shutil.rmtree(stale, ignore_errors=True)
+    spool = Path(tempfile.mkdtemp(prefix=_SPOOL_PREFIX, dir=data_dir))
     try:
-        pending = bytearray()
-        while piece := os.read(copy.read_end, chunk_bytes - len(pending)):
-            pending += piece
-            if len(pending) == chunk_bytes:
-                digest.update(pending)
-                total += len(pending)
-                yield bytes(pending)
-                pending.clear()
-        if pending:
-            digest.update(pending)
-            total += len(pending)
-            yield bytes(pending)
-        finished = True
-        facts = copy.finish()
+        try:
+            with store._gate.read(), store.env.begin() as txn:
+                store.env.copy(str(spool), compact=True, txn=txn)
+                facts = snapshot_facts(txn, store.data, store.members, store.meta)
+        except Exception as exc:  # whatever went wrong, the caller hears it (and the spool goes)
+            raise StorageError(f"the backup copy failed: {exc}") from exc
+        digest = hashlib.sha256()
+        total = 0
+        with (spool / "data.mdb").open("rb") as copy:
+            while chunk := copy.read(chunk_bytes):
+                digest.update(chunk)
+                total += len(chunk)
+                yield chunk
+        yield facts, digest.digest(), total
     finally:
-        if not finished:
-            with contextlib.suppress(StorageError):  # the copy was abandoned: its own failure says nothing more
-                copy.finish()
-    yield facts, digest.digest(), total
+        shutil.rmtree(spool, ignore_errors=True)
+
+
+# The spool directories of backups in progress, inside the data directory.
+_SPOOL_PREFIX = "backup-spool-"
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,10 +14,11 @@ the same vector or the deadline passes. Then:
   those buckets whose digest differs between regions (or that some region
   lacks), each region's value and dot summary (``BucketKeys``, paged, the
   regions' pages merged in key order, so memory holds a page per region);
-* some buckets differ, at different vectors (writes never paused long
-  enough): the comparison is reported as made "at different points" and
-  the differing keys are listed, but exit 2: the regions could not be
-  brought to a common point, so a difference there may be in-flight writes;
+* at different vectors (writes never paused long enough): the comparison is
+  reported as made "at different points" (the differing keys listed, or
+  that the digests were equal there), and exit 2 either way: the regions
+  could not be brought to a common point, so neither a difference nor an
+  equality there proves anything;
 * a region that cannot be reached, or that has not seen the token within
   the deadline: exit 2.
 
@@ -215,7 +216,9 @@ def compare_regions(
     buckets = len(next(iter(digests.values())))
     differing = [b for b in range(buckets) if len({bytes(d[b]) for d in digests.values()}) > 1]
     result = Comparison(
-        AGREE,
+        # Equal digests at different points prove nothing about a common point: a health check on the
+        # exit code must see a region that could not be brought there (found in review).
+        AGREE if common else NO_COMMON_POINT,
         common,
         regions,
         vector=dict(sorted(_vector(answers[addrs[0]].token).items())) if common else None,
