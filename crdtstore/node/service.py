@@ -564,7 +564,14 @@ class AdminService:
     async def Backup(
         self, request: pb.BackupRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.BackupChunk]:
+        access, caller = self.node.access, _caller.get()
         async for chunk in self.backups.backup(request, context):
+            if access.enabled:  # a backup is the whole store: it stops once the token expires or is revoked
+                try:
+                    access.check_current(caller)
+                    access.authorize(caller, _needs_admin(request))
+                except Refusal as refusal:
+                    await _abort(context, refusal.code, f"the backup stops: {refusal.message}")
             yield chunk
 
     async def Digest(self, request: pb.DigestRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.DigestResponse:

@@ -101,6 +101,9 @@ class _Fetch:
         self.page_size = page_size
         self.bytes_received = 0
         self._lock = threading.Lock()
+        # The vector the digests were compared at; a page of keys read past it (writes went on) is noted.
+        self.compared: VersionVector | None = None
+        self.read_later = False
 
     def digest(self, addr: str, after: VersionVector | None, timeout_s: float) -> kv_pb2.DigestResponse:
         resp = self.clients[addr].digest(after=encode(after) if after else None, timeout_s=timeout_s)
@@ -122,6 +125,8 @@ class _Fetch:
         while True:
             resp = self.clients[addr].bucket_keys(buckets, page_size=self.page_size, page_token=token)
             self.bytes_received += resp.ByteSize()
+            if self.compared is not None and _vector(resp.token) != self.compared:
+                self.read_later = True
             yield from resp.keys
             token = resp.next_page_token
             if not token:
@@ -226,6 +231,7 @@ def compare_regions(
         message="" if common else f"compared at different points: {why}",
     )
     if differing:
+        fetch.compared = _vector(answers[addrs[0]].token) if common else None
         try:
             result.diverging, result.diverging_omitted = _diverging_keys(fetch, addrs, names, differing, keys_max)
         except ClientError as err:
@@ -235,6 +241,12 @@ def compare_regions(
                 result.message = (
                     f"{len(differing)} bucket(s) differed, but their keys, read after the digests, no longer "
                     f"do (changed meanwhile?): run verify again. {result.message}"
+                ).strip()
+            if fetch.read_later and result.diverging:
+                # The keys are read after the digests: under writes, a listed key may have moved on (found in review).
+                result.message = (
+                    f"the keys were read after the vector compared at (writes went on): a key listed may differ "
+                    f"only by writes in flight; run verify again to confirm. {result.message}"
                 ).strip()
         result.exit_code = DRIFT if common else NO_COMMON_POINT
     result.bytes_received = fetch.bytes_received
