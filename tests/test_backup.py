@@ -186,6 +186,31 @@ def test_restore_never_overwrites_a_directory(store: LmdbStore, tmp_path: Path) 
         write_backup(_stream(store), tmp_path / "bk", source="test")
 
 
+def test_regression_a_restore_that_fails_half_way_leaves_nothing_that_would_start(
+    store: LmdbStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: the incarnation was committed before the rejoin mark, in another transaction.
+
+    A crash between them left a complete directory that a node would serve without rejoin mode. Now the
+    restore is built beside the target and renamed into place last.
+    """
+    import crdtstore.backup.restore as restore_module
+
+    write_backup(_stream(store), tmp_path / "bk", source="test")
+
+    def no_room(_store: LmdbStore) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(restore_module, "mark_rejoin", no_room)
+    with pytest.raises(BackupError, match="nothing was restored"):
+        restore_backup(tmp_path / "bk", tmp_path / "new")
+    assert not (tmp_path / "new").exists() or not any((tmp_path / "new").iterdir())
+    assert not (tmp_path / "new.restoring").exists()
+    monkeypatch.undo()
+    result = restore_backup(tmp_path / "bk", tmp_path / "new")  # and a second try goes through
+    assert (result.data_dir / DATA_FILE).exists()
+
+
 def test_a_stream_cut_short_leaves_no_backup(store: LmdbStore, tmp_path: Path) -> None:
     messages = list(_stream(store))
     with pytest.raises(BackupError, match="without its summary"):

@@ -22,6 +22,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from crdtstore.backup.manifest import DATA_FILE, manifest_vector, verify_backup
 from crdtstore.backup.take import BackupError, fsync_directory, prepare_empty_directory
@@ -44,44 +45,67 @@ class RestoreResult:
 
 
 def restore_backup(backup: Path, data_dir: Path, *, options: StorageOptions | None = None) -> RestoreResult:
-    """Check ``backup`` and lay it down in the new directory ``data_dir``; ``BackupError`` if refused."""
+    """Check ``backup`` and lay it down in the new directory ``data_dir``; ``BackupError`` if refused.
+
+    Everything is done in a staging directory beside ``data_dir`` (the copy,
+    the new incarnation, the rejoin mark), which is renamed into place last:
+    a crash or a full disk at any point leaves ``data_dir`` empty and a
+    staging directory the next restore removes, never a directory that would
+    start without rejoin mode (found in review).
+    """
     report = verify_backup(backup)
     if not report.ok:
         raise BackupError(f"refusing to restore {backup}: " + "; ".join(report.problems))
     assert report.manifest is not None
     manifest = report.manifest
     prepare_empty_directory(data_dir, "the data directory")
-    partial = data_dir / (DATA_FILE + ".partial")
+    staging = data_dir.with_name(data_dir.name + ".restoring")
+    try:
+        shutil.rmtree(staging, ignore_errors=True)  # a restore that died before
+        staging.mkdir()
+        origin, vector = _lay_down(backup, manifest, staging, options)
+        fsync_directory(staging)
+        staging.replace(data_dir)  # an empty directory is replaced whole
+        fsync_directory(data_dir.parent)
+    except OSError as exc:
+        raise BackupError(f"the restore into {data_dir} failed, nothing was restored: {exc}") from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return RestoreResult(data_dir, manifest["region"], manifest["origin"], origin, vector)
+
+
+def _lay_down(
+    backup: Path, manifest: dict[str, Any], directory: Path, options: StorageOptions | None
+) -> tuple[str, VersionVector]:
+    """The data file copied into ``directory`` and opened under a new incarnation, marked for rejoin mode."""
+    target = directory / DATA_FILE
     digest = hashlib.sha256()
-    with (backup / DATA_FILE).open("rb") as src, partial.open("wb") as dst:
+    with (backup / DATA_FILE).open("rb") as src, target.open("wb") as dst:
         while chunk := src.read(_COPY_BYTES):
             digest.update(chunk)
             dst.write(chunk)
         dst.flush()
         os.fsync(dst.fileno())
     if digest.hexdigest() != manifest["files"][DATA_FILE]["sha256"]:
-        shutil.rmtree(data_dir, ignore_errors=True)
         raise BackupError(f"{backup / DATA_FILE} changed while it was being restored; nothing was restored")
-    partial.replace(data_dir / DATA_FILE)
-    fsync_directory(data_dir)
-    region = manifest["region"]
     # The store logs why it takes a new incarnation as if a node had been started with --rejoin; here the
     # restore's own result says so.
     storage_log = logging.getLogger("crdtstore.storage")
     level = storage_log.level
     storage_log.setLevel(logging.ERROR)
     try:
-        store = LmdbStore(StorageConfig(data_dir, region, options or StorageOptions(), new_incarnation=True))
+        store = LmdbStore(
+            StorageConfig(directory, manifest["region"], options or StorageOptions(), new_incarnation=True)
+        )
     except StorageError as exc:
-        raise BackupError(f"the restored directory {data_dir} does not open: {exc}") from exc
+        raise BackupError(f"the restored data file does not open: {exc}") from exc
     finally:
         storage_log.setLevel(level)
     try:
-        origin, vector = store.origin, store.context.vv
         mark_rejoin(store)  # the node starts in rejoin mode on it (crdtstore.node.rejoin)
+        return store.origin, store.context.vv
     finally:
         store.close()
-    return RestoreResult(data_dir, region, manifest["origin"], origin, vector)
 
 
 def expected_vector(backup: Path) -> VersionVector:
