@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from crdtstore.crdt import HybridLogicalClock
 from crdtstore.node.access import AccessControl
 from crdtstore.node.config import ConfigError, NodeConfig, is_loopback, parse_listen
+from crdtstore.node.logs import configure_logging
 from crdtstore.node.metrics import MetricsServer, NodeMetrics
 from crdtstore.node.replication import Replicator
 from crdtstore.node.service import NodeState, add_services
@@ -180,7 +181,7 @@ class StartupError(Exception):
 
 def serve_from_args(args: argparse.Namespace) -> int:
     """Exit codes: 0 after a clean shutdown, 1 when the node cannot run, 2 for a bad configuration."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_fields = configure_logging()  # JSON lines unless stderr is a terminal (crdtstore.node.logs)
     try:
         config = NodeConfig.load(
             config_file=args.config,
@@ -197,6 +198,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"crdtstore serve: {exc}", file=sys.stderr)
         return 2
+    log_fields.region = config.region
     try:
         return asyncio.run(run_node(config))
     except ConfigError as exc:  # found only when the node starts: a key file that does not load

@@ -149,6 +149,11 @@ class Replicator:
         self.config = config
         self.metrics = metrics  # None when metrics are off
         self.lag = CommitLag(config.peers, metrics.replication_lag, time.monotonic) if metrics is not None else None
+        if metrics is not None:
+            for peer in config.peers:  # each peer's series from the start, at 0
+                metrics.replication_lag.labels(peer)
+                metrics.replication_sent_bytes.labels(peer)
+                metrics.replication_received_bytes.labels(peer)
         self.convergence = (
             ConvergenceChecks(store, metrics, config.peers, config.replication.convergence_check_ms / 1000)
             if metrics is not None
