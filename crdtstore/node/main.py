@@ -25,6 +25,7 @@ from crdtstore.node.metrics import MetricsServer, NodeMetrics
 from crdtstore.node.replication import Replicator
 from crdtstore.node.service import NodeState, add_services
 from crdtstore.node.telemetry import start_metrics
+from crdtstore.node.tracing import start_tracing, stop_tracing
 from crdtstore.node.writer import GroupCommitWriter
 from crdtstore.storage import LmdbStore, StorageConfig, StorageError
 
@@ -243,6 +244,7 @@ async def run_node(  # noqa: PLR0915 (the node's whole start and stop, in order)
         path=config.data_dir, region=config.region, options=config.storage, new_incarnation=config.rejoin
     )
     offset_ms = _clock_offset_ms()
+    traced = start_tracing(config.region)  # only with OTEL_EXPORTER_OTLP_ENDPOINT set and the otel extra installed
     metrics = NodeMetrics() if config.metrics_listen else None  # None: metrics off, every hook skipped
     store = LmdbStore(storage)
     access = _access_control(config, store)
@@ -333,5 +335,7 @@ async def run_node(  # noqa: PLR0915 (the node's whole start and stop, in order)
     if metrics_server is not None:  # before the store closes: a scrape reads it
         metrics_server.close()
     store.close()
+    if traced is not None:
+        stop_tracing()  # flushes the spans not yet exported
     log.info("stopped cleanly")
     return 0

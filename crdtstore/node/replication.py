@@ -71,6 +71,7 @@ from google.protobuf.message import DecodeError
 from crdtstore.auth.policy import EVERY_KEY, Need
 from crdtstore.auth.tokens import Principal
 from crdtstore.crdt import CodecError, HybridLogicalClock, VersionVector
+from crdtstore.node import tracing
 from crdtstore.node.access import AccessControl, Refusal, bearer_token
 from crdtstore.node.clocks import PeerClock
 from crdtstore.node.config import ConfigError, NodeConfig
@@ -330,7 +331,10 @@ class Replicator:
         if job.bulk and not await self._room(job.peer):
             return  # that stream ended: the driver starts over with the next connection
         try:
-            if job.writes:
+            if job.kind == "apply":  # entries a peer sent: traced, when tracing is on
+                with tracing.span("replication apply", {"crdtstore.peer": job.peer}):
+                    result = await self.writer.call(job.run)
+            elif job.writes:
                 result = await self.writer.call(job.run)
             else:
                 result = await asyncio.to_thread(job.run)
