@@ -223,6 +223,18 @@ class NodeMetrics:
         # -- the audit trail (a later issue): declare its metrics here ----------------------------
 
         self._collector: NodeCollector | None = None
+        # The children of the request metrics, by (rpc, code): labels() takes a lock and checks its arguments
+        # on every call; the per-request path looks them up here instead (bounded: RPCs times status codes).
+        self._request_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+    def count_request(self, rpc: str, code: str, seconds: float) -> None:
+        """One answered request: counted by method and code, its duration observed by method."""
+        children = self._request_children.get((rpc, code))
+        if children is None:
+            children = (self.requests.labels(rpc, code), self.request_duration.labels(rpc))
+            self._request_children[(rpc, code)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def attach(self, snapshot: Callable[[], NodeSnapshot], loop: asyncio.AbstractEventLoop | None) -> None:
         """Read the node's state at scrape time: ``snapshot`` runs on ``loop`` (the node's event loop)."""

@@ -132,7 +132,6 @@ async def _counted(
         raise
     finally:
         if metrics is not None:
-            metrics.requests.labels(rpc, code).inc()
-            metrics.request_duration.labels(rpc).observe(time.perf_counter() - started)
+            metrics.count_request(rpc, code, time.perf_counter() - started)
         if code in _SERVER_FAULTS:  # the line carries the request id the client was given
             log.warning("%s answered %s", rpc, code)
