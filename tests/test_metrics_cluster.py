@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -19,7 +20,7 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from crdtstore.client import ClientError
+from crdtstore.client import Client, ClientError
 from crdtstore.operations import SetRegister
 from crdtstore.testing.regions import RegionProcesses
 
@@ -74,9 +75,25 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegionProcesse
         yield regions
 
 
+def _write_under_load(addr: str, writer: int, count: int) -> None:
+    with Client(addr, timeout_s=20) as client:
+        for i in range(count):
+            client.set(f"load/{writer}/{i}", "x")
+
+
 def test_counters_rise_with_the_operations_made(cluster: RegionProcesses) -> None:
     a = cluster.clients["a"]
     before = scrape(cluster, "a")
+    # 4 writers of 50 writes each while the node is scraped again and again: the counter only ever rises.
+    writers = [threading.Thread(target=_write_under_load, args=(cluster.servers["a"].addr, n, 50)) for n in range(4)]
+    for thread in writers:
+        thread.start()
+    seen = [value(before, "crdtstore_requests_total", rpc="Mutate", code="OK")]
+    while any(thread.is_alive() for thread in writers):
+        seen.append(value(scrape(cluster, "a"), "crdtstore_requests_total", rpc="Mutate", code="OK"))
+    for thread in writers:
+        thread.join()
+    assert seen == sorted(seen)
     for i in range(20):
         a.set(f"ops/{i}", f"v{i}")
     for i in range(5):
@@ -88,13 +105,14 @@ def test_counters_rise_with_the_operations_made(cluster: RegionProcesses) -> Non
     def rise(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
 
-    assert rise("crdtstore_requests_total", rpc="Mutate", code="OK") == 20
+    assert rise("crdtstore_requests_total", rpc="Mutate", code="OK") == 220
     assert rise("crdtstore_requests_total", rpc="Get", code="OK") == 5
     assert rise("crdtstore_requests_total", rpc="Get", code="INVALID_ARGUMENT") == 1
-    assert rise("crdtstore_request_duration_seconds_count", rpc="Mutate") == 20
-    assert rise("crdtstore_write_batch_requests_sum") == 20  # every write went through a group commit
-    assert 1 <= rise("crdtstore_write_commit_duration_seconds_count") <= 20
-    assert value(after, "crdtstore_live_keys") >= 20
+    assert rise("crdtstore_request_duration_seconds_count", rpc="Mutate") == 220
+    assert rise("crdtstore_write_batch_requests_sum") == 220  # every write went through a group commit
+    assert 1 <= rise("crdtstore_write_commit_duration_seconds_count") <= 220
+    assert rise("crdtstore_fsync_duration_seconds_count") == rise("crdtstore_write_commit_duration_seconds_count")
+    assert value(after, "crdtstore_live_keys") >= 220
     assert value(after, "crdtstore_lmdb_used_bytes") > 0
     assert value(after, "crdtstore_lmdb_map_size_bytes") >= value(after, "crdtstore_lmdb_used_bytes")
     assert value(after, "crdtstore_delta_log_entries") > 0
