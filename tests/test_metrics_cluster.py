@@ -15,6 +15,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -219,7 +220,12 @@ def test_promtool_accepts_a_live_scrape(cluster: RegionProcesses, tmp_path: Path
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def _request_id(metadata: Any) -> str:
+    return str(dict(metadata)["x-request-id"])
+
+
 def test_the_request_id_comes_back_in_the_response_metadata(cluster: RegionProcesses) -> None:
+    """In the trailing metadata, which costs nothing (initial metadata sent apart costs a sixth of a write)."""
     from crdtstore.v1 import kv_pb2 as pb
 
     with grpc.insecure_channel(cluster.servers["a"].addr) as channel:
@@ -231,13 +237,13 @@ def test_the_request_id_comes_back_in_the_response_metadata(cluster: RegionProce
         _, call = get.with_call(
             pb.GetRequest(key="ops/0"), metadata=(("x-request-id", "client-chose-this"),), timeout=20
         )
-        assert ("x-request-id", "client-chose-this") in call.initial_metadata()
+        assert _request_id(call.trailing_metadata()) == "client-chose-this"
         # Without one (or with one unfit for a log line) the node makes one: 32 hex digits.
         _, call = get.with_call(pb.GetRequest(key="ops/0"), metadata=(("x-request-id", "x" * 200),), timeout=20)
-        made = dict(call.initial_metadata())["x-request-id"]
+        made = _request_id(call.trailing_metadata())
         assert len(made) == 32 and int(made, 16) >= 0
         # An error carries it too.
         with pytest.raises(grpc.RpcError) as err:
             get.with_call(pb.GetRequest(key=""), metadata=(("x-request-id", "err-1"),), timeout=20)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert ("x-request-id", "err-1") in err.value.initial_metadata()  # type: ignore[attr-defined]
+        assert _request_id(err.value.trailing_metadata()) == "err-1"
