@@ -219,3 +219,35 @@ def test_a_pending_check_rides_on_the_next_acknowledgement_to_each_peer_once(tmp
         assert other.ack.check_digest == first.ack.check_digest
     finally:
         store.close()
+
+
+@pytest.mark.processes
+def test_a_metrics_port_in_use_stops_the_node_with_a_clear_error(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = int(busy.getsockname()[1])
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "crdtstore",
+                "serve",
+                "--data-dir",
+                str(tmp_path / "node"),
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                f"127.0.0.1:{port}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 1
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in result.stderr
