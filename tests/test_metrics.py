@@ -57,7 +57,10 @@ def _families(metrics: NodeMetrics) -> dict[str, object]:
 
 
 def test_each_node_has_its_own_registry_with_the_process_collectors() -> None:
+    from crdtstore.node.metrics import NodeSnapshot
+
     a, b = NodeMetrics(), NodeMetrics()
+    a.attach(lambda: NodeSnapshot(watch_streams=2, watch_events_sent=7, watch_streams_cut_stalled=1), None)
     a.requests.labels("Get", "OK").inc()
     families_a, families_b = _families(a), _families(b)
     assert "process_cpu_seconds" in families_a and "python_gc_objects_collected" in families_a

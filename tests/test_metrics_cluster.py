@@ -8,6 +8,7 @@ asserts a duration: waits poll for a state, with a generous deadline.
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import subprocess
 import threading
@@ -247,3 +248,26 @@ def test_the_request_id_comes_back_in_the_response_metadata(cluster: RegionProce
             get.with_call(pb.GetRequest(key=""), metadata=(("x-request-id", "err-1"),), timeout=20)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert _request_id(err.value.trailing_metadata()) == "err-1"
+
+
+def test_the_change_feed_shows_its_streams_and_events(cluster: RegionProcesses) -> None:
+    from crdtstore.watching import Change
+
+    before = scrape(cluster, "a")
+    with Client(cluster.servers["a"].addr, timeout_s=20) as watcher:
+        items = watcher.watch("feedmetrics/", start="now", progress_interval_ms=200)
+        next(items)  # the first progress message: the stream is open
+        assert value(scrape(cluster, "a"), "crdtstore_watch_streams") == 1
+        cluster.clients["a"].set("feedmetrics/1", "x")
+        assert any(isinstance(item, Change) for item in itertools.islice(items, 100))
+        items.close()
+    after = scrape(cluster, "a")
+    assert value(after, "crdtstore_watch_events_sent_total") > value(before, "crdtstore_watch_events_sent_total")
+    wait_for("the stream closed", lambda: value(scrape(cluster, "a"), "crdtstore_watch_streams") == 0)
+
+    def watches_counted() -> bool:  # once it ended, whatever its code (the client cancelled it)
+        samples = scrape(cluster, "a")
+        return any(name == "crdtstore_requests_total" and ("rpc", "Watch") in labels for name, labels in samples)
+
+    wait_for("the stream counted among requests", watches_counted)
+    assert value(scrape(cluster, "a"), "crdtstore_watch_streams_cut_total", reason="stalled") == 0
