@@ -81,6 +81,13 @@ GROUPS: dict[str, Group] = {
             "the revocations; load generator (grpc.aio, generated stubs) in this process; same machine, 127.0.0.1",
         ),
         Group(
+            "metrics",
+            "Metrics: what exporting Prometheus metrics costs writes",
+            "two `crdtstore serve` processes (one with --metrics-listen, scraped every second by a thread of this "
+            "process; one with metrics off), measured in alternation; load generator (grpc.aio, generated stubs) in "
+            "this process; same machine, 127.0.0.1, no CPU pinning",
+        ),
+        Group(
             "watch",
             "The change feed: events delivered, what watchers cost writers, commit to consumer",
             "one `crdtstore serve` for the throughput figures, two (each its own process, linked through a LinkProxy "

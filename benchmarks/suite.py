@@ -39,7 +39,19 @@ import grpc
 import lmdb
 import msgpack
 
-from benchmarks import auth, backup, micro, node, peers, redis_anchor, replication, storage, sync_cost, watch
+from benchmarks import (
+    auth,
+    backup,
+    metrics,
+    micro,
+    node,
+    peers,
+    redis_anchor,
+    replication,
+    storage,
+    sync_cost,
+    watch,
+)
 from benchmarks.figures import Figure
 from benchmarks.groups import GROUPS, GroupResult, Mode, SuiteResult
 from benchmarks.report import write_report
@@ -88,6 +100,11 @@ def _auth(mode: Mode, repeats: int | None, log: Log, step: Log) -> tuple[dict[st
     return auth.collect(auth.make_config(mode != "full", repeats), log, step)
 
 
+def _metrics(mode: Mode, repeats: int | None, log: Log, step: Log) -> tuple[dict[str, Any], list[Figure]]:
+    # Needs servers under real load, like node: no size below --quick.
+    return metrics.collect(metrics.make_config(mode != "full", repeats), log, step)
+
+
 def _watch(mode: Mode, repeats: int | None, log: Log, step: Log) -> tuple[dict[str, Any], list[Figure]]:
     return watch.collect(watch.make_config(mode != "full", repeats), log, step)
 
@@ -107,6 +124,7 @@ RUNNERS: dict[str, Runner] = {
     "peers": _peers,
     "redis_anchor": _redis_anchor,
     "auth": _auth,
+    "metrics": _metrics,
     "watch": _watch,
     "backup": _backup,
 }

@@ -21,8 +21,12 @@ from crdtstore.crdt import HybridLogicalClock
 from crdtstore.node.access import AccessControl
 from crdtstore.node.config import ConfigError, NodeConfig, is_loopback, parse_listen
 from crdtstore.node.feed import FeedRetention
+from crdtstore.node.logs import configure_logging
+from crdtstore.node.metrics import MetricsServer, NodeMetrics
 from crdtstore.node.replication import Replicator
 from crdtstore.node.service import NodeState, add_services
+from crdtstore.node.telemetry import start_metrics
+from crdtstore.node.tracing import start_tracing, stop_tracing
 from crdtstore.node.writer import GroupCommitWriter
 from crdtstore.storage import LmdbStore, StorageConfig, StorageError
 
@@ -36,6 +40,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", metavar="DIR", help="where the store lives (default ./crdtstore-data)")
     parser.add_argument("--listen", metavar="HOST:PORT", help="address to serve on (default 127.0.0.1:7420)")
     parser.add_argument("--region", metavar="NAME", help="this node's region name (default 'local')")
+    parser.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (or metrics_listen, CRDTSTORE_METRICS_LISTEN; "
+        "off by default)",
+    )
     parser.add_argument(
         "--peer",
         metavar="NAME=HOST:PORT",
@@ -146,17 +156,43 @@ def _listen(server: grpc.aio.Server, config: NodeConfig) -> int:
     raise StartupError(f"cannot listen on {config.listen}: is the port in use or the address wrong?{detail}")
 
 
+async def _serve_metrics(node: NodeState, server: grpc.aio.Server) -> MetricsServer | None:
+    """Start ``/metrics`` when metrics are on; ``StartupError`` (the node's port and store closed) if it cannot."""
+    if node.metrics is None:
+        return None
+    try:
+        return start_metrics(node, node.metrics)
+    except OSError as exc:
+        await server.stop(grace=None)
+        node.store.close()
+        listen = node.config.metrics_listen
+        raise StartupError(f"cannot serve metrics on {listen}: {exc.strerror or exc} (is the port in use?)") from None
+
+
+def _metrics_note(config: NodeConfig, server: MetricsServer | None) -> str:
+    """Where ``/metrics`` is served, for the ready line ("" when metrics are off)."""
+    if server is None:
+        return ""
+    host, _ = parse_listen(config.metrics_listen)
+    return f", metrics on http://{host}:{server.port}/metrics"
+
+
 class StartupError(Exception):
     """The node could not start for a reason outside its configuration (a port in use, say)."""
 
 
 def serve_from_args(args: argparse.Namespace) -> int:
     """Exit codes: 0 after a clean shutdown, 1 when the node cannot run, 2 for a bad configuration."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_fields = configure_logging()  # JSON lines unless stderr is a terminal (crdtstore.node.logs)
     try:
         config = NodeConfig.load(
             config_file=args.config,
-            flags={"data_dir": args.data_dir, "listen": args.listen, "region": args.region},
+            flags={
+                "data_dir": args.data_dir,
+                "listen": args.listen,
+                "region": args.region,
+                "metrics_listen": args.metrics_listen,
+            },
             peer_flags=args.peer,
             rejoin=args.rejoin,
             insecure_no_auth=args.insecure_no_auth,
@@ -164,6 +200,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"crdtstore serve: {exc}", file=sys.stderr)
         return 2
+    log_fields.region = config.region
     try:
         return asyncio.run(run_node(config))
     except ConfigError as exc:  # found only when the node starts: a key file that does not load
@@ -200,12 +237,16 @@ def _log_access(config: NodeConfig, access: AccessControl, host: str) -> None:
         log.warning("access control is OFF on %s (--insecure-no-auth): anyone who reaches it may do anything", host)
 
 
-async def run_node(config: NodeConfig, *, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> int:
+async def run_node(  # noqa: PLR0915 (the node's whole start and stop, in order)
+    config: NodeConfig, *, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None
+) -> int:
     """Serve until SIGTERM/SIGINT (or ``stop`` is set), then drain and close."""
     storage = StorageConfig(
         path=config.data_dir, region=config.region, options=config.storage, new_incarnation=config.rejoin
     )
     offset_ms = _clock_offset_ms()
+    traced = start_tracing(config.region)  # only with OTEL_EXPORTER_OTLP_ENDPOINT set and the otel extra installed
+    metrics = NodeMetrics() if config.metrics_listen else None  # None: metrics off, every hook skipped
     store = LmdbStore(storage)
     access = _access_control(config, store)
 
@@ -218,11 +259,12 @@ async def run_node(config: NodeConfig, *, ready: asyncio.Event | None = None, st
         clock,
         batch_requests_max=config.server.batch_requests_max,
         pending_requests_max=config.server.pending_requests_max,
+        metrics=metrics,
     )
-    replicator = Replicator(config, store, writer, clock, wall_ms=wall_ms)
+    replicator = Replicator(config, store, writer, clock, wall_ms=wall_ms, metrics=metrics)
     writer.on_commit = replicator.local_committed
     replicator.access = access
-    node = NodeState(config, store, writer, replicator, access)
+    node = NodeState(config, store, writer, replicator, access, metrics=metrics)
     message_max = config.message_bytes_max
     server = grpc.aio.server(
         options=[
@@ -255,6 +297,8 @@ async def run_node(config: NodeConfig, *, ready: asyncio.Event | None = None, st
         store.close()
         raise
 
+    metrics_server = await _serve_metrics(node, server)
+
     writer.start()
     await server.start()
     replicator.start()
@@ -274,7 +318,11 @@ async def run_node(config: NodeConfig, *, ready: asyncio.Event | None = None, st
     _log_access(config, access, host)
     for name, address in sorted(config.peers.items()):
         log.info("peer %s at %s", name, address)
-    print(f"crdtstore: region {config.region} listening on {host}:{bound}", flush=True)
+    # The line the demo and the test harness wait for (stdout, not a log line): the addresses bound.
+    print(
+        f"crdtstore: region {config.region} listening on {host}:{bound}{_metrics_note(config, metrics_server)}",
+        flush=True,
+    )
 
     if ready is not None:
         ready.set()
@@ -287,6 +335,10 @@ async def run_node(config: NodeConfig, *, ready: asyncio.Event | None = None, st
     await server.stop(grace=config.server.drain_grace_s)
     await retention.close()
     await writer.close()
+    if metrics_server is not None:  # before the store closes: a scrape reads it
+        metrics_server.close()
     store.close()
+    if traced is not None:
+        stop_tracing()  # flushes the spans not yet exported
     log.info("stopped cleanly")
     return 0

@@ -71,9 +71,13 @@ from google.protobuf.message import DecodeError
 from crdtstore.auth.policy import EVERY_KEY, Need
 from crdtstore.auth.tokens import Principal
 from crdtstore.crdt import CodecError, HybridLogicalClock, VersionVector
+from crdtstore.node import tracing
 from crdtstore.node.access import AccessControl, Refusal, bearer_token
 from crdtstore.node.clocks import PeerClock
 from crdtstore.node.config import ConfigError, NodeConfig
+from crdtstore.node.convergence import ConvergenceChecks
+from crdtstore.node.lag import CommitLag
+from crdtstore.node.metrics import NodeMetrics
 from crdtstore.node.rejoin import RejoinGate
 from crdtstore.node.streams import (
     certificate_expiry,
@@ -86,7 +90,7 @@ from crdtstore.node.waits import ChangeSignal, VectorWaits
 from crdtstore.node.writer import GroupCommitWriter
 from crdtstore.replica.core import ReplicaCore
 from crdtstore.replica.driver import Driver, Job, Ready
-from crdtstore.replica.wire import Ack, Hello, ProtocolError, parse, to_pb
+from crdtstore.replica.wire import Ack, Hello, Offer, Page, ProtocolError, parse, to_pb
 from crdtstore.storage import LmdbStore
 from crdtstore.storage.backup import clear_rejoin, rejoin_pending
 from crdtstore.storage.replication import ReplicaStore
@@ -143,8 +147,21 @@ class Replicator:
         clock: HybridLogicalClock,
         *,
         wall_ms: Callable[[], int] | None = None,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics  # None when metrics are off
+        self.lag = CommitLag(config.peers, metrics.replication_lag, time.monotonic) if metrics is not None else None
+        if metrics is not None:
+            for peer in config.peers:  # each peer's series from the start, at 0
+                metrics.replication_lag.labels(peer)
+                metrics.replication_sent_bytes.labels(peer)
+                metrics.replication_received_bytes.labels(peer)
+        self.convergence = (
+            ConvergenceChecks(store, metrics, config.peers, config.replication.convergence_check_ms / 1000)
+            if metrics is not None
+            else None
+        )
         self.settings = config.replication
         self.store = store
         self.writer = writer
@@ -187,6 +204,8 @@ class Replicator:
 
     def start(self) -> None:
         self._spawn(self._tick_loop(), "tick")
+        if self.convergence is not None:
+            self._spawn(self.convergence.run(), "convergence checks")
         for name, link in self.links.items():
             if self.config.region < name:
                 self._spawn(self._dial_loop(link), f"dial {name}")
@@ -229,6 +248,8 @@ class Replicator:
 
     def local_committed(self) -> None:
         """A client write committed: push it after the batching window, and wake waiters."""
+        if self.lag is not None:
+            self.lag.committed(self.store.origin, self.store.context.vv.get(self.store.origin))
         self._handle(self.driver.local_committed(_monotonic_ms()))
 
     async def wait_seen(self, vector: VersionVector, timeout_s: float) -> bool:
@@ -282,6 +303,8 @@ class Replicator:
         Never waits: messages are queued, jobs run as tasks, and the tick loop
         hears when the driver wants its next tick.
         """
+        if self.metrics is not None:
+            self._observe(ready)
         for outgoing in ready.messages:
             message = to_pb(outgoing.message)
             if isinstance(outgoing.message, Hello):
@@ -307,6 +330,21 @@ class Replicator:
             return None
         return self._spawn(self._run_in_order(inbound), f"persisting from {inbound[0].peer}")
 
+    def _observe(self, ready: Ready) -> None:
+        """Metrics of a Ready: repairs begun and keys sent in them, and the lag of what peers acknowledged."""
+        metrics = self.metrics
+        assert metrics is not None
+        for outgoing in ready.messages:
+            message = outgoing.message
+            if isinstance(message, Offer):
+                metrics.repairs.labels(outgoing.peer).inc()
+            elif isinstance(message, Page):
+                metrics.keys_repaired.labels(outgoing.peer).inc(sum(1 for _, _, part in message.keys if part <= 1))
+        if self.lag is not None:
+            origin = self.store.origin
+            for peer, state in self.driver.core.peers.items():
+                self.lag.acked(peer, state.acked.get(origin))
+
     async def _run_in_order(self, jobs: list[Job]) -> None:
         for job in jobs:
             await self._run_job(job)
@@ -315,7 +353,10 @@ class Replicator:
         if job.bulk and not await self._room(job.peer):
             return  # that stream ended: the driver starts over with the next connection
         try:
-            if job.writes:
+            if job.kind == "apply":  # entries a peer sent: traced, when tracing is on
+                with tracing.span("replication apply", {"crdtstore.peer": job.peer}):
+                    result = await self.writer.call(job.run)
+            elif job.writes:
                 result = await self.writer.call(job.run)
             else:
                 result = await asyncio.to_thread(job.run)
@@ -585,7 +626,7 @@ class Replicator:
             await asyncio.sleep(min(left_s, 3600.0))
         raise Refusal(grpc.StatusCode.UNAUTHENTICATED, f"the certificate of peer {peer!r} has expired")
 
-    async def _session(
+    async def _session(  # noqa: PLR0915 (one stream's whole life: pump, receive, and how it ends)
         self,
         link: _Link,
         read: Callable[[], Awaitable[bytes | None]],
@@ -605,6 +646,7 @@ class Replicator:
         link.session = asyncio.current_task()
         link.clock.new_stream()
         peer = link.name
+        counts = _StreamCounts(self.metrics, peer, self.convergence, self._spawn)
 
         async def pump() -> None:
             while True:
@@ -613,6 +655,7 @@ class Replicator:
                 # When it leaves, not when it was queued.
                 stamps = link.clock.stamp(self._wall_ms(), time.monotonic())
                 message.sent_wall_ms, message.echo_wall_ms, message.echo_held_ms = stamps
+                counts.sent(message)
                 await write(message)
 
         async def receive() -> None:
@@ -620,6 +663,7 @@ class Replicator:
             raw = first if first is not None else await read()
             while raw is not None:
                 pb, message = parse(raw, peer)
+                counts.received(pb, len(raw))
                 self._heard(peer, message)
                 link.clock.received(
                     pb.sent_wall_ms, pb.echo_wall_ms, pb.echo_held_ms, self._wall_ms(), time.monotonic()
@@ -655,6 +699,41 @@ class Replicator:
                 link.stream = None
                 link.session = None
                 self._handle(self.driver.disconnected(peer, _monotonic_ms()))
+
+
+class _StreamCounts:
+    """A stream's messages and bytes in the metrics, by peer and kind, and the convergence check's part in them.
+
+    Nothing happens when metrics are off (``metrics`` and ``convergence`` None).
+    """
+
+    __slots__ = ("_convergence", "_metrics", "_peer", "_spawn")
+
+    def __init__(
+        self,
+        metrics: NodeMetrics | None,
+        peer: str,
+        convergence: ConvergenceChecks | None,
+        spawn: Callable[[Awaitable[Any], str], Any],
+    ) -> None:
+        self._metrics = metrics
+        self._peer = peer
+        self._convergence = convergence
+        self._spawn = spawn
+
+    def sent(self, message: rpb.SyncMessage) -> None:
+        if (metrics := self._metrics) is not None:
+            if self._convergence is not None:
+                self._convergence.stamp(self._peer, message)
+            metrics.replication_sent_messages.labels(self._peer, message.WhichOneof("body") or "none").inc()
+            metrics.replication_sent_bytes.labels(self._peer).inc(message.ByteSize())
+
+    def received(self, message: rpb.SyncMessage, size: int) -> None:
+        if (metrics := self._metrics) is not None:
+            metrics.replication_received_messages.labels(self._peer, message.WhichOneof("body") or "none").inc()
+            metrics.replication_received_bytes.labels(self._peer).inc(size)
+            if self._convergence is not None and (check := self._convergence.received(self._peer, message)):
+                self._spawn(check, f"convergence check with {self._peer}")
 
 
 def _monotonic_ms() -> int:

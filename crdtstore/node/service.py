@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from typing import Any, NoReturn
@@ -34,6 +36,7 @@ from crdtstore.auth.policy import (
 from crdtstore.auth.tokens import Principal
 from crdtstore.backup.rpc import BackupService
 from crdtstore.crdt import CodecError, TypeMismatch, VersionVector, decode_as, encode
+from crdtstore.node import tracing
 from crdtstore.node.access import (
     ANONYMOUS,
     NOBODY,
@@ -46,7 +49,9 @@ from crdtstore.node.access import (
 )
 from crdtstore.node.config import NodeConfig
 from crdtstore.node.feed import WatchStreams, read_need
+from crdtstore.node.metrics import NodeMetrics
 from crdtstore.node.replication import Replicator
+from crdtstore.node.requests import serve_rpc, set_principal
 from crdtstore.node.values import key_value_pb
 from crdtstore.node.writer import GroupCommitWriter
 from crdtstore.operations import (
@@ -74,6 +79,8 @@ from crdtstore.v1 import replication_pb2 as rpb
 
 __all__ = ["AdminService", "KVService", "NodeState", "add_services"]
 
+log = logging.getLogger("crdtstore.service")
+
 
 # How long a causal read or a replicated write waits when the client set no deadline.
 _WAIT_WITHOUT_DEADLINE_S = 30.0
@@ -89,8 +96,11 @@ class NodeState:
         writer: GroupCommitWriter,
         replicator: Replicator,
         access: AccessControl | None = None,
+        *,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics  # None when metrics are off (metrics_listen empty)
         self.store = store
         self.writer = writer
         self.replicator = replicator
@@ -287,16 +297,19 @@ class KVService:
         await self._refuse_if_draining(context)
         limits = self.node.config.limits
         try:
-            ops = operations_from_pb(request)
-            validate(ops, request.idempotency_key, limits)
-            for i, op in enumerate(ops):
-                if is_reserved(op.key):
-                    raise InvalidRequest(f"operation {i}: {_reserved_key(op.key)}")
-            replicas = self._replicas(request)
+            with tracing.span("validate"):
+                ops = operations_from_pb(request)
+                validate(ops, request.idempotency_key, limits)
+                for i, op in enumerate(ops):
+                    if is_reserved(op.key):
+                        raise InvalidRequest(f"operation {i}: {_reserved_key(op.key)}")
+                replicas = self._replicas(request)
         except InvalidRequest as exc:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         replicator = self.node.replicator
         if replicator.clock_fenced():
+            if self.node.metrics is not None:
+                self.node.metrics.clock_fenced_refusals.inc()
             await _abort(
                 context,
                 grpc.StatusCode.UNAVAILABLE,
@@ -308,7 +321,9 @@ class KVService:
         if isinstance(result, Applied):
             # The writer told the replicator of the commit (``on_commit``) before answering.
             vector = result.token.vv
-            if replicas > 1 and not await replicator.wait_replicated(vector, replicas, _time_left(context)):
+            if replicas > 1 and not await _traced_wait(
+                replicator.wait_replicated(vector, replicas, _time_left(context))
+            ):
                 await _abort(
                     context,
                     grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -379,6 +394,11 @@ class KVService:
             # The last key read, which the caller may not be allowed to see: sealed when access control is on.
             response.next_page_token = self.node.scan_tokens.seal(last)
         return response
+
+
+async def _traced_wait(wait: Awaitable[bool]) -> bool:
+    with tracing.span("replicated wait"):
+        return await wait
 
 
 def _not_a_set(exc: TypeMismatch) -> str:
@@ -640,11 +660,17 @@ async def _admit(
     request_type: type[Message],
     access: AccessControl,
     needs: Needs,
+    *,
+    rpc: str,
 ) -> Any:
-    """The caller checked, then the request parsed and authorized; aborts the call otherwise."""
+    """The caller checked, then the request parsed and authorized; aborts the call otherwise.
+
+    A refusal is logged (at INFO, with the request id and, once known, the principal: docs/observability.md).
+    """
     try:
         principal = access.authenticate(context.invocation_metadata()) if access.enabled else ANONYMOUS
     except Refusal as refusal:
+        log.info("refused %s: %s", rpc, refusal.message)
         await _abort(context, refusal.code, refusal.message)
     try:
         request = request_type.FromString(raw)
@@ -655,9 +681,11 @@ async def _admit(
             f"the request is not a valid {request_type.DESCRIPTOR.full_name} message: {exc}",
         )
     if access.enabled:  # without access control, what a request needs is not even worked out
+        set_principal(principal.subject)  # for the log lines of this request from here on
         try:
             access.authorize(principal, needs(request))
         except Refusal as refusal:
+            log.info("refused %s: %s", rpc, refusal.message)
             await _abort(context, refusal.code, refusal.message)
     _caller.set(principal)
     return request
@@ -669,18 +697,26 @@ def _parsing(
     response_type: type[Message],
     access: AccessControl,
     needs: Needs,
+    *,
+    metrics: NodeMetrics | None = None,
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """A handler that checks the caller, then parses the request itself, so a malformed one is INVALID_ARGUMENT.
 
     Every unary RPC goes through here: the caller is authenticated before
     anything else, and authorized for what ``needs`` says the request asks
-    before the method runs. gRPC's own deserialisation would answer UNKNOWN
+    before the method runs; the request's id is set and answered, and it is
+    counted in the metrics (``crdtstore.node.requests``). gRPC's own deserialisation would answer UNKNOWN
     with a Python traceback in the details; the contract promises
     INVALID_ARGUMENT for malformed input.
     """
 
+    rpc = method.__name__
+
     async def handle(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        request = await _admit(raw, context, request_type, access, needs)
+        return await serve_rpc(rpc, context, metrics, functools.partial(checked, raw, context))
+
+    async def checked(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        request = await _admit(raw, context, request_type, access, needs, rpc=rpc)
         return await method(request, context)
 
     return grpc.unary_unary_rpc_method_handler(handle, response_serializer=response_type.SerializeToString)
@@ -692,15 +728,23 @@ def _parsing_stream(
     response_type: type[Message],
     access: AccessControl,
     needs: Needs,
+    *,
+    metrics: NodeMetrics | None = None,
+    rpc: str = "",
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """``_parsing`` for a server stream: the same checks before the first message.
 
     The method writes its responses with ``context.write`` (Watch, which
-    bounds how long a send may wait), or yields them (Backup).
+    bounds how long a send may wait), or yields them (Backup). Counted like a
+    unary RPC when it ends, as ``rpc`` (its duration is the stream's life).
     """
+    rpc = rpc or method.__name__
 
     async def handle(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        request = await _admit(raw, context, request_type, access, needs)
+        await serve_rpc(rpc, context, metrics, functools.partial(checked, raw, context))
+
+    async def checked(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        request = await _admit(raw, context, request_type, access, needs, rpc=rpc)
         answer = method(request, context)
         if isinstance(answer, AsyncIterator):
             async for response in answer:
@@ -714,7 +758,7 @@ def _parsing_stream(
 def add_services(server: grpc.aio.Server, node: NodeState) -> list[str]:
     """Register KV, Admin and Replication on ``server``; returns their full service names."""
     kv, admin = KVService(node), AdminService(node)
-    access = node.access
+    access, metrics = node.access, node.metrics
     watches = node.watches = WatchStreams(node)
 
     async def watch(request: pb.WatchRequest, context: grpc.aio.ServicerContext[Any, Any]) -> None:
@@ -728,16 +772,21 @@ def add_services(server: grpc.aio.Server, node: NodeState) -> list[str]:
         await watches.watch(request, context, still_allowed)
 
     def admin_rpc(method: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]], name: str) -> Any:
-        return _parsing(method, getattr(pb, f"{name}Request"), getattr(pb, f"{name}Response"), access, _needs_admin)
+        request, response = getattr(pb, f"{name}Request"), getattr(pb, f"{name}Response")
+        return _parsing(method, request, response, access, _needs_admin, metrics=metrics)
 
     handlers = {
         "crdtstore.v1.KV": {
-            "Get": _parsing(kv.Get, pb.GetRequest, pb.GetResponse, access, _reads_key),
-            "Mutate": _parsing(kv.Mutate, pb.MutateRequest, pb.MutateResponse, access, _mutate_needs),
-            "Scan": _parsing(kv.Scan, pb.ScanRequest, pb.ScanResponse, access, _needs_nothing),
-            "Contains": _parsing(kv.Contains, pb.ContainsRequest, pb.ContainsResponse, access, _reads_key),
-            "Members": _parsing(kv.Members, pb.MembersRequest, pb.MembersResponse, access, _reads_key),
-            "Watch": _parsing_stream(watch, pb.WatchRequest, pb.WatchResponse, access, read_need),
+            "Get": _parsing(kv.Get, pb.GetRequest, pb.GetResponse, access, _reads_key, metrics=metrics),
+            "Mutate": _parsing(kv.Mutate, pb.MutateRequest, pb.MutateResponse, access, _mutate_needs, metrics=metrics),
+            "Scan": _parsing(kv.Scan, pb.ScanRequest, pb.ScanResponse, access, _needs_nothing, metrics=metrics),
+            "Contains": _parsing(
+                kv.Contains, pb.ContainsRequest, pb.ContainsResponse, access, _reads_key, metrics=metrics
+            ),
+            "Members": _parsing(kv.Members, pb.MembersRequest, pb.MembersResponse, access, _reads_key, metrics=metrics),
+            "Watch": _parsing_stream(
+                watch, pb.WatchRequest, pb.WatchResponse, access, read_need, metrics=metrics, rpc="Watch"
+            ),
         },
         "crdtstore.v1.Admin": {
             name: admin_rpc(getattr(admin, name), name)
@@ -752,7 +801,11 @@ def add_services(server: grpc.aio.Server, node: NodeState) -> list[str]:
                 "BucketKeys",
             )
         }
-        | {"Backup": _parsing_stream(admin.Backup, pb.BackupRequest, pb.BackupChunk, access, _needs_admin)},
+        | {
+            "Backup": _parsing_stream(
+                admin.Backup, pb.BackupRequest, pb.BackupChunk, access, _needs_admin, metrics=metrics
+            )
+        },
         "crdtstore.v1.Replication": {
             # Messages arrive as bytes: the replicator parses them, so a
             # malformed one closes the stream with INVALID_ARGUMENT. It checks
