@@ -223,12 +223,9 @@ class FeedIndex(StoreEnvironment):
             floor = decode_as(txn.get(_META_FEED_FLOOR, db=self.meta) or b"", VersionVector)
             if not token.dominates(floor):
                 return None
-            cursor = txn.cursor(db=self.feed_marks)
-            found = cursor.last()
-            while found:
-                if token.dominates(decode_as(bytes(cursor.value()), VersionVector)):
-                    return int.from_bytes(cursor.key(), "big") - 1
-                found = cursor.prev()
+            mark = _last_mark_within(txn.cursor(db=self.feed_marks), token)
+            if mark is not None:
+                return mark - 1
             # No mark within the token: from the first record held.
             first = txn.cursor(db=self.feed)
             return int.from_bytes(first.key(), "big") - 1 if first.first() else self._feed_next_seq(txn) - 1
@@ -308,6 +305,36 @@ _NODE_OVERHEAD_BYTES = 16
 def _bytes_of(txn: lmdb.Transaction, db: lmdb._Database) -> int:
     stat = txn.stat(db)
     return int(stat["psize"] * (stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]))
+
+
+def _last_mark_within(cursor: lmdb.Cursor, token: VersionVector) -> int | None:
+    """The number of the last mark whose vector ``token`` covers, or None: a binary search over the marks.
+
+    Marks' vectors only grow with their numbers (each is what the node had at
+    that point), so the marks a token covers come first: a resume reads
+    O(log marks) of them, not every one after its point.
+    """
+
+    def covered() -> bool:  # the mark under the cursor
+        return token.dominates(decode_as(bytes(cursor.value()), VersionVector))
+
+    if not cursor.first() or not covered():
+        return None
+    low = int.from_bytes(cursor.key(), "big")  # a mark the token covers
+    cursor.last()
+    if covered():
+        return int.from_bytes(cursor.key(), "big")
+    high = int.from_bytes(cursor.key(), "big")  # every mark from here on is not covered
+    while low + 1 < high:
+        middle = (low + high + 1) // 2
+        if cursor.set_range(middle.to_bytes(8, "big")) and (seq := int.from_bytes(cursor.key(), "big")) < high:
+            if covered():
+                low = seq
+            else:
+                high = seq
+        else:
+            high = middle  # no mark in [middle, high)
+    return low
 
 
 def _decode_record(seq: int, value: bytes) -> FeedRecord:
