@@ -10,6 +10,7 @@ Example file::
     region = "eu-west"
     data_dir = "/var/lib/crdtstore"
     listen = "0.0.0.0:7420"
+    health_listen = "0.0.0.0:7421"   # plaintext grpc.health.v1 only, for probes; off when empty
 
     [limits]
     key_bytes_max = 1024
@@ -82,6 +83,8 @@ DEFAULT_LISTEN = "127.0.0.1:7420"
 MESSAGE_OVERHEAD_BYTES = 1024 * 1024
 _REGION = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 PEER_TOKEN_ENV = "CRDTSTORE_PEER_TOKEN"
+# Top-level string settings: each also CRDTSTORE_<NAME> in the environment and --<name> on the command line.
+_TOP_LEVEL = ("region", "data_dir", "listen", "health_listen")
 _TOKEN_ALGORITHMS = ("EdDSA", "ES256", "RS256")
 
 
@@ -218,6 +221,9 @@ class NodeConfig:
     region: str = "local"
     data_dir: Path = Path("crdtstore-data")
     listen: str = DEFAULT_LISTEN
+    # A second, plaintext port serving only grpc.health.v1 (no data, no other service), for probes that
+    # cannot speak TLS (Kubernetes' gRPC probe); "" for none.
+    health_listen: str = ""
     limits: Limits = field(default_factory=Limits)
     storage: StorageOptions = field(default_factory=StorageOptions)
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -247,7 +253,7 @@ class NodeConfig:
         path = config_file or env.get("CRDTSTORE_CONFIG")
         if path:
             config = config._merge_file(Path(path))
-        for name in ("region", "data_dir", "listen"):
+        for name in _TOP_LEVEL:
             value = env.get(f"CRDTSTORE_{name.upper()}")
             if value:
                 config = config._set_top(name, value, f"environment variable CRDTSTORE_{name.upper()}")
@@ -274,7 +280,11 @@ class NodeConfig:
             return replace(self, data_dir=Path(value))
         if not isinstance(value, str):
             raise ConfigError(f"{source}: {name} must be a string, got {type(value).__name__}")
-        return replace(self, region=value) if name == "region" else replace(self, listen=value)
+        if name == "region":
+            return replace(self, region=value)
+        if name == "health_listen":
+            return replace(self, health_listen=value)
+        return replace(self, listen=value)
 
     @property
     def message_bytes_max(self) -> int:
@@ -311,7 +321,7 @@ class NodeConfig:
         }
         for key, value in raw.items():
             where = f"{path}: {key}"
-            if key in ("region", "data_dir", "listen"):
+            if key in _TOP_LEVEL:
                 config = config._set_top(key, value, where)
             elif key == "peers":
                 if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
@@ -328,7 +338,7 @@ class NodeConfig:
                         f"serves loopback only"
                     )
             else:
-                known = ", ".join(["region", "data_dir", "listen", "peers", *sections])
+                known = ", ".join([*_TOP_LEVEL, "peers", *sections])
                 raise ConfigError(f"{where}: unknown setting (known: {known})")
         return config
 
@@ -339,6 +349,13 @@ class NodeConfig:
                 f"'.', '_' or '-', starting with a letter or digit"
             )
         parse_listen(self.listen)
+        if self.health_listen:
+            try:
+                parse_listen(self.health_listen)
+            except ConfigError as exc:
+                raise ConfigError(f"health_listen: {exc}") from None
+            if self.health_listen == self.listen:
+                raise ConfigError(f"health_listen {self.health_listen} is the listen address: give it another port")
         for name, address in self.peers.items():
             if name == self.region:
                 raise ConfigError(f"peer {name!r} is this node's own region; list only the other regions")
