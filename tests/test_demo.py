@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -76,7 +77,7 @@ def _finish(proc: subprocess.Popen[str]) -> None:
 
 @pytest.mark.parametrize("latency", ["0", "20"])
 def test_demo_runs_regions_that_replicate_and_stops_cleanly_on_ctrl_c(latency: str, tmp_path: Path) -> None:
-    base = _free_run(3)
+    base = _free_run(6)  # the regions' ports, then their metrics ports
     proc = _start_demo("--regions", "3", "--base-port", str(base), "--latency-ms", latency)
     try:
         banner = _read_until(proc, "Ctrl-C stops every region")
@@ -93,6 +94,11 @@ def test_demo_runs_regions_that_replicate_and_stops_cleanly_on_ctrl_c(latency: s
             assert not first.mutate([Increment("visits", 1)], durability="replicated:3").replayed
             status = last.status()
             assert {p["region"] for p in status["peers"]} == {"eu-west", "us-east"}
+        # Metrics on loopback, on the ports after the regions' own.
+        assert f"http://127.0.0.1:{base + 3}/metrics" in banner
+        with urllib.request.urlopen(f"http://127.0.0.1:{base + 3}/metrics", timeout=20) as response:
+            scraped = response.read().decode()
+        assert 'crdtstore_requests_total{code="OK",rpc="Mutate"}' in scraped
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
         assert not Path(folder.group(1)).exists(), "the temporary data is removed"
@@ -117,7 +123,7 @@ def test_demo_refuses_a_port_in_use() -> None:
 
 
 def test_demo_with_auth_requires_the_token_it_prints() -> None:
-    base = _free_run(2)
+    base = _free_run(4)
     proc = _start_demo("--regions", "2", "--base-port", str(base), "--auth")
     try:
         banner = _read_until(proc, "Ctrl-C stops every region")

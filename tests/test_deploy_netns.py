@@ -23,6 +23,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -31,7 +32,7 @@ import pytest
 from crdtstore.client import Client, ClientError, ClientTls
 from crdtstore.testing.deploy import DEPLOY_DIR, RenderedRegion, render_compose
 from crdtstore.testing.regions import snapshot
-from simulations.netns import PORT, NamespacedRegions, netns_unavailable
+from simulations.netns import NamespacedRegions, netns_unavailable
 
 pytestmark = pytest.mark.processes
 
@@ -39,6 +40,9 @@ _REASON = netns_unavailable()
 _WAIT_S = 30.0
 # The hosts are on the test's own bridge: never through a proxy the environment may name.
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+_ADMIN = ("--subject", "operator", "--role", "admin", "--ttl", "10m")
 
 
 def _tool_env() -> dict[str, str]:
@@ -52,6 +56,10 @@ def _wait_for(what: str, check: Callable[[], bool]) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {_WAIT_S:g} s: {what}")
         time.sleep(0.1)
+
+
+def _logged(log: Path, text: str) -> bool:
+    return text in log.read_text(encoding="utf-8")
 
 
 def _port(listen: str) -> int:
@@ -72,17 +80,9 @@ class Deployment:
             env=_tool_env(),
         )
         self.regions: dict[str, RenderedRegion] = render_compose(root / "rendered", self.secrets)
+        signing_key = self.secrets / "auth" / "signing.pem"
         self.token = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "crdtstore",
-                "token",
-                "issue",
-                "--signing-key",
-                str(self.secrets / "auth" / "signing.pem"),
-            ]
-            + ["--subject", "operator", "--role", "admin", "--ttl", "10m"],
+            [sys.executable, "-m", "crdtstore", "token", "issue", "--signing-key", str(signing_key), *_ADMIN],
             check=True,
             capture_output=True,
             text=True,
@@ -93,7 +93,7 @@ class Deployment:
         self.hosts = NamespacedRegions(
             root / "hosts",
             list(self.regions),
-            server_args={name: () for name in self.regions},  # everything comes from the rendered environment
+            server_args=dict.fromkeys(self.regions, ()),  # everything comes from the rendered environment
             server_env={name: region.env for name, region in self.regions.items()},
             host_names=True,
         )
@@ -119,11 +119,11 @@ class Deployment:
         self.hosts.close()
 
     def cli_inside(self, region: str, *args: str) -> subprocess.CompletedProcess[str]:
-        """The command line run inside ``region``'s namespace against its node on loopback."""
+        """The command line run inside ``region``'s namespace, against its node: it works with the link down."""
         ca, cert, key = self.tls_files
         command = [
             *("ip", "netns", "exec", self.hosts.namespaces[region]),
-            *(sys.executable, "-m", "crdtstore", "--addr", f"127.0.0.1:{PORT}", "--timeout", "10"),
+            *(sys.executable, "-m", "crdtstore", "--addr", self.hosts.servers[region].addr, "--timeout", "10"),
             *("--tls-ca", str(ca), "--tls-cert", str(cert), "--tls-key", str(key), "--tls-server-name", region),
             *("--token", self.token, *args),
         ]
@@ -147,7 +147,7 @@ def test_the_compose_regions_converge_on_separate_hosts_over_mutual_tls_with_tok
     for name in names:
         assert deployment.regions[name].env["CRDTSTORE_REGION"] == name
         log = deployment.hosts.servers[name].log_path
-        _wait_for(f"{name} serves with mutual TLS", lambda log=log: "(mutual TLS)" in log.read_text())
+        _wait_for(f"{name} serves with mutual TLS", partial(_logged, log, "(mutual TLS)"))
 
     # Writes in every region reach every region.
     for name, client in deployment.clients.items():

@@ -11,6 +11,7 @@ Example file::
     data_dir = "/var/lib/crdtstore"
     listen = "0.0.0.0:7420"
     health_listen = "0.0.0.0:7421"   # plaintext grpc.health.v1 only, for probes; off when empty
+    metrics_listen = "127.0.0.1:9420"   # Prometheus text at http://HOST:PORT/metrics; off when empty
 
     [limits]
     key_bytes_max = 1024
@@ -83,9 +84,9 @@ DEFAULT_LISTEN = "127.0.0.1:7420"
 MESSAGE_OVERHEAD_BYTES = 1024 * 1024
 _REGION = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 PEER_TOKEN_ENV = "CRDTSTORE_PEER_TOKEN"
-# Top-level string settings: each also CRDTSTORE_<NAME> in the environment and --<name> on the command line.
-_TOP_LEVEL = ("region", "data_dir", "listen", "health_listen")
 _TOKEN_ALGORITHMS = ("EdDSA", "ES256", "RS256")
+# Top-level string settings, each also CRDTSTORE_<NAME> and --<name> (with dashes).
+_TOP_SETTINGS = ("region", "data_dir", "listen", "metrics_listen", "health_listen")
 
 
 class ConfigError(Exception):
@@ -236,6 +237,9 @@ class NodeConfig:
     rejoin: bool = False
     # Serve a non-loopback address without access control, on purpose (--insecure-no-auth).
     insecure_no_auth: bool = False
+    # Where Prometheus scrapes ``/metrics`` (docs/observability.md); off when empty. Never behind access
+    # control: the metrics carry no key, member or token, only counts (bind it where only Prometheus reaches).
+    metrics_listen: str = ""
 
     @classmethod
     def load(
@@ -253,7 +257,7 @@ class NodeConfig:
         path = config_file or env.get("CRDTSTORE_CONFIG")
         if path:
             config = config._merge_file(Path(path))
-        for name in _TOP_LEVEL:
+        for name in _TOP_SETTINGS:
             value = env.get(f"CRDTSTORE_{name.upper()}")
             if value:
                 config = config._set_top(name, value, f"environment variable CRDTSTORE_{name.upper()}")
@@ -280,11 +284,18 @@ class NodeConfig:
             return replace(self, data_dir=Path(value))
         if not isinstance(value, str):
             raise ConfigError(f"{source}: {name} must be a string, got {type(value).__name__}")
+        if name == "metrics_listen" and value:
+            try:
+                parse_listen(value)
+            except ConfigError as exc:
+                raise ConfigError(f"{source}: metrics_listen: {exc}") from None
         if name == "region":
             return replace(self, region=value)
+        if name == "listen":
+            return replace(self, listen=value)
         if name == "health_listen":
             return replace(self, health_listen=value)
-        return replace(self, listen=value)
+        return replace(self, metrics_listen=value)
 
     @property
     def message_bytes_max(self) -> int:
@@ -321,7 +332,7 @@ class NodeConfig:
         }
         for key, value in raw.items():
             where = f"{path}: {key}"
-            if key in _TOP_LEVEL:
+            if key in _TOP_SETTINGS:
                 config = config._set_top(key, value, where)
             elif key == "peers":
                 if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
@@ -338,7 +349,7 @@ class NodeConfig:
                         f"serves loopback only"
                     )
             else:
-                known = ", ".join([*_TOP_LEVEL, "peers", *sections])
+                known = ", ".join([*_TOP_SETTINGS, "peers", *sections])
                 raise ConfigError(f"{where}: unknown setting (known: {known})")
         return config
 
@@ -356,6 +367,15 @@ class NodeConfig:
                 raise ConfigError(f"health_listen: {exc}") from None
             if self.health_listen == self.listen:
                 raise ConfigError(f"health_listen {self.health_listen} is the listen address: give it another port")
+        if self.metrics_listen:
+            try:
+                parse_listen(self.metrics_listen)
+            except ConfigError as exc:
+                raise ConfigError(f"metrics_listen: {exc}") from None
+            if self.metrics_listen == self.listen and not self.listen.endswith(":0"):
+                raise ConfigError(
+                    f"metrics_listen {self.metrics_listen} is the node's own gRPC address; choose another port"
+                )
         for name, address in self.peers.items():
             if name == self.region:
                 raise ConfigError(f"peer {name!r} is this node's own region; list only the other regions")

@@ -20,8 +20,10 @@ from grpc_reflection.v1alpha import reflection
 from crdtstore.crdt import HybridLogicalClock
 from crdtstore.node.access import AccessControl
 from crdtstore.node.config import ConfigError, NodeConfig, is_loopback, parse_listen
+from crdtstore.node.metrics import MetricsServer, NodeMetrics
 from crdtstore.node.replication import Replicator
 from crdtstore.node.service import NodeState, add_services
+from crdtstore.node.telemetry import start_metrics
 from crdtstore.node.writer import GroupCommitWriter
 from crdtstore.storage import LmdbStore, StorageConfig, StorageError
 
@@ -40,6 +42,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="HOST:PORT",
         help="also serve grpc.health.v1 alone, in plaintext, here: for probes that cannot speak TLS (or "
         "CRDTSTORE_HEALTH_LISTEN; default: none)",
+    )
+    parser.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (or metrics_listen, CRDTSTORE_METRICS_LISTEN; "
+        "off by default)",
     )
     parser.add_argument(
         "--peer",
@@ -152,6 +160,27 @@ def _bind(server: grpc.aio.Server, listen: str, credentials: grpc.ServerCredenti
     raise StartupError(f"cannot listen on {listen}: is the port in use or the address wrong?{detail}")
 
 
+async def _serve_metrics(node: NodeState, server: grpc.aio.Server) -> MetricsServer | None:
+    """Start ``/metrics`` when metrics are on; ``StartupError`` (the node's port and store closed) if it cannot."""
+    if node.metrics is None:
+        return None
+    try:
+        return start_metrics(node, node.metrics)
+    except OSError as exc:
+        await server.stop(grace=None)
+        node.store.close()
+        listen = node.config.metrics_listen
+        raise StartupError(f"cannot serve metrics on {listen}: {exc.strerror or exc} (is the port in use?)") from None
+
+
+def _metrics_note(config: NodeConfig, server: MetricsServer | None) -> str:
+    """Where ``/metrics`` is served, for the ready line ("" when metrics are off)."""
+    if server is None:
+        return ""
+    host, _ = parse_listen(config.metrics_listen)
+    return f", metrics on http://{host}:{server.port}/metrics"
+
+
 class StartupError(Exception):
     """The node could not start for a reason outside its configuration (a port in use, say)."""
 
@@ -167,6 +196,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
                 "listen": args.listen,
                 "region": args.region,
                 "health_listen": args.health_listen,
+                "metrics_listen": args.metrics_listen,
             },
             peer_flags=args.peer,
             rejoin=args.rejoin,
@@ -247,12 +277,15 @@ def _health_port(config: NodeConfig, servicer: health.aio.HealthServicer) -> grp
     return server
 
 
-async def run_node(config: NodeConfig, *, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> int:
+async def run_node(  # noqa: PLR0915 (the node's whole start and stop, in order)
+    config: NodeConfig, *, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None
+) -> int:
     """Serve until SIGTERM/SIGINT (or ``stop`` is set), then drain and close."""
     storage = StorageConfig(
         path=config.data_dir, region=config.region, options=config.storage, new_incarnation=config.rejoin
     )
     offset_ms = _clock_offset_ms()
+    metrics = NodeMetrics() if config.metrics_listen else None  # None: metrics off, every hook skipped
     store = LmdbStore(storage)
     access = _access_control(config, store)
 
@@ -265,11 +298,12 @@ async def run_node(config: NodeConfig, *, ready: asyncio.Event | None = None, st
         clock,
         batch_requests_max=config.server.batch_requests_max,
         pending_requests_max=config.server.pending_requests_max,
+        metrics=metrics,
     )
-    replicator = Replicator(config, store, writer, clock, wall_ms=wall_ms)
+    replicator = Replicator(config, store, writer, clock, wall_ms=wall_ms, metrics=metrics)
     writer.on_commit = replicator.local_committed
     replicator.access = access
-    node = NodeState(config, store, writer, replicator, access)
+    node = NodeState(config, store, writer, replicator, access, metrics=metrics)
     message_max = config.message_bytes_max
     server = grpc.aio.server(
         options=[
@@ -300,6 +334,8 @@ async def run_node(config: NodeConfig, *, ready: asyncio.Event | None = None, st
         store.close()
         raise
 
+    metrics_server = await _serve_metrics(node, server)
+
     writer.start()
     await server.start()
     if health_server is not None:
@@ -311,7 +347,11 @@ async def run_node(config: NodeConfig, *, ready: asyncio.Event | None = None, st
     _log_access(config, access, host)
     for name, address in sorted(config.peers.items()):
         log.info("peer %s at %s", name, address)
-    print(f"crdtstore: region {config.region} listening on {host}:{bound}", flush=True)
+    # The line the demo and the test harness wait for (stdout, not a log line): the addresses bound.
+    print(
+        f"crdtstore: region {config.region} listening on {host}:{bound}{_metrics_note(config, metrics_server)}",
+        flush=True,
+    )
 
     if ready is not None:
         ready.set()
@@ -325,6 +365,8 @@ async def run_node(config: NodeConfig, *, ready: asyncio.Event | None = None, st
     if health_server is not None:
         await health_server.stop(grace=None)
     await writer.close()
+    if metrics_server is not None:  # before the store closes: a scrape reads it
+        metrics_server.close()
     store.close()
     log.info("stopped cleanly")
     return 0

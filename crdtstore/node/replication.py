@@ -74,6 +74,7 @@ from crdtstore.crdt import CodecError, HybridLogicalClock, VersionVector
 from crdtstore.node.access import AccessControl, Refusal, bearer_token
 from crdtstore.node.clocks import PeerClock
 from crdtstore.node.config import ConfigError, NodeConfig
+from crdtstore.node.metrics import NodeMetrics
 from crdtstore.node.streams import (
     certificate_expiry,
     certificate_names,
@@ -141,8 +142,10 @@ class Replicator:
         clock: HybridLogicalClock,
         *,
         wall_ms: Callable[[], int] | None = None,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics  # None when metrics are off
         self.settings = config.replication
         self.store = store
         self.writer = writer
@@ -562,7 +565,7 @@ class Replicator:
             await asyncio.sleep(min(left_s, 3600.0))
         raise Refusal(grpc.StatusCode.UNAUTHENTICATED, f"the certificate of peer {peer!r} has expired")
 
-    async def _session(
+    async def _session(  # noqa: PLR0915 (one stream's whole life: pump, receive, and how it ends)
         self,
         link: _Link,
         read: Callable[[], Awaitable[bytes | None]],
@@ -582,6 +585,7 @@ class Replicator:
         link.session = asyncio.current_task()
         link.clock.new_stream()
         peer = link.name
+        counts = _StreamCounts(self.metrics, peer)
 
         async def pump() -> None:
             while True:
@@ -590,6 +594,7 @@ class Replicator:
                 # When it leaves, not when it was queued.
                 stamps = link.clock.stamp(self._wall_ms(), time.monotonic())
                 message.sent_wall_ms, message.echo_wall_ms, message.echo_held_ms = stamps
+                counts.sent(message)
                 await write(message)
 
         async def receive() -> None:
@@ -597,6 +602,7 @@ class Replicator:
             raw = first if first is not None else await read()
             while raw is not None:
                 pb, message = parse(raw, peer)
+                counts.received(pb, len(raw))
                 link.clock.received(
                     pb.sent_wall_ms, pb.echo_wall_ms, pb.echo_held_ms, self._wall_ms(), time.monotonic()
                 )
@@ -631,6 +637,26 @@ class Replicator:
                 link.stream = None
                 link.session = None
                 self._handle(self.driver.disconnected(peer, _monotonic_ms()))
+
+
+class _StreamCounts:
+    """A stream's messages and bytes in the metrics, by peer and kind; nothing when metrics are off."""
+
+    __slots__ = ("_metrics", "_peer")
+
+    def __init__(self, metrics: NodeMetrics | None, peer: str) -> None:
+        self._metrics = metrics
+        self._peer = peer
+
+    def sent(self, message: rpb.SyncMessage) -> None:
+        if (metrics := self._metrics) is not None:
+            metrics.replication_sent_messages.labels(self._peer, message.WhichOneof("body") or "none").inc()
+            metrics.replication_sent_bytes.labels(self._peer).inc(message.ByteSize())
+
+    def received(self, message: rpb.SyncMessage, size: int) -> None:
+        if (metrics := self._metrics) is not None:
+            metrics.replication_received_messages.labels(self._peer, message.WhichOneof("body") or "none").inc()
+            metrics.replication_received_bytes.labels(self._peer).inc(size)
 
 
 def _monotonic_ms() -> int:

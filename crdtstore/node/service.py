@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from typing import Any, NoReturn
@@ -46,7 +47,9 @@ from crdtstore.node.access import (
     role_operations,
 )
 from crdtstore.node.config import NodeConfig
+from crdtstore.node.metrics import NodeMetrics
 from crdtstore.node.replication import Replicator
+from crdtstore.node.requests import serve_rpc, set_principal
 from crdtstore.node.writer import GroupCommitWriter
 from crdtstore.operations import (
     AddMembers,
@@ -90,8 +93,11 @@ class NodeState:
         writer: GroupCommitWriter,
         replicator: Replicator,
         access: AccessControl | None = None,
+        *,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics  # None when metrics are off (metrics_listen empty)
         self.store = store
         self.writer = writer
         self.replicator = replicator
@@ -327,6 +333,8 @@ class KVService:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         replicator = self.node.replicator
         if replicator.clock_fenced():
+            if self.node.metrics is not None:
+                self.node.metrics.clock_fenced_refusals.inc()
             await _abort(
                 context,
                 grpc.StatusCode.UNAVAILABLE,
@@ -637,17 +645,25 @@ def _parsing(
     response_type: type[Message],
     access: AccessControl,
     needs: Needs,
+    *,
+    metrics: NodeMetrics | None = None,
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """A handler that checks the caller, then parses the request itself, so a malformed one is INVALID_ARGUMENT.
 
     Every unary RPC goes through here: the caller is authenticated before
     anything else, and authorized for what ``needs`` says the request asks
-    before the method runs. gRPC's own deserialisation would answer UNKNOWN
+    before the method runs; the request's id is set and answered, and it is
+    counted in the metrics (``crdtstore.node.requests``). gRPC's own deserialisation would answer UNKNOWN
     with a Python traceback in the details; the contract promises
     INVALID_ARGUMENT for malformed input.
     """
 
+    rpc = method.__name__
+
     async def handle(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        return await serve_rpc(rpc, context, metrics, functools.partial(checked, raw, context))
+
+    async def checked(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             principal = access.authenticate(context.invocation_metadata()) if access.enabled else ANONYMOUS
         except Refusal as refusal:
@@ -666,6 +682,8 @@ def _parsing(
             except Refusal as refusal:
                 await _abort(context, refusal.code, refusal.message)
         _caller.set(principal)
+        if access.enabled:
+            set_principal(principal.subject)
         return await method(request, context)
 
     return grpc.unary_unary_rpc_method_handler(handle, response_serializer=response_type.SerializeToString)
@@ -674,18 +692,21 @@ def _parsing(
 def add_services(server: grpc.aio.Server, node: NodeState) -> list[str]:
     """Register KV, Admin and Replication on ``server``; returns their full service names."""
     kv, admin = KVService(node), AdminService(node)
-    access = node.access
+    access, metrics = node.access, node.metrics
 
     def admin_rpc(method: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]], name: str) -> Any:
-        return _parsing(method, getattr(pb, f"{name}Request"), getattr(pb, f"{name}Response"), access, _needs_admin)
+        request, response = getattr(pb, f"{name}Request"), getattr(pb, f"{name}Response")
+        return _parsing(method, request, response, access, _needs_admin, metrics=metrics)
 
     handlers = {
         "crdtstore.v1.KV": {
-            "Get": _parsing(kv.Get, pb.GetRequest, pb.GetResponse, access, _reads_key),
-            "Mutate": _parsing(kv.Mutate, pb.MutateRequest, pb.MutateResponse, access, _mutate_needs),
-            "Scan": _parsing(kv.Scan, pb.ScanRequest, pb.ScanResponse, access, _needs_nothing),
-            "Contains": _parsing(kv.Contains, pb.ContainsRequest, pb.ContainsResponse, access, _reads_key),
-            "Members": _parsing(kv.Members, pb.MembersRequest, pb.MembersResponse, access, _reads_key),
+            "Get": _parsing(kv.Get, pb.GetRequest, pb.GetResponse, access, _reads_key, metrics=metrics),
+            "Mutate": _parsing(kv.Mutate, pb.MutateRequest, pb.MutateResponse, access, _mutate_needs, metrics=metrics),
+            "Scan": _parsing(kv.Scan, pb.ScanRequest, pb.ScanResponse, access, _needs_nothing, metrics=metrics),
+            "Contains": _parsing(
+                kv.Contains, pb.ContainsRequest, pb.ContainsResponse, access, _reads_key, metrics=metrics
+            ),
+            "Members": _parsing(kv.Members, pb.MembersRequest, pb.MembersResponse, access, _reads_key, metrics=metrics),
         },
         "crdtstore.v1.Admin": {
             name: admin_rpc(getattr(admin, name), name)

@@ -31,10 +31,12 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from crdtstore.crdt import HybridLogicalClock
+from crdtstore.node.metrics import NodeMetrics
 from crdtstore.storage import Applied, Failed, LmdbStore, WriteRequest
 from crdtstore.storage.lmdb_store import Result
 
@@ -60,6 +62,7 @@ class GroupCommitWriter:
         *,
         batch_requests_max: int = 1024,
         pending_requests_max: int = 16_384,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         if batch_requests_max < 1 or pending_requests_max < 1:
             raise ValueError("batch_requests_max and pending_requests_max must be positive")
@@ -75,6 +78,11 @@ class GroupCommitWriter:
         self.on_commit: Callable[[], None] | None = None
         self.batches_committed = 0
         self.requests_committed = 0
+        self._metrics = metrics
+        if metrics is not None:
+            pending_max = pending_requests_max
+            # Read at scrape time: the places taken are the requests and jobs queued or being committed.
+            metrics.writer_queue_depth.set_function(lambda: pending_max - self._places._value)
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -154,6 +162,8 @@ class GroupCommitWriter:
             loop.call_soon_threadsafe(self._answer_job, job.future, result, None)
 
     def _commit(self, batch: Sequence[_Item]) -> None:
+        metrics = self._metrics
+        started = time.perf_counter() if metrics is not None else 0.0
         try:
             results = self._store.write_batch([request for request, _ in batch], self._clock)
         except Exception as exc:  # an LMDB failure nobody planned for: every caller hears of it
@@ -161,6 +171,8 @@ class GroupCommitWriter:
         else:
             self.batches_committed += 1
             self.requests_committed += len(batch)
+        if metrics is not None:
+            _observe_commit(metrics, time.perf_counter() - started, results)
         loop = self._loop
         assert loop is not None
         # One wake-up of the event loop for the whole batch, not one per caller.
@@ -186,3 +198,29 @@ class GroupCommitWriter:
             future.set_exception(exc)
         else:
             future.set_result(result)
+
+
+# Failure reasons as labels: a fixed list (bounded cardinality), whatever else fails is "other".
+_FAILURE_REASONS = {
+    "TypeMismatch": "type_mismatch",
+    "IdempotencyConflict": "idempotency_conflict",
+    "StoreFull": "store_full",
+    "KeyTooLarge": "key_too_large",
+    "DataCorruption": "data_corruption",
+    "ValueError": "invalid",
+    "TypeError": "invalid",
+}
+
+
+def _observe_commit(metrics: NodeMetrics, seconds: float, results: Sequence[Result]) -> None:
+    """One group commit in the metrics: its size and duration, replays, and failures by kind."""
+    metrics.write_batch_requests.observe(len(results))
+    metrics.write_commit_duration.observe(seconds)
+    replays = 0
+    for result in results:
+        if isinstance(result, Applied):
+            replays += result.replayed
+        else:
+            metrics.write_failures.labels(_FAILURE_REASONS.get(type(result.error).__name__, "other")).inc()
+    if replays:
+        metrics.idempotent_replays.inc(replays)

@@ -28,6 +28,7 @@ from types import TracebackType
 __all__ = ["ServerProcess"]
 
 _LISTENING = re.compile(r"listening on (\S+):(\d+)")
+_METRICS = re.compile(r"metrics on http://(\S+):(\d+)/metrics")
 
 
 class ServerProcess:
@@ -51,6 +52,7 @@ class ServerProcess:
         self.env = dict(env or {})
         self.start_timeout_s = start_timeout_s
         self.port = 0
+        self.metrics_port = 0  # where it serves /metrics, when started with --metrics-listen
         self.proc: subprocess.Popen[str] | None = None
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
 
@@ -99,6 +101,8 @@ class ServerProcess:
             match = _LISTENING.search(line)
             if match:
                 self.port = int(match.group(2))
+                metrics = _METRICS.search(line)
+                self.metrics_port = int(metrics.group(2)) if metrics else 0
                 break
         self._wait_ready(deadline)
         return self

@@ -8,6 +8,11 @@ listens on ``--base-port + i``, so the first region is on the address the
 inter-region link goes through an in-process proxy that delays each
 direction by N ms, so replication lag looks like it does between real regions.
 
+Each region serves Prometheus metrics on loopback, region *i* at
+``http://HOST:(--metrics-base-port + i)/metrics``; by default the ports right
+after the regions' own (7423, 7424, 7425 for three regions from 7420; see
+docs/observability.md).
+
 With ``--auth`` the regions require tokens: the demo makes a signing key
 pair (under the data directory, in ``auth/``), a token the regions present to
 each other, and prints an admin token to use with ``--token`` (or
@@ -59,6 +64,13 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--base-port", type=int, default=7420, metavar="PORT", help="region i listens on PORT+i (default 7420)"
     )
+    parser.add_argument(
+        "--metrics-base-port",
+        type=int,
+        metavar="PORT",
+        help="region i serves Prometheus metrics at http://HOST:PORT+i/metrics (default: the ports right after "
+        "the regions', --base-port + N)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="loopback address to listen on (default 127.0.0.1)")
     parser.add_argument(
         "--auth",
@@ -87,26 +99,42 @@ def _check_arguments(args: argparse.Namespace) -> str | None:
         return f"--regions must be from 1 to 16, not {args.regions}"
     if args.latency_ms < 0:
         return f"--latency-ms must not be negative, not {args.latency_ms}"
-    if not 1 <= args.base_port <= 65535 - args.regions:
+    if not 1 <= args.base_port <= 65535 - 2 * args.regions:
         return f"--base-port {args.base_port} leaves no room for {args.regions} ports"
+    if args.metrics_base_port is None:
+        args.metrics_base_port = args.base_port + args.regions
+    if not 1 <= args.metrics_base_port <= 65535 - args.regions:
+        return f"--metrics-base-port {args.metrics_base_port} leaves no room for {args.regions} ports"
+    serving = set(range(args.base_port, args.base_port + args.regions))
+    if serving & set(range(args.metrics_base_port, args.metrics_base_port + args.regions)):
+        return "--metrics-base-port and --base-port give overlapping ports; choose ports further apart"
     try:
         parse_listen(f"{args.host}:{args.base_port}")
     except ConfigError as exc:
         return str(exc)
     for i in range(args.regions):
-        port = args.base_port + i
-        with socket.socket() as probe:
-            try:
-                probe.bind((args.host, port))
-            except OSError as exc:
-                return f"cannot use {args.host}:{port}: {exc.strerror}; choose another --base-port"
+        for port in (args.base_port + i, args.metrics_base_port + i):
+            problem = _probe(args.host, port)
+            if problem:
+                return problem
+    return None
+
+
+def _probe(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on, or None."""
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return f"cannot use {host}:{port}: {exc.strerror}; choose another --base-port or --metrics-base-port"
     return None
 
 
 class _Region:
-    def __init__(self, name: str, port: int, data_dir: Path) -> None:
+    def __init__(self, name: str, port: int, data_dir: Path, metrics_port: int) -> None:
         self.name = name
         self.port = port
+        self.metrics_port = metrics_port
         self.data_dir = data_dir
         self.proc: asyncio.subprocess.Process | None = None
 
@@ -119,7 +147,9 @@ async def _run(args: argparse.Namespace) -> int:
     names = region_names(args.regions)
     temporary = args.data_dir is None
     root = Path(tempfile.mkdtemp(prefix="crdtstore-demo-")) if temporary else Path(args.data_dir)
-    regions = [_Region(name, args.base_port + i, root / name) for i, name in enumerate(names)]
+    regions = [
+        _Region(name, args.base_port + i, root / name, args.metrics_base_port + i) for i, name in enumerate(names)
+    ]
     proxies: list[LinkProxy] = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -217,6 +247,8 @@ async def _start(region: _Region, host: str, peers: list[str], config: Path | No
         str(region.data_dir),
         "--listen",
         f"{host}:{region.port}",
+        "--metrics-listen",
+        f"{host}:{region.metrics_port}",
         *itertools.chain.from_iterable(("--peer", p) for p in peers),
         *(("--config", str(config)) if config is not None else ()),
     ]
@@ -250,6 +282,9 @@ def _announce(
     print(f"crdtstore demo: {len(regions)} regions in a mesh{latency}; data and logs in {where}")
     for region in regions:
         print(f"  {region.name:<10} {args.host}:{region.port}")
+    print("Prometheus metrics:")
+    for region in regions:
+        print(f"  {region.name:<10} http://{args.host}:{region.metrics_port}/metrics")
     first, last = regions[0], regions[-1]
     if admin_token is not None:
         print(f"access control is on; the signing key is {root / 'auth' / 'signing.pem'}")

@@ -1,0 +1,116 @@
+"""Request ids, the caller, and per-RPC metrics: what every request carries through the node.
+
+Each RPC gets a request id: the client's ``x-request-id`` metadata when it
+sent a usable one (printable ASCII, at most ``REQUEST_ID_MAX`` characters),
+or a new one (a uuid4 in hex). The node returns it in the response's initial
+metadata ``x-request-id`` (on errors too), so a client can quote it; while the
+request is served it is ``current_request_id()`` for the rest of the node:
+every log line carries it (``crdtstore.node.logs``), and so will the audit
+record of the request. ``current_principal()`` is the subject of the caller's
+token, once access control has authenticated it ("" before, or without
+access control).
+
+``serve_rpc`` wraps one handler call: it sets both context variables,
+answers the request id, and, with metrics on, counts the request by method
+and final status code and observes its duration.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from contextvars import ContextVar
+from typing import Any, TypeVar
+
+import grpc
+
+from crdtstore.node.metrics import NodeMetrics
+
+__all__ = [
+    "REQUEST_ID_HEADER",
+    "REQUEST_ID_MAX",
+    "current_principal",
+    "current_request_id",
+    "request_id_from",
+    "serve_rpc",
+    "set_principal",
+]
+
+REQUEST_ID_HEADER = "x-request-id"
+REQUEST_ID_MAX = 128
+
+T = TypeVar("T")
+
+_request_id: ContextVar[str] = ContextVar("crdtstore_request_id", default="")
+_principal: ContextVar[str] = ContextVar("crdtstore_principal", default="")
+
+
+def current_request_id() -> str:
+    """The id of the request being served in this context; "" outside one."""
+    return _request_id.get()
+
+
+def current_principal() -> str:
+    """The authenticated caller's subject in this context; "" when unknown (before authentication, or no auth)."""
+    return _principal.get()
+
+
+def set_principal(subject: str) -> None:
+    _principal.set(subject)
+
+
+def _usable(value: str) -> bool:
+    return 0 < len(value) <= REQUEST_ID_MAX and value.isascii() and value.isprintable()
+
+
+def request_id_from(metadata: Iterable[tuple[str, Any]] | None) -> str:
+    """The client's ``x-request-id`` when usable, else a new uuid4 in hex.
+
+    A client's id that is empty, too long, or holds control or non-ASCII
+    characters is not taken (it would end up in log lines and audit
+    records): the request gets a new one, which the response tells.
+    """
+    for name, value in metadata or ():
+        if name == REQUEST_ID_HEADER and isinstance(value, str) and _usable(value):
+            return value
+    return uuid.uuid4().hex
+
+
+def _code_name(context: grpc.aio.ServicerContext[Any, Any], default: str) -> str:
+    code: object = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return str(code.name)
+    if isinstance(code, int):  # grpc.aio keeps the number it was given in some versions
+        for status in grpc.StatusCode:
+            if status.value[0] == code:
+                return str(status.name)
+    return default
+
+
+async def serve_rpc(
+    rpc: str,
+    context: grpc.aio.ServicerContext[Any, Any],
+    metrics: NodeMetrics | None,
+    call: Callable[[], Awaitable[T]],
+) -> T:
+    """Run ``call`` as the request ``rpc``: its id set and answered, and counted when metrics are on."""
+    request_id = request_id_from(context.invocation_metadata())
+    _request_id.set(request_id)
+    _principal.set("")
+    await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
+    if metrics is None:
+        return await call()
+    started = time.perf_counter()
+    code = "OK"
+    try:
+        return await call()
+    except grpc.aio.AbortError:
+        code = _code_name(context, "UNKNOWN")
+        raise
+    except BaseException as exc:  # cancelled by the client, or a bug: gRPC answers CANCELLED or UNKNOWN
+        code = "UNKNOWN" if isinstance(exc, Exception) else "CANCELLED"
+        raise
+    finally:
+        metrics.requests.labels(rpc, code).inc()
+        metrics.request_duration.labels(rpc).observe(time.perf_counter() - started)
