@@ -137,7 +137,8 @@ class NodeMetrics:
         # -- replication (the host in node/replication.py) ----------------------------------------
         self.replication_lag = Histogram(
             "crdtstore_replication_lag_seconds",
-            "From the origin's commit of an entry to its durable apply here, by the peer that delivered it",
+            "From this node's commit of a batch to the peer's acknowledgement that it applied it durably (this "
+            "node's clock at both ends), by peer",
             ["peer"],
             buckets=_LAG_BUCKETS,
             registry=r,
@@ -231,6 +232,7 @@ class PeerSnapshot:
     events_behind: int
     clock_offset_ms: int | None
     clock_error_ms: int
+    oldest_unacked_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -244,6 +246,8 @@ class NodeSnapshot:
     refused_permission_denied: int = 0
     auth_enabled: bool = False
     draining: bool = False
+    region: str = ""
+    version: str = ""
     # Read on the scraping thread, not the loop: storage reads take LMDB read transactions.
     storage: Callable[[], StorageSnapshot] | None = None
 
@@ -251,6 +255,7 @@ class NodeSnapshot:
 @dataclass(frozen=True)
 class StorageSnapshot:
     map_size_bytes: int
+    map_size_max_bytes: int
     used_bytes: int
     free_pages: int
     page_size_bytes: int
@@ -323,7 +328,14 @@ class NodeCollector(Collector):
             if peer.clock_offset_ms is not None:
                 offset.add_metric([name], peer.clock_offset_ms / 1000)
                 error.add_metric([name], peer.clock_error_ms / 1000)
-        yield from (connected, behind, offset, error)
+        oldest = GaugeMetricFamily(
+            "crdtstore_replication_oldest_unacked_seconds",
+            "How long the oldest local commit the peer has not acknowledged has waited (0: it has them all)",
+            labels=["peer"],
+        )
+        for name, peer in sorted(snap.peers.items()):
+            oldest.add_metric([name], peer.oldest_unacked_s)
+        yield from (connected, behind, offset, error, oldest)
         yield GaugeMetricFamily(
             "crdtstore_clock_fenced",
             "1 while this node's clock is out of bounds against most of its peers (it refuses writes)",
@@ -334,6 +346,11 @@ class NodeCollector(Collector):
             "Remote timestamps beyond max_clock_offset_ms that the clock refused to take (the delta was applied)",
             value=snap.clock_skew_events,
         )
+        info = GaugeMetricFamily(
+            "crdtstore_build_info", "Always 1: the node's region and crdtstore version", labels=["region", "version"]
+        )
+        info.add_metric([snap.region, snap.version], 1.0)
+        yield info
         yield GaugeMetricFamily(
             "crdtstore_draining", "1 while the node drains before stopping", value=1.0 if snap.draining else 0.0
         )
@@ -359,6 +376,11 @@ class NodeCollector(Collector):
             "crdtstore_lmdb_map_size_bytes",
             "The LMDB map's current size (it grows, up to map_size_bytes_max)",
             value=storage.map_size_bytes,
+        )
+        yield GaugeMetricFamily(
+            "crdtstore_lmdb_map_size_max_bytes",
+            "The largest the map may grow (storage.map_size_bytes_max): past it writes are refused",
+            value=storage.map_size_max_bytes,
         )
         yield GaugeMetricFamily(
             "crdtstore_lmdb_used_bytes",

@@ -74,6 +74,8 @@ from crdtstore.crdt import CodecError, HybridLogicalClock, VersionVector
 from crdtstore.node.access import AccessControl, Refusal, bearer_token
 from crdtstore.node.clocks import PeerClock
 from crdtstore.node.config import ConfigError, NodeConfig
+from crdtstore.node.convergence import ConvergenceChecks
+from crdtstore.node.lag import CommitLag
 from crdtstore.node.metrics import NodeMetrics
 from crdtstore.node.streams import (
     certificate_expiry,
@@ -86,7 +88,7 @@ from crdtstore.node.waits import VectorWaits
 from crdtstore.node.writer import GroupCommitWriter
 from crdtstore.replica.core import ReplicaCore
 from crdtstore.replica.driver import Driver, Job, Ready
-from crdtstore.replica.wire import Ack, Hello, ProtocolError, parse, to_pb
+from crdtstore.replica.wire import Ack, Hello, Offer, Page, ProtocolError, parse, to_pb
 from crdtstore.storage import LmdbStore
 from crdtstore.storage.replication import ReplicaStore
 from crdtstore.v1 import replication_pb2 as rpb
@@ -146,6 +148,12 @@ class Replicator:
     ) -> None:
         self.config = config
         self.metrics = metrics  # None when metrics are off
+        self.lag = CommitLag(config.peers, metrics.replication_lag, time.monotonic) if metrics is not None else None
+        self.convergence = (
+            ConvergenceChecks(store, metrics, config.peers, config.replication.convergence_check_ms / 1000)
+            if metrics is not None
+            else None
+        )
         self.settings = config.replication
         self.store = store
         self.writer = writer
@@ -183,6 +191,8 @@ class Replicator:
 
     def start(self) -> None:
         self._spawn(self._tick_loop(), "tick")
+        if self.convergence is not None:
+            self._spawn(self.convergence.run(), "convergence checks")
         for name, link in self.links.items():
             if self.config.region < name:
                 self._spawn(self._dial_loop(link), f"dial {name}")
@@ -225,6 +235,8 @@ class Replicator:
 
     def local_committed(self) -> None:
         """A client write committed: push it after the batching window, and wake waiters."""
+        if self.lag is not None:
+            self.lag.committed(self.store.origin, self.store.context.vv.get(self.store.origin))
         self._handle(self.driver.local_committed(_monotonic_ms()))
 
     async def wait_seen(self, vector: VersionVector, timeout_s: float) -> bool:
@@ -267,6 +279,8 @@ class Replicator:
         Never waits: messages are queued, jobs run as tasks, and the tick loop
         hears when the driver wants its next tick.
         """
+        if self.metrics is not None:
+            self._observe(ready)
         for outgoing in ready.messages:
             message = to_pb(outgoing.message)
             if isinstance(outgoing.message, Hello):
@@ -287,6 +301,21 @@ class Replicator:
         if not inbound:
             return None
         return self._spawn(self._run_in_order(inbound), f"persisting from {inbound[0].peer}")
+
+    def _observe(self, ready: Ready) -> None:
+        """Metrics of a Ready: repairs begun and keys sent in them, and the lag of what peers acknowledged."""
+        metrics = self.metrics
+        assert metrics is not None
+        for outgoing in ready.messages:
+            message = outgoing.message
+            if isinstance(message, Offer):
+                metrics.repairs.labels(outgoing.peer).inc()
+            elif isinstance(message, Page):
+                metrics.keys_repaired.labels(outgoing.peer).inc(sum(1 for _, _, part in message.keys if part <= 1))
+        if self.lag is not None:
+            origin = self.store.origin
+            for peer, state in self.driver.core.peers.items():
+                self.lag.acked(peer, state.acked.get(origin))
 
     async def _run_in_order(self, jobs: list[Job]) -> None:
         for job in jobs:
@@ -585,7 +614,7 @@ class Replicator:
         link.session = asyncio.current_task()
         link.clock.new_stream()
         peer = link.name
-        counts = _StreamCounts(self.metrics, peer)
+        counts = _StreamCounts(self.metrics, peer, self.convergence, self._spawn)
 
         async def pump() -> None:
             while True:
@@ -640,16 +669,29 @@ class Replicator:
 
 
 class _StreamCounts:
-    """A stream's messages and bytes in the metrics, by peer and kind; nothing when metrics are off."""
+    """A stream's messages and bytes in the metrics, by peer and kind, and the convergence check's part in them.
 
-    __slots__ = ("_metrics", "_peer")
+    Nothing happens when metrics are off (``metrics`` and ``convergence`` None).
+    """
 
-    def __init__(self, metrics: NodeMetrics | None, peer: str) -> None:
+    __slots__ = ("_convergence", "_metrics", "_peer", "_spawn")
+
+    def __init__(
+        self,
+        metrics: NodeMetrics | None,
+        peer: str,
+        convergence: ConvergenceChecks | None,
+        spawn: Callable[[Awaitable[Any], str], Any],
+    ) -> None:
         self._metrics = metrics
         self._peer = peer
+        self._convergence = convergence
+        self._spawn = spawn
 
     def sent(self, message: rpb.SyncMessage) -> None:
         if (metrics := self._metrics) is not None:
+            if self._convergence is not None:
+                self._convergence.stamp(self._peer, message)
             metrics.replication_sent_messages.labels(self._peer, message.WhichOneof("body") or "none").inc()
             metrics.replication_sent_bytes.labels(self._peer).inc(message.ByteSize())
 
@@ -657,6 +699,8 @@ class _StreamCounts:
         if (metrics := self._metrics) is not None:
             metrics.replication_received_messages.labels(self._peer, message.WhichOneof("body") or "none").inc()
             metrics.replication_received_bytes.labels(self._peer).inc(size)
+            if self._convergence is not None and (check := self._convergence.received(self._peer, message)):
+                self._spawn(check, f"convergence check with {self._peer}")
 
 
 def _monotonic_ms() -> int:

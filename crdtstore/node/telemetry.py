@@ -13,6 +13,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+import crdtstore
 from crdtstore.node.metrics import (
     MetricsServer,
     NodeMetrics,
@@ -43,6 +44,7 @@ def storage_snapshot(store: LmdbStore, system_keys: int) -> StorageSnapshot:
     map_size = int(info["map_size"])
     return StorageSnapshot(
         map_size_bytes=map_size,
+        map_size_max_bytes=store.config.options.map_size_bytes_max,
         used_bytes=used_pages * page,
         free_pages=max(0, map_size // page - used_pages),
         page_size_bytes=page,
@@ -62,6 +64,7 @@ def node_snapshot(node: NodeState) -> NodeSnapshot:
             events_behind=sum(replicator.core.behind(name).values()),
             clock_offset_ms=link.clock_offset_ms,
             clock_error_ms=link.clock_error_ms,
+            oldest_unacked_s=replicator.lag.oldest_unacked_s(name) if replicator.lag is not None else 0.0,
         )
     access = node.access
     system_keys = access.system_keys()  # cached by access control until the rules change
@@ -78,6 +81,8 @@ def node_snapshot(node: NodeState) -> NodeSnapshot:
         refused_permission_denied=access.refused_permission,
         auth_enabled=access.enabled,
         draining=node.draining,
+        region=store.region,
+        version=crdtstore.__version__,
         storage=storage,
     )
 

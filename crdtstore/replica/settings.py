@@ -32,3 +32,6 @@ class ReplicationSettings:
     message_bytes_max: int = 1024 * 1024
     # Messages queued per peer before the sender waits.
     outbound_messages_max: int = 64
+    # With metrics on, the node compares a digest of its whole store with each peer's this often
+    # (one scan of the store; see crdtstore.node.convergence). The simulator does not use it.
+    convergence_check_ms: int = 60_000

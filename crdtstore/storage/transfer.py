@@ -91,6 +91,17 @@ class StateTransfer(StoreEnvironment):
             records = self._records(txn)
             return _digests((record.key, records.digest(record)) for record in records.records())
 
+    def digests_at(self) -> tuple[VersionVector, list[int]]:
+        """``bucket_digests`` and the version vector they were read at, from one transaction.
+
+        The convergence check (``crdtstore.node.convergence``) compares two
+        regions' digests only when they were read at the same vector.
+        """
+        with self._gate.read(), self.env.begin() as txn:
+            vector = self._context_in(txn).vv
+            records = self._records(txn)
+            return vector, _digests((record.key, records.digest(record)) for record in records.records())
+
     def stage_snapshot(self, source: str, transfer: int, keys: Sequence[TransferItem]) -> None:
         """Keep one page of state transfer number ``transfer`` from ``source`` until it is complete.
 

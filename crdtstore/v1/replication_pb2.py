@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63rdtstore/v1/replication.proto\x12\x0c\x63rdtstore.v1\"k\n\tSyncHello\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x0e\n\x06vector\x18\x02 \x01(\x0c\x12\x10\n\x08protocol\x18\x03 \x01(\r\x12\x10\n\x08incoming\x18\x04 \x01(\x0c\x12\x0e\n\x06origin\x18\x05 \x01(\t\x12\n\n\x02to\x18\x06 \x01(\t\"G\n\tSyncEntry\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\r\n\x05\x66irst\x18\x02 \x01(\x04\x12\x0c\n\x04last\x18\x03 \x01(\x04\x12\r\n\x05\x64\x65lta\x18\x04 \x01(\x0c\"7\n\x0bSyncEntries\x12(\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x17.crdtstore.v1.SyncEntry\"+\n\x07SyncAck\x12\x0e\n\x06vector\x18\x01 \x01(\x0c\x12\x10\n\x08incoming\x18\x02 \x01(\x0c\"7\n\x0bSnapshotKey\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\x0c\x12\x0c\n\x04part\x18\x03 \x01(\r\"u\n\x0cSyncSnapshot\x12\'\n\x04keys\x18\x01 \x03(\x0b\x32\x19.crdtstore.v1.SnapshotKey\x12\x0c\n\x04\x64one\x18\x02 \x01(\x08\x12\x0f\n\x07\x63ontext\x18\x03 \x01(\x0c\x12\x0c\n\x04page\x18\x04 \x01(\r\x12\x0f\n\x07\x62uckets\x18\x05 \x01(\x0c\"\x1e\n\x0bSyncDigests\x12\x0f\n\x07\x64igests\x18\x01 \x01(\x0c\"\x1b\n\x08SyncWant\x12\x0f\n\x07\x62uckets\x18\x01 \x01(\x0c\"\xdb\x02\n\x0bSyncMessage\x12\x14\n\x0csent_wall_ms\x18\x01 \x01(\x04\x12\x14\n\x0c\x65\x63ho_wall_ms\x18\x08 \x01(\x04\x12\x14\n\x0c\x65\x63ho_held_ms\x18\t \x01(\x04\x12(\n\x05hello\x18\x02 \x01(\x0b\x32\x17.crdtstore.v1.SyncHelloH\x00\x12,\n\x07\x65ntries\x18\x03 \x01(\x0b\x32\x19.crdtstore.v1.SyncEntriesH\x00\x12$\n\x03\x61\x63k\x18\x04 \x01(\x0b\x32\x15.crdtstore.v1.SyncAckH\x00\x12.\n\x08snapshot\x18\x05 \x01(\x0b\x32\x1a.crdtstore.v1.SyncSnapshotH\x00\x12,\n\x07\x64igests\x18\x06 \x01(\x0b\x32\x19.crdtstore.v1.SyncDigestsH\x00\x12&\n\x04want\x18\x07 \x01(\x0b\x32\x16.crdtstore.v1.SyncWantH\x00\x42\x06\n\x04\x62ody2O\n\x0bReplication\x12@\n\x04Sync\x12\x19.crdtstore.v1.SyncMessage\x1a\x19.crdtstore.v1.SyncMessage(\x01\x30\x01\x42-\n\x0fio.crdtstore.v1P\x01Z\x18\x63rdtstore/v1;crdtstorev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63rdtstore/v1/replication.proto\x12\x0c\x63rdtstore.v1\"k\n\tSyncHello\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x0e\n\x06vector\x18\x02 \x01(\x0c\x12\x10\n\x08protocol\x18\x03 \x01(\r\x12\x10\n\x08incoming\x18\x04 \x01(\x0c\x12\x0e\n\x06origin\x18\x05 \x01(\t\x12\n\n\x02to\x18\x06 \x01(\t\"G\n\tSyncEntry\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\r\n\x05\x66irst\x18\x02 \x01(\x04\x12\x0c\n\x04last\x18\x03 \x01(\x04\x12\r\n\x05\x64\x65lta\x18\x04 \x01(\x0c\"7\n\x0bSyncEntries\x12(\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x17.crdtstore.v1.SyncEntry\"W\n\x07SyncAck\x12\x0e\n\x06vector\x18\x01 \x01(\x0c\x12\x10\n\x08incoming\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63heck_vector\x18\x03 \x01(\x0c\x12\x14\n\x0c\x63heck_digest\x18\x04 \x01(\x0c\"7\n\x0bSnapshotKey\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\x0c\x12\x0c\n\x04part\x18\x03 \x01(\r\"u\n\x0cSyncSnapshot\x12\'\n\x04keys\x18\x01 \x03(\x0b\x32\x19.crdtstore.v1.SnapshotKey\x12\x0c\n\x04\x64one\x18\x02 \x01(\x08\x12\x0f\n\x07\x63ontext\x18\x03 \x01(\x0c\x12\x0c\n\x04page\x18\x04 \x01(\r\x12\x0f\n\x07\x62uckets\x18\x05 \x01(\x0c\"\x1e\n\x0bSyncDigests\x12\x0f\n\x07\x64igests\x18\x01 \x01(\x0c\"\x1b\n\x08SyncWant\x12\x0f\n\x07\x62uckets\x18\x01 \x01(\x0c\"\xdb\x02\n\x0bSyncMessage\x12\x14\n\x0csent_wall_ms\x18\x01 \x01(\x04\x12\x14\n\x0c\x65\x63ho_wall_ms\x18\x08 \x01(\x04\x12\x14\n\x0c\x65\x63ho_held_ms\x18\t \x01(\x04\x12(\n\x05hello\x18\x02 \x01(\x0b\x32\x17.crdtstore.v1.SyncHelloH\x00\x12,\n\x07\x65ntries\x18\x03 \x01(\x0b\x32\x19.crdtstore.v1.SyncEntriesH\x00\x12$\n\x03\x61\x63k\x18\x04 \x01(\x0b\x32\x15.crdtstore.v1.SyncAckH\x00\x12.\n\x08snapshot\x18\x05 \x01(\x0b\x32\x1a.crdtstore.v1.SyncSnapshotH\x00\x12,\n\x07\x64igests\x18\x06 \x01(\x0b\x32\x19.crdtstore.v1.SyncDigestsH\x00\x12&\n\x04want\x18\x07 \x01(\x0b\x32\x16.crdtstore.v1.SyncWantH\x00\x42\x06\n\x04\x62ody2O\n\x0bReplication\x12@\n\x04Sync\x12\x19.crdtstore.v1.SyncMessage\x1a\x19.crdtstore.v1.SyncMessage(\x01\x30\x01\x42-\n\x0fio.crdtstore.v1P\x01Z\x18\x63rdtstore/v1;crdtstorev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,17 +39,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SYNCENTRIES']._serialized_start=230
   _globals['_SYNCENTRIES']._serialized_end=285
   _globals['_SYNCACK']._serialized_start=287
-  _globals['_SYNCACK']._serialized_end=330
-  _globals['_SNAPSHOTKEY']._serialized_start=332
-  _globals['_SNAPSHOTKEY']._serialized_end=387
-  _globals['_SYNCSNAPSHOT']._serialized_start=389
-  _globals['_SYNCSNAPSHOT']._serialized_end=506
-  _globals['_SYNCDIGESTS']._serialized_start=508
-  _globals['_SYNCDIGESTS']._serialized_end=538
-  _globals['_SYNCWANT']._serialized_start=540
-  _globals['_SYNCWANT']._serialized_end=567
-  _globals['_SYNCMESSAGE']._serialized_start=570
-  _globals['_SYNCMESSAGE']._serialized_end=917
-  _globals['_REPLICATION']._serialized_start=919
-  _globals['_REPLICATION']._serialized_end=998
+  _globals['_SYNCACK']._serialized_end=374
+  _globals['_SNAPSHOTKEY']._serialized_start=376
+  _globals['_SNAPSHOTKEY']._serialized_end=431
+  _globals['_SYNCSNAPSHOT']._serialized_start=433
+  _globals['_SYNCSNAPSHOT']._serialized_end=550
+  _globals['_SYNCDIGESTS']._serialized_start=552
+  _globals['_SYNCDIGESTS']._serialized_end=582
+  _globals['_SYNCWANT']._serialized_start=584
+  _globals['_SYNCWANT']._serialized_end=611
+  _globals['_SYNCMESSAGE']._serialized_start=614
+  _globals['_SYNCMESSAGE']._serialized_end=961
+  _globals['_REPLICATION']._serialized_start=963
+  _globals['_REPLICATION']._serialized_end=1042
 # @@protoc_insertion_point(module_scope)
