@@ -154,8 +154,11 @@ class NamespacedRegions:
 
     def _write_hosts(self, ns: str) -> None:
         """Every region's name resolves to its address inside ``ns`` (``ip netns exec`` mounts the file)."""
+        if not _NETNS_ETC.exists():
+            _NETNS_ETC.mkdir()
+            self._etc_dirs.append(_NETNS_ETC)  # removed last, after the namespaces' own
         etc = _NETNS_ETC / ns
-        etc.mkdir(parents=True, exist_ok=False)
+        etc.mkdir(exist_ok=False)
         self._etc_dirs.append(etc)
         lines = ["127.0.0.1 localhost", *(f"{self.addresses[name]} {name}" for name in self.names)]
         (etc / "hosts").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -230,6 +233,6 @@ class NamespacedRegions:
             _ip("netns", "del", ns, check=False)  # takes the veth pair with it
         self._created.clear()
         _ip("link", "del", self.bridge, check=False)
-        for etc in self._etc_dirs:
+        for etc in reversed(self._etc_dirs):
             shutil.rmtree(etc, ignore_errors=True)
         self._etc_dirs.clear()
