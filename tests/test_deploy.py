@@ -328,3 +328,38 @@ def test_cert_issue_names_what_is_wrong(tmp_path: Path) -> None:
     (tmp_path / "ca" / "ca.key").write_bytes((other / "ca.key").read_bytes())
     with pytest.raises(CertificateError, match="is not the key of"):
         Authority.load(tmp_path / "ca")
+
+
+# -- the health port ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("nowhere", "health_listen: listen address 'nowhere' is not HOST:PORT"), ("127.0.0.1:7420", "another port")],
+)
+def test_a_bad_health_listen_is_refused_naming_it(value: str, message: str) -> None:
+    from crdtstore.node.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        NodeConfig.load(environ={"CRDTSTORE_HEALTH_LISTEN": value})
+
+
+@pytest.mark.processes
+def test_the_health_port_serves_health_alone_and_the_health_command_reads_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from crdtstore.client import Client, ClientError
+    from crdtstore.testing.process import ServerProcess
+    from crdtstore.testing.regions import free_port
+
+    port = free_port()
+    with ServerProcess(tmp_path / "node", extra_args=("--health-listen", f"127.0.0.1:{port}")):
+        assert main(["--addr", f"127.0.0.1:{port}", "health"]) == 0
+        assert capsys.readouterr().out.strip() == "SERVING"
+        with Client(f"127.0.0.1:{port}", timeout_s=5, retries_max=0) as probe:
+            with pytest.raises(ClientError) as err:
+                probe.get("anything")
+            assert err.value.code.name == "UNIMPLEMENTED"
+    # Stopped: the probe fails, with the reason on stderr.
+    assert main(["--addr", f"127.0.0.1:{port}", "--timeout", "2", "health"]) == 1
+    assert "cannot reach" in capsys.readouterr().err
