@@ -80,6 +80,13 @@ GROUPS: dict[str, Group] = {
             "alternation; two regions, each its own `crdtstore serve`, through LinkProxy threads of this process for "
             "the revocations; load generator (grpc.aio, generated stubs) in this process; same machine, 127.0.0.1",
         ),
+        Group(
+            "metrics",
+            "Metrics: what exporting Prometheus metrics costs writes",
+            "two `crdtstore serve` processes (one with --metrics-listen, scraped every second by a thread of this "
+            "process; one with metrics off), measured in alternation; load generator (grpc.aio, generated stubs) in "
+            "this process; same machine, 127.0.0.1, no CPU pinning",
+        ),
     )
 }
 

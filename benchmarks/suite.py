@@ -39,7 +39,7 @@ import grpc
 import lmdb
 import msgpack
 
-from benchmarks import auth, micro, node, peers, redis_anchor, replication, storage, sync_cost
+from benchmarks import auth, metrics, micro, node, peers, redis_anchor, replication, storage, sync_cost
 from benchmarks.figures import Figure
 from benchmarks.groups import GROUPS, GroupResult, Mode, SuiteResult
 from benchmarks.report import write_report
@@ -88,6 +88,11 @@ def _auth(mode: Mode, repeats: int | None, log: Log, step: Log) -> tuple[dict[st
     return auth.collect(auth.make_config(mode != "full", repeats), log, step)
 
 
+def _metrics(mode: Mode, repeats: int | None, log: Log, step: Log) -> tuple[dict[str, Any], list[Figure]]:
+    # Needs servers under real load, like node: no size below --quick.
+    return metrics.collect(metrics.make_config(mode != "full", repeats), log, step)
+
+
 # How the suite runs each group of GROUPS (benchmarks/groups.py) in a mode; the test checks both name the same.
 RUNNERS: dict[str, Runner] = {
     "micro": _micro,
@@ -98,6 +103,7 @@ RUNNERS: dict[str, Runner] = {
     "peers": _peers,
     "redis_anchor": _redis_anchor,
     "auth": _auth,
+    "metrics": _metrics,
 }
 
 

@@ -100,3 +100,122 @@ def test_a_scrape_from_another_thread_reads_the_loop_state() -> None:
     assert 'crdtstore_clock_offset_seconds{peer="us-east"} -1.5' in text
     assert 'crdtstore_peer_connected{peer="us-east"} 1.0' in text
     assert "crdtstore_clock_fenced 1.0" in text
+
+
+def _lag_count(metrics: NodeMetrics, peer: str) -> tuple[float, float]:
+    """(count, sum) of the lag histogram for ``peer``."""
+    count = total = 0.0
+    for family in metrics.registry.collect():
+        for sample in family.samples:
+            if sample.labels.get("peer") != peer:
+                continue
+            if sample.name == "crdtstore_replication_lag_seconds_count":
+                count = sample.value
+            elif sample.name == "crdtstore_replication_lag_seconds_sum":
+                total = sample.value
+    return count, total
+
+
+def test_commit_lag_is_observed_once_per_commit_when_a_peer_first_covers_it() -> None:
+    from crdtstore.node.lag import CommitLag
+
+    metrics = NodeMetrics()
+    now = [100.0]
+    lag = CommitLag(["b", "c"], metrics.replication_lag, lambda: now[0], commits_max=3)
+    lag.committed("a#1", 1)
+    now[0] = 101.0
+    lag.committed("a#1", 3)
+    now[0] = 102.5
+    assert lag.oldest_unacked_s("b") == 2.5
+    lag.acked("b", 1)  # covers the first commit: 2.5 s after it
+    assert _lag_count(metrics, "b") == (1.0, 2.5)
+    lag.acked("b", 1)  # nothing new
+    lag.acked("b", 3)  # the second, 1.5 s after it
+    assert _lag_count(metrics, "b") == (2.0, 4.0)
+    assert lag.oldest_unacked_s("b") == 0.0
+    assert lag.oldest_unacked_s("c") == 2.5  # c acknowledged nothing yet
+    for counter in (4, 5, 6, 7):  # bounded: the oldest commits are forgotten
+        lag.committed("a#1", counter)
+    assert len(lag._counters) == 3
+    lag.committed("a#2", 1)  # a new incarnation starts afresh
+    assert lag.oldest_unacked_s("c") == 0.0
+
+
+def test_convergence_checks_agree_differ_or_are_not_comparable(tmp_path: Path) -> None:
+    from crdtstore.crdt import HybridLogicalClock, encode
+    from crdtstore.node.convergence import ConvergenceChecks
+    from crdtstore.operations import SetRegister
+    from crdtstore.storage import LmdbStore, StorageConfig, WriteRequest
+    from crdtstore.v1 import replication_pb2 as rpb
+
+    store = LmdbStore(StorageConfig(tmp_path / "eu", "eu"))
+    try:
+        clock = HybridLogicalClock(lambda: 1_000, max_offset_ms=500)
+        store.write_batch([WriteRequest([SetRegister("k", b"v")])], clock)
+        metrics = NodeMetrics()
+        checks = ConvergenceChecks(store, metrics, ["us"], interval_s=60)
+
+        async def check(vector: bytes, digest: bytes) -> None:
+            message = rpb.SyncMessage(ack=rpb.SyncAck(vector=vector, check_vector=vector, check_digest=digest))
+            comparison = checks.received("us", message)
+            assert comparison is not None
+            await comparison
+
+        async def run() -> None:
+            vector, digest = await checks.read()
+            await check(encode(vector), digest)
+            await check(encode(vector), bytes(16))  # the same vector, another digest: different data
+            older = VersionVector({origin: n - 1 for origin, n in vector.items()})
+            await check(encode(older), digest)
+
+        from crdtstore.crdt import VersionVector
+
+        asyncio.run(run())
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in metrics.registry.collect()
+            for s in family.samples
+            if s.name.startswith("crdtstore_convergence")
+        }
+        for result in ("agree", "differ", "not_comparable"):
+            assert samples[("crdtstore_convergence_checks_total", (("peer", "us"), ("result", result)))] == 1
+        assert samples[("crdtstore_convergence_agreed", (("peer", "us"),))] == 0  # the last comparable one differed
+        assert samples[("crdtstore_convergence_last_agreed_timestamp_seconds", (("peer", "us"),))] > 0
+        # An acknowledgement without a check, or a message of another kind, asks for nothing.
+        assert checks.received("us", rpb.SyncMessage(ack=rpb.SyncAck())) is None
+        assert checks.received("us", rpb.SyncMessage(want=rpb.SyncWant())) is None
+    finally:
+        store.close()
+
+
+def test_a_pending_check_rides_on_the_next_acknowledgement_to_each_peer_once(tmp_path: Path) -> None:
+    from crdtstore.node.convergence import ConvergenceChecks
+    from crdtstore.storage import LmdbStore, StorageConfig
+    from crdtstore.v1 import replication_pb2 as rpb
+
+    store = LmdbStore(StorageConfig(tmp_path / "eu", "eu"))
+    try:
+        checks = ConvergenceChecks(store, NodeMetrics(), ["us", "ap"], interval_s=0.01)
+
+        async def one_round() -> None:
+            task = asyncio.ensure_future(checks.run())
+            while checks._outgoing is None:
+                await asyncio.sleep(0.01)
+            task.cancel()
+
+        asyncio.run(one_round())
+        entries = rpb.SyncMessage(entries=rpb.SyncEntries())
+        checks.stamp("us", entries)
+        assert not entries.HasField("ack")  # only acknowledgements carry it
+        first, second = rpb.SyncMessage(ack=rpb.SyncAck()), rpb.SyncMessage(ack=rpb.SyncAck())
+        checks.stamp("us", first)
+        checks.stamp("us", second)
+        assert (
+            len(first.ack.check_digest) == 16 and (first.ack.check_vector, first.ack.check_digest) == checks._outgoing
+        )
+        assert not second.ack.check_digest  # once per round
+        other = rpb.SyncMessage(ack=rpb.SyncAck())
+        checks.stamp("ap", other)
+        assert other.ack.check_digest == first.ack.check_digest
+    finally:
+        store.close()

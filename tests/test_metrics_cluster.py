@@ -199,3 +199,27 @@ def test_promtool_accepts_a_live_scrape(cluster: RegionProcesses, tmp_path: Path
         ["promtool", "check", "metrics"], input=text, capture_output=True, text=True, check=False, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_request_id_comes_back_in_the_response_metadata(cluster: RegionProcesses) -> None:
+    from crdtstore.v1 import kv_pb2 as pb
+
+    with grpc.insecure_channel(cluster.servers["a"].addr) as channel:
+        get = channel.unary_unary(
+            "/crdtstore.v1.KV/Get",
+            request_serializer=pb.GetRequest.SerializeToString,
+            response_deserializer=pb.GetResponse.FromString,
+        )
+        _, call = get.with_call(
+            pb.GetRequest(key="ops/0"), metadata=(("x-request-id", "client-chose-this"),), timeout=20
+        )
+        assert ("x-request-id", "client-chose-this") in call.initial_metadata()
+        # Without one (or with one unfit for a log line) the node makes one: 32 hex digits.
+        _, call = get.with_call(pb.GetRequest(key="ops/0"), metadata=(("x-request-id", "x" * 200),), timeout=20)
+        made = dict(call.initial_metadata())["x-request-id"]
+        assert len(made) == 32 and int(made, 16) >= 0
+        # An error carries it too.
+        with pytest.raises(grpc.RpcError) as err:
+            get.with_call(pb.GetRequest(key=""), metadata=(("x-request-id", "err-1"),), timeout=20)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert ("x-request-id", "err-1") in err.value.initial_metadata()  # type: ignore[attr-defined]

@@ -45,7 +45,9 @@ from crdtstore.node.metrics import NodeMetrics
 from crdtstore.storage import LmdbStore
 from crdtstore.v1 import replication_pb2 as rpb
 
-__all__ = ["ConvergenceChecks", "store_digest"]
+__all__ = ["RESULTS", "ConvergenceChecks", "store_digest"]
+
+RESULTS = ("agree", "differ", "not_comparable")
 
 log = logging.getLogger("crdtstore.convergence")
 
@@ -68,6 +70,9 @@ class ConvergenceChecks:
         self._to_send: set[str] = set()
         self._peers = frozenset(peers)
         self._comparing: set[str] = set()  # peers whose check is being compared now (one at a time each)
+        for peer in self._peers:  # every series exists from the start, at 0 (Prometheus's advice for counters)
+            for result in RESULTS:
+                metrics.convergence_checks.labels(peer, result)
 
     async def read(self) -> tuple[VersionVector, bytes]:
         """This node's digest and the vector it was read at (reused while the vector has not moved)."""

@@ -20,10 +20,12 @@ from grpc_reflection.v1alpha import reflection
 from crdtstore.crdt import HybridLogicalClock
 from crdtstore.node.access import AccessControl
 from crdtstore.node.config import ConfigError, NodeConfig, is_loopback, parse_listen
+from crdtstore.node.logs import configure_logging
 from crdtstore.node.metrics import MetricsServer, NodeMetrics
 from crdtstore.node.replication import Replicator
 from crdtstore.node.service import NodeState, add_services
 from crdtstore.node.telemetry import start_metrics
+from crdtstore.node.tracing import start_tracing, stop_tracing
 from crdtstore.node.writer import GroupCommitWriter
 from crdtstore.storage import LmdbStore, StorageConfig, StorageError
 
@@ -187,7 +189,7 @@ class StartupError(Exception):
 
 def serve_from_args(args: argparse.Namespace) -> int:
     """Exit codes: 0 after a clean shutdown, 1 when the node cannot run, 2 for a bad configuration."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_fields = configure_logging()  # JSON lines unless stderr is a terminal (crdtstore.node.logs)
     try:
         config = NodeConfig.load(
             config_file=args.config,
@@ -205,6 +207,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"crdtstore serve: {exc}", file=sys.stderr)
         return 2
+    log_fields.region = config.region
     try:
         return asyncio.run(run_node(config))
     except ConfigError as exc:  # found only when the node starts: a key file that does not load
@@ -285,6 +288,7 @@ async def run_node(  # noqa: PLR0915 (the node's whole start and stop, in order)
         path=config.data_dir, region=config.region, options=config.storage, new_incarnation=config.rejoin
     )
     offset_ms = _clock_offset_ms()
+    traced = start_tracing(config.region)  # only with OTEL_EXPORTER_OTLP_ENDPOINT set and the otel extra installed
     metrics = NodeMetrics() if config.metrics_listen else None  # None: metrics off, every hook skipped
     store = LmdbStore(storage)
     access = _access_control(config, store)
@@ -368,5 +372,7 @@ async def run_node(  # noqa: PLR0915 (the node's whole start and stop, in order)
     if metrics_server is not None:  # before the store closes: a scrape reads it
         metrics_server.close()
     store.close()
+    if traced is not None:
+        stop_tracing()  # flushes the spans not yet exported
     log.info("stopped cleanly")
     return 0

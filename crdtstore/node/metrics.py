@@ -115,7 +115,13 @@ class NodeMetrics:
         )
         self.write_commit_duration = Histogram(
             "crdtstore_write_commit_duration_seconds",
-            "Time to apply one group commit's transaction and fsync it (LMDB syncs inside the commit)",
+            "Time to apply one group commit's requests and commit them, fsync included",
+            buckets=_FSYNC_BUCKETS,
+            registry=r,
+        )
+        self.fsync_duration = Histogram(
+            "crdtstore_fsync_duration_seconds",
+            "Time to commit one group commit's LMDB transaction: write its pages and fsync them",
             buckets=_FSYNC_BUCKETS,
             registry=r,
         )

@@ -71,6 +71,7 @@ from google.protobuf.message import DecodeError
 from crdtstore.auth.policy import EVERY_KEY, Need
 from crdtstore.auth.tokens import Principal
 from crdtstore.crdt import CodecError, HybridLogicalClock, VersionVector
+from crdtstore.node import tracing
 from crdtstore.node.access import AccessControl, Refusal, bearer_token
 from crdtstore.node.clocks import PeerClock
 from crdtstore.node.config import ConfigError, NodeConfig
@@ -149,6 +150,11 @@ class Replicator:
         self.config = config
         self.metrics = metrics  # None when metrics are off
         self.lag = CommitLag(config.peers, metrics.replication_lag, time.monotonic) if metrics is not None else None
+        if metrics is not None:
+            for peer in config.peers:  # each peer's series from the start, at 0
+                metrics.replication_lag.labels(peer)
+                metrics.replication_sent_bytes.labels(peer)
+                metrics.replication_received_bytes.labels(peer)
         self.convergence = (
             ConvergenceChecks(store, metrics, config.peers, config.replication.convergence_check_ms / 1000)
             if metrics is not None
@@ -325,7 +331,10 @@ class Replicator:
         if job.bulk and not await self._room(job.peer):
             return  # that stream ended: the driver starts over with the next connection
         try:
-            if job.writes:
+            if job.kind == "apply":  # entries a peer sent: traced, when tracing is on
+                with tracing.span("replication apply", {"crdtstore.peer": job.peer}):
+                    result = await self.writer.call(job.run)
+            elif job.writes:
                 result = await self.writer.call(job.run)
             else:
                 result = await asyncio.to_thread(job.run)

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from crdtstore.node import tracing
 from crdtstore.node.metrics import NodeMetrics
 
 __all__ = [
@@ -99,6 +100,19 @@ async def serve_rpc(
     _request_id.set(request_id)
     _principal.set("")
     await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
+    traced = tracing.active()
+    if traced is not None:
+        with traced.server_span(rpc, context.invocation_metadata()):
+            return await _counted(rpc, context, metrics, call)
+    return await _counted(rpc, context, metrics, call)
+
+
+async def _counted(
+    rpc: str,
+    context: grpc.aio.ServicerContext[Any, Any],
+    metrics: NodeMetrics | None,
+    call: Callable[[], Awaitable[T]],
+) -> T:
     if metrics is None:
         return await call()
     started = time.perf_counter()

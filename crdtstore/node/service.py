@@ -36,6 +36,7 @@ from crdtstore.auth.tokens import Principal
 from crdtstore.crdt import CodecError, KeyState, TypeMismatch, ValueType, VersionVector, decode_as, encode
 from crdtstore.crdt.keyed import Value
 from crdtstore.crdt.origin import region_of
+from crdtstore.node import tracing
 from crdtstore.node.access import (
     ANONYMOUS,
     NOBODY,
@@ -323,12 +324,13 @@ class KVService:
         await self._refuse_if_draining(context)
         limits = self.node.config.limits
         try:
-            ops = operations_from_pb(request)
-            validate(ops, request.idempotency_key, limits)
-            for i, op in enumerate(ops):
-                if is_reserved(op.key):
-                    raise InvalidRequest(f"operation {i}: {_reserved_key(op.key)}")
-            replicas = self._replicas(request)
+            with tracing.span("validate"):
+                ops = operations_from_pb(request)
+                validate(ops, request.idempotency_key, limits)
+                for i, op in enumerate(ops):
+                    if is_reserved(op.key):
+                        raise InvalidRequest(f"operation {i}: {_reserved_key(op.key)}")
+                replicas = self._replicas(request)
         except InvalidRequest as exc:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         replicator = self.node.replicator
@@ -345,7 +347,9 @@ class KVService:
         if isinstance(result, Applied):
             # The writer told the replicator of the commit (``on_commit``) before answering.
             vector = result.token.vv
-            if replicas > 1 and not await replicator.wait_replicated(vector, replicas, _time_left(context)):
+            if replicas > 1 and not await _traced_wait(
+                replicator.wait_replicated(vector, replicas, _time_left(context))
+            ):
                 await _abort(
                     context,
                     grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -416,6 +420,11 @@ class KVService:
             # The last key read, which the caller may not be allowed to see: sealed when access control is on.
             response.next_page_token = self.node.scan_tokens.seal(last)
         return response
+
+
+async def _traced_wait(wait: Awaitable[bool]) -> bool:
+    with tracing.span("replicated wait"):
+        return await wait
 
 
 def _not_a_set(exc: TypeMismatch) -> str:

@@ -33,9 +33,10 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from crdtstore.crdt import HybridLogicalClock
+from crdtstore.node import tracing
 from crdtstore.node.metrics import NodeMetrics
 from crdtstore.storage import Applied, Failed, LmdbStore, WriteRequest
 from crdtstore.storage.lmdb_store import Result
@@ -79,6 +80,8 @@ class GroupCommitWriter:
         self.batches_committed = 0
         self.requests_committed = 0
         self._metrics = metrics
+        # With tracing on: the timing of the commit that answered each waiting future, until its caller reads it.
+        self._timings: dict[int, _Timing] = {}
         if metrics is not None:
             pending_max = pending_requests_max
             # Read at scrape time: the places taken are the requests and jobs queued or being committed.
@@ -90,9 +93,18 @@ class GroupCommitWriter:
 
     async def submit(self, request: WriteRequest) -> Result:
         future: asyncio.Future[Result] = await self._place()
+        traced = tracing.active()
+        if traced is None:
+            self._queue.put((request, future))
+            # A caller that gives up cancels only its wait: the writer answers (and frees the place) regardless.
+            return await future
+        queued_ns = time.time_ns()
         self._queue.put((request, future))
-        # A caller that gives up cancels only its wait: the writer answers (and frees the place) regardless.
-        return await future
+        result = await future
+        timing = self._timings.pop(id(future), None)
+        if timing is not None:
+            _trace_commit(traced, queued_ns, timing)
+        return result
 
     async def call(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on the writer thread, between client batches; its result or exception comes back."""
@@ -164,6 +176,8 @@ class GroupCommitWriter:
     def _commit(self, batch: Sequence[_Item]) -> None:
         metrics = self._metrics
         started = time.perf_counter() if metrics is not None else 0.0
+        traced = tracing.active() is not None
+        started_ns = time.time_ns() if traced else 0
         try:
             results = self._store.write_batch([request for request, _ in batch], self._clock)
         except Exception as exc:  # an LMDB failure nobody planned for: every caller hears of it
@@ -172,15 +186,18 @@ class GroupCommitWriter:
             self.batches_committed += 1
             self.requests_committed += len(batch)
         if metrics is not None:
-            _observe_commit(metrics, time.perf_counter() - started, results)
+            _observe_commit(metrics, time.perf_counter() - started, self._store.last_sync_s, results)
         loop = self._loop
         assert loop is not None
+        timing = _Timing(started_ns, time.time_ns(), self._store.last_sync_s, len(batch)) if traced else None
         # One wake-up of the event loop for the whole batch, not one per caller.
-        loop.call_soon_threadsafe(self._answer, [future for _, future in batch], results)
+        loop.call_soon_threadsafe(self._answer, [future for _, future in batch], results, timing)
 
     # -- on the event loop -------------------------------------------------------------
 
-    def _answer(self, futures: Sequence[asyncio.Future[Any]], results: Sequence[Result]) -> None:
+    def _answer(
+        self, futures: Sequence[asyncio.Future[Any]], results: Sequence[Result], timing: _Timing | None = None
+    ) -> None:
         on_commit = self.on_commit
         if on_commit is not None and any(isinstance(r, Applied) and not r.replayed for r in results):
             on_commit()
@@ -188,6 +205,8 @@ class GroupCommitWriter:
         for future, result in zip(futures, results, strict=True):
             release()
             if not future.done():
+                if timing is not None:  # read back by the waiting submit(); a caller that gave up left no waiter
+                    self._timings[id(future)] = timing
                 future.set_result(result)
 
     def _answer_job(self, future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
@@ -198,6 +217,25 @@ class GroupCommitWriter:
             future.set_exception(exc)
         else:
             future.set_result(result)
+
+
+class _Timing(NamedTuple):
+    """When a group commit started and ended (unix ns), how long its fsync took, and how many requests it held."""
+
+    started_ns: int
+    ended_ns: int
+    sync_s: float
+    requests: int
+
+
+def _trace_commit(traced: tracing.Tracing, queued_ns: int, timing: _Timing) -> None:
+    """The writer's part of a traced Mutate: queue wait, commit, and the fsync that ends it."""
+    parent = traced.current()
+    traced.record("queue wait", parent, queued_ns, timing.started_ns, {})
+    attributes = {"crdtstore.batch.requests": timing.requests}
+    traced.record("commit", parent, timing.started_ns, timing.ended_ns, attributes)
+    sync_ns = int(timing.sync_s * 1e9)
+    traced.record("fsync", parent, max(timing.started_ns, timing.ended_ns - sync_ns), timing.ended_ns, attributes)
 
 
 # Failure reasons as labels: a fixed list (bounded cardinality), whatever else fails is "other".
@@ -212,10 +250,11 @@ _FAILURE_REASONS = {
 }
 
 
-def _observe_commit(metrics: NodeMetrics, seconds: float, results: Sequence[Result]) -> None:
-    """One group commit in the metrics: its size and duration, replays, and failures by kind."""
+def _observe_commit(metrics: NodeMetrics, seconds: float, sync_s: float, results: Sequence[Result]) -> None:
+    """One group commit in the metrics: its size, duration and fsync, replays, and failures by kind."""
     metrics.write_batch_requests.observe(len(results))
     metrics.write_commit_duration.observe(seconds)
+    metrics.fsync_duration.observe(sync_s)
     replays = 0
     for result in results:
         if isinstance(result, Applied):

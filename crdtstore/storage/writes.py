@@ -14,6 +14,7 @@ bounded by age and count; each batch's housekeeping removes the excess.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeGuard
@@ -89,6 +90,9 @@ class _Batch:
 class LocalWrites(DeltaLog):
     """``write_batch`` and what one batch's transaction does."""
 
+    # How long the last batch's commit took: LMDB writes its pages and fsyncs as the transaction closes (metrics).
+    last_sync_s: float = 0.0
+
     if TYPE_CHECKING:
         # Defined by ``LmdbStore``, which keeps the store's origin: a batch may be the first to mint under a new one.
         def _new_origin(self, txn: lmdb.Transaction) -> str: ...
@@ -135,7 +139,9 @@ class LocalWrites(DeltaLog):
                 if batch.trimmed:
                     horizon = self._horizon.join(VersionVector(batch.trimmed))
                     txn.put(_META_HORIZON, encode(horizon), db=self.meta)
-        # The transaction committed (and fsynced) when the with-block closed.
+            applied_at = time.perf_counter()
+        # The transaction committed (and fsynced) when the with-block closed: that is what this times.
+        self.last_sync_s = time.perf_counter() - applied_at
         if retire is not None:
             if self._retire_reason is retire:
                 self._retire_reason = None
