@@ -292,6 +292,18 @@ def test_every_alert_links_to_a_section_of_the_runbook() -> None:
         assert anchor in anchors, (alert["alert"], anchor)
 
 
+def test_every_metric_the_runbook_names_is_one_the_observability_guide_documents() -> None:
+    guide = ROOT / "docs" / "observability.md"
+    if not guide.exists():
+        pytest.skip("docs/observability.md (the metrics' reference) is not here yet")
+    documented = guide.read_text(encoding="utf-8") + (DEPLOY_DIR / "prometheus" / "rules.yml").read_text("utf-8")
+    named = set(re.findall(r"crdtstore[_:][a-z0-9_:]+", (ROOT / "docs" / "runbook.md").read_text(encoding="utf-8")))
+    assert named
+    for name in sorted(named):
+        family = re.sub(r"_(bucket|count|sum)$", "", name)
+        assert name in documented or family.removesuffix("_total") in documented, name
+
+
 # -- crdtstore cert ----------------------------------------------------------------------
 
 
