@@ -6,6 +6,7 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -95,3 +96,33 @@ def test_the_node_has_no_print_but_its_ready_line_and_startup_errors() -> None:
         for path in node_dir.glob("*.py")
     }
     assert {name: n for name, n in prints.items() if n} == {"main.py": 4}
+
+
+@pytest.mark.processes
+def test_a_refused_request_is_logged_with_its_request_id_and_principal(tmp_path: Path) -> None:
+    """The runbook's "Unauthorized attempts": the caller is found in the logs by the id it was given."""
+    import grpc
+
+    from crdtstore.testing.auth import AuthKit
+    from crdtstore.testing.process import ServerProcess
+    from crdtstore.v1 import kv_pb2 as pb
+
+    kit = AuthKit.create(tmp_path / "keys")
+    config = kit.write_config(tmp_path / "node.toml")
+    with ServerProcess(tmp_path / "node", region="eu-west", extra_args=("--config", str(config))) as server:
+        token = kit.token("mallory", ["no-such-role"])
+        with grpc.insecure_channel(server.addr) as channel:
+            get = channel.unary_unary(
+                "/crdtstore.v1.KV/Get",
+                request_serializer=pb.GetRequest.SerializeToString,
+                response_deserializer=pb.GetResponse.FromString,
+            )
+            metadata = (("authorization", f"Bearer {token}"), ("x-request-id", "find-me-42"))
+            with pytest.raises(grpc.RpcError) as err:
+                get(pb.GetRequest(key="secret"), metadata=metadata, timeout=20)
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    lines = [json.loads(line) for line in server.log_path.read_text().splitlines() if line.startswith("{")]
+    refused = [line for line in lines if line.get("request_id") == "find-me-42"]
+    assert refused, lines
+    assert refused[0]["principal"] == "mallory" and refused[0]["region"] == "eu-west"
+    assert refused[0]["message"].startswith("refused Get")

@@ -11,12 +11,14 @@ token, once access control has authenticated it ("" before, or without
 access control).
 
 ``serve_rpc`` wraps one handler call: it sets both context variables,
-answers the request id, and, with metrics on, counts the request by method
-and final status code and observes its duration.
+answers the request id, logs a request the node failed (``INTERNAL``,
+``UNKNOWN``, ``DATA_LOSS``), and, with metrics on, counts the request by
+method and final status code and observes its duration.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -42,6 +44,11 @@ REQUEST_ID_HEADER = "x-request-id"
 REQUEST_ID_MAX = 128
 
 T = TypeVar("T")
+
+log = logging.getLogger("crdtstore.requests")
+
+# Codes that say the node failed, not the caller: each gets a log line with the request's id.
+_SERVER_FAULTS = frozenset({"INTERNAL", "UNKNOWN", "DATA_LOSS"})
 
 _request_id: ContextVar[str] = ContextVar("crdtstore_request_id", default="")
 _principal: ContextVar[str] = ContextVar("crdtstore_principal", default="")
@@ -113,8 +120,6 @@ async def _counted(
     metrics: NodeMetrics | None,
     call: Callable[[], Awaitable[T]],
 ) -> T:
-    if metrics is None:
-        return await call()
     started = time.perf_counter()
     code = "OK"
     try:
@@ -126,5 +131,8 @@ async def _counted(
         code = "UNKNOWN" if isinstance(exc, Exception) else "CANCELLED"
         raise
     finally:
-        metrics.requests.labels(rpc, code).inc()
-        metrics.request_duration.labels(rpc).observe(time.perf_counter() - started)
+        if metrics is not None:
+            metrics.requests.labels(rpc, code).inc()
+            metrics.request_duration.labels(rpc).observe(time.perf_counter() - started)
+        if code in _SERVER_FAULTS:  # the line carries the request id the client was given
+            log.warning("%s answered %s", rpc, code)

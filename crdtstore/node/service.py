@@ -12,6 +12,7 @@ import asyncio
 import base64
 import binascii
 import functools
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from typing import Any, NoReturn
@@ -76,6 +77,8 @@ from crdtstore.v1 import kv_pb2 as pb
 from crdtstore.v1 import replication_pb2 as rpb
 
 __all__ = ["AdminService", "KVService", "NodeState", "add_services"]
+
+log = logging.getLogger("crdtstore.service")
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
@@ -676,6 +679,7 @@ def _parsing(
         try:
             principal = access.authenticate(context.invocation_metadata()) if access.enabled else ANONYMOUS
         except Refusal as refusal:
+            log.info("refused %s: %s", rpc, refusal.message)  # with the request id (docs/observability.md)
             await _abort(context, refusal.code, refusal.message)
         try:
             request = request_type.FromString(raw)
@@ -686,13 +690,13 @@ def _parsing(
                 f"the request is not a valid {request_type.DESCRIPTOR.full_name} message: {exc}",
             )
         if access.enabled:  # without access control, what a request needs is not even worked out
+            set_principal(principal.subject)  # for the log lines of this request from here on
             try:
                 access.authorize(principal, needs(request))
             except Refusal as refusal:
+                log.info("refused %s: %s", rpc, refusal.message)  # with the request id and the principal
                 await _abort(context, refusal.code, refusal.message)
         _caller.set(principal)
-        if access.enabled:
-            set_principal(principal.subject)
         return await method(request, context)
 
     return grpc.unary_unary_rpc_method_handler(handle, response_serializer=response_type.SerializeToString)
