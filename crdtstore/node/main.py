@@ -244,26 +244,6 @@ def _log_access(config: NodeConfig, access: AccessControl, host: str) -> None:
         log.warning("access control is OFF on %s (--insecure-no-auth): anyone who reaches it may do anything", host)
 
 
-def _log_serving(config: NodeConfig, host: str, port: int, origin: str) -> None:
-    security = "mutual TLS" if config.tls.require_client_cert else "TLS" if config.tls.enabled else "plaintext"
-    log.info(
-        "region %s serving (%s) on %s:%d, data in %s, minting under %s",
-        config.region,
-        security,
-        host,
-        port,
-        config.data_dir,
-        origin,
-    )
-
-
-def _stop_on_signals(stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-
-
 def _health_port(config: NodeConfig, servicer: health.aio.HealthServicer) -> grpc.aio.Server | None:
     """A server bound to ``health_listen`` with the node's health service alone, in plaintext, or None.
 
@@ -329,7 +309,10 @@ async def run_node(  # noqa: PLR0915 (the node's whole start and stop, in order)
     # Before the port opens: a SIGTERM that arrives as soon as a client can connect drains
     # the node like any other, instead of killing it with the signal's default action.
     stop = stop or asyncio.Event()
-    _stop_on_signals(stop)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
     host, _ = parse_listen(config.listen)
     try:
         bound = _listen(server, config)
@@ -347,7 +330,16 @@ async def run_node(  # noqa: PLR0915 (the node's whole start and stop, in order)
     replicator.start()
     for name in ("", *services):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    _log_serving(config, host, bound, store.origin)
+    security = "mutual TLS" if config.tls.require_client_cert else "TLS" if config.tls.enabled else "plaintext"
+    log.info(
+        "region %s serving (%s) on %s:%d, data in %s, minting under %s",
+        config.region,
+        security,
+        host,
+        bound,
+        config.data_dir,
+        store.origin,
+    )
     _log_access(config, access, host)
     for name, address in sorted(config.peers.items()):
         log.info("peer %s at %s", name, address)
