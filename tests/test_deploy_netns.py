@@ -107,10 +107,13 @@ class Deployment:
 
     def __enter__(self) -> Deployment:
         self.hosts.__enter__()
-        for name in self.regions:
-            self.clients[name] = Client(
-                self.hosts.servers[name].addr, timeout_s=10, tls=self.tls(name), token=self.token
-            )
+        try:
+            for name in self.regions:
+                addr = self.hosts.servers[name].addr
+                self.clients[name] = Client(addr, timeout_s=10, tls=self.tls(name), token=self.token)
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
