@@ -10,7 +10,9 @@ test makes (``simulations/netns.py``); region names resolve there as they do
 between compose's containers. Then: regions peer over mutual TLS, clients
 need a certificate and a token, writes in every region converge everywhere,
 ``/metrics`` and the plaintext health port answer on every host, and one
-host's link cut and brought back converges.
+host's link cut and brought back converges. The slow variant loses one
+region's disk and starts it empty, as the runbook says to: it comes back under
+a new incarnation with everything, from its peers.
 
 Root only (namespaces); skipped with the reason elsewhere.
 """
@@ -18,6 +20,7 @@ Root only (namespaces); skipped with the reason elsewhere.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -210,3 +213,32 @@ def _health_listen(region: RenderedRegion) -> str:
     import tomllib
 
     return str(tomllib.loads(region.config.read_text(encoding="utf-8"))["health_listen"])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(bool(_REASON), reason=f"the deployment runs on separate network namespaces: {_REASON}")
+def test_a_region_that_lost_its_disk_comes_back_whole_from_its_peers(deployment: Deployment) -> None:
+    """The runbook's "Lost region disk and restore", started empty: a new incarnation, everything repaired."""
+    names = list(deployment.regions)
+    lost = names[0]
+    for name, client in deployment.clients.items():
+        for i in range(50):
+            client.sadd(f"before/{i % 7}", f"{name}-{i}")
+        client.incr("before/count", 3)
+    _wait_for("every region holds every write before the loss", deployment.converged)
+    origin_before = deployment.clients[lost].status()["origin"]
+
+    server = deployment.hosts.servers[lost]
+    server.kill()  # the host is gone, and its disk with it
+    shutil.rmtree(server.data_dir)
+    server.start()  # an empty volume, the same configuration
+
+    status = deployment.clients[lost].status()
+    assert status["origin"] != origin_before
+    assert status["origin"].startswith(f"{lost}#")
+    deployment.clients[lost].set("after/written-in", lost)  # it takes writes at once
+    _wait_for("the emptied region is repaired and its new writes reach everyone", deployment.converged)
+    for client in deployment.clients.values():
+        assert client.get("before/count").value == 3 * len(names)
+        assert client.get("after/written-in").value == lost.encode()
+        assert client.status()["conflicting_events"] == 0
