@@ -1,7 +1,7 @@
 """The ``crdtstore`` command: run a node, or read and write one.
 
     crdtstore serve [--config FILE] [--data-dir DIR] [--listen HOST:PORT] [--region NAME]
-                    [--peer NAME=HOST:PORT ...] [--metrics-listen HOST:PORT]
+                    [--peer NAME=HOST:PORT ...] [--metrics-listen HOST:PORT] [--health-listen HOST:PORT]
     crdtstore demo [--regions N] [--data-dir DIR] [--latency-ms MS] [--base-port PORT] [--metrics-base-port PORT]
     crdtstore [--addr HOST:PORT] [--timeout S] [--tls-ca FILE [--tls-cert FILE --tls-key FILE]] ...
     crdtstore [--addr HOST:PORT] [--timeout S] get KEY [--after TOKEN] [--json]
