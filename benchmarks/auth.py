@@ -32,11 +32,10 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from benchmarks.common import group_parser, print_line, process_cpu_s, stats
-from benchmarks.figures import Baseline, Figure, write_json
+from benchmarks.common import group_parser, print_line, process_cpu_s, report_group, stats, wait_until
+from benchmarks.figures import Baseline, Figure
 from benchmarks.node import CHANNEL_OPTIONS, RPC_TIMEOUT_S, closed_loop
 from benchmarks.replication import Keys, single_op_writes
-from benchmarks.report import table
 from crdtstore.client import Client, ClientError
 from crdtstore.testing.auth import AuthKit
 from crdtstore.testing.process import ServerProcess
@@ -141,16 +140,6 @@ def _refused(client: Client) -> bool:
     return False
 
 
-def _wait(condition: Callable[[], bool], timeout_s: float = 30.0) -> float:
-    """Poll until ``condition``; the moment it first held (perf_counter)."""
-    deadline = time.perf_counter() + timeout_s
-    while not condition():
-        if time.perf_counter() > deadline:
-            raise TimeoutError("the other region did not catch up in time")
-        time.sleep(POLL_S)
-    return time.perf_counter()
-
-
 def revocations(cfg: Config, root: Path, log: Log, step: Log) -> tuple[Figure, dict[str, Any]]:
     kit = AuthKit.create(root / "keys")
     config = kit.write_config(root / "auth.toml")
@@ -169,11 +158,11 @@ def revocations(cfg: Config, root: Path, log: Log, step: Log) -> tuple[Figure, d
                 assert not _refused(v)
                 began = time.perf_counter()
                 a.revoke_token(jti)
-                revoke_ms.append((_wait(lambda v=v: _refused(v)) - began) * 1000)  # type: ignore[misc]
+                revoke_ms.append((wait_until(lambda v=v: _refused(v), poll_s=POLL_S) - began) * 1000)  # type: ignore[misc]
             key = f"lag/{i}"
             began = time.perf_counter()
             a.set(key, "x")
-            write_ms.append((_wait(lambda key=key: b.get(key).exists) - began) * 1000)  # type: ignore[misc]
+            write_ms.append((wait_until(lambda key=key: b.get(key).exists, poll_s=POLL_S) - began) * 1000)  # type: ignore[misc]
             log(f"revocation {i + 1}: refused in b after {revoke_ms[-1]:.1f} ms; a write took {write_ms[-1]:.1f} ms")
     figure = Figure(
         GROUP,
@@ -202,10 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     detail, figures = collect(make_config(args.quick, args.repeats), print_line, lambda _: None)
-    print()
-    print("\n".join(table(figures)))
-    if args.json is not None:
-        write_json(args.json, {"figures": [f.as_json() for f in figures], "detail": detail})
+    report_group(figures, detail, args.json)
     return 0
 
 

@@ -6,12 +6,23 @@ import argparse
 import math
 import os
 import statistics
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from benchmarks.figures import Stats
+from benchmarks.figures import Figure, Stats, write_json
+from benchmarks.report import table
 
-__all__ = ["group_parser", "machine_busy_s", "percentile", "print_line", "process_cpu_s", "stats"]
+__all__ = [
+    "group_parser",
+    "machine_busy_s",
+    "percentile",
+    "print_line",
+    "process_cpu_s",
+    "report_group",
+    "stats",
+    "wait_until",
+]
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -71,3 +82,24 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 def stats(values: Sequence[float], unit: str) -> Stats:
     return Stats(statistics.median(values), min(values), max(values), unit)
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 30.0, poll_s: float = 0.002) -> float:
+    """Poll ``condition`` every ``poll_s`` until it holds; the moment it first held (``time.perf_counter``).
+
+    ``TimeoutError`` after ``timeout_s``: a region that never catches up fails the run, not the figure.
+    """
+    deadline = time.perf_counter() + timeout_s
+    while not condition():
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"not caught up after {timeout_s:g} s")
+        time.sleep(poll_s)
+    return time.perf_counter()
+
+
+def report_group(figures: Sequence[Figure], detail: dict[str, object], json_path: Path | None) -> None:
+    """The end of a group run on its own: the table of its figures, and with ``--json`` every figure to the file."""
+    print()
+    print("\n".join(table(figures)))
+    if json_path is not None:
+        write_json(json_path, {"figures": [f.as_json() for f in figures], "detail": detail})

@@ -87,6 +87,14 @@ GROUPS: dict[str, Group] = {
             "process; one with metrics off), measured in alternation; load generator (grpc.aio, generated stubs) in "
             "this process; same machine, 127.0.0.1, no CPU pinning",
         ),
+        Group(
+            "watch",
+            "The change feed: events delivered, what watchers cost writers, commit to consumer",
+            "one `crdtstore serve` for the throughput figures, two (each its own process, linked through a LinkProxy "
+            "thread of this process) for the latency figures; the watchers (AsyncClient.watch) in a process of their "
+            "own (multiprocessing, spawned); load generator (grpc.aio, generated stubs) in this process; same "
+            "machine, 127.0.0.1",
+        ),
     )
 }
 

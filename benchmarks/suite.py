@@ -2,7 +2,7 @@
 
 ``python -m benchmarks run [--quick] [--only NAME,...] [--repeats N] --out DIR``
 runs the groups (``micro``, ``node``, ``replication``, ``storage``, ``sync_cost``, ``peers``,
-``redis_anchor``, ``auth``) one after the other in this process, each with its own servers (or, for
+``redis_anchor``, ``auth``, ``watch``) one after the other in this process, each with its own servers (or, for
 ``peers``, its ``node`` subprocess; for ``redis_anchor``, a ``redis-server``) where it has any, and
 writes into DIR:
 
@@ -39,7 +39,7 @@ import grpc
 import lmdb
 import msgpack
 
-from benchmarks import auth, metrics, micro, node, peers, redis_anchor, replication, storage, sync_cost
+from benchmarks import auth, metrics, micro, node, peers, redis_anchor, replication, storage, sync_cost, watch
 from benchmarks.figures import Figure
 from benchmarks.groups import GROUPS, GroupResult, Mode, SuiteResult
 from benchmarks.report import write_report
@@ -93,6 +93,10 @@ def _metrics(mode: Mode, repeats: int | None, log: Log, step: Log) -> tuple[dict
     return metrics.collect(metrics.make_config(mode != "full", repeats), log, step)
 
 
+def _watch(mode: Mode, repeats: int | None, log: Log, step: Log) -> tuple[dict[str, Any], list[Figure]]:
+    return watch.collect(watch.make_config(mode != "full", repeats), log, step)
+
+
 # How the suite runs each group of GROUPS (benchmarks/groups.py) in a mode; the test checks both name the same.
 RUNNERS: dict[str, Runner] = {
     "micro": _micro,
@@ -104,6 +108,7 @@ RUNNERS: dict[str, Runner] = {
     "redis_anchor": _redis_anchor,
     "auth": _auth,
     "metrics": _metrics,
+    "watch": _watch,
 }
 
 

@@ -14,6 +14,8 @@
     crdtstore [--addr HOST:PORT] [--timeout S] smembers KEY [--after TOKEN] [--json]
     crdtstore [--addr HOST:PORT] [--timeout S] scan [PREFIX] [--json]
     crdtstore [--addr HOST:PORT] [--timeout S] status [--json]
+    crdtstore [--addr HOST:PORT] watch [PREFIX] [--after TOKEN | --start now] [--on-expired error]
+                                       [--failover HOST:PORT ...] [--json]
     crdtstore [--token TOKEN] ...                                   # or CRDTSTORE_TOKEN
     crdtstore token keygen --out DIR
     crdtstore token issue --signing-key FILE --subject NAME --role ROLE [--role ...] [--ttl 1h]
@@ -78,6 +80,19 @@ than the node's ``get_members_max`` (exit status 1: read it with
 ``"members_omitted": true`` and ``"member_count"``. Writes print nothing, or with ``--json``
 ``{"token": <base64>, "replayed": bool}``.
 
+``watch`` follows the change feed until Ctrl-C (exit status 130): one line
+per changed key, or with ``--json`` one object per line: a change is
+``get --json``'s object plus ``"changes"`` (what happened: ``set``, ``incr``,
+``add``, ``remove``, ``delete``, ``state`` for a repair, ``snapshot``),
+``"origin"``, ``"region"``, ``"counter"`` (with origin, the change's dot),
+``"wall_ms"``, ``"logical"``, ``"applied_ms"``, ``"principal"``,
+``"token"`` (base64: resume with ``--after``), ``"group_end"`` (keep a token
+only where it is true: a request's changes share one) and ``"reset"`` (part
+of a snapshot). A snapshot is framed by ``{"reset_begin": true}`` and
+``{"reset_end": true, "token": ...}``; an idle stream prints
+``{"progress": true, "token": ...}``. ``--failover`` names other regions to
+resume on, from the last token, when the node fails.
+
 Exit status: 0 on success (a missing key included), 1 when the server or the
 connection reports an error, 2 for wrong usage. Errors are one line on stderr.
 
@@ -102,13 +117,18 @@ import grpc
 
 from crdtstore.auth.policy import Grant, PolicyError, parse_grant
 from crdtstore.client import (
+    Change,
     Client,
     ClientError,
     ClientTls,
     Entry,
+    Progress,
+    ResetBegin,
+    ResetEnd,
     RoleInfo,
     Status,
     Value,
+    WatchItem,
     WriteResult,
     parse_durability,
 )
@@ -323,6 +343,49 @@ def _scan(client: Client, args: argparse.Namespace) -> None:
             print(f"{_escape(entry.key)}\t(a set of {entry.member_count:,} members: list them with smembers)")
         elif entry.value is not None:
             print(f"{_escape(entry.key)}\t{_human_line(entry.value)}")
+
+
+def watch_json(item: WatchItem) -> dict[str, object]:
+    """The JSON object ``watch --json`` prints for one item of the stream."""
+    if isinstance(item, ResetBegin):
+        return {"reset_begin": True}
+    if isinstance(item, ResetEnd):
+        return {"reset_end": True, "token": _b64(item.token)}
+    if isinstance(item, Progress):
+        return {"progress": True, "token": _b64(item.token)}
+    return {
+        **entry_json(item.entry),
+        "changes": list(item.changes),
+        "origin": item.origin,
+        "region": item.region,
+        "counter": item.counter,
+        "wall_ms": item.wall_ms,
+        "logical": item.logical,
+        "applied_ms": item.applied_ms,
+        "principal": item.principal,
+        "token": _b64(item.token),
+        "group_end": item.group_end,
+        "reset": item.reset,
+    }
+
+
+def _watch(client: Client, args: argparse.Namespace) -> None:
+    addresses = [client.addr, *args.failover] if args.failover else None
+    items = client.watch(
+        args.prefix, after=args.after, start=args.start, on_expired=args.on_expired, addresses=addresses
+    )
+    for item in items:
+        if args.json:
+            _print_json(watch_json(item))
+        elif isinstance(item, Change):
+            shown = _human_line(item.entry.value) if item.entry.value is not None else "(gone)"
+            where = f"  [{item.region}]" if item.region else ""
+            print(f"{'+'.join(item.changes)}\t{_escape(item.key)}\t{shown}{where}", flush=True)
+        elif isinstance(item, ResetEnd):
+            print("-- snapshot complete; changes follow", flush=True)
+        else:
+            continue
+        sys.stdout.flush()
 
 
 def _sismember(client: Client, args: argparse.Namespace) -> None:
@@ -741,9 +804,48 @@ def build_parser(
     scan.add_argument("prefix", metavar="PREFIX", nargs="?", default="", help="only keys that start with it")
 
     command("status", _status, "show the node's status", json_help="print one JSON object")
+    watch = command(
+        "watch",
+        _watch,
+        "follow every change under a prefix until Ctrl-C",
+        json_help="print one JSON object per line (each change with the token to resume from)",
+    )
+    _add_watch_arguments(watch)
+    _add_operator_commands(commands)
+    return parser
+
+
+def _add_operator_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The commands of whoever runs the nodes: access control, certificates, health."""
     _add_access_commands(commands)
     _add_deploy_commands(commands)
-    return parser
+
+
+def _add_watch_arguments(watch: argparse.ArgumentParser) -> None:
+    watch.add_argument("prefix", metavar="PREFIX", nargs="?", default="", help="only keys that start with it")
+    start = watch.add_mutually_exclusive_group()
+    start.add_argument(
+        "--after", metavar="TOKEN", type=_token, help="resume: the changes this token (any region's) lacks"
+    )
+    start.add_argument(
+        "--start",
+        choices=("snapshot", "now"),
+        default="snapshot",
+        help="without --after: the keys' current state first (snapshot, the default) or only changes from now",
+    )
+    watch.add_argument(
+        "--on-expired",
+        choices=("reset", "error"),
+        default="reset",
+        help="when --after is older than the node keeps: a snapshot again (reset) or fail (error)",
+    )
+    watch.add_argument(
+        "--failover",
+        metavar="HOST:PORT",
+        action="append",
+        default=[],
+        help="another region to resume on after an error (repeat for more)",
+    )
 
 
 def _add_deploy_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -44,6 +44,11 @@ token=...)`` sends it as ``authorization: Bearer <token>`` metadata with
 every call. ``put_role``, ``get_role``, ``list_roles``, ``delete_role`` and
 ``revoke_token`` manage the node's roles and revocations (the ``admin`` right).
 
+Change feed. ``watch(prefix, after=token)`` yields every change under a
+prefix as the region applies it (``crdtstore.watching`` says what comes and
+how to keep the token); with ``addresses=[a, b, c]`` it resumes by itself on
+the next region after an error, from the last token it delivered.
+
 Causal reads. Every write and read returns a token; ``get(key, after=token)``
 waits (within the deadline) until the node has seen everything the token
 covers, so a read in one region sees a write made in another.
@@ -55,7 +60,17 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -67,21 +82,27 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from crdtstore.operations import AddMembers, DeleteKey, Increment, Operation, RemoveMembers, SetRegister
 from crdtstore.v1 import kv_pb2, kv_pb2_grpc
+from crdtstore.watching import Change, Progress, ResetBegin, ResetEnd, WatchDecoder, WatchItem
 
 __all__ = [
     "AsyncClient",
+    "Change",
     "Client",
     "ClientError",
     "ClientTls",
     "Conflict",
     "Entry",
     "PeerStatus",
+    "Progress",
+    "ResetBegin",
+    "ResetEnd",
     "RoleInfo",
     "Sibling",
     "Status",
     "TypeMismatchError",
     "TypeName",
     "Value",
+    "WatchItem",
     "WriteResult",
     "parse_durability",
 ]
@@ -220,6 +241,11 @@ class Status(TypedDict):
     auth_enabled: bool  # whether the node requires tokens
     refused_unauthenticated: int  # requests it refused with UNAUTHENTICATED since it started
     refused_permission_denied: int  # and with PERMISSION_DENIED
+    watch_streams: int  # change-feed streams open now
+    watch_events_sent: int  # events they sent since the node started
+    watch_streams_cut: int  # streams closed because their consumer stopped reading
+    feed_records: int  # changes the feed's index holds (within watch_retention_s and _bytes_max)
+    feed_bytes: int  # the bytes of its pages
 
 
 @dataclass(frozen=True, slots=True)
@@ -483,6 +509,11 @@ def _status_from_proto(resp: kv_pb2.StatusResponse) -> Status:
         auth_enabled=resp.auth_enabled,
         refused_unauthenticated=resp.refused_unauthenticated,
         refused_permission_denied=resp.refused_permission_denied,
+        watch_streams=resp.watch_streams,
+        watch_events_sent=resp.watch_events_sent,
+        watch_streams_cut=resp.watch_streams_cut,
+        feed_records=resp.feed_records,
+        feed_bytes=resp.feed_bytes,
     )
 
 
@@ -559,6 +590,8 @@ _REVOKE: _Rpc[kv_pb2.RevokeTokenRequest, kv_pb2.RevokeTokenResponse] = _Rpc(
     "Admin", "RevokeToken", kv_pb2.RevokeTokenResponse
 )
 
+_WATCH: _Rpc[kv_pb2.WatchRequest, kv_pb2.WatchResponse] = _Rpc("KV", "Watch", kv_pb2.WatchResponse)
+
 Grants = Mapping[str, Iterable[str]] | Iterable[tuple[str, Iterable[str]]]
 
 
@@ -608,6 +641,81 @@ def _expect(rpc: _Rpc[ReqT, RespT], response: object) -> RespT:
     if not isinstance(response, rpc.response):
         raise _malformed(f"{rpc.method} answered with a {type(response).__name__}")
     return response
+
+
+# -- the change feed ---------------------------------------------------------------------
+
+# A watch that ends with one of these resumes (on the next address) from its last token: the node
+# went away or is draining (UNAVAILABLE), or cut a consumer that read too slowly (RESOURCE_EXHAUSTED).
+_WATCH_RESUMES = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED, grpc.StatusCode.UNKNOWN}
+)
+
+
+@dataclass
+class _Watch:
+    """One ``watch`` call's state, shared by both clients: the decoder, the addresses, the retries."""
+
+    decoder: WatchDecoder
+    prefix: str
+    start: str
+    on_expired: str
+    progress_interval_ms: int
+    addresses: list[str]
+    index: int = 0
+    failures: int = 0
+
+    def request(self) -> kv_pb2.WatchRequest:
+        token = self.decoder.token
+        return kv_pb2.WatchRequest(
+            prefix=self.prefix,
+            after=kv_pb2.CausalToken(vector=token) if token else None,
+            start="" if token else "snapshot" if self.decoder.snapshot_again else self.start,
+            on_expired=self.on_expired,
+            progress_interval_ms=self.progress_interval_ms,
+        )
+
+    def items(self, message: object) -> Iterator[WatchItem]:
+        if not isinstance(message, kv_pb2.WatchResponse):
+            raise _malformed(f"Watch answered with a {type(message).__name__}")
+        try:
+            yield from self.decoder.items(message)
+        except ValueError as exc:
+            raise _malformed(str(exc)) from None
+        self.failures = 0
+
+    def failed(self, exc: grpc.RpcError | None, retry: _RetryPolicy) -> float:
+        """After the stream ended (``exc``, or None when it ended without an error): the delay, or raise."""
+        code, message = _status_of(exc) if exc is not None else (grpc.StatusCode.UNAVAILABLE, "the stream ended")
+        error = _client_error(code, message, None)
+        if code not in _WATCH_RESUMES or self.failures >= retry.retries_max * len(self.addresses):
+            raise error from exc
+        self.decoder.resumed()
+        self.index = (self.index + 1) % len(self.addresses)
+        self.failures += 1
+        cap = min(retry.backoff_ms_max, retry.backoff_ms_initial * 2.0 ** (self.failures // len(self.addresses)))
+        # The first try of each other address goes at once; a round of them all backs off.
+        return 0.0 if self.failures % len(self.addresses) else random.uniform(cap / 2, cap) / 1000.0
+
+
+def _watch(
+    addr: str,
+    prefix: str,
+    *,
+    after: bytes | None,
+    start: str,
+    on_expired: str,
+    progress_interval_ms: int,
+    addresses: Sequence[str] | None,
+) -> _Watch:
+    if start not in ("snapshot", "now"):
+        raise ValueError(f"start is 'snapshot' or 'now', not {start!r}")
+    if on_expired not in ("reset", "error"):
+        raise ValueError(f"on_expired is 'reset' or 'error', not {on_expired!r}")
+    targets = list(addresses) if addresses else [addr]
+    return _Watch(
+        WatchDecoder(_entry_from_proto, after or b""), prefix, start, on_expired, progress_interval_ms, targets
+    )
 
 
 # -- the clients -----------------------------------------------------------------------
@@ -800,6 +908,53 @@ class Client(_ClientBase):
         """Revoke the token whose id (``jti`` claim) is ``jti``, in every region, for good; the change's token."""
         return bytes(self._call(_REVOKE, kv_pb2.RevokeTokenRequest(jti=jti)).token.vector)
 
+    def watch(
+        self,
+        prefix: str = "",
+        *,
+        after: bytes | None = None,
+        start: str = "snapshot",
+        on_expired: str = "reset",
+        progress_interval_ms: int = 0,
+        addresses: Sequence[str] | None = None,
+    ) -> Generator[WatchItem]:
+        """Every change under ``prefix``, as it comes, until the caller stops iterating (see ``crdtstore.watching``).
+
+        ``after``: resume from a token (this or any region's); without it a
+        snapshot of the prefix comes first (``start="now"``: only what changes
+        from now). ``addresses``: the regions to resume on, in turn, after an
+        error (this client's address when not given).
+        """
+        state = _watch(
+            self.addr,
+            prefix,
+            after=after,
+            start=start,
+            on_expired=on_expired,
+            progress_interval_ms=progress_interval_ms,
+            addresses=addresses,
+        )
+        channels: dict[str, Any] = {self.addr: self._channel}
+        try:
+            while True:
+                address = state.addresses[state.index]
+                if address not in channels:
+                    channels[address] = self._open_channel(address)
+                call = _Stubs(channels[address]).method(_WATCH)(state.request(), metadata=self._metadata)
+                try:
+                    for message in call:
+                        yield from state.items(message)
+                    delay = state.failed(None, self._retry)
+                except grpc.RpcError as exc:
+                    delay = state.failed(exc, self._retry)
+                finally:
+                    call.cancel()
+                _sleep(delay)
+        finally:
+            for address, channel in channels.items():
+                if address != self.addr:
+                    channel.close()
+
     def close(self) -> None:
         self._channel.close()
 
@@ -915,6 +1070,48 @@ class AsyncClient(_ClientBase):
     async def revoke_token(self, jti: str) -> bytes:
         """Revoke the token whose id (``jti`` claim) is ``jti``, in every region, for good; the change's token."""
         return bytes((await self._call(_REVOKE, kv_pb2.RevokeTokenRequest(jti=jti))).token.vector)
+
+    async def watch(
+        self,
+        prefix: str = "",
+        *,
+        after: bytes | None = None,
+        start: str = "snapshot",
+        on_expired: str = "reset",
+        progress_interval_ms: int = 0,
+        addresses: Sequence[str] | None = None,
+    ) -> AsyncGenerator[WatchItem]:
+        """Every change under ``prefix``, as it comes: ``Client.watch``, for asyncio."""
+        state = _watch(
+            self.addr,
+            prefix,
+            after=after,
+            start=start,
+            on_expired=on_expired,
+            progress_interval_ms=progress_interval_ms,
+            addresses=addresses,
+        )
+        channels: dict[str, Any] = {self.addr: self._channel}
+        try:
+            while True:
+                address = state.addresses[state.index]
+                if address not in channels:
+                    channels[address] = self._open_channel(address)
+                call = _Stubs(channels[address]).method(_WATCH)(state.request(), metadata=self._metadata)
+                try:
+                    async for message in call:
+                        for item in state.items(message):
+                            yield item
+                    delay = state.failed(None, self._retry)
+                except grpc.RpcError as exc:
+                    delay = state.failed(exc, self._retry)
+                finally:
+                    call.cancel()
+                await _async_sleep(delay)
+        finally:
+            for address, channel in channels.items():
+                if address != self.addr:
+                    await channel.close()
 
     async def close(self) -> None:
         await self._channel.close()

@@ -64,7 +64,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from simulations.history import FinalRead, KeyRead, Meta, Op, Record
+from simulations.history import FeedRead, FinalRead, KeyRead, Meta, Nemesis, Op, Record
 
 __all__ = ["KINDS", "CheckResult", "Violation", "check"]
 
@@ -189,6 +189,9 @@ def check(records: Iterable[Record]) -> CheckResult:
         return result
     _check_convergence(finals, result)
     _check_clocks(ops, result)
+    lost = [r for r in history if isinstance(r, Nemesis) and r.event == "disk" and "; 0 writes" not in r.detail]
+    for feed in (r for r in history if isinstance(r, FeedRead)):
+        _check_feed(feed, finals, lost_writes=bool(lost), result=result)
     by_key: dict[str, list[Op]] = defaultdict(list)
     for op in ops:
         by_key[op.key].append(op)
@@ -203,6 +206,33 @@ def check(records: Iterable[Record]) -> CheckResult:
         for key in sorted(keys):
             _check_key(key, by_key.get(key, []), final.keys.get(key), where=where, rules=rules, result=result)
     return result
+
+
+def _check_feed(feed: FeedRead, finals: Sequence[FinalRead], *, lost_writes: bool, result: CheckResult) -> None:
+    """A change-feed consumer got no event twice, and its projection equals the final state.
+
+    Unless a region lost acknowledged writes with its disk: the consumer may
+    have been sent them before they were gone everywhere, which the feed
+    cannot take back (nor can anything else that read them).
+    """
+    for duplicate in feed.duplicates[:5]:
+        result.violations.append(
+            Violation("feed-duplicate", duplicate.split(" ", 1)[-1], f"delivered twice: {duplicate}")
+        )
+    if lost_writes:
+        return
+    final = next((f for f in finals if f.region == feed.region), finals[0])
+    for key in sorted(set(feed.keys) | set(final.keys)):
+        mine, theirs = feed.keys.get(key), final.keys.get(key)
+        if mine != theirs:
+            result.violations.append(
+                Violation(
+                    "feed-diverged",
+                    key,
+                    f"the change feed's projection holds {None if mine is None else asdict(mine)}, region "
+                    f"{final.region} {None if theirs is None else asdict(theirs)}",
+                )
+            )
 
 
 def _canonical(keys: dict[str, KeyRead]) -> str:

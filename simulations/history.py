@@ -34,6 +34,7 @@ from crdtstore.crdt.origin import region_of
 __all__ = [
     "FUNCTIONS",
     "OUTCOMES",
+    "FeedRead",
     "FinalRead",
     "KeyRead",
     "Meta",
@@ -150,17 +151,37 @@ class FinalRead:
     kind: str = "final"
 
 
-Record = Meta | Op | Nemesis | FinalRead
+@dataclass
+class FeedRead:
+    """What a change-feed consumer made of the run (``simulations.watcher``): its projection, read in ``region``."""
+
+    region: str
+    keys: dict[str, KeyRead]
+    duplicates: list[str]  # events delivered more than once ("origin:counter key")
+    counts: dict[str, int] = field(default_factory=dict)  # events, snapshots, moves between regions
+    kind: str = "feed"
+
+
+Record = Meta | Op | Nemesis | FinalRead | FeedRead
+
+
+def _reads(keys: dict[str, KeyRead]) -> dict[str, Any]:
+    return {
+        key: {"type": read.type, "value": read.value, "siblings": [vars(s) for s in read.siblings]}
+        for key, read in keys.items()
+    }
+
+
+def _key_reads(raw: dict[str, Any]) -> dict[str, KeyRead]:
+    return {k: KeyRead(v["type"], v["value"], [Sibling(**s) for s in v.get("siblings", [])]) for k, v in raw.items()}
 
 
 def _plain(record: Record) -> dict[str, Any]:
     """The record as JSON-ready data (``dataclasses.asdict`` without its deep copies, which cost more than the rest)."""
     if isinstance(record, FinalRead):
-        keys = {
-            key: {"type": read.type, "value": read.value, "siblings": [vars(s) for s in read.siblings]}
-            for key, read in record.keys.items()
-        }
-        return {"region": record.region, "keys": keys, "digest": record.digest, "kind": record.kind}
+        return {"region": record.region, "keys": _reads(record.keys), "digest": record.digest, "kind": record.kind}
+    if isinstance(record, FeedRead):
+        return {**vars(record), "keys": _reads(record.keys)}
     return vars(record)
 
 
@@ -178,11 +199,9 @@ def load(line: str) -> Record:
     if kind == "nemesis":
         return Nemesis(**raw)
     if kind == "final":
-        keys = {
-            k: KeyRead(v["type"], v["value"], [Sibling(**s) for s in v.get("siblings", [])])
-            for k, v in raw["keys"].items()
-        }
-        return FinalRead(raw["region"], keys, raw.get("digest", ""))
+        return FinalRead(raw["region"], _key_reads(raw["keys"]), raw.get("digest", ""))
+    if kind == "feed":
+        return FeedRead(raw["region"], _key_reads(raw["keys"]), raw["duplicates"], raw.get("counts", {}))
     raise ValueError(f"a history record of unknown kind {kind!r}")
 
 

@@ -47,6 +47,7 @@ from pathlib import Path
 from crdtstore.crdt import (
     Dot,
     HybridLogicalClock,
+    KeyState,
     Register,
     ValueType,
     VersionVector,
@@ -78,6 +79,7 @@ from simulations.faults import (
     ring_neighbours,
 )
 from simulations.history import FinalRead, KeyRead, Meta, Nemesis, Op, Record, Sibling, dump
+from simulations.watcher import Watcher
 
 __all__ = ["FAULT_KINDS", "Scenario", "SimResult", "Simulation", "region_names"]
 
@@ -322,16 +324,23 @@ class _Region:
             page, after = self.store.scan("", after=after, limit=1000)
             for key, state in page:
                 digest.update(key.encode() + b"\x00" + encode(state))
-                value = state.read()
-                if value is None:
-                    continue
-                keys[key] = _key_read(state.slots.get(value.type), value.type, value.value)
+                read = read_state(state)
+                if read is not None:
+                    keys[key] = read
             if not after:
                 break
         return FinalRead(self.name, keys, digest.hexdigest())
 
     def state_digest(self) -> tuple[VersionVector, tuple[int, ...]]:
         return self.store.context.vv, tuple(self.store.bucket_digests())
+
+
+def read_state(state: KeyState | None) -> KeyRead | None:
+    """A key's state as the history records it; None when it reads as absent."""
+    value = None if state is None else state.read()
+    if state is None or value is None:
+        return None
+    return _key_read(state.slots.get(value.type), value.type, value.value)
 
 
 def _key_read(slot: object, vtype: ValueType, value: object) -> KeyRead:
@@ -384,6 +393,8 @@ class Simulation:
         self.reorder = False
         self.connections = {(a, b): _Connection(a, b) for a, b in itertools.combinations(names, 2)}
         self.regions = {name: _Region(self, name, [n for n in names if n != name]) for name in names}
+        # A change-feed consumer moving between regions; it only reads, from a generator of its own.
+        self.watcher = Watcher(scenario.seed, self.regions, read_state)
         self._added: dict[str, list[str]] = {}  # set members added per key, for removes to choose from
         self.settling = False  # every fault healed: the nemesis starts nothing new
         self._next_op = 0
@@ -840,7 +851,9 @@ class Simulation:
                 self.after(self.random.randint(100, 1_000), self._nemesis)
             while self._events and self._clients_done < self.scenario.clients:
                 self._step()
+                self.watcher.maybe_step()
             converged_after = self._heal_all_and_settle()
+            self.record(self.watcher.finish())
             for region in self.regions.values():
                 self.record(region.final_read())
         finally:

@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 import pytest
 
-from crdtstore.client import Client, ClientError
+from crdtstore.client import Change, Client, ClientError, Progress, WatchItem
 from crdtstore.operations import DeleteKey, Increment, RemoveMembers, SetRegister
 from crdtstore.replica.wire import SYNC_METHOD
 from crdtstore.testing.auth import AuthKit
@@ -634,3 +634,57 @@ def test_a_replication_stream_ends_when_its_token_expires_or_is_revoked(tmp_path
         cluster.clients["x"].set("after/revocation", "1")
         time.sleep(0.5)  # x's write had every chance to travel; it must not have
         assert not y.get("after/revocation").exists
+
+
+def _first_change(stream: Iterator[WatchItem]) -> Change:
+    for item in stream:
+        if isinstance(item, Change):
+            return item
+    raise AssertionError("the stream ended")
+
+
+def test_a_watch_needs_read_on_its_prefix_and_never_shows_the_nodes_own_records(node: Node) -> None:
+    with node.client(None) as anonymous, pytest.raises(ClientError) as info:
+        next(anonymous.watch("orders/", start="now"))
+    assert info.value.code == grpc.StatusCode.UNAUTHENTICATED
+    with node.client(node.tokens["orders"]) as orders:
+        with pytest.raises(ClientError) as info:
+            next(orders.watch("", start="now"))  # read on orders/ only, not on every key
+        assert info.value.code == grpc.StatusCode.PERMISSION_DENIED
+        stream = orders.watch("orders/", start="now", progress_interval_ms=100)
+        try:
+            assert isinstance(next(stream), Progress)
+            node.admin.set("orders/watched", "w")
+            change = _first_change(stream)
+            assert (change.key, change.entry.value) == ("orders/watched", b"w")
+        finally:
+            stream.close()
+    # An administrator watching every key sees data, never the roles and revocations kept beside it.
+    stream = node.admin.watch("", start="now", progress_interval_ms=100)
+    try:
+        assert isinstance(next(stream), Progress)
+        node.admin.put_role("watch-probe", {"w/": ["read"]})
+        node.admin.revoke_token("watch-probe-jti")
+        node.admin.set("zz/after-the-rules", "x")
+        change = _first_change(stream)
+        assert change.key == "zz/after-the-rules"  # the role and the revocation came first, unseen
+    finally:
+        stream.close()
+
+
+def test_regression_an_open_watch_ends_when_its_token_is_revoked(node: Node) -> None:
+    """Found in review: the stream kept delivering after a revocation that unary calls already obeyed."""
+    token = node.kit.token("svc-watcher", ["orders"], token_id="watch-revoked-jti")
+    with node.client(token) as watcher:
+        stream = watcher.watch("orders/", start="now", progress_interval_ms=100)
+        try:
+            assert isinstance(next(stream), Progress)
+            node.admin.revoke_token("watch-revoked-jti")
+            node.admin.set("orders/after-revocation", "secret")
+            with pytest.raises(ClientError) as info:
+                for item in stream:
+                    assert not (isinstance(item, Change) and item.key == "orders/after-revocation")
+            assert info.value.code == grpc.StatusCode.UNAUTHENTICATED
+            assert "revoked" in str(info.value)
+        finally:
+            stream.close()

@@ -29,10 +29,12 @@ import crdtstore.client as client_module
 from crdtstore import cli
 from crdtstore.client import (
     AsyncClient,
+    Change,
     Client,
     ClientError,
     Conflict,
     Entry,
+    ResetEnd,
     Sibling,
     TypeMismatchError,
     WriteResult,
@@ -83,6 +85,9 @@ class FakeKV:
         self.roles: dict[str, kv_pb2.Role] = {}
         self.revoked: list[str] = []
         self.metadata: list[dict[str, str | bytes]] = []  # of each admin call
+        # Watch: each call takes the next script (messages, then the status it ends with); requests recorded.
+        self.watch_scripts: list[tuple[list[kv_pb2.WatchResponse], grpc.StatusCode]] = []
+        self.watches: list[kv_pb2.WatchRequest] = []
 
     def put(self, key: str, kv: kv_pb2.KeyValue) -> None:
         kv.key = key
@@ -165,6 +170,13 @@ class FakeKV:
             origin="eu#0123456789ab",
             conflicting_events=0,
         )
+
+    def Watch(self, request: kv_pb2.WatchRequest, context: grpc.ServicerContext) -> Iterator[kv_pb2.WatchResponse]:
+        with self.lock:
+            self.watches.append(request)
+            messages, end = self.watch_scripts.pop(0) if self.watch_scripts else ([], grpc.StatusCode.UNAVAILABLE)
+        yield from messages
+        context.abort(end, f"scripted end: {end.name}")
 
     # Roles and revocations: kept in memory, with the metadata of each call, so the client and the
     # command line can be checked without a node.
@@ -490,6 +502,11 @@ def test_status(kv: Client) -> None:
         "auth_enabled": False,
         "refused_unauthenticated": 0,
         "refused_permission_denied": 0,
+        "watch_streams": 0,
+        "watch_events_sent": 0,
+        "watch_streams_cut": 0,
+        "feed_records": 0,
+        "feed_bytes": 0,
     }
 
 
@@ -650,6 +667,11 @@ def test_status_output(addr: str, capsys: pytest.CaptureFixture[str]) -> None:
         "auth_enabled": False,
         "refused_unauthenticated": 0,
         "refused_permission_denied": 0,
+        "watch_streams": 0,
+        "watch_events_sent": 0,
+        "watch_streams_cut": 0,
+        "feed_records": 0,
+        "feed_bytes": 0,
     }
     code, out, _ = run(capsys, "--addr", addr, "status")
     assert "region: eu" in out.splitlines()
@@ -847,3 +869,143 @@ def test_the_nodes_own_account_of_a_late_causal_read_is_passed_on(
     code, _, err = run(capsys, "--addr", addr, "get", "k", "--after", after_token(us=5))
     assert code == 1
     assert err == f"crdtstore: {message} (DEADLINE_EXCEEDED)\n"
+
+
+# -- the change feed -------------------------------------------------------------------------
+
+
+def _event(key: str, value: bytes, counter: int, *changes: kv_pb2.ChangeKind) -> kv_pb2.WatchEvent:
+    return kv_pb2.WatchEvent(
+        key=key,
+        changes=list(changes) or [kv_pb2.CHANGE_KIND_SET],
+        entry=register(value),
+        origin="eu#1",
+        region="eu",
+        counter=counter,
+    )
+
+
+def _message(token: bytes, *events: kv_pb2.WatchEvent, **flags: bool) -> kv_pb2.WatchResponse:
+    """One message; outside a snapshot its events are one change, the last carrying the token."""
+    if events and not flags.get("reset"):
+        events[-1].group_end = True
+        events[-1].token.vector = token
+    return kv_pb2.WatchResponse(events=events, token=kv_pb2.CausalToken(vector=token), **flags)
+
+
+def test_a_watch_resumes_on_the_next_address_from_the_last_complete_token(fake: FakeKV, addr: str) -> None:
+    second = FakeKV()
+    generated: Any = kv_pb2_grpc
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    generated.add_KVServicer_to_server(second, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        fake.watch_scripts.append(
+            (
+                [
+                    _message(b"T0", progress=True),
+                    _message(b"T1", _event("k/a", b"1", 1)),
+                    # A group cut by the failure: its first part is never yielded, and comes again.
+                    kv_pb2.WatchResponse(events=[_event("k/b", b"2", 2)], partial=True),
+                ],
+                grpc.StatusCode.UNAVAILABLE,
+            )
+        )
+        second.watch_scripts.append(
+            ([_message(b"T2", _event("k/b", b"2", 2), _event("k/c", b"3", 2))], grpc.StatusCode.PERMISSION_DENIED)
+        )
+        items: list[object] = []
+        with Client(addr) as kv, pytest.raises(ClientError) as info:
+            for item in kv.watch("k/", addresses=[addr, f"127.0.0.1:{port}"]):
+                items.append(item)
+        assert info.value.code == grpc.StatusCode.PERMISSION_DENIED  # not resumable: raised
+        assert [type(i).__name__ for i in items] == ["Progress", "Change", "Change", "Change"]
+        changes = [i for i in items if isinstance(i, Change)]
+        assert [(c.key, c.token, c.group_end) for c in changes] == [
+            ("k/a", b"T1", True),
+            ("k/b", b"T2", False),
+            ("k/c", b"T2", True),
+        ]
+        assert changes[0].dot == ("eu#1", 1) and changes[0].entry.value == b"1"
+        # The first stream asked for a snapshot; the second resumed from the last complete token.
+        assert fake.watches[0].start == "snapshot" and not fake.watches[0].after.vector
+        assert second.watches[0].after.vector == b"T1" and second.watches[0].start == ""
+    finally:
+        server.stop(None).wait()
+
+
+def test_a_watch_frames_a_snapshot_and_gives_up_after_its_retries(fake: FakeKV, kv: Client) -> None:
+    fake.watch_scripts.append(
+        (
+            [
+                _message(b"old", _event("k/a", b"1", 0, kv_pb2.CHANGE_KIND_SNAPSHOT), reset=True),
+                _message(b"T5", reset=True, reset_done=True),
+            ],
+            grpc.StatusCode.UNAVAILABLE,
+        )
+    )
+    items: list[object] = []
+    with pytest.raises(ClientError) as info:
+        for item in kv.watch("k/", after=b"old"):
+            items.append(item)
+    assert info.value.code == grpc.StatusCode.UNAVAILABLE
+    assert [type(i).__name__ for i in items] == ["ResetBegin", "Change", "ResetEnd"]
+    snapshot = items[1]
+    assert isinstance(snapshot, Change) and snapshot.reset and snapshot.changes == ("snapshot",)
+    assert not snapshot.group_end
+    assert isinstance(items[2], ResetEnd) and items[2].token == b"T5"
+    # Every retry resumed from the snapshot's token; the last error is raised once they are spent.
+    assert [w.after.vector for w in fake.watches] == [b"old"] + [b"T5"] * (len(fake.watches) - 1)
+    assert len(fake.watches) == 1 + kv._retry.retries_max
+
+
+def test_watch_arguments_are_checked_before_anything_is_sent(fake: FakeKV, kv: Client) -> None:
+    with pytest.raises(ValueError, match="start"):
+        next(kv.watch("k/", start="later"))
+    with pytest.raises(ValueError, match="on_expired"):
+        next(kv.watch("k/", on_expired="ignore"))
+    assert not fake.watches
+
+
+def test_a_message_of_several_changes_gives_each_its_own_token(fake: FakeKV, kv: Client) -> None:
+    first, second = _event("k/a", b"1", 1), _event("k/b", b"2", 2)
+    first.group_end, first.token.vector = True, b"T1"
+    second.group_end, second.token.vector = True, b"T2"
+    fake.watch_scripts.append(
+        (
+            [kv_pb2.WatchResponse(events=[first, second], token=kv_pb2.CausalToken(vector=b"T3"))],
+            grpc.StatusCode.OUT_OF_RANGE,
+        )
+    )
+    items: list[object] = []
+    with pytest.raises(ClientError):
+        items.extend(kv.watch("k/", after=b"T0"))
+    assert [(i.key, i.token, i.group_end) for i in items if isinstance(i, Change)] == [
+        ("k/a", b"T1", True),
+        ("k/b", b"T2", True),
+    ]
+
+
+def test_regression_a_snapshot_cut_off_by_a_failure_starts_again_as_a_snapshot(fake: FakeKV, kv: Client) -> None:
+    """Found in review: the next stream resumed from the old token, and a consumer committed the reset's deletes."""
+    fake.watch_scripts.append(
+        (
+            [_message(b"old", _event("k/a", b"1", 0, kv_pb2.CHANGE_KIND_SNAPSHOT), reset=True)],
+            grpc.StatusCode.UNAVAILABLE,
+        )
+    )
+    fake.watch_scripts.append(
+        (
+            [
+                _message(b"none", _event("k/a", b"1", 0, kv_pb2.CHANGE_KIND_SNAPSHOT), reset=True),
+                _message(b"T9", reset=True, reset_done=True),
+            ],
+            grpc.StatusCode.PERMISSION_DENIED,
+        )
+    )
+    items: list[object] = []
+    with pytest.raises(ClientError):
+        items.extend(kv.watch("k/", after=b"old"))
+    assert [type(i).__name__ for i in items] == ["ResetBegin", "Change", "ResetBegin", "Change", "ResetEnd"]
+    assert not fake.watches[1].after.vector and fake.watches[1].start == "snapshot"

@@ -57,7 +57,10 @@ def _families(metrics: NodeMetrics) -> dict[str, object]:
 
 
 def test_each_node_has_its_own_registry_with_the_process_collectors() -> None:
+    from crdtstore.node.metrics import NodeSnapshot
+
     a, b = NodeMetrics(), NodeMetrics()
+    a.attach(lambda: NodeSnapshot(watch_streams=2, watch_events_sent=7, watch_streams_cut_stalled=1), None)
     a.requests.labels("Get", "OK").inc()
     families_a, families_b = _families(a), _families(b)
     assert "process_cpu_seconds" in families_a and "python_gc_objects_collected" in families_a
@@ -219,3 +222,35 @@ def test_a_pending_check_rides_on_the_next_acknowledgement_to_each_peer_once(tmp
         assert other.ack.check_digest == first.ack.check_digest
     finally:
         store.close()
+
+
+@pytest.mark.processes
+def test_a_metrics_port_in_use_stops_the_node_with_a_clear_error(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = int(busy.getsockname()[1])
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "crdtstore",
+                "serve",
+                "--data-dir",
+                str(tmp_path / "node"),
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                f"127.0.0.1:{port}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 1
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in result.stderr

@@ -503,6 +503,11 @@ def test_cli_status_json(server: ServerProcess) -> None:
         "auth_enabled",
         "refused_unauthenticated",
         "refused_permission_denied",
+        "watch_streams",
+        "watch_events_sent",
+        "watch_streams_cut",
+        "feed_records",
+        "feed_bytes",
     }
     assert status["auth_enabled"] is False  # on loopback without [auth]
     assert status["peers"] == []  # a single node
@@ -675,7 +680,7 @@ def test_reflection_lists_the_services(server: ServerProcess) -> None:
         assert "grpc.health.v1.Health" in services
         proto = db.FindFileContainingSymbol("crdtstore.v1.KV")
         kv_service = next(s for s in proto.service if s.name == "KV")
-        assert {m.name for m in kv_service.method} == {"Get", "Mutate", "Scan", "Contains", "Members"}
+        assert {m.name for m in kv_service.method} == {"Get", "Mutate", "Scan", "Contains", "Members", "Watch"}
 
 
 # -- refusing to start -------------------------------------------------------------------------

@@ -40,7 +40,18 @@ from crdtstore.testing.clock import FakeClock
 from crdtstore.testing.strategies import examples
 
 _FILE_IDENTITY = (b"meta", b"origin_file")
-_DATABASES = (b"data", b"members", b"log", b"log_index", b"incoming", b"meta", b"idem", b"idem_time")
+_DATABASES = (
+    b"data",
+    b"members",
+    b"log",
+    b"log_index",
+    b"incoming",
+    b"meta",
+    b"idem",
+    b"idem_time",
+    b"feed",
+    b"feed_marks",
+)
 
 
 class GeneralOnly(LmdbStore):

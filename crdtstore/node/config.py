@@ -109,6 +109,16 @@ class ServerSettings:
     get_members_max: int = 100_000
     # Clocks: a remote timestamp further ahead than this is not taken into the clock.
     max_clock_offset_ms: int = 500
+    # The change feed (KV.Watch): a progress message after this long without a matching change
+    # (a request may ask for another interval); a stream whose consumer reads nothing for
+    # watch_stall_s is closed (RESOURCE_EXHAUSTED: it resumes from its token); at most
+    # watch_streams_max streams at once.
+    watch_progress_interval_ms: int = 1000
+    watch_stall_s: float = 30.0
+    watch_streams_max: int = 1000
+    # A watch resuming from a token waits (sending progress) until this region has seen everything the
+    # token covers; past this, it starts again from a snapshot (or OUT_OF_RANGE, if it asked).
+    watch_catch_up_s: float = 30.0
 
 
 @dataclass(frozen=True)

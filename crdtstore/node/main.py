@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from crdtstore.crdt import HybridLogicalClock
 from crdtstore.node.access import AccessControl
 from crdtstore.node.config import ConfigError, NodeConfig, is_loopback, parse_listen
+from crdtstore.node.feed import FeedRetention
 from crdtstore.node.logs import configure_logging
 from crdtstore.node.metrics import MetricsServer, NodeMetrics
 from crdtstore.node.replication import Replicator
@@ -328,6 +329,7 @@ async def run_node(  # noqa: PLR0915 (the node's whole start and stop, in order)
     if health_server is not None:
         await health_server.start()
     replicator.start()
+    retention = FeedRetention(node).start()
     for name in ("", *services):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     security = "mutual TLS" if config.tls.require_client_cert else "TLS" if config.tls.enabled else "plaintext"
@@ -354,12 +356,13 @@ async def run_node(  # noqa: PLR0915 (the node's whole start and stop, in order)
     await stop.wait()
 
     log.info("draining: refusing new requests, finishing the ones in flight")
-    node.draining = True
+    node.drain()
     await health_servicer.enter_graceful_shutdown()
     await replicator.close()  # replication streams are long-lived: end them, not wait for them
     await server.stop(grace=config.server.drain_grace_s)
     if health_server is not None:
         await health_server.stop(grace=None)
+    await retention.close()
     await writer.close()
     if metrics_server is not None:  # before the store closes: a scrape reads it
         metrics_server.close()

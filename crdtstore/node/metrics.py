@@ -32,7 +32,10 @@ a peer region, a reason from a fixed list; never a key, a member, a token or
 a principal. Then feed it where the event happens, guarded::
 
     if (metrics := node.metrics) is not None:
-        metrics.watch_events_sent.inc(len(events))
+        metrics.audit_records.inc()
+
+or, where the feature keeps a count of its own anyway (the change feed's
+``WatchStreams``), export it at scrape time in ``NodeCollector`` instead.
 
 and add it to the table in ``docs/observability.md``.
 """
@@ -208,21 +211,23 @@ class NodeMetrics:
             registry=r,
         )
 
-        # -- the change feed (issue 20: KV.Watch) --------------------------------------------------
-        self.watch_streams = Gauge("crdtstore_watch_streams", "Watch streams open now", registry=r)
-        self.watch_events_sent = Counter(
-            "crdtstore_watch_events_sent", "Change events sent on watch streams", registry=r
-        )
-        self.watch_streams_cut = Counter(
-            "crdtstore_watch_streams_cut",
-            "Watch streams the node ended, by reason (a fixed list the feed defines, e.g. slow_consumer)",
-            ["reason"],
-            registry=r,
-        )
+        # -- the change feed (KV.Watch): read at scrape time from its own counters (NodeCollector) ---------
 
         # -- the audit trail (a later issue): declare its metrics here ----------------------------
 
         self._collector: NodeCollector | None = None
+        # The children of the request metrics, by (rpc, code): labels() takes a lock and checks its arguments
+        # on every call; the per-request path looks them up here instead (bounded: RPCs times status codes).
+        self._request_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+    def count_request(self, rpc: str, code: str, seconds: float) -> None:
+        """One answered request: counted by method and code, its duration observed by method."""
+        children = self._request_children.get((rpc, code))
+        if children is None:
+            children = (self.requests.labels(rpc, code), self.request_duration.labels(rpc))
+            self._request_children[(rpc, code)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def attach(self, snapshot: Callable[[], NodeSnapshot], loop: asyncio.AbstractEventLoop | None) -> None:
         """Read the node's state at scrape time: ``snapshot`` runs on ``loop`` (the node's event loop)."""
@@ -252,6 +257,10 @@ class NodeSnapshot:
     refused_permission_denied: int = 0
     auth_enabled: bool = False
     draining: bool = False
+    # The change feed's counters (crdtstore.node.feed.WatchStreams).
+    watch_streams: int = 0
+    watch_events_sent: int = 0
+    watch_streams_cut_stalled: int = 0
     region: str = ""
     version: str = ""
     # Read on the scraping thread, not the loop: storage reads take LMDB read transactions.
@@ -352,6 +361,17 @@ class NodeCollector(Collector):
             "Remote timestamps beyond max_clock_offset_ms that the clock refused to take (the delta was applied)",
             value=snap.clock_skew_events,
         )
+        yield GaugeMetricFamily("crdtstore_watch_streams", "Watch streams open now", value=snap.watch_streams)
+        yield CounterMetricFamily(
+            "crdtstore_watch_events_sent", "Change events sent on watch streams", value=snap.watch_events_sent
+        )
+        cut = CounterMetricFamily(
+            "crdtstore_watch_streams_cut",
+            "Watch streams the node ended, by reason (stalled: the consumer read nothing for server.watch_stall_s)",
+            labels=["reason"],
+        )
+        cut.add_metric(["stalled"], snap.watch_streams_cut_stalled)
+        yield cut
         info = GaugeMetricFamily(
             "crdtstore_build_info", "Always 1: the node's region and crdtstore version", labels=["region", "version"]
         )

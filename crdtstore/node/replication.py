@@ -85,7 +85,7 @@ from crdtstore.node.streams import (
     server_options,
     sync_call,
 )
-from crdtstore.node.waits import VectorWaits
+from crdtstore.node.waits import ChangeSignal, VectorWaits
 from crdtstore.node.writer import GroupCommitWriter
 from crdtstore.replica.core import ReplicaCore
 from crdtstore.replica.driver import Driver, Job, Ready
@@ -175,6 +175,9 @@ class Replicator:
         for peer in sorted(config.peers):
             sources[peer] = functools.partial(self._acked_by, peer)
         self._waits = VectorWaits(sources)
+        # Woken with the waits: the change feed's streams wait on it for the store's next change.
+        self.changes = ChangeSignal()
+        self._context_signalled = store.context
         self._wake = asyncio.Event()  # the driver wants a tick sooner than the tick loop planned
         self._wake_at_ms = 0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -304,6 +307,10 @@ class Replicator:
             self._wake_at_ms = ready.wake_at_ms
             self._wake.set()
         self._waits.changed()  # the vector or a peer's acknowledgements may have moved
+        context = self.store.context
+        if context is not self._context_signalled:  # the store changed (not an ack or a tick): wake watch streams
+            self._context_signalled = context
+            self.changes.changed()
         if not inbound:
             return None
         return self._spawn(self._run_in_order(inbound), f"persisting from {inbound[0].peer}")

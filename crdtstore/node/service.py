@@ -34,9 +34,7 @@ from crdtstore.auth.policy import (
     validate_role_name,
 )
 from crdtstore.auth.tokens import Principal
-from crdtstore.crdt import CodecError, KeyState, TypeMismatch, ValueType, VersionVector, decode_as, encode
-from crdtstore.crdt.keyed import Value
-from crdtstore.crdt.origin import region_of
+from crdtstore.crdt import CodecError, TypeMismatch, VersionVector, decode_as, encode
 from crdtstore.node import tracing
 from crdtstore.node.access import (
     ANONYMOUS,
@@ -49,9 +47,11 @@ from crdtstore.node.access import (
     role_operations,
 )
 from crdtstore.node.config import NodeConfig
+from crdtstore.node.feed import WatchStreams, read_need
 from crdtstore.node.metrics import NodeMetrics
 from crdtstore.node.replication import Replicator
 from crdtstore.node.requests import serve_rpc, set_principal
+from crdtstore.node.values import key_value_pb
 from crdtstore.node.writer import GroupCommitWriter
 from crdtstore.operations import (
     AddMembers,
@@ -80,8 +80,6 @@ __all__ = ["AdminService", "KVService", "NodeState", "add_services"]
 
 log = logging.getLogger("crdtstore.service")
 
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-
 
 # How long a causal read or a replicated write waits when the client set no deadline.
 _WAIT_WITHOUT_DEADLINE_S = 30.0
@@ -108,6 +106,12 @@ class NodeState:
         self.access = access or AccessControl(config.auth, store)
         self.scan_tokens = ScanTokens(sealed=self.access.enabled)
         self.draining = False
+        self.watches: WatchStreams | None = None  # the change feed's streams, once served (add_services)
+
+    def drain(self) -> None:
+        """Refuse new requests from now on; watch streams end (UNAVAILABLE), their consumers resume elsewhere."""
+        self.draining = True
+        self.replicator.changes.close()
 
 
 # The principal the request being served speaks for: set by the handler wrapper before the method runs.
@@ -136,53 +140,6 @@ def _answer_before_deadline_s(time_left_s: float) -> float:
 
 def token_of(vv: VersionVector) -> pb.CausalToken:
     return pb.CausalToken(vector=encode(vv))
-
-
-def _value_pb(vtype: ValueType, value: Value) -> pb.Value:
-    out = pb.Value(type=int(vtype))  # type: ignore[arg-type]
-    if vtype is ValueType.REGISTER:
-        assert isinstance(value, bytes)
-        out.register = value
-    elif vtype is ValueType.COUNTER:
-        assert isinstance(value, int)
-        out.counter_decimal = str(value)
-        if _INT64_MIN <= value <= _INT64_MAX:
-            out.counter = value
-            out.counter_fits = True
-    else:
-        assert isinstance(value, frozenset)
-        out.members.extend(sorted(value))
-        out.member_count = len(value)
-    return out
-
-
-def key_value_pb(key: str, state: KeyState | None, omitted_members: int = 0) -> pb.KeyValue:
-    """The key as the wire shows it; ``omitted_members``: the count of a set left out of ``state`` for its size."""
-    out = pb.KeyValue(key=key)
-    read = None if state is None else state.read()
-    omitted = None
-    if omitted_members:
-        omitted = pb.Value(type=pb.VALUE_TYPE_SET, member_count=omitted_members, members_omitted=True)
-        if read is None:
-            out.value.CopyFrom(omitted)
-            return out
-    if read is None:
-        out.value.type = pb.VALUE_TYPE_UNSPECIFIED
-        return out
-    out.value.CopyFrom(_value_pb(read.type, read.value))
-    for sibling in read.siblings:
-        out.siblings.add(
-            value=sibling.value,
-            region=region_of(sibling.dot.region),
-            wall_ms=sibling.timestamp.wall_ms,
-            logical=sibling.timestamp.logical,
-        )
-    for vtype, value in read.conflicts:
-        out.conflicts.append(_value_pb(vtype, value))
-    if omitted is not None:
-        # Beside a register or a counter a set is a conflict, never the visible type: its type sorts last.
-        out.conflicts.append(omitted)
-    return out
 
 
 def operations_from_pb(request: pb.MutateRequest) -> list[Operation]:
@@ -472,6 +429,8 @@ class AdminService:
     async def Status(self, request: pb.StatusRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.StatusResponse:
         store = self.node.store
         replicator = self.node.replicator
+        watches = self.node.watches
+        feed_records, feed_bytes = await asyncio.to_thread(store.feed_stats)
         peers = []
         for name, link in replicator.links.items():
             acked = replicator.core.peers[name].acked
@@ -503,6 +462,11 @@ class AdminService:
             auth_enabled=self.node.access.enabled,
             refused_unauthenticated=self.node.access.refused_unauthenticated,
             refused_permission_denied=self.node.access.refused_permission,
+            watch_streams=watches.open if watches else 0,
+            watch_events_sent=watches.events_sent if watches else 0,
+            watch_streams_cut=watches.cut_stalled if watches else 0,
+            feed_records=feed_records,
+            feed_bytes=feed_bytes,
         )
 
     # -- roles and revocations ---------------------------------------------------------------
@@ -651,6 +615,43 @@ def _mutate_needs(request: pb.MutateRequest) -> Sequence[Need]:
     return needs
 
 
+async def _admit(
+    raw: bytes,
+    context: grpc.aio.ServicerContext[Any, Any],
+    request_type: type[Message],
+    access: AccessControl,
+    needs: Needs,
+    *,
+    rpc: str,
+) -> Any:
+    """The caller checked, then the request parsed and authorized; aborts the call otherwise.
+
+    A refusal is logged (at INFO, with the request id and, once known, the principal: docs/observability.md).
+    """
+    try:
+        principal = access.authenticate(context.invocation_metadata()) if access.enabled else ANONYMOUS
+    except Refusal as refusal:
+        log.info("refused %s: %s", rpc, refusal.message)
+        await _abort(context, refusal.code, refusal.message)
+    try:
+        request = request_type.FromString(raw)
+    except DecodeError as exc:
+        await _abort(
+            context,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"the request is not a valid {request_type.DESCRIPTOR.full_name} message: {exc}",
+        )
+    if access.enabled:  # without access control, what a request needs is not even worked out
+        set_principal(principal.subject)  # for the log lines of this request from here on
+        try:
+            access.authorize(principal, needs(request))
+        except Refusal as refusal:
+            log.info("refused %s: %s", rpc, refusal.message)
+            await _abort(context, refusal.code, refusal.message)
+    _caller.set(principal)
+    return request
+
+
 def _parsing(
     method: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]],
     request_type: type[Message],
@@ -676,36 +677,53 @@ def _parsing(
         return await serve_rpc(rpc, context, metrics, functools.partial(checked, raw, context))
 
     async def checked(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        try:
-            principal = access.authenticate(context.invocation_metadata()) if access.enabled else ANONYMOUS
-        except Refusal as refusal:
-            log.info("refused %s: %s", rpc, refusal.message)  # with the request id (docs/observability.md)
-            await _abort(context, refusal.code, refusal.message)
-        try:
-            request = request_type.FromString(raw)
-        except DecodeError as exc:
-            await _abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"the request is not a valid {request_type.DESCRIPTOR.full_name} message: {exc}",
-            )
-        if access.enabled:  # without access control, what a request needs is not even worked out
-            set_principal(principal.subject)  # for the log lines of this request from here on
-            try:
-                access.authorize(principal, needs(request))
-            except Refusal as refusal:
-                log.info("refused %s: %s", rpc, refusal.message)  # with the request id and the principal
-                await _abort(context, refusal.code, refusal.message)
-        _caller.set(principal)
+        request = await _admit(raw, context, request_type, access, needs, rpc=rpc)
         return await method(request, context)
 
     return grpc.unary_unary_rpc_method_handler(handle, response_serializer=response_type.SerializeToString)
+
+
+def _parsing_stream(
+    method: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[None]],
+    request_type: type[Message],
+    response_type: type[Message],
+    access: AccessControl,
+    needs: Needs,
+    *,
+    metrics: NodeMetrics | None = None,
+    rpc: str = "",
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """``_parsing`` for a server stream: the method writes its responses with ``context.write``.
+
+    Counted like a unary RPC when it ends, as ``rpc`` (its duration is the stream's life).
+    """
+    rpc = rpc or method.__name__
+
+    async def handle(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        await serve_rpc(rpc, context, metrics, functools.partial(checked, raw, context))
+
+    async def checked(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        request = await _admit(raw, context, request_type, access, needs, rpc=rpc)
+        await method(request, context)
+
+    return grpc.unary_stream_rpc_method_handler(handle, response_serializer=response_type.SerializeToString)
 
 
 def add_services(server: grpc.aio.Server, node: NodeState) -> list[str]:
     """Register KV, Admin and Replication on ``server``; returns their full service names."""
     kv, admin = KVService(node), AdminService(node)
     access, metrics = node.access, node.metrics
+    watches = node.watches = WatchStreams(node)
+
+    async def watch(request: pb.WatchRequest, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        caller = _caller.get()
+
+        def still_allowed() -> None:
+            if access.enabled:  # a token expires, or is revoked, or loses its role while the stream runs
+                access.check_current(caller)
+                access.authorize(caller, read_need(request))
+
+        await watches.watch(request, context, still_allowed)
 
     def admin_rpc(method: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]], name: str) -> Any:
         request, response = getattr(pb, f"{name}Request"), getattr(pb, f"{name}Response")
@@ -720,6 +738,9 @@ def add_services(server: grpc.aio.Server, node: NodeState) -> list[str]:
                 kv.Contains, pb.ContainsRequest, pb.ContainsResponse, access, _reads_key, metrics=metrics
             ),
             "Members": _parsing(kv.Members, pb.MembersRequest, pb.MembersResponse, access, _reads_key, metrics=metrics),
+            "Watch": _parsing_stream(
+                watch, pb.WatchRequest, pb.WatchResponse, access, read_need, metrics=metrics, rpc="Watch"
+            ),
         },
         "crdtstore.v1.Admin": {
             name: admin_rpc(getattr(admin, name), name)

@@ -147,3 +147,28 @@ class VectorWaits:
                 heaps.by_origin[key] = live
             heaps.entries = sum(len(heap) for heap in heaps.by_origin.values())
             heaps.dead = 0
+
+
+class ChangeSignal:
+    """Wakes every waiter when the store changed (a local commit, a peer's entries, a transfer).
+
+    The change feed's streams wait on it at the end of the index. Take
+    ``current()`` *before* reading the store: a change that lands between the
+    read and the wait has already set that event, so it is never missed.
+    """
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        self.closed = False
+
+    def current(self) -> asyncio.Event:
+        return self._event
+
+    def changed(self) -> None:
+        event, self._event = self._event, asyncio.Event()
+        event.set()
+
+    def close(self) -> None:
+        """The node is draining: waiters wake, and see ``closed``."""
+        self.closed = True
+        self.changed()

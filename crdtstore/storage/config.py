@@ -33,6 +33,11 @@ class StorageOptions:
     # member by member this many at a time: a repair's memory does not grow
     # with the size of a set.
     set_part_members: int = 4096
+    # The change feed's index of applied changes (apart from the delta log, which is trimmed
+    # once every peer has an entry): kept this long and within this many bytes. A watch that
+    # resumes from before it starts again from a snapshot (or OUT_OF_RANGE, if it asks).
+    watch_retention_s: int = 24 * 3600
+    watch_retention_bytes_max: int = 1024 * 1024 * 1024
     # fsync every commit. Only the deterministic simulator turns this off: its
     # stores live in a throwaway directory, and a simulated crash loses what
     # was not committed (the group-commit queue), which is what a real crash

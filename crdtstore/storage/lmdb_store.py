@@ -14,6 +14,7 @@ Named databases:
                  mark, log size, log horizon (per origin, the last counter trimmed from the log)
 * ``idem``       idempotency key -> (time, request fingerprint, causal token)
 * ``idem_time``  (time, idempotency key) -> nothing: the expiry index of ``idem``
+* ``feed``, ``feed_marks``  the change feed's index of applied changes (``feed``)
 
 ``LmdbStore`` is put together from parts over that one environment, a module
 each:
@@ -24,6 +25,7 @@ each:
 * ``writes``       local writes: batches of client requests, idempotency records
 * ``remote``       log entries from peers, applied in causal order
 * ``transfer``     repair digests and state transfers
+* ``feed``         the change feed's index: written with every change, read by watch streams
 * ``config``, ``errors``  the store's configuration and exceptions
 
 This module opens the store (its metadata), keeps the origin it mints under,
@@ -153,6 +155,7 @@ class LmdbStore(LocalWrites, RemoteApply, StateTransfer):
             self._context, self._hlc_mark, self._log_bytes = self._load_or_initialise_meta()
             with self.env.begin(db=self.meta) as txn:
                 self._horizon = decode_as(bytes(txn.get(_META_HORIZON) or encode(VersionVector())), VersionVector)
+            self._open_feed()
         except BaseException:
             self.close()
             raise
@@ -321,13 +324,13 @@ class LmdbStore(LocalWrites, RemoteApply, StateTransfer):
         read a page at a time instead (``set_members``).
         """
         with self._gate.read(), self.env.begin() as txn:
+            return _bounded(self._records(txn), key, members_max)
+
+    def get_many_bounded(self, keys: Sequence[str], members_max: int) -> list[tuple[KeyState | None, int]]:
+        """``get_bounded`` of each key, from one read transaction."""
+        with self._gate.read(), self.env.begin() as txn:
             records = self._records(txn)
-            record = records.record(lmdb_key(key))
-            if record is None:
-                return None, 0
-            if record.members > members_max:
-                return decode_as(record.body, KeyState), record.members
-            return records.assemble(record), 0
+            return [_bounded(records, key, members_max) for key in keys]
 
     def contains(self, key: str, members: Sequence[str]) -> list[bool]:
         """Whether the set at ``key`` holds each of ``members`` (all False for a missing key): O(log n) each.
@@ -423,3 +426,12 @@ class LmdbStore(LocalWrites, RemoteApply, StateTransfer):
 
     def data_bytes(self) -> int:
         return (Path(self.config.path) / "data.mdb").stat().st_size
+
+
+def _bounded(records: SetRecords, key: str, members_max: int) -> tuple[KeyState | None, int]:
+    record = records.record(lmdb_key(key))
+    if record is None:
+        return None, 0
+    if record.members > members_max:
+        return decode_as(record.body, KeyState), record.members
+    return records.assemble(record), 0

@@ -27,6 +27,7 @@ from crdtstore.replica.wire import RawLogEntry
 from crdtstore.storage.delta_log import DeltaLog, LogEntry, _log_key, _log_value
 from crdtstore.storage.environment import _META_HORIZON, _META_LOG_BYTES
 from crdtstore.storage.errors import StoreFull
+from crdtstore.storage.feed import FeedIndex, FeedRecord, changes_of
 from crdtstore.storage.keys import lmdb_key
 from crdtstore.storage.records import SetRecords, plain_record
 
@@ -39,7 +40,7 @@ class RemoteOutcome(enum.Enum):
     GAP = "gap"  # an earlier entry of its origin is missing; resend from the acknowledged vector
 
 
-class RemoteApply(DeltaLog):
+class RemoteApply(DeltaLog, FeedIndex):
     """Applying peers' log entries in causal order, and logging them to relay onwards."""
 
     # Entries from peers that carry event ids this node holds for different events (see apply_raw).
@@ -134,7 +135,7 @@ class RemoteApply(DeltaLog):
                     log_bytes = self._log_bytes
                     seq = self._next_seq(txn)
                     outcomes = []
-                    applied: list[LogEntry] = []
+                    applied: list[tuple[LogEntry, VersionVector]] = []  # each with this node's vector before it
                     records, allocate = self._records(txn), self._set_ids(txn)
                     for i, entry in enumerate(entries):
                         have = context.vv.get(entry.origin)
@@ -145,13 +146,14 @@ class RemoteApply(DeltaLog):
                             outcomes += [RemoteOutcome.GAP] * (len(entries) - i)
                             break
                         self._apply_entry(records, allocate, entry, context)
-                        applied.append(entry)
+                        applied.append((entry, context.vv))
                         context = context.join(entry.delta.context)
                         outcomes.append(RemoteOutcome.APPLIED)
                     # Stamped when applied, not when the message arrived: a large message takes
                     # a while, and a relay is held back relay_delay_ms from when it could go.
                     now_ms = self._wall_ms()
-                    for entry in applied:
+                    feed_seq = self._feed_next_seq(txn)
+                    for entry, before in applied:
                         delta = entry.encoded or entry.delta
                         value = _log_value(
                             entry.origin, entry.first, entry.last, delta, source=source, arrived_ms=now_ms
@@ -159,6 +161,12 @@ class RemoteApply(DeltaLog):
                         self._append_log(txn, seq, entry.origin, entry.last, value)
                         seq += 1
                         log_bytes += len(value)
+                        latest = entry.delta.latest_timestamp()
+                        hlc = None if latest is None else (latest.wall_ms, latest.logical)
+                        changes = changes_of(entry.delta)
+                        record = FeedRecord(feed_seq, entry.origin, entry.first, entry.last, now_ms, hlc, changes)
+                        self._feed_append(txn, record, before)
+                        feed_seq += 1
                     # Relayed entries count against the log's bound like local ones.
                     trimmed: dict[str, int] = {}
                     budget = max(self.config.options.housekeeping_per_batch_max, 2 * len(entries))

@@ -29,15 +29,16 @@ import msgpack
 
 from crdtstore.crdt import AWSet, CausalContext, CodecError, Dot, KeyState, ValueType, VersionVector, decode_as, encode
 from crdtstore.replica.wire import DIGEST_BUCKETS, TransferItem
-from crdtstore.storage.environment import _META_HORIZON, StoreEnvironment
+from crdtstore.storage.environment import _META_HORIZON
 from crdtstore.storage.errors import StaleTransfer, StoreFull
+from crdtstore.storage.feed import KIND_STATE, FeedIndex, FeedRecord
 from crdtstore.storage.keys import _digests, bucket_of, lmdb_key
 from crdtstore.storage.records import KeyRecord, SetRecords, decode_record, key_digest, member_order
 
 __all__ = ["StateTransfer"]
 
 
-class StateTransfer(StoreEnvironment):
+class StateTransfer(FeedIndex):
     """Sending (``spool_snapshot``, ``bucket_digests``) and receiving (``stage_snapshot`` and on) state transfers."""
 
     def spool_snapshot(self, path: Path) -> tuple[CausalContext, int, list[int]]:
@@ -175,24 +176,41 @@ class StateTransfer(StoreEnvironment):
                 )
             join = _KeyJoin(records, self._set_ids(txn), local, remote, self.config.options.set_part_members)
             staged: set[bytes] = set()
+            changed_keys: list[str] = []
             for key, parts in _staged_keys(txn.cursor(db=self.incoming), prefix):
                 if buckets is not None and bucket_of(key) not in buckets:
                     raise CodecError(f"a transferred key {key[:40]!r} is outside the buckets of the transfer")
                 staged.add(lmdb_key(key))
-                changed += join.key(key, _checked(key, parts, remote))
+                if join.key(key, _checked(key, parts, remote)):
+                    changed_keys.append(key)
             # This node's keys that the transfer lacks: joined with nothing (what the sender removed goes).
             for key in _keys_not_staged(txn, self.data, staged, buckets):
-                changed += join.key(key, iter(()))
+                if join.key(key, iter(())):
+                    changed_keys.append(key)
+            changed = len(changed_keys)
             context = local.join(remote)
             # Events this node now has without their log entries: a peer
             # below them must be repaired from here too.
             gained = {r: n for r, n in remote.vv.items() if n > local.vv.get(r)}
             horizon = self._horizon.join(VersionVector(gained))
+            # The change feed: each changed key as a whole-state change, in records of a bounded size.
+            feed_seq, now_ms = self._feed_next_seq(txn), self._wall_ms()
+            for i in range(0, len(changed_keys), _FEED_KEYS_PER_RECORD):
+                chunk = [(k, KIND_STATE) for k in changed_keys[i : i + _FEED_KEYS_PER_RECORD]]
+                more = int(i + _FEED_KEYS_PER_RECORD < len(changed_keys))
+                record = FeedRecord(feed_seq, "", more, 0, now_ms, None, chunk, VersionVector(gained))
+                # Only the first may be a mark: before it, this node had local.vv; within the transfer, no vector holds.
+                self._feed_append(txn, record, local.vv, markable=i == 0)
+                feed_seq += 1
             self._put_context(txn, context)
             txn.put(_META_HORIZON, encode(horizon), db=self.meta)
         self._context = context
         self._horizon = horizon
         return changed
+
+
+# A state transfer's changed keys go into change-feed records of at most this many keys each.
+_FEED_KEYS_PER_RECORD = 1000
 
 
 class _KeyJoin:

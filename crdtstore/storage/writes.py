@@ -51,6 +51,7 @@ from crdtstore.operations import (
 from crdtstore.storage.delta_log import DeltaLog, _log_value
 from crdtstore.storage.environment import _META_HLC, _META_HORIZON, _META_LOG_BYTES
 from crdtstore.storage.errors import DataCorruption, IdempotencyConflict, KeyTooLarge, StorageError, StoreFull
+from crdtstore.storage.feed import KIND_SET, FeedIndex, FeedRecord, changes_of
 from crdtstore.storage.keys import lmdb_key
 from crdtstore.storage.records import KeyRecord, SetRecords, decode_record, plain_record
 
@@ -83,11 +84,12 @@ class _Batch:
     context: CausalContext
     log_bytes: int
     next_seq: int
+    feed_seq: int  # the change feed's next record number
     trimmed: dict[str, int] = field(default_factory=dict)
     replies: dict[bytes, tuple[bytes, Applied]] = field(default_factory=dict)
 
 
-class LocalWrites(DeltaLog):
+class LocalWrites(DeltaLog, FeedIndex):
     """``write_batch`` and what one batch's transaction does."""
 
     # How long the last batch's commit took: LMDB writes its pages and fsyncs as the transaction closes (metrics).
@@ -125,7 +127,9 @@ class LocalWrites(DeltaLog):
             # A new incarnation is recorded in the transaction of the first batch that mints under it,
             # and is this store's only once that commits (a batch retried after a full map takes another).
             origin = self.origin if retire is None else self._new_origin(txn)
-            batch = _Batch(origin, self._context_in(txn), self._log_bytes, self._next_seq(txn))
+            batch = _Batch(
+                origin, self._context_in(txn), self._log_bytes, self._next_seq(txn), self._feed_next_seq(txn)
+            )
             for request in requests:
                 results.append(self._apply_one(txn, batch, request, clock, now_ms))
             if any(isinstance(r, Applied) and not r.replayed for r in results):
@@ -177,10 +181,14 @@ class LocalWrites(DeltaLog):
             written = self._write_general(txn, batch, ops, clock, now_ms)
         if isinstance(written, Failed):
             return written
-        context, last, log_value = written
+        context, last, log_value, (changes, hlc) = written
         origin = batch.origin
         self._append_log(txn, batch.next_seq, origin, last, log_value)
         batch.next_seq += 1
+        before = batch.context.vv
+        change = FeedRecord(batch.feed_seq, origin, before.get(origin) + 1, last, now_ms, hlc, changes)
+        self._feed_append(txn, change, before)
+        batch.feed_seq += 1
         batch.log_bytes += len(log_value)
         batch.context = context
         applied = Applied(context)
@@ -198,11 +206,12 @@ class LocalWrites(DeltaLog):
         operations: Sequence[Operation],
         clock: HybridLogicalClock,
         now_ms: int,
-    ) -> tuple[CausalContext, int, bytes] | Failed:
+    ) -> tuple[CausalContext, int, bytes, _FeedNote] | Failed:
         """Any request: the touched keys read, the operations applied to them, the new states written.
 
-        Returns the context after the request, its last dot's counter and its
-        log entry, or why it failed (having written nothing).
+        Returns the context after the request, its last dot's counter, its
+        log entry and what the change feed records of it, or why it failed
+        (having written nothing).
         """
         keys = sorted({op.key for op in operations})
         # A key the batch does not delete is read for the members it names alone (``records``).
@@ -261,7 +270,9 @@ class LocalWrites(DeltaLog):
         for key in keys:
             state, stored = after.entries.get(key) or KeyState(), loaded[key][1]
             records.store(key, state, stored, allocate=allocate, members=named.get(key), others_body=bodies.get(key))
-        return after.context, last, log_value
+        latest = delta.latest_timestamp()
+        hlc = None if latest is None else (latest.wall_ms, latest.logical)
+        return after.context, last, log_value, (changes_of(delta), hlc)
 
     def _write_registers(
         self,
@@ -270,7 +281,7 @@ class LocalWrites(DeltaLog):
         operations: Sequence[SetRegister],
         clock: HybridLogicalClock,
         now_ms: int,
-    ) -> tuple[CausalContext, int, bytes] | Failed | None:
+    ) -> tuple[CausalContext, int, bytes, _FeedNote] | Failed | None:
         """Register writes to distinct keys that hold nothing or a register alone, written directly.
 
         What ``_write_general`` computes for such a request, without building
@@ -328,7 +339,10 @@ class LocalWrites(DeltaLog):
             return self._log_too_big(len(log_value), "")
         for (db_key, _), (key, _, _, _), body in zip(targets, writes, bodies, strict=True):
             txn.put(db_key, plain_record(key, body), db=data)
-        return batch.context.add_run(origin, first, dots[-1].counter), dots[-1].counter, log_value
+        newest = writes[-1][2]  # the clock's last reading: the newest
+        keys = sorted(op.key for op in operations) if len(operations) > 1 else [operations[0].key]
+        feed = ([(key, KIND_SET) for key in keys], (newest.wall_ms, newest.logical))
+        return batch.context.add_run(origin, first, dots[-1].counter), dots[-1].counter, log_value, feed
 
     def _delete_too_large(self, records: SetRecords, record: KeyRecord) -> Failed | None:
         """Refuse, before reading it whole, the delete of a set too large to name every member of.
@@ -386,6 +400,9 @@ class LocalWrites(DeltaLog):
             budget -= 1
         batch.log_bytes = self._bound_log(txn, batch.log_bytes, batch.trimmed, budget)
 
+
+# What the change feed records of a request: each key with what it did to it, and its newest register timestamp.
+_FeedNote = tuple[list[tuple[str, int]], tuple[int, int] | None]
 
 # A set of at most this many members is read whole for a delete (its delta's size is then known exactly).
 _LOAD_BEFORE_CHECKING_MEMBERS = 10_000

@@ -19,6 +19,17 @@ class Durability(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DURABILITY_UNSPECIFIED: _ClassVar[Durability]
     DURABILITY_LOCAL: _ClassVar[Durability]
     DURABILITY_REPLICATED: _ClassVar[Durability]
+
+class ChangeKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CHANGE_KIND_UNSPECIFIED: _ClassVar[ChangeKind]
+    CHANGE_KIND_SET: _ClassVar[ChangeKind]
+    CHANGE_KIND_INCR: _ClassVar[ChangeKind]
+    CHANGE_KIND_ADD: _ClassVar[ChangeKind]
+    CHANGE_KIND_REMOVE: _ClassVar[ChangeKind]
+    CHANGE_KIND_DELETE: _ClassVar[ChangeKind]
+    CHANGE_KIND_STATE: _ClassVar[ChangeKind]
+    CHANGE_KIND_SNAPSHOT: _ClassVar[ChangeKind]
 VALUE_TYPE_UNSPECIFIED: ValueType
 VALUE_TYPE_REGISTER: ValueType
 VALUE_TYPE_COUNTER: ValueType
@@ -26,6 +37,14 @@ VALUE_TYPE_SET: ValueType
 DURABILITY_UNSPECIFIED: Durability
 DURABILITY_LOCAL: Durability
 DURABILITY_REPLICATED: Durability
+CHANGE_KIND_UNSPECIFIED: ChangeKind
+CHANGE_KIND_SET: ChangeKind
+CHANGE_KIND_INCR: ChangeKind
+CHANGE_KIND_ADD: ChangeKind
+CHANGE_KIND_REMOVE: ChangeKind
+CHANGE_KIND_DELETE: ChangeKind
+CHANGE_KIND_STATE: ChangeKind
+CHANGE_KIND_SNAPSHOT: ChangeKind
 
 class CausalToken(_message.Message):
     __slots__ = ("vector",)
@@ -220,7 +239,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("region", "version", "keys", "token", "draining", "data_bytes", "commits", "requests_committed", "peers", "clock_skew_events", "clock_fenced", "origin", "conflicting_events", "auth_enabled", "refused_unauthenticated", "refused_permission_denied")
+    __slots__ = ("region", "version", "keys", "token", "draining", "data_bytes", "commits", "requests_committed", "peers", "clock_skew_events", "clock_fenced", "origin", "conflicting_events", "auth_enabled", "refused_unauthenticated", "refused_permission_denied", "watch_streams", "watch_events_sent", "watch_streams_cut", "feed_records", "feed_bytes")
     REGION_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
@@ -237,6 +256,11 @@ class StatusResponse(_message.Message):
     AUTH_ENABLED_FIELD_NUMBER: _ClassVar[int]
     REFUSED_UNAUTHENTICATED_FIELD_NUMBER: _ClassVar[int]
     REFUSED_PERMISSION_DENIED_FIELD_NUMBER: _ClassVar[int]
+    WATCH_STREAMS_FIELD_NUMBER: _ClassVar[int]
+    WATCH_EVENTS_SENT_FIELD_NUMBER: _ClassVar[int]
+    WATCH_STREAMS_CUT_FIELD_NUMBER: _ClassVar[int]
+    FEED_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    FEED_BYTES_FIELD_NUMBER: _ClassVar[int]
     region: str
     version: str
     keys: int
@@ -253,7 +277,12 @@ class StatusResponse(_message.Message):
     auth_enabled: bool
     refused_unauthenticated: int
     refused_permission_denied: int
-    def __init__(self, region: _Optional[str] = ..., version: _Optional[str] = ..., keys: _Optional[int] = ..., token: _Optional[_Union[CausalToken, _Mapping]] = ..., draining: _Optional[bool] = ..., data_bytes: _Optional[int] = ..., commits: _Optional[int] = ..., requests_committed: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[PeerStatus, _Mapping]]] = ..., clock_skew_events: _Optional[int] = ..., clock_fenced: _Optional[bool] = ..., origin: _Optional[str] = ..., conflicting_events: _Optional[int] = ..., auth_enabled: _Optional[bool] = ..., refused_unauthenticated: _Optional[int] = ..., refused_permission_denied: _Optional[int] = ...) -> None: ...
+    watch_streams: int
+    watch_events_sent: int
+    watch_streams_cut: int
+    feed_records: int
+    feed_bytes: int
+    def __init__(self, region: _Optional[str] = ..., version: _Optional[str] = ..., keys: _Optional[int] = ..., token: _Optional[_Union[CausalToken, _Mapping]] = ..., draining: _Optional[bool] = ..., data_bytes: _Optional[int] = ..., commits: _Optional[int] = ..., requests_committed: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[PeerStatus, _Mapping]]] = ..., clock_skew_events: _Optional[int] = ..., clock_fenced: _Optional[bool] = ..., origin: _Optional[str] = ..., conflicting_events: _Optional[int] = ..., auth_enabled: _Optional[bool] = ..., refused_unauthenticated: _Optional[int] = ..., refused_permission_denied: _Optional[int] = ..., watch_streams: _Optional[int] = ..., watch_events_sent: _Optional[int] = ..., watch_streams_cut: _Optional[int] = ..., feed_records: _Optional[int] = ..., feed_bytes: _Optional[int] = ...) -> None: ...
 
 class PeerStatus(_message.Message):
     __slots__ = ("region", "address", "connected", "acked", "behind", "clock_offset_ms", "clock_error_ms")
@@ -358,3 +387,61 @@ class RevokeTokenResponse(_message.Message):
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     token: CausalToken
     def __init__(self, token: _Optional[_Union[CausalToken, _Mapping]] = ...) -> None: ...
+
+class WatchRequest(_message.Message):
+    __slots__ = ("prefix", "after", "start", "on_expired", "progress_interval_ms")
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    ON_EXPIRED_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    prefix: str
+    after: CausalToken
+    start: str
+    on_expired: str
+    progress_interval_ms: int
+    def __init__(self, prefix: _Optional[str] = ..., after: _Optional[_Union[CausalToken, _Mapping]] = ..., start: _Optional[str] = ..., on_expired: _Optional[str] = ..., progress_interval_ms: _Optional[int] = ...) -> None: ...
+
+class WatchEvent(_message.Message):
+    __slots__ = ("key", "changes", "entry", "origin", "region", "counter", "wall_ms", "logical", "applied_ms", "principal", "group_end", "token")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    COUNTER_FIELD_NUMBER: _ClassVar[int]
+    WALL_MS_FIELD_NUMBER: _ClassVar[int]
+    LOGICAL_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_MS_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    GROUP_END_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    changes: _containers.RepeatedScalarFieldContainer[ChangeKind]
+    entry: KeyValue
+    origin: str
+    region: str
+    counter: int
+    wall_ms: int
+    logical: int
+    applied_ms: int
+    principal: str
+    group_end: bool
+    token: CausalToken
+    def __init__(self, key: _Optional[str] = ..., changes: _Optional[_Iterable[_Union[ChangeKind, str]]] = ..., entry: _Optional[_Union[KeyValue, _Mapping]] = ..., origin: _Optional[str] = ..., region: _Optional[str] = ..., counter: _Optional[int] = ..., wall_ms: _Optional[int] = ..., logical: _Optional[int] = ..., applied_ms: _Optional[int] = ..., principal: _Optional[str] = ..., group_end: _Optional[bool] = ..., token: _Optional[_Union[CausalToken, _Mapping]] = ...) -> None: ...
+
+class WatchResponse(_message.Message):
+    __slots__ = ("events", "token", "reset", "reset_done", "progress", "partial")
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    RESET_FIELD_NUMBER: _ClassVar[int]
+    RESET_DONE_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[WatchEvent]
+    token: CausalToken
+    reset: bool
+    reset_done: bool
+    progress: bool
+    partial: bool
+    def __init__(self, events: _Optional[_Iterable[_Union[WatchEvent, _Mapping]]] = ..., token: _Optional[_Union[CausalToken, _Mapping]] = ..., reset: _Optional[bool] = ..., reset_done: _Optional[bool] = ..., progress: _Optional[bool] = ..., partial: _Optional[bool] = ...) -> None: ...

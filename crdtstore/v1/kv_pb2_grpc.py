@@ -59,6 +59,11 @@ class KVStub:
                 request_serializer=crdtstore_dot_v1_dot_kv__pb2.MembersRequest.SerializeToString,
                 response_deserializer=crdtstore_dot_v1_dot_kv__pb2.MembersResponse.FromString,
                 _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/crdtstore.v1.KV/Watch',
+                request_serializer=crdtstore_dot_v1_dot_kv__pb2.WatchRequest.SerializeToString,
+                response_deserializer=crdtstore_dot_v1_dot_kv__pb2.WatchResponse.FromString,
+                _registered_method=True)
 
 
 class KVServicer:
@@ -101,6 +106,20 @@ class KVServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Watch(self, request, context):
+        """The change feed: every change to keys under a prefix, as this region applied them, from a
+        resume token on (or from a snapshot of the prefix, or from now). Never ends by itself; see
+        WatchRequest and WatchResponse, and docs/watch.md. Needs the right `read` on the prefix;
+        changes of keys the caller may not read are never sent.
+        OUT_OF_RANGE        on_expired = "error" and the token is older than this region's feed keeps
+        RESOURCE_EXHAUSTED  the consumer stopped reading for longer than the server waits
+        (server.watch_stall_s): resume from the last token received
+        UNAVAILABLE         the node is draining: resume on another region with the last token
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KVServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -128,6 +147,11 @@ def add_KVServicer_to_server(servicer, server):
                     servicer.Members,
                     request_deserializer=crdtstore_dot_v1_dot_kv__pb2.MembersRequest.FromString,
                     response_serializer=crdtstore_dot_v1_dot_kv__pb2.MembersResponse.SerializeToString,
+            ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=crdtstore_dot_v1_dot_kv__pb2.WatchRequest.FromString,
+                    response_serializer=crdtstore_dot_v1_dot_kv__pb2.WatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -265,6 +289,33 @@ class KV:
             '/crdtstore.v1.KV/Members',
             crdtstore_dot_v1_dot_kv__pb2.MembersRequest.SerializeToString,
             crdtstore_dot_v1_dot_kv__pb2.MembersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/crdtstore.v1.KV/Watch',
+            crdtstore_dot_v1_dot_kv__pb2.WatchRequest.SerializeToString,
+            crdtstore_dot_v1_dot_kv__pb2.WatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
