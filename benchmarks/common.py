@@ -16,6 +16,7 @@ from benchmarks.report import table
 __all__ = [
     "group_parser",
     "machine_busy_s",
+    "memory_of",
     "percentile",
     "print_line",
     "process_cpu_s",
@@ -103,3 +104,17 @@ def report_group(figures: Sequence[Figure], detail: dict[str, object], json_path
     print("\n".join(table(figures)))
     if json_path is not None:
         write_json(json_path, {"figures": [f.as_json() for f in figures], "detail": detail})
+
+
+def memory_of(pid: int) -> dict[str, float]:
+    """A server's memory in MiB from /proc: anonymous resident (its heap: what grows with what it holds in memory,
+    unlike LMDB's file pages, which the kernel may drop) and peak resident (VmHWM, file pages included)."""
+    fields: dict[str, float] = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name in ("RssAnon", "VmHWM"):
+                fields[name] = int(value.split()[0]) / 1024
+    except OSError:
+        pass
+    return fields

@@ -95,6 +95,12 @@ GROUPS: dict[str, Group] = {
             "own (multiprocessing, spawned); load generator (grpc.aio, generated stubs) in this process; same "
             "machine, 127.0.0.1",
         ),
+        Group(
+            "backup",
+            "Backup, restore and verify",
+            "three regions, each its own `crdtstore serve`, through LinkProxy threads of this process; backups, "
+            "restores, verify and the blocking write clients in this process (threads); same machine, 127.0.0.1",
+        ),
     )
 }
 

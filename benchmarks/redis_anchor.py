@@ -31,7 +31,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import group_parser, machine_busy_s, print_line, process_cpu_s, stats
+from benchmarks.common import group_parser, machine_busy_s, memory_of, print_line, process_cpu_s, stats
 from benchmarks.figures import Baseline, Figure, Stats, write_json
 from benchmarks.groups import Mode
 from benchmarks.micro import member, rate
@@ -478,20 +478,6 @@ class Bench:
 # ---------------------------------------------------------------------------
 # the two sides
 # ---------------------------------------------------------------------------
-
-
-def memory_of(pid: int) -> dict[str, float]:
-    """A server's memory in MiB from /proc: anonymous resident (its heap: what grows with what it holds in memory,
-    unlike LMDB's file pages, which the kernel may drop) and peak resident (VmHWM, file pages included)."""
-    fields: dict[str, float] = {}
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            name, _, value = line.partition(":")
-            if name in ("RssAnon", "VmHWM"):
-                fields[name] = int(value.split()[0]) / 1024
-    except OSError:
-        pass
-    return fields
 
 
 def _check_member(who: str, key: str, name: str, found: bool, expected: bool) -> None:

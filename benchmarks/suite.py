@@ -2,8 +2,8 @@
 
 ``python -m benchmarks run [--quick] [--only NAME,...] [--repeats N] --out DIR``
 runs the groups (``micro``, ``node``, ``replication``, ``storage``, ``sync_cost``, ``peers``,
-``redis_anchor``, ``auth``, ``watch``) one after the other in this process, each with its own servers (or, for
-``peers``, its ``node`` subprocess; for ``redis_anchor``, a ``redis-server``) where it has any, and
+``redis_anchor``, ``auth``, ``watch``, ``backup``) one after the other in this process, each with its own
+servers (or, for ``peers``, its ``node`` subprocess; for ``redis_anchor``, a ``redis-server``) where it has any, and
 writes into DIR:
 
 * ``results.json``: every figure with its unit, median, min and max over the
@@ -39,7 +39,19 @@ import grpc
 import lmdb
 import msgpack
 
-from benchmarks import auth, metrics, micro, node, peers, redis_anchor, replication, storage, sync_cost, watch
+from benchmarks import (
+    auth,
+    backup,
+    metrics,
+    micro,
+    node,
+    peers,
+    redis_anchor,
+    replication,
+    storage,
+    sync_cost,
+    watch,
+)
 from benchmarks.figures import Figure
 from benchmarks.groups import GROUPS, GroupResult, Mode, SuiteResult
 from benchmarks.report import write_report
@@ -97,6 +109,11 @@ def _watch(mode: Mode, repeats: int | None, log: Log, step: Log) -> tuple[dict[s
     return watch.collect(watch.make_config(mode != "full", repeats), log, step)
 
 
+def _backup(mode: Mode, repeats: int | None, log: Log, step: Log) -> tuple[dict[str, Any], list[Figure]]:
+    # Needs servers and a store of some size: no size below --quick.
+    return backup.collect(backup.make_config(mode != "full", repeats), log, step)
+
+
 # How the suite runs each group of GROUPS (benchmarks/groups.py) in a mode; the test checks both name the same.
 RUNNERS: dict[str, Runner] = {
     "micro": _micro,
@@ -109,6 +126,7 @@ RUNNERS: dict[str, Runner] = {
     "auth": _auth,
     "metrics": _metrics,
     "watch": _watch,
+    "backup": _backup,
 }
 
 

@@ -7,6 +7,9 @@ Figures, each beside a baseline measured in the same run:
   write rate of the same node with no watcher;
 * the write rate with 10 watchers, beside the write rate with none (the
   cost of watchers to writers);
+* the node's heap growth while a consumer has stopped reading and writers
+  go on, beside the same writes with no watcher (the stream is cut; nothing
+  is buffered for it);
 * commit-to-consumer latency, p50 and p99: from sending a write to one
   region until a watcher of that region receives its event, and until a
   watcher of another region does, beside the time until the other region
@@ -40,13 +43,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import grpc.aio
 
-from benchmarks.common import group_parser, percentile, print_line, report_group, stats, wait_until
+from benchmarks.common import group_parser, memory_of, percentile, print_line, report_group, stats, wait_until
 from benchmarks.figures import Baseline, Figure
 from benchmarks.node import CHANNEL_OPTIONS, RPC_TIMEOUT_S, closed_loop
 from benchmarks.replication import Keys, single_op_writes
-from crdtstore.client import AsyncClient, Change, Progress
+from crdtstore.client import AsyncClient, Change, Client, Progress
 from crdtstore.testing.process import ServerProcess
 from crdtstore.testing.regions import RegionProcesses
 from crdtstore.v1 import kv_pb2 as pb
@@ -67,12 +71,13 @@ class Config:
     duration_s: float
     in_flight: int
     probes: int
+    stalled_writes: int
 
 
 def make_config(quick: bool, repeats: int | None) -> Config:
     if quick:
-        return Config(repeats or 3, 1.0, 32, 40)
-    return Config(repeats or 5, 5.0, 32, 200)
+        return Config(repeats or 3, 1.0, 32, 40, 500)
+    return Config(repeats or 5, 5.0, 32, 200, 4000)
 
 
 # -- the watchers' process ------------------------------------------------------------------
@@ -279,12 +284,64 @@ def latency(cfg: Config, root: Path, log: Log, step: Log) -> tuple[list[Figure],
     return figures, {"ack_ms": ack, "visible_ms": visible, "watch_local_ms": local, "watch_remote_ms": remote}
 
 
+def stalled(cfg: Config, root: Path, log: Log, step: Log) -> tuple[list[Figure], dict[str, Any]]:
+    """A consumer that stops reading: the node's heap growth while writers go on, beside the same writes unwatched.
+
+    The stream is cut (``watch_stall_s`` = 2 here) and writers are never held back; the heap (RssAnon) of
+    the node is read before the writes and after them.
+    """
+    config = root / "node.toml"
+    root.mkdir(parents=True, exist_ok=True)
+    config.write_text("[server]\nwatch_stall_s = 2\n")
+    value = b"v" * 16_384
+    growth: dict[str, list[float]] = {"stalled": [], "none": []}
+    cut: list[int] = []
+    for repeat in range(cfg.repeats):
+        for case in ("stalled", "none") if repeat % 2 == 0 else ("none", "stalled"):
+            step(f"stalled consumer, repeat {repeat + 1}/{cfg.repeats}, {case}")
+            with ServerProcess(
+                root / f"{case}-{repeat}", region="bench", extra_args=("--config", str(config))
+            ) as server:
+                assert server.proc is not None
+                before = memory_of(server.proc.pid).get("RssAnon", float("nan"))
+                with grpc.insecure_channel(server.addr) as channel, Client(server.addr) as kv:
+                    if case == "stalled":
+                        stub: Any = pb_grpc.KVStub(channel)
+                        call = stub.Watch(pb.WatchRequest(prefix="big/", start="now"))
+                        next(call)  # the first progress message; then nothing is read
+                    for i in range(cfg.stalled_writes):
+                        kv.set(f"big/{i}", value)
+                    after = memory_of(server.proc.pid).get("RssAnon", float("nan"))
+                    if case == "stalled":
+                        wait_until(lambda: kv.status()["watch_streams_cut"] > 0, timeout_s=30, poll_s=0.1)
+                        cut.append(kv.status()["watch_streams_cut"])
+                        call.cancel()
+                growth[case].append(after - before)
+        log(
+            f"repeat {repeat + 1}: heap grew {growth['stalled'][-1]:.1f} MiB with a stalled consumer, "
+            f"{growth['none'][-1]:.1f} MiB without ({cfg.stalled_writes} writes of 16 KiB)"
+        )
+    figure = Figure(
+        GROUP,
+        COST,
+        f"node heap growth (RssAnon) over {cfg.stalled_writes} writes of 16 KiB with a consumer that stopped reading",
+        stats(growth["stalled"], "MiB"),
+        cfg.repeats,
+        (Baseline("the same writes with no watcher", stats(growth["none"], "MiB"), cfg.repeats),),
+        better="lower",
+        note="the stream is cut after watch_stall_s = 2 s; every write is acknowledged meanwhile",
+    )
+    return [figure], {"heap_growth_mib": growth, "streams_cut": cut}
+
+
 def collect(cfg: Config, log: Log, step: Log) -> tuple[dict[str, Any], list[Figure]]:
     with tempfile.TemporaryDirectory(prefix="crdtstore-bench-watch-") as tmp:
         root = Path(tmp)
         rate_figures, rate_detail = throughput(cfg, root / "throughput", log, step)
         latency_figures, latency_detail = latency(cfg, root / "latency", log, step)
-    return {"throughput": rate_detail, "latency": latency_detail}, [*rate_figures, *latency_figures]
+        stalled_figures, stalled_detail = stalled(cfg, root / "stalled", log, step)
+    detail = {"throughput": rate_detail, "latency": latency_detail, "stalled": stalled_detail}
+    return detail, [*rate_figures, *latency_figures, *stalled_figures]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -24,6 +24,10 @@
     crdtstore role get NAME [--json]
     crdtstore role list [--json]
     crdtstore role delete NAME [--json]
+    crdtstore [--addr HOST:PORT] backup --out DIR [--json]       # docs/backup.md
+    crdtstore backup verify DIR [--json]
+    crdtstore restore DIR --data-dir NEW_DIR [--json]
+    crdtstore verify --addr A --addr B [--addr C ...] [--deadline S] [--json]
     crdtstore cert ca --out DIR [--name NAME] [--days N]
     crdtstore cert issue --ca DIR --name NAME [--host HOST ...] --out DIR [--days N]
     crdtstore [--addr HOST:PORT] health [--service NAME]
@@ -86,15 +90,19 @@ per changed key, or with ``--json`` one object per line: a change is
 ``add``, ``remove``, ``delete``, ``state`` for a repair, ``snapshot``),
 ``"origin"``, ``"region"``, ``"counter"`` (with origin, the change's dot),
 ``"wall_ms"``, ``"logical"``, ``"applied_ms"``, ``"principal"``,
-``"token"`` (base64: resume with ``--after``), ``"group_end"`` (keep a token
-only where it is true: a request's changes share one) and ``"reset"`` (part
-of a snapshot). A snapshot is framed by ``{"reset_begin": true}`` and
+``"token"`` (base64: resume with ``--after``; null but on the last change of
+a request's group, ``"group_end": true``, since a token kept in the middle of
+a group would skip the rest of it) and ``"reset"`` (part of a snapshot). A
+snapshot is framed by ``{"reset_begin": true}`` and
 ``{"reset_end": true, "token": ...}``; an idle stream prints
 ``{"progress": true, "token": ...}``. ``--failover`` names other regions to
 resume on, from the last token, when the node fails.
 
 Exit status: 0 on success (a missing key included), 1 when the server or the
 connection reports an error, 2 for wrong usage. Errors are one line on stderr.
+``backup verify`` exits 1 on any difference; ``verify`` exits 0 when the
+regions agree, 1 on drift, 2 when they could not be brought to a common point
+(docs/backup.md says what each prints with ``--json``).
 
 ``serve`` and ``demo`` belong to the node: their options come from
 ``crdtstore.node.main.add_serve_arguments`` and ``crdtstore.tools.demo``, imported
@@ -363,7 +371,8 @@ def watch_json(item: WatchItem) -> dict[str, object]:
         "logical": item.logical,
         "applied_ms": item.applied_ms,
         "principal": item.principal,
-        "token": _b64(item.token),
+        # Only where a consumer may keep it: the end of a change's group (a snapshot's ends with reset_end).
+        "token": _b64(item.token) if item.group_end else None,
         "group_end": item.group_end,
         "reset": item.reset,
     }
@@ -381,6 +390,8 @@ def _watch(client: Client, args: argparse.Namespace) -> None:
             shown = _human_line(item.entry.value) if item.entry.value is not None else "(gone)"
             where = f"  [{item.region}]" if item.region else ""
             print(f"{'+'.join(item.changes)}\t{_escape(item.key)}\t{shown}{where}", flush=True)
+        elif isinstance(item, ResetBegin):
+            print("-- snapshot: the keys as they are now", flush=True)
         elif isinstance(item, ResetEnd):
             print("-- snapshot complete; changes follow", flush=True)
         else:
@@ -804,14 +815,16 @@ def build_parser(
     scan.add_argument("prefix", metavar="PREFIX", nargs="?", default="", help="only keys that start with it")
 
     command("status", _status, "show the node's status", json_help="print one JSON object")
-    watch = command(
-        "watch",
-        _watch,
-        "follow every change under a prefix until Ctrl-C",
-        json_help="print one JSON object per line (each change with the token to resume from)",
+    _add_watch_arguments(
+        command(
+            "watch",
+            _watch,
+            "follow every change under a prefix until Ctrl-C",
+            json_help="print one JSON object per line (each change with the token to resume from)",
+        )
     )
-    _add_watch_arguments(watch)
     _add_operator_commands(commands)
+    _add_backup_commands(commands)
     return parser
 
 
@@ -952,6 +965,171 @@ def _add_access_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     delete.add_argument("name", metavar="NAME")
     delete.add_argument("--json", action="store_true", help='print {"token": <base64>}')
     delete.set_defaults(handler=_role_delete)
+
+
+# -- backup, restore, verify (crdtstore.backup, crdtstore.tools.verify; docs/backup.md) ------
+
+
+def _add_backup_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    backup = commands.add_parser(
+        "backup",
+        help="back up a node into a new directory, or check a backup",
+        description="Back up the node at --addr into a new directory (a consistent copy, taken while it serves), "
+        "or check a backup with 'backup verify DIR'. Needs the admin right.",
+    )
+    backup.add_argument("--out", metavar="DIR", help="the new (or empty) directory to write the backup in")
+    backup.add_argument("--json", action="store_true", help="print the manifest as one JSON object")
+    backup.add_argument(
+        "--deadline", metavar="S", type=float, default=3600.0, help="give up after S seconds (default 3600)"
+    )
+    backup.set_defaults(local_handler=_backup)
+    backup_actions = backup.add_subparsers(dest="action", required=False, metavar="ACTION")
+    verify_backup = backup_actions.add_parser(
+        "verify",
+        help="recompute a backup's checksums and bucket digests from its own data",
+        description="Check a backup from its own bytes; exit status 1 on any difference.",
+    )
+    verify_backup.add_argument("dir", metavar="DIR")
+    verify_backup.add_argument("--json", action="store_true", help="print one JSON object")
+    verify_backup.set_defaults(local_handler=_backup_verify)
+
+    restore = commands.add_parser(
+        "restore",
+        help="lay a backup down as a new data directory",
+        description="Check a backup, then lay it down as a new data directory under a new incarnation; start "
+        "the node on it with its peers and it catches up from them.",
+    )
+    restore.add_argument("dir", metavar="DIR", help="the backup")
+    restore.add_argument("--data-dir", metavar="NEW_DIR", required=True, help="the new (or empty) data directory")
+    restore.add_argument("--json", action="store_true", help="print one JSON object")
+    restore.set_defaults(local_handler=_restore)
+
+    verify = commands.add_parser(
+        "verify",
+        help="compare regions key by key",
+        description="Compare regions at a common causal point, bucket digests first. Exit status 0 when they "
+        "agree, 1 on drift, 2 when they could not be brought to a common point. Needs the admin right.",
+    )
+    verify.add_argument(
+        "--addr", metavar="HOST:PORT", dest="verify_addrs", action="append", default=[], help="a region; repeat"
+    )
+    verify.add_argument(
+        "--deadline", metavar="S", type=float, default=30.0, help="how long to wait for a common point (default 30)"
+    )
+    verify.add_argument(
+        "--keys-max", metavar="N", type=int, default=1000, help="list at most N diverging keys (default 1000)"
+    )
+    verify.add_argument("--json", action="store_true", help="print one JSON object")
+    verify.set_defaults(local_handler=_verify)
+
+
+def _client_for(args: argparse.Namespace, addr: str) -> Client:
+    """A client for ``addr`` with the connection flags' TLS and token (``ValueError``/``OSError`` if bad)."""
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    return Client(addr, timeout_s=args.timeout, tls=_client_tls(args), token=token)
+
+
+def _backup(args: argparse.Namespace) -> int:
+    from crdtstore.backup.take import BackupError, take_backup  # noqa: PLC0415 (needs LMDB: loaded when asked)
+
+    if args.out is None:
+        _note("backup needs --out DIR (or: backup verify DIR)")
+        return 2
+    addr = _resolve_addr(args.addr)
+    try:
+        with _client_for(args, addr) as client:
+            result = take_backup(client, Path(args.out), timeout_s=args.deadline)
+    except (OSError, ValueError) as exc:
+        _note(f"backup: {exc}")
+        return 1
+    except ClientError as err:
+        _note(f"backup of {addr}: {err.code.name}: {err.message}")
+        return 1
+    except BackupError as exc:
+        _note(f"backup: {exc}")
+        return 1
+    if args.json:
+        _print_json(result.manifest)
+    else:
+        m = result.manifest
+        print(
+            f"backed up region {m['region']} ({m['keys']} keys, {result.data_bytes} bytes) into {result.directory} "
+            f"in {result.seconds:.1f} s, at {json.dumps(m['vector'], sort_keys=True)}"
+        )
+    return 0
+
+
+def _backup_verify(args: argparse.Namespace) -> int:
+    from crdtstore.backup.manifest import verify_backup  # noqa: PLC0415
+
+    report = verify_backup(Path(args.dir))
+    if args.json:
+        _print_json(report.as_json())
+    elif report.ok:
+        m = report.manifest or {}
+        print(f"ok: {args.dir} is whole and agrees with itself (region {m.get('region')}, {m.get('keys')} keys)")
+    else:
+        for problem in report.problems:
+            _note(f"{args.dir}: {problem}")
+    return 0 if report.ok else 1
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from crdtstore.backup.restore import restore_backup  # noqa: PLC0415
+    from crdtstore.backup.take import BackupError  # noqa: PLC0415
+
+    try:
+        result = restore_backup(Path(args.dir), Path(args.data_dir))
+    except BackupError as exc:
+        _note(f"restore: {exc}")
+        return 1
+    vector = dict(sorted(result.vector.items()))
+    if args.json:
+        _print_json(
+            {
+                "data_dir": str(result.data_dir),
+                "region": result.region,
+                "backup_origin": result.backup_origin,
+                "origin": result.origin,
+                "vector": vector,
+            }
+        )
+    else:
+        print(
+            f"restored region {result.region} into {result.data_dir}: it holds {json.dumps(vector, sort_keys=True)} "
+            f"and mints under the new origin {result.origin}. Start it with its peers "
+            f"(crdtstore serve --region {result.region} --data-dir {result.data_dir} --peer ...): it starts in "
+            f"rejoin mode and takes writes once they have filled it in"
+        )
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from crdtstore.tools.verify import NO_COMMON_POINT, compare_regions, render  # noqa: PLC0415
+
+    addrs = ([args.addr] if args.addr else []) + list(args.verify_addrs)
+    if len(set(addrs)) < 2:
+        _note("verify needs at least two regions: --addr A --addr B [--addr C ...]")
+        return 2
+    if not args.deadline > 0:
+        _note("--deadline must be a positive number of seconds")
+        return 2
+    clients: dict[str, Client] = {}
+    try:
+        for addr in dict.fromkeys(addrs):
+            clients[addr] = _client_for(args, addr)
+        result = compare_regions(clients, deadline_s=args.deadline, keys_max=max(0, args.keys_max))
+    except (OSError, ValueError) as exc:
+        _note(f"verify: {exc}")
+        return NO_COMMON_POINT
+    finally:
+        for client in clients.values():
+            client.close()
+    if args.json:
+        _print_json(result.as_json())
+    else:
+        print(render(result))
+    return result.exit_code
 
 
 def _command_of(argv: Sequence[str]) -> str | None:

@@ -589,6 +589,12 @@ _DELETE_ROLE: _Rpc[kv_pb2.DeleteRoleRequest, kv_pb2.DeleteRoleResponse] = _Rpc(
 _REVOKE: _Rpc[kv_pb2.RevokeTokenRequest, kv_pb2.RevokeTokenResponse] = _Rpc(
     "Admin", "RevokeToken", kv_pb2.RevokeTokenResponse
 )
+# Backup and verification (docs/backup.md): admin tooling, answered as the protobuf messages themselves.
+_BACKUP: _Rpc[kv_pb2.BackupRequest, kv_pb2.BackupChunk] = _Rpc("Admin", "Backup", kv_pb2.BackupChunk)
+_DIGEST: _Rpc[kv_pb2.DigestRequest, kv_pb2.DigestResponse] = _Rpc("Admin", "Digest", kv_pb2.DigestResponse)
+_BUCKET_KEYS: _Rpc[kv_pb2.BucketKeysRequest, kv_pb2.BucketKeysResponse] = _Rpc(
+    "Admin", "BucketKeys", kv_pb2.BucketKeysResponse
+)
 
 _WATCH: _Rpc[kv_pb2.WatchRequest, kv_pb2.WatchResponse] = _Rpc("KV", "Watch", kv_pb2.WatchResponse)
 
@@ -804,13 +810,19 @@ class Client(_ClientBase):
         return grpc.insecure_channel(addr, options=_CHANNEL_OPTIONS)
 
     def _call(
-        self, rpc: _Rpc[ReqT, RespT], request: ReqT, *, idempotency_key: bytes | None = None, retryable: bool = True
+        self,
+        rpc: _Rpc[ReqT, RespT],
+        request: ReqT,
+        *,
+        idempotency_key: bytes | None = None,
+        retryable: bool = True,
+        timeout_s: float | None = None,
     ) -> RespT:
         method = self._stubs.method(rpc)
         attempt = 0
         while True:
             try:
-                return _expect(rpc, method(request, timeout=self.timeout_s, metadata=self._metadata))
+                return _expect(rpc, method(request, timeout=timeout_s or self.timeout_s, metadata=self._metadata))
             except grpc.RpcError as exc:
                 delay = self._fail(exc, attempt, idempotency_key, retryable)
             _sleep(delay)
@@ -954,6 +966,35 @@ class Client(_ClientBase):
             for address, channel in channels.items():
                 if address != self.addr:
                     channel.close()
+
+    # -- backup and verification (docs/backup.md; each needs the admin right) --
+
+    def backup_chunks(self, *, chunk_bytes: int = 0, timeout_s: float = 3600.0) -> Generator[kv_pb2.BackupChunk]:
+        """The node's backup stream: chunks of its data file, then one message with the copy's summary.
+
+        Not retried: a broken stream is started again from the beginning by the caller.
+        """
+        stream = self._stubs.method(_BACKUP)
+        call = stream(kv_pb2.BackupRequest(chunk_bytes=chunk_bytes), timeout=timeout_s, metadata=self._metadata)
+        try:
+            for chunk in call:
+                yield _expect(_BACKUP, chunk)
+        except grpc.RpcError as exc:
+            code, message = _status_of(exc)
+            raise _client_error(code, message, None) from exc
+        finally:
+            call.cancel()  # a caller that stops reading ends the node's copy at once (no-op once complete)
+
+    def digest(self, *, after: bytes | None = None, timeout_s: float | None = None) -> kv_pb2.DigestResponse:
+        """The node's bucket digests and the vector they were read at; ``after``: first wait for that token."""
+        return self._call(_DIGEST, kv_pb2.DigestRequest(after=_token(after)), timeout_s=timeout_s)
+
+    def bucket_keys(
+        self, buckets: Iterable[int], *, page_size: int = 0, page_token: str = ""
+    ) -> kv_pb2.BucketKeysResponse:
+        """One page of the keys in ``buckets``, with digests and dot summaries."""
+        request = kv_pb2.BucketKeysRequest(buckets=list(buckets), page_size=page_size, page_token=page_token)
+        return self._call(_BUCKET_KEYS, request)
 
     def close(self) -> None:
         self._channel.close()

@@ -132,6 +132,9 @@ RPCS: dict[str, Rpc] = {
     "Admin.ListRoles": Rpc(lambda c: c.list_roles()),
     "Admin.DeleteRole": Rpc(lambda c: c.delete_role("keep"), lambda n: not _role_exists(n, "keep")),
     "Admin.RevokeToken": Rpc(lambda c: c.revoke_token("victim-jti"), _victim_revoked),
+    "Admin.Backup": Rpc(lambda c: list(c.backup_chunks())),
+    "Admin.Digest": Rpc(lambda c: c.digest()),
+    "Admin.BucketKeys": Rpc(lambda c: c.bucket_keys([0])),
 }
 
 UNAUTHENTICATED_TOKENS: dict[str, Callable[[Node], str | None]] = {

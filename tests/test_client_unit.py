@@ -213,6 +213,16 @@ class FakeKV:
         self.revoked.append(request.jti)
         return kv_pb2.RevokeTokenResponse(token=kv_pb2.CausalToken(vector=b"revoked"))
 
+    # Backup and verification are run against real nodes (test_backup*.py, test_verify.py); here they only exist.
+    def Backup(self, request: kv_pb2.BackupRequest, context: grpc.ServicerContext) -> Iterator[kv_pb2.BackupChunk]:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "not faked")
+
+    def Digest(self, request: kv_pb2.DigestRequest, context: grpc.ServicerContext) -> kv_pb2.DigestResponse:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "not faked")
+
+    def BucketKeys(self, request: kv_pb2.BucketKeysRequest, context: grpc.ServicerContext) -> kv_pb2.BucketKeysResponse:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "not faked")
+
 
 @pytest.fixture
 def fake() -> Iterator[FakeKV]:

@@ -383,6 +383,47 @@ def test_a_projection_killed_half_way_resumes_in_another_region_with_no_gap_and_
         projection.close()
 
 
+def test_regression_a_resume_in_a_region_behind_the_token_waits_until_it_has_caught_up(tmp_path: Path) -> None:
+    """Found by the simulator's feed watcher: a region that lacked what the token covers sent values without it.
+
+    The change it lacked, arriving later, was covered by the token and never sent: the projection kept an
+    older value for good. Now the stream waits (progress messages, the token unchanged) until the region
+    has seen the token.
+    """
+    with RegionProcesses(tmp_path / "regions", ["a", "b"]) as regions:
+        regions.wait_connected()
+        a, b = regions.clients["a"], regions.clients["b"]
+        db = tmp_path / "projection.db"
+        projection = SqliteProjection(db, PREFIX, record_dots=True)
+        projection.follow(a, stop=lambda token: True)  # the (empty) snapshot
+        regions.cut("a", "b")
+        at_a = a.incr(PREFIX + "n", 10)
+        projection.follow(a, progress_interval_ms=100, stop=lambda token: _vv(token).dominates(_vv(at_a.token)))
+        projection.close()
+        at_b = b.incr(PREFIX + "n", 1)  # b has not seen a's increment
+        both = _vv(at_a.token).join(_vv(at_b.token))
+        done = threading.Event()
+
+        def resume_in_b() -> None:
+            resumed = SqliteProjection(db, PREFIX, record_dots=True)  # SQLite objects stay in their thread
+            with Client(regions.servers["b"].addr) as in_b:
+                resumed.follow(in_b, progress_interval_ms=100, stop=lambda token: _vv(token).dominates(both))
+            resumed.close()
+            done.set()
+
+        thread = threading.Thread(target=resume_in_b, daemon=True)
+        thread.start()
+        assert not done.wait(1.0), "the stream went on in b before b had a's change"
+        regions.heal()
+        thread.join(WAIT_S)
+        assert done.is_set()
+        regions.wait_converged()
+        projection = SqliteProjection(db, PREFIX)
+        assert projection.rows() == _store_rows(a) == _store_rows(b)
+        assert json.loads(projection.rows()[PREFIX + "n"])["value"] == 11
+        projection.close()
+
+
 def test_the_client_fails_over_when_the_watched_node_is_killed(tmp_path: Path) -> None:
     with RegionProcesses(tmp_path / "regions", ["a", "b", "c"]) as regions:
         regions.wait_connected()

@@ -69,6 +69,8 @@ _PAGE_RECORDS = 256
 _PAGE_KEYS = 1024
 # Streams that read the store at once (each in a thread of the default executor, which replication shares).
 _READERS = 2
+# A token names each origin once (a region and an incarnation): far less than this.
+_TOKEN_BYTES_MAX = 64 * 1024
 # The shortest progress interval a request may ask for.
 _PROGRESS_MS_MIN = 100
 # Records trimmed per write transaction (``LmdbStore.trim_feed``'s budget).
@@ -117,6 +119,12 @@ class WatchStreams:
                 "a prefix starting with a NUL character names the node's own records, which are not watched",
             )
         token = VersionVector()
+        if len(request.after.vector) > _TOKEN_BYTES_MAX:
+            await _abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the after token is {len(request.after.vector)} bytes; a token is at most {_TOKEN_BYTES_MAX}",
+            )
         if request.after.vector:
             try:
                 token = decode_as(request.after.vector, VersionVector)

@@ -78,6 +78,7 @@ from crdtstore.node.config import ConfigError, NodeConfig
 from crdtstore.node.convergence import ConvergenceChecks
 from crdtstore.node.lag import CommitLag
 from crdtstore.node.metrics import NodeMetrics
+from crdtstore.node.rejoin import RejoinGate
 from crdtstore.node.streams import (
     certificate_expiry,
     certificate_names,
@@ -91,6 +92,7 @@ from crdtstore.replica.core import ReplicaCore
 from crdtstore.replica.driver import Driver, Job, Ready
 from crdtstore.replica.wire import Ack, Hello, Offer, Page, ProtocolError, parse, to_pb
 from crdtstore.storage import LmdbStore
+from crdtstore.storage.backup import clear_rejoin, rejoin_pending
 from crdtstore.storage.replication import ReplicaStore
 from crdtstore.v1 import replication_pb2 as rpb
 
@@ -186,6 +188,8 @@ class Replicator:
         # Checks the peers that open streams, and hears of every write a peer's entries made.
         self.access: AccessControl | None = None
         self._peer_token_problem = ""  # why this node's peer token could not be read, last time it was asked
+        # A directory laid down by ``crdtstore restore`` takes no writes until its peers have filled it in.
+        self.rejoin = RejoinGate(config.peers, rejoin_pending(store), self._rejoin_over)
 
     @property
     def core(self) -> ReplicaCore:
@@ -258,6 +262,17 @@ class Replicator:
 
     def _acked_by(self, peer: str) -> VersionVector:
         return self.driver.core.peers[peer].acked
+
+    def rejoining(self) -> str | None:
+        """While a restored region waits for its peers to fill it in, why; None once it takes writes."""
+        return self.rejoin.waiting(self.store.context.vv)
+
+    def _heard(self, peer: str, message: object) -> None:
+        if isinstance(message, Hello):
+            self.rejoin.heard(peer, message.vector)
+
+    def _rejoin_over(self) -> None:
+        self._spawn(asyncio.to_thread(clear_rejoin, self.store), "rejoin-over")
 
     def clock_fenced(self) -> bool:
         """True while this node's clock is out of bounds against most of its peers."""
@@ -391,6 +406,7 @@ class Replicator:
             try:
                 # The driver's timers run on monotonic time: a wall clock stepped back must not stall them.
                 self._handle(self.driver.tick(_monotonic_ms()))
+                self.rejoining()  # a restored region leaves rejoin mode once caught up, written to or not
             except Exception:  # one bad round must not stop replication
                 log.exception("replication round failed")
                 self._wake_at_ms = _monotonic_ms() + self.settings.anti_entropy_ms
@@ -648,6 +664,7 @@ class Replicator:
             while raw is not None:
                 pb, message = parse(raw, peer)
                 counts.received(pb, len(raw))
+                self._heard(peer, message)
                 link.clock.received(
                     pb.sent_wall_ms, pb.echo_wall_ms, pb.echo_held_ms, self._wall_ms(), time.monotonic()
                 )

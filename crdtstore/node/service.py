@@ -13,7 +13,7 @@ import base64
 import binascii
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from typing import Any, NoReturn
 
@@ -34,6 +34,7 @@ from crdtstore.auth.policy import (
     validate_role_name,
 )
 from crdtstore.auth.tokens import Principal
+from crdtstore.backup.rpc import BackupService
 from crdtstore.crdt import CodecError, TypeMismatch, VersionVector, decode_as, encode
 from crdtstore.node import tracing
 from crdtstore.node.access import (
@@ -164,6 +165,18 @@ def operations_from_pb(request: pb.MutateRequest) -> list[Operation]:
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], code: grpc.StatusCode, message: str) -> NoReturn:
     await context.abort(code, message)
     raise AssertionError("abort returns by raising")  # pragma: no cover
+
+
+async def _refuse_while_rejoining(node: NodeState, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    """A region restored from a backup takes no writes until its peers have filled it in (``rejoin``)."""
+    waiting = node.replicator.rejoining()
+    if waiting is not None:
+        await _abort(
+            context,
+            grpc.StatusCode.UNAVAILABLE,
+            f"region {node.store.region} was restored from a backup and takes no writes until its peers have "
+            f"filled it in ({waiting}); retry, or write in another region. Nothing was applied",
+        )
 
 
 class KVService:
@@ -303,6 +316,7 @@ class KVService:
                 f"this node's clock is more than {self.node.config.server.max_clock_offset_ms} ms away from most "
                 f"of its peers' clocks; it refuses writes until it is back in bounds (check NTP). Nothing was applied",
             )
+        await _refuse_while_rejoining(self.node, context)
         result = await self.node.writer.submit(WriteRequest(ops, request.idempotency_key))
         if isinstance(result, Applied):
             # The writer told the replicator of the commit (``on_commit``) before answering.
@@ -425,6 +439,7 @@ def _decode_page_token(token: str) -> bytes:
 class AdminService:
     def __init__(self, node: NodeState) -> None:
         self.node = node
+        self.backups = BackupService(node.store, node.replicator.wait_seen)
 
     async def Status(self, request: pb.StatusRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.StatusResponse:
         store = self.node.store
@@ -483,6 +498,7 @@ class AdminService:
                 "this node's clock is out of bounds against most of its peers; it refuses changes of roles and "
                 "revocations until it is back in bounds (check NTP). Nothing was applied",
             )
+        await _refuse_while_rejoining(self.node, context)
         result = await self.node.writer.submit(WriteRequest(ops))
         if not isinstance(result, Applied):
             error = result.error
@@ -562,6 +578,22 @@ class AdminService:
         store, caller = self.node.store, _caller.get()
         ops = revocation_operations(jti, caller.subject, store.origin, store.wall_ms())
         return pb.RevokeTokenResponse(token=await self._write_rules(ops, context))
+
+    # -- backup and verification: crdtstore.backup.rpc ----------------------------------------
+
+    async def Backup(
+        self, request: pb.BackupRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.BackupChunk]:
+        async for chunk in self.backups.backup(request, context):
+            yield chunk
+
+    async def Digest(self, request: pb.DigestRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.DigestResponse:
+        return await self.backups.digest(request, context)
+
+    async def BucketKeys(
+        self, request: pb.BucketKeysRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.BucketKeysResponse:
+        return await self.backups.bucket_keys(request, context)
 
 
 def _role_pb(record: RoleRecord) -> pb.Role:
@@ -684,7 +716,7 @@ def _parsing(
 
 
 def _parsing_stream(
-    method: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[None]],
+    method: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[None] | AsyncIterator[Any]],
     request_type: type[Message],
     response_type: type[Message],
     access: AccessControl,
@@ -693,9 +725,11 @@ def _parsing_stream(
     metrics: NodeMetrics | None = None,
     rpc: str = "",
 ) -> grpc.RpcMethodHandler[Any, Any]:
-    """``_parsing`` for a server stream: the method writes its responses with ``context.write``.
+    """``_parsing`` for a server stream: the same checks before the first message.
 
-    Counted like a unary RPC when it ends, as ``rpc`` (its duration is the stream's life).
+    The method writes its responses with ``context.write`` (Watch, which
+    bounds how long a send may wait), or yields them (Backup). Counted like a
+    unary RPC when it ends, as ``rpc`` (its duration is the stream's life).
     """
     rpc = rpc or method.__name__
 
@@ -704,7 +738,12 @@ def _parsing_stream(
 
     async def checked(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         request = await _admit(raw, context, request_type, access, needs, rpc=rpc)
-        await method(request, context)
+        answer = method(request, context)
+        if isinstance(answer, AsyncIterator):
+            async for response in answer:
+                await context.write(response)
+        else:
+            await answer
 
     return grpc.unary_stream_rpc_method_handler(handle, response_serializer=response_type.SerializeToString)
 
@@ -744,7 +783,21 @@ def add_services(server: grpc.aio.Server, node: NodeState) -> list[str]:
         },
         "crdtstore.v1.Admin": {
             name: admin_rpc(getattr(admin, name), name)
-            for name in ("Status", "PutRole", "GetRole", "ListRoles", "DeleteRole", "RevokeToken")
+            for name in (
+                "Status",
+                "PutRole",
+                "GetRole",
+                "ListRoles",
+                "DeleteRole",
+                "RevokeToken",
+                "Digest",
+                "BucketKeys",
+            )
+        }
+        | {
+            "Backup": _parsing_stream(
+                admin.Backup, pb.BackupRequest, pb.BackupChunk, access, _needs_admin, metrics=metrics
+            )
         },
         "crdtstore.v1.Replication": {
             # Messages arrive as bytes: the replicator parses them, so a

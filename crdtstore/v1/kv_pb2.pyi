@@ -445,3 +445,103 @@ class WatchResponse(_message.Message):
     progress: bool
     partial: bool
     def __init__(self, events: _Optional[_Iterable[_Union[WatchEvent, _Mapping]]] = ..., token: _Optional[_Union[CausalToken, _Mapping]] = ..., reset: _Optional[bool] = ..., reset_done: _Optional[bool] = ..., progress: _Optional[bool] = ..., partial: _Optional[bool] = ...) -> None: ...
+
+class BackupRequest(_message.Message):
+    __slots__ = ("chunk_bytes",)
+    CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    chunk_bytes: int
+    def __init__(self, chunk_bytes: _Optional[int] = ...) -> None: ...
+
+class BackupChunk(_message.Message):
+    __slots__ = ("data", "summary")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    summary: BackupSummary
+    def __init__(self, data: _Optional[bytes] = ..., summary: _Optional[_Union[BackupSummary, _Mapping]] = ...) -> None: ...
+
+class BackupSummary(_message.Message):
+    __slots__ = ("region", "origin", "version", "storage_format", "token", "hlc_wall_ms", "hlc_logical", "keys", "bucket_digests", "data_sha256", "data_bytes")
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    HLC_WALL_MS_FIELD_NUMBER: _ClassVar[int]
+    HLC_LOGICAL_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    DATA_SHA256_FIELD_NUMBER: _ClassVar[int]
+    DATA_BYTES_FIELD_NUMBER: _ClassVar[int]
+    region: str
+    origin: str
+    version: str
+    storage_format: int
+    token: CausalToken
+    hlc_wall_ms: int
+    hlc_logical: int
+    keys: int
+    bucket_digests: _containers.RepeatedScalarFieldContainer[bytes]
+    data_sha256: bytes
+    data_bytes: int
+    def __init__(self, region: _Optional[str] = ..., origin: _Optional[str] = ..., version: _Optional[str] = ..., storage_format: _Optional[int] = ..., token: _Optional[_Union[CausalToken, _Mapping]] = ..., hlc_wall_ms: _Optional[int] = ..., hlc_logical: _Optional[int] = ..., keys: _Optional[int] = ..., bucket_digests: _Optional[_Iterable[bytes]] = ..., data_sha256: _Optional[bytes] = ..., data_bytes: _Optional[int] = ...) -> None: ...
+
+class DigestRequest(_message.Message):
+    __slots__ = ("after",)
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    after: CausalToken
+    def __init__(self, after: _Optional[_Union[CausalToken, _Mapping]] = ...) -> None: ...
+
+class DigestResponse(_message.Message):
+    __slots__ = ("region", "token", "bucket_digests", "keys")
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    region: str
+    token: CausalToken
+    bucket_digests: _containers.RepeatedScalarFieldContainer[bytes]
+    keys: int
+    def __init__(self, region: _Optional[str] = ..., token: _Optional[_Union[CausalToken, _Mapping]] = ..., bucket_digests: _Optional[_Iterable[bytes]] = ..., keys: _Optional[int] = ...) -> None: ...
+
+class BucketKeysRequest(_message.Message):
+    __slots__ = ("buckets", "page_size", "page_token")
+    BUCKETS_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    buckets: _containers.RepeatedScalarFieldContainer[int]
+    page_size: int
+    page_token: str
+    def __init__(self, buckets: _Optional[_Iterable[int]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class DotSummary(_message.Message):
+    __slots__ = ("origin", "count", "max_counter")
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    MAX_COUNTER_FIELD_NUMBER: _ClassVar[int]
+    origin: str
+    count: int
+    max_counter: int
+    def __init__(self, origin: _Optional[str] = ..., count: _Optional[int] = ..., max_counter: _Optional[int] = ...) -> None: ...
+
+class BucketKey(_message.Message):
+    __slots__ = ("entry", "digest", "bucket", "dots")
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_FIELD_NUMBER: _ClassVar[int]
+    DOTS_FIELD_NUMBER: _ClassVar[int]
+    entry: KeyValue
+    digest: bytes
+    bucket: int
+    dots: _containers.RepeatedCompositeFieldContainer[DotSummary]
+    def __init__(self, entry: _Optional[_Union[KeyValue, _Mapping]] = ..., digest: _Optional[bytes] = ..., bucket: _Optional[int] = ..., dots: _Optional[_Iterable[_Union[DotSummary, _Mapping]]] = ...) -> None: ...
+
+class BucketKeysResponse(_message.Message):
+    __slots__ = ("keys", "next_page_token", "token")
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[BucketKey]
+    next_page_token: str
+    token: CausalToken
+    def __init__(self, keys: _Optional[_Iterable[_Union[BucketKey, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., token: _Optional[_Union[CausalToken, _Mapping]] = ...) -> None: ...

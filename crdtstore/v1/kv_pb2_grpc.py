@@ -367,6 +367,21 @@ class AdminStub:
                 request_serializer=crdtstore_dot_v1_dot_kv__pb2.RevokeTokenRequest.SerializeToString,
                 response_deserializer=crdtstore_dot_v1_dot_kv__pb2.RevokeTokenResponse.FromString,
                 _registered_method=True)
+        self.Backup = channel.unary_stream(
+                '/crdtstore.v1.Admin/Backup',
+                request_serializer=crdtstore_dot_v1_dot_kv__pb2.BackupRequest.SerializeToString,
+                response_deserializer=crdtstore_dot_v1_dot_kv__pb2.BackupChunk.FromString,
+                _registered_method=True)
+        self.Digest = channel.unary_unary(
+                '/crdtstore.v1.Admin/Digest',
+                request_serializer=crdtstore_dot_v1_dot_kv__pb2.DigestRequest.SerializeToString,
+                response_deserializer=crdtstore_dot_v1_dot_kv__pb2.DigestResponse.FromString,
+                _registered_method=True)
+        self.BucketKeys = channel.unary_unary(
+                '/crdtstore.v1.Admin/BucketKeys',
+                request_serializer=crdtstore_dot_v1_dot_kv__pb2.BucketKeysRequest.SerializeToString,
+                response_deserializer=crdtstore_dot_v1_dot_kv__pb2.BucketKeysResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -414,6 +429,32 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Backup(self, request, context):
+        """Backup and verification (docs/backup.md). Each needs the admin right.
+        A consistent copy of the node's whole state, from one read transaction (LMDB's compacting
+        copy), streamed in chunks while writes go on; the last message carries the facts of the copy.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Digest(self, request, context):
+        """The digests of the key buckets the repair machinery compares, with the vector they were read
+        at, from one read transaction. With `after`, first waits (within the deadline) until the node
+        has seen that token; DEADLINE_EXCEEDED if it has not.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BucketKeys(self, request, context):
+        """The keys of some buckets, in key order, with their values, digests and dot summaries, a page
+        at a time. Each page is its own read, as with Scan.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -446,6 +487,21 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.RevokeToken,
                     request_deserializer=crdtstore_dot_v1_dot_kv__pb2.RevokeTokenRequest.FromString,
                     response_serializer=crdtstore_dot_v1_dot_kv__pb2.RevokeTokenResponse.SerializeToString,
+            ),
+            'Backup': grpc.unary_stream_rpc_method_handler(
+                    servicer.Backup,
+                    request_deserializer=crdtstore_dot_v1_dot_kv__pb2.BackupRequest.FromString,
+                    response_serializer=crdtstore_dot_v1_dot_kv__pb2.BackupChunk.SerializeToString,
+            ),
+            'Digest': grpc.unary_unary_rpc_method_handler(
+                    servicer.Digest,
+                    request_deserializer=crdtstore_dot_v1_dot_kv__pb2.DigestRequest.FromString,
+                    response_serializer=crdtstore_dot_v1_dot_kv__pb2.DigestResponse.SerializeToString,
+            ),
+            'BucketKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.BucketKeys,
+                    request_deserializer=crdtstore_dot_v1_dot_kv__pb2.BucketKeysRequest.FromString,
+                    response_serializer=crdtstore_dot_v1_dot_kv__pb2.BucketKeysResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -611,6 +667,87 @@ class Admin:
             '/crdtstore.v1.Admin/RevokeToken',
             crdtstore_dot_v1_dot_kv__pb2.RevokeTokenRequest.SerializeToString,
             crdtstore_dot_v1_dot_kv__pb2.RevokeTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Backup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/crdtstore.v1.Admin/Backup',
+            crdtstore_dot_v1_dot_kv__pb2.BackupRequest.SerializeToString,
+            crdtstore_dot_v1_dot_kv__pb2.BackupChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Digest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crdtstore.v1.Admin/Digest',
+            crdtstore_dot_v1_dot_kv__pb2.DigestRequest.SerializeToString,
+            crdtstore_dot_v1_dot_kv__pb2.DigestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BucketKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crdtstore.v1.Admin/BucketKeys',
+            crdtstore_dot_v1_dot_kv__pb2.BucketKeysRequest.SerializeToString,
+            crdtstore_dot_v1_dot_kv__pb2.BucketKeysResponse.FromString,
             options,
             channel_credentials,
             insecure,
