@@ -1,7 +1,7 @@
 """The ``crdtstore`` command: run a node, or read and write one.
 
     crdtstore serve [--config FILE] [--data-dir DIR] [--listen HOST:PORT] [--region NAME]
-                    [--peer NAME=HOST:PORT ...] [--metrics-listen HOST:PORT]
+                    [--peer NAME=HOST:PORT ...] [--metrics-listen HOST:PORT] [--health-listen HOST:PORT]
     crdtstore demo [--regions N] [--data-dir DIR] [--latency-ms MS] [--base-port PORT] [--metrics-base-port PORT]
     crdtstore [--addr HOST:PORT] [--timeout S] [--tls-ca FILE [--tls-cert FILE --tls-key FILE]] ...
     crdtstore [--addr HOST:PORT] [--timeout S] get KEY [--after TOKEN] [--json]
@@ -28,6 +28,16 @@
     crdtstore backup verify DIR [--json]
     crdtstore restore DIR --data-dir NEW_DIR [--json]
     crdtstore verify --addr A --addr B [--addr C ...] [--deadline S] [--json]
+    crdtstore cert ca --out DIR [--name NAME] [--days N]
+    crdtstore cert issue --ca DIR --name NAME [--host HOST ...] --out DIR [--days N]
+    crdtstore [--addr HOST:PORT] health [--service NAME]
+
+Deployment. ``cert ca`` writes a certificate authority (``ca.crt``, and
+``ca.key`` with mode 0600); ``cert issue`` a certificate signed by it for a
+region or a client (``tls.crt``, ``tls.key``, a copy of ``ca.crt``), naming
+NAME and every ``--host``. ``health`` asks a node's standard gRPC health
+service (``grpc.health.v1``) and exits 0 when it is SERVING, 1 otherwise: the
+container image's health check.
 
 Access control. Where a node requires tokens, ``--token`` (or
 ``$CRDTSTORE_TOKEN``) is sent with every request. ``token keygen`` writes a
@@ -518,6 +528,38 @@ def _token_issue(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cert_ca(args: argparse.Namespace) -> int:
+    from crdtstore.auth.certificates import CertificateError, make_authority_files  # noqa: PLC0415
+
+    try:
+        cert, key = make_authority_files(args.out, args.name, days=args.days)
+    except CertificateError as exc:
+        _note(str(exc))
+        return 1
+    print(f"wrote {cert} (the authority's certificate: every node and client trusts it)")
+    print(f"wrote {key} (the authority's key: keep it secret, off the nodes; mode 0600)")
+    return 0
+
+
+def _cert_issue(args: argparse.Namespace) -> int:
+    from crdtstore.auth.certificates import CertificateError, issue_files  # noqa: PLC0415
+
+    try:
+        cert, key, ca = issue_files(args.ca, args.out, args.name, args.hosts, days=args.days)
+    except CertificateError as exc:
+        _note(str(exc))
+        return 1
+    print(f"wrote {cert}, {key} (mode 0600) and {ca}: the certificate of {args.name}")
+    return 0
+
+
+def _health(client: Client, args: argparse.Namespace) -> None:
+    status = client.health(args.service)
+    print(status)
+    if status != "SERVING":
+        raise ClientError(grpc.StatusCode.UNAVAILABLE, f"{client.addr} is {status}, not SERVING")
+
+
 def _set(client: Client, args: argparse.Namespace) -> WriteResult:
     return client.mutate([SetRegister(args.key, args.value)], durability=args.durability)
 
@@ -781,9 +823,15 @@ def build_parser(
             json_help="print one JSON object per line (each change with the token to resume from)",
         )
     )
-    _add_access_commands(commands)
+    _add_operator_commands(commands)
     _add_backup_commands(commands)
     return parser
+
+
+def _add_operator_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The commands of whoever runs the nodes: access control, certificates, health."""
+    _add_access_commands(commands)
+    _add_deploy_commands(commands)
 
 
 def _add_watch_arguments(watch: argparse.ArgumentParser) -> None:
@@ -811,6 +859,52 @@ def _add_watch_arguments(watch: argparse.ArgumentParser) -> None:
         default=[],
         help="another region to resume on after an error (repeat for more)",
     )
+
+
+def _add_deploy_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``cert`` (ca, issue) and ``health``."""
+    health = commands.add_parser(
+        "health",
+        help="ask a node's gRPC health service; exit 0 when it serves",
+        description="Ask the node's standard gRPC health service (grpc.health.v1); exit 0 when it is SERVING.",
+    )
+    health.add_argument("--service", metavar="NAME", default="", help="a service's name (default: the node)")
+    health.set_defaults(handler=_health)
+    cert = commands.add_parser(
+        "cert",
+        help="make a certificate authority and certificates for mutual TLS",
+        description="A certificate authority and the certificates of regions and clients.",
+    )
+    actions = cert.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ca = actions.add_parser(
+        "ca", help="write a new certificate authority", description="Write ca.crt and ca.key (mode 0600)."
+    )
+    ca.add_argument("--out", metavar="DIR", required=True, help="the directory to write them in")
+    ca.add_argument("--name", default="crdtstore-ca", help="the authority's common name (default crdtstore-ca)")
+    ca.add_argument("--days", type=int, default=3650, help="how long it is valid (default 3650)")
+    ca.set_defaults(local_handler=_cert_ca)
+    issue = actions.add_parser(
+        "issue",
+        help="write a certificate for a region or a client",
+        description="Write tls.crt, tls.key (mode 0600) and a copy of ca.crt, signed by the authority in --ca.",
+    )
+    issue.add_argument("--ca", metavar="DIR", required=True, help="the authority's directory (cert ca --out)")
+    issue.add_argument(
+        "--name",
+        required=True,
+        help="the region's name (its certificate must name it) or the client's; its common name and a DNS name",
+    )
+    issue.add_argument(
+        "--host",
+        metavar="HOST",
+        dest="hosts",
+        action="append",
+        default=[],
+        help="another DNS name or IP address it is reached by; repeat for each",
+    )
+    issue.add_argument("--out", metavar="DIR", required=True, help="the directory to write them in")
+    issue.add_argument("--days", type=int, default=365, help="how long it is valid (default 365)")
+    issue.set_defaults(local_handler=_cert_issue)
 
 
 def _add_access_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

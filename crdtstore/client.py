@@ -78,6 +78,7 @@ from typing import Any, Generic, Literal, NamedTuple, Self, TypedDict, TypeVar
 
 import grpc
 import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from crdtstore.operations import AddMembers, DeleteKey, Increment, Operation, RemoveMembers, SetRegister
 from crdtstore.v1 import kv_pb2, kv_pb2_grpc
@@ -885,6 +886,20 @@ class Client(_ClientBase):
 
     def status(self) -> Status:
         return _status_from_proto(self._call(_STATUS, kv_pb2.StatusRequest()))
+
+    def health(self, service: str = "") -> str:
+        """The node's standard gRPC health status (``grpc.health.v1``) of ``service`` ("": the node itself).
+
+        ``SERVING``, ``NOT_SERVING`` (draining), or ``SERVICE_UNKNOWN``; asked once, without retries, as a
+        probe should be. It needs no token: health is not behind access control.
+        """
+        stub: Any = health_pb2_grpc.HealthStub(self._channel)  # its stubs type Check as an attribute it lacks
+        try:
+            response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout_s)
+        except grpc.RpcError as exc:
+            code, message = _status_of(exc)
+            raise _client_error(code, message, None) from exc
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
     def put_role(self, name: str, grants: Grants) -> RoleInfo:
         """Create or replace role ``name`` whole: ``{"orders/": ["read", "add"]}`` or [(prefix, rights), ...]."""

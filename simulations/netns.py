@@ -18,6 +18,14 @@ bridge and its /24.
 
 Everything is named after the runner's process id (``cc<pid>-...``) and torn
 down on exit, also after a failure.
+
+The deployment test (``tests/test_deploy_netns.py``) runs the shipped
+configuration on the same network: each region's own command-line arguments
+and environment (``server_args``, ``server_env``), region names that resolve
+to the namespaces' addresses inside them (``host_names``: a hosts file in
+``/etc/netns/<namespace>/``, which ``ip netns exec`` mounts over
+``/etc/hosts``), and a host's whole link taken down and brought back
+(``unplug``, ``plug``).
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -39,6 +47,7 @@ _SUBNET_PREFIX = "10.213"
 _DROP_PREFERENCE = 10
 _LOCAL_PREFERENCE = 100
 _IP_TIMEOUT_S = 10.0
+_NETNS_ETC = Path("/etc/netns")
 
 
 def netns_unavailable() -> str:
@@ -79,7 +88,16 @@ def _free_subnet(start: int) -> str:
 class NamespacedRegions:
     """The chaos runner's ``Cluster`` over network namespaces: same names, ``servers``, cut, heal."""
 
-    def __init__(self, root: Path, names: Sequence[str]) -> None:
+    def __init__(
+        self,
+        root: Path,
+        names: Sequence[str],
+        *,
+        server_args: Mapping[str, Sequence[str]] | None = None,
+        server_env: Mapping[str, Mapping[str, str]] | None = None,
+        host_names: bool = False,
+    ) -> None:
+        """``server_args`` replace a region's default arguments (its peers and ``--insecure-no-auth``)."""
         reason = netns_unavailable()
         if reason:
             raise RuntimeError(reason)
@@ -94,6 +112,10 @@ class NamespacedRegions:
         self.servers: dict[str, ServerProcess] = {}
         self._dropped: set[tuple[str, str]] = set()  # (sender, receiver): the receiver drops the sender's packets
         self._created: list[str] = []  # namespaces, for teardown
+        self._server_args = server_args
+        self._server_env = server_env or {}
+        self._host_names = host_names
+        self._etc_dirs: list[Path] = []  # /etc/netns/<namespace> made here, for teardown
 
     def __enter__(self) -> NamespacedRegions:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -127,18 +149,33 @@ class NamespacedRegions:
             # Drop rules must come before the local table, or delivered packets never meet them.
             _ip("-n", ns, "rule", "add", "pref", str(_LOCAL_PREFERENCE), "lookup", "local")
             _ip("-n", ns, "rule", "del", "pref", "0", "lookup", "local")
+            if self._host_names:
+                self._write_hosts(ns)
+
+    def _write_hosts(self, ns: str) -> None:
+        """Every region's name resolves to its address inside ``ns`` (``ip netns exec`` mounts the file)."""
+        if not _NETNS_ETC.exists():
+            _NETNS_ETC.mkdir()
+            self._etc_dirs.append(_NETNS_ETC)  # removed last, after the namespaces' own
+        etc = _NETNS_ETC / ns
+        etc.mkdir(exist_ok=False)
+        self._etc_dirs.append(etc)
+        lines = ["127.0.0.1 localhost", *(f"{self.addresses[name]} {name}" for name in self.names)]
+        (etc / "hosts").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     def _server(self, name: str) -> ServerProcess:
         peers: list[str] = []
         for other in self.names:
             if other != name:
                 peers += ["--peer", f"{other}={self.addresses[other]}:{PORT}"]
+        # The namespaces' addresses are not loopback: a node refuses them without access control unless
+        # told it is on purpose (the namespaces' bridge reaches nothing else).
+        args = (*peers, "--insecure-no-auth") if self._server_args is None else tuple(self._server_args[name])
         server = ServerProcess(
             self.root / name,
             region=name,
-            # The namespaces' addresses are not loopback: a node refuses them without access control unless
-            # told it is on purpose (the namespaces' bridge reaches nothing else).
-            extra_args=(*peers, "--insecure-no-auth"),
+            extra_args=args,
+            env=self._server_env.get(name),
             host=self.addresses[name],
             command_prefix=("ip", "netns", "exec", self.namespaces[name]),
         )
@@ -175,6 +212,14 @@ class NamespacedRegions:
             if a is None or b is None or {sender, receiver} == {a, b}:
                 self._undrop(sender, receiver)
 
+    def unplug(self, name: str) -> None:
+        """Take ``name``'s host off the network: its link to the bridge goes down, for peers and the host alike."""
+        _ip("link", "set", self._host_ends[name], "down")
+
+    def plug(self, name: str) -> None:
+        """Bring ``name``'s link back up."""
+        _ip("link", "set", self._host_ends[name], "up")
+
     # -- teardown ------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -188,3 +233,6 @@ class NamespacedRegions:
             _ip("netns", "del", ns, check=False)  # takes the veth pair with it
         self._created.clear()
         _ip("link", "del", self.bridge, check=False)
+        for etc in reversed(self._etc_dirs):
+            shutil.rmtree(etc, ignore_errors=True)
+        self._etc_dirs.clear()

@@ -2,92 +2,44 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from crdtstore.auth.certificates import Authority, Issued
 from crdtstore.client import Client, ClientError, ClientTls
 from crdtstore.replica.wire import SYNC_METHOD
 from crdtstore.testing.regions import RegionProcesses
 from crdtstore.v1 import replication_pb2 as rpb
 
 
-@dataclass
-class Authority:
-    key: ec.EllipticCurvePrivateKey
-    cert: x509.Certificate
-    path: Path
-
-
-def _name(common: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
-
-
-def _authority(directory: Path, name: str) -> Authority:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(name))
-        .issuer_name(_name(name))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    path = directory / f"{name}.pem"
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return Authority(key, cert, path)
-
-
-def _issue(ca: Authority, directory: Path, name: str) -> tuple[Path, Path]:
+def _write(issued: Issued, directory: Path, name: str) -> tuple[Path, Path]:
     """A certificate for ``name`` (as its common name and a DNS name, plus localhost and 127.0.0.1)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    alt = x509.SubjectAlternativeName(
-        [x509.DNSName(name), x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    )
-    usage = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(name))
-        .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(alt, critical=False)
-        .add_extension(usage, critical=False)
-        .sign(ca.key, hashes.SHA256())
-    )
     cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+    cert_path.write_bytes(issued.cert_pem)
+    key_path.write_bytes(issued.key_pem)
     return cert_path, key_path
+
+
+def _authority(directory: Path, name: str) -> tuple[Authority, Path]:
+    authority = Authority.create(name, days=1)
+    path = directory / f"{name}.pem"
+    path.write_bytes(authority.cert_pem)
+    return authority, path
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     directory = tmp_path_factory.mktemp("pki")
-    ca = _authority(directory, "crdtstore-ca")
-    issued = {name: _issue(ca, directory, name) for name in ("a", "b", "operator")}
-    stranger_ca = _authority(directory, "stranger-ca")
-    issued["stranger"] = _issue(stranger_ca, directory, "stranger")
-    return {"ca": ca.path, "issued": issued}
+    ca, ca_path = _authority(directory, "crdtstore-ca")
+    local = ["localhost", "127.0.0.1"]
+    issued = {name: _write(ca.issue(name, local, days=1), directory, name) for name in ("a", "b", "operator")}
+    stranger_ca, _ = _authority(directory, "stranger-ca")
+    issued["stranger"] = _write(stranger_ca.issue("stranger", local, days=1), directory, "stranger")
+    return {"ca": ca_path, "issued": issued}
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ Example file::
     region = "eu-west"
     data_dir = "/var/lib/crdtstore"
     listen = "0.0.0.0:7420"
+    health_listen = "0.0.0.0:7421"   # plaintext grpc.health.v1 only, for probes; off when empty
     metrics_listen = "127.0.0.1:9420"   # Prometheus text at http://HOST:PORT/metrics; off when empty
 
     [limits]
@@ -85,7 +86,7 @@ _REGION = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 PEER_TOKEN_ENV = "CRDTSTORE_PEER_TOKEN"
 _TOKEN_ALGORITHMS = ("EdDSA", "ES256", "RS256")
 # Top-level string settings, each also CRDTSTORE_<NAME> and --<name> (with dashes).
-_TOP_SETTINGS = ("region", "data_dir", "listen", "metrics_listen")
+_TOP_SETTINGS = ("region", "data_dir", "listen", "metrics_listen", "health_listen")
 
 
 class ConfigError(Exception):
@@ -231,6 +232,9 @@ class NodeConfig:
     region: str = "local"
     data_dir: Path = Path("crdtstore-data")
     listen: str = DEFAULT_LISTEN
+    # A second, plaintext port serving only grpc.health.v1 (no data, no other service), for probes that
+    # cannot speak TLS (Kubernetes' gRPC probe); "" for none.
+    health_listen: str = ""
     limits: Limits = field(default_factory=Limits)
     storage: StorageOptions = field(default_factory=StorageOptions)
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -299,6 +303,8 @@ class NodeConfig:
             return replace(self, region=value)
         if name == "listen":
             return replace(self, listen=value)
+        if name == "health_listen":
+            return replace(self, health_listen=value)
         return replace(self, metrics_listen=value)
 
     @property
@@ -364,6 +370,13 @@ class NodeConfig:
                 f"'.', '_' or '-', starting with a letter or digit"
             )
         parse_listen(self.listen)
+        if self.health_listen:
+            try:
+                parse_listen(self.health_listen)
+            except ConfigError as exc:
+                raise ConfigError(f"health_listen: {exc}") from None
+            if self.health_listen == self.listen:
+                raise ConfigError(f"health_listen {self.health_listen} is the listen address: give it another port")
         if self.metrics_listen:
             try:
                 parse_listen(self.metrics_listen)

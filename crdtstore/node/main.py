@@ -41,6 +41,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen", metavar="HOST:PORT", help="address to serve on (default 127.0.0.1:7420)")
     parser.add_argument("--region", metavar="NAME", help="this node's region name (default 'local')")
     parser.add_argument(
+        "--health-listen",
+        metavar="HOST:PORT",
+        help="also serve grpc.health.v1 alone, in plaintext, here: for probes that cannot speak TLS (or "
+        "CRDTSTORE_HEALTH_LISTEN; default: none)",
+    )
+    parser.add_argument(
         "--metrics-listen",
         metavar="HOST:PORT",
         help="serve Prometheus metrics at http://HOST:PORT/metrics (or metrics_listen, CRDTSTORE_METRICS_LISTEN; "
@@ -132,28 +138,29 @@ def _bind_failure(core_log: bytes) -> str:
 
 def _listen(server: grpc.aio.Server, config: NodeConfig) -> int:
     """Bind the configured address; ``StartupError`` with one clear line when it cannot be bound."""
-    credentials = _server_credentials(config)
+    return _bind(server, config.listen, _server_credentials(config))
+
+
+def _bind(server: grpc.aio.Server, listen: str, credentials: grpc.ServerCredentials | None) -> int:
     with _stderr_held() as held:
         try:
             if credentials is None:
-                bound = server.add_insecure_port(config.listen)
+                bound = server.add_insecure_port(listen)
             else:
-                bound = server.add_secure_port(config.listen, credentials)
+                bound = server.add_secure_port(listen, credentials)
         except RuntimeError:  # grpc's own words say only "Failed to bind"; the core's log says why
             bound = 0
     core_log = b"".join(held)
-    _, port = parse_listen(config.listen)
+    _, port = parse_listen(listen)
     if bound and (not port or bound == port):
         if core_log:  # the bind worked: whatever the core said meanwhile belongs on stderr
             os.write(2, core_log)
         return bound
     reason = _bind_failure(core_log)
     if "in use" in reason.lower():
-        raise StartupError(
-            f"cannot listen on {config.listen}: the address is already in use (is a node running there?)"
-        )
+        raise StartupError(f"cannot listen on {listen}: the address is already in use (is a node running there?)")
     detail = f" ({reason})" if reason else ""
-    raise StartupError(f"cannot listen on {config.listen}: is the port in use or the address wrong?{detail}")
+    raise StartupError(f"cannot listen on {listen}: is the port in use or the address wrong?{detail}")
 
 
 async def _serve_metrics(node: NodeState, server: grpc.aio.Server) -> MetricsServer | None:
@@ -191,6 +198,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
                 "data_dir": args.data_dir,
                 "listen": args.listen,
                 "region": args.region,
+                "health_listen": args.health_listen,
                 "metrics_listen": args.metrics_listen,
             },
             peer_flags=args.peer,
@@ -235,6 +243,22 @@ def _log_access(config: NodeConfig, access: AccessControl, host: str) -> None:
                 )
     elif config.insecure_no_auth and not is_loopback(host):
         log.warning("access control is OFF on %s (--insecure-no-auth): anyone who reaches it may do anything", host)
+
+
+def _health_port(config: NodeConfig, servicer: health.aio.HealthServicer) -> grpc.aio.Server | None:
+    """A server bound to ``health_listen`` with the node's health service alone, in plaintext, or None.
+
+    Probes that cannot speak TLS (Kubernetes' gRPC probe) ask the same health
+    service there, which says SERVING, or NOT_SERVING while the node drains;
+    no other service is reachable on it.
+    """
+    if not config.health_listen:
+        return None
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    _bind(server, config.health_listen, None)
+    log.info("health service (grpc.health.v1 only, plaintext) on %s", config.health_listen)
+    return server
 
 
 async def run_node(  # noqa: PLR0915 (the node's whole start and stop, in order)
@@ -293,6 +317,7 @@ async def run_node(  # noqa: PLR0915 (the node's whole start and stop, in order)
     host, _ = parse_listen(config.listen)
     try:
         bound = _listen(server, config)
+        health_server = _health_port(config, health_servicer)
     except StartupError:
         store.close()
         raise
@@ -301,6 +326,8 @@ async def run_node(  # noqa: PLR0915 (the node's whole start and stop, in order)
 
     writer.start()
     await server.start()
+    if health_server is not None:
+        await health_server.start()
     replicator.start()
     retention = FeedRetention(node).start()
     for name in ("", *services):
@@ -333,6 +360,8 @@ async def run_node(  # noqa: PLR0915 (the node's whole start and stop, in order)
     await health_servicer.enter_graceful_shutdown()
     await replicator.close()  # replication streams are long-lived: end them, not wait for them
     await server.stop(grace=config.server.drain_grace_s)
+    if health_server is not None:
+        await health_server.stop(grace=None)
     await retention.close()
     await writer.close()
     if metrics_server is not None:  # before the store closes: a scrape reads it
