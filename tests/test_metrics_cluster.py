@@ -261,8 +261,11 @@ def test_the_change_feed_shows_its_streams_and_events(cluster: RegionProcesses) 
         cluster.clients["a"].set("feedmetrics/1", "x")
         assert any(isinstance(item, Change) for item in itertools.islice(items, 100))
         items.close()
-    after = scrape(cluster, "a")
-    assert value(after, "crdtstore_watch_events_sent_total") > value(before, "crdtstore_watch_events_sent_total")
+    # Counted once the node's send returns, which may be after the client has the event: wait for it.
+    sent_before = value(before, "crdtstore_watch_events_sent_total")
+    wait_for(
+        "the events counted", lambda: value(scrape(cluster, "a"), "crdtstore_watch_events_sent_total") > sent_before
+    )
     wait_for("the stream closed", lambda: value(scrape(cluster, "a"), "crdtstore_watch_streams") == 0)
 
     def watches_counted() -> bool:  # once it ended, whatever its code (the client cancelled it)
