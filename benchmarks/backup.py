@@ -28,9 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import group_parser, print_line, stats
-from benchmarks.figures import Baseline, Figure, write_json
-from benchmarks.report import table
+from benchmarks.common import group_parser, print_line, report_group, stats
+from benchmarks.figures import Baseline, Figure
 from crdtstore.backup.restore import restore_backup
 from crdtstore.backup.take import take_backup
 from crdtstore.client import Client
@@ -277,10 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = group_parser(GROUP, __doc__, "5,000 keys, 3 repeats", "repeats of each measurement (default 5; 3 quick)")
     args = parser.parse_args(argv)
     detail, figures = collect(make_config(args.quick, args.repeats), print_line, lambda _: None)
-    print()
-    print("\n".join(table(figures)))
-    if args.json is not None:
-        write_json(args.json, {"figures": [f.as_json() for f in figures], "detail": detail})
+    report_group(figures, detail, args.json)
     return 0
 
 

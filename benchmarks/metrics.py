@@ -30,11 +30,10 @@ from typing import Any
 
 import grpc.aio
 
-from benchmarks.common import group_parser, print_line, process_cpu_s, stats
-from benchmarks.figures import Baseline, Figure, write_json
+from benchmarks.common import group_parser, print_line, process_cpu_s, report_group, stats
+from benchmarks.figures import Baseline, Figure
 from benchmarks.node import CHANNEL_OPTIONS, RPC_TIMEOUT_S, closed_loop
 from benchmarks.replication import Keys, single_op_writes
-from benchmarks.report import table
 from crdtstore.testing.process import ServerProcess
 from crdtstore.v1 import kv_pb2 as pb
 from crdtstore.v1 import kv_pb2_grpc as pb_grpc
@@ -181,10 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = group_parser(GROUP, __doc__, "3 repeats of 1 s", "repeats per node and kind (default 5; 3 quick)")
     args = parser.parse_args(argv)
     detail, figures = collect(make_config(args.quick, args.repeats), print_line, lambda _: None)
-    print()
-    print("\n".join(table(figures)))
-    if args.json is not None:
-        write_json(args.json, {"figures": [f.as_json() for f in figures], "detail": detail})
+    report_group(figures, detail, args.json)
     return 0
 
 
