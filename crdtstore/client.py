@@ -71,7 +71,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Generic, Literal, NamedTuple, Self, TypedDict, TypeVar
@@ -660,8 +660,9 @@ _WATCH_RESUMES = frozenset(
 
 @dataclass
 class _Watch:
-    """One ``watch`` call's state, shared by both clients: the decoder, the addresses, the retries."""
+    """One ``watch`` call's state, shared by both clients: the decoder, the addresses, their channels, the retries."""
 
+    client: _ClientBase
     decoder: WatchDecoder
     prefix: str
     start: str
@@ -670,6 +671,20 @@ class _Watch:
     addresses: list[str]
     index: int = 0
     failures: int = 0
+    channels: dict[str, Any] = field(default_factory=dict)  # opened for the addresses but the client's own
+
+    def call(self) -> Any:
+        """The stream to the current address, from where the last one left off."""
+        client, address = self.client, self.addresses[self.index]
+        if address == client.addr:
+            channel = client._channel
+        elif (channel := self.channels.get(address)) is None:
+            channel = self.channels[address] = client._open_channel(address)
+        return _Stubs(channel).method(_WATCH)(self.request(), metadata=client._metadata)
+
+    def opened(self) -> list[Any]:
+        """The channels this watch opened (to close when it ends)."""
+        return list(self.channels.values())
 
     def request(self) -> kv_pb2.WatchRequest:
         token = self.decoder.token
@@ -704,10 +719,9 @@ class _Watch:
         return 0.0 if self.failures % len(self.addresses) else random.uniform(cap / 2, cap) / 1000.0
 
 
-def _watch(
-    addr: str,
+def _watch(  # noqa: PLR0917 (the watch methods' own arguments, passed on as they came)
+    client: _ClientBase,
     prefix: str,
-    *,
     after: bytes | None,
     start: str,
     on_expired: str,
@@ -718,10 +732,9 @@ def _watch(
         raise ValueError(f"start is 'snapshot' or 'now', not {start!r}")
     if on_expired not in ("reset", "error"):
         raise ValueError(f"on_expired is 'reset' or 'error', not {on_expired!r}")
-    targets = list(addresses) if addresses else [addr]
-    return _Watch(
-        WatchDecoder(_entry_from_proto, after or b""), prefix, start, on_expired, progress_interval_ms, targets
-    )
+    targets = list(addresses) if addresses else [client.addr]
+    decoder = WatchDecoder(_entry_from_proto, after or b"")
+    return _Watch(client, decoder, prefix, start, on_expired, progress_interval_ms, targets)
 
 
 # -- the clients -----------------------------------------------------------------------
@@ -937,22 +950,10 @@ class Client(_ClientBase):
         from now). ``addresses``: the regions to resume on, in turn, after an
         error (this client's address when not given).
         """
-        state = _watch(
-            self.addr,
-            prefix,
-            after=after,
-            start=start,
-            on_expired=on_expired,
-            progress_interval_ms=progress_interval_ms,
-            addresses=addresses,
-        )
-        channels: dict[str, Any] = {self.addr: self._channel}
+        state = _watch(self, prefix, after, start, on_expired, progress_interval_ms, addresses)
         try:
             while True:
-                address = state.addresses[state.index]
-                if address not in channels:
-                    channels[address] = self._open_channel(address)
-                call = _Stubs(channels[address]).method(_WATCH)(state.request(), metadata=self._metadata)
+                call = state.call()
                 try:
                     for message in call:
                         yield from state.items(message)
@@ -963,9 +964,8 @@ class Client(_ClientBase):
                     call.cancel()
                 _sleep(delay)
         finally:
-            for address, channel in channels.items():
-                if address != self.addr:
-                    channel.close()
+            for channel in state.opened():
+                channel.close()
 
     # -- backup and verification (docs/backup.md; each needs the admin right) --
 
@@ -1123,22 +1123,10 @@ class AsyncClient(_ClientBase):
         addresses: Sequence[str] | None = None,
     ) -> AsyncGenerator[WatchItem]:
         """Every change under ``prefix``, as it comes: ``Client.watch``, for asyncio."""
-        state = _watch(
-            self.addr,
-            prefix,
-            after=after,
-            start=start,
-            on_expired=on_expired,
-            progress_interval_ms=progress_interval_ms,
-            addresses=addresses,
-        )
-        channels: dict[str, Any] = {self.addr: self._channel}
+        state = _watch(self, prefix, after, start, on_expired, progress_interval_ms, addresses)
         try:
             while True:
-                address = state.addresses[state.index]
-                if address not in channels:
-                    channels[address] = self._open_channel(address)
-                call = _Stubs(channels[address]).method(_WATCH)(state.request(), metadata=self._metadata)
+                call = state.call()
                 try:
                     async for message in call:
                         for item in state.items(message):
@@ -1150,9 +1138,8 @@ class AsyncClient(_ClientBase):
                     call.cancel()
                 await _async_sleep(delay)
         finally:
-            for address, channel in channels.items():
-                if address != self.addr:
-                    await channel.close()
+            for channel in state.opened():
+                await channel.close()
 
     async def close(self) -> None:
         await self._channel.close()
