@@ -192,6 +192,9 @@ def test_a_long_chaos_run_of_five_regions_has_no_violations(tmp_path: Path) -> N
     _check_run(result, 5)
 
 
+# Slow since the default run holds tests/test_deploy_netns.py, which runs nodes in namespaces made by the same
+# helpers (simulations/netns.py); the chaos runner's own namespace mode runs in .ci/run's slow pass.
+@pytest.mark.slow
 @pytest.mark.processes
 @pytest.mark.skipif(bool(netns_unavailable()), reason="network namespaces need root, Linux and ip(8)")
 def test_a_short_chaos_run_in_network_namespaces_has_no_violations(tmp_path: Path) -> None:

@@ -259,8 +259,9 @@ def test_the_simulator_records_the_nemesis_words_of_chaos_runs(tmp_path: Path) -
     words = {*EVENTS, *EVENTS.values(), "disk", "stall"}
     kinds: set[str] = set()
     # Seeds until the nemeses have both partitioned and clogged (which seeds do depends on the protocol's
-    # timing: the nemesis draws from the same random stream as the network).
-    for seed in range(1, 40):
+    # timing: the nemesis draws from the same random stream as the network). Seeds 20 (a cut) and 30 (a
+    # clog) first, as the timing has them now: two runs instead of thirty; the rest if that shifts.
+    for seed in (20, 30, *range(1, 40)):
         result = simulate(tmp_path / str(seed), Scenario(seed, regions=4, ops=300, faults="all"))
         nemeses = [r for r in result.history if isinstance(r, Nemesis)]
         assert {n.event for n in nemeses} <= words, {n.event for n in nemeses} - words

@@ -181,6 +181,9 @@ class _Stream:
         return key.startswith(self.prefix) and not is_reserved(key)
 
     async def _send(self, response: pb.WatchResponse) -> None:
+        # Counted when handed to gRPC: a consumer that has its events and closes the stream at once
+        # cancels the write that delivered them (found by the cluster metrics test).
+        self.streams.events_sent += len(response.events)
         try:
             async with asyncio.timeout(self.settings.watch_stall_s):
                 await self.context.write(response)
@@ -192,7 +195,6 @@ class _Stream:
                 f"the consumer read nothing for {self.settings.watch_stall_s:g} s (server.watch_stall_s): the stream "
                 f"is closed so that the node does not hold its changes; resume from the last token received",
             )
-        self.streams.events_sent += len(response.events)
         self.last_sent = time.monotonic()
 
     async def progress(self) -> None:
