@@ -15,12 +15,13 @@ import binascii
 import contextlib
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 
 import crdtstore
 from crdtstore.crdt import CodecError, VersionVector, decode_as, encode
+from crdtstore.node.requests import abort as _abort
 from crdtstore.node.values import key_value_pb
 from crdtstore.storage import LmdbStore, StorageError
 from crdtstore.storage.backup import (
@@ -45,11 +46,6 @@ BUCKET_PAGE_MAX = 10_000
 BUCKET_KEY_MEMBERS_MAX = 256
 # Backups at once on one node: each holds a read transaction (which keeps the map from growing) and a thread.
 BACKUPS_MAX = 1
-
-
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], code: grpc.StatusCode, message: str) -> NoReturn:
-    await context.abort(code, message)
-    raise AssertionError("context.abort returns only by raising")
 
 
 def _digests_pb(digests: tuple[int, ...]) -> list[bytes]:

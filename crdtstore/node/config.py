@@ -21,6 +21,8 @@ Example file::
     [storage]
     map_size_bytes_max = 68719476736
     delta_log_bytes_max = 268435456
+    audit = true                     # a record of every request, chained (docs/audit.md)
+    audit_retention_days = 90
 
     [server]
     drain_grace_s = 10
@@ -236,7 +238,8 @@ class NodeConfig:
     # cannot speak TLS (Kubernetes' gRPC probe); "" for none.
     health_listen: str = ""
     limits: Limits = field(default_factory=Limits)
-    storage: StorageOptions = field(default_factory=StorageOptions)
+    # A node audits every request by default (``[storage] audit = false`` turns it off: docs/audit.md).
+    storage: StorageOptions = field(default_factory=lambda: StorageOptions(audit=True))
     server: ServerSettings = field(default_factory=ServerSettings)
     replication: ReplicationSettings = field(default_factory=ReplicationSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
@@ -395,6 +398,8 @@ class NodeConfig:
         for section in (self.limits, self.storage, self.server, self.replication):
             for f in fields(section):
                 value = getattr(section, f.name)
+                if isinstance(value, bool):
+                    continue
                 if value <= 0:
                     raise ConfigError(f"{type(section).__name__}.{f.name} must be positive, got {value}")
         if self.storage.map_size_bytes > self.storage.map_size_bytes_max:

@@ -28,7 +28,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -36,6 +36,7 @@ from crdtstore.auth.policy import Need
 from crdtstore.crdt import CodecError, KeyState, VersionVector, decode_as, encode
 from crdtstore.crdt.origin import region_of
 from crdtstore.node.access import Refusal, is_reserved
+from crdtstore.node.requests import abort as _abort
 from crdtstore.node.values import key_value_pb
 from crdtstore.storage.feed import (
     KIND_ADD,
@@ -458,11 +459,6 @@ def _token(vv: VersionVector) -> pb.CausalToken:
 
 def _event(key: str, state: KeyState | None, omitted: int, *kinds: pb.ChangeKind) -> pb.WatchEvent:
     return pb.WatchEvent(key=key, changes=kinds, entry=key_value_pb(key, state, omitted))
-
-
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], code: grpc.StatusCode, message: str) -> NoReturn:
-    await context.abort(code, message)
-    raise AssertionError("abort returns by raising")  # pragma: no cover
 
 
 def read_need(request: pb.WatchRequest) -> Sequence[Need]:

@@ -142,6 +142,16 @@ class NodeMetrics:
             ["reason"],
             registry=r,
         )
+        self.audit_refusals_dropped = Counter(
+            "crdtstore_audit_refusals_dropped",
+            "Refused requests whose audit record was not written because the writer's queue was full or closed",
+            registry=r,
+        )
+        self.audit_head_mismatches = Counter(
+            "crdtstore_audit_head_mismatches",
+            "Times a peer's audit chain head differed from this node's copy of the same record",
+            registry=r,
+        )
 
         # -- replication (the host in node/replication.py) ----------------------------------------
         self.replication_lag = Histogram(

@@ -15,7 +15,7 @@ import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextvars import ContextVar
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 from cryptography.fernet import Fernet, InvalidToken
@@ -47,11 +47,19 @@ from crdtstore.node.access import (
     revocation_operations,
     role_operations,
 )
+from crdtstore.node.audit import RefusalLog
 from crdtstore.node.config import NodeConfig
 from crdtstore.node.feed import WatchStreams, read_need
 from crdtstore.node.metrics import NodeMetrics
 from crdtstore.node.replication import Replicator
-from crdtstore.node.requests import serve_rpc, set_principal
+from crdtstore.node.requests import (
+    RefusalRecorder,
+    current_note,
+    current_request_id,
+    serve_rpc,
+    set_principal,
+)
+from crdtstore.node.requests import abort as _abort
 from crdtstore.node.values import key_value_pb
 from crdtstore.node.writer import GroupCommitWriter
 from crdtstore.operations import (
@@ -73,6 +81,7 @@ from crdtstore.storage import (
     StoreFull,
     WriteRequest,
 )
+from crdtstore.storage.audit import RequestInfo
 from crdtstore.tokens import describe_behind, events_behind
 from crdtstore.v1 import kv_pb2 as pb
 from crdtstore.v1 import replication_pb2 as rpb
@@ -108,6 +117,7 @@ class NodeState:
         self.scan_tokens = ScanTokens(sealed=self.access.enabled)
         self.draining = False
         self.watches: WatchStreams | None = None  # the change feed's streams, once served (add_services)
+        self.refusals = RefusalLog(self)  # refused requests, to the audit trail
 
     def drain(self) -> None:
         """Refuse new requests from now on; watch streams end (UNAVAILABLE), their consumers resume elsewhere."""
@@ -139,6 +149,17 @@ def _answer_before_deadline_s(time_left_s: float) -> float:
     return max(0.0, time_left_s - min(0.5, time_left_s / 10))
 
 
+def request_info(method: str, context: grpc.aio.ServicerContext[Any, Any], durability: str) -> RequestInfo:
+    """Who is asking, and how, for the audit record of the request being served."""
+    return RequestInfo(
+        principal=_caller.get().subject,
+        request_id=current_request_id(),
+        method=method,
+        peer=str(context.peer() or ""),
+        durability=durability,
+    )
+
+
 def token_of(vv: VersionVector) -> pb.CausalToken:
     return pb.CausalToken(vector=encode(vv))
 
@@ -160,11 +181,6 @@ def operations_from_pb(request: pb.MutateRequest) -> list[Operation]:
         else:
             raise InvalidRequest(f"operation {i} names no operation (set, increment, add, remove or delete)")
     return ops
-
-
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], code: grpc.StatusCode, message: str) -> NoReturn:
-    await context.abort(code, message)
-    raise AssertionError("abort returns by raising")  # pragma: no cover
 
 
 async def _refuse_while_rejoining(node: NodeState, context: grpc.aio.ServicerContext[Any, Any]) -> None:
@@ -296,9 +312,11 @@ class KVService:
     ) -> pb.MutateResponse:
         await self._refuse_if_draining(context)
         limits = self.node.config.limits
+        note = current_note()
+        note.idempotency_key = request.idempotency_key[:1024]  # a refusal for a longer one records its start
         try:
             with tracing.span("validate"):
-                ops = operations_from_pb(request)
+                ops = note.operations = operations_from_pb(request)
                 validate(ops, request.idempotency_key, limits)
                 for i, op in enumerate(ops):
                     if is_reserved(op.key):
@@ -317,7 +335,11 @@ class KVService:
                 f"of its peers' clocks; it refuses writes until it is back in bounds (check NTP). Nothing was applied",
             )
         await _refuse_while_rejoining(self.node, context)
-        result = await self.node.writer.submit(WriteRequest(ops, request.idempotency_key))
+        note.durability = durability = "local" if replicas == 1 else f"replicated:{replicas}"
+        info = request_info("Mutate", context, durability)
+        result = await self.node.writer.submit(WriteRequest(ops, request.idempotency_key, info))
+        # A request the batch refused has its record in the batch: the refusal is not recorded again.
+        note.recorded = not isinstance(result, Applied)
         if isinstance(result, Applied):
             # The writer told the replicator of the commit (``on_commit``) before answering.
             vector = result.token.vv
@@ -486,7 +508,9 @@ class AdminService:
 
     # -- roles and revocations ---------------------------------------------------------------
 
-    async def _write_rules(self, ops: list[Operation], context: grpc.aio.ServicerContext[Any, Any]) -> pb.CausalToken:
+    async def _write_rules(
+        self, ops: list[Operation], context: grpc.aio.ServicerContext[Any, Any], rpc: str
+    ) -> pb.CausalToken:
         """Apply a write to the system keyspace like any client write; it replicates like one."""
         if self.node.draining:
             await _abort(context, grpc.StatusCode.UNAVAILABLE, "the node is shutting down; retry on another node")
@@ -499,7 +523,9 @@ class AdminService:
                 "revocations until it is back in bounds (check NTP). Nothing was applied",
             )
         await _refuse_while_rejoining(self.node, context)
-        result = await self.node.writer.submit(WriteRequest(ops))
+        info = request_info(rpc, context, "local")
+        result = await self.node.writer.submit(WriteRequest(ops, info=info))
+        current_note().recorded = not isinstance(result, Applied)
         if not isinstance(result, Applied):
             error = result.error
             code = grpc.StatusCode.RESOURCE_EXHAUSTED if isinstance(error, StoreFull) else grpc.StatusCode.INTERNAL
@@ -531,7 +557,7 @@ class AdminService:
         store, caller = self.node.store, _caller.get()
         now_ms = store.wall_ms()
         token = await self._write_rules(
-            role_operations(request.name, grants, caller.subject, store.origin, now_ms), context
+            role_operations(request.name, grants, caller.subject, store.origin, now_ms), context, "PutRole"
         )
         record = RoleRecord(request.name, tuple(grants), caller.subject, store.origin, now_ms)
         return pb.PutRoleResponse(role=_role_pb(record), token=token)
@@ -563,7 +589,7 @@ class AdminService:
             await _abort(context, grpc.StatusCode.NOT_FOUND, f"no role {request.name!r}")
         store, caller = self.node.store, _caller.get()
         ops = role_operations(request.name, None, caller.subject, store.origin, store.wall_ms())
-        return pb.DeleteRoleResponse(token=await self._write_rules(ops, context))
+        return pb.DeleteRoleResponse(token=await self._write_rules(ops, context, "DeleteRole"))
 
     async def RevokeToken(
         self, request: pb.RevokeTokenRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -577,7 +603,7 @@ class AdminService:
             )
         store, caller = self.node.store, _caller.get()
         ops = revocation_operations(jti, caller.subject, store.origin, store.wall_ms())
-        return pb.RevokeTokenResponse(token=await self._write_rules(ops, context))
+        return pb.RevokeTokenResponse(token=await self._write_rules(ops, context, "RevokeToken"))
 
     # -- backup and verification: crdtstore.backup.rpc ----------------------------------------
 
@@ -699,6 +725,7 @@ def _parsing(
     needs: Needs,
     *,
     metrics: NodeMetrics | None = None,
+    recorder: RefusalRecorder | None = None,
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """A handler that checks the caller, then parses the request itself, so a malformed one is INVALID_ARGUMENT.
 
@@ -713,7 +740,7 @@ def _parsing(
     rpc = method.__name__
 
     async def handle(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        return await serve_rpc(rpc, context, metrics, functools.partial(checked, raw, context))
+        return await serve_rpc(rpc, context, metrics, functools.partial(checked, raw, context), recorder)
 
     async def checked(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         request = await _admit(raw, context, request_type, access, needs, rpc=rpc)
@@ -731,6 +758,7 @@ def _parsing_stream(
     *,
     metrics: NodeMetrics | None = None,
     rpc: str = "",
+    recorder: RefusalRecorder | None = None,
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """``_parsing`` for a server stream: the same checks before the first message.
 
@@ -741,7 +769,7 @@ def _parsing_stream(
     rpc = rpc or method.__name__
 
     async def handle(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        await serve_rpc(rpc, context, metrics, functools.partial(checked, raw, context))
+        await serve_rpc(rpc, context, metrics, functools.partial(checked, raw, context), recorder)
 
     async def checked(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         request = await _admit(raw, context, request_type, access, needs, rpc=rpc)
@@ -760,6 +788,7 @@ def add_services(server: grpc.aio.Server, node: NodeState) -> list[str]:
     kv, admin = KVService(node), AdminService(node)
     access, metrics = node.access, node.metrics
     watches = node.watches = WatchStreams(node)
+    recorder = node.refusals.record if node.store.audit_enabled else None
 
     async def watch(request: pb.WatchRequest, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         caller = _caller.get()
@@ -773,19 +802,46 @@ def add_services(server: grpc.aio.Server, node: NodeState) -> list[str]:
 
     def admin_rpc(method: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]], name: str) -> Any:
         request, response = getattr(pb, f"{name}Request"), getattr(pb, f"{name}Response")
-        return _parsing(method, request, response, access, _needs_admin, metrics=metrics)
+        return _parsing(method, request, response, access, _needs_admin, metrics=metrics, recorder=recorder)
 
     handlers = {
         "crdtstore.v1.KV": {
-            "Get": _parsing(kv.Get, pb.GetRequest, pb.GetResponse, access, _reads_key, metrics=metrics),
-            "Mutate": _parsing(kv.Mutate, pb.MutateRequest, pb.MutateResponse, access, _mutate_needs, metrics=metrics),
-            "Scan": _parsing(kv.Scan, pb.ScanRequest, pb.ScanResponse, access, _needs_nothing, metrics=metrics),
+            "Get": _parsing(
+                kv.Get, pb.GetRequest, pb.GetResponse, access, _reads_key, metrics=metrics, recorder=recorder
+            ),
+            "Mutate": _parsing(
+                kv.Mutate,
+                pb.MutateRequest,
+                pb.MutateResponse,
+                access,
+                _mutate_needs,
+                metrics=metrics,
+                recorder=recorder,
+            ),
+            "Scan": _parsing(
+                kv.Scan, pb.ScanRequest, pb.ScanResponse, access, _needs_nothing, metrics=metrics, recorder=recorder
+            ),
             "Contains": _parsing(
                 kv.Contains, pb.ContainsRequest, pb.ContainsResponse, access, _reads_key, metrics=metrics
             ),
-            "Members": _parsing(kv.Members, pb.MembersRequest, pb.MembersResponse, access, _reads_key, metrics=metrics),
+            "Members": _parsing(
+                kv.Members,
+                pb.MembersRequest,
+                pb.MembersResponse,
+                access,
+                _reads_key,
+                metrics=metrics,
+                recorder=recorder,
+            ),
             "Watch": _parsing_stream(
-                watch, pb.WatchRequest, pb.WatchResponse, access, read_need, metrics=metrics, rpc="Watch"
+                watch,
+                pb.WatchRequest,
+                pb.WatchResponse,
+                access,
+                read_need,
+                metrics=metrics,
+                rpc="Watch",
+                recorder=recorder,
             ),
         },
         "crdtstore.v1.Admin": {

@@ -32,13 +32,14 @@ import asyncio
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 from crdtstore.crdt import HybridLogicalClock
 from crdtstore.node import tracing
 from crdtstore.node.metrics import NodeMetrics
 from crdtstore.storage import Applied, Failed, LmdbStore, WriteRequest
+from crdtstore.storage.audit import RefusalRecorded
 from crdtstore.storage.lmdb_store import Result
 
 __all__ = ["GroupCommitWriter"]
@@ -75,7 +76,7 @@ class GroupCommitWriter:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, name="crdtstore-writer", daemon=True)
         self._closed = False
-        # Runs on the event loop once per committed batch that applied a request (not a replay).
+        # Runs on the event loop once per committed batch that wrote something (a request, or audit records).
         self.on_commit: Callable[[], None] | None = None
         self.batches_committed = 0
         self.requests_committed = 0
@@ -105,6 +106,12 @@ class GroupCommitWriter:
         if timing is not None:
             _trace_commit(traced, queued_ns, timing)
         return result
+
+    def try_submit(self, request: WriteRequest) -> Awaitable[Result] | None:
+        """``submit`` when a place is free now and the writer is open; None otherwise (nothing queued)."""
+        if self._closed or self._places.locked():
+            return None
+        return self.submit(request)
 
     async def call(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on the writer thread, between client batches; its result or exception comes back."""
@@ -178,8 +185,10 @@ class GroupCommitWriter:
         started = time.perf_counter() if metrics is not None else 0.0
         traced = tracing.active() is not None
         started_ns = time.time_ns() if traced else 0
+        wrote = False
         try:
             results = self._store.write_batch([request for request, _ in batch], self._clock)
+            wrote = self._store.last_batch_wrote
         except Exception as exc:  # an LMDB failure nobody planned for: every caller hears of it
             results = [Failed(exc)] * len(batch)
         else:
@@ -191,15 +200,19 @@ class GroupCommitWriter:
         assert loop is not None
         timing = _Timing(started_ns, time.time_ns(), self._store.last_sync_s, len(batch)) if traced else None
         # One wake-up of the event loop for the whole batch, not one per caller.
-        loop.call_soon_threadsafe(self._answer, [future for _, future in batch], results, timing)
+        loop.call_soon_threadsafe(self._answer, [future for _, future in batch], results, wrote, timing)
 
     # -- on the event loop -------------------------------------------------------------
 
     def _answer(
-        self, futures: Sequence[asyncio.Future[Any]], results: Sequence[Result], timing: _Timing | None = None
+        self,
+        futures: Sequence[asyncio.Future[Any]],
+        results: Sequence[Result],
+        wrote: bool,
+        timing: _Timing | None = None,
     ) -> None:
         on_commit = self.on_commit
-        if on_commit is not None and any(isinstance(r, Applied) and not r.replayed for r in results):
+        if on_commit is not None and wrote:  # an applied request, or audit records alone
             on_commit()
         release = self._places.release
         for future, result in zip(futures, results, strict=True):
@@ -259,7 +272,7 @@ def _observe_commit(metrics: NodeMetrics, seconds: float, sync_s: float, results
     for result in results:
         if isinstance(result, Applied):
             replays += result.replayed
-        else:
+        elif not isinstance(result.error, RefusalRecorded):  # the record of a refusal counted where it was refused
             metrics.write_failures.labels(_FAILURE_REASONS.get(type(result.error).__name__, "other")).inc()
     if replays:
         metrics.idempotent_replays.inc(replays)

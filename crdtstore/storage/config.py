@@ -38,6 +38,14 @@ class StorageOptions:
     # resumes from before it starts again from a snapshot (or OUT_OF_RANGE, if it asks).
     watch_retention_s: int = 24 * 3600
     watch_retention_bytes_max: int = 1024 * 1024 * 1024
+    # Every request this store's writer sees leaves an audit record, written with its change
+    # (``crdtstore.storage.audit``). The node turns it on (``[audit] enabled``, the default); off
+    # here so that tests and benchmarks of the storage layer alone count only their own dots.
+    audit: bool = False
+    # Audit records older than this, or past this many bytes, may go once they have been
+    # exported (``crdtstore audit export``); until then nothing is dropped, and status says so.
+    audit_retention_days: int = 90
+    audit_bytes_max: int = 16 * 1024 * 1024 * 1024
     # fsync every commit. Only the deterministic simulator turns this off: its
     # stores live in a throwaway directory, and a simulated crash loses what
     # was not committed (the group-commit queue), which is what a real crash

@@ -52,6 +52,7 @@ from typing import NamedTuple
 import lmdb
 import msgpack
 
+from crdtstore.audit.record import AUDIT_PREFIX
 from crdtstore.crdt import AWSet, Counter, KeyState, Register, StoreMap, VersionVector, decode_as, encode
 from crdtstore.storage.environment import StoreEnvironment
 from crdtstore.storage.errors import StorageError
@@ -100,8 +101,8 @@ def kinds_of(named: KeyState) -> int:
 
 
 def changes_of(delta: StoreMap) -> list[tuple[str, int]]:
-    """Each key a delta changes, with what it does to it, in key order."""
-    return [(key, kinds_of(named)) for key, named in sorted(delta.entries.items())]
+    """Each key a delta changes, with what it does to it, in key order; audit records are not changes."""
+    return [(key, kinds_of(named)) for key, named in sorted(delta.entries.items()) if not key.startswith(AUDIT_PREFIX)]
 
 
 class FeedRecord(NamedTuple):

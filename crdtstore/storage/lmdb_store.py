@@ -156,6 +156,7 @@ class LmdbStore(LocalWrites, RemoteApply, StateTransfer):
             with self.env.begin(db=self.meta) as txn:
                 self._horizon = decode_as(bytes(txn.get(_META_HORIZON) or encode(VersionVector())), VersionVector)
             self._open_feed()
+            self._open_audit()
         except BaseException:
             self.close()
             raise

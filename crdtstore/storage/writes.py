@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, TypeGuard
 import lmdb
 import msgpack
 
+from crdtstore.audit.record import OpSummary, summarize
 from crdtstore.crdt import (
     CausalContext,
     CodecError,
@@ -31,6 +32,7 @@ from crdtstore.crdt import (
     Register,
     RegisterWrite,
     StoreMap,
+    Timestamp,
     TypeMismatch,
     ValueType,
     VersionVector,
@@ -48,6 +50,7 @@ from crdtstore.operations import (
     apply_operations,
     fingerprint,
 )
+from crdtstore.storage.audit import AuditTrail, RefusalRecorded, RequestInfo, Sealed, refusal_code
 from crdtstore.storage.delta_log import DeltaLog, _log_value
 from crdtstore.storage.environment import _META_HLC, _META_HORIZON, _META_LOG_BYTES
 from crdtstore.storage.errors import DataCorruption, IdempotencyConflict, KeyTooLarge, StorageError, StoreFull
@@ -60,6 +63,9 @@ from crdtstore.storage.records import KeyRecord, SetRecords, decode_record, plai
 class WriteRequest:
     operations: Sequence[Operation]
     idempotency_key: bytes = b""
+    # Who asked, and how, for its audit record (``crdtstore.storage.audit``); with ``info.refused``
+    # the request was refused before it reached the writer, and only its record is written.
+    info: RequestInfo | None = None
 
 
 @dataclass(frozen=True)
@@ -85,15 +91,18 @@ class _Batch:
     log_bytes: int
     next_seq: int
     feed_seq: int  # the change feed's next record number
+    chain: list[object]  # the audit chain's running head: [origin, seq, digest]
     trimmed: dict[str, int] = field(default_factory=dict)
     replies: dict[bytes, tuple[bytes, Applied]] = field(default_factory=dict)
 
 
-class LocalWrites(DeltaLog, FeedIndex):
+class LocalWrites(DeltaLog, FeedIndex, AuditTrail):
     """``write_batch`` and what one batch's transaction does."""
 
     # How long the last batch's commit took: LMDB writes its pages and fsyncs as the transaction closes (metrics).
     last_sync_s: float = 0.0
+    # Whether the last batch wrote anything (an applied request, or only audit records): replication has news.
+    last_batch_wrote: bool = False
 
     if TYPE_CHECKING:
         # Defined by ``LmdbStore``, which keeps the store's origin: a batch may be the first to mint under a new one.
@@ -127,12 +136,19 @@ class LocalWrites(DeltaLog, FeedIndex):
             # A new incarnation is recorded in the transaction of the first batch that mints under it,
             # and is this store's only once that commits (a batch retried after a full map takes another).
             origin = self.origin if retire is None else self._new_origin(txn)
+            first_seq = self._next_seq(txn)
             batch = _Batch(
-                origin, self._context_in(txn), self._log_bytes, self._next_seq(txn), self._feed_next_seq(txn)
+                origin,
+                self._context_in(txn),
+                self._log_bytes,
+                first_seq,
+                self._feed_next_seq(txn),
+                list(self._audit_head),
             )
             for request in requests:
                 results.append(self._apply_one(txn, batch, request, clock, now_ms))
-            if any(isinstance(r, Applied) and not r.replayed for r in results):
+            self.last_batch_wrote = wrote = batch.next_seq > first_seq
+            if wrote:
                 # Remove at least twice what this batch could add, so the
                 # bounds hold however large batches get.
                 budget = max(self.config.options.housekeeping_per_batch_max, 2 * len(requests))
@@ -143,6 +159,8 @@ class LocalWrites(DeltaLog, FeedIndex):
                 if batch.trimmed:
                     horizon = self._horizon.join(VersionVector(batch.trimmed))
                     txn.put(_META_HORIZON, encode(horizon), db=self.meta)
+                if batch.chain[1]:
+                    self._put_audit_head(txn, batch.chain)
             applied_at = time.perf_counter()
         # The transaction committed (and fsynced) when the with-block closed: that is what this times.
         self.last_sync_s = time.perf_counter() - applied_at
@@ -154,6 +172,7 @@ class LocalWrites(DeltaLog, FeedIndex):
         if batch.trimmed:
             self._horizon = horizon
         self._context = batch.context
+        self._audit_head = (str(batch.chain[0]), int(batch.chain[1]), bytes(batch.chain[2]))  # type: ignore[call-overload]
         self._hlc_mark = clock.high_water
         self._log_bytes = batch.log_bytes
         return results
@@ -167,29 +186,43 @@ class LocalWrites(DeltaLog, FeedIndex):
         now_ms: int,
     ) -> Result:
         idem_key = request.idempotency_key
-        print_ = fingerprint(request.operations) if idem_key else b""
+        ops = request.operations
+        audit = self.audit_enabled
+        info = request.info
+        if info is not None and info.refused is not None:
+            if audit:
+                code, reason = info.refused
+                self._audit_only(txn, batch, clock, now_ms, request, kind="refused", code=code, reason=reason)
+            return Failed(RefusalRecorded(info.refused[1]))
+        print_ = fingerprint(ops) if idem_key else b""
         if idem_key:
             previous = batch.replies.get(idem_key) or self._stored_reply(txn, idem_key)
             if previous is not None:
                 stored_print, applied = previous
                 if stored_print != print_:
-                    return Failed(IdempotencyConflict("this idempotency key was used for a different request"))
+                    refused = IdempotencyConflict("this idempotency key was used for a different request")
+                    if audit:
+                        code = refusal_code(refused)
+                        self._audit_only(
+                            txn, batch, clock, now_ms, request, kind="refused", code=code, reason=str(refused)
+                        )
+                    return Failed(refused)
+                if audit:
+                    self._audit_only(txn, batch, clock, now_ms, request, kind="replay", token=encode(applied.token))
                 return Applied(applied.token, replayed=True)
-        ops = request.operations
-        written = self._write_registers(txn, batch, ops, clock, now_ms) if _registers_only(ops) else None
+        note = _AuditNote(request, summarize(ops)) if audit else None
+        written = self._write_registers(txn, batch, ops, clock, now_ms, note=note) if _registers_only(ops) else None
         if written is None:
-            written = self._write_general(txn, batch, ops, clock, now_ms)
+            written = self._write_general(txn, batch, ops, clock, now_ms, note=note)
         if isinstance(written, Failed):
+            if audit:
+                error = written.error
+                self._audit_only(
+                    txn, batch, clock, now_ms, request, kind="refused", code=refusal_code(error), reason=str(error)
+                )
             return written
         context, last, log_value, (changes, hlc) = written
-        origin = batch.origin
-        self._append_log(txn, batch.next_seq, origin, last, log_value)
-        batch.next_seq += 1
-        before = batch.context.vv
-        change = FeedRecord(batch.feed_seq, origin, before.get(origin) + 1, last, now_ms, hlc, changes)
-        self._feed_append(txn, change, before)
-        batch.feed_seq += 1
-        batch.log_bytes += len(log_value)
+        self._logged(txn, batch, last, log_value, now_ms=now_ms, hlc=hlc, changes=changes)
         batch.context = context
         applied = Applied(context)
         if idem_key:
@@ -199,6 +232,67 @@ class LocalWrites(DeltaLog, FeedIndex):
             batch.replies[idem_key] = (print_, applied)
         return applied
 
+    def _logged(
+        self,
+        txn: lmdb.Transaction,
+        batch: _Batch,
+        last: int,
+        log_value: bytes,
+        *,
+        now_ms: int,
+        hlc: tuple[int, int] | None,
+        changes: Sequence[tuple[str, int]],
+    ) -> None:
+        """Append a request's entry (its events end at ``last``) to the delta log and the change feed."""
+        origin = batch.origin
+        self._append_log(txn, batch.next_seq, origin, last, log_value)
+        batch.next_seq += 1
+        before = batch.context.vv
+        change = FeedRecord(batch.feed_seq, origin, before.get(origin) + 1, last, now_ms, hlc, changes)
+        self._feed_append(txn, change, before)
+        batch.feed_seq += 1
+        batch.log_bytes += len(log_value)
+
+    def _audit_only(
+        self,
+        txn: lmdb.Transaction,
+        batch: _Batch,
+        clock: HybridLogicalClock,
+        now_ms: int,
+        request: WriteRequest,
+        *,
+        kind: str,
+        token: bytes = b"",
+        code: str = "",
+        reason: str = "",
+    ) -> None:
+        """Write an audit-only entry: the record of a request that changed nothing, under a dot of its own."""
+        origin = batch.origin
+        dot = batch.context.next_dot(origin)
+        timestamp = clock.now()
+        sealed = self._seal_record(
+            batch.chain,
+            origin=origin,
+            first=dot.counter,
+            last=dot.counter,
+            timestamp=timestamp,
+            now_ms=now_ms,
+            kind=kind,
+            info=request.info,
+            idempotency_key=request.idempotency_key,
+            operations=_summaries(request.operations),
+            token=token,
+            code=code,
+            reason=reason,
+        )
+        self._put_record(txn, batch.chain, sealed)
+        delta = sealed.delta()
+        log_value = _log_value(origin, dot.counter, dot.counter, delta, source="", arrived_ms=now_ms)
+        self._logged(
+            txn, batch, dot.counter, log_value, now_ms=now_ms, hlc=(timestamp.wall_ms, timestamp.logical), changes=[]
+        )
+        batch.context = batch.context.add(dot)
+
     def _write_general(
         self,
         txn: lmdb.Transaction,
@@ -206,6 +300,8 @@ class LocalWrites(DeltaLog, FeedIndex):
         operations: Sequence[Operation],
         clock: HybridLogicalClock,
         now_ms: int,
+        *,
+        note: _AuditNote | None,
     ) -> tuple[CausalContext, int, bytes, _FeedNote] | Failed:
         """Any request: the touched keys read, the operations applied to them, the new states written.
 
@@ -255,6 +351,27 @@ class LocalWrites(DeltaLog, FeedIndex):
         first = batch.context.vv.get(origin) + 1
         last = after.context.max_counter(origin)
         assert last >= first, "a batch mints at least one dot"
+        latest = delta.latest_timestamp()
+        changes = changes_of(delta)
+        sealed = None
+        if note is not None:
+            # The record is the batch's last write: its dot ends the run, and the token it names includes it.
+            last += 1
+            timestamp = clock.now()
+            token = after.context.add(Dot(origin, last))
+            sealed = note.seal(
+                self,
+                batch.chain,
+                origin=origin,
+                first=first,
+                last=last,
+                timestamp=timestamp,
+                now_ms=now_ms,
+                token=token,
+            )
+            delta = StoreMap({**delta.entries, **sealed.delta().entries}, delta.context.add(sealed.dot))
+            after = StoreMap(after.entries, token)
+            latest = timestamp
         log_value = _log_value(origin, first, last, delta, source="", arrived_ms=now_ms)
         if len(log_value) > self.config.options.log_entry_bytes_max:
             # A delete names every member of a set (so that every region removes them): a set of
@@ -266,13 +383,14 @@ class LocalWrites(DeltaLog, FeedIndex):
                 f"remove the members of {big[0]!r} in batches first (srem), then delete it" if big else "",
             )
         # Checked above, written now: a refused request writes nothing.
+        if sealed is not None:
+            self._put_record(txn, batch.chain, sealed)
         allocate = self._set_ids(txn)
         for key in keys:
             state, stored = after.entries.get(key) or KeyState(), loaded[key][1]
             records.store(key, state, stored, allocate=allocate, members=named.get(key), others_body=bodies.get(key))
-        latest = delta.latest_timestamp()
         hlc = None if latest is None else (latest.wall_ms, latest.logical)
-        return after.context, last, log_value, (changes_of(delta), hlc)
+        return after.context, last, log_value, (changes, hlc)
 
     def _write_registers(
         self,
@@ -281,6 +399,8 @@ class LocalWrites(DeltaLog, FeedIndex):
         operations: Sequence[SetRegister],
         clock: HybridLogicalClock,
         now_ms: int,
+        *,
+        note: _AuditNote | None,
     ) -> tuple[CausalContext, int, bytes, _FeedNote] | Failed | None:
         """Register writes to distinct keys that hold nothing or a register alone, written directly.
 
@@ -327,22 +447,36 @@ class LocalWrites(DeltaLog, FeedIndex):
             bodies.append(body)
             dots.append(dot)
         superseded = [dot for _, old in targets for dot in old]
+        newest = writes[-1][2]  # the clock's last reading: the newest
+        last = dots[-1].counter
+        sealed = None
+        if note is not None:
+            # The record is the batch's last write: its dot ends the run, and the token it names includes it.
+            last += 1
+            newest = clock.now()
+            token = batch.context.add_run(origin, first, last)
+            sealed = note.seal(
+                self, batch.chain, origin=origin, first=first, last=last, timestamp=newest, now_ms=now_ms, token=token
+            )
+            dots.append(sealed.dot)
+        logged = writes if sealed is None else [*writes, sealed.write()]
         log_value = _log_value(
             origin,
             first,
-            dots[-1].counter,
-            encode_register_writes(writes, CausalContext.from_dots(dots + superseded)),
+            last,
+            encode_register_writes(logged, CausalContext.from_dots(dots + superseded)),
             source="",
             arrived_ms=now_ms,
         )
         if len(log_value) > self.config.options.log_entry_bytes_max:
             return self._log_too_big(len(log_value), "")
+        if sealed is not None:
+            self._put_record(txn, batch.chain, sealed)
         for (db_key, _), (key, _, _, _), body in zip(targets, writes, bodies, strict=True):
             txn.put(db_key, plain_record(key, body), db=data)
-        newest = writes[-1][2]  # the clock's last reading: the newest
         keys = sorted(op.key for op in operations) if len(operations) > 1 else [operations[0].key]
         feed = ([(key, KIND_SET) for key in keys], (newest.wall_ms, newest.logical))
-        return batch.context.add_run(origin, first, dots[-1].counter), dots[-1].counter, log_value, feed
+        return batch.context.add_run(origin, first, last), last, log_value, feed
 
     def _delete_too_large(self, records: SetRecords, record: KeyRecord) -> Failed | None:
         """Refuse, before reading it whole, the delete of a set too large to name every member of.
@@ -399,6 +533,48 @@ class LocalWrites(DeltaLog, FeedIndex):
             excess -= 1
             budget -= 1
         batch.log_bytes = self._bound_log(txn, batch.log_bytes, batch.trimmed, budget)
+
+
+@dataclass(frozen=True, slots=True)
+class _AuditNote:
+    """What a request's record says besides where its events fall (``AuditTrail._audit_write``)."""
+
+    request: WriteRequest
+    operations: tuple[OpSummary, ...]
+
+    def seal(
+        self,
+        trail: AuditTrail,
+        chain: list[object],
+        *,
+        origin: str,
+        first: int,
+        last: int,
+        timestamp: Timestamp,
+        now_ms: int,
+        token: CausalContext,
+    ) -> Sealed:
+        """The record of this request, written as events ``origin:first..last`` with ``token`` after them."""
+        return trail._seal_record(
+            chain,
+            origin=origin,
+            first=first,
+            last=last,
+            timestamp=timestamp,
+            now_ms=now_ms,
+            kind="write",
+            info=self.request.info,
+            idempotency_key=self.request.idempotency_key,
+            operations=self.operations,
+            token=encode(token),
+        )
+
+
+def _summaries(operations: Sequence[Operation]) -> tuple[OpSummary, ...]:
+    try:
+        return summarize(operations)
+    except (TypeError, AttributeError):  # a malformed request refused before it was parsed whole
+        return ()
 
 
 # What the change feed records of a request: each key with what it did to it, and its newest register timestamp.

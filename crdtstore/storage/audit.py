@@ -1,0 +1,321 @@
+"""The audit trail in the store: one record per request, written in the transaction of its change.
+
+A record (``crdtstore.audit.record``) is one more register write of the
+request's own batch, under ``record_key(origin, last)`` in the system
+keyspace, with the batch's last dot: so the record and the change commit
+together (an acknowledged write always has its record; a crash leaves both
+or neither), travel in the same replication entry, and are repaired, backed
+up and compared like any data. Trimming the delta log never touches them.
+
+This node's own chain head (seq and digest of its origin's newest record) is
+kept in memory and, as the region's own statement of it, in ``meta``
+(``audit_head``), written in the same transaction: a truncated tail is then
+detectable offline, even on this node's own chain.
+
+A request refused inside a batch (a type mismatch, an idempotency conflict, a
+key too large) and a retry answered from the idempotency record write an
+audit-only entry: the record alone, under a dot of its own. So does a request
+refused before it reached the writer (``WriteRequest.info.refused``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
+
+import lmdb
+import msgpack
+
+from crdtstore.audit.record import (
+    AUDIT_PREFIX,
+    ZERO_HASH,
+    AuditError,
+    AuditRecord,
+    Floor,
+    OpSummary,
+    chain_prefix,
+    decode,
+    parse_record_key,
+    record_key,
+)
+from crdtstore.crdt import (
+    CausalContext,
+    Dot,
+    KeyState,
+    Register,
+    StoreMap,
+    Timestamp,
+    ValueType,
+    decode_as,
+    encode_register_write,
+)
+from crdtstore.crdt.register import Version
+from crdtstore.storage.environment import StoreEnvironment
+from crdtstore.storage.errors import StorageError
+from crdtstore.storage.keys import lmdb_key
+from crdtstore.storage.records import decode_record, plain_record
+
+__all__ = ["AuditTrail", "RefusalRecorded", "RequestInfo", "Sealed", "refusal_code"]
+
+_META_AUDIT_HEAD = b"audit_head"
+_META_AUDIT_FLOOR = b"audit_floor/"  # + origin: where a trimmed chain starts (Floor)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestInfo:
+    """What the node knows of a request besides its operations (all optional)."""
+
+    principal: str = ""
+    request_id: str = ""
+    method: str = ""
+    peer: str = ""
+    durability: str = ""
+    # A request refused before it reached the writer: its gRPC status code name and message.
+    # Its operations (when known) are recorded, not applied.
+    refused: tuple[str, str] | None = None
+
+
+# What each error a batch can refuse a request with answers (``crdtstore.node.service`` maps them alike).
+_CODES = {
+    "TypeMismatch": "FAILED_PRECONDITION",
+    "StoreFull": "RESOURCE_EXHAUSTED",
+    "KeyTooLarge": "RESOURCE_EXHAUSTED",
+    "DataCorruption": "DATA_LOSS",
+    "IdempotencyConflict": "INVALID_ARGUMENT",
+    "ValueError": "INVALID_ARGUMENT",
+    "TypeError": "INVALID_ARGUMENT",
+}
+
+
+def refusal_code(error: Exception) -> str:
+    return _CODES.get(type(error).__name__, "INTERNAL")
+
+
+class AuditTrail(StoreEnvironment):
+    """This node's chain head, the records a batch writes, and reading records back."""
+
+    # Whether local writes leave records (``StorageOptions.audit``); set at open.
+    audit_enabled: bool
+    _audit_head: tuple[str, int, bytes]  # (origin, seq, digest) of this node's newest record
+
+    if TYPE_CHECKING:
+        origin: str
+
+    def _open_audit(self) -> None:
+        self.audit_enabled = self.config.options.audit
+        with self.env.begin(db=self.meta) as txn:
+            raw = txn.get(_META_AUDIT_HEAD)
+        if raw is None:
+            self._audit_head = ("", 0, ZERO_HASH)
+        else:
+            origin, seq, head = msgpack.unpackb(bytes(raw))
+            self._audit_head = (origin, seq, bytes(head))
+
+    def audit_chain_head(self, origin: str) -> tuple[int, bytes]:
+        """This node's head of its own origin's chain: (seq, digest), (0, ZERO_HASH) before any record."""
+        head_origin, seq, head = self._audit_head
+        return (seq, head) if head_origin == origin else (0, ZERO_HASH)
+
+    # -- writing (inside a batch's transaction) -------------------------------------------
+
+    def _seal_record(
+        self,
+        chain: list[object],
+        *,
+        origin: str,
+        first: int,
+        last: int,
+        timestamp: Timestamp,
+        now_ms: int,
+        kind: str,
+        info: RequestInfo | None,
+        idempotency_key: bytes,
+        operations: Sequence[OpSummary],
+        token: bytes,
+        code: str = "",
+        reason: str = "",
+    ) -> Sealed:
+        """The record of events ``origin:first..last`` (``last`` its own), following ``chain``'s head.
+
+        Nothing is written: ``_put_record`` writes it, once the request is
+        sure to commit, and advances the chain.
+        """
+        held_origin, seq, prev = chain
+        if held_origin != origin:  # a new incarnation starts a new chain
+            seq, prev = 0, ZERO_HASH
+        info = info or RequestInfo()
+        record = AuditRecord(
+            origin=origin,
+            seq=int(seq) + 1,  # type: ignore[call-overload]
+            prev=prev,  # type: ignore[arg-type]
+            first=first,
+            last=last,
+            hlc_wall_ms=timestamp.wall_ms,
+            hlc_logical=timestamp.logical,
+            wall_ms=now_ms,
+            kind=kind,  # type: ignore[arg-type]
+            principal=info.principal,
+            request_id=info.request_id,
+            method=info.method,
+            peer=info.peer,
+            idempotency_key=idempotency_key,
+            operations=tuple(operations),
+            durability=info.durability,
+            token=token,
+            code=code,
+            reason=reason[:1000],
+        )
+        value = record.encode()
+        return Sealed(record_key(origin, last), Dot(origin, last), timestamp, value, record.seq, record.digest())
+
+    def _put_record(self, txn: lmdb.Transaction, chain: list[object], sealed: Sealed) -> None:
+        key, dot, timestamp, value = sealed.key, sealed.dot, sealed.timestamp, sealed.value
+        txn.put(lmdb_key(key), plain_record(key, encode_register_write(dot, timestamp, value)), db=self.data)
+        chain[:] = [dot.region, sealed.seq, sealed.digest]
+
+    def _put_audit_head(self, txn: lmdb.Transaction, chain: list[object]) -> None:
+        txn.put(_META_AUDIT_HEAD, msgpack.packb(chain, use_bin_type=True), db=self.meta)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def audit_record_at(self, origin: str, counter: int) -> AuditRecord | None:
+        """The record of the request whose events include ``origin:counter``, if this node holds it."""
+        prefix = lmdb_key(chain_prefix(origin))
+        with self._gate.read(), self.env.begin() as txn:
+            cursor = txn.cursor(db=self.data)
+            if not cursor.set_range(lmdb_key(record_key(origin, counter))):
+                return None
+            db_key, raw = bytes(cursor.key()), bytes(cursor.value())
+        if not db_key.startswith(prefix):
+            return None
+        try:
+            record = decode(_register_value(db_key, raw))
+        except (AuditError, StorageError):
+            return None
+        return record if record.first <= counter <= record.last else None
+
+    def audit_raw(self, *, origin: str | None = None, after: bytes = b"", limit: int = 1000) -> list[tuple[str, bytes]]:
+        """Up to ``limit`` records as stored (key, record bytes), in key order, after the LMDB key ``after``.
+
+        A value that is not a plain register is returned as it is stored (b"" when it has no value), so
+        that verification names it rather than skipping it.
+        """
+        prefix = lmdb_key(chain_prefix(origin) if origin is not None else AUDIT_PREFIX)
+        out: list[tuple[str, bytes]] = []
+        with self._gate.read(), self.env.begin() as txn:
+            cursor = txn.cursor(db=self.data)
+            found = cursor.set_range(after + b"\x00" if after else prefix)
+            while found and len(out) < limit:
+                db_key = bytes(cursor.key())
+                if not db_key.startswith(prefix):
+                    break
+                try:
+                    value = _register_value(db_key, bytes(cursor.value()))
+                except StorageError:
+                    value = bytes(cursor.value())
+                out.append((db_key.decode("utf-8", "replace"), value))
+                found = cursor.next()
+        return out
+
+    def audit_origins(self) -> list[str]:
+        """Every origin this node holds records of."""
+        origins: list[str] = []
+        with self._gate.read(), self.env.begin() as txn:
+            cursor = txn.cursor(db=self.data)
+            found = cursor.set_range(lmdb_key(AUDIT_PREFIX))
+            while found:
+                db_key = bytes(cursor.key())
+                if not db_key.startswith(lmdb_key(AUDIT_PREFIX)):
+                    break
+                try:
+                    origin, _ = parse_record_key(db_key.decode("utf-8"))
+                except (AuditError, UnicodeDecodeError):
+                    found = cursor.next()
+                    continue
+                origins.append(origin)
+                found = cursor.set_range(lmdb_key(chain_prefix(origin))[:-1] + b"\x01")
+        return origins
+
+    def audit_heads(self) -> dict[str, tuple[int, bytes]]:
+        """Per origin, the newest record this node holds: (seq, digest). Records that do not decode are skipped."""
+        heads: dict[str, tuple[int, bytes]] = {}
+        for origin in self.audit_origins():
+            prefix = lmdb_key(chain_prefix(origin))
+            with self._gate.read(), self.env.begin() as txn:
+                cursor = txn.cursor(db=self.data)
+                found = cursor.prev() if cursor.set_range(prefix[:-1] + b"\x01") else cursor.last()
+                db_key = bytes(cursor.key()) if found else b""
+                raw = bytes(cursor.value()) if found and db_key.startswith(prefix) else b""
+            try:
+                record = decode(_register_value(db_key, raw))
+            except (AuditError, StorageError):
+                continue
+            heads[origin] = (record.seq, record.digest())
+        return heads
+
+    def audit_record_count(self) -> int:
+        """How many records this node holds (from each chain's first and last seq: no scan)."""
+        total = 0
+        for origin, (head_seq, _) in self.audit_heads().items():
+            records = self.audit_raw(origin=origin, limit=1)
+            try:
+                total += head_seq - decode(records[0][1]).seq + 1
+            except (AuditError, IndexError):
+                continue
+        return total
+
+    def audit_floor(self, origin: str) -> Floor | None:
+        with self._gate.read(), self.env.begin(db=self.meta) as txn:
+            raw = txn.get(_META_AUDIT_FLOOR + origin.encode("utf-8"))
+        if raw is None:
+            return None
+        seq, head, last = msgpack.unpackb(bytes(raw))
+        return Floor(seq, bytes(head), last)
+
+    def iter_audit(self, origin: str | None = None, page: int = 1000) -> Iterator[tuple[str, bytes]]:
+        """Every record (key, bytes) in key order, read a page at a time."""
+        after = b""
+        while True:
+            chunk = self.audit_raw(origin=origin, after=after, limit=page)
+            yield from chunk
+            if len(chunk) < page:
+                return
+            after = lmdb_key(chunk[-1][0])
+
+
+class Sealed(NamedTuple):
+    """A record ready to write: its key, dot (the request's last), timestamp and bytes; its seq and digest."""
+
+    key: str
+    dot: Dot
+    timestamp: Timestamp
+    value: bytes
+    seq: int
+    digest: bytes
+
+    def write(self) -> tuple[str, Dot, Timestamp, bytes]:
+        """As a register write (``encode_register_writes``)."""
+        return (self.key, self.dot, self.timestamp, self.value)
+
+    def delta(self) -> StoreMap:
+        """The delta of its register write alone (what an audit-only entry replicates)."""
+        state = KeyState({ValueType.REGISTER: Register({self.dot: Version(self.timestamp, self.value)})})
+        return StoreMap({self.key: state}, CausalContext.from_dots([self.dot]))
+
+
+class RefusalRecorded(Exception):
+    """The answer to a ``WriteRequest`` refused before the writer: its record is written, nothing else."""
+
+
+def _register_value(db_key: bytes, raw: bytes) -> bytes:
+    """The one register value a record key holds, as stored."""
+    if not raw:
+        raise StorageError("no value")
+    record = decode_record(db_key, raw)
+    state = decode_as(record.body, KeyState)
+    register = state.slots.get(ValueType.REGISTER)
+    if not isinstance(register, Register) or len(register.entries) != 1 or len(state.slots) != 1:
+        raise StorageError("the record key does not hold exactly one register value")
+    ((_, version),) = register.entries.items()
+    return version.value
