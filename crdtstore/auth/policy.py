@@ -3,12 +3,13 @@
 A role is a named list of grants; a grant is a key prefix and the rights it
 gives on every key that starts with it. A request needs a set of (right, key)
 pairs: ``set`` on each key a batch writes, ``read`` on the key a read names,
-``admin`` or ``replicate`` on the empty key (which only a grant with the empty
-prefix, every key, matches). It is allowed when, for each pair, some grant of
-one of the caller's roles matches the key and holds the right: the union of
-the grants that match the key holds every right needed there. A batch with one
-forbidden operation is refused whole, and the refusal names the first pair that
-failed, in the order the request gave them.
+``admin``, ``audit`` or ``replicate`` on the empty key (which only a grant
+with the empty prefix, every key, matches; ``admin`` implies ``audit``). It
+is allowed when, for each pair, some grant of one of the caller's roles
+matches the key and holds the right: the union of the grants that match the
+key holds every right needed there. A batch with one forbidden operation is
+refused whole, and the refusal names the first pair that failed, in the order
+the request gave them.
 
 The role ``admin`` is built in and holds every right on every key. A role name
 a token carries that no role defines gives nothing, so deleting a role takes
@@ -44,7 +45,7 @@ __all__ = [
     "validate_role_name",
 ]
 
-Right = Literal["read", "set", "incr", "decr", "add", "remove", "delete", "replicate", "admin"]
+Right = Literal["read", "set", "incr", "decr", "add", "remove", "delete", "replicate", "admin", "audit"]
 RIGHTS: tuple[Right, ...] = get_args(Right)
 ADMIN_ROLE = "admin"
 # What admin and replicate are asked on: only a grant for every key (the empty prefix) matches it.
@@ -63,7 +64,9 @@ class Grant:
     rights: frozenset[Right]
 
     def covers(self, right: Right, key: str) -> bool:
-        return right in self.rights and key.startswith(self.prefix)
+        # The audit trail may be read with the audit right, or with admin (which holds everything an operator may).
+        held = right in self.rights or (right == "audit" and "admin" in self.rights)
+        return held and key.startswith(self.prefix)
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,7 +48,9 @@ from crdtstore.node.access import (
     role_operations,
 )
 from crdtstore.node.audit import RefusalLog
+from crdtstore.node.audit_rpc import AuditService
 from crdtstore.node.config import NodeConfig
+from crdtstore.node.explain import ExplainService
 from crdtstore.node.feed import WatchStreams, read_need
 from crdtstore.node.metrics import NodeMetrics
 from crdtstore.node.replication import Replicator
@@ -665,6 +667,14 @@ def _needs_admin(request: Any) -> Sequence[Need]:
     return (Need("admin", EVERY_KEY),)
 
 
+def _needs_audit(request: Any) -> Sequence[Need]:
+    return (Need("audit", EVERY_KEY),)
+
+
+def _explain_needs(request: pb.ExplainRequest) -> Sequence[Need]:
+    return (Need("read", request.key), Need("audit", EVERY_KEY))
+
+
 _OPERATION_RIGHTS: dict[str, Right] = {"set": "set", "add": "add", "remove": "remove", "delete": "delete"}
 
 
@@ -786,6 +796,7 @@ def _parsing_stream(
 def add_services(server: grpc.aio.Server, node: NodeState) -> list[str]:
     """Register KV, Admin and Replication on ``server``; returns their full service names."""
     kv, admin = KVService(node), AdminService(node)
+    audit, explain = AuditService(node), ExplainService(node)
     access, metrics = node.access, node.metrics
     watches = node.watches = WatchStreams(node)
     recorder = node.refusals.record if node.store.audit_enabled else None
@@ -822,7 +833,13 @@ def add_services(server: grpc.aio.Server, node: NodeState) -> list[str]:
                 kv.Scan, pb.ScanRequest, pb.ScanResponse, access, _needs_nothing, metrics=metrics, recorder=recorder
             ),
             "Contains": _parsing(
-                kv.Contains, pb.ContainsRequest, pb.ContainsResponse, access, _reads_key, metrics=metrics
+                kv.Contains,
+                pb.ContainsRequest,
+                pb.ContainsResponse,
+                access,
+                _reads_key,
+                metrics=metrics,
+                recorder=recorder,
             ),
             "Members": _parsing(
                 kv.Members,
@@ -859,8 +876,38 @@ def add_services(server: grpc.aio.Server, node: NodeState) -> list[str]:
         }
         | {
             "Backup": _parsing_stream(
-                admin.Backup, pb.BackupRequest, pb.BackupChunk, access, _needs_admin, metrics=metrics
+                admin.Backup, pb.BackupRequest, pb.BackupChunk, access, _needs_admin, metrics=metrics, recorder=recorder
+            ),
+            "AuditExport": _parsing_stream(
+                audit.AuditExport,
+                pb.AuditExportRequest,
+                pb.AuditExportChunk,
+                access,
+                _needs_audit,
+                metrics=metrics,
+                recorder=recorder,
+            ),
+            "Explain": _parsing(
+                explain.Explain,
+                pb.ExplainRequest,
+                pb.ExplainResponse,
+                access,
+                _explain_needs,
+                metrics=metrics,
+                recorder=recorder,
+            ),
+        }
+        | {
+            name: _parsing(
+                getattr(audit, name),
+                getattr(pb, f"{name}Request"),
+                getattr(pb, f"{name}Response"),
+                access,
+                _needs_audit,
+                metrics=metrics,
+                recorder=recorder,
             )
+            for name in ("AuditLog", "AuditVerify", "AuditExported")
         },
         "crdtstore.v1.Replication": {
             # Messages arrive as bytes: the replicator parses them, so a

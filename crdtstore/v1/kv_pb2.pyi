@@ -239,7 +239,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("region", "version", "keys", "token", "draining", "data_bytes", "commits", "requests_committed", "peers", "clock_skew_events", "clock_fenced", "origin", "conflicting_events", "auth_enabled", "refused_unauthenticated", "refused_permission_denied", "watch_streams", "watch_events_sent", "watch_streams_cut", "feed_records", "feed_bytes")
+    __slots__ = ("region", "version", "keys", "token", "draining", "data_bytes", "commits", "requests_committed", "peers", "clock_skew_events", "clock_fenced", "origin", "conflicting_events", "auth_enabled", "refused_unauthenticated", "refused_permission_denied", "watch_streams", "watch_events_sent", "watch_streams_cut", "feed_records", "feed_bytes", "audit_enabled", "audit_records", "audit_refusals_dropped", "audit_head_mismatches", "audit_retention_blocked")
     REGION_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
@@ -261,6 +261,11 @@ class StatusResponse(_message.Message):
     WATCH_STREAMS_CUT_FIELD_NUMBER: _ClassVar[int]
     FEED_RECORDS_FIELD_NUMBER: _ClassVar[int]
     FEED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_ENABLED_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_REFUSALS_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_HEAD_MISMATCHES_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_RETENTION_BLOCKED_FIELD_NUMBER: _ClassVar[int]
     region: str
     version: str
     keys: int
@@ -282,7 +287,12 @@ class StatusResponse(_message.Message):
     watch_streams_cut: int
     feed_records: int
     feed_bytes: int
-    def __init__(self, region: _Optional[str] = ..., version: _Optional[str] = ..., keys: _Optional[int] = ..., token: _Optional[_Union[CausalToken, _Mapping]] = ..., draining: _Optional[bool] = ..., data_bytes: _Optional[int] = ..., commits: _Optional[int] = ..., requests_committed: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[PeerStatus, _Mapping]]] = ..., clock_skew_events: _Optional[int] = ..., clock_fenced: _Optional[bool] = ..., origin: _Optional[str] = ..., conflicting_events: _Optional[int] = ..., auth_enabled: _Optional[bool] = ..., refused_unauthenticated: _Optional[int] = ..., refused_permission_denied: _Optional[int] = ..., watch_streams: _Optional[int] = ..., watch_events_sent: _Optional[int] = ..., watch_streams_cut: _Optional[int] = ..., feed_records: _Optional[int] = ..., feed_bytes: _Optional[int] = ...) -> None: ...
+    audit_enabled: bool
+    audit_records: int
+    audit_refusals_dropped: int
+    audit_head_mismatches: int
+    audit_retention_blocked: str
+    def __init__(self, region: _Optional[str] = ..., version: _Optional[str] = ..., keys: _Optional[int] = ..., token: _Optional[_Union[CausalToken, _Mapping]] = ..., draining: _Optional[bool] = ..., data_bytes: _Optional[int] = ..., commits: _Optional[int] = ..., requests_committed: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[PeerStatus, _Mapping]]] = ..., clock_skew_events: _Optional[int] = ..., clock_fenced: _Optional[bool] = ..., origin: _Optional[str] = ..., conflicting_events: _Optional[int] = ..., auth_enabled: _Optional[bool] = ..., refused_unauthenticated: _Optional[int] = ..., refused_permission_denied: _Optional[int] = ..., watch_streams: _Optional[int] = ..., watch_events_sent: _Optional[int] = ..., watch_streams_cut: _Optional[int] = ..., feed_records: _Optional[int] = ..., feed_bytes: _Optional[int] = ..., audit_enabled: _Optional[bool] = ..., audit_records: _Optional[int] = ..., audit_refusals_dropped: _Optional[int] = ..., audit_head_mismatches: _Optional[int] = ..., audit_retention_blocked: _Optional[str] = ...) -> None: ...
 
 class PeerStatus(_message.Message):
     __slots__ = ("region", "address", "connected", "acked", "behind", "clock_offset_ms", "clock_error_ms")
@@ -545,3 +555,239 @@ class BucketKeysResponse(_message.Message):
     next_page_token: str
     token: CausalToken
     def __init__(self, keys: _Optional[_Iterable[_Union[BucketKey, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., token: _Optional[_Union[CausalToken, _Mapping]] = ...) -> None: ...
+
+class AuditOperation(_message.Message):
+    __slots__ = ("key", "kind", "amount", "value_sha256")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    VALUE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    kind: str
+    amount: int
+    value_sha256: bytes
+    def __init__(self, key: _Optional[str] = ..., kind: _Optional[str] = ..., amount: _Optional[int] = ..., value_sha256: _Optional[bytes] = ...) -> None: ...
+
+class AuditRecord(_message.Message):
+    __slots__ = ("origin", "region", "seq", "prev", "hash", "first", "last", "hlc_wall_ms", "hlc_logical", "wall_ms", "kind", "principal", "request_id", "method", "peer", "idempotency_key", "operations", "durability", "token", "code", "reason", "encoded")
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    PREV_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    FIRST_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    HLC_WALL_MS_FIELD_NUMBER: _ClassVar[int]
+    HLC_LOGICAL_FIELD_NUMBER: _ClassVar[int]
+    WALL_MS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    OPERATIONS_FIELD_NUMBER: _ClassVar[int]
+    DURABILITY_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ENCODED_FIELD_NUMBER: _ClassVar[int]
+    origin: str
+    region: str
+    seq: int
+    prev: bytes
+    hash: bytes
+    first: int
+    last: int
+    hlc_wall_ms: int
+    hlc_logical: int
+    wall_ms: int
+    kind: str
+    principal: str
+    request_id: str
+    method: str
+    peer: str
+    idempotency_key: bytes
+    operations: _containers.RepeatedCompositeFieldContainer[AuditOperation]
+    durability: str
+    token: bytes
+    code: str
+    reason: str
+    encoded: bytes
+    def __init__(self, origin: _Optional[str] = ..., region: _Optional[str] = ..., seq: _Optional[int] = ..., prev: _Optional[bytes] = ..., hash: _Optional[bytes] = ..., first: _Optional[int] = ..., last: _Optional[int] = ..., hlc_wall_ms: _Optional[int] = ..., hlc_logical: _Optional[int] = ..., wall_ms: _Optional[int] = ..., kind: _Optional[str] = ..., principal: _Optional[str] = ..., request_id: _Optional[str] = ..., method: _Optional[str] = ..., peer: _Optional[str] = ..., idempotency_key: _Optional[bytes] = ..., operations: _Optional[_Iterable[_Union[AuditOperation, _Mapping]]] = ..., durability: _Optional[str] = ..., token: _Optional[bytes] = ..., code: _Optional[str] = ..., reason: _Optional[str] = ..., encoded: _Optional[bytes] = ...) -> None: ...
+
+class AuditLogRequest(_message.Message):
+    __slots__ = ("key", "principal", "region", "since_ms", "until_ms", "limit", "page_token")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    SINCE_MS_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_MS_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    principal: str
+    region: str
+    since_ms: int
+    until_ms: int
+    limit: int
+    page_token: str
+    def __init__(self, key: _Optional[str] = ..., principal: _Optional[str] = ..., region: _Optional[str] = ..., since_ms: _Optional[int] = ..., until_ms: _Optional[int] = ..., limit: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class AuditLogResponse(_message.Message):
+    __slots__ = ("records", "next_page_token")
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[AuditRecord]
+    next_page_token: str
+    def __init__(self, records: _Optional[_Iterable[_Union[AuditRecord, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class AuditVerifyRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class AuditFinding(_message.Message):
+    __slots__ = ("origin", "at", "seq", "problem")
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    origin: str
+    at: int
+    seq: int
+    problem: str
+    def __init__(self, origin: _Optional[str] = ..., at: _Optional[int] = ..., seq: _Optional[int] = ..., problem: _Optional[str] = ...) -> None: ...
+
+class AuditChain(_message.Message):
+    __slots__ = ("origin", "records", "head_seq", "head_hash", "findings")
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    HEAD_SEQ_FIELD_NUMBER: _ClassVar[int]
+    HEAD_HASH_FIELD_NUMBER: _ClassVar[int]
+    FINDINGS_FIELD_NUMBER: _ClassVar[int]
+    origin: str
+    records: int
+    head_seq: int
+    head_hash: bytes
+    findings: _containers.RepeatedCompositeFieldContainer[AuditFinding]
+    def __init__(self, origin: _Optional[str] = ..., records: _Optional[int] = ..., head_seq: _Optional[int] = ..., head_hash: _Optional[bytes] = ..., findings: _Optional[_Iterable[_Union[AuditFinding, _Mapping]]] = ...) -> None: ...
+
+class AuditPeerHead(_message.Message):
+    __slots__ = ("peer", "origin", "seq", "hash", "agrees", "problem", "reported_ms")
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    AGREES_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    REPORTED_MS_FIELD_NUMBER: _ClassVar[int]
+    peer: str
+    origin: str
+    seq: int
+    hash: bytes
+    agrees: bool
+    problem: str
+    reported_ms: int
+    def __init__(self, peer: _Optional[str] = ..., origin: _Optional[str] = ..., seq: _Optional[int] = ..., hash: _Optional[bytes] = ..., agrees: _Optional[bool] = ..., problem: _Optional[str] = ..., reported_ms: _Optional[int] = ...) -> None: ...
+
+class AuditVerifyResponse(_message.Message):
+    __slots__ = ("ok", "chains", "peers")
+    OK_FIELD_NUMBER: _ClassVar[int]
+    CHAINS_FIELD_NUMBER: _ClassVar[int]
+    PEERS_FIELD_NUMBER: _ClassVar[int]
+    ok: bool
+    chains: _containers.RepeatedCompositeFieldContainer[AuditChain]
+    peers: _containers.RepeatedCompositeFieldContainer[AuditPeerHead]
+    def __init__(self, ok: _Optional[bool] = ..., chains: _Optional[_Iterable[_Union[AuditChain, _Mapping]]] = ..., peers: _Optional[_Iterable[_Union[AuditPeerHead, _Mapping]]] = ...) -> None: ...
+
+class AuditExportRequest(_message.Message):
+    __slots__ = ("since_ms", "until_ms")
+    SINCE_MS_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_MS_FIELD_NUMBER: _ClassVar[int]
+    since_ms: int
+    until_ms: int
+    def __init__(self, since_ms: _Optional[int] = ..., until_ms: _Optional[int] = ...) -> None: ...
+
+class AuditChainHead(_message.Message):
+    __slots__ = ("origin", "seq", "hash", "last")
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    origin: str
+    seq: int
+    hash: bytes
+    last: int
+    def __init__(self, origin: _Optional[str] = ..., seq: _Optional[int] = ..., hash: _Optional[bytes] = ..., last: _Optional[int] = ...) -> None: ...
+
+class AuditExportChunk(_message.Message):
+    __slots__ = ("records", "heads", "done", "through_ms")
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    HEADS_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    THROUGH_MS_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[AuditRecord]
+    heads: _containers.RepeatedCompositeFieldContainer[AuditChainHead]
+    done: bool
+    through_ms: int
+    def __init__(self, records: _Optional[_Iterable[_Union[AuditRecord, _Mapping]]] = ..., heads: _Optional[_Iterable[_Union[AuditChainHead, _Mapping]]] = ..., done: _Optional[bool] = ..., through_ms: _Optional[int] = ...) -> None: ...
+
+class AuditExportedRequest(_message.Message):
+    __slots__ = ("since_ms", "through_ms")
+    SINCE_MS_FIELD_NUMBER: _ClassVar[int]
+    THROUGH_MS_FIELD_NUMBER: _ClassVar[int]
+    since_ms: int
+    through_ms: int
+    def __init__(self, since_ms: _Optional[int] = ..., through_ms: _Optional[int] = ...) -> None: ...
+
+class AuditExportedResponse(_message.Message):
+    __slots__ = ("exported_through_ms",)
+    EXPORTED_THROUGH_MS_FIELD_NUMBER: _ClassVar[int]
+    exported_through_ms: int
+    def __init__(self, exported_through_ms: _Optional[int] = ...) -> None: ...
+
+class ExplainRequest(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    def __init__(self, key: _Optional[str] = ...) -> None: ...
+
+class ExplainVersion(_message.Message):
+    __slots__ = ("origin", "region", "counter", "wall_ms", "logical", "value", "amount", "member", "winner", "record")
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    COUNTER_FIELD_NUMBER: _ClassVar[int]
+    WALL_MS_FIELD_NUMBER: _ClassVar[int]
+    LOGICAL_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_FIELD_NUMBER: _ClassVar[int]
+    WINNER_FIELD_NUMBER: _ClassVar[int]
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    origin: str
+    region: str
+    counter: int
+    wall_ms: int
+    logical: int
+    value: bytes
+    amount: int
+    member: str
+    winner: bool
+    record: AuditRecord
+    def __init__(self, origin: _Optional[str] = ..., region: _Optional[str] = ..., counter: _Optional[int] = ..., wall_ms: _Optional[int] = ..., logical: _Optional[int] = ..., value: _Optional[bytes] = ..., amount: _Optional[int] = ..., member: _Optional[str] = ..., winner: _Optional[bool] = ..., record: _Optional[_Union[AuditRecord, _Mapping]] = ...) -> None: ...
+
+class ExplainResponse(_message.Message):
+    __slots__ = ("entry", "versions", "reason", "explanation", "truncated", "token")
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    EXPLANATION_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    entry: KeyValue
+    versions: _containers.RepeatedCompositeFieldContainer[ExplainVersion]
+    reason: str
+    explanation: str
+    truncated: bool
+    token: CausalToken
+    def __init__(self, entry: _Optional[_Union[KeyValue, _Mapping]] = ..., versions: _Optional[_Iterable[_Union[ExplainVersion, _Mapping]]] = ..., reason: _Optional[str] = ..., explanation: _Optional[str] = ..., truncated: _Optional[bool] = ..., token: _Optional[_Union[CausalToken, _Mapping]] = ...) -> None: ...

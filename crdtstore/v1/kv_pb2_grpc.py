@@ -382,6 +382,31 @@ class AdminStub:
                 request_serializer=crdtstore_dot_v1_dot_kv__pb2.BucketKeysRequest.SerializeToString,
                 response_deserializer=crdtstore_dot_v1_dot_kv__pb2.BucketKeysResponse.FromString,
                 _registered_method=True)
+        self.AuditLog = channel.unary_unary(
+                '/crdtstore.v1.Admin/AuditLog',
+                request_serializer=crdtstore_dot_v1_dot_kv__pb2.AuditLogRequest.SerializeToString,
+                response_deserializer=crdtstore_dot_v1_dot_kv__pb2.AuditLogResponse.FromString,
+                _registered_method=True)
+        self.AuditVerify = channel.unary_unary(
+                '/crdtstore.v1.Admin/AuditVerify',
+                request_serializer=crdtstore_dot_v1_dot_kv__pb2.AuditVerifyRequest.SerializeToString,
+                response_deserializer=crdtstore_dot_v1_dot_kv__pb2.AuditVerifyResponse.FromString,
+                _registered_method=True)
+        self.AuditExport = channel.unary_stream(
+                '/crdtstore.v1.Admin/AuditExport',
+                request_serializer=crdtstore_dot_v1_dot_kv__pb2.AuditExportRequest.SerializeToString,
+                response_deserializer=crdtstore_dot_v1_dot_kv__pb2.AuditExportChunk.FromString,
+                _registered_method=True)
+        self.AuditExported = channel.unary_unary(
+                '/crdtstore.v1.Admin/AuditExported',
+                request_serializer=crdtstore_dot_v1_dot_kv__pb2.AuditExportedRequest.SerializeToString,
+                response_deserializer=crdtstore_dot_v1_dot_kv__pb2.AuditExportedResponse.FromString,
+                _registered_method=True)
+        self.Explain = channel.unary_unary(
+                '/crdtstore.v1.Admin/Explain',
+                request_serializer=crdtstore_dot_v1_dot_kv__pb2.ExplainRequest.SerializeToString,
+                response_deserializer=crdtstore_dot_v1_dot_kv__pb2.ExplainResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -455,6 +480,44 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AuditLog(self, request, context):
+        """The audit trail (docs/audit.md). Each needs the audit right (or admin).
+        Records in causal order (hybrid logical timestamp, then origin and seq), newest last, a page at a
+        time, filtered by key, principal, region and time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AuditVerify(self, request, context):
+        """Recomputes every chain this node holds and compares its heads with what its peers last said.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AuditExport(self, request, context):
+        """Every record from a time on, for an archive: records in chain order per origin, then the heads.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AuditExported(self, request, context):
+        """The caller has stored an export up to `through_ms` durably: retention may drop records up to there.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Explain(self, request, context):
+        """Why a key reads as it does: its versions, the winner and why, and the records of the changes
+        that made it. Needs read on the key and the audit right.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -502,6 +565,31 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.BucketKeys,
                     request_deserializer=crdtstore_dot_v1_dot_kv__pb2.BucketKeysRequest.FromString,
                     response_serializer=crdtstore_dot_v1_dot_kv__pb2.BucketKeysResponse.SerializeToString,
+            ),
+            'AuditLog': grpc.unary_unary_rpc_method_handler(
+                    servicer.AuditLog,
+                    request_deserializer=crdtstore_dot_v1_dot_kv__pb2.AuditLogRequest.FromString,
+                    response_serializer=crdtstore_dot_v1_dot_kv__pb2.AuditLogResponse.SerializeToString,
+            ),
+            'AuditVerify': grpc.unary_unary_rpc_method_handler(
+                    servicer.AuditVerify,
+                    request_deserializer=crdtstore_dot_v1_dot_kv__pb2.AuditVerifyRequest.FromString,
+                    response_serializer=crdtstore_dot_v1_dot_kv__pb2.AuditVerifyResponse.SerializeToString,
+            ),
+            'AuditExport': grpc.unary_stream_rpc_method_handler(
+                    servicer.AuditExport,
+                    request_deserializer=crdtstore_dot_v1_dot_kv__pb2.AuditExportRequest.FromString,
+                    response_serializer=crdtstore_dot_v1_dot_kv__pb2.AuditExportChunk.SerializeToString,
+            ),
+            'AuditExported': grpc.unary_unary_rpc_method_handler(
+                    servicer.AuditExported,
+                    request_deserializer=crdtstore_dot_v1_dot_kv__pb2.AuditExportedRequest.FromString,
+                    response_serializer=crdtstore_dot_v1_dot_kv__pb2.AuditExportedResponse.SerializeToString,
+            ),
+            'Explain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Explain,
+                    request_deserializer=crdtstore_dot_v1_dot_kv__pb2.ExplainRequest.FromString,
+                    response_serializer=crdtstore_dot_v1_dot_kv__pb2.ExplainResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -748,6 +836,141 @@ class Admin:
             '/crdtstore.v1.Admin/BucketKeys',
             crdtstore_dot_v1_dot_kv__pb2.BucketKeysRequest.SerializeToString,
             crdtstore_dot_v1_dot_kv__pb2.BucketKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AuditLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crdtstore.v1.Admin/AuditLog',
+            crdtstore_dot_v1_dot_kv__pb2.AuditLogRequest.SerializeToString,
+            crdtstore_dot_v1_dot_kv__pb2.AuditLogResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AuditVerify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crdtstore.v1.Admin/AuditVerify',
+            crdtstore_dot_v1_dot_kv__pb2.AuditVerifyRequest.SerializeToString,
+            crdtstore_dot_v1_dot_kv__pb2.AuditVerifyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AuditExport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/crdtstore.v1.Admin/AuditExport',
+            crdtstore_dot_v1_dot_kv__pb2.AuditExportRequest.SerializeToString,
+            crdtstore_dot_v1_dot_kv__pb2.AuditExportChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AuditExported(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crdtstore.v1.Admin/AuditExported',
+            crdtstore_dot_v1_dot_kv__pb2.AuditExportedRequest.SerializeToString,
+            crdtstore_dot_v1_dot_kv__pb2.AuditExportedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Explain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crdtstore.v1.Admin/Explain',
+            crdtstore_dot_v1_dot_kv__pb2.ExplainRequest.SerializeToString,
+            crdtstore_dot_v1_dot_kv__pb2.ExplainResponse.FromString,
             options,
             channel_credentials,
             insecure,
