@@ -32,6 +32,7 @@ from typing import Any
 import grpc
 import msgpack
 
+from crdtstore.audit.record import AUDIT_PREFIX
 from crdtstore.auth.policy import (
     ADMIN_ROLE,
     BUILT_IN_ADMIN,
@@ -48,6 +49,7 @@ from crdtstore.crdt import ValueType
 from crdtstore.node.config import AuthSettings, ConfigError
 from crdtstore.operations import AddMembers, Operation, SetRegister
 from crdtstore.storage import LmdbStore
+from crdtstore.storage.keys import lmdb_key
 
 __all__ = [
     "ANONYMOUS",
@@ -315,16 +317,26 @@ class AccessControl:
                 return records
 
     def system_keys(self) -> int:
-        """How many keys the system keyspace holds (what a count of the store's keys leaves out)."""
+        """How many keys the system keyspace holds (what a count of the store's keys leaves out).
+
+        The roles and revocations are counted once per change of the rules;
+        the audit records, which grow with every request, are counted from
+        their chains' ends (``LmdbStore.audit_record_count``), never scanned.
+        """
         if self._system_keys is None:
             count, after = 0, b""
+            audit_start = lmdb_key(AUDIT_PREFIX)
             while True:
                 page, after = self.store.scan(SYSTEM_PREFIX, after, 1000)
-                count += len(page)
+                for key, _ in page:
+                    if key.startswith(AUDIT_PREFIX):
+                        after = audit_start + b"\xff"  # past every record key
+                        break
+                    count += 1
                 if not after:
                     break
             self._system_keys = count
-        return self._system_keys
+        return self._system_keys + self.store.audit_record_count()
 
     def is_revoked(self, token_id: str) -> bool:
         known = self._revoked.get(token_id)

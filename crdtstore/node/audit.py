@@ -14,17 +14,26 @@ metrics), never queued without bound.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import TYPE_CHECKING
+import math
+import time
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+import msgpack
+
+from crdtstore.crdt import Dot
+from crdtstore.node.metrics import NodeMetrics
 from crdtstore.node.requests import RequestNote, current_principal, current_request_id
-from crdtstore.storage import WriteRequest
+from crdtstore.storage import LmdbStore, WriteRequest
 from crdtstore.storage.audit import RequestInfo
+from crdtstore.v1 import replication_pb2 as rpb
 
 if TYPE_CHECKING:
     from crdtstore.node.service import NodeState
 
-__all__ = ["RefusalLog"]
+__all__ = ["AuditHeads", "PeerHeads", "RefusalLog", "compare_head"]
 
 log = logging.getLogger("crdtstore.audit")
 
@@ -58,3 +67,121 @@ class RefusalLog:
             self.dropped += 1
             return
         self.recorded += 1
+
+
+class PeerHeads(NamedTuple):
+    """What a peer last said it holds of each chain, and what this node found comparing."""
+
+    reported_ms: int  # this node's wall clock when it heard
+    heads: dict[str, tuple[int, bytes, int]]  # origin -> (seq, digest, own dot counter)
+    problems: dict[str, str]  # origin -> what differs ("" entries are not kept)
+
+
+def compare_head(store: LmdbStore, origin: str, seq: int, head: bytes, last: int) -> str:
+    """ "" when this node's copy agrees with a peer's head of ``origin`` (or cannot tell yet); else what differs.
+
+    The peer's head is its record ``seq`` of the chain, which sits under the
+    dot ``origin:last``. This node compares it when it holds that dot's
+    record; a node that has not reached it yet has nothing to compare.
+    """
+    if store.context.vv.get(origin) < last and not store.context.contains(Dot(origin, last)):
+        return ""
+    record = store.audit_record_at(origin, last)
+    if record is None or record.last != last:
+        floor = store.audit_floor(origin)
+        if floor is not None and last <= floor.last:
+            return ""  # trimmed here after export
+        return f"the peer holds record {seq} of {origin} at event {last}; this node has no record there"
+    if record.seq != seq or record.digest() != head:
+        return (
+            f"the peer's record {seq} of {origin} (event {last}) hashes to {head.hex()[:16]}; this node's record "
+            f"there is {record.seq}, hashing to {record.digest().hex()[:16]}: one copy of the history was altered"
+        )
+    return ""
+
+
+class AuditHeads:
+    """Chain heads on replication acknowledgements, both ways, compared off the stream's path.
+
+    Every ``interval_s`` (and on the first acknowledgement of each stream)
+    this node puts the head of every chain it holds on its next
+    acknowledgement to each peer (``SyncAck.audit_heads``). What a peer
+    says is compared with this node's copy of the same record; a
+    difference is counted (Status ``audit_head_mismatches``, the metric
+    ``crdtstore_audit_head_mismatches``) and logged at error level, once
+    per peer and origin until it clears. ``AuditVerify`` reports the last
+    comparison with each peer.
+    """
+
+    def __init__(self, store: LmdbStore, metrics: NodeMetrics | None, interval_s: float, wall_ms: Callable[[], int]):
+        self._store = store
+        self._metrics = metrics
+        self.interval_s = interval_s
+        self._wall_ms = wall_ms
+        self._outgoing = b""
+        self._read_at = -math.inf
+        self._owed: set[str] = set()
+        self._comparing: set[str] = set()
+        self.peers: dict[str, PeerHeads] = {}
+        self.mismatches = 0
+
+    def new_stream(self, peer: str) -> None:
+        self._owed.add(peer)
+
+    def stamp(self, peer: str, message: rpb.SyncMessage) -> None:
+        """Put this node's heads on ``message`` if it is an acknowledgement and ``peer`` is owed them."""
+        if message.WhichOneof("body") != "ack":
+            return
+        now = time.monotonic()
+        if now - self._read_at >= self.interval_s:
+            heads = self._store.audit_heads_at()
+            self._outgoing = msgpack.packb({o: list(h) for o, h in heads.items()}, use_bin_type=True)
+            self._read_at = now
+            self._owed.update(self.peers)
+        if peer in self._owed and self._outgoing:
+            message.ack.audit_heads = self._outgoing
+            self._owed.discard(peer)
+
+    def received(self, peer: str, message: rpb.SyncMessage) -> Coroutine[Any, Any, None] | None:
+        if message.WhichOneof("body") != "ack" or not message.ack.audit_heads or peer in self._comparing:
+            return None
+        self._comparing.add(peer)
+        return self._compare(peer, message.ack.audit_heads)
+
+    async def _compare(self, peer: str, raw: bytes) -> None:
+        try:
+            try:
+                heads = _parse_heads(raw)
+            except (ValueError, TypeError, msgpack.UnpackException):
+                log.warning("peer %s sent audit chain heads that do not decode; ignored", peer)
+                return
+            store = self._store
+            found = await asyncio.to_thread(
+                lambda: {o: compare_head(store, o, seq, h, last) for o, (seq, h, last) in heads.items()}
+            )
+            problems = {o: p for o, p in found.items() if p}
+            before = self.peers.get(peer)
+            for origin, problem in problems.items():
+                if before is None or origin not in before.problems:
+                    self.mismatches += 1
+                    if self._metrics is not None:
+                        self._metrics.audit_head_mismatches.inc()
+                    log.error("audit chain head mismatch with peer %s: %s (run crdtstore audit verify)", peer, problem)
+            self.peers[peer] = PeerHeads(self._wall_ms(), heads, problems)
+        finally:
+            self._comparing.discard(peer)
+
+
+def _parse_heads(raw: bytes) -> dict[str, tuple[int, bytes, int]]:
+    decoded = msgpack.unpackb(raw, raw=False)
+    if not isinstance(decoded, dict):
+        raise ValueError("not a map")
+    heads: dict[str, tuple[int, bytes, int]] = {}
+    for origin, value in decoded.items():
+        seq, head, last = value
+        if not isinstance(origin, str) or not isinstance(seq, int) or not isinstance(head, bytes):
+            raise ValueError("not a head")
+        if not isinstance(last, int):
+            raise ValueError("not a head")
+        heads[origin] = (seq, head, last)
+    return heads

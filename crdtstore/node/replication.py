@@ -73,6 +73,7 @@ from crdtstore.auth.tokens import Principal
 from crdtstore.crdt import CodecError, HybridLogicalClock, VersionVector
 from crdtstore.node import tracing
 from crdtstore.node.access import AccessControl, Refusal, bearer_token
+from crdtstore.node.audit import AuditHeads
 from crdtstore.node.clocks import PeerClock
 from crdtstore.node.config import ConfigError, NodeConfig
 from crdtstore.node.convergence import ConvergenceChecks
@@ -167,6 +168,8 @@ class Replicator:
         self.writer = writer
         self.clock = clock
         self._wall_ms = wall_ms or (lambda: time.time_ns() // 1_000_000)
+        # Audit chain heads, compared with every peer's on acknowledgements (with or without metrics).
+        self.audit_heads = AuditHeads(store, metrics, config.replication.audit_heads_ms / 1000, self._wall_ms)
         self.storage = ReplicaStore(store, clock, Path(config.data_dir))
         self.driver = Driver(config.region, sorted(config.peers), self.storage, self.settings)
         self.links = {name: _Link(name, address) for name, address in sorted(config.peers.items())}
@@ -647,6 +650,8 @@ class Replicator:
         link.clock.new_stream()
         peer = link.name
         counts = _StreamCounts(self.metrics, peer, self.convergence, self._spawn)
+        audit_heads = self.audit_heads
+        audit_heads.new_stream(peer)
 
         async def pump() -> None:
             while True:
@@ -655,6 +660,7 @@ class Replicator:
                 # When it leaves, not when it was queued.
                 stamps = link.clock.stamp(self._wall_ms(), time.monotonic())
                 message.sent_wall_ms, message.echo_wall_ms, message.echo_held_ms = stamps
+                audit_heads.stamp(peer, message)
                 counts.sent(message)
                 await write(message)
 
@@ -664,6 +670,8 @@ class Replicator:
             while raw is not None:
                 pb, message = parse(raw, peer)
                 counts.received(pb, len(raw))
+                if (compare := audit_heads.received(peer, pb)) is not None:
+                    self._spawn(compare, f"audit heads from {peer}")
                 self._heard(peer, message)
                 link.clock.received(
                     pb.sent_wall_ms, pb.echo_wall_ms, pb.echo_held_ms, self._wall_ms(), time.monotonic()

@@ -506,6 +506,10 @@ class AdminService:
             watch_streams_cut=watches.cut_stalled if watches else 0,
             feed_records=feed_records,
             feed_bytes=feed_bytes,
+            audit_enabled=store.audit_enabled,
+            audit_records=store.audit_record_count(),
+            audit_refusals_dropped=self.node.refusals.dropped,
+            audit_head_mismatches=replicator.audit_heads.mismatches,
         )
 
     # -- roles and revocations ---------------------------------------------------------------

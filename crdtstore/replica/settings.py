@@ -35,3 +35,6 @@ class ReplicationSettings:
     # With metrics on, the node compares a digest of its whole store with each peer's this often
     # (one scan of the store; see crdtstore.node.convergence). The simulator does not use it.
     convergence_check_ms: int = 60_000
+    # How often a node tells each peer the heads of the audit chains it holds (on an
+    # acknowledgement), for the peer to compare with its own copy (crdtstore.node.audit).
+    audit_heads_ms: int = 10_000

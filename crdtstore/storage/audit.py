@@ -239,7 +239,11 @@ class AuditTrail(StoreEnvironment):
 
     def audit_heads(self) -> dict[str, tuple[int, bytes]]:
         """Per origin, the newest record this node holds: (seq, digest). Records that do not decode are skipped."""
-        heads: dict[str, tuple[int, bytes]] = {}
+        return {origin: (seq, head) for origin, (seq, head, _) in self.audit_heads_at().items()}
+
+    def audit_heads_at(self) -> dict[str, tuple[int, bytes, int]]:
+        """Per origin, the newest record this node holds: (seq, digest, its own dot counter)."""
+        heads: dict[str, tuple[int, bytes, int]] = {}
         for origin in self.audit_origins():
             prefix = lmdb_key(chain_prefix(origin))
             with self._gate.read(), self.env.begin() as txn:
@@ -251,7 +255,7 @@ class AuditTrail(StoreEnvironment):
                 record = decode(_register_value(db_key, raw))
             except (AuditError, StorageError):
                 continue
-            heads[origin] = (record.seq, record.digest())
+            heads[origin] = (record.seq, record.digest(), record.last)
         return heads
 
     def audit_record_count(self) -> int:

@@ -41,16 +41,18 @@ class SyncEntries(_message.Message):
     def __init__(self, entries: _Optional[_Iterable[_Union[SyncEntry, _Mapping]]] = ...) -> None: ...
 
 class SyncAck(_message.Message):
-    __slots__ = ("vector", "incoming", "check_vector", "check_digest")
+    __slots__ = ("vector", "incoming", "check_vector", "check_digest", "audit_heads")
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     INCOMING_FIELD_NUMBER: _ClassVar[int]
     CHECK_VECTOR_FIELD_NUMBER: _ClassVar[int]
     CHECK_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_HEADS_FIELD_NUMBER: _ClassVar[int]
     vector: bytes
     incoming: bytes
     check_vector: bytes
     check_digest: bytes
-    def __init__(self, vector: _Optional[bytes] = ..., incoming: _Optional[bytes] = ..., check_vector: _Optional[bytes] = ..., check_digest: _Optional[bytes] = ...) -> None: ...
+    audit_heads: bytes
+    def __init__(self, vector: _Optional[bytes] = ..., incoming: _Optional[bytes] = ..., check_vector: _Optional[bytes] = ..., check_digest: _Optional[bytes] = ..., audit_heads: _Optional[bytes] = ...) -> None: ...
 
 class SnapshotKey(_message.Message):
     __slots__ = ("key", "state", "part")
