@@ -691,3 +691,25 @@ def test_regression_an_open_watch_ends_when_its_token_is_revoked(node: Node) -> 
             assert "revoked" in str(info.value)
         finally:
             stream.close()
+
+
+def test_a_watch_names_the_principal_of_each_change_only_to_a_caller_who_may_read_the_audit_trail(
+    node: Node,
+) -> None:
+    """Issue 20's last field: the principal comes from the change's audit record (issue 19)."""
+    node.admin.put_role("orders-auditor", {"orders/": ["read"], "": ["audit"]})
+    auditor = node.kit.token("svc-auditor", ["orders-auditor"])
+    with node.client(auditor) as audited, node.client(node.tokens["orders"]) as orders:
+        seen_by_auditor = audited.watch("orders/", start="now", progress_interval_ms=100)
+        seen_by_reader = orders.watch("orders/", start="now", progress_interval_ms=100)
+        try:
+            assert isinstance(next(seen_by_auditor), Progress)
+            assert isinstance(next(seen_by_reader), Progress)
+            orders.set("orders/by-svc-orders", "o")
+            change = _first_change(seen_by_auditor)
+            assert (change.key, change.principal) == ("orders/by-svc-orders", "svc-orders")
+            change = _first_change(seen_by_reader)
+            assert (change.key, change.principal) == ("orders/by-svc-orders", "")  # no audit right: not shown
+        finally:
+            seen_by_auditor.close()
+            seen_by_reader.close()

@@ -241,6 +241,12 @@ class AccessControl:
 
     # -- what they may do -----------------------------------------------------------------
 
+    def allows(self, principal: Principal, needs: Sequence[Need]) -> bool:
+        """Whether ``principal`` holds every need (True without access control); nothing is counted."""
+        if self.verifier is None or not needs:
+            return True
+        return isinstance(decide(principal.roles, self._roles_of(principal.roles), needs), Allowed)
+
     def authorize(self, principal: Principal, needs: Sequence[Need]) -> None:
         """Return when ``principal`` holds every need; ``Refusal`` PERMISSION_DENIED naming the first that fails."""
         if self.verifier is None or not needs:
@@ -250,7 +256,7 @@ class AccessControl:
             return
         self.refused_permission += 1
         need = decision.need
-        where = "every key" if need.right in ("admin", "replicate") else f"key {need.key!r}"
+        where = "every key" if need.right in ("admin", "replicate", "audit") else f"key {need.key!r}"
         roles = ", ".join(principal.roles) or "none"
         raise Refusal(
             grpc.StatusCode.PERMISSION_DENIED,

@@ -91,9 +91,17 @@ class WatchStreams:
         self.cut_stalled = 0
 
     async def watch(
-        self, request: pb.WatchRequest, context: grpc.aio.ServicerContext[Any, Any], still_allowed: Callable[[], None]
+        self,
+        request: pb.WatchRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+        still_allowed: Callable[[], None],
+        *,
+        principals: bool = False,
     ) -> None:
         """Serve one stream; ``still_allowed`` raises ``Refusal`` once the caller may no longer read the prefix.
+
+        With ``principals`` (the caller may read the audit trail) each event
+        names the principal whose request made it, from the change's audit record.
 
         A caller allowed ``read`` on the prefix may read every key under it
         (grants are prefixes), so keys are not checked one by one; the
@@ -141,6 +149,7 @@ class WatchStreams:
         self.open += 1
         try:
             stream = _Stream(self, request, context, token, still_allowed)
+            stream.principals = principals
             if request.after.vector:
                 await stream.resume()
             elif start == "now":
@@ -177,6 +186,7 @@ class _Stream:
         self.progress_s = interval_ms / 1000
         self.last_sent = time.monotonic()
         self._regions: dict[str, str] = {}
+        self.principals = False  # whether events name who made them (the caller may read the audit trail)
 
     def _wanted(self, key: str) -> bool:
         return key.startswith(self.prefix) and not is_reserved(key)
@@ -341,6 +351,11 @@ class _Stream:
                 events = [
                     self._event(record, key, bits, *state) for (key, bits), state in zip(keys, states, strict=True)
                 ]
+                if self.principals and record.origin:  # a change's record: the request that made it (docs/audit.md)
+                    audit = self.store.audit_record_at(record.origin, record.last)
+                    if audit is not None and audit.first == record.first:
+                        for event in events:
+                            event.principal = audit.principal
                 events[-1].group_end = True
                 events[-1].token.vector = encode(token_after)
                 out.add(events, token_after)

@@ -813,7 +813,8 @@ def add_services(server: grpc.aio.Server, node: NodeState) -> list[str]:
                 access.check_current(caller)
                 access.authorize(caller, read_need(request))
 
-        await watches.watch(request, context, still_allowed)
+        principals = access.allows(caller, _needs_audit(request))
+        await watches.watch(request, context, still_allowed, principals=principals)
 
     def admin_rpc(method: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]], name: str) -> Any:
         request, response = getattr(pb, f"{name}Request"), getattr(pb, f"{name}Response")
