@@ -151,8 +151,8 @@ def test_each_kind_of_tampering_names_the_record_where_it_shows() -> None:
     stored = _stored(chain)
     held, anchor = chain[-1].last, (6, chain[-1].digest())
 
-    def first_finding(records: list[tuple[int, bytes]], **kw: Any) -> tuple[int, int, str]:
-        report = check_chain("eu#1", records, **({"held": held, "anchor": anchor} | kw))
+    def first_finding(records: list[tuple[int, bytes]]) -> tuple[int, int, str]:
+        report = check_chain("eu#1", records, held=held, anchor=anchor)
         assert not report.ok
         finding = report.findings[0]
         return finding.at, finding.seq, finding.problem
