@@ -29,7 +29,6 @@ from crdtstore.audit.record import (
     record_key,
 )
 from crdtstore.crdt import HybridLogicalClock, VersionVector, decode_as
-from crdtstore.crdt.causal import CausalContext
 from crdtstore.operations import AddMembers, DeleteKey, Increment, Operation, RemoveMembers, SetRegister
 from crdtstore.storage import Applied, Failed, LmdbStore, StorageConfig, StorageOptions, WriteRequest
 from crdtstore.storage.audit import RefusalRecorded, RequestInfo
@@ -241,7 +240,7 @@ def test_every_request_leaves_one_record_that_ends_its_events_and_names_what_it_
         assert (record.first, record.last) == (entry.first, entry.last)
         assert record_key(entry.origin, entry.last) in entry.delta.entries
         assert isinstance(result, Applied)
-        assert decode_as(record.token, CausalContext) == result.token
+        assert decode_as(record.token, VersionVector) == result.token.vv
         assert result.token.vv.get(entry.origin) == record.last
     audited.verify()
 
@@ -267,7 +266,7 @@ def test_refusals_and_replays_are_audit_only_entries(audited: Audited) -> None:
         ("refused", "PERMISSION_DENIED"),
     ]
     replay = audited.records()[2]
-    assert decode_as(replay.token, CausalContext) == results[1].token  # the token the retry was answered with
+    assert decode_as(replay.token, VersionVector) == results[1].token.vv  # the token the retry was answered with
     assert audited.records()[4].principal == "eve"
     # A refused request changed nothing but the trail: k still holds the first write, and each record its own dot.
     assert audited.store.get("k") is not None and audited.store.get("k").read().value == b"1"  # type: ignore[union-attr]

@@ -49,6 +49,7 @@ __all__ = [
     "digest",
     "from_json",
     "is_audit_key",
+    "pack",
     "parse_record_key",
     "record_key",
     "summarize",
@@ -105,23 +106,24 @@ class OpSummary(NamedTuple):
 
 
 def summarize(operations: Iterable[Any]) -> tuple[OpSummary, ...]:
-    """The summaries of ``crdtstore.operations`` values (duck-typed: this module imports no store code)."""
+    """The summaries of ``crdtstore.operations`` values (by class name: this module imports no store code)."""
     out: list[OpSummary] = []
     for op in operations:
         name = type(op).__name__
         if name == "SetRegister":
             out.append(OpSummary(op.key, "set", 0, hashlib.sha256(op.value).digest()))
+        elif name in _COUNTED:
+            out.append(OpSummary(op.key, _COUNTED[name], len(op.members)))
         elif name == "Increment":
             out.append(OpSummary(op.key, "incr", op.amount))
-        elif name == "AddMembers":
-            out.append(OpSummary(op.key, "add", len(op.members)))
-        elif name == "RemoveMembers":
-            out.append(OpSummary(op.key, "remove", len(op.members)))
         elif name == "DeleteKey":
             out.append(OpSummary(op.key, "delete"))
         else:
             raise TypeError(f"not an operation: {op!r}")
     return tuple(out)
+
+
+_COUNTED: dict[str, OpKind] = {"AddMembers": "add", "RemoveMembers": "remove"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +146,7 @@ class AuditRecord:
     idempotency_key: bytes = b""
     operations: tuple[OpSummary, ...] = ()
     durability: str = ""  # "local" or "replicated:N"
-    token: bytes = b""  # the causal token the request produced (crdtstore's encoding of a context)
+    token: bytes = b""  # the causal token the request produced: its version vector, encoded as Mutate returns it
     code: str = ""  # a refusal's gRPC status code name
     reason: str = ""  # a refusal's message
     _raw: bytes = field(default=b"", compare=False, repr=False)
@@ -157,30 +159,26 @@ class AuditRecord:
         """The one encoding: what is stored, replicated and hashed."""
         if self._raw:
             return self._raw
-        return msgpack.packb(
-            [
-                FORMAT_VERSION,
-                self.origin,
-                self.seq,
-                self.prev,
-                self.first,
-                self.last,
-                self.hlc_wall_ms,
-                self.hlc_logical,
-                self.wall_ms,
-                self.kind,
-                self.principal,
-                self.request_id,
-                self.method,
-                self.peer,
-                self.idempotency_key,
-                [list(op) for op in self.operations],
-                self.durability,
-                self.token,
-                self.code,
-                self.reason,
-            ],
-            use_bin_type=True,
+        return pack(
+            self.origin,
+            self.seq,
+            self.prev,
+            self.first,
+            self.last,
+            self.hlc_wall_ms,
+            self.hlc_logical,
+            self.wall_ms,
+            self.kind,
+            self.principal,
+            self.request_id,
+            self.method,
+            self.peer,
+            self.idempotency_key,
+            self.operations,
+            self.durability,
+            self.token,
+            self.code,
+            self.reason,
         )
 
     def digest(self) -> bytes:
@@ -213,6 +211,19 @@ class AuditRecord:
             "code": self.code,
             "reason": self.reason,
         }
+
+
+def pack(*fields: Any) -> bytes:
+    """The encoding of a record's fields, in ``AuditRecord``'s order (the store's writer calls it directly).
+
+    The fields as an array after the format version; an operation as the
+    array ``[key, kind, amount, value_sha256]``.
+    """
+    ops = fields[14]
+    return msgpack.packb(
+        [FORMAT_VERSION, *fields[:14], [list(op) for op in ops], *fields[15:]],
+        use_bin_type=True,
+    )
 
 
 def digest(raw: bytes) -> bytes:

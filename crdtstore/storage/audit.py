@@ -36,6 +36,8 @@ from crdtstore.audit.record import (
     OpSummary,
     chain_prefix,
     decode,
+    digest,
+    pack,
     parse_record_key,
     record_key,
 )
@@ -75,6 +77,10 @@ class RequestInfo:
     # Its operations (when known) are recorded, not applied.
     refused: tuple[str, str] | None = None
 
+
+_NO_INFO = RequestInfo()
+# A refusal's message is kept to this many characters.
+_REASON_CHARS_MAX = 1000
 
 # What each error a batch can refuse a request with answers (``crdtstore.node.service`` maps them alike).
 _CODES = {
@@ -136,6 +142,7 @@ class AuditTrail(StoreEnvironment):
         code: str = "",
         reason: str = "",
     ) -> Sealed:
+        # (Packed field by field, not through an ``AuditRecord``: this runs once per request on the write path.)
         """The record of events ``origin:first..last`` (``last`` its own), following ``chain``'s head.
 
         Nothing is written: ``_put_record`` writes it, once the request is
@@ -144,30 +151,30 @@ class AuditTrail(StoreEnvironment):
         held_origin, seq, prev = chain
         if held_origin != origin:  # a new incarnation starts a new chain
             seq, prev = 0, ZERO_HASH
-        info = info or RequestInfo()
-        record = AuditRecord(
-            origin=origin,
-            seq=int(seq) + 1,  # type: ignore[call-overload]
-            prev=prev,  # type: ignore[arg-type]
-            first=first,
-            last=last,
-            hlc_wall_ms=timestamp.wall_ms,
-            hlc_logical=timestamp.logical,
-            wall_ms=now_ms,
-            kind=kind,  # type: ignore[arg-type]
-            principal=info.principal,
-            request_id=info.request_id,
-            method=info.method,
-            peer=info.peer,
-            idempotency_key=idempotency_key,
-            operations=tuple(operations),
-            durability=info.durability,
-            token=token,
-            code=code,
-            reason=reason[:1000],
+        seq = int(seq) + 1  # type: ignore[call-overload]
+        info = info or _NO_INFO
+        value = pack(
+            origin,
+            seq,
+            prev,
+            first,
+            last,
+            timestamp.wall_ms,
+            timestamp.logical,
+            now_ms,
+            kind,
+            info.principal,
+            info.request_id,
+            info.method,
+            info.peer,
+            idempotency_key,
+            operations,
+            info.durability,
+            token,
+            code,
+            reason[:_REASON_CHARS_MAX],
         )
-        value = record.encode()
-        return Sealed(record_key(origin, last), Dot(origin, last), timestamp, value, record.seq, record.digest())
+        return Sealed(record_key(origin, last), Dot(origin, last), timestamp, value, seq, digest(value))
 
     def _put_record(self, txn: lmdb.Transaction, chain: list[object], sealed: Sealed) -> None:
         key, dot, timestamp, value = sealed.key, sealed.dot, sealed.timestamp, sealed.value

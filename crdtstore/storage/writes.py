@@ -208,7 +208,7 @@ class LocalWrites(DeltaLog, FeedIndex, AuditTrail):
                         )
                     return Failed(refused)
                 if audit:
-                    self._audit_only(txn, batch, clock, now_ms, request, kind="replay", token=encode(applied.token))
+                    self._audit_only(txn, batch, clock, now_ms, request, kind="replay", token=encode(applied.token.vv))
                 return Applied(applied.token, replayed=True)
         note = _AuditNote(request, summarize(ops)) if audit else None
         written = self._write_registers(txn, batch, ops, clock, now_ms, note=note) if _registers_only(ops) else None
@@ -450,6 +450,7 @@ class LocalWrites(DeltaLog, FeedIndex, AuditTrail):
         newest = writes[-1][2]  # the clock's last reading: the newest
         last = dots[-1].counter
         sealed = None
+        token: CausalContext | None = None
         if note is not None:
             # The record is the batch's last write: its dot ends the run, and the token it names includes it.
             last += 1
@@ -476,7 +477,8 @@ class LocalWrites(DeltaLog, FeedIndex, AuditTrail):
             txn.put(db_key, plain_record(key, body), db=data)
         keys = sorted(op.key for op in operations) if len(operations) > 1 else [operations[0].key]
         feed = ([(key, KIND_SET) for key in keys], (newest.wall_ms, newest.logical))
-        return batch.context.add_run(origin, first, last), last, log_value, feed
+        context = token if token is not None else batch.context.add_run(origin, first, last)
+        return context, last, log_value, feed
 
     def _delete_too_large(self, records: SetRecords, record: KeyRecord) -> Failed | None:
         """Refuse, before reading it whole, the delete of a set too large to name every member of.
@@ -566,7 +568,7 @@ class _AuditNote:
             info=self.request.info,
             idempotency_key=self.request.idempotency_key,
             operations=self.operations,
-            token=encode(token),
+            token=encode(token.vv),  # the token as Mutate answers it
         )
 
 
