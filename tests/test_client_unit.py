@@ -68,8 +68,8 @@ def members(*names: str) -> kv_pb2.Value:
     return kv_pb2.Value(type=kv_pb2.VALUE_TYPE_SET, members=sorted(names))
 
 
-class FakeKV:
-    """KV and Admin servicers with scripted failures; every request is recorded."""
+class FakeKV(kv_pb2_grpc.KVServicer, kv_pb2_grpc.AdminServicer):
+    """KV and Admin servicers with scripted failures; every request is recorded (the rest: UNIMPLEMENTED)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()

@@ -28,7 +28,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 import msgpack
 
@@ -61,8 +61,10 @@ ZERO_HASH = bytes(32)
 
 Kind = Literal["write", "replay", "refused"]
 KINDS: tuple[Kind, ...] = ("write", "replay", "refused")
-OpKind = Literal["set", "incr", "add", "remove", "delete"]
-_OP_KINDS = frozenset({"set", "incr", "add", "remove", "delete"})
+# What an operation did; for a request refused before its operations were read (a read, or a
+# permission refusal), each right it asked for on a key: "read", "decr", "admin", "audit", "replicate" too.
+OpKind = Literal["set", "incr", "add", "remove", "delete", "read", "decr", "admin", "audit", "replicate"]
+_OP_KINDS = frozenset(get_args(OpKind))
 
 
 class AuditError(ValueError):

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgpack
 
+from crdtstore.audit.record import OpSummary
 from crdtstore.crdt import Dot
 from crdtstore.node.metrics import NodeMetrics
 from crdtstore.node.requests import RequestNote, current_principal, current_request_id
@@ -54,6 +55,7 @@ class RefusalLog:
             peer=peer,
             durability=note.durability,
             refused=(code, reason),
+            asked=tuple(OpSummary(key, right) for right, key in note.asked),  # type: ignore[arg-type]
         )
         pending = node.writer.try_submit(WriteRequest(tuple(note.operations), note.idempotency_key, info))
         if pending is None:

@@ -83,6 +83,7 @@ class RequestNote:
     """What a handler learned of its request, for the audit record of a refusal."""
 
     operations: Sequence[Any] = ()  # ``crdtstore.operations`` values, once parsed
+    asked: Sequence[tuple[str, str]] = ()  # (right, key) the request needs, once worked out
     idempotency_key: bytes = b""
     durability: str = ""
     refusal: tuple[str, str] | None = None  # (code name, message) given to ``abort``

@@ -723,7 +723,9 @@ async def _admit(
     if access.enabled:  # without access control, what a request needs is not even worked out
         set_principal(principal.subject)  # for the log lines of this request from here on
         try:
-            access.authorize(principal, needs(request))
+            asked = needs(request)
+            current_note().asked = [(need.right, need.key) for need in asked]
+            access.authorize(principal, asked)
         except Refusal as refusal:
             log.info("refused %s: %s", rpc, refusal.message)
             await _abort(context, refusal.code, refusal.message)

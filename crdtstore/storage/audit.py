@@ -74,8 +74,9 @@ class RequestInfo:
     peer: str = ""
     durability: str = ""
     # A request refused before it reached the writer: its gRPC status code name and message.
-    # Its operations (when known) are recorded, not applied.
+    # Its operations (when known) are recorded, not applied; without them, what it asked (``asked``).
     refused: tuple[str, str] | None = None
+    asked: tuple[OpSummary, ...] = ()  # each right it needed on each key, as summaries
 
 
 _NO_INFO = RequestInfo()

@@ -280,7 +280,7 @@ class LocalWrites(DeltaLog, FeedIndex, AuditTrail):
             kind=kind,
             info=request.info,
             idempotency_key=request.idempotency_key,
-            operations=_summaries(request.operations),
+            operations=_summaries(request.operations) or (request.info.asked if request.info else ()),
             token=token,
             code=code,
             reason=reason,
