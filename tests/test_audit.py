@@ -8,6 +8,7 @@ tests on real directories are in test_audit_cli.py and test_audit_tamper.py.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,11 +29,15 @@ from crdtstore.audit.record import (
     parse_record_key,
     record_key,
 )
-from crdtstore.crdt import HybridLogicalClock, VersionVector, decode_as
+from crdtstore.crdt import Dot, HybridLogicalClock, Timestamp, VersionVector, decode_as, encode_register_write
+from crdtstore.node.audit import AuditHeads
 from crdtstore.operations import AddMembers, DeleteKey, Increment, Operation, RemoveMembers, SetRegister
 from crdtstore.storage import Applied, Failed, LmdbStore, StorageConfig, StorageOptions, WriteRequest
 from crdtstore.storage.audit import RefusalRecorded, RequestInfo
+from crdtstore.storage.keys import lmdb_key
+from crdtstore.storage.records import plain_record
 from crdtstore.testing.clock import FakeClock
+from crdtstore.v1 import replication_pb2 as rpb
 
 # -- the record: one encoding -------------------------------------------------------------------
 
@@ -361,3 +366,51 @@ def test_role_writes_in_the_system_keyspace_are_audited_like_any_write(audited: 
     audited.write(WriteRequest(ops, info=RequestInfo(principal="root", method="PutRole")))
     (record,) = audited.records()
     assert (record.method, record.principal, _ops_of(record)) == ("PutRole", "root", ["\x00auth/role/ops"])
+
+
+# -- chain heads compared between regions -----------------------------------------------------------
+
+
+def test_a_peer_whose_copy_of_a_record_differs_is_reported_once_and_a_peer_behind_is_not(tmp_path: Path) -> None:
+    eu, us = Audited(tmp_path / "eu", "eu"), Audited(tmp_path / "us", "us")
+    try:
+        for i in range(3):
+            eu.write(WriteRequest([SetRegister(f"k{i}", b"v")], info=RequestInfo(principal="alice")))
+        entries = eu.store.log_since(VersionVector(), 1 << 20).entries
+        us.store.apply_raw(entries[:2], "eu", us.clock)  # us is one request behind
+
+        def heads_of(store: LmdbStore) -> bytes:
+            sender = AuditHeads(store, None, 0.0, lambda: 0)
+            sender.new_stream("peer")
+            message = rpb.SyncMessage(ack=rpb.SyncAck(vector=b""))
+            sender.stamp("peer", message)
+            return message.SerializeToString()
+
+        def compared(receiver: LmdbStore, raw: bytes) -> AuditHeads:
+            heads = AuditHeads(receiver, None, 0.0, lambda: 0)
+            check = heads.received("eu", rpb.SyncMessage.FromString(raw))
+            assert check is not None
+            asyncio.run(check)
+            return heads
+
+        # eu is ahead of us: us cannot compare eu's head yet, and says nothing.
+        assert compared(us.store, heads_of(eu.store)).peers["eu"].problems == {}
+        # us's head is eu's record 2: eu agrees with it.
+        assert compared(eu.store, heads_of(us.store)).peers["eu"].problems == {}
+        # Rewrite us's copy of record 2 (as someone with the disk could) and compare again.
+        origin = eu.store.origin
+        record = us.records(origin)[-1]
+        forged = AuditRecord(**{**_fields(record), "principal": "mallory"})
+        key = record_key(origin, record.last)
+        stored = decode(dict(us.store.iter_audit(origin))[key])
+        assert stored == record
+        body = encode_register_write(Dot(origin, record.last), Timestamp(record.hlc_wall_ms, 0), forged.encode())
+        with us.store.env.begin(write=True) as txn:
+            txn.put(lmdb_key(key), plain_record(key, body), db=us.store.data)
+        reported = compared(eu.store, heads_of(us.store))
+        assert list(reported.peers["eu"].problems) == [origin]
+        assert "altered" in reported.peers["eu"].problems[origin]
+        assert reported.mismatches == 1
+    finally:
+        eu.store.close()
+        us.store.close()
