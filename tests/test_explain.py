@@ -17,15 +17,16 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crdtstore import cli
-from crdtstore.audit.explain import REASONS, Explanation, explain, iso_time
-from crdtstore.client import Client, ClientError
+from crdtstore import cli, cli_explain
+from crdtstore.audit.explain import REASONS, Explanation, explain, explanation_from_pb, iso_time
+from crdtstore.client import Client, ClientError, _entry_from_proto
 from crdtstore.crdt import HybridLogicalClock, VersionVector
 from crdtstore.crdt.awset import AWSet
 from crdtstore.crdt.causal import Dot
@@ -280,6 +281,52 @@ def test_a_large_set_is_explained_a_page_at_a_time(regions: dict[str, Region]) -
     assert {v.record.principal for v in answer.versions[:700]} == {"alice"}
     assert {v.record.principal for v in answer.versions[700:]} == {"bob"}
     assert "1,203 members, of which the first 1,000 are shown" in answer.explanation
+
+
+def _json_versions(obj: dict[str, object]) -> list[dict[str, Any]]:
+    versions = obj["versions"]
+    assert isinstance(versions, list)
+    return versions
+
+
+def _as_client_sees(response: pb.ExplainResponse) -> Explanation:
+    return explanation_from_pb(response, _entry_from_proto(response.entry, bytes(response.token.vector)))
+
+
+def test_the_command_prints_each_type(regions: dict[str, Region], capsys: pytest.CaptureFixture[str]) -> None:
+    eu, us = regions["eu"], regions["us"]
+    eu.write("alice", Increment("n", 7), AddMembers("s", ("x", "y")), SetRegister("bin", b"\xff\x00"))
+    us.write("bob", Increment("n", -2), AddMembers("s", ("x",)))
+    eu.receive(us)
+    counter = _as_client_sees(explain_key(eu.store, "n"))
+    cli_explain._print_explanation(counter)
+    out = capsys.readouterr().out
+    assert "n = 5  (counter)" in out
+    assert "  eu  +7  eu#" in out
+    assert "  us  -2  us#" in out
+    assert "principal alice" in out and "principal bob" in out
+    assert [v["amount"] for v in _json_versions(cli_explain.explanation_json(counter))] == [7, -2]
+
+    members = _as_client_sees(explain_key(eu.store, "s"))
+    cli_explain._print_explanation(members)
+    out = capsys.readouterr().out
+    # x was added concurrently in both regions: both adds survive.
+    assert [line.split("  ")[1:3] for line in out.splitlines() if "added in" in line] == [
+        ["x", "added in eu"],
+        ["x", "added in us"],
+        ["y", "added in eu"],
+    ]
+    assert "1 of them are held by concurrent adds" in out
+    obj = cli_explain.explanation_json(members)
+    assert [(v["member"], v["region"]) for v in _json_versions(obj)] == [("x", "eu"), ("x", "us"), ("y", "eu")]
+    assert obj["entry"] == {"key": "s", "type": "set", "value": ["x", "y"]}
+
+    binary = cli_explain.explanation_json(_as_client_sees(explain_key(eu.store, "bin")))
+    (version,) = _json_versions(binary)
+    assert (version["value"], version["encoding"], version["winner"]) == ("/wA=", "base64", True)
+
+    cli_explain._print_explanation(_as_client_sees(explain_key(eu.store, "absent")))
+    assert capsys.readouterr().out.startswith("absent: no such key\nwhy: The key does not exist")
 
 
 # -- three real regions --------------------------------------------------------------------------
