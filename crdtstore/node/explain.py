@@ -74,8 +74,9 @@ def explain_key(store: LmdbStore, key: str) -> pb.ExplainResponse:
     """The answer to Explain for ``key`` (blocking: LMDB reads)."""
     token = pb.CausalToken(vector=encode(store.context.vv))  # read before the value: the value is at least this new
     entry_state, state, members_total = read_for_explain(store, key, EXPLAIN_MEMBERS_MAX)
-    truncated = members_total is not None
     told = explain(state, members_total=members_total)
+    # Only when the versions are the set's: beside a register or a counter a set is a conflict, not explained.
+    truncated = members_total is not None and told.type is ValueType.SET
     response = pb.ExplainResponse(
         entry=key_value_pb(key, entry_state, members_total or 0),
         reason=told.reason,
