@@ -123,6 +123,7 @@ from typing import BinaryIO
 
 import grpc
 
+from crdtstore import cli_explain
 from crdtstore.auth.policy import Grant, PolicyError, parse_grant
 from crdtstore.client import (
     Change,
@@ -717,7 +718,7 @@ def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser(
+def build_parser(  # noqa: PLR0915 (a few statements per command: the function is the list of commands)
     serve_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
     demo_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
 ) -> argparse.ArgumentParser:
@@ -764,6 +765,7 @@ def build_parser(
     get = command("get", _get, "read a key", json_help="print one JSON object")
     get.add_argument("key", metavar="KEY")
     get.add_argument("--after", metavar="TOKEN", type=_token, help=after_help)
+    cli_explain.add_explain_command(command)
 
     set_ = write_command("set", _set, "write a register")
     set_.add_argument("key", metavar="KEY")

@@ -80,6 +80,8 @@ import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from crdtstore.audit.explain import Explanation, explanation_from_pb
+from crdtstore.audit.record import AuditError
 from crdtstore.operations import AddMembers, DeleteKey, Increment, Operation, RemoveMembers, SetRegister
 from crdtstore.v1 import kv_pb2, kv_pb2_grpc
 from crdtstore.watching import Change, Progress, ResetBegin, ResetEnd, WatchDecoder, WatchItem
@@ -844,6 +846,22 @@ class Client(_ClientBase):
     def get(self, key: str, *, after: bytes | None = None) -> Entry:
         """Read ``key``; with ``after`` (a token), first wait until this node has seen that token."""
         return _entry_from_get(self._call(_GET, _get_request(key, after)))
+
+    def explain(self, key: str) -> Explanation:
+        """Why ``key`` reads as it does: its versions, the winner and why, and the audit records that made it.
+
+        Needs the read right on the key and the audit right (or admin). See
+        ``crdtstore.audit.explain.Explanation`` and docs/explain.md.
+        """
+        try:
+            request = kv_pb2.ExplainRequest(key=key)
+        except ValueError as exc:
+            raise ClientError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+        resp = self._call(_Rpc("Admin", "Explain", kv_pb2.ExplainResponse), request)
+        try:
+            return explanation_from_pb(resp, _entry_from_proto(resp.entry, bytes(resp.token.vector)))
+        except AuditError as exc:
+            raise _malformed(f"an audit record of Explain: {exc}") from exc
 
     def mutate(
         self, ops: Sequence[Operation], idempotency_key: bytes | None = None, *, durability: str | None = None
