@@ -853,15 +853,7 @@ class Client(_ClientBase):
         Needs the read right on the key and the audit right (or admin). See
         ``crdtstore.audit.explain.Explanation`` and docs/explain.md.
         """
-        try:
-            request = kv_pb2.ExplainRequest(key=key)
-        except ValueError as exc:
-            raise ClientError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
-        resp = self._call(_Rpc("Admin", "Explain", kv_pb2.ExplainResponse), request)
-        try:
-            return explanation_from_pb(resp, _entry_from_proto(resp.entry, bytes(resp.token.vector)))
-        except AuditError as exc:
-            raise _malformed(f"an audit record of Explain: {exc}") from exc
+        return _explanation(self._call(_EXPLAIN, _explain_request(key)))
 
     def mutate(
         self, ops: Sequence[Operation], idempotency_key: bytes | None = None, *, durability: str | None = None
@@ -1026,6 +1018,23 @@ class Client(_ClientBase):
         self.close()
 
 
+_EXPLAIN: _Rpc[kv_pb2.ExplainRequest, kv_pb2.ExplainResponse] = _Rpc("Admin", "Explain", kv_pb2.ExplainResponse)
+
+
+def _explain_request(key: str) -> kv_pb2.ExplainRequest:
+    try:
+        return kv_pb2.ExplainRequest(key=key)
+    except ValueError as exc:
+        raise ClientError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+
+
+def _explanation(resp: kv_pb2.ExplainResponse) -> Explanation:
+    try:
+        return explanation_from_pb(resp, _entry_from_proto(resp.entry, bytes(resp.token.vector)))
+    except AuditError as exc:
+        raise _malformed(f"an audit record of Explain: {exc}") from exc
+
+
 class AsyncClient(_ClientBase):
     """An asyncio client on one ``grpc.aio`` channel; create it inside the event loop that uses it."""
 
@@ -1053,6 +1062,10 @@ class AsyncClient(_ClientBase):
     async def get(self, key: str, *, after: bytes | None = None) -> Entry:
         """Read ``key``; with ``after`` (a token), first wait until this node has seen that token."""
         return _entry_from_get(await self._call(_GET, _get_request(key, after)))
+
+    async def explain(self, key: str) -> Explanation:
+        """As ``Client.explain``."""
+        return _explanation(await self._call(_EXPLAIN, _explain_request(key)))
 
     async def mutate(
         self, ops: Sequence[Operation], idempotency_key: bytes | None = None, *, durability: str | None = None

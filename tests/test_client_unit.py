@@ -223,28 +223,6 @@ class FakeKV(kv_pb2_grpc.KVServicer, kv_pb2_grpc.AdminServicer):
     def BucketKeys(self, request: kv_pb2.BucketKeysRequest, context: grpc.ServicerContext) -> kv_pb2.BucketKeysResponse:
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "not faked")
 
-    # The audit trail and Explain likewise run against real nodes (test_audit*.py, test_explain.py).
-    def AuditLog(self, request: kv_pb2.AuditLogRequest, context: grpc.ServicerContext) -> kv_pb2.AuditLogResponse:
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "not faked")
-
-    def AuditVerify(
-        self, request: kv_pb2.AuditVerifyRequest, context: grpc.ServicerContext
-    ) -> kv_pb2.AuditVerifyResponse:
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "not faked")
-
-    def AuditExport(
-        self, request: kv_pb2.AuditExportRequest, context: grpc.ServicerContext
-    ) -> Iterator[kv_pb2.AuditExportChunk]:
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "not faked")
-
-    def AuditExported(
-        self, request: kv_pb2.AuditExportedRequest, context: grpc.ServicerContext
-    ) -> kv_pb2.AuditExportedResponse:
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "not faked")
-
-    def Explain(self, request: kv_pb2.ExplainRequest, context: grpc.ServicerContext) -> kv_pb2.ExplainResponse:
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "not faked")
-
 
 @pytest.fixture
 def fake() -> Iterator[FakeKV]:
