@@ -13,27 +13,24 @@ right (the service's ``_explain_needs``).
 from __future__ import annotations
 
 import asyncio
-import itertools
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from crdtstore.audit.explain import ExplainedVersion, explain
 from crdtstore.audit.record import AuditRecord
-from crdtstore.crdt import KeyState, decode_as, encode
-from crdtstore.crdt.awset import AWSet
+from crdtstore.crdt import encode
 from crdtstore.crdt.keyed import ValueType
 from crdtstore.node.access import is_reserved
 from crdtstore.node.requests import abort
 from crdtstore.node.values import key_value_pb
-from crdtstore.storage.keys import lmdb_key
 from crdtstore.v1 import kv_pb2 as pb
 
 if TYPE_CHECKING:
     from crdtstore.node.service import NodeState
     from crdtstore.storage import LmdbStore
 
-__all__ = ["EXPLAIN_MEMBERS_MAX", "ExplainService", "audit_record_pb", "read_for_explain"]
+__all__ = ["EXPLAIN_MEMBERS_MAX", "ExplainService", "audit_record_pb"]
 
 # The most set members one answer explains: each is a version with its audit record.
 EXPLAIN_MEMBERS_MAX = 1000
@@ -73,7 +70,7 @@ class ExplainService:
 def explain_key(store: LmdbStore, key: str) -> pb.ExplainResponse:
     """The answer to Explain for ``key`` (blocking: LMDB reads)."""
     token = pb.CausalToken(vector=encode(store.context.vv))  # read before the value: the value is at least this new
-    entry_state, state, members_total = read_for_explain(store, key, EXPLAIN_MEMBERS_MAX)
+    entry_state, state, members_total = store.get_with_some_members(key, EXPLAIN_MEMBERS_MAX)
     told = explain(state, members_total=members_total)
     # Only when the versions are the set's: beside a register or a counter a set is a conflict, not explained.
     truncated = members_total is not None and told.type is ValueType.SET
@@ -88,36 +85,6 @@ def explain_key(store: LmdbStore, key: str) -> pb.ExplainResponse:
     for version in told.versions:
         response.versions.append(_version_pb(version, records.covering(version.origin, version.counter)))
     return response
-
-
-def read_for_explain(
-    store: LmdbStore, key: str, members_max: int
-) -> tuple[KeyState | None, KeyState | None, int | None]:
-    """(the state Get would show, the state to explain, a set's member count when over ``members_max``).
-
-    From one read transaction. Under ``members_max`` members both states are
-    the whole key and the count is None. Over it, the first is the key
-    without its set (Get shows only the set's size) and the second holds the
-    set's first ``members_max`` members with their dots: reading a set of
-    millions whole would be unbounded.
-    """
-    # The store's own record reader, as Get's bounded read uses it, because the
-    # store has no public read of some members with their dots.
-    with store._gate.read(), store.env.begin() as txn:
-        records = store._records(txn)
-        record = records.record(lmdb_key(key))
-        if record is None:
-            return None, None, None
-        if record.members <= members_max:
-            state = records.assemble(record)
-            return state, state, None
-        others = decode_as(record.body, KeyState)
-        first = dict(
-            itertools.islice(((m, dots) for _, m, dots in records.member_stream(record.set_id) if dots), members_max)
-        )
-    slots = dict(others.slots)
-    slots[ValueType.SET] = AWSet(first)
-    return others, KeyState(slots), record.members
 
 
 class _Records:

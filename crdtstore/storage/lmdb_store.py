@@ -50,6 +50,7 @@ group-commit writer calls ``write_batch`` from its one writer thread.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import secrets
@@ -60,6 +61,7 @@ from pathlib import Path
 import lmdb
 
 from crdtstore.crdt import (
+    AWSet,
     CausalContext,
     CodecError,
     KeyState,
@@ -326,6 +328,30 @@ class LmdbStore(LocalWrites, RemoteApply, StateTransfer):
         """
         with self._gate.read(), self.env.begin() as txn:
             return _bounded(self._records(txn), key, members_max)
+
+    def get_with_some_members(self, key: str, members_max: int) -> tuple[KeyState | None, KeyState | None, int | None]:
+        """(the state Get would show, the state with at most ``members_max`` members, the set's size when over it).
+
+        From one read transaction. Under ``members_max`` members both states
+        are the whole key and the size is None. Over it, the first is the key
+        without its set (Get shows only the set's size) and the second holds
+        the set's first ``members_max`` live members with their dots
+        (``crdtstore explain``): a set of millions is never read whole.
+        """
+        with self._gate.read(), self.env.begin() as txn:
+            records = self._records(txn)
+            record = records.record(lmdb_key(key))
+            if record is None:
+                return None, None, None
+            if record.members <= members_max:
+                state = records.assemble(record)
+                return state, state, None
+            others = decode_as(record.body, KeyState)
+            live = ((member, dots) for _, member, dots in records.member_stream(record.set_id) if dots)
+            first = dict(itertools.islice(live, members_max))
+        slots = dict(others.slots)
+        slots[ValueType.SET] = AWSet(first)
+        return others, KeyState(slots), record.members
 
     def get_many_bounded(self, keys: Sequence[str], members_max: int) -> list[tuple[KeyState | None, int]]:
         """``get_bounded`` of each key, from one read transaction."""
