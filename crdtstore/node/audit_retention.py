@@ -46,7 +46,7 @@ __all__ = ["AuditRetention", "Drop", "plan_drops"]
 log = logging.getLogger("crdtstore.audit")
 
 _DROP_BATCH = 256  # records one drop write removes at most
-_SAMPLE = 64  # records per chain whose sizes estimate the trail's bytes
+_SAMPLE = 8  # records per chain whose sizes estimate the trail's bytes
 _DAY_MS = 86_400_000
 
 
@@ -67,58 +67,59 @@ class Drop:
 def plan_drops(store: LmdbStore, now_ms: int, retention_days: int, bytes_max: int) -> tuple[list[Drop], str]:
     """What one pass drops, and why it cannot drop more ("" when nothing is blocked).
 
-    Reads only each chain's oldest records (up to ``_DROP_BATCH``).
+    Each chain is read from its oldest record only as far as records are
+    due (older than the retention, or while the trail is past its byte
+    bound) and exported: a pass with nothing to do reads one record a chain.
     """
     heads = store.audit_heads_at()
     marks = store.audit_exported()
     older_than = now_ms - retention_days * _DAY_MS
-    sizes: list[int] = []
-    oldest: dict[str, list[AuditRecord]] = {}
+    excess = _records_past_bound(store, heads, bytes_max)
+    drops: list[Drop] = []
+    blocked: list[str] = []
     for origin, (_, _, head_last) in heads.items():
+        mark_seq = marks.get(origin, (0, 0))[0]
         cursor = ChainCursor(store, origin, 0)
         records: list[AuditRecord] = []
         while len(records) < _DROP_BATCH and (found := cursor.peek()) is not None and found[0] < head_last:
-            if found[1] is None:
+            record = found[1]
+            if record is None:
                 break  # a record that does not decode: verify reports it; retention stops before it
-            records.append(found[1])
+            if record.hlc_wall_ms >= older_than and excess <= 0:
+                break  # not due, and neither is anything after it
+            if record.seq > mark_seq:
+                blocked.append(f"{origin} from record {record.seq}")
+                break
+            records.append(record)
+            excess -= 1
             cursor.advance()
-        oldest[origin] = records
-        sizes.extend(len(r.encode()) for r in records[:_SAMPLE])
-    held = store.audit_record_count()
-    estimate = held * (sum(sizes) // len(sizes)) if sizes else 0
-    over = max(0, estimate - bytes_max)
-    mean = (sum(sizes) // len(sizes)) if sizes else 1
-    excess = -(-over // max(1, mean))  # records past the byte bound, oldest across chains first
-    by_age = sorted(
-        ((r.hlc_wall_ms, r.hlc_logical, r.origin, r.seq), r) for records in oldest.values() for r in records
-    )
-    past_bound = {id(r) for _, r in by_age[:excess]}
-    drops: list[Drop] = []
-    blocked: list[str] = []
-    for origin, records in oldest.items():
-        mark_seq = marks.get(origin, (0, 0))[0]
-        due = [r for r in records if r.hlc_wall_ms < older_than or id(r) in past_bound]
-        # Records go oldest first: the due ones are a prefix of the chain's oldest.
-        due = records[: len(due)] if due else []
-        exported = [r for r in due if r.seq <= mark_seq]
-        if exported:
-            drops.append(Drop(origin, tuple(exported)))
-        if len(exported) < len(due):
-            blocked.append(f"{origin} (from record {due[len(exported)].seq})")
+        if records:
+            drops.append(Drop(origin, tuple(records)))
     reason = ""
     if blocked:
+        more = f" and {len(blocked) - 5} more" if len(blocked) > 5 else ""
         reason = (
-            f"audit records past audit_retention_days={retention_days} or audit_bytes_max={bytes_max} have not "
-            f"been exported, so they are kept: {', '.join(blocked[:5])}{' and more' if len(blocked) > 5 else ''}; "
+            f"audit records past audit_retention_days={retention_days} or audit_bytes_max={bytes_max} are kept "
+            f"because they have not been exported: {', '.join(blocked[:5])}{more}; "
             "run crdtstore audit export --since 0 --out FILE"
         )
     return drops, reason
 
 
+def _records_past_bound(store: LmdbStore, heads: dict[str, tuple[int, bytes, int]], bytes_max: int) -> int:
+    """About how many records the trail holds past ``bytes_max`` (from the size of each chain's first records)."""
+    sizes = [len(raw) for origin in heads for _, raw in store.audit_raw(origin=origin, limit=_SAMPLE)]
+    if not sizes:
+        return 0
+    mean = max(1, sum(sizes) // len(sizes))
+    over = store.audit_record_count() * mean - bytes_max
+    return -(-over // mean) if over > 0 else 0
+
+
 class AuditRetention:
     """Runs ``plan_drops`` every ``interval_s`` and writes the drops; keeps Status' ``audit_retention_blocked``."""
 
-    def __init__(self, node: NodeState, interval_s: float = 2.0) -> None:
+    def __init__(self, node: NodeState, interval_s: float = 1.0) -> None:
         self.node = node
         self.interval_s = interval_s
         self.blocked = ""
