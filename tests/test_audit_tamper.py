@@ -1,4 +1,4 @@
-"""Tamper detection: a real data directory, copied and edited with py-lmdb, checked by ``crdtstore audit verify --data-dir``.
+"""Tamper detection: a real data directory, copied, edited with py-lmdb, checked by ``audit verify --data-dir``.
 
 The store is written by ``LmdbStore`` with auditing on (the node's own
 write path: each request's record in its batch's transaction), closed, and
@@ -21,12 +21,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import lmdb
+import msgpack
 import pytest
 
 from crdtstore.audit.record import AuditRecord, Floor, decode, parse_record_key, record_key
 from crdtstore.cli import main
 from crdtstore.crdt import HybridLogicalClock
-from crdtstore.operations import DeleteKey, Increment, SetRegister
+from crdtstore.operations import DeleteKey, Increment, Operation, SetRegister
 from crdtstore.storage import Applied, LmdbStore, StorageConfig, StorageOptions, WriteRequest
 from crdtstore.storage.audit import RequestInfo, encode_floor, floor_key
 from crdtstore.storage.keys import lmdb_key
@@ -76,13 +77,19 @@ def _copy(original: Original, tmp_path: Path) -> Path:
     return copy
 
 
-def _tamper(path: Path, edit: Callable[[lmdb.Transaction, lmdb._Database], None]) -> None:
+def _tamper(path: Path, edit: Callable[[lmdb.Transaction, lmdb._Database], object]) -> None:
     env = lmdb.open(str(path), max_dbs=16, subdir=True)
     try:
         with env.begin(write=True) as txn:
             edit(txn, env.open_db(b"data", txn=txn, create=False))
     finally:
         env.close()
+
+
+def _get(txn: lmdb.Transaction, data: lmdb._Database, key: bytes) -> bytes:
+    value = txn.get(key, db=data)
+    assert value is not None
+    return bytes(value)
 
 
 def _verify(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, object]]:
@@ -106,7 +113,9 @@ def test_the_untouched_copy_verifies(original: Original, tmp_path: Path, capsys:
     code, report = _verify(copy, capsys)
     assert code == 0 and report["ok"], report
     assert _findings(report) == []
-    (chain,) = report["chains"]  # type: ignore[misc]
+    chains = report["chains"]
+    assert isinstance(chains, list)
+    (chain,) = chains
     assert chain["records"] == RECORDS and chain["head_seq"] == RECORDS
     assert (copy / "data.mdb").read_bytes() == before, "verify --data-dir must not change the directory"
     assert not (copy / "lock.mdb").exists() or (original.path / "lock.mdb").exists()
@@ -120,7 +129,7 @@ def test_a_flipped_byte_in_a_record_is_found_at_that_record(
 
     def flip(txn: lmdb.Transaction, data: lmdb._Database) -> None:
         key = _key(original, target)
-        stored = bytearray(txn.get(key, db=data))
+        stored = bytearray(_get(txn, data, key))
         at = bytes(stored).find(target.request_id.encode())  # inside the record, as stored
         assert at > 0
         stored[at + len(target.request_id) - 1] ^= 0x01  # "request-0004" -> "request-0005"
@@ -150,7 +159,7 @@ def test_two_swapped_records_are_named(original: Original, tmp_path: Path, capsy
     copy = _copy(original, tmp_path)
 
     def swap(txn: lmdb.Transaction, data: lmdb._Database) -> None:
-        va, vb = txn.get(_key(original, a), db=data), txn.get(_key(original, b), db=data)
+        va, vb = _get(txn, data, _key(original, a)), _get(txn, data, _key(original, b))
         txn.put(_key(original, a), vb, db=data)
         txn.put(_key(original, b), va, db=data)
 
@@ -187,7 +196,7 @@ def test_a_rewritten_record_with_its_own_hash_recomputed_breaks_the_next_link(
 
     def rewrite(txn: lmdb.Transaction, data: lmdb._Database) -> None:
         key = _key(original, target)
-        stored = bytes(txn.get(key, db=data))
+        stored = _get(txn, data, key)
         old, new = target.encode(), forged.encode()
         assert stored.count(old) == 1
         # The register's value is msgpack bin: its length prefix changes with the record's length.
@@ -203,9 +212,8 @@ def test_a_rewritten_record_with_its_own_hash_recomputed_breaks_the_next_link(
 
 
 def _bin(raw: bytes) -> bytes:
-    import msgpack  # noqa: PLC0415
-
-    return msgpack.packb(raw, use_bin_type=True)
+    packed: bytes = msgpack.packb(raw, use_bin_type=True)
+    return packed
 
 
 def test_after_a_trim_the_floor_links_and_removing_records_above_it_is_found(
@@ -217,7 +225,7 @@ def test_after_a_trim_the_floor_links_and_removing_records_above_it_is_found(
     try:
         dropped = original.records[:5]
         last = dropped[-1]
-        ops = [DeleteKey(record_key(original.origin, r.last)) for r in dropped]
+        ops: list[Operation] = [DeleteKey(record_key(original.origin, r.last)) for r in dropped]
         ops.append(SetRegister(floor_key(original.origin), encode_floor(Floor(last.seq, last.digest(), last.last))))
         clock = HybridLogicalClock(_wall_ms, floor=store.hlc_mark)
         _write(store, clock, 99, *ops)
