@@ -16,8 +16,8 @@ import pytest
 from crdtstore.audit.export import parse_time
 from crdtstore.audit.record import AuditRecord, decode, sort_causally
 from crdtstore.crdt import HybridLogicalClock
-from crdtstore.node.audit_rpc import log_page, mark_exported, seek
 from crdtstore.node.audit_retention import plan_drops
+from crdtstore.node.audit_rpc import log_page, mark_exported, seek
 from crdtstore.operations import SetRegister
 from crdtstore.storage import Applied, LmdbStore, StorageConfig, StorageOptions, WriteRequest
 from crdtstore.storage.audit import RequestInfo
