@@ -138,3 +138,14 @@ def test_retention_drops_only_exported_records_oldest_first_and_keeps_each_head(
     # Past the byte bound, records go though they are young.
     drops, _ = plan_drops(store, every[-1].hlc_wall_ms, 1, 1)
     assert sum(len(d.records) for d in drops) == len(every) - len(marks)
+
+
+def test_an_export_head_that_is_not_a_held_record_moves_nothing(store: LmdbStore) -> None:
+    every = _every(store)
+    first = every[0]
+    tenth = next(r for r in every if r.origin == first.origin and r.seq == 10)
+    now = store.wall_ms()
+    assert mark_exported(store, 0, now, {first.origin: (10, bytes(32), tenth.last)})[0] == {}
+    assert mark_exported(store, 0, now, {first.origin: (11, tenth.digest(), tenth.last)})[0] == {}
+    marks, _ = mark_exported(store, 0, now, {first.origin: (10, tenth.digest(), tenth.last)})
+    assert marks == {first.origin: (10, tenth.last)}

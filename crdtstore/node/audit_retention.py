@@ -164,8 +164,11 @@ class AuditRetention:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
-            if self.node.draining or not self.node.store.audit_enabled:
+            node = self.node
+            if node.draining or not node.store.audit_enabled:
                 continue
+            if node.replicator.rejoining() is not None or node.replicator.clock_fenced():
+                continue  # no writes of its own until caught up, or while its clock is out of bounds
             try:
                 await self.trim_once()
             except Exception:

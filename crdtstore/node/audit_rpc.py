@@ -123,16 +123,19 @@ class ChainCursor:
         self.position = at
 
 
-def seek(store: LmdbStore, origin: str, since_ms: int) -> int:
+def seek(store: LmdbStore, origin: str, since_ms: int, head_last: int | None = None) -> int:
     """The position in ``origin``'s chain just before its first record with ``hlc_wall_ms >= since_ms``.
 
     A binary search over the chain's dots (records are in dot order and their
     timestamps grow along the chain): about log2(records) single-record reads.
+    ``head_last``: the chain's newest record's dot, when the caller has it.
     """
     first = store.audit_record_from(origin, 0)
     if since_ms <= 0 or first is None or first.hlc_wall_ms >= since_ms:
         return 0
-    lo, hi = first.last, store.audit_heads_at().get(origin, (0, b"", first.last))[2]
+    if head_last is None:
+        head_last = store.audit_heads_at().get(origin, (0, b"", first.last))[2]
+    lo, hi = first.last, head_last
     head = store.audit_record_from(origin, hi)
     if head is None or head.hlc_wall_ms < since_ms:
         return hi  # every record is older
@@ -175,13 +178,14 @@ def log_page(store: LmdbStore, request: pb.AuditLogRequest) -> tuple[list[AuditR
     """One page of ``AuditLog``: the records and the next page's token ("" on the last page)."""
     limit = min(request.limit or PAGE_DEFAULT, PAGE_MAX)
     positions = decode_page_token(request.page_token) if request.page_token else {}
-    origins = [o for o in store.audit_origins() if not request.region or o.partition("#")[0] == request.region]
+    heads = store.audit_heads_at()
+    origins = [o for o in heads if not request.region or o.partition("#")[0] == request.region]
     cursors: dict[str, ChainCursor] = {}
     heap: list[tuple[tuple[int, int, str, int], str]] = []
     for origin in origins:
         position = positions.get(origin)
         if position is None:
-            position = seek(store, origin, request.since_ms)
+            position = seek(store, origin, request.since_ms, heads[origin][2])
         positions[origin] = position
         cursor = cursors[origin] = ChainCursor(store, origin, position)
         _push(heap, cursor)
@@ -236,16 +240,18 @@ def export_records(store: LmdbStore, origin: str, since_ms: int, until_ms: int) 
 
 
 def mark_exported(
-    store: LmdbStore, since_ms: int, through_ms: int, heads: dict[str, tuple[int, int]]
+    store: LmdbStore, since_ms: int, through_ms: int, heads: dict[str, tuple[int, bytes, int]]
 ) -> tuple[dict[str, tuple[int, int]], int]:
     """The export marks once an export of ``[since_ms, through_ms)`` is stored; and when every record before is.
 
-    ``heads``: the export's last record of each chain, (seq, dot), when the
-    caller sent them; for a chain it did not name, the export holds the
-    chain's records before ``through_ms``. A chain's mark moves only when
-    the export started at or before the chain's first record not yet
-    exported (contiguity).
+    ``heads``: the export's last record of each chain, (seq, hash, dot), when
+    the caller sent them; a head that is not a record this node holds (another
+    seq or hash at that dot) is not taken. Without heads, the export holds
+    each chain's records before ``through_ms`` (at most now). A chain's mark
+    moves only when the export started at or before the chain's first
+    record not yet exported (contiguity).
     """
+    through_ms = min(through_ms, store.wall_ms())
     marks = store.audit_exported()
     for origin in store.audit_origins():
         seq_mark, last_mark = marks.get(origin, (0, 0))
@@ -255,7 +261,10 @@ def mark_exported(
         if heads:
             if origin not in heads:
                 continue
-            seq, last = heads[origin]
+            seq, head, last = heads[origin]
+            held = store.audit_record_at(origin, last)
+            if held is None or held.last != last or held.seq != seq or held.digest() != head:
+                continue
         else:
             newest = _last_before(store, origin, through_ms)
             if newest is None:
@@ -355,7 +364,7 @@ class AuditService:
         if not request.through_ms or request.since_ms >= request.through_ms:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "through_ms must be set, and after since_ms")
         store, writer = self.node.store, self.node.writer
-        heads = {h.origin: (h.seq, h.last) for h in request.heads}
+        heads = {h.origin: (h.seq, bytes(h.hash), h.last) for h in request.heads}
         marks, through = await asyncio.to_thread(mark_exported, store, request.since_ms, request.through_ms, heads)
         await writer.call(functools.partial(store.put_audit_exported, marks))
         return pb.AuditExportedResponse(exported_through_ms=through)
