@@ -26,6 +26,7 @@ from crdtstore.audit.export import check_export
 from crdtstore.client import Client, ClientError
 from crdtstore.testing.auth import AuthKit
 from crdtstore.testing.process import ServerProcess
+from crdtstore.testing.regions import RegionProcesses
 from crdtstore.v1 import kv_pb2
 
 pytestmark = [pytest.mark.processes, pytest.mark.filterwarnings("ignore::ResourceWarning")]
@@ -213,3 +214,49 @@ def test_the_audit_right_or_admin_is_needed(node: Node, tmp_path: Path) -> None:
     assert node.cli("audit", "verify", who="writer").returncode == 2
     assert node.cli("audit", "log", who="writer").returncode == 1
     assert node.cli("audit", "verify", who="admin").returncode == 0
+
+
+@pytest.mark.slow
+def test_two_regions_show_the_same_log_compare_heads_and_replicate_a_drop(tmp_path: Path) -> None:
+    """Across regions: the same records in the same order, heads compared, retention's drop and floor replicated."""
+    config = tmp_path / "node.toml"
+    config.write_text("[storage]\naudit_bytes_max = 1\n[replication]\naudit_heads_ms = 300\n")
+    with RegionProcesses(tmp_path / "regions", ["eu", "us"], extra_args=("--config", str(config))) as cluster:
+        eu, us = cluster.clients["eu"], cluster.clients["us"]
+        for i in range(20):
+            (eu if i % 2 else us).set(f"both/{i % 3}", f"v{i}")
+        eu.incr("both/n", 1)
+        cluster.wait_converged()
+
+        def records(c: Client) -> list[tuple[str, int, bytes]]:
+            return [(r.origin, r.seq, r.hash) for r in c.audit_log(page_size=6)]
+
+        wait_for(lambda: records(eu) == records(us), "both regions hold every record")
+        assert {o for o, _, _ in records(eu)} == {eu.status()["origin"], us.status()["origin"]}
+        assert [r.region for r in eu.audit_log(region="us")] == ["us"] * 10
+
+        def peers_agree() -> bool:
+            answer = eu.audit_verify()
+            return answer.ok and len({p.origin for p in answer.peers}) == 2
+
+        wait_for(peers_agree, "eu's peer us reported both heads, and they agree")
+
+        export = ["audit", "export", "--since", "0", "--out", str(tmp_path / "eu.jsonl")]
+        proc = subprocess.run(
+            [sys.executable, "-m", "crdtstore", "--addr", cluster.servers["eu"].addr, *export],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        us_origin = us.status()["origin"]
+
+        def us_trimmed_in_both() -> bool:
+            return all(min(r.seq for r in c.audit_log(region="us")) > 1 for c in (eu, us))
+
+        wait_for(us_trimmed_in_both, "eu's drop of us's chain reached us")
+        for c in (eu, us):
+            answer = c.audit_verify()
+            assert answer.ok, answer
+        assert {ch.origin for ch in us.audit_verify().chains} >= {us_origin}
