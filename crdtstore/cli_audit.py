@@ -142,7 +142,7 @@ def record_line(record: dict[str, Any]) -> str:
         for op in record["operations"]
     )
     who = record["principal"] or "-"
-    refused = f" refused {record['code']}: {record['reason']}" if record["kind"] == "refused" else ""
+    refused = f" ({record['code']}: {record['reason']})" if record["kind"] == "refused" else ""
     return (
         f"{_iso(record['hlc']['wall_ms'])} {record['origin']} #{record['seq']} {record['kind']} by {who}"
         f" via {record['method'] or '-'}{refused}{': ' + ops if ops else ''}"

@@ -149,3 +149,10 @@ def test_an_export_head_that_is_not_a_held_record_moves_nothing(store: LmdbStore
     assert mark_exported(store, 0, now, {first.origin: (11, tenth.digest(), tenth.last)})[0] == {}
     marks, _ = mark_exported(store, 0, now, {first.origin: (10, tenth.digest(), tenth.last)})
     assert marks == {first.origin: (10, tenth.last)}
+
+
+def test_an_export_mark_never_goes_back(store: LmdbStore) -> None:
+    origin = store.audit_origins()[0]
+    store.put_audit_exported({origin: (10, 20)})
+    store.put_audit_exported({origin: (5, 9), "other#1": (1, 1)})
+    assert store.audit_exported() == {origin: (10, 20), "other#1": (1, 1)}

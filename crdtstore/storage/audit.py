@@ -321,10 +321,16 @@ class AuditTrail(StoreEnvironment):
             return chain_reports_in(txn, self.data, self.meta)
 
     def put_audit_exported(self, marks: dict[str, tuple[int, int]]) -> None:
-        """Remember the export marks (this node's own bookkeeping: not replicated). On the writer's thread."""
-        value = msgpack.packb({o: list(m) for o, m in marks.items()}, use_bin_type=True)
+        """Raise the export marks to ``marks`` (a mark never goes back). On the writer's thread.
+
+        This node's own bookkeeping, in its metadata: not replicated.
+        """
         with self.env.begin(write=True, db=self.meta) as txn:
-            txn.put(_META_AUDIT_EXPORTED, value)
+            raw = txn.get(_META_AUDIT_EXPORTED)
+            held = {str(o): (int(s), int(la)) for o, (s, la) in msgpack.unpackb(bytes(raw)).items()} if raw else {}
+            for origin, mark in marks.items():
+                held[origin] = max(held.get(origin, (0, 0)), mark)
+            txn.put(_META_AUDIT_EXPORTED, msgpack.packb({o: list(m) for o, m in held.items()}, use_bin_type=True))
 
 
 class Sealed(NamedTuple):
