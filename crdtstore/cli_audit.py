@@ -21,12 +21,14 @@ a file.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -273,14 +275,45 @@ def _verify_dir(args: argparse.Namespace) -> int:
         _note(f"audit verify: {path} is not a node's data directory (no data.mdb in it)")
         return USAGE
     try:
-        with open_copy(path) as (txn, data, _, meta):
+        with _stopped(path), open_copy(path) as (txn, data, _, meta):
             reports = chain_reports_in(txn, data, meta)
+    except _Running:
+        _note(
+            f"audit verify: a node is using {path}: verify it through the node (crdtstore --addr HOST:PORT "
+            "audit verify), or stop it first"
+        )
+        return USAGE
     except StorageError as exc:
         _note(f"audit verify: {exc}")
         return USAGE
     chains = _chains_json(reports)
     ok, text = _summary(chains, [], str(path))
     return _report(args, ok, text, {"ok": ok, "source": str(path), "chains": chains, "peers": []})
+
+
+class _Running(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _stopped(path: Path) -> Iterator[None]:
+    """Hold the data directory's lock shared while it is read (``_Running`` if a node holds it).
+
+    A node holds ``crdtstore.lock`` exclusively while it runs; reading its
+    LMDB file without LMDB's lock while it writes could read pages being
+    reused. The lock file is opened read-only: nothing in the directory changes.
+    """
+    try:
+        lock = (path / "crdtstore.lock").open("rb")
+    except FileNotFoundError:
+        yield
+        return
+    with lock:
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            raise _Running from None
+        yield
 
 
 def _verify_file(args: argparse.Namespace) -> int:

@@ -253,6 +253,14 @@ def test_the_human_summary_names_the_first_bad_record(
     assert err.startswith("BROKEN:") and f"chain {original.origin}, record 2" in err
 
 
-def test_verify_data_dir_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_verify_data_dir_usage_errors(original: Original, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["audit", "verify", "--data-dir", str(tmp_path / "nothing")]) == 2
     assert "not a node's data directory" in capsys.readouterr().err
+    copy = _copy(original, tmp_path)
+    store = LmdbStore(StorageConfig(copy, "eu", StorageOptions(audit=True)))  # holds the lock, as a node does
+    try:
+        assert main(["audit", "verify", "--data-dir", str(copy)]) == 2
+        assert "a node is using" in capsys.readouterr().err
+    finally:
+        store.close()
+    assert main(["audit", "verify", "--data-dir", str(copy)]) == 0
