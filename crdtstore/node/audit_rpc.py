@@ -102,9 +102,12 @@ class ChainCursor:
     position: int
     _buffer: list[tuple[int, bytes]] = field(default_factory=list)
     _exhausted: bool = False
+    _next: tuple[int, AuditRecord | None] | None = None  # the next record, once decoded
 
     def peek(self) -> tuple[int, AuditRecord | None] | None:
         """The next record as (its dot, the record or None when it does not decode); None at the end."""
+        if self._next is not None:
+            return self._next
         if not self._buffer and not self._exhausted:
             after = lmdb_key(record_key(self.origin, self.position))
             chunk = self.store.audit_raw(origin=self.origin, after=after, limit=_READ_CHUNK)
@@ -114,13 +117,15 @@ class ChainCursor:
             return None
         at, raw = self._buffer[-1]
         try:
-            return at, decode(raw)
+            self._next = (at, decode(raw))
         except AuditError:
-            return at, None
+            self._next = (at, None)
+        return self._next
 
     def advance(self) -> None:
         at, _ = self._buffer.pop()
         self.position = at
+        self._next = None
 
 
 def seek(store: LmdbStore, origin: str, since_ms: int, head_last: int | None = None) -> int:
