@@ -13,7 +13,8 @@ store:
   binary search over its dots instead of reading it from the start, and a
   page reads at most ``_SCAN_MAX`` records whatever the filters, so a filter
   that matches little returns short (even empty) pages with a token rather
-  than working without bound.
+  than working without bound; and holds about 1 MiB of records at most, so
+  records of very large batches never make a message too large.
 - ``AuditVerify`` checks every chain in one read transaction (records,
   vector and the node's own head agree), off the event loop, and adds what
   the peers last said of their heads (``crdtstore.node.audit.AuditHeads``).
@@ -54,6 +55,7 @@ __all__ = ["AuditService", "ChainCursor", "log_page", "mark_exported", "record_p
 PAGE_DEFAULT = 100
 PAGE_MAX = 1000
 _SCAN_MAX = 10_000  # records one AuditLog page reads at most, matched or not
+_PAGE_BYTES_MAX = 1024 * 1024  # encoded record bytes one AuditLog page holds at most (past its first record)
 _READ_CHUNK = 256  # records read from a chain at a time
 _EXPORT_CHUNK_BYTES = 1024 * 1024  # encoded record bytes per AuditExport message (about)
 _TOKEN_VERSION = 1
@@ -195,8 +197,8 @@ def log_page(store: LmdbStore, request: pb.AuditLogRequest) -> tuple[list[AuditR
         cursor = cursors[origin] = ChainCursor(store, origin, position)
         _push(heap, cursor)
     out: list[AuditRecord] = []
-    scanned = 0
-    while heap and len(out) < limit and scanned < _SCAN_MAX:
+    scanned = size = 0
+    while heap and len(out) < limit and scanned < _SCAN_MAX and size < _PAGE_BYTES_MAX:
         order, origin = heap[0]
         if request.until_ms and order[0] >= request.until_ms:
             heap.clear()  # the oldest record left is past the bound: so is every other
@@ -211,6 +213,7 @@ def log_page(store: LmdbStore, request: pb.AuditLogRequest) -> tuple[list[AuditR
         scanned += 1
         if record is not None and _matches(record, request):
             out.append(record)
+            size += len(record.encode())
         _push(heap, cursor)
     return out, encode_page_token(positions) if heap else ""
 
