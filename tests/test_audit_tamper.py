@@ -24,13 +24,15 @@ import lmdb
 import msgpack
 import pytest
 
-from crdtstore.audit.record import AuditRecord, Floor, decode, parse_record_key, record_key
+from crdtstore.audit.record import AuditError, AuditRecord, Floor, decode, parse_record_key, record_key
 from crdtstore.cli import main
 from crdtstore.crdt import HybridLogicalClock
+from crdtstore.node.audit_rpc import export_records, log_page
 from crdtstore.operations import DeleteKey, Increment, Operation, SetRegister
 from crdtstore.storage import Applied, LmdbStore, StorageConfig, StorageOptions, WriteRequest
 from crdtstore.storage.audit import RequestInfo, encode_floor, floor_key
 from crdtstore.storage.keys import lmdb_key
+from crdtstore.v1 import kv_pb2
 
 RECORDS = 12
 
@@ -264,3 +266,33 @@ def test_verify_data_dir_usage_errors(original: Original, tmp_path: Path, capsys
     finally:
         store.close()
     assert main(["audit", "verify", "--data-dir", str(copy)]) == 0
+
+
+def test_a_record_that_does_not_decode_is_named_and_stops_an_export(
+    original: Original, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = original.records[3]  # record 4
+    copy = _copy(original, tmp_path)
+
+    def garble(txn: lmdb.Transaction, data: lmdb._Database) -> None:
+        key = _key(original, target)
+        stored = bytearray(_get(txn, data, key))
+        at = bytes(stored).find(target.encode())
+        assert at > 0 and stored[at + 3] == 1  # the format version, after the array's header
+        stored[at + 3] = 7
+        txn.put(key, bytes(stored), db=data)
+
+    _tamper(copy, garble)
+    code, report = _verify(copy, capsys)
+    assert code == 1
+    (finding, *_) = _findings(report)
+    assert finding["seq"] == 4 and finding["at"] == target.last and "does not decode" in str(finding["problem"])
+    store = LmdbStore(StorageConfig(copy, "eu", StorageOptions(audit=True)))
+    try:
+        with pytest.raises(AuditError, match=f"at event {target.last} does not decode"):
+            list(export_records(store, original.origin, 0, 1 << 62))
+        # The log passes over it (verify is what reports it) and shows every other record.
+        records, _ = log_page(store, kv_pb2.AuditLogRequest(limit=1000))
+        assert [r.seq for r in records] == [r.seq for r in original.records if r.seq != 4]
+    finally:
+        store.close()
