@@ -831,9 +831,12 @@ def build_parser(  # noqa: PLR0915 (a few statements per command: the function i
 
 
 def _add_operator_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """The commands of whoever runs the nodes: access control, certificates, health."""
+    """The commands of whoever runs the nodes: access control, certificates, health, the audit trail."""
+    from crdtstore.cli_audit import add_audit_commands  # noqa: PLC0415 (it imports this module's helpers)
+
     _add_access_commands(commands)
     _add_deploy_commands(commands)
+    add_audit_commands(commands)
 
 
 def _add_watch_arguments(watch: argparse.ArgumentParser) -> None:

@@ -1006,6 +1006,100 @@ class Client(_ClientBase):
         request = kv_pb2.BucketKeysRequest(buckets=list(buckets), page_size=page_size, page_token=page_token)
         return self._call(_BUCKET_KEYS, request)
 
+    # -- the audit trail (docs/audit.md; each needs the audit right, or admin) --
+
+    _AUDIT_LOG: _Rpc[kv_pb2.AuditLogRequest, kv_pb2.AuditLogResponse] = _Rpc(
+        "Admin", "AuditLog", kv_pb2.AuditLogResponse
+    )
+    _AUDIT_VERIFY: _Rpc[kv_pb2.AuditVerifyRequest, kv_pb2.AuditVerifyResponse] = _Rpc(
+        "Admin", "AuditVerify", kv_pb2.AuditVerifyResponse
+    )
+    _AUDIT_EXPORT: _Rpc[kv_pb2.AuditExportRequest, kv_pb2.AuditExportChunk] = _Rpc(
+        "Admin", "AuditExport", kv_pb2.AuditExportChunk
+    )
+    _AUDIT_EXPORTED: _Rpc[kv_pb2.AuditExportedRequest, kv_pb2.AuditExportedResponse] = _Rpc(
+        "Admin", "AuditExported", kv_pb2.AuditExportedResponse
+    )
+
+    def audit_log_pages(
+        self,
+        *,
+        key: str = "",
+        principal: str = "",
+        region: str = "",
+        since_ms: int = 0,
+        until_ms: int = 0,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> Iterator[kv_pb2.AuditLogResponse]:
+        """The pages of ``AuditLog`` from ``page_token`` on (a filtered page may be empty yet not the last)."""
+        while True:
+            request = kv_pb2.AuditLogRequest(
+                key=key,
+                principal=principal,
+                region=region,
+                since_ms=since_ms,
+                until_ms=until_ms,
+                limit=page_size,
+                page_token=page_token,
+            )
+            page = self._call(self._AUDIT_LOG, request)
+            yield page
+            page_token = page.next_page_token
+            if not page_token:
+                return
+
+    def audit_log(
+        self,
+        *,
+        key: str = "",
+        principal: str = "",
+        region: str = "",
+        since_ms: int = 0,
+        until_ms: int = 0,
+        page_size: int = 0,
+    ) -> Iterator[kv_pb2.AuditRecord]:
+        """Every audit record matching the filters, in causal order (newest last), fetched a page at a time.
+
+        ``key``: records of requests that named it; ``region``: records of that region's chains;
+        ``since_ms``/``until_ms``: the records' hybrid logical time (ms since the epoch; until exclusive).
+        """
+        for page in self.audit_log_pages(
+            key=key, principal=principal, region=region, since_ms=since_ms, until_ms=until_ms, page_size=page_size
+        ):
+            yield from page.records
+
+    def audit_verify(self, *, timeout_s: float | None = None) -> kv_pb2.AuditVerifyResponse:
+        """Every chain the node holds, recomputed, and what its peers last said of their heads."""
+        return self._call(self._AUDIT_VERIFY, kv_pb2.AuditVerifyRequest(), timeout_s=timeout_s)
+
+    def audit_export(
+        self, *, since_ms: int = 0, until_ms: int = 0, timeout_s: float = 3600.0
+    ) -> Generator[kv_pb2.AuditExportChunk]:
+        """The export stream: chunks of records (chain order per origin), then one with ``done`` and the heads.
+
+        Not retried: a broken stream is started again by the caller.
+        """
+        stream = self._stubs.method(self._AUDIT_EXPORT)
+        request = kv_pb2.AuditExportRequest(since_ms=since_ms, until_ms=until_ms)
+        call = stream(request, timeout=timeout_s, metadata=self._metadata)
+        try:
+            for chunk in call:
+                yield _expect(self._AUDIT_EXPORT, chunk)
+        except grpc.RpcError as exc:
+            code, message = _status_of(exc)
+            raise _client_error(code, message, None) from exc
+        finally:
+            call.cancel()
+
+    def audit_exported(self, *, since_ms: int, through_ms: int, heads: Iterable[kv_pb2.AuditChainHead] = ()) -> int:
+        """Tell the node an export of ``[since_ms, through_ms)`` (with its ``heads``) is stored durably.
+
+        Returns the time before which every record the node holds has been exported: retention may drop them.
+        """
+        request = kv_pb2.AuditExportedRequest(since_ms=since_ms, through_ms=through_ms, heads=list(heads))
+        return self._call(self._AUDIT_EXPORTED, request).exported_through_ms
+
     def close(self) -> None:
         self._channel.close()
 

@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 
 from crdtstore.crdt import HybridLogicalClock
 from crdtstore.node.access import AccessControl
+from crdtstore.node.audit_retention import AuditRetention
 from crdtstore.node.config import ConfigError, NodeConfig, is_loopback, parse_listen
 from crdtstore.node.feed import FeedRetention
 from crdtstore.node.logs import configure_logging
@@ -330,6 +331,7 @@ async def run_node(  # noqa: PLR0915 (the node's whole start and stop, in order)
         await health_server.start()
     replicator.start()
     retention = FeedRetention(node).start()
+    audit_retention = node.audit_retention = AuditRetention(node).start()
     for name in ("", *services):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     security = "mutual TLS" if config.tls.require_client_cert else "TLS" if config.tls.enabled else "plaintext"
@@ -363,6 +365,7 @@ async def run_node(  # noqa: PLR0915 (the node's whole start and stop, in order)
     if health_server is not None:
         await health_server.stop(grace=None)
     await retention.close()
+    await audit_retention.close()
     await writer.close()
     if metrics_server is not None:  # before the store closes: a scrape reads it
         metrics_server.close()

@@ -48,6 +48,7 @@ from crdtstore.node.access import (
     role_operations,
 )
 from crdtstore.node.audit import RefusalLog
+from crdtstore.node.audit_retention import AuditRetention
 from crdtstore.node.audit_rpc import AuditService
 from crdtstore.node.config import NodeConfig
 from crdtstore.node.explain import ExplainService
@@ -120,6 +121,7 @@ class NodeState:
         self.draining = False
         self.watches: WatchStreams | None = None  # the change feed's streams, once served (add_services)
         self.refusals = RefusalLog(self)  # refused requests, to the audit trail
+        self.audit_retention: AuditRetention | None = None  # set by the node's main once it runs
 
     def drain(self) -> None:
         """Refuse new requests from now on; watch streams end (UNAVAILABLE), their consumers resume elsewhere."""
@@ -510,6 +512,7 @@ class AdminService:
             audit_records=store.audit_record_count(),
             audit_refusals_dropped=self.node.refusals.dropped,
             audit_head_mismatches=replicator.audit_heads.mismatches,
+            audit_retention_blocked=self.node.audit_retention.blocked if self.node.audit_retention else "",
         )
 
     # -- roles and revocations ---------------------------------------------------------------

@@ -20,6 +20,7 @@ refused before it reached the writer (``WriteRequest.info.refused``).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
@@ -32,9 +33,12 @@ from crdtstore.audit.record import (
     ZERO_HASH,
     AuditError,
     AuditRecord,
+    ChainFinding,
+    ChainReport,
     Floor,
     OpSummary,
     chain_prefix,
+    check_chain,
     decode,
     digest,
     pack,
@@ -43,6 +47,7 @@ from crdtstore.audit.record import (
 )
 from crdtstore.crdt import (
     CausalContext,
+    CodecError,
     Dot,
     KeyState,
     Register,
@@ -53,7 +58,7 @@ from crdtstore.crdt import (
     encode_register_write,
 )
 from crdtstore.crdt.register import Version
-from crdtstore.storage.environment import StoreEnvironment
+from crdtstore.storage.environment import _META_CONTEXT, StoreEnvironment
 from crdtstore.storage.errors import StorageError
 from crdtstore.storage.keys import lmdb_key
 from crdtstore.storage.records import decode_record, plain_record
@@ -61,7 +66,7 @@ from crdtstore.storage.records import decode_record, plain_record
 __all__ = ["AuditTrail", "RefusalRecorded", "RequestInfo", "Sealed", "refusal_code"]
 
 _META_AUDIT_HEAD = b"audit_head"
-_META_AUDIT_FLOOR = b"audit_floor/"  # + origin: where a trimmed chain starts (Floor)
+_META_AUDIT_EXPORTED = b"audit_exported"  # {origin: [seq, last]}: how far each chain was exported
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,12 +283,9 @@ class AuditTrail(StoreEnvironment):
         return total
 
     def audit_floor(self, origin: str) -> Floor | None:
-        with self._gate.read(), self.env.begin(db=self.meta) as txn:
-            raw = txn.get(_META_AUDIT_FLOOR + origin.encode("utf-8"))
-        if raw is None:
-            return None
-        seq, head, last = msgpack.unpackb(bytes(raw))
-        return Floor(seq, bytes(head), last)
+        """Where ``origin``'s chain starts after retention dropped its oldest records (``read_floor``)."""
+        with self._gate.read(), self.env.begin() as txn:
+            return read_floor(txn, self.data, origin)
 
     def iter_audit(self, origin: str | None = None, page: int = 1000) -> Iterator[tuple[str, bytes]]:
         """Every record (key, bytes) in key order, read a page at a time."""
@@ -294,6 +296,49 @@ class AuditTrail(StoreEnvironment):
             if len(chunk) < page:
                 return
             after = lmdb_key(chunk[-1][0])
+
+    # -- export marks and seeking (``crdtstore.node.audit_rpc``, ``crdtstore.node.audit_retention``) --
+
+    def audit_record_from(self, origin: str, counter: int) -> AuditRecord | None:
+        """The first record of ``origin``'s chain whose own dot is ``counter`` or later (None past the end).
+
+        A record that does not decode is passed over here: verification is where it is reported.
+        """
+        after = lmdb_key(record_key(origin, counter - 1)) if counter > 0 else b""
+        while True:
+            chunk = self.audit_raw(origin=origin, after=after, limit=16)
+            for key, raw in chunk:
+                try:
+                    return decode(raw)
+                except AuditError:
+                    after = lmdb_key(key)
+            if len(chunk) < 16:
+                return None
+
+    def audit_exported(self) -> dict[str, tuple[int, int]]:
+        """Per origin, the last record known to be exported durably: (seq, own dot counter)."""
+        with self._gate.read(), self.env.begin(db=self.meta) as txn:
+            raw = txn.get(_META_AUDIT_EXPORTED)
+        if raw is None:
+            return {}
+        return {str(o): (int(seq), int(last)) for o, (seq, last) in msgpack.unpackb(bytes(raw)).items()}
+
+    def audit_chain_reports(self) -> list[ChainReport]:
+        """``chain_reports_in`` of one read transaction of this store."""
+        with self._gate.read(), self.env.begin() as txn:
+            return chain_reports_in(txn, self.data, self.meta)
+
+    def put_audit_exported(self, marks: dict[str, tuple[int, int]]) -> None:
+        """Raise the export marks to ``marks`` (a mark never goes back). On the writer's thread.
+
+        This node's own bookkeeping, in its metadata: not replicated.
+        """
+        with self.env.begin(write=True, db=self.meta) as txn:
+            raw = txn.get(_META_AUDIT_EXPORTED)
+            held = {str(o): (int(s), int(la)) for o, (s, la) in msgpack.unpackb(bytes(raw)).items()} if raw else {}
+            for origin, mark in marks.items():
+                held[origin] = max(held.get(origin, (0, 0)), mark)
+            txn.put(_META_AUDIT_EXPORTED, msgpack.packb({o: list(m) for o, m in held.items()}, use_bin_type=True))
 
 
 class Sealed(NamedTuple):
@@ -331,3 +376,129 @@ def _register_value(db_key: bytes, raw: bytes) -> bytes:
         raise StorageError("the record key does not hold exactly one register value")
     ((_, version),) = register.entries.items()
     return version.value
+
+
+# -- trimmed chains' floors, and reading chains from a bare transaction (offline verification) ------
+
+# Where a trimmed chain starts, per origin: an ordinary register in the system keyspace (outside
+# the records' prefix, so it is never taken for a record), written by the same replicated write
+# that drops the records (``crdtstore.node.audit_retention``). Its value is msgpack [seq, digest,
+# last] of the last record dropped. Two regions that trimmed the same chain concurrently leave two
+# siblings: the floor is the one with the highest seq (every record up to it is gone in both).
+FLOOR_PREFIX = "\x00auditfloor/"
+
+
+def floor_key(origin: str) -> str:
+    return f"{FLOOR_PREFIX}{origin}"
+
+
+def encode_floor(floor: Floor) -> bytes:
+    return msgpack.packb([floor.seq, floor.hash, floor.last], use_bin_type=True)
+
+
+def read_floor(txn: lmdb.Transaction, data: lmdb._Database, origin: str) -> Floor | None:
+    """The floor of ``origin``'s chain as ``txn`` sees it (the highest of concurrent ones); None if untrimmed."""
+    key = floor_key(origin)
+    raw = txn.get(lmdb_key(key), db=data)
+    if raw is None:
+        return None
+    try:
+        state = decode_as(decode_record(lmdb_key(key), bytes(raw)).body, KeyState)
+    except (StorageError, ValueError) as exc:
+        raise StorageError(f"the floor of the audit chain of {origin} cannot be read: {exc}") from exc
+    register = state.slots.get(ValueType.REGISTER)
+    floors: list[Floor] = []
+    for version in register.entries.values() if isinstance(register, Register) else ():
+        try:
+            seq, head, last = msgpack.unpackb(version.value)
+            floors.append(Floor(int(seq), bytes(head), int(last)))
+        except (ValueError, TypeError, msgpack.UnpackException):
+            continue
+    return max(floors, default=None, key=lambda f: f.seq)
+
+
+def read_audit_head(txn: lmdb.Transaction, meta: lmdb._Database) -> tuple[str, int, bytes] | None:
+    """This store's record of its own newest record (origin, seq, digest), as ``txn`` sees it."""
+    raw = txn.get(_META_AUDIT_HEAD, db=meta)
+    if raw is None:
+        return None
+    origin, seq, head = msgpack.unpackb(bytes(raw))
+    return str(origin), int(seq), bytes(head)
+
+
+def iter_records_in(txn: lmdb.Transaction, data: lmdb._Database) -> Iterator[tuple[str, int, bytes]]:
+    """Every record ``txn`` holds as (origin, the dot its key names, stored bytes), in key order.
+
+    A key under the records' prefix that does not name a record is yielded with origin "" and dot 0,
+    so that verification reports it rather than passing over it.
+    """
+    prefix = lmdb_key(AUDIT_PREFIX)
+    cursor = txn.cursor(db=data)
+    found = cursor.set_range(prefix)
+    while found:
+        db_key = bytes(cursor.key())
+        if not db_key.startswith(prefix):
+            return
+        raw = bytes(cursor.value())
+        try:
+            value = _register_value(db_key, raw)
+        except StorageError:
+            value = raw
+        try:
+            origin, at = parse_record_key(db_key.decode("utf-8"))
+        except (AuditError, UnicodeDecodeError):
+            origin, at = "", 0
+        yield origin, at, value
+        found = cursor.next()
+
+
+def chain_reports_in(txn: lmdb.Transaction, data: lmdb._Database, meta: lmdb._Database) -> list[ChainReport]:
+    """Check every chain ``txn`` holds, with its floor, this store's vector and its own head.
+
+    One read transaction, so the records, the vector (``held``: how far the
+    store holds each origin's events, which the records must reach) and the
+    store's record of its own head (``anchor``) agree with each other. Used
+    by ``AuditVerify`` on a live node and by ``crdtstore audit verify
+    --data-dir`` on a stopped node's directory opened read-only.
+    """
+    raw_context = txn.get(_META_CONTEXT, db=meta)
+    try:
+        context = decode_as(bytes(raw_context), CausalContext) if raw_context is not None else CausalContext()
+    except (ValueError, CodecError) as exc:
+        raise StorageError(f"the store's causal context cannot be read: {exc}") from exc
+    own = read_audit_head(txn, meta)
+    reports: list[ChainReport] = []
+    for origin, records in itertools.groupby(iter_records_in(txn, data), key=lambda r: r[0]):
+        if not origin:
+            for _, _, _ in records:
+                reports.append(
+                    ChainReport(
+                        "", findings=[ChainFinding("", 0, 0, "a key under the records' prefix names no record")]
+                    )
+                )
+            continue
+        anchor = (own[1], own[2]) if own is not None and own[0] == origin else None
+        reports.append(
+            check_chain(
+                origin,
+                ((at, raw) for _, at, raw in records),
+                floor=read_floor(txn, data, origin),
+                held=context.vv.get(origin),
+                anchor=anchor,
+            )
+        )
+    if own is not None and own[1] and own[0] not in {r.origin for r in reports}:
+        reports.append(
+            ChainReport(
+                own[0],
+                findings=[
+                    ChainFinding(
+                        own[0],
+                        0,
+                        own[1],
+                        f"this node recorded its head as record {own[1]}, but holds none of its records",
+                    )
+                ],
+            )
+        )
+    return reports

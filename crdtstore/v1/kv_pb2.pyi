@@ -733,12 +733,14 @@ class AuditExportChunk(_message.Message):
     def __init__(self, records: _Optional[_Iterable[_Union[AuditRecord, _Mapping]]] = ..., heads: _Optional[_Iterable[_Union[AuditChainHead, _Mapping]]] = ..., done: _Optional[bool] = ..., through_ms: _Optional[int] = ...) -> None: ...
 
 class AuditExportedRequest(_message.Message):
-    __slots__ = ("since_ms", "through_ms")
+    __slots__ = ("since_ms", "through_ms", "heads")
     SINCE_MS_FIELD_NUMBER: _ClassVar[int]
     THROUGH_MS_FIELD_NUMBER: _ClassVar[int]
+    HEADS_FIELD_NUMBER: _ClassVar[int]
     since_ms: int
     through_ms: int
-    def __init__(self, since_ms: _Optional[int] = ..., through_ms: _Optional[int] = ...) -> None: ...
+    heads: _containers.RepeatedCompositeFieldContainer[AuditChainHead]
+    def __init__(self, since_ms: _Optional[int] = ..., through_ms: _Optional[int] = ..., heads: _Optional[_Iterable[_Union[AuditChainHead, _Mapping]]] = ...) -> None: ...
 
 class AuditExportedResponse(_message.Message):
     __slots__ = ("exported_through_ms",)
