@@ -248,6 +248,11 @@ class Status(TypedDict):
     watch_streams_cut: int  # streams closed because their consumer stopped reading
     feed_records: int  # changes the feed's index holds (within watch_retention_s and _bytes_max)
     feed_bytes: int  # the bytes of its pages
+    audit_enabled: bool  # whether the node records every request in the audit trail
+    audit_records: int  # records it holds, of every region's chain
+    audit_refusals_dropped: int  # refusals not recorded because its writer was full
+    audit_head_mismatches: int  # times a peer's copy of a record differed from its own: never expected
+    audit_retention_blocked: str  # why retention cannot drop records that are due (not exported), if so
 
 
 @dataclass(frozen=True, slots=True)
@@ -516,6 +521,11 @@ def _status_from_proto(resp: kv_pb2.StatusResponse) -> Status:
         watch_streams_cut=resp.watch_streams_cut,
         feed_records=resp.feed_records,
         feed_bytes=resp.feed_bytes,
+        audit_enabled=resp.audit_enabled,
+        audit_records=resp.audit_records,
+        audit_refusals_dropped=resp.audit_refusals_dropped,
+        audit_head_mismatches=resp.audit_head_mismatches,
+        audit_retention_blocked=resp.audit_retention_blocked,
     )
 
 

@@ -49,6 +49,7 @@ from crdtstore.crdt import ValueType
 from crdtstore.node.config import AuthSettings, ConfigError
 from crdtstore.operations import AddMembers, Operation, SetRegister
 from crdtstore.storage import LmdbStore
+from crdtstore.storage.audit import FLOOR_PREFIX
 from crdtstore.storage.keys import lmdb_key
 
 __all__ = [
@@ -327,22 +328,23 @@ class AccessControl:
 
         The roles and revocations are counted once per change of the rules;
         the audit records, which grow with every request, are counted from
-        their chains' ends (``LmdbStore.audit_record_count``), never scanned.
+        their chains' ends (``LmdbStore.audit_record_count``), never scanned;
+        the audit floors (one per trimmed chain) are counted each time.
         """
         if self._system_keys is None:
             count, after = 0, b""
-            audit_start = lmdb_key(AUDIT_PREFIX)
             while True:
                 page, after = self.store.scan(SYSTEM_PREFIX, after, 1000)
                 for key, _ in page:
                     if key.startswith(AUDIT_PREFIX):
-                        after = audit_start + b"\xff"  # past every record key
+                        after = lmdb_key(AUDIT_PREFIX) + b"\xff"  # past every record key
                         break
-                    count += 1
+                    count += not key.startswith(FLOOR_PREFIX)
                 if not after:
                     break
             self._system_keys = count
-        return self._system_keys + self.store.audit_record_count()
+        floors = len(self.store.scan(FLOOR_PREFIX, b"", 100_000)[0])
+        return self._system_keys + floors + self.store.audit_record_count()
 
     def is_revoked(self, token_id: str) -> bool:
         known = self._revoked.get(token_id)

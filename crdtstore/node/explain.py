@@ -22,6 +22,7 @@ from crdtstore.audit.record import AuditRecord
 from crdtstore.crdt import encode
 from crdtstore.crdt.keyed import ValueType
 from crdtstore.node.access import is_reserved
+from crdtstore.node.audit_rpc import record_pb
 from crdtstore.node.requests import abort
 from crdtstore.node.values import key_value_pb
 from crdtstore.v1 import kv_pb2 as pb
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     from crdtstore.node.service import NodeState
     from crdtstore.storage import LmdbStore
 
-__all__ = ["EXPLAIN_MEMBERS_MAX", "ExplainService", "audit_record_pb"]
+__all__ = ["EXPLAIN_MEMBERS_MAX", "ExplainService"]
 
 # The most set members one answer explains: each is a version with its audit record.
 EXPLAIN_MEMBERS_MAX = 1000
@@ -104,37 +105,6 @@ class _Records:
         return record
 
 
-def audit_record_pb(record: AuditRecord) -> pb.AuditRecord:
-    """An audit record as the wire shows it: its fields, its one encoding and its hash."""
-    return pb.AuditRecord(
-        origin=record.origin,
-        region=record.region,
-        seq=record.seq,
-        prev=record.prev,
-        hash=record.digest(),
-        first=record.first,
-        last=record.last,
-        hlc_wall_ms=record.hlc_wall_ms,
-        hlc_logical=record.hlc_logical,
-        wall_ms=record.wall_ms,
-        kind=record.kind,
-        principal=record.principal,
-        request_id=record.request_id,
-        method=record.method,
-        peer=record.peer,
-        idempotency_key=record.idempotency_key,
-        operations=[
-            pb.AuditOperation(key=op.key, kind=op.kind, amount=op.amount, value_sha256=op.value_sha256)
-            for op in record.operations
-        ],
-        durability=record.durability,
-        token=record.token,
-        code=record.code,
-        reason=record.reason,
-        encoded=record.encode(),
-    )
-
-
 def _version_pb(version: ExplainedVersion, record: AuditRecord | None) -> pb.ExplainVersion:
     out = pb.ExplainVersion(
         origin=version.origin,
@@ -149,5 +119,5 @@ def _version_pb(version: ExplainedVersion, record: AuditRecord | None) -> pb.Exp
         winner=version.winner,
     )
     if record is not None:
-        out.record.CopyFrom(audit_record_pb(record))
+        out.record.CopyFrom(record_pb(record))
     return out

@@ -489,7 +489,8 @@ class AdminService:
         return pb.StatusResponse(
             region=store.region,
             version=crdtstore.__version__,
-            keys=store.count_keys() - self.node.access.system_keys(),  # the node's own records are not keys
+            # The node's own records are not keys (read apart from the count: a write between may make it negative).
+            keys=max(0, store.count_keys() - self.node.access.system_keys()),
             token=token_of(store.context.vv),
             draining=self.node.draining,
             data_bytes=store.data_bytes(),

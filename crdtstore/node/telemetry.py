@@ -67,7 +67,7 @@ def node_snapshot(node: NodeState) -> NodeSnapshot:
             oldest_unacked_s=replicator.lag.oldest_unacked_s(name) if replicator.lag is not None else 0.0,
         )
     access = node.access
-    system_keys = access.system_keys()  # cached by access control until the rules change
+    system_keys = access.system_keys()  # roles cached until the rules change; audit records from chain ends
     store = node.store
 
     def storage() -> StorageSnapshot:
