@@ -713,3 +713,24 @@ def test_a_watch_names_the_principal_of_each_change_only_to_a_caller_who_may_rea
         finally:
             seen_by_auditor.close()
             seen_by_reader.close()
+
+
+def test_refused_requests_leave_records_naming_who_asked_what(node: Node) -> None:
+    """Issue 19: a refused read and a refused write each leave a record with the principal, the key and why."""
+    with node.client(node.tokens["counter"]) as counter:
+        with pytest.raises(ClientError):
+            counter.get("orders/secret-read")  # read on c/ only
+        with pytest.raises(ClientError):
+            counter.set("c/not-a-set-right", "x")  # incr on c/, not set
+    with node.client(None) as anonymous, pytest.raises(ClientError):
+        anonymous.get("orders/no-token")
+    read = [r for r in node.admin.audit_log(key="orders/secret-read") if r.kind == "refused"]
+    assert [(r.principal, r.method, r.code) for r in read] == [("svc-counter", "Get", "PERMISSION_DENIED")]
+    assert [(op.key, op.kind) for op in read[0].operations] == [("orders/secret-read", "read")]
+    write = [r for r in node.admin.audit_log(key="c/not-a-set-right") if r.kind == "refused"]
+    assert [(r.principal, r.method, r.code) for r in write] == [("svc-counter", "Mutate", "PERMISSION_DENIED")]
+    assert "lacks the right 'set'" in write[0].reason
+    unauthenticated = [r for r in node.admin.audit_log(principal="") if r.code == "UNAUTHENTICATED"]
+    assert unauthenticated and unauthenticated[-1].method == "Get"
+    # The node's own records are never a key a client sees or counts.
+    assert all(not e.key.startswith("\x00") for e in node.admin.scan(""))
