@@ -517,6 +517,11 @@ def test_status(kv: Client) -> None:
         "watch_streams_cut": 0,
         "feed_records": 0,
         "feed_bytes": 0,
+        "audit_enabled": False,
+        "audit_records": 0,
+        "audit_refusals_dropped": 0,
+        "audit_head_mismatches": 0,
+        "audit_retention_blocked": "",
     }
 
 
@@ -682,6 +687,11 @@ def test_status_output(addr: str, capsys: pytest.CaptureFixture[str]) -> None:
         "watch_streams_cut": 0,
         "feed_records": 0,
         "feed_bytes": 0,
+        "audit_enabled": False,
+        "audit_records": 0,
+        "audit_refusals_dropped": 0,
+        "audit_head_mismatches": 0,
+        "audit_retention_blocked": "",
     }
     code, out, _ = run(capsys, "--addr", addr, "status")
     assert "region: eu" in out.splitlines()

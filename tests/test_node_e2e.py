@@ -508,12 +508,19 @@ def test_cli_status_json(server: ServerProcess) -> None:
         "watch_streams_cut",
         "feed_records",
         "feed_bytes",
+        "audit_enabled",
+        "audit_records",
+        "audit_refusals_dropped",
+        "audit_head_mismatches",
+        "audit_retention_blocked",
     }
     assert status["auth_enabled"] is False  # on loopback without [auth]
     assert status["peers"] == []  # a single node
     assert status["region"] == "eu"
     assert status["origin"].startswith("eu#"), "what it mints under: its region and an incarnation"
     assert status["conflicting_events"] == 0
+    assert status["audit_enabled"] is True  # the default
+    assert status["audit_head_mismatches"] == 0 and status["audit_retention_blocked"] == ""
     assert status["draining"] is False
     assert isinstance(status["version"], str) and status["version"]
     assert isinstance(status["keys"], int) and status["keys"] >= 0
