@@ -27,7 +27,7 @@ from typing import Protocol
 
 from crdtstore.crdt import KeyState, VersionVector
 from crdtstore.storage import LmdbStore
-from crdtstore.storage.feed import pass_record
+from crdtstore.storage.feed import must_restart, pass_record
 from simulations.history import FeedRead, KeyRead
 
 __all__ = ["Watcher"]
@@ -92,6 +92,9 @@ class Watcher:
             self._snapshot(store)  # records it had not passed were trimmed
             return False
         for record in page.records:
+            if must_restart(record, self.token):
+                self._snapshot(store)  # a transfer may have deleted keys this region never had
+                return False
             self.position = record.seq
             keys, self.token = pass_record(record, self.token, _wanted)
             for key, _ in keys:

@@ -26,7 +26,7 @@ from crdtstore.crdt import HybridLogicalClock, VersionVector
 from crdtstore.operations import AddMembers, DeleteKey, Increment, Operation, RemoveMembers, SetRegister
 from crdtstore.replica.wire import TransferItem
 from crdtstore.storage import Applied, LmdbStore, StorageConfig, WriteRequest, feed
-from crdtstore.storage.feed import KIND_NAMES, changes_of, pass_record
+from crdtstore.storage.feed import KIND_NAMES, changes_of, must_restart, pass_record
 from crdtstore.testing.clock import FakeClock
 from crdtstore.testing.strategies import examples
 
@@ -73,6 +73,8 @@ class Consumer:
             for record in page.records:
                 if records_max is not None and read == records_max:
                     return True
+                if must_restart(record, self.token):
+                    return False  # a repair this token is ahead of: start again from a snapshot
                 read += 1
                 position = record.seq
                 keys, self.token = pass_record(record, self.token, self.wanted)
@@ -166,6 +168,29 @@ def _transfer(sender: Region, receiver: Region, spool: Path) -> int:
         items: list[TransferItem] = [(k, v, part) for k, v, part in msgpack.Unpacker(f, raw=False)]
     receiver.store.stage_snapshot(sender.name, 1, items)
     return receiver.store.finish_snapshot(sender.name, 1, context)
+
+
+def test_regression_a_consumer_ahead_of_a_region_before_its_repair_starts_again_there(tmp_path: Path) -> None:
+    """Found by the simulator's feed watcher with auditing on: the repair deleted a key the region never held."""
+    with ExitStack() as stack:
+        eu, us = Region(tmp_path, "eu"), Region(tmp_path, "us")
+        stack.callback(eu.store.close)
+        stack.callback(us.store.close)
+        assert eu.write(SetRegister("k", b"v"))
+        consumer = Consumer("")
+        assert consumer.follow(eu.store)
+        assert set(consumer.delivered) == {(eu.store.origin, 1, "k")}  # it holds k
+        assert eu.write(DeleteKey("k"))
+        # us never held k; the repair brings the delete, and changes no key here.
+        assert _transfer(eu, us, tmp_path / "spool") == 0
+        (record,) = us.store.feed_read(0, 10, 100).records
+        assert record.brought == eu.store.context.vv and not record.changes
+        # The consumer resumes in us from its token: it cannot be told which keys went, so it starts again.
+        assert not consumer.follow(us.store)
+        # One that held nothing more than us did before the repair passes it as it did before.
+        fresh = Consumer("")
+        assert fresh.follow(us.store)
+        assert fresh.token == us.store.context.vv
 
 
 def test_regression_a_repair_of_more_than_a_records_keys_reaches_a_watcher_whole(tmp_path: Path) -> None:

@@ -46,6 +46,7 @@ from crdtstore.storage.feed import (
     KIND_SET,
     KIND_STATE,
     FeedRecord,
+    must_restart,
     pass_record,
 )
 from crdtstore.v1 import kv_pb2 as pb
@@ -187,6 +188,7 @@ class _Stream:
         self.last_sent = time.monotonic()
         self._regions: dict[str, str] = {}
         self.principals = False  # whether events name who made them (the caller may read the audit trail)
+        self.restart_why = ""  # why the last page could not be passed (``_prepare``), for OUT_OF_RANGE
 
     def _wanted(self, key: str) -> bool:
         return key.startswith(self.prefix) and not is_reserved(key)
@@ -311,8 +313,9 @@ class _Stream:
                 messages, at_end = await asyncio.to_thread(self._prepare)
             if messages is None:
                 # Records this stream had not passed were trimmed (it fell further behind than the
-                # index keeps): start again from a snapshot, never a history with a hole in it.
-                await self.expired()
+                # index keeps), or a repair cannot be passed exactly: start again from a snapshot,
+                # never a history with a hole in it.
+                await self.expired(self.restart_why)
                 continue
             for message in messages:
                 await self._send(message)
@@ -335,10 +338,21 @@ class _Stream:
         """
         page = self.store.feed_read(self.position, _PAGE_RECORDS, _PAGE_KEYS)
         if not self.token.dominates(page.floor):
+            self.restart_why = ""  # the token is older than the index
             return None, False
         token = self.token
         chosen: list[tuple[FeedRecord, list[tuple[str, int]], VersionVector]] = []
+        at_end = page.at_end
         for record in page.records:
+            if must_restart(record, token):
+                if not chosen:  # a transfer may have deleted keys this region never had: a snapshot
+                    self.restart_why = (
+                        f"the token holds changes region {self.store.region} lacked before a repair it applied "
+                        f"since, which may have deleted keys it never had"
+                    )
+                    return None, False
+                at_end = False  # send what comes before it; the next page starts at it
+                break
             keys, token = pass_record(record, token, self._wanted)
             chosen.append((record, keys, token))
         out = _Messages(self.settings.scan_page_bytes_max)
@@ -361,9 +375,9 @@ class _Stream:
                 out.add(events, token_after)
             if out.full and i < len(chosen) - 1:
                 return out.done(self.token), False  # the rest of the page next time: a stream holds one page's worth
-        if page.at_end:
+        if at_end:
             self.token = self.token.join(page.reached)
-        return out.done(self.token), page.at_end
+        return out.done(self.token), at_end
 
     def _event(self, record: FeedRecord, key: str, bits: int, state: KeyState | None, omitted: int) -> pb.WatchEvent:
         event = _event(key, state, omitted, *(kind for bit, kind in _KINDS if bits & bit))

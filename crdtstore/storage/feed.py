@@ -116,6 +116,8 @@ class FeedRecord(NamedTuple):
     hlc: tuple[int, int] | None
     changes: Sequence[tuple[str, int]]
     brought: VersionVector | None = None  # a state transfer's events
+    # A state transfer's records, as read: this node's vector just before the transfer (or an older one).
+    before: VersionVector | None = None
 
     @property
     def continued(self) -> bool:
@@ -149,6 +151,22 @@ def pass_record(
     keys = [(key, bits) for key, bits in record.changes if wanted(key)]
     # A transfer's events join the token with its last record: until then its other records are not covered.
     return keys, token if record.continued else token.join(record.events())
+
+
+def must_restart(record: FeedRecord, token: VersionVector) -> bool:
+    """Whether a stream holding ``token`` must start again from a snapshot rather than pass ``record``.
+
+    A state transfer names the keys it changed in this region. A consumer
+    whose token holds events this region lacked before the transfer (it
+    resumed here from another region) may hold keys this region never had:
+    when the transfer brings their deletion, the keys were absent here before
+    and after, the record cannot name them, and the consumer would keep them
+    (found by the simulator's change-feed watcher with auditing on). Such a
+    stream, at a transfer it does not already have, starts again.
+    """
+    if record.brought is None or record.covered_by(token):
+        return False
+    return not (record.before or VersionVector()).dominates(token)
 
 
 @dataclass(frozen=True)
@@ -187,9 +205,19 @@ class FeedIndex(StoreEnvironment):
         return int.from_bytes(cursor.key(), "big") + 1 if cursor.last() else 1
 
     def _feed_append(
-        self, txn: lmdb.Transaction, record: FeedRecord, before: VersionVector, *, markable: bool = True
+        self,
+        txn: lmdb.Transaction,
+        record: FeedRecord,
+        before: VersionVector,
+        *,
+        markable: bool = True,
+        mark: bool = False,
     ) -> None:
-        """Record one change; ``before``: this node's vector just before it (a mark's, unless not ``markable``)."""
+        """Record one change; ``before``: this node's vector just before it (a mark's, unless not ``markable``).
+
+        With ``mark`` the record is marked whatever the spacing (a state transfer's first: ``must_restart``
+        reads the vector before it from its mark).
+        """
         end: int | bytes = record.last if record.brought is None else encode(record.brought)
         value = msgpack.packb(
             [record.origin, record.first, end, record.applied_ms, record.hlc, record.changes], use_bin_type=True
@@ -198,7 +226,7 @@ class FeedIndex(StoreEnvironment):
         seq_key = seq.to_bytes(8, "big")
         if not txn.put(seq_key, value, db=self.feed, append=True):
             raise StorageError(f"change feed record {seq} is not after the last one")
-        if markable and (seq - self._feed_mark_seq >= _MARK_EVERY or self._feed_mark_seq == 0):
+        if mark or (markable and (seq - self._feed_mark_seq >= _MARK_EVERY or self._feed_mark_seq == 0)):
             txn.put(seq_key, encode(before), db=self.feed_marks)
             # Set before the commit: an aborted transaction leaves a hint that only spaces marks wider.
             self._feed_mark_seq = seq
@@ -238,8 +266,16 @@ class FeedIndex(StoreEnvironment):
         with self._gate.read(), self.env.begin() as txn:
             cursor = txn.cursor(db=self.feed)
             found = cursor.set_range((after + 1).to_bytes(8, "big"))
+            marks = txn.cursor(db=self.feed_marks)
             while found and len(records) < limit and keys < keys_max:
                 record = _decode_record(int.from_bytes(cursor.key(), "big"), bytes(cursor.value()))
+                if record.brought is not None:
+                    # The vector before the transfer: the mark on its first record (the last mark at or
+                    # before this one; a transfer's later records carry none), or an older one.
+                    at = marks.set_range((record.seq + 1).to_bytes(8, "big"))
+                    at = marks.prev() if at else marks.last()
+                    if at:
+                        record = record._replace(before=decode_as(bytes(marks.value()), VersionVector))
                 records.append(record)
                 keys += len(record.changes)
                 found = cursor.next()

@@ -195,12 +195,15 @@ class StateTransfer(FeedIndex):
             horizon = self._horizon.join(VersionVector(gained))
             # The change feed: each changed key as a whole-state change, in records of a bounded size.
             feed_seq, now_ms = self._feed_next_seq(txn), self._wall_ms()
-            for i in range(0, len(changed_keys), _FEED_KEYS_PER_RECORD):
+            # A transfer that brought events but changed no key here still has a record: a consumer
+            # that resumed here holding keys this node never had must hear of it (``must_restart``).
+            for i in range(0, max(len(changed_keys), 1 if gained else 0), _FEED_KEYS_PER_RECORD):
                 chunk = [(k, KIND_STATE) for k in changed_keys[i : i + _FEED_KEYS_PER_RECORD]]
                 more = int(i + _FEED_KEYS_PER_RECORD < len(changed_keys))
                 record = FeedRecord(feed_seq, "", more, 0, now_ms, None, chunk, VersionVector(gained))
-                # Only the first may be a mark: before it, this node had local.vv; within the transfer, no vector holds.
-                self._feed_append(txn, record, local.vv, markable=i == 0)
+                # Only the first may be a mark, and always is: before it, this node had local.vv; within the
+                # transfer, no vector holds.
+                self._feed_append(txn, record, local.vv, markable=i == 0, mark=i == 0)
                 feed_seq += 1
             self._put_context(txn, context)
             txn.put(_META_HORIZON, encode(horizon), db=self.meta)
