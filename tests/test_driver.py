@@ -19,8 +19,7 @@ from crdtstore.crdt import CausalContext, HybridLogicalClock, VersionVector
 from crdtstore.operations import AddMembers, DeleteKey, Increment, Operation, RemoveMembers, SetRegister
 from crdtstore.replica.driver import LARGE_MESSAGE_BYTES, Driver, Job, Ready
 from crdtstore.replica.settings import ReplicationSettings
-from crdtstore.replica.wire import Ack, Entries, Hello, Offer, Page, RawLogEntry, Want
-from crdtstore.storage.transfer import DIGEST_BUCKETS
+from crdtstore.replica.wire import DIGEST_BUCKETS, Ack, Entries, Hello, Offer, Page, RawLogEntry, Want
 from crdtstore.storage import LmdbStore, StorageConfig, StorageOptions, WriteRequest
 from crdtstore.storage.replication import ReplicaStore
 from crdtstore.testing.clock import FakeClock
