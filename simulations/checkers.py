@@ -329,20 +329,9 @@ def _check_records(ops: Sequence[Op], audit: AuditRead, *, rules: _Rules, result
                     )
                 )
             continue
-        origin, event = op.dot or ("", 0)
-        covering = [r for r in writes.get(origin, []) if r[1] <= event <= r[2]]
-        if not covering:
-            result.violations.append(
-                Violation(
-                    "audit-missing", op.key, f"operation {op.id}'s event {origin}:{event} has no write record{where}"
-                )
-            )
-            continue
-        if len(covering) > 1 or (op.idempotency_key and sum(r[3] == "write" for r in mine) != 1):
-            result.violations.append(
-                Violation("audit-duplicate", op.key, f"operation {op.id} has {len(covering)} write records{where}")
-            )
-        _check_names(op, covering[0], where=where, result=result)
+        written = _write_record(op, mine, writes, where=where, result=result)
+        if written is not None:
+            _check_names(op, written, where=where, result=result)
     if rules.ground_truth:
         _check_against_commits(ops, by_event, where=where, result=result)
         return
@@ -355,6 +344,35 @@ def _check_records(ops: Sequence[Op], audit: AuditRead, *, rules: _Rules, result
                     f"record {record[0]}:{record[2]}{where} names request {record[4]!r}, which nobody made",
                 )
             )
+
+
+def _write_record(
+    op: Op, mine: Sequence[list[Any]], writes: dict[str, list[list[Any]]], *, where: str, result: CheckResult
+) -> list[Any] | None:
+    """The one write record of applied ``op``: found by its idempotency key when it has one, else by its event.
+
+    Its token (the context right after the request) ends, for the record's origin, at the record's own dot.
+    """
+    if op.idempotency_key:
+        found = [r for r in mine if r[3] == "write"]
+        covered = [r for r in found if op.token is not None and op.token.get(r[0]) == r[2]]
+        detail = f"its token {op.token} ends at none of them" if found and not covered else ""
+    else:
+        origin, event = op.dot or ("", 0)
+        found = covered = [r for r in writes.get(origin, []) if r[1] <= event <= r[2]]
+        detail = f"its event is {origin}:{event}"
+    if not covered:
+        result.violations.append(
+            Violation(
+                "audit-missing", op.key, f"operation {op.id} has no write record{where}{'; ' if detail else ''}{detail}"
+            )
+        )
+        return None
+    if len(found) > 1:
+        result.violations.append(
+            Violation("audit-duplicate", op.key, f"operation {op.id} has {len(found)} write records{where}")
+        )
+    return covered[0]
 
 
 def _check_names(op: Op, record: list[Any], *, where: str, result: CheckResult) -> None:
@@ -381,13 +399,13 @@ def _check_refused(op: Op, mine: Sequence[list[Any]], *, where: str, rules: _Rul
             Violation("audit-refusal", op.key, f"operation {op.id} ({op.value}) was built to be refused, but applied")
         )
         return
+    # Exactly one per answer when the runner saw every commit (``_check_against_commits``); otherwise at least
+    # one: a client that lost the answer and tried again was refused again.
     refused = [r for r in mine if r[3] == "refused"]
-    if op.outcome == "fail" and not rules.ground_truth and len(refused) != 1:
+    if op.outcome == "fail" and not rules.ground_truth and not refused:
         result.violations.append(
             Violation(
-                "audit-refusal",
-                op.key,
-                f"operation {op.id} ({op.value}) was refused, and has {len(refused)} refused records{where}, not one",
+                "audit-refusal", op.key, f"operation {op.id} ({op.value}) was refused, but has no refused record{where}"
             )
         )
 
