@@ -119,6 +119,9 @@ class Scenario:
     ops: int = 1000
     clients: int = 8
     faults: str = "all"  # all, none, or a comma-separated subset of FAULT_KINDS
+    # Whether the regions audit every request (as nodes do by default) and their trails are read and checked.
+    # A run takes about twice as long with it: the records are most of the keys a state transfer carries.
+    audit: bool = True
 
     def fault_kinds(self) -> tuple[str, ...]:
         return parse_faults(self.faults, "simulator")
@@ -127,7 +130,7 @@ class Scenario:
         """The command that replays this scenario."""
         return (
             f"python -m simulations replay --seed {self.seed} --regions {self.regions} --ops {self.ops} "
-            f"--clients {self.clients} --faults {self.faults}"
+            f"--clients {self.clients} --faults {self.faults}" + ("" if self.audit else " --audit off")
         )
 
 
@@ -209,7 +212,7 @@ class _Region:
 
     def start(self) -> None:
         options = StorageOptions(
-            audit=True,  # as a node: every request its writer answers leaves a record
+            audit=self.sim.scenario.audit,  # as a node: every request its writer answers leaves a record
             sync=False,
             map_size_bytes=8 * 1024 * 1024,
             delta_log_bytes_max=self.sim.log_bytes_max,
@@ -270,7 +273,8 @@ class _Region:
         started = time.perf_counter()
         results = self.store.write_batch([r.write_request() for r in batch], self.clock)
         self.sim.store_seconds += time.perf_counter() - started
-        self._note_records(batch, results, before)
+        if self.sim.scenario.audit:
+            self._note_records(batch, results, before)
         self.handle(self.driver.local_committed(self.sim.now))
         for request, result in zip(batch, results, strict=True):
             if isinstance(result, Applied) and result.replayed:
@@ -463,6 +467,7 @@ class Simulation:
                     "clients": scenario.clients,
                     "log_bytes_max": self.log_bytes_max,
                     "set_part_members": self.set_part_members,
+                    "audit": scenario.audit,
                     # Every operation a commit applied carries its token, even if its client never heard.
                     "ground_truth": True,
                 },
@@ -926,7 +931,7 @@ class Simulation:
             self.record(self.watcher.finish())
             for region in self.regions.values():
                 self.record(region.final_read())
-            for region in self.regions.values():
+            for region in self.regions.values() if self.scenario.audit else ():
                 self.record(region.audit_read())
         finally:
             for region in self.regions.values():
