@@ -19,6 +19,12 @@ partitions, crashes and protocol errors), the group commit, the clients
 the driver as the node does, but runs its storage work inline, at the
 instant it is asked for (``run_inline``), and ticks it when it asks to be.
 
+The regions audit every request as nodes do (``Scenario.audit``, on by
+default): the simulator notes on each operation the audit record each of
+its answers wrote (``Op.audit``, the audit checker's ground truth, as the
+token is the other checkers'), and at the end reads every region's trail
+(``simulations.audit``). About 2% of the requests are built to be refused.
+
 One ``random.Random(seed)`` decides everything, and events at the same
 virtual time run in the order they were scheduled, so a seed replays the
 same history byte for byte (``SimResult.digest``).
