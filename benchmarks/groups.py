@@ -96,6 +96,13 @@ GROUPS: dict[str, Group] = {
             "machine, 127.0.0.1",
         ),
         Group(
+            "audit",
+            "The audit trail: what recording every request costs durable writes, and the bytes it adds",
+            "two `crdtstore serve` processes (one auditing, the default; one with [storage] audit = false), measured "
+            "in alternation; load generator (grpc.aio, generated stubs) in this process; same machine, 127.0.0.1, no "
+            "CPU pinning; the byte counts read from each node's directory with LMDB once it has stopped",
+        ),
+        Group(
             "backup",
             "Backup, restore and verify",
             "three regions, each its own `crdtstore serve`, through LinkProxy threads of this process; backups, "

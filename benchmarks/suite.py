@@ -2,7 +2,7 @@
 
 ``python -m benchmarks run [--quick] [--only NAME,...] [--repeats N] --out DIR``
 runs the groups (``micro``, ``node``, ``replication``, ``storage``, ``sync_cost``, ``peers``,
-``redis_anchor``, ``auth``, ``watch``, ``backup``) one after the other in this process, each with its own
+``redis_anchor``, ``auth``, ``watch``, ``audit``, ``backup``) one after the other in this process, each with its own
 servers (or, for ``peers``, its ``node`` subprocess; for ``redis_anchor``, a ``redis-server``) where it has any, and
 writes into DIR:
 
@@ -40,6 +40,7 @@ import lmdb
 import msgpack
 
 from benchmarks import (
+    audit,
     auth,
     backup,
     metrics,
@@ -109,6 +110,11 @@ def _watch(mode: Mode, repeats: int | None, log: Log, step: Log) -> tuple[dict[s
     return watch.collect(watch.make_config(mode != "full", repeats), log, step)
 
 
+def _audit(mode: Mode, repeats: int | None, log: Log, step: Log) -> tuple[dict[str, Any], list[Figure]]:
+    # Needs servers under real load, like node: no size below --quick.
+    return audit.collect(audit.make_config(mode != "full", repeats), log, step)
+
+
 def _backup(mode: Mode, repeats: int | None, log: Log, step: Log) -> tuple[dict[str, Any], list[Figure]]:
     # Needs servers and a store of some size: no size below --quick.
     return backup.collect(backup.make_config(mode != "full", repeats), log, step)
@@ -126,6 +132,7 @@ RUNNERS: dict[str, Runner] = {
     "auth": _auth,
     "metrics": _metrics,
     "watch": _watch,
+    "audit": _audit,
     "backup": _backup,
 }
 

@@ -25,7 +25,14 @@ only when the server certainly did not apply it (``INVALID_ARGUMENT``,
 ``FAILED_PRECONDITION``), ``unknown`` for everything else (``UNAVAILABLE``,
 ``DEADLINE_EXCEEDED``, a lost connection: the write may have been applied).
 After the run everything is healed, the runner waits (bounded) until every
-region reads the same, and records one final read per region. The history goes
+region reads the same, and records one final read per region; once the nodes
+have stopped it reads each region's audit trail from its data directory
+(``simulations.audit``), so the checkers also ask that every acknowledged
+mutation has exactly one record in every region, and every request built to
+be refused (a few percent: a type mismatch inside one request, an empty key)
+exactly one ``refused`` record in every region. Every request carries an
+idempotency key of its own (``chaos/<operation id>``), which its records
+name. The history goes
 through ``simulations.checkers.check``; ``--out DIR`` receives ``history.jsonl``,
 ``samples.jsonl`` (throughput and lag every half second), ``REPORT.md`` and
 ``timeline.png``.
@@ -67,8 +74,11 @@ import grpc
 from crdtstore.client import Client, ClientError, Entry, WriteResult
 from crdtstore.crdt import VersionVector, decode_as
 from crdtstore.node.main import CLOCK_OFFSET_ENV
+from crdtstore.operations import AddMembers, DeleteKey, Increment, Operation, RemoveMembers, SetRegister
+from crdtstore.storage import LmdbStore, StorageConfig
 from crdtstore.testing.process import ServerProcess
 from crdtstore.testing.regions import RegionProcesses, snapshot
+from simulations.audit import read_trail
 from simulations.checkers import CheckResult, Violation, check
 from simulations.faults import (
     FINAL_HEAL,
@@ -82,7 +92,7 @@ from simulations.faults import (
     ring_neighbours,
 )
 from simulations.faults import region_names as _region_names
-from simulations.history import FinalRead, KeyRead, Meta, Nemesis, Op, Record, Sibling, write_jsonl
+from simulations.history import AuditRead, FinalRead, KeyRead, Meta, Nemesis, Op, Record, Sibling, write_jsonl
 from simulations.netns import NamespacedRegions, netns_unavailable
 from simulations.timeline import Sample, Span, fault_spans, fenced_spans, render_timeline
 
@@ -111,6 +121,10 @@ REGISTER_KEYS = tuple(f"r/{i}" for i in range(8))
 COUNTER_KEYS = tuple(f"c/{i}" for i in range(4))
 SET_KEYS = tuple(f"s/{i}" for i in range(4))
 INCREMENTS = (-3, -2, -1, 1, 2, 3, 4, 5)
+# Of the requests, this share is built to be refused (``bad``): a register write and an increment of one key in
+# one request (refused in the writer's batch), or a write to the empty key (refused before the writer).
+REFUSED_SHARE = 0.03
+REFUSALS = ("type-mismatch", "invalid-key")
 
 # The partition shapes (simulations.faults), each a fault of the network lane.
 NETWORK_FAULTS = tuple(PARTITION_SHAPES)
@@ -393,6 +407,9 @@ def _choose(
 ) -> tuple[str, str, str | int | list[str] | None]:
     """The next operation: (function, key, value); values and members are unique to the operation."""
     roll = rng.random()
+    if roll < REFUSED_SHARE:
+        how = rng.choice(REFUSALS)
+        return "bad", f"x/{op_id}" if how == "type-mismatch" else "", how
     if roll < 0.30:
         return "set", rng.choice(REGISTER_KEYS), f"c{client_id}-{op_id}"
     if roll < 0.55:
@@ -407,20 +424,27 @@ def _choose(
     return "del", rng.choice(REGISTER_KEYS + SET_KEYS), None
 
 
-def _send(client: Client, f: str, key: str, value: str | int | list[str] | None) -> WriteResult:
+def _operations(f: str, key: str, value: str | int | list[str] | None) -> list[Operation]:
     if f == "set":
         assert isinstance(value, str)
-        return client.set(key, value)
+        return [SetRegister(key, value.encode())]
     if f == "incr":
         assert isinstance(value, int)
-        return client.incr(key, value)
+        return [Increment(key, value)]
     if f == "sadd":
         assert isinstance(value, list)
-        return client.sadd(key, *value)
+        return [AddMembers(key, tuple(value))]
     if f == "srem":
         assert isinstance(value, list)
-        return client.srem(key, *value)
-    return client.delete(key)
+        return [RemoveMembers(key, tuple(value))]
+    if f == "bad":
+        # A type mismatch within the one request, or the empty key: refused whatever the store holds.
+        return [SetRegister(key, b"x"), Increment(key, 1)] if value == "type-mismatch" else [SetRegister(key, b"x")]
+    return [DeleteKey(key)]
+
+
+def _send(client: Client, f: str, key: str, value: str | int | list[str] | None, idempotency_key: str) -> WriteResult:
+    return client.mutate(_operations(f, key, value), idempotency_key=idempotency_key.encode())
 
 
 @dataclass(frozen=True)
@@ -455,8 +479,9 @@ class _ClientWorker:
         invoke_ms = recorder.now_ms()
         token: dict[str, int] | None = None
         error = ""
+        idempotency_key = f"chaos/{op_id}"
         try:
-            result = _send(client, f, key, value)
+            result = _send(client, f, key, value, idempotency_key)
         except ClientError as exc:
             outcome = "fail" if exc.code in _CERTAIN_FAILURES else "unknown"
             error = f"{exc.code.name}: {exc.message}"[:ERROR_TEXT_CHARS_MAX]
@@ -475,6 +500,7 @@ class _ClientWorker:
             complete_ms=recorder.now_ms(),
             token=token,
             error=error,
+            idempotency_key=idempotency_key,
         )
 
 
@@ -815,6 +841,9 @@ class _Ending:
     converged_ms: int | None = None
     finals: list[FinalRead] = field(default_factory=list)
     conflicts: list[Violation] = field(default_factory=list)
+    # Where each region keeps its data (its directory and region name), to read its audit trail once stopped.
+    data_dirs: dict[str, tuple[Path, str]] = field(default_factory=dict)
+    trails: list[AuditRead] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -870,11 +899,16 @@ def run_chaos(
     ending = _Ending()
     try:
         with _cluster(root, settings.names, netns) as cluster:
+            ending.data_dirs = {
+                name: (Path(cluster.servers[name].data_dir), cluster.servers[name].region) for name in settings.names
+            }
             _drive(cluster, settings, faults, recorder, ending)
+        if len(ending.finals) == len(settings.names):
+            ending.trails = [_audit_read(name, *where) for name, where in ending.data_dirs.items()]
     finally:
         # Also after a failure or Ctrl-C: what happened so far is worth reading.
         events: list[Record] = [*recorder.ops, *recorder.nemeses]
-        records: list[Record] = [meta, *sorted(events, key=_record_time), *ending.finals]
+        records: list[Record] = [meta, *sorted(events, key=_record_time), *ending.finals, *ending.trails]
         write_jsonl(out_dir / "history.jsonl", records)
         _write_samples(out_dir / "samples.jsonl", recorder.samples)
         if not keep_data:
@@ -982,6 +1016,15 @@ def _drive(
         stop_sampling.set()
         _join([*workers, *sampler], strict=False)  # an error on the way here is the one to report
         nemesis.release_processes()
+
+
+def _audit_read(name: str, data_dir: Path, region: str) -> AuditRead:
+    """The audit trail of a stopped region, read from its data directory."""
+    store = LmdbStore(StorageConfig(data_dir, region))
+    try:
+        return read_trail(name, store, store.context.vv)
+    finally:
+        store.close()
 
 
 def _lane(nemesis: _Nemesis, faults: Sequence[Fault], until_s: float, stop: threading.Event) -> Callable[[], None]:

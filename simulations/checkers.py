@@ -44,6 +44,28 @@ Violations, by kind:
     A key reads as a type none of its operations wrote.
 ``missing-final``
     A region of the run has no final read.
+``audit-chain``
+    A region's copy of an origin's audit chain does not verify: a record
+    that does not decode, a broken link, a missing seq, or a chain that ends
+    before the events the region holds of that origin.
+``audit-diverged``
+    Two regions hold different chain heads, or different records.
+``audit-missing``
+    An applied operation's events are covered by no ``write`` record (or,
+    when the runner saw every commit, a record its writer wrote is gone).
+``audit-duplicate``
+    An operation's events are covered by more than one record, or an
+    applied request has more than one ``write`` record.
+``audit-unexpected``
+    A record that no request accounts for: its idempotency key names no
+    operation, or (when the runner saw every commit) no writer wrote it.
+``audit-mismatch``
+    A record does not say what its request did: another kind, another
+    idempotency key, or operations that do not name the key as the
+    operation's function.
+``audit-refusal``
+    A request built to be refused (``bad``) was applied, or was refused
+    without a ``refused`` record.
 ``error``
     The run itself failed: a region raised (an invariant of the stored
     data broke, say). The runners report it; nothing in a history is judged
@@ -64,7 +86,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from simulations.history import FeedRead, FinalRead, KeyRead, Meta, Nemesis, Op, Record
+from simulations.history import AuditRead, FeedRead, FinalRead, KeyRead, Meta, Nemesis, Op, Record
 
 __all__ = ["KINDS", "CheckResult", "Violation", "check"]
 
@@ -78,6 +100,13 @@ KINDS: tuple[str, ...] = (
     "clock",
     "type",
     "missing-final",
+    "audit-chain",
+    "audit-diverged",
+    "audit-missing",
+    "audit-duplicate",
+    "audit-unexpected",
+    "audit-mismatch",
+    "audit-refusal",
     "error",
 )
 
@@ -192,6 +221,9 @@ def check(records: Iterable[Record]) -> CheckResult:
     lost = [r for r in history if isinstance(r, Nemesis) and r.event == "disk" and "; 0 writes" not in r.detail]
     for feed in (r for r in history if isinstance(r, FeedRead)):
         _check_feed(feed, finals, lost_writes=bool(lost), result=result)
+    audits = [r for r in history if isinstance(r, AuditRead)]
+    if audits:
+        _check_audit(ops, audits, rules=rules, result=result)
     by_key: dict[str, list[Op]] = defaultdict(list)
     for op in ops:
         by_key[op.key].append(op)
@@ -231,6 +263,188 @@ def _check_feed(feed: FeedRead, finals: Sequence[FinalRead], *, lost_writes: boo
                     key,
                     f"the change feed's projection holds {None if mine is None else asdict(mine)}, region "
                     f"{final.region} {None if theirs is None else asdict(theirs)}",
+                )
+            )
+
+
+# What an audit record calls each function's operation.
+_AUDIT_KIND = {"set": "set", "incr": "incr", "sadd": "add", "srem": "remove", "del": "delete"}
+
+
+def _check_audit(ops: Sequence[Op], audits: Sequence[AuditRead], *, rules: _Rules, result: CheckResult) -> None:
+    """Every region's trail verifies, all hold the same, and it accounts for every request and nothing else."""
+    result.counts["audit_records"] = max(len(a.records) for a in audits)
+    for audit in audits:
+        for chain in audit.chains.values():
+            for finding in chain["findings"]:
+                result.violations.append(Violation("audit-chain", "", f"region {audit.region}: {finding}"))
+    first = audits[0]
+    heads = {origin: chain["head"][:2] for origin, chain in first.chains.items()}
+    for other in audits[1:]:
+        theirs = {origin: chain["head"][:2] for origin, chain in other.chains.items()}
+        for origin in sorted(set(heads) | set(theirs)):
+            if heads.get(origin) != theirs.get(origin):
+                result.violations.append(
+                    Violation(
+                        "audit-diverged",
+                        "",
+                        f"{origin}'s chain ends at {heads.get(origin)} in {first.region}, "
+                        f"at {theirs.get(origin)} in {other.region}",
+                    )
+                )
+    # Judge every distinct set of records once (all are equal when the regions converged).
+    distinct: dict[str, AuditRead] = {}
+    for audit in audits:
+        distinct.setdefault(json.dumps(audit.records), audit)
+    if len(distinct) > 1:
+        names = ", ".join(a.region for a in distinct.values())
+        result.violations.append(Violation("audit-diverged", "", f"regions {names} hold different records"))
+    for audit in distinct.values():
+        _check_records(ops, audit, rules=rules, result=result)
+
+
+def _check_records(ops: Sequence[Op], audit: AuditRead, *, rules: _Rules, result: CheckResult) -> None:
+    where = f" in region {audit.region}"
+    by_event = {(r[0], r[2]): r for r in audit.records}
+    writes: dict[str, list[list[Any]]] = defaultdict(list)  # per origin, the write records in event order
+    by_key: dict[str, list[list[Any]]] = defaultdict(list)  # per idempotency key
+    for record in audit.records:
+        if record[3] == "write":
+            writes[record[0]].append(record)
+        if record[4]:
+            by_key[record[4]].append(record)
+    requests = {op.idempotency_key: op for op in ops if op.idempotency_key}
+    for op in ops:
+        mine = by_key.get(op.idempotency_key, []) if op.idempotency_key else []
+        if op.f == "bad":
+            _check_refused(op, mine, where=where, rules=rules, result=result)
+            continue
+        if op.token is None:
+            if rules.never_applied(op) and any(r[3] == "write" for r in mine):
+                result.violations.append(
+                    Violation(
+                        "audit-unexpected",
+                        op.key,
+                        f"operation {op.id} was never applied, yet has a write record{where}",
+                    )
+                )
+            continue
+        written = _write_record(op, mine, writes, where=where, result=result)
+        if written is not None:
+            _check_names(op, written, where=where, result=result)
+    if rules.ground_truth:
+        _check_against_commits(ops, by_event, where=where, result=result)
+        return
+    for record in audit.records:
+        if record[4] and record[4] not in requests:
+            result.violations.append(
+                Violation(
+                    "audit-unexpected",
+                    "",
+                    f"record {record[0]}:{record[2]}{where} names request {record[4]!r}, which nobody made",
+                )
+            )
+
+
+def _write_record(
+    op: Op, mine: Sequence[list[Any]], writes: dict[str, list[list[Any]]], *, where: str, result: CheckResult
+) -> list[Any] | None:
+    """The one write record of applied ``op``: found by its idempotency key when it has one, else by its event.
+
+    Its token (the context right after the request) ends, for the record's origin, at the record's own dot.
+    """
+    if op.idempotency_key:
+        found = [r for r in mine if r[3] == "write"]
+        covered = [r for r in found if op.token is not None and op.token.get(r[0]) == r[2]]
+        detail = f"its token {op.token} ends at none of them" if found and not covered else ""
+    else:
+        origin, event = op.dot or ("", 0)
+        found = covered = [r for r in writes.get(origin, []) if r[1] <= event <= r[2]]
+        detail = f"its event is {origin}:{event}"
+    if not covered:
+        result.violations.append(
+            Violation(
+                "audit-missing", op.key, f"operation {op.id} has no write record{where}{'; ' if detail else ''}{detail}"
+            )
+        )
+        return None
+    if len(found) > 1:
+        result.violations.append(
+            Violation("audit-duplicate", op.key, f"operation {op.id} has {len(found)} write records{where}")
+        )
+    return covered[0]
+
+
+def _check_names(op: Op, record: list[Any], *, where: str, result: CheckResult) -> None:
+    """The write record covering ``op``'s event says what ``op`` did."""
+    wanted = _AUDIT_KIND[op.f]
+    problem = ""
+    if op.idempotency_key and record[4] != op.idempotency_key:
+        problem = f"carries idempotency key {record[4]!r}, not {op.idempotency_key!r}"
+    elif not any(name == op.key and kind == wanted for name, kind, _ in record[5]):
+        problem = f"names {record[5]}, not a {wanted} of {op.key!r}"
+    elif op.f == "incr" and not any(name == op.key and amount == op.value for name, _, amount in record[5]):
+        problem = f"names {record[5]}, not an increment by {op.value}"
+    if problem:
+        result.violations.append(
+            Violation(
+                "audit-mismatch", op.key, f"the record {record[0]}:{record[2]} of operation {op.id}{where} {problem}"
+            )
+        )
+
+
+def _check_refused(op: Op, mine: Sequence[list[Any]], *, where: str, rules: _Rules, result: CheckResult) -> None:
+    if op.token is not None:
+        result.violations.append(
+            Violation("audit-refusal", op.key, f"operation {op.id} ({op.value}) was built to be refused, but applied")
+        )
+        return
+    # Exactly one per answer when the runner saw every commit (``_check_against_commits``); otherwise at least
+    # one: a client that lost the answer and tried again was refused again.
+    refused = [r for r in mine if r[3] == "refused"]
+    if op.outcome == "fail" and not rules.ground_truth and not refused:
+        result.violations.append(
+            Violation(
+                "audit-refusal", op.key, f"operation {op.id} ({op.value}) was refused, but has no refused record{where}"
+            )
+        )
+
+
+def _check_against_commits(
+    ops: Sequence[Op], by_event: dict[tuple[str, int], list[Any]], *, where: str, result: CheckResult
+) -> None:
+    """With every commit seen: the records are exactly those the writers wrote, each of its kind and request."""
+    expected: dict[tuple[str, int], tuple[str, Op]] = {}
+    for op in ops:
+        for kind, origin, event in op.audit:
+            expected[(origin, event)] = (kind, op)
+    for event, (kind, op) in sorted(expected.items(), key=lambda item: (item[0], item[1][1].id)):
+        record = by_event.get(event)
+        if record is None:
+            result.violations.append(
+                Violation(
+                    "audit-missing",
+                    op.key,
+                    f"the {kind} record {event[0]}:{event[1]} of operation {op.id} is gone{where}",
+                )
+            )
+        elif record[3] != kind or (op.idempotency_key and record[4] != op.idempotency_key):
+            result.violations.append(
+                Violation(
+                    "audit-mismatch",
+                    op.key,
+                    f"the record {event[0]}:{event[1]}{where} is a {record[3]} record of {record[4]!r}; its "
+                    f"writer answered operation {op.id} ({op.idempotency_key!r}) with a {kind}",
+                )
+            )
+    for event, record in sorted(by_event.items()):
+        if event not in expected:
+            result.violations.append(
+                Violation(
+                    "audit-unexpected",
+                    "",
+                    f"record {event[0]}:{event[1]} ({record[3]} of {record[4]!r}){where} was written by no writer "
+                    "for any request",
                 )
             )
 

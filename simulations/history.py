@@ -15,7 +15,10 @@ One JSON object per line (Jepsen's history, in the shape this store needs):
 * ``{"kind": "nemesis", ...}`` for every fault the run injected and healed.
 * ``{"kind": "final", ...}`` for every region, after the faults healed and
   replication quiesced: every key as that region reads it, and a digest of its
-  whole replicated state when the runner can take one.
+  whole replicated state when the runner can take one (the system keyspace,
+  keys starting with NUL, is in the digest but not among the keys).
+* ``{"kind": "audit", ...}`` for every region whose audit trail the runner can
+  read: its chains as they verify, and its records in short.
 
 The checkers (``simulations.checkers``) read nothing else, so a history from
 either runner is checked by the same code.
@@ -34,6 +37,7 @@ from crdtstore.crdt.origin import region_of
 __all__ = [
     "FUNCTIONS",
     "OUTCOMES",
+    "AuditRead",
     "FeedRead",
     "FinalRead",
     "KeyRead",
@@ -48,9 +52,11 @@ __all__ = [
     "write_jsonl",
 ]
 
-Function = Literal["set", "incr", "sadd", "srem", "del"]
+Function = Literal["set", "incr", "sadd", "srem", "del", "bad"]
 Outcome = Literal["ok", "fail", "unknown"]
-FUNCTIONS: tuple[str, ...] = ("set", "incr", "sadd", "srem", "del")
+# ``bad``: a request the runner built to be refused (its ``value`` says how: ``type-mismatch``,
+# ``invalid-key``, ``permission``); the audit checker wants a ``refused`` record of it.
+FUNCTIONS: tuple[str, ...] = ("set", "incr", "sadd", "srem", "del", "bad")
 OUTCOMES: tuple[str, ...] = ("ok", "fail", "unknown")
 
 
@@ -90,6 +96,13 @@ class Op:
     # The origin the region minted this operation's event under (its region and incarnation), when the
     # runner knows it; otherwise the one origin of the region in the token.
     origin: str = ""
+    # The request's idempotency key (as text), which its audit records carry.
+    idempotency_key: str = ""
+    # What the region's writer made of each attempt that reached it, when the runner sees every commit:
+    # ``[kind, origin, event]`` per attempt, ``kind`` write, replay or refused and ``event`` the counter
+    # of its audit record's own dot (``crdtstore.audit.record``). Attempts whose records were lost with
+    # their region's disk are taken out, as their tokens are.
+    audit: list[list[Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.f not in FUNCTIONS:
@@ -162,7 +175,22 @@ class FeedRead:
     kind: str = "feed"
 
 
-Record = Meta | Op | Nemesis | FinalRead | FeedRead
+@dataclass
+class AuditRead:
+    """The audit trail one region holds after the run (``simulations.audit``).
+
+    ``chains``: per origin, ``{"records", "head": [seq, digest hex, own dot], "findings": [...]}`` as
+    ``check_chain`` found it (against the region's events of that origin). ``records``: every record,
+    ``[origin, first, last, kind, idempotency key, [[key, op kind, amount], ...], code]``, in key order.
+    """
+
+    region: str
+    chains: dict[str, dict[str, Any]]
+    records: list[list[Any]]
+    kind: str = "audit"
+
+
+Record = Meta | Op | Nemesis | FinalRead | FeedRead | AuditRead
 
 
 def _reads(keys: dict[str, KeyRead]) -> dict[str, Any]:
@@ -202,6 +230,8 @@ def load(line: str) -> Record:
         return FinalRead(raw["region"], _key_reads(raw["keys"]), raw.get("digest", ""))
     if kind == "feed":
         return FeedRead(raw["region"], _key_reads(raw["keys"]), raw["duplicates"], raw.get("counts", {}))
+    if kind == "audit":
+        return AuditRead(**raw)
     raise ValueError(f"a history record of unknown kind {kind!r}")
 
 

@@ -19,6 +19,12 @@ partitions, crashes and protocol errors), the group commit, the clients
 the driver as the node does, but runs its storage work inline, at the
 instant it is asked for (``run_inline``), and ticks it when it asks to be.
 
+The regions audit every request as nodes do (``Scenario.audit``, on by
+default): the simulator notes on each operation the audit record each of
+its answers wrote (``Op.audit``, the audit checker's ground truth, as the
+token is the other checkers'), and at the end reads every region's trail
+(``simulations.audit``). About 2% of the requests are built to be refused.
+
 One ``random.Random(seed)`` decides everything, and events at the same
 virtual time run in the order they were scheduled, so a seed replays the
 same history byte for byte (``SimResult.digest``).
@@ -61,12 +67,16 @@ from crdtstore.replica.settings import ReplicationSettings
 from crdtstore.replica.wire import Message, size_of
 from crdtstore.storage import (
     Applied,
+    Failed,
     LmdbStore,
     StorageConfig,
     StorageOptions,
     WriteRequest,
 )
+from crdtstore.storage.audit import RequestInfo
+from crdtstore.storage.errors import StoreFull
 from crdtstore.storage.replication import ReplicaStore
+from simulations.audit import read_trail
 from simulations.faults import (
     FINAL_HEAL,
     PARTITION_SHAPES,
@@ -78,7 +88,7 @@ from simulations.faults import (
     region_names,
     ring_neighbours,
 )
-from simulations.history import FinalRead, KeyRead, Meta, Nemesis, Op, Record, Sibling, dump
+from simulations.history import AuditRead, FinalRead, KeyRead, Meta, Nemesis, Op, Record, Sibling, dump
 from simulations.watcher import Watcher
 
 __all__ = ["FAULT_KINDS", "Scenario", "SimResult", "Simulation", "region_names"]
@@ -103,6 +113,9 @@ _SETTLE_LIMIT_MS = 300_000
 _REGISTER_KEYS = 24
 _COUNTER_KEYS = 3
 _SET_KEYS = 12
+# Of the requests, this share is built to be refused (a register write and an increment of one key): their
+# audit records are checked like the rest. Drawn from a generator of its own, so the rest of a run is unchanged.
+_REFUSED_SHARE = 0.02
 
 
 @dataclass(frozen=True)
@@ -112,6 +125,9 @@ class Scenario:
     ops: int = 1000
     clients: int = 8
     faults: str = "all"  # all, none, or a comma-separated subset of FAULT_KINDS
+    # Whether the regions audit every request (as nodes do by default) and their trails are read and checked.
+    # A run takes about twice as long with it: the records are most of the keys a state transfer carries.
+    audit: bool = True
 
     def fault_kinds(self) -> tuple[str, ...]:
         return parse_faults(self.faults, "simulator")
@@ -120,7 +136,7 @@ class Scenario:
         """The command that replays this scenario."""
         return (
             f"python -m simulations replay --seed {self.seed} --regions {self.regions} --ops {self.ops} "
-            f"--clients {self.clients} --faults {self.faults}"
+            f"--clients {self.clients} --faults {self.faults}" + ("" if self.audit else " --audit off")
         )
 
 
@@ -152,6 +168,10 @@ class _Request:
     reached: bool = False  # some attempt reached a live region: it may have applied
     done: bool = False
     applied: bool = False  # a commit applied it (whether or not its client hears)
+
+    def write_request(self) -> WriteRequest:
+        info = RequestInfo(principal=f"client-{self.op.client}", request_id=f"op-{self.op.id}", method="Mutate")
+        return WriteRequest(self.operations, self.idempotency_key, info)
 
 
 # -- the network -------------------------------------------------------------------------------
@@ -198,6 +218,7 @@ class _Region:
 
     def start(self) -> None:
         options = StorageOptions(
+            audit=self.sim.scenario.audit,  # as a node: every request its writer answers leaves a record
             sync=False,
             map_size_bytes=8 * 1024 * 1024,
             delta_log_bytes_max=self.sim.log_bytes_max,
@@ -254,9 +275,12 @@ class _Region:
             return
         batch, self.queue = self.queue, []
         self.commit_scheduled = False
+        before = self.store.context.vv
         started = time.perf_counter()
-        results = self.store.write_batch([WriteRequest(r.operations, r.idempotency_key) for r in batch], self.clock)
+        results = self.store.write_batch([r.write_request() for r in batch], self.clock)
         self.sim.store_seconds += time.perf_counter() - started
+        if self.sim.scenario.audit:
+            self._note_records(batch, results, before)
         self.handle(self.driver.local_committed(self.sim.now))
         for request, result in zip(batch, results, strict=True):
             if isinstance(result, Applied) and result.replayed:
@@ -265,6 +289,30 @@ class _Region:
                 request.applied = True
                 self.sim.applied(self, request, result)
             self.sim.reply(self, request, result)
+
+    def _note_records(self, batch: list[_Request], results: list[Applied | Failed], before: VersionVector) -> None:
+        """Note on each request the audit record its answer wrote (ground truth for the audit checker).
+
+        A batch's requests take consecutive events of the store's origin in
+        order: a write runs to its token's counter (its record's own dot), a
+        replay or a refusal takes one event (its record alone). A full map
+        refuses with nothing written.
+        """
+        origin = self.store.origin
+        event = before.get(origin)
+        for request, result in zip(batch, results, strict=True):
+            if isinstance(result, Failed) and isinstance(result.error, StoreFull):
+                continue
+            if isinstance(result, Applied) and not result.replayed:
+                kind, event = "write", result.token.vv.get(origin)
+            else:
+                kind, event = ("replay" if isinstance(result, Applied) else "refused"), event + 1
+            request.op.audit.append([kind, origin, event])
+        # Every event of the batch is some request's: a writer that skipped a record, or wrote two, breaks this.
+        assert event == self.store.context.vv.get(origin), (
+            f"region {self.name}'s batch ran to event {self.store.context.vv.get(origin)} of {origin}, "
+            f"but its requests' records account for events up to {event}"
+        )
 
     # -- the driver's host -------------------------------------------------------------
 
@@ -309,7 +357,7 @@ class _Region:
 
     def _keys(self) -> set[str]:
         keys: set[str] = set()
-        after = b""
+        after = _CLIENT_KEYS_AFTER  # past the system keyspace (the audit trail), which is most of the keys
         while True:
             page, after = self.store.scan("", after=after, limit=1000)
             keys.update(key for key, state in page if state.read() is not None)
@@ -324,15 +372,27 @@ class _Region:
             page, after = self.store.scan("", after=after, limit=1000)
             for key, state in page:
                 digest.update(key.encode() + b"\x00" + encode(state))
-                read = read_state(state)
+                read = read_state(state) if _client_key(key) else None
                 if read is not None:
                     keys[key] = read
             if not after:
                 break
         return FinalRead(self.name, keys, digest.hexdigest())
 
+    def audit_read(self) -> AuditRead:
+        return read_trail(self.name, self.store, self.store.context.vv)
+
     def state_digest(self) -> tuple[VersionVector, tuple[int, ...]]:
         return self.store.context.vv, tuple(self.store.bucket_digests())
+
+
+# Client keys never start with NUL: a scan from here (the LMDB key of none) passes over the system keyspace.
+_CLIENT_KEYS_AFTER = b"\x01"
+
+
+def _client_key(key: str) -> bool:
+    """Not the system keyspace (audit records): the checkers' model knows nothing of it."""
+    return not key.startswith("\x00")
 
 
 def read_state(state: KeyState | None) -> KeyRead | None:
@@ -366,6 +426,7 @@ class Simulation:
         self.scenario = scenario
         self.root = Path(root)
         self.random = random.Random(scenario.seed)
+        self._refusals = random.Random(f"{scenario.seed}/refused")
         self.kinds = scenario.fault_kinds()
         self.now = 0
         self._events: list[tuple[int, int, Callable[[], None]]] = []
@@ -412,6 +473,7 @@ class Simulation:
                     "clients": scenario.clients,
                     "log_bytes_max": self.log_bytes_max,
                     "set_part_members": self.set_part_members,
+                    "audit": scenario.audit,
                     # Every operation a commit applied carries its token, even if its client never heard.
                     "ground_truth": True,
                 },
@@ -485,10 +547,18 @@ class Simulation:
         conn.held.clear()
         self.stats["connection_resets"] += 1
         self.trace_line(f"connection {conn.a}-{conn.b} broke: {why}")
+        # Each side hears of it as an event of its own, at once, never inside the driver call that is being
+        # carried out (a lost send, a close the driver asked for): a host calls its driver one event at a time,
+        # and the rest of that call's work (a transfer's next page, say) then finds the connection gone.
         for side, other in ((conn.a, conn.b), (conn.b, conn.a)):
-            if self.regions[side].up:
-                self.regions[side].disconnected(other)
+            region = self.regions[side]
+            if region.up:
+                self.after(0, functools.partial(self._disconnected, region, region.boot, other))
         self._dial_later(conn)
+
+    def _disconnected(self, region: _Region, boot: int, peer: str) -> None:
+        if region.up and region.boot == boot:
+            region.disconnected(peer)
 
     def _dial_later(self, conn: _Connection) -> None:
         if conn.dialing:
@@ -538,8 +608,13 @@ class Simulation:
         self._next_op += 1
         region = self.random.choice(self.names)
         f, key, value, operations = self._choose(op_id)
-        op = Op(op_id, client, region, f, key, value, "unknown", self.now)
-        request = _Request(op, operations, f"c{client}-{op_id}".encode())
+        if self._refusals.random() < _REFUSED_SHARE:
+            # Instead of the chosen one (still drawn, so the main stream is unchanged): refused by every store.
+            key = f"x/{op_id}"
+            f, value, operations = "bad", "type-mismatch", [SetRegister(key, b"x"), Increment(key, 1)]
+        idempotency_key = f"c{client}-{op_id}"
+        op = Op(op_id, client, region, f, key, value, "unknown", self.now, idempotency_key=idempotency_key)
+        request = _Request(op, operations, idempotency_key.encode())
         self._open[op_id] = request
         self._attempt(client, request)
 
@@ -651,8 +726,11 @@ class Simulation:
         slot = state.slots.get(ValueType.REGISTER) if state is not None else None
         if dot is None or not isinstance(slot, Register):
             return None
+        # The operation's token ends at its audit record's dot; its write is one of the events the record covers.
+        record = region.store.audit_record_at(*dot)
+        first = record.first if record is not None else dot[1]
         for sibling in slot.siblings():
-            if (sibling.dot.region, sibling.dot.counter) == dot:
+            if sibling.dot.region == dot[0] and first <= sibling.dot.counter <= dot[1]:
                 return [sibling.timestamp.wall_ms, sibling.timestamp.logical]
         return None  # already overwritten
 
@@ -798,6 +876,9 @@ class Simulation:
                 request.op.error = "its region lost its data directory"
                 self._complete(request)
         for record in self.history:
+            if isinstance(record, Op) and record.region == name:
+                # The audit records only this region had are gone with the rest of its events.
+                record.audit = [a for a in record.audit if any(c.contains(Dot(a[1], a[2])) for c in survivors)]
             if isinstance(record, Op) and record.region == name and record.dot is not None:
                 origin, counter = record.dot
                 if not any(c.contains(Dot(origin, counter)) for c in survivors):
@@ -856,6 +937,8 @@ class Simulation:
             self.record(self.watcher.finish())
             for region in self.regions.values():
                 self.record(region.final_read())
+            for region in self.regions.values() if self.scenario.audit else ():
+                self.record(region.audit_read())
         finally:
             for region in self.regions.values():
                 region.close()
@@ -864,8 +947,8 @@ class Simulation:
     def partial_result(self, converged_after: int | None = None) -> SimResult:
         """The result so far (after a run, or after one that raised)."""
         text = "\n".join(dump(r) for r in self.history)
-        final = self.history[-1]
-        keys = len(final.keys) if isinstance(final, FinalRead) else 0
+        finals = [r for r in self.history if isinstance(r, FinalRead)]
+        keys = len(finals[-1].keys) if finals else 0
         stats = dict(self.stats)
         stats["clock_skew_events"] = sum(
             r.skew_events + (r.driver.skew_events if r.up else 0) for r in self.regions.values()

@@ -21,6 +21,15 @@ directory and port, and:
   it must be answered ``replayed`` exactly when it had landed, after which
   every value is exact (counters equal to the attempted total).
 
+After every kill (on the directory the restart recovers from) and after the
+final clean stop, the audit trail must account for it all: the node's chain
+verifies up to the head it noted beside the data, its records' events tile
+its version vector (no change without its record, no record without its
+change), every acknowledged write has exactly one ``write`` record naming
+its keys, every register a record says was written holds the value whose
+digest the record carries, and the counters and sets hold what the records'
+amounts add up to.
+
 At the end a clean stop (SIGTERM, exit 0) and start must show all of it, and
 replays of acknowledged writes must still be answered from the idempotency
 records, not applied again.
@@ -34,6 +43,7 @@ The default run (the README's ``pytest``) makes 3 cycles; the run marked
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import threading
@@ -45,6 +55,7 @@ from pathlib import Path
 
 import pytest
 
+from crdtstore.audit.record import AuditRecord, check_chain, decode, parse_record_key
 from crdtstore.client import Client, ClientError
 from crdtstore.crdt import VersionVector
 from crdtstore.operations import AddMembers, Increment, Operation, SetRegister
@@ -93,11 +104,13 @@ class Ledger:
     members_attempted: dict[str, set[str]] = field(default_factory=dict)
     members_acked: dict[str, set[str]] = field(default_factory=dict)
     acked: list[Attempt] = field(default_factory=list)
+    attempts: dict[bytes, Attempt] = field(default_factory=dict)  # by idempotency key
     unknown: list[Attempt] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
 
     def attempting(self, attempt: Attempt) -> None:
         with self.lock:
+            self.attempts[attempt.idempotency_key] = attempt
             if attempt.register:
                 key, value = attempt.register
                 assert key not in self.registers_attempted
@@ -298,6 +311,69 @@ def check_feed_tiles_the_vector(server: ServerProcess, why: str) -> None:
         store.close()
 
 
+def check_audit_trail(server: ServerProcess, ledger: Ledger, why: str) -> None:
+    """The audit trail of a stopped (or killed) node accounts for exactly the writes its directory holds."""
+    store = LmdbStore(StorageConfig(server.data_dir, server.region))
+    try:
+        vector = store.context.vv
+        records: list[AuditRecord] = []
+        for origin, held in vector.items():
+            raws = [(parse_record_key(key)[1], raw) for key, raw in store.iter_audit(origin)]
+            anchor = store.audit_chain_head(origin) if origin == store.origin else None
+            report = check_chain(origin, raws, floor=store.audit_floor(origin), anchor=anchor)
+            assert report.ok, f"{why}: the chain of {origin} does not verify: {report.findings[:3]}"
+            chain = [decode(raw) for _, raw in raws]
+            # Every event of the origin is in exactly one record: a change and its record commit together.
+            assert chain and chain[0].first == 1, f"{why}: the records of {origin} do not start at its first event"
+            assert chain[-1].last == held, f"{why}: {origin}'s events run to {held}, its records to {chain[-1].last}"
+            records += chain
+        assert set(store.audit_origins()) <= set(vector.regions()), f"{why}: records of an origin with no events"
+        by_key: dict[bytes, list[AuditRecord]] = {}
+        for record in records:
+            assert record.idempotency_key in ledger.attempts, f"{why}: a record of a request nobody made: {record}"
+            by_key.setdefault(record.idempotency_key, []).append(record)
+        acked = {a.idempotency_key for a in ledger.acked}
+        counters: Counter[str] = Counter()
+        members: Counter[str] = Counter()
+        for idem, attempt in ledger.attempts.items():
+            writes = [r for r in by_key.get(idem, []) if r.kind == "write"]
+            assert len(writes) <= 1, f"{why}: {len(writes)} write records of {idem!r}"
+            if idem in acked:
+                assert writes, f"{why}: acknowledged write {idem!r} has no record"
+            if not writes:
+                continue
+            named = {(op.key, op.kind): op for op in writes[0].operations}
+            if attempt.register:
+                key, value = attempt.register
+                op = named.get((key, "set"))
+                assert op is not None and op.value_sha256 == hashlib.sha256(value).digest(), f"{why}: {writes[0]}"
+                # The record committed with its change: the register holds the value the record hashed.
+                state = store.get(key)
+                held_value = state.read() if state is not None else None
+                assert held_value is not None and held_value.value == value, f"{why}: {key} has a record, no value"
+            if attempt.counter:
+                key, amount = attempt.counter
+                assert named.get((key, "incr")) == (key, "incr", amount, b""), f"{why}: {writes[0]}"
+                counters[key] += amount
+            if attempt.member:
+                key, _ = attempt.member
+                assert named.get((key, "add")) == (key, "add", 1, b""), f"{why}: {writes[0]}"
+                members[key] += 1
+        for key in COUNTERS:
+            state = store.get(key)
+            total = state.read() if state is not None else None
+            assert (total.value if total is not None else 0) == counters[key], f"{why}: counter {key} vs its records"
+        for key, added in members.items():
+            state = store.get(key)
+            held_set = state.read() if state is not None else None
+            members_held = held_set.value if held_set is not None else frozenset()
+            assert isinstance(members_held, frozenset) and len(members_held) == added, (
+                f"{why}: set {key} vs its records"
+            )
+    finally:
+        store.close()
+
+
 # -- the test --------------------------------------------------------------------------------
 
 
@@ -362,6 +438,7 @@ def crash_cycles(server: ServerProcess, cycles: int) -> None:
                 thread.join(timeout=JOIN_TIMEOUT_S)
         assert not any(t.is_alive() for t in writers), f"{why}: a writer did not stop"
         assert ledger.unexpected == [], f"{why}: {ledger.unexpected}"
+        check_audit_trail(server, ledger, why)  # the directory the restart recovers from
 
         server.start()
         with Client(server.addr, timeout_s=RPC_TIMEOUT_S) as kv:
@@ -387,6 +464,7 @@ def crash_cycles(server: ServerProcess, cycles: int) -> None:
         check_exact(kv, ledger, range(cycles), why)
     assert server.stop() == 0
     check_feed_tiles_the_vector(server, why)
+    check_audit_trail(server, ledger, why)
     print(
         f"crash test: seed {SEED}, {cycles} cycles, {len(ledger.acked)} writes, "
         f"{unknown_total} of unknown outcome ({unknown_landed} of them had landed)"

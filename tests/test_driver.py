@@ -15,11 +15,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crdtstore.crdt import HybridLogicalClock, VersionVector
+from crdtstore.crdt import CausalContext, HybridLogicalClock, VersionVector
 from crdtstore.operations import AddMembers, DeleteKey, Increment, Operation, RemoveMembers, SetRegister
 from crdtstore.replica.driver import LARGE_MESSAGE_BYTES, Driver, Job, Ready
 from crdtstore.replica.settings import ReplicationSettings
-from crdtstore.replica.wire import Ack, Entries, Hello, Offer, Page, RawLogEntry, Want
+from crdtstore.replica.wire import DIGEST_BUCKETS, Ack, Entries, Hello, Offer, Page, RawLogEntry, Want
 from crdtstore.storage import LmdbStore, StorageConfig, StorageOptions, WriteRequest
 from crdtstore.storage.replication import ReplicaStore
 from crdtstore.testing.clock import FakeClock
@@ -222,6 +222,27 @@ def test_a_page_out_of_order_closes_the_connection(one: One) -> None:
     one.run(one.driver.received("us", Hello("us", VersionVector()), 0), 0)
     ready = one.driver.received("us", Page(1, ()), 1)
     assert [peer for peer, _ in ready.close] == ["us"]
+
+
+def test_regression_a_late_transfer_page_never_finishes_another_transfer(one: One) -> None:
+    """Found by the simulator's audit checker: a transfer's last page overtook its first (messages reordered).
+
+    The page arrived when the previous transfer (of one page) had ended, and was taken as that
+    transfer's page 1: the transfer was finished with that page's keys alone and the sender's whole
+    context, so the join dropped every key the page did not carry. A page other than a first one
+    between transfers now ends the connection, and nothing is joined.
+    """
+    one.write(SetRegister("kept", b"v"))
+    one.driver.connected("us", 0)
+    one.run(one.driver.received("us", Hello("us", VersionVector()), 0), 0)
+    every = frozenset(range(DIGEST_BUCKETS))
+    one.run(one.driver.received("us", Page(0, (), True, CausalContext(), every), 1), 1)  # a transfer of nothing
+    assert one.driver.transfers_joined == 1
+    # The next transfer's last page, first: with no keys and a context that covers "kept", it would remove it.
+    late = one.driver.received("us", Page(1, (), True, one.store.context, every), 2)
+    assert [peer for peer, _ in late.close] == ["us"]
+    assert "finish" not in _jobs(one.run(late, 2))
+    assert one.store.get("kept") is not None
 
 
 def _entry_from(region: str, op: Operation) -> RawLogEntry:

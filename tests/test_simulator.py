@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from crdtstore.audit.record import is_audit_key
 from crdtstore.crdt import CausalContext, HybridLogicalClock
 from crdtstore.storage import Applied, Failed, LmdbStore, LogEntry, WriteRequest, lmdb_store
 from simulations.__main__ import main
@@ -26,6 +27,10 @@ from simulations.sim import Scenario, SimResult, Simulation
 from simulations.timeline import fault_spans
 
 ROOT = Path(__file__).resolve().parent.parent
+# For the tests of other properties than the audit trail, in the default run: auditing doubles a run's time (its
+# records are most of the keys a state transfer carries). tests/test_simulator_audit.py checks the trail; the
+# default runs of the simulator and the long tests here audit.
+NO_AUDIT = {"audit": False}
 
 
 def simulate(tmp_path: Path, scenario: Scenario, *, trace: bool = False) -> SimResult:
@@ -90,7 +95,7 @@ def test_the_faults_reach_the_paths_that_matter(tmp_path: Path) -> None:
     wanted = ("client_retries", "idempotent_replays", "connection_resets", "transfers_joined")
     seen: Counter[str] = Counter()
     for seed in range(1, 19):
-        result = simulate(tmp_path, Scenario(seed, faults=("crash", "partition", "all")[seed % 3]))
+        result = simulate(tmp_path, Scenario(seed, faults=("crash", "partition", "all")[seed % 3], **NO_AUDIT))
         assert check(result.history).ok, seed
         seen.update(result.counts)
         if all(seen[k] for k in wanted) and seen["keys_removed_by_transfers"]:
@@ -106,7 +111,7 @@ _DISK_SEEDS = (2, 7)
 def test_regression_a_region_that_lost_its_disk_never_mints_the_ids_of_events_it_lost(tmp_path: Path) -> None:
     """Found on real processes: a region back from a lost disk reused the event ids only a cut-off region held."""
     for seed in _DISK_SEEDS:
-        result = simulate(tmp_path, Scenario(seed, regions=3, ops=500, faults="disk,partition"))
+        result = simulate(tmp_path, Scenario(seed, regions=3, ops=500, faults="disk,partition", **NO_AUDIT))
         assert any(isinstance(r, Nemesis) and r.event == "disk" for r in result.history), seed
         verdict = check(result.history)
         assert verdict.ok, (seed, verdict.violations[:5])
@@ -119,9 +124,8 @@ def test_a_region_that_reuses_its_origin_after_losing_its_disk_is_caught(
     monkeypatch.setattr(lmdb_store, "origin_of", lambda region, _incarnation: f"{region}#000000000000")
     found: Counter[str] = Counter()
     for seed in _DISK_SEEDS:
-        found.update(
-            check(simulate(tmp_path, Scenario(seed, regions=3, ops=500, faults="disk,partition")).history).by_kind()
-        )
+        scenario = Scenario(seed, regions=3, ops=500, faults="disk,partition", **NO_AUDIT)
+        found.update(check(simulate(tmp_path, scenario).history).by_kind())
     assert found["counter"] + found["clock"] + found["lost"] + found["diverged"] > 0, found
 
 
@@ -153,12 +157,14 @@ def test_a_replica_that_silently_skips_a_remote_delta_is_caught(
     calls = itertools.count()
 
     def forgetful(self: LmdbStore, records: Any, allocate: Any, entry: LogEntry, context: CausalContext) -> None:
-        if all(key.startswith("s/") for key in entry.delta.entries) and next(calls) % 5 == 4:
+        # (An entry carries its request's audit record beside its keys.)
+        keys = [key for key in entry.delta.entries if not is_audit_key(key)]
+        if keys and all(key.startswith("s/") for key in keys) and next(calls) % 5 == 4:
             return  # the context advances, the state does not
         real(self, records, allocate, entry, context)
 
     monkeypatch.setattr(LmdbStore, "_apply_entry", forgetful)
-    summary, _ = run_seed(Scenario(4, regions=3, ops=300, faults="none"))
+    summary, _ = run_seed(Scenario(4, regions=3, ops=300, faults="none", **NO_AUDIT))
     assert not summary.ok
     assert "error" not in summary.violations, summary.details
     assert summary.violations.get("diverged", 0) > 0, summary.violations
@@ -170,7 +176,7 @@ def test_a_store_that_applies_a_retried_request_twice_is_caught(
     monkeypatch.setattr(LmdbStore, "_stored_reply", lambda *_: None)  # forgets every idempotency key
     found: Counter[str] = Counter()
     for seed in (1, 2, 3):
-        result = simulate(tmp_path, Scenario(seed, faults="crash,network"))
+        result = simulate(tmp_path, Scenario(seed, faults="crash,network", **NO_AUDIT))
         found.update(check(result.history).by_kind())
     assert found["counter"] > 0, found
 

@@ -126,9 +126,10 @@ class _Link:
     last_sent_ms: int = 0
     reading_log: bool = False
     sending: _Sending | None = None
-    # A transfer from the peer: its offer's digests, the next page expected, transfers begun.
+    # A transfer from the peer: its offer's digests, the next page expected (None between transfers:
+    # only a page 0 may come then), transfers begun.
     offered: tuple[int, ...] | None = None
-    next_page: int = 0
+    next_page: int | None = None
     transfers: int = 0
     stale_transfers: int = 0  # kept across connections
 
@@ -139,7 +140,7 @@ class _Link:
         self.closing = self.greeted = self.reading_log = False
         self.last_sent_ms = now_ms
         self.offered = None
-        self.next_page = self.transfers = 0
+        self.next_page, self.transfers = None, 0
 
 
 class Driver:
@@ -447,9 +448,12 @@ class Driver:
             link.next_page = 0
             link.transfers += 1
         if page.number != link.next_page:
-            self._close(peer, f"state transfer page {page.number} arrived, {link.next_page} was expected")
+            # A page of a transfer that already ended (its last page overtook it) must not be taken for one of the
+            # next: it would finish with that page's keys alone, and the join would drop every key not in it.
+            wanted = "a new transfer's first page" if link.next_page is None else f"page {link.next_page}"
+            self._close(peer, f"state transfer page {page.number} arrived, {wanted} was expected")
             return
-        link.next_page += 1
+        link.next_page = None if page.done else page.number + 1
         transfer = link.epoch * 1_000_000 + link.transfers  # unique per connection and transfer
         if page.keys:
             keys = page.keys
