@@ -204,11 +204,7 @@ class Audited:
         return [decode(raw) for _, raw in self.store.iter_audit(origin)]
 
     def verify(self) -> None:
-        store = self.store
-        for origin in store.audit_origins():
-            anchor = store.audit_chain_head(origin) if origin == store.origin else None
-            stored = [(parse_record_key(k)[1], raw) for k, raw in store.iter_audit(origin)]
-            report = check_chain(origin, stored, held=store.context.vv.get(origin), anchor=anchor)
+        for report in self.store.audit_chain_reports():  # what AuditVerify checks: floors, vector, own head
             assert report.ok, report.findings
 
 
@@ -414,3 +410,56 @@ def test_a_peer_whose_copy_of_a_record_differs_is_reported_once_and_a_peer_behin
     finally:
         eu.store.close()
         us.store.close()
+
+
+def test_regression_a_drop_planned_before_a_peers_larger_one_arrived_never_lowers_the_floor(tmp_path: Path) -> None:
+    """Found in review: us's floor write had seen eu's higher floor, so it replaced it; every region read the chain
+    as broken. Each region now writes a floor of its own, and the chain's floor is the highest."""
+    from crdtstore.node.audit_retention import plan_drops
+
+    wall = FakeClock(1_700_000_000_000)
+    eu, us = Audited(tmp_path / "eu", "eu"), Audited(tmp_path / "us", "us")
+    us.wall = eu.wall = wall
+    eu.store._wall_ms = us.store._wall_ms = wall
+    try:
+        for i in range(10):
+            eu.write(WriteRequest([SetRegister(f"k{i}", b"v")]))
+
+        def pull(target: Audited, source: Audited) -> None:
+            entries = source.store.log_since(target.store.context.vv, 1 << 26).entries
+            target.store.apply_raw(entries, source.store.region, target.clock)
+
+        pull(us, eu)
+        origin = eu.store.origin
+        records = eu.records(origin)
+        wall.advance(100 * 86_400_000)
+        eu.store.put_audit_exported({origin: (7, records[6].last)})
+        us.store.put_audit_exported({origin: (5, records[4].last)})
+        us_drops, _ = plan_drops(us.store, wall(), 0, 1 << 40)  # us plans 1..5
+        eu_drops, _ = plan_drops(eu.store, wall(), 0, 1 << 40)  # eu plans 1..7
+        info = RequestInfo(principal="crdtstore", method="AuditRetention")
+        eu.write(WriteRequest(eu_drops[0].operations("eu"), info=info))
+        pull(us, eu)  # eu's drop arrives before us's commits
+        us.write(WriteRequest(us_drops[0].operations("us"), info=info))
+        pull(eu, us)
+        for region in (eu, us):
+            floor = region.store.audit_floor(origin)
+            assert floor is not None and floor.seq == 7
+            region.verify()
+    finally:
+        eu.store.close()
+        us.store.close()
+
+
+def test_regression_the_record_of_a_refused_request_is_bounded_whatever_it_held(audited: Audited) -> None:
+    """Found in review: a refusal's record named every operation, so one huge refused request outgrew what a
+    replication message carries, and its entry stopped replication for good."""
+    many = [SetRegister("k" * 5000, b"") for _ in range(20_000)]
+    refused = RequestInfo(principal="p" * 5000, refused=("INVALID_ARGUMENT", "too many operations"))
+    audited.write(WriteRequest(many, b"i" * 5000, refused))
+    (record,) = audited.records()
+    assert len(record.operations) == 100 and all(len(op.key) == 1024 for op in record.operations)
+    assert "20000 operations; the first 100 are recorded" in record.reason
+    assert len(record.principal) == 1024 and len(record.idempotency_key) == 1024
+    assert len(record.encode()) < 200_000
+    audited.verify()

@@ -97,23 +97,42 @@ def test_seek_is_a_binary_search_that_lands_before_the_first_record_at_or_after_
             assert position == (0 if record is chain[0] else chain[chain.index(record) - 1].last)
 
 
+def _heads(records: list[AuditRecord], since_ms: int, until_ms: int) -> dict[str, tuple[int, bytes, int]]:
+    """The head lines an export of ``[since_ms, until_ms)`` would hold: each chain's last record in it."""
+    heads: dict[str, tuple[int, bytes, int]] = {}
+    for r in records:
+        if since_ms <= r.hlc_wall_ms < until_ms:
+            heads[r.origin] = (r.seq, r.digest(), r.last)
+    return heads
+
+
 def test_export_marks_move_only_contiguously(store: LmdbStore) -> None:
     every = _every(store)
     first_chain = [r for r in every if r.origin == every[0].origin]
     # An export that starts after the first record not yet exported leaves a gap: nothing moves.
-    marks, through = mark_exported(store, every[5].hlc_wall_ms, every[10].hlc_wall_ms, {})
+    since, until = every[5].hlc_wall_ms, every[10].hlc_wall_ms
+    marks, through = mark_exported(store, since, until, _heads(every, since, until))
     assert marks == {} and through == every[0].hlc_wall_ms
     # From the beginning to the 10th record: the first chain is exported through record 10.
-    marks, through = mark_exported(store, 0, every[10].hlc_wall_ms, {})
+    marks, through = mark_exported(store, 0, until, _heads(every, 0, until))
     assert marks == {first_chain[9].origin: (10, first_chain[9].last)}
     assert through == every[10].hlc_wall_ms
     store.put_audit_exported(marks)
     # The next export continues where that one stopped: it counts, through the end.
-    marks, through = mark_exported(store, every[10].hlc_wall_ms, every[-1].hlc_wall_ms + 1, {})
+    end = every[-1].hlc_wall_ms + 1
+    marks, through = mark_exported(store, until, end, _heads(every, until, end))
     assert {o: seq for o, (seq, _) in marks.items()} == {
         origin: max(r.seq for r in every if r.origin == origin) for origin in {r.origin for r in every}
     }
-    assert through == every[-1].hlc_wall_ms + 1
+    assert through == end
+
+
+def test_regression_an_export_that_names_no_head_marks_nothing(store: LmdbStore) -> None:
+    """Found in review: an export that held no record sent no heads, and was taken to hold every record before
+    its end, so retention would have dropped records no archive held."""
+    every = _every(store)
+    marks, through = mark_exported(store, 0, every[-1].hlc_wall_ms + 1, {})
+    assert marks == {} and through == every[0].hlc_wall_ms
 
 
 def test_retention_drops_only_exported_records_oldest_first_and_keeps_each_head(store: LmdbStore) -> None:

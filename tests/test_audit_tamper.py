@@ -228,7 +228,8 @@ def test_after_a_trim_the_floor_links_and_removing_records_above_it_is_found(
         dropped = original.records[:5]
         last = dropped[-1]
         ops: list[Operation] = [DeleteKey(record_key(original.origin, r.last)) for r in dropped]
-        ops.append(SetRegister(floor_key(original.origin), encode_floor(Floor(last.seq, last.digest(), last.last))))
+        floor = encode_floor(Floor(last.seq, last.digest(), last.last))
+        ops.append(SetRegister(floor_key(original.origin, "eu"), floor))
         clock = HybridLogicalClock(_wall_ms, floor=store.hlc_mark)
         _write(store, clock, 99, *ops)
         assert store.audit_floor(original.origin) == Floor(last.seq, last.digest(), last.last)

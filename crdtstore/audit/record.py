@@ -324,6 +324,8 @@ def from_json(obj: dict[str, Any]) -> AuditRecord:
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise AuditError(f"not an exported audit record: {exc!r}") from None
+    if "region" in obj and obj["region"] != record.region:
+        raise AuditError(f"the record's region {obj['region']!r} is not its origin's ({record.region!r})")
     # Through the one encoding, so a field of the wrong type is refused as it would be in a store.
     return decode(record.encode())
 
@@ -372,13 +374,19 @@ def check_chain(
     Each record must decode, sit under its own dot, be the next seq, hold
     the digest of its predecessor (or of the floor, after trimming), and
     continue the previous record's dots. With ``held`` (how far this region
-    holds the origin's events) the chain must reach it: a region's events
-    after the last record have lost their records (a truncated tail). With
-    ``anchor`` (the origin's own record of its head: seq and digest) the last
-    record must be that one.
+    holds the origin's events) the chain must reach it, and no further: a
+    region's events after the last record have lost their records (a
+    truncated tail), and a record of events it does not hold was not made
+    by them. With ``anchor`` (the region's own record of its head: seq and
+    digest) the chain must hold that record: ending before it means records
+    were dropped from the tail. It may go on past it only with records that
+    came back from peers after the region's directory was restored from an
+    older copy (the region then mints under a new origin): records of
+    events it holds, linked to the anchor.
     """
     report = ChainReport(origin)
     seq, prev, last = (floor.seq, floor.hash, floor.last) if floor else (0, ZERO_HASH, 0)
+    anchored = anchor is None or (floor is not None and anchor[0] <= floor.seq)
     for at, raw in records:
         report.records += 1
         expected = seq + 1
@@ -389,12 +397,21 @@ def check_chain(
             return _ended(report, seq, prev, last)
         first_seen = report.records == 1 and not floor
         problem = _link_problem(record, at, expected, origin=origin, prev=prev, last=last, first_seen=first_seen)
+        if not problem and held is not None and record.last > held:
+            problem = f"record {record.seq} is of events up to {record.last}, which this region does not hold"
+        if not problem and anchor is not None and record.seq == anchor[0]:
+            if record.digest() != anchor[1]:
+                problem = (
+                    f"record {record.seq} is not the one the region recorded as its head "
+                    f"({anchor[1].hex()[:16]}): it was changed"
+                )
+            anchored = True
         if problem:
             report.findings.append(ChainFinding(origin, at, expected, problem))
             return _ended(report, seq, prev, last)
         seq, prev, last = record.seq, record.digest(), record.last
     _ended(report, seq, prev, last)
-    if anchor is not None and (anchor[0], anchor[1]) != (seq, prev):
+    if anchor is not None and not anchored:
         report.findings.append(
             ChainFinding(
                 origin,

@@ -57,10 +57,12 @@ class Drop:
     origin: str
     records: tuple[AuditRecord, ...]
 
-    def operations(self) -> list[Operation]:
+    def operations(self, region: str) -> list[Operation]:
+        """The write that drops them, leaving ``region``'s floor of the chain after them."""
         ops: list[Operation] = [DeleteKey(record_key(self.origin, r.last)) for r in self.records]
         last = self.records[-1]
-        ops.append(SetRegister(floor_key(self.origin), encode_floor(Floor(last.seq, last.digest(), last.last))))
+        floor = encode_floor(Floor(last.seq, last.digest(), last.last))
+        ops.append(SetRegister(floor_key(self.origin, region), floor))
         return ops
 
 
@@ -153,7 +155,7 @@ class AuditRetention:
                 return removed
             for drop in drops:
                 info = RequestInfo(principal="crdtstore", method="AuditRetention", durability="local")
-                result = await node.writer.submit(WriteRequest(drop.operations(), info=info))
+                result = await node.writer.submit(WriteRequest(drop.operations(node.store.region), info=info))
                 if not isinstance(result, Applied):
                     raise RuntimeError(f"dropping audit records of {drop.origin} failed: {result.error}")
                 removed += len(drop.records)
@@ -169,6 +171,8 @@ class AuditRetention:
                 continue
             if node.replicator.rejoining() is not None or node.replicator.clock_fenced():
                 continue  # no writes of its own until caught up, or while its clock is out of bounds
+            if node.audit_exports:
+                continue  # an export is reading the chains: dropping records under it would leave it a hole
             try:
                 await self.trim_once()
             except Exception:

@@ -252,12 +252,11 @@ def mark_exported(
 ) -> tuple[dict[str, tuple[int, int]], int]:
     """The export marks once an export of ``[since_ms, through_ms)`` is stored; and when every record before is.
 
-    ``heads``: the export's last record of each chain, (seq, hash, dot), when
-    the caller sent them; a head that is not a record this node holds (another
-    seq or hash at that dot) is not taken. Without heads, the export holds
-    each chain's records before ``through_ms`` (at most now). A chain's mark
-    moves only when the export started at or before the chain's first
-    record not yet exported (contiguity).
+    ``heads``: the export's last record of each chain, (seq, hash, dot); a
+    head that is not a record this node holds (another seq or hash at that
+    dot) is not taken, and a chain the export names no head of does not
+    move. A chain's mark moves only when the export started at or before
+    the chain's first record not yet exported (contiguity).
     """
     through_ms = min(through_ms, store.wall_ms())
     marks = store.audit_exported()
@@ -266,18 +265,14 @@ def mark_exported(
         pending = store.audit_record_from(origin, last_mark + 1)
         if pending is None or (since_ms > pending.hlc_wall_ms and since_ms > 0):
             continue  # nothing left to export, or the export left a gap before it
-        if heads:
-            if origin not in heads:
-                continue
-            seq, head, last = heads[origin]
-            held = store.audit_record_at(origin, last)
-            if held is None or held.last != last or held.seq != seq or held.digest() != head:
-                continue
-        else:
-            newest = _last_before(store, origin, through_ms)
-            if newest is None:
-                continue
-            seq, last = newest.seq, newest.last
+        # Only a chain whose head the export names moves (found in review: an export that held no record
+        # sent no heads, and was taken to hold every record before its end).
+        if origin not in heads:
+            continue
+        seq, head, last = heads[origin]
+        held = store.audit_record_at(origin, last)
+        if held is None or held.last != last or held.seq != seq or held.digest() != head:
+            continue
         if seq > seq_mark:
             marks[origin] = (seq, last)
     exported_through = through_ms
@@ -286,12 +281,6 @@ def mark_exported(
         if pending is not None:
             exported_through = min(exported_through, pending.hlc_wall_ms)
     return marks, exported_through
-
-
-def _last_before(store: LmdbStore, origin: str, until_ms: int) -> AuditRecord | None:
-    """``origin``'s newest record with ``hlc_wall_ms < until_ms`` (``seek`` stops just after it)."""
-    position = seek(store, origin, until_ms)
-    return store.audit_record_at(origin, position) if position else None
 
 
 # -- the service ------------------------------------------------------------------------------
@@ -350,20 +339,37 @@ class AuditService:
         if since_ms >= until_ms:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "since_ms must be before until_ms (and now)")
         heads: list[pb.AuditChainHead] = []
-        for origin in await asyncio.to_thread(store.audit_origins):
-            records = export_records(store, origin, since_ms, until_ms)
-            newest: AuditRecord | None = None
-            while True:
-                try:
-                    chunk = await asyncio.to_thread(_take_bytes, records, _EXPORT_CHUNK_BYTES)
-                except AuditError as exc:
-                    await abort(context, grpc.StatusCode.DATA_LOSS, str(exc))
-                if not chunk:
-                    break
-                newest = chunk[-1]
-                yield pb.AuditExportChunk(records=[record_pb(r) for r in chunk])
-            if newest is not None:
-                heads.append(pb.AuditChainHead(origin=origin, seq=newest.seq, hash=newest.digest(), last=newest.last))
+        self.node.audit_exports += 1  # this node's retention waits until the export ends
+        try:
+            for origin in await asyncio.to_thread(store.audit_origins):
+                records = export_records(store, origin, since_ms, until_ms)
+                newest: AuditRecord | None = None
+                while True:
+                    try:
+                        chunk = await asyncio.to_thread(_take_bytes, records, _EXPORT_CHUNK_BYTES)
+                    except AuditError as exc:
+                        await abort(context, grpc.StatusCode.DATA_LOSS, str(exc))
+                    if not chunk:
+                        break
+                    # A chain is read a page at a time: a peer's retention may drop records between two
+                    # pages. An export with a hole would not verify; the caller runs it again (found in review).
+                    expected = (newest.seq + 1) if newest is not None else chunk[0].seq
+                    if any(r.seq != expected + i for i, r in enumerate(chunk)):
+                        await abort(
+                            context,
+                            grpc.StatusCode.ABORTED,
+                            f"the records of {origin} do not follow each other from record {expected}: retention "
+                            f"dropped some while the export read them (run it again), or they are missing (run "
+                            f"audit verify)",
+                        )
+                    newest = chunk[-1]
+                    yield pb.AuditExportChunk(records=[record_pb(r) for r in chunk])
+                if newest is not None:
+                    heads.append(
+                        pb.AuditChainHead(origin=origin, seq=newest.seq, hash=newest.digest(), last=newest.last)
+                    )
+        finally:
+            self.node.audit_exports -= 1
         yield pb.AuditExportChunk(heads=heads, done=True, through_ms=until_ms)
 
     async def AuditExported(

@@ -121,6 +121,7 @@ class NodeState:
         self.draining = False
         self.watches: WatchStreams | None = None  # the change feed's streams, once served (add_services)
         self.refusals = RefusalLog(self)  # refused requests, to the audit trail
+        self.audit_exports = 0  # audit exports reading now (retention waits for them)
         self.audit_retention: AuditRetention | None = None  # set by the node's main once it runs
 
     def drain(self) -> None:

@@ -380,16 +380,20 @@ def _register_value(db_key: bytes, raw: bytes) -> bytes:
 
 # -- trimmed chains' floors, and reading chains from a bare transaction (offline verification) ------
 
-# Where a trimmed chain starts, per origin: an ordinary register in the system keyspace (outside
-# the records' prefix, so it is never taken for a record), written by the same replicated write
-# that drops the records (``crdtstore.node.audit_retention``). Its value is msgpack [seq, digest,
-# last] of the last record dropped. Two regions that trimmed the same chain concurrently leave two
-# siblings: the floor is the one with the highest seq (every record up to it is gone in both).
+# Where a trimmed chain starts: an ordinary register in the system keyspace (outside the records'
+# prefix, so it is never taken for a record), one per chain and per region that dropped records of it,
+# written by the same replicated write that drops them (``crdtstore.node.audit_retention``). Its value
+# is msgpack [seq, digest, last] of the last record that region dropped. The chain's floor is the
+# highest of them (and of a register's concurrent siblings): every record up to it is gone everywhere.
+# One register per dropping region, because a region that had already seen a peer's higher floor when
+# it wrote its own would otherwise replace it with a lower one (found in review: the chain then read
+# as broken in every region); a region's own floor only rises, since it drops from its oldest record.
 FLOOR_PREFIX = "\x00auditfloor/"
 
 
-def floor_key(origin: str) -> str:
-    return f"{FLOOR_PREFIX}{origin}"
+def floor_key(origin: str, region: str) -> str:
+    """The floor register ``region`` writes for ``origin``'s chain (neither holds a NUL)."""
+    return f"{FLOOR_PREFIX}{origin}\x00{region}"
 
 
 def encode_floor(floor: Floor) -> bytes:
@@ -397,23 +401,25 @@ def encode_floor(floor: Floor) -> bytes:
 
 
 def read_floor(txn: lmdb.Transaction, data: lmdb._Database, origin: str) -> Floor | None:
-    """The floor of ``origin``'s chain as ``txn`` sees it (the highest of concurrent ones); None if untrimmed."""
-    key = floor_key(origin)
-    raw = txn.get(lmdb_key(key), db=data)
-    if raw is None:
-        return None
-    try:
-        state = decode_as(decode_record(lmdb_key(key), bytes(raw)).body, KeyState)
-    except (StorageError, ValueError) as exc:
-        raise StorageError(f"the floor of the audit chain of {origin} cannot be read: {exc}") from exc
-    register = state.slots.get(ValueType.REGISTER)
+    """The floor of ``origin``'s chain as ``txn`` sees it (the highest any region wrote); None if untrimmed."""
+    prefix = lmdb_key(f"{FLOOR_PREFIX}{origin}\x00")
     floors: list[Floor] = []
-    for version in register.entries.values() if isinstance(register, Register) else ():
+    cursor = txn.cursor(db=data)
+    found = cursor.set_range(prefix)
+    while found and bytes(cursor.key()).startswith(prefix):
+        db_key = bytes(cursor.key())
         try:
-            seq, head, last = msgpack.unpackb(version.value)
-            floors.append(Floor(int(seq), bytes(head), int(last)))
-        except (ValueError, TypeError, msgpack.UnpackException):
-            continue
+            state = decode_as(decode_record(db_key, bytes(cursor.value())).body, KeyState)
+        except (StorageError, ValueError) as exc:
+            raise StorageError(f"the floor of the audit chain of {origin} cannot be read: {exc}") from exc
+        register = state.slots.get(ValueType.REGISTER)
+        for version in register.entries.values() if isinstance(register, Register) else ():
+            try:
+                seq, head, last = msgpack.unpackb(version.value)
+                floors.append(Floor(int(seq), bytes(head), int(last)))
+            except (ValueError, TypeError, msgpack.UnpackException):
+                continue
+        found = cursor.next()
     return max(floors, default=None, key=lambda f: f.seq)
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, TypeGuard
 
 import lmdb
@@ -266,10 +266,26 @@ class LocalWrites(DeltaLog, FeedIndex, AuditTrail):
         code: str = "",
         reason: str = "",
     ) -> None:
-        """Write an audit-only entry: the record of a request that changed nothing, under a dot of its own."""
+        """Write an audit-only entry: the record of a request that changed nothing, under a dot of its own.
+
+        Bounded whatever the request held (found in review: the record of a
+        refused request of millions of operations outgrew what one
+        replication message carries, and stopped replication): at most
+        ``_REFUSED_OPERATIONS_MAX`` operations (the reason says how many
+        there were), keys, idempotency key and principal cut short.
+        """
         origin = batch.origin
         dot = batch.context.next_dot(origin)
         timestamp = clock.now()
+        info = request.info
+        ops = request.operations
+        count = len(ops) or (len(info.asked) if info else 0)
+        summaries = _summaries(ops[:_REFUSED_OPERATIONS_MAX]) or (info.asked if info else ())[:_REFUSED_OPERATIONS_MAX]
+        summaries = tuple(op._replace(key=op.key[:_RECORDED_CHARS_MAX]) for op in summaries)
+        if count > len(summaries):
+            reason = f"{reason} ({count} operations; the first {len(summaries)} are recorded)"
+        if info is not None and len(info.principal) > _RECORDED_CHARS_MAX:
+            info = replace(info, principal=info.principal[:_RECORDED_CHARS_MAX])
         sealed = self._seal_record(
             batch.chain,
             origin=origin,
@@ -278,9 +294,9 @@ class LocalWrites(DeltaLog, FeedIndex, AuditTrail):
             timestamp=timestamp,
             now_ms=now_ms,
             kind=kind,
-            info=request.info,
-            idempotency_key=request.idempotency_key,
-            operations=_summaries(request.operations) or (request.info.asked if request.info else ()),
+            info=info,
+            idempotency_key=request.idempotency_key[:_RECORDED_CHARS_MAX],
+            operations=summaries,
             token=token,
             code=code,
             reason=reason,
@@ -578,6 +594,11 @@ def _summaries(operations: Sequence[Operation]) -> tuple[OpSummary, ...]:
     except (TypeError, AttributeError):  # a malformed request refused before it was parsed whole
         return ()
 
+
+# A record of a request that changed nothing (refused, or a replay) names at most this many of its
+# operations, and cuts keys, the idempotency key and the principal to this many characters (bytes).
+_REFUSED_OPERATIONS_MAX = 100
+_RECORDED_CHARS_MAX = 1024
 
 # What the change feed records of a request: each key with what it did to it, and its newest register timestamp.
 _FeedNote = tuple[list[tuple[str, int]], tuple[int, int] | None]
