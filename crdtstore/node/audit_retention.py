@@ -27,13 +27,13 @@ size of each chain's first records), so a pass never reads the whole trail.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from crdtstore.audit.record import AuditRecord, Floor, record_key
 from crdtstore.node.audit_rpc import ChainCursor
+from crdtstore.node.periodic import Periodic
 from crdtstore.operations import DeleteKey, Operation, SetRegister
 from crdtstore.storage import Applied, LmdbStore, WriteRequest
 from crdtstore.storage.audit import RequestInfo, encode_floor, floor_key
@@ -118,25 +118,23 @@ def _records_past_bound(store: LmdbStore, heads: dict[str, tuple[int, bytes, int
     return -(-over // mean) if over > 0 else 0
 
 
-class AuditRetention:
+class AuditRetention(Periodic):
     """Runs ``plan_drops`` every ``interval_s`` and writes the drops; keeps Status' ``audit_retention_blocked``."""
 
+    what = "audit retention"
+
     def __init__(self, node: NodeState, interval_s: float = 1.0) -> None:
-        self.node = node
-        self.interval_s = interval_s
+        super().__init__(node, interval_s)
         self.blocked = ""
         self.dropped = 0
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> AuditRetention:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="audit retention")
-        return self
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+    def due(self) -> bool:
+        node = self.node
+        if node.draining or not node.store.audit_enabled:
+            return False
+        if node.replicator.rejoining() is not None or node.replicator.clock_fenced():
+            return False  # no writes of its own until caught up, or while its clock is out of bounds
+        return not node.audit_exports  # an export is reading the chains: a drop under it would leave it a hole
 
     async def trim_once(self) -> int:
         """One pass: drop what may go; returns how many records went."""
@@ -162,18 +160,3 @@ class AuditRetention:
                 self.dropped += len(drop.records)
             if all(len(d.records) < _DROP_BATCH for d in drops):
                 return removed
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
-            node = self.node
-            if node.draining or not node.store.audit_enabled:
-                continue
-            if node.replicator.rejoining() is not None or node.replicator.clock_fenced():
-                continue  # no writes of its own until caught up, or while its clock is out of bounds
-            if node.audit_exports:
-                continue  # an export is reading the chains: dropping records under it would leave it a hole
-            try:
-                await self.trim_once()
-            except Exception:
-                log.exception("audit retention failed; retrying in %g s", self.interval_s)

@@ -36,6 +36,7 @@ from crdtstore.auth.policy import Need
 from crdtstore.crdt import CodecError, KeyState, VersionVector, decode_as, encode
 from crdtstore.crdt.origin import region_of
 from crdtstore.node.access import Refusal, is_reserved
+from crdtstore.node.periodic import Periodic
 from crdtstore.node.requests import abort as _abort
 from crdtstore.node.values import key_value_pb
 from crdtstore.storage.feed import (
@@ -442,23 +443,10 @@ class _Messages:
         return self.messages
 
 
-class FeedRetention:
+class FeedRetention(Periodic):
     """Trims the feed's index by age and size, every ``interval_s``, through the writer's thread."""
 
-    def __init__(self, node: NodeState, interval_s: float = 1.0) -> None:
-        self.node = node
-        self.interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> FeedRetention:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="change feed retention")
-        return self
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+    what = "trimming the change feed's index"
 
     async def trim_once(self) -> int:
         """One pass: everything past the bounds goes; returns how many records went."""
@@ -472,14 +460,6 @@ class FeedRetention:
             removed += n
             if n < _TRIM_BATCH:
                 return removed
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
-            try:
-                await self.trim_once()
-            except Exception:
-                log.exception("trimming the change feed's index failed; retrying in %g s", self.interval_s)
 
 
 def _token(vv: VersionVector) -> pb.CausalToken:
