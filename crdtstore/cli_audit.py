@@ -29,13 +29,20 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from crdtstore.audit.export import TIME_HELP, check_export, head_line, header_line, parse_time, report_json
+from crdtstore.audit.export import (
+    TIME_HELP,
+    check_export,
+    head_line,
+    header_line,
+    iso_time,
+    parse_time,
+    report_json,
+)
 from crdtstore.audit.record import AuditError, ChainReport, decode
 from crdtstore.cli import _client_for, _note, _print_json, _resolve_addr
 from crdtstore.client import ClientError
@@ -130,10 +137,6 @@ def _failed(command: str, addr: str, err: ClientError) -> int:
 # -- log --------------------------------------------------------------------------------------
 
 
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def record_line(record: dict[str, Any]) -> str:
     """One record on one line, for people."""
     ops = ", ".join(
@@ -146,7 +149,7 @@ def record_line(record: dict[str, Any]) -> str:
     who = record["principal"] or "-"
     refused = f" ({record['code']}: {record['reason']})" if record["kind"] == "refused" else ""
     return (
-        f"{_iso(record['hlc']['wall_ms'])} {record['origin']} #{record['seq']} {record['kind']} by {who}"
+        f"{iso_time(record['hlc']['wall_ms'])} {record['origin']} #{record['seq']} {record['kind']} by {who}"
         f" via {record['method'] or '-'}{refused}{': ' + ops if ops else ''}"
         f"{' request ' + record['request_id'] if record['request_id'] else ''}"
     )
@@ -413,8 +416,9 @@ def _export(args: argparse.Namespace) -> int:
         _print_json(summary)
     else:
         print(
-            f"exported {records} record(s) of {len(heads)} chain(s) from {_iso(since)} to {_iso(last.through_ms)} "
-            f"into {out}; the node may drop records before {_iso(exported_through)} once past retention"
+            f"exported {records} record(s) of {len(heads)} chain(s) from {iso_time(since)} to "
+            f"{iso_time(last.through_ms)} into {out}; the node may drop records before "
+            f"{iso_time(exported_through)} once past retention"
         )
     return 0
 

@@ -2,11 +2,11 @@
 
 A region's audit records (``crdtstore.audit.record``) are registers in its
 store's system keyspace, one per request its writer answered, chained per
-origin. ``read_trail`` verifies each chain the region holds with
-``check_chain``, against how far the region holds that origin's events (a
-chain that stops short of them lost its tail), and against the origin's own
-note of its head when the region is that origin; it names the origins whose
-events the region holds without a single record. It then lists every record
+origin. ``read_trail`` verifies each chain the region holds as
+``crdtstore audit verify`` does (``LmdbStore.audit_chain_reports``: with its
+floor, against how far the region holds that origin's events, and against
+the region's own note of its head), and names the origins whose events the
+region holds without a single record. It then lists every record
 in the short form the history keeps (``simulations.history.AuditRead``).
 
 The simulator reads its regions' live stores this way at the end of a run;
@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
-from crdtstore.audit.record import AuditError, AuditRecord, Floor, check_chain, decode, parse_record_key
+from crdtstore.audit.record import AuditError, AuditRecord, ChainReport, decode
 from crdtstore.crdt import VersionVector
 from simulations.history import AuditRead
 
@@ -30,12 +30,8 @@ __all__ = ["TrailStore", "read_trail", "short_record"]
 class TrailStore(Protocol):
     """What ``read_trail`` needs of a store (``LmdbStore`` has it)."""
 
-    origin: str
-
-    def audit_origins(self) -> list[str]: ...
     def iter_audit(self, origin: str | None = None, page: int = 1000) -> Iterable[tuple[str, bytes]]: ...
-    def audit_floor(self, origin: str) -> Floor | None: ...
-    def audit_chain_head(self, origin: str) -> tuple[int, bytes]: ...
+    def audit_chain_reports(self) -> list[ChainReport]: ...
 
 
 def short_record(record: AuditRecord) -> list[object]:
@@ -54,29 +50,20 @@ def short_record(record: AuditRecord) -> list[object]:
 def read_trail(region: str, store: TrailStore, held: VersionVector) -> AuditRead:
     """The trail ``store`` holds, checked chain by chain; ``held``: the events the region holds (its vector)."""
     chains: dict[str, dict[str, object]] = {}
-    records: list[list[object]] = []
-    origins = store.audit_origins()
-    for origin in origins:
-        raws = [(parse_record_key(key)[1], raw) for key, raw in store.iter_audit(origin)]
-        # The region's own note of its head (kept beside the data) pins its own chain's tail.
-        own = store.audit_chain_head(origin) if origin == store.origin else None
-        report = check_chain(
-            origin,
-            raws,
-            floor=store.audit_floor(origin),
-            held=held.get(origin),
-            anchor=own if own and own[0] else None,
-        )
+    # What AuditVerify checks: every chain with its floor, the region's vector and its own note of its head.
+    for report in store.audit_chain_reports():
+        origin = report.origin
         chains[origin] = {
             "records": report.records,
             "head": [report.head_seq, report.head_hash.hex(), report.head_last],
             "findings": [f"{origin}:{f.at} (record {f.seq}): {f.problem}" for f in report.findings],
         }
-        for _, raw in raws:
-            try:
-                records.append(short_record(decode(raw)))
-            except AuditError:
-                continue  # the chain's findings name it
+    records: list[list[object]] = []
+    for _, raw in store.iter_audit():
+        try:
+            records.append(short_record(decode(raw)))
+        except AuditError:
+            continue  # the chain's findings name it
     for origin, counter in sorted(held.items()):
         if origin not in chains and counter > 0:
             chains[origin] = {

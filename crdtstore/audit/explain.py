@@ -30,10 +30,10 @@ attaches it; ``Explanation`` is what a client gets back.
 
 from __future__ import annotations
 
-import datetime
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
+from crdtstore.audit.export import iso_time
 from crdtstore.audit.record import AuditRecord, decode, sort_causally
 from crdtstore.crdt.awset import AWSet
 from crdtstore.crdt.counter import Counter
@@ -98,12 +98,6 @@ class KeyExplanation:
     @property
     def winner(self) -> ExplainedVersion | None:
         return next((v for v in self.versions if v.winner), None)
-
-
-def iso_time(wall_ms: int) -> str:
-    """``wall_ms`` (milliseconds since the epoch) as an ISO 8601 UTC time with milliseconds."""
-    moment = datetime.datetime.fromtimestamp(wall_ms / 1000, tz=datetime.UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _when(version: ExplainedVersion) -> str:

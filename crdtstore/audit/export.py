@@ -27,7 +27,7 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from crdtstore.audit.record import (
@@ -48,6 +48,7 @@ __all__ = [
     "check_export",
     "head_line",
     "header_line",
+    "iso_time",
     "parse_time",
     "report_json",
 ]
@@ -62,6 +63,11 @@ TIME_HELP = (
     "an RFC 3339 time (2026-12-05T10:00:00Z, or with an offset) or a duration back from now "
     "(30s, 15m, 1h, 7d, 2w); 0 for the beginning"
 )
+
+
+def iso_time(wall_ms: int) -> str:
+    """``wall_ms`` (milliseconds since the epoch) as an ISO 8601 UTC time with milliseconds."""
+    return datetime.fromtimestamp(wall_ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def parse_time(text: str, now_ms: int) -> int:

@@ -42,7 +42,6 @@ log = logging.getLogger("crdtstore.audit")
 class RefusalLog:
     def __init__(self, node: NodeState) -> None:
         self.node = node
-        self.recorded = 0
         self.dropped = 0  # refusals not recorded because the writer was full or closed
 
     async def record(self, rpc: str, code: str, reason: str, note: RequestNote, peer: str) -> None:
@@ -58,17 +57,15 @@ class RefusalLog:
             asked=tuple(OpSummary(key, right) for right, key in note.asked),  # type: ignore[arg-type]
         )
         pending = node.writer.try_submit(WriteRequest(tuple(note.operations), note.idempotency_key, info))
-        if pending is None:
-            self.dropped += 1
-            if node.metrics is not None:
-                node.metrics.audit_refusals_dropped.inc()
-            return
-        try:
-            await pending
-        except RuntimeError:  # the writer closed under it
-            self.dropped += 1
-            return
-        self.recorded += 1
+        if pending is not None:
+            try:
+                await pending
+                return
+            except RuntimeError:  # the writer closed under it
+                pass
+        self.dropped += 1
+        if node.metrics is not None:
+            node.metrics.audit_refusals_dropped.inc()
 
 
 class PeerHeads(NamedTuple):

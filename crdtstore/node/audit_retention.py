@@ -126,7 +126,6 @@ class AuditRetention(Periodic):
     def __init__(self, node: NodeState, interval_s: float = 1.0) -> None:
         super().__init__(node, interval_s)
         self.blocked = ""
-        self.dropped = 0
 
     def due(self) -> bool:
         node = self.node
@@ -157,6 +156,5 @@ class AuditRetention(Periodic):
                 if not isinstance(result, Applied):
                     raise RuntimeError(f"dropping audit records of {drop.origin} failed: {result.error}")
                 removed += len(drop.records)
-                self.dropped += len(drop.records)
             if all(len(d.records) < _DROP_BATCH for d in drops):
                 return removed

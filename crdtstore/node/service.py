@@ -727,12 +727,12 @@ async def _admit(
         )
     if access.enabled:  # without access control, what a request needs is not even worked out
         set_principal(principal.subject)  # for the log lines of this request from here on
+        asked = needs(request)
         try:
-            asked = needs(request)
-            current_note().asked = [(need.right, need.key) for need in asked]
             access.authorize(principal, asked)
         except Refusal as refusal:
             log.info("refused %s: %s", rpc, refusal.message)
+            current_note().asked = [(need.right, need.key) for need in asked]  # for the refusal's audit record
             await _abort(context, refusal.code, refusal.message)
     _caller.set(principal)
     return request

@@ -116,13 +116,8 @@ class AuditTrail(StoreEnvironment):
 
     def _open_audit(self) -> None:
         self.audit_enabled = self.config.options.audit
-        with self.env.begin(db=self.meta) as txn:
-            raw = txn.get(_META_AUDIT_HEAD)
-        if raw is None:
-            self._audit_head = ("", 0, ZERO_HASH)
-        else:
-            origin, seq, head = msgpack.unpackb(bytes(raw))
-            self._audit_head = (origin, seq, bytes(head))
+        with self.env.begin() as txn:
+            self._audit_head = read_audit_head(txn, self.meta) or ("", 0, ZERO_HASH)
 
     def audit_chain_head(self, origin: str) -> tuple[int, bytes]:
         """This node's head of its own origin's chain: (seq, digest), (0, ZERO_HASH) before any record."""
@@ -215,21 +210,9 @@ class AuditTrail(StoreEnvironment):
         that verification names it rather than skipping it.
         """
         prefix = lmdb_key(chain_prefix(origin) if origin is not None else AUDIT_PREFIX)
-        out: list[tuple[str, bytes]] = []
         with self._gate.read(), self.env.begin() as txn:
-            cursor = txn.cursor(db=self.data)
-            found = cursor.set_range(after + b"\x00" if after else prefix)
-            while found and len(out) < limit:
-                db_key = bytes(cursor.key())
-                if not db_key.startswith(prefix):
-                    break
-                try:
-                    value = _register_value(db_key, bytes(cursor.value()))
-                except StorageError:
-                    value = bytes(cursor.value())
-                out.append((db_key.decode("utf-8", "replace"), value))
-                found = cursor.next()
-        return out
+            stored = _stored_under(txn.cursor(db=self.data), prefix, after + b"\x00" if after else prefix)
+            return [(db_key.decode("utf-8", "replace"), value) for db_key, value in itertools.islice(stored, limit)]
 
     def audit_origins(self) -> list[str]:
         """Every origin this node holds records of."""
@@ -249,10 +232,6 @@ class AuditTrail(StoreEnvironment):
                 origins.append(origin)
                 found = cursor.set_range(lmdb_key(chain_prefix(origin))[:-1] + b"\x01")
         return origins
-
-    def audit_heads(self) -> dict[str, tuple[int, bytes]]:
-        """Per origin, the newest record this node holds: (seq, digest). Records that do not decode are skipped."""
-        return {origin: (seq, head) for origin, (seq, head, _) in self.audit_heads_at().items()}
 
     def audit_heads_at(self) -> dict[str, tuple[int, bytes, int]]:
         """Per origin, the newest record this node holds: (seq, digest, its own dot counter)."""
@@ -274,7 +253,7 @@ class AuditTrail(StoreEnvironment):
     def audit_record_count(self) -> int:
         """How many records this node holds (from each chain's first and last seq: no scan)."""
         total = 0
-        for origin, (head_seq, _) in self.audit_heads().items():
+        for origin, (head_seq, _, _) in self.audit_heads_at().items():
             records = self.audit_raw(origin=origin, limit=1)
             try:
                 total += head_seq - decode(records[0][1]).seq + 1
@@ -439,8 +418,21 @@ def iter_records_in(txn: lmdb.Transaction, data: lmdb._Database) -> Iterator[tup
     so that verification reports it rather than passing over it.
     """
     prefix = lmdb_key(AUDIT_PREFIX)
-    cursor = txn.cursor(db=data)
-    found = cursor.set_range(prefix)
+    for db_key, value in _stored_under(txn.cursor(db=data), prefix, prefix):
+        try:
+            origin, at = parse_record_key(db_key.decode("utf-8"))
+        except (AuditError, UnicodeDecodeError):
+            origin, at = "", 0
+        yield origin, at, value
+
+
+def _stored_under(cursor: lmdb.Cursor, prefix: bytes, start: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """(LMDB key, record bytes) of every record key under ``prefix`` from ``start`` on, in key order.
+
+    A value that is not one plain register is yielded as it is stored, so
+    that verification names it rather than passing over it.
+    """
+    found = cursor.set_range(start)
     while found:
         db_key = bytes(cursor.key())
         if not db_key.startswith(prefix):
@@ -450,11 +442,7 @@ def iter_records_in(txn: lmdb.Transaction, data: lmdb._Database) -> Iterator[tup
             value = _register_value(db_key, raw)
         except StorageError:
             value = raw
-        try:
-            origin, at = parse_record_key(db_key.decode("utf-8"))
-        except (AuditError, UnicodeDecodeError):
-            origin, at = "", 0
-        yield origin, at, value
+        yield db_key, value
         found = cursor.next()
 
 
