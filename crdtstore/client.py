@@ -123,6 +123,11 @@ _CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
+    # gRPC shares connections among all channels of a process to the same address, with
+    # their reconnection backoff: a client opened just after a node restarted would wait out
+    # the backoff another client earned while the node was down (up to a second and more,
+    # longer than its retries last under load). Each client has its own connections.
+    ("grpc.use_local_subchannel_pool", 1),
 ]
 
 TypeName = Literal["register", "counter", "set"]

@@ -30,6 +30,7 @@ to the namespaces' addresses inside them (``host_names``: a hosts file in
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -234,5 +235,9 @@ class NamespacedRegions:
         self._created.clear()
         _ip("link", "del", self.bridge, check=False)
         for etc in reversed(self._etc_dirs):
-            shutil.rmtree(etc, ignore_errors=True)
+            if etc == _NETNS_ETC:  # another run (a test worker) may have made its own namespaces' in it since
+                with contextlib.suppress(OSError):
+                    etc.rmdir()
+            else:
+                shutil.rmtree(etc, ignore_errors=True)
         self._etc_dirs.clear()

@@ -15,11 +15,18 @@ Markers (registered in ``pyproject.toml``; ``--strict-markers`` is on):
 The runs:
 
 * ``pytest`` (the README's command): every part, slow variants skipped,
-  Hypothesis profile ``default``. Within 5 minutes on a 2-core machine.
+  Hypothesis profile ``default``. Within 5 minutes on a 2-core machine
+  (about 2.5 minutes here).
 * ``pytest -m "not slow and not processes"``: the fast edit-and-run loop.
 * ``.ci/run`` runs the README's command and then the long runs:
   ``HYPOTHESIS_PROFILE=ci pytest -m hypothesis`` (every property again, with
   500 examples) and ``pytest -m slow`` (the long variants).
+
+Every run is spread over pytest-xdist workers (``-n auto`` in
+``pyproject.toml``: one per core, at most four, see
+``pytest_xdist_auto_num_workers``), a file's tests in one worker. Tests must
+not share anything outside their own temporary directories and ports: names of
+network namespaces carry the worker's pid. ``pytest -n 0`` runs in one process.
 
 Hypothesis profiles (``HYPOTHESIS_PROFILE`` picks one; ``default`` otherwise).
 None has a deadline: the machine is shared and noisy, and speed is measured in
@@ -64,6 +71,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="also run the tests marked slow (the long kill -9, chaos and simulator runs)",
     )
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """One worker per core, at most four: each worker may run several node processes at once."""
+    return max(1, min(4, len(os.sched_getaffinity(0))))
 
 
 def _slow_requested(config: pytest.Config) -> bool:

@@ -734,3 +734,72 @@ def test_refused_requests_leave_records_naming_who_asked_what(node: Node) -> Non
     assert unauthenticated and unauthenticated[-1].method == "Get"
     # The node's own records are never a key a client sees or counts.
     assert all(not e.key.startswith("\x00") for e in node.admin.scan(""))
+
+
+def test_regression_a_revocation_applied_while_a_watch_page_is_read_stops_the_page(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a parallel run of the suite (test_regression_an_open_watch_ends_when_its_token_is_revoked).
+
+    The stream checked the caller's rights, then read a page of changes: a
+    revocation and the next change that both landed during the read went out,
+    the change included. Here they land exactly then, every time: the page's
+    read waits for them. The rights are checked again after the read.
+    """
+    import asyncio
+    import threading
+
+    from crdtstore.client import AsyncClient
+    from crdtstore.node import feed
+    from crdtstore.node.config import NodeConfig
+    from crdtstore.node.main import run_node
+    from crdtstore.testing.regions import free_port
+
+    kit = AuthKit.create(tmp_path / "keys")
+    port = free_port()
+    config = NodeConfig.load(
+        config_file=str(kit.write_config(tmp_path / "node.toml")),
+        flags={"region": "eu", "data_dir": str(tmp_path / "eu"), "listen": f"127.0.0.1:{port}"},
+        environ={},
+    )
+    armed, reading, landed = threading.Event(), threading.Event(), threading.Event()
+    prepare = feed._Stream._prepare
+
+    def prepare_once_they_landed(stream: Any) -> Any:
+        if armed.is_set():
+            armed.clear()
+            reading.set()
+            assert landed.wait(30), "the revocation and the change never landed"
+        return prepare(stream)
+
+    monkeypatch.setattr(feed._Stream, "_prepare", prepare_once_they_landed)
+
+    async def scenario() -> list[str]:
+        stop, ready = asyncio.Event(), asyncio.Event()
+        node = asyncio.ensure_future(run_node(config, ready=ready, stop=stop))
+        seen: list[str] = []
+        try:
+            await asyncio.wait_for(ready.wait(), 30)
+            address = f"127.0.0.1:{port}"
+            async with (
+                AsyncClient(address, token=kit.token("root", ["admin"]), timeout_s=20) as admin,
+                AsyncClient(address, token=kit.token("svc", ["admin"], token_id="mid-page-jti")) as watcher,
+            ):
+                stream = watcher.watch("orders/", start="now", progress_interval_ms=100)
+                with pytest.raises(ClientError) as info:
+                    async for item in stream:
+                        if isinstance(item, Change):
+                            seen.append(item.key)
+                        elif not armed.is_set() and not landed.is_set():
+                            armed.set()  # the stream's next page read waits for what follows
+                            assert await asyncio.to_thread(reading.wait, 30), "the stream read no page"
+                            await admin.revoke_token("mid-page-jti")
+                            await admin.set("orders/after-revocation", "secret")
+                            landed.set()
+                assert info.value.code == grpc.StatusCode.UNAUTHENTICATED, info.value
+        finally:
+            stop.set()
+            await asyncio.wait_for(node, 60)
+        return seen
+
+    assert asyncio.run(scenario()) == []

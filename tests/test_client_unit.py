@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import socket
@@ -229,20 +230,27 @@ def fake() -> Iterator[FakeKV]:
     yield FakeKV()
 
 
-@pytest.fixture
-def addr(fake: FakeKV) -> Iterator[str]:
+@contextlib.contextmanager
+def serving(fake: FakeKV, addr: str = "127.0.0.1:0") -> Iterator[str]:
+    """``fake`` served at ``addr`` (a free port by default); yields the address bound."""
     generated: Any = kv_pb2_grpc  # untyped generated code
     executor = ThreadPoolExecutor(max_workers=4)
     server = grpc.server(executor)
     generated.add_KVServicer_to_server(fake, server)
     generated.add_AdminServicer_to_server(fake, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_insecure_port(addr)
     server.start()
     try:
         yield f"127.0.0.1:{port}"
     finally:
         server.stop(None).wait()
         executor.shutdown(wait=True)
+
+
+@pytest.fixture
+def addr(fake: FakeKV) -> Iterator[str]:
+    with serving(fake) as bound:
+        yield bound
 
 
 @pytest.fixture(autouse=True)
@@ -348,6 +356,22 @@ def test_reads_are_retried_too(kv: Client, fake: FakeKV) -> None:
     fake.failures = [UNAVAILABLE]
     assert kv.get("missing").type is None
     assert fake.gets == ["missing", "missing"]
+
+
+def test_regression_a_new_client_does_not_wait_out_another_clients_reconnect_backoff(fake: FakeKV) -> None:
+    """Found by CI: a test's client opened right after its node restarted failed every retry.
+
+    gRPC shared one connection per address among all the channels of a process,
+    with its reconnection backoff: the new client inherited the backoff the old
+    one had earned while the node was down. Each client now has its own.
+    """
+    addr = closed_port()
+    with Client(addr, retries_max=0) as old:
+        for _ in range(3):
+            with pytest.raises(ClientError):
+                old.get("k")
+        with serving(fake, addr), Client(addr, retries_max=0) as new:
+            assert new.get("missing").type is None  # at the first attempt
 
 
 @pytest.mark.parametrize(

@@ -210,6 +210,29 @@ def test_a_peers_delta_touches_the_members_it_names(tmp_path: Path) -> None:
         b.store.close()
 
 
+@pytest.mark.parametrize(
+    "removed",
+    [("a",), ("a", "c"), ("a", "c", "d")],
+    ids=["its-first-member", "with-names-it-does-not-hold", "with-more-names-than-members"],
+)
+def test_regression_a_batch_that_removes_the_member_sampled_for_the_type_cannot_change_the_type(
+    db: Store, removed: tuple[str, ...]
+) -> None:
+    """Found by Hypothesis (test_member_records_agree_with_the_state_the_operations_make).
+
+    A write reads a set for the members it names plus one more that stands for
+    the rest, so that the key's type reads as it would whole. That one was the
+    set's first member: a batch that removed it saw an empty set, and an
+    increment in the same batch made a set of ``{b}`` a counter too.
+    """
+    db.write(AddMembers("t", ("a", "b")))
+    (result,) = db.store.write_batch([WriteRequest([RemoveMembers("t", removed), Increment("t", 1)])], db.clock)
+    assert isinstance(result, Failed) and isinstance(result.error, TypeMismatch), result
+    state = db.store.get("t")
+    assert state is not None and set(state.slots) == {ValueType.SET}
+    assert isinstance(set_of := state.slots[ValueType.SET], AWSet) and set(set_of.entries) == {"a", "b"}
+
+
 ops = st.one_of(
     st.builds(
         AddMembers, st.sampled_from(["s", "t"]), st.lists(st.sampled_from("abcdef"), min_size=1, max_size=3).map(tuple)

@@ -211,6 +211,20 @@ class _Stream:
             )
         self.last_sent = time.monotonic()
 
+    async def _check_allowed(self) -> None:
+        """End the stream once the caller may no longer read the prefix.
+
+        Checked again after each page is read, before any of it is sent: a
+        revocation applied while the page was read may come before changes in
+        that page, and those must not go (found by the revoked-watch test, on
+        a loaded machine: the revocation and the next change both landed while
+        a page was being read).
+        """
+        try:
+            self.still_allowed()
+        except Refusal as refusal:
+            await _abort(self.context, refusal.code, f"the watch ends: {refusal.message}")
+
     async def progress(self) -> None:
         await self._send(pb.WatchResponse(token=_token(self.token), progress=True))
 
@@ -282,6 +296,7 @@ class _Stream:
                 settings.scan_page_bytes_max,
                 settings.get_members_max,
             )
+            await self._check_allowed()
             events = [
                 _event(key, state, omitted, pb.CHANGE_KIND_SNAPSHOT)
                 for key, state, omitted in entries
@@ -304,14 +319,12 @@ class _Stream:
                     grpc.StatusCode.UNAVAILABLE,
                     "the node is shutting down; resume on another region with the last token received",
                 )
-            try:
-                self.still_allowed()
-            except Refusal as refusal:
-                await _abort(self.context, refusal.code, f"the watch ends: {refusal.message}")
+            await self._check_allowed()
             wake = signal.current()
             # A page of the index, what of it this stream sends, and the keys' values: one hop to a thread.
             async with self.streams.readers:  # a few streams read at once: replication's reads keep their threads
                 messages, at_end = await asyncio.to_thread(self._prepare)
+            await self._check_allowed()
             if messages is None:
                 # Records this stream had not passed were trimmed (it fell further behind than the
                 # index keeps), or a repair cannot be passed exactly: start again from a snapshot,

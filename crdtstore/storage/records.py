@@ -152,11 +152,18 @@ class SetRecords:
             return None, None
         return self.assemble(record, members), record
 
-    def some_member(self, record: KeyRecord) -> str | None:
-        """A live member of the key's set (its first record), or None when it has none."""
+    def member_besides(self, record: KeyRecord, names: Collection[str]) -> str | None:
+        """A live member of the key's set that is not one of ``names``, or None when it has none.
+
+        Reads at most ``len(names) + 1`` member records, whatever the set's size.
+        """
         if not record.members:
             return None
-        return next(self.member_stream(record.set_id, chunk=1))[1]
+        chunk = min(len(names) + 1, 1024)
+        for _, member, dots in self.member_stream(record.set_id, chunk=chunk):
+            if dots and member not in names:
+                return member
+        return None
 
     def assemble(self, record: KeyRecord, members: Collection[str] | None = None) -> KeyState:
         others = decode_as(record.body, KeyState)

@@ -338,9 +338,11 @@ class LocalWrites(DeltaLog, FeedIndex, AuditTrail):
                     continue
                 if members is None and (refused := self._delete_too_large(records, record)) is not None:
                     return refused
-                if members is not None and (sample := records.some_member(record)) is not None:
-                    # One live member stands for the set: with it the key's type reads as it would whole.
-                    members = named[k] = members | {sample}
+                if members is not None and (other := records.member_besides(record, members)) is not None:
+                    # A live member the batch does not name keeps the set non-empty whatever the batch
+                    # does: with it the key's type reads as it would whole. (Any member at all would
+                    # not: the batch may remove it, and the set would read empty.)
+                    members = named[k] = members | {other}
                 loaded[k] = (records.assemble(record, members), record)
         except (CodecError, StorageError) as exc:
             return Failed(DataCorruption(f"a stored key of this request cannot be read: {exc}"))
