@@ -133,6 +133,30 @@ def test_a_refused_request_is_in_the_log_with_its_code(node: Node) -> None:
     assert key in record.reason  # the refusal's message names the key
 
 
+def test_a_write_refused_for_a_full_store_is_recorded_apart(tmp_path: Path) -> None:
+    """Its batch's transaction could not commit, the record in it neither: the record is written alone.
+
+    (Before, the writer's answer was taken as "recorded in the batch" and the
+    refusal left no record, though issue 19 names resource exhaustion.)
+    """
+    config = tmp_path / "node.toml"
+    config.write_text("[storage]\nmap_size_bytes = 1048576\nmap_size_bytes_max = 2097152\n", encoding="utf-8")
+    args = ("--config", str(config), "--insecure-no-auth")
+    with ServerProcess(tmp_path / "data", region="eu", extra_args=args) as server, Client(server.addr) as c:
+        refused = None
+        for i in range(20):  # each value takes its size twice (the key and the delta log): the map fills
+            try:
+                c.set(f"big/{i}", b"x" * 400_000)
+            except ClientError as exc:
+                refused = exc
+                break
+        assert refused is not None and refused.code == grpc.StatusCode.RESOURCE_EXHAUSTED, refused
+        records = [r for r in c.audit_log(key=f"big/{i}") if r.kind == "refused"]
+        assert [(r.code, r.method, r.principal) for r in records] == [("RESOURCE_EXHAUSTED", "Mutate", "anonymous")]
+        assert "maximum size" in records[0].reason
+        assert c.status()["audit_refusals_dropped"] == 0
+
+
 def test_export_then_verify_file_and_a_tampered_export_fails(node: Node, tmp_path: Path) -> None:
     _write(node, f"w/export-{uuid.uuid4().hex[:8]}", 5)
     out = tmp_path / "audit.jsonl"

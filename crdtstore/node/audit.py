@@ -29,6 +29,7 @@ from crdtstore.node.metrics import NodeMetrics
 from crdtstore.node.requests import RequestNote, current_principal, current_request_id
 from crdtstore.storage import LmdbStore, WriteRequest
 from crdtstore.storage.audit import RequestInfo
+from crdtstore.storage.writes import refusal_recorded
 from crdtstore.v1 import replication_pb2 as rpb
 
 if TYPE_CHECKING:
@@ -59,10 +60,14 @@ class RefusalLog:
         pending = node.writer.try_submit(WriteRequest(tuple(note.operations), note.idempotency_key, info))
         if pending is not None:
             try:
-                await pending
-                return
+                result = await pending
             except RuntimeError:  # the writer closed under it
                 pass
+            else:
+                if refusal_recorded(result):
+                    return
+                # The store is full: not even the record fits (counted, and the alert fires).
+                log.error("the refusal of a %s request could not be recorded: %s", rpc, result)
         self.dropped += 1
         if node.metrics is not None:
             node.metrics.audit_refusals_dropped.inc()

@@ -85,6 +85,7 @@ from crdtstore.storage import (
     WriteRequest,
 )
 from crdtstore.storage.audit import RequestInfo
+from crdtstore.storage.writes import refusal_recorded
 from crdtstore.tokens import describe_behind, events_behind
 from crdtstore.v1 import kv_pb2 as pb
 from crdtstore.v1 import replication_pb2 as rpb
@@ -344,7 +345,7 @@ class KVService:
         info = request_info("Mutate", context, durability)
         result = await self.node.writer.submit(WriteRequest(ops, request.idempotency_key, info))
         # A request the batch refused has its record in the batch: the refusal is not recorded again.
-        note.recorded = not isinstance(result, Applied)
+        note.recorded = refusal_recorded(result)
         if isinstance(result, Applied):
             # The writer told the replicator of the commit (``on_commit``) before answering.
             vector = result.token.vv
@@ -536,7 +537,7 @@ class AdminService:
         await _refuse_while_rejoining(self.node, context)
         info = request_info(rpc, context, "local")
         result = await self.node.writer.submit(WriteRequest(ops, info=info))
-        current_note().recorded = not isinstance(result, Applied)
+        current_note().recorded = refusal_recorded(result)
         if not isinstance(result, Applied):
             error = result.error
             code = grpc.StatusCode.RESOURCE_EXHAUSTED if isinstance(error, StoreFull) else grpc.StatusCode.INTERNAL

@@ -82,6 +82,17 @@ class Failed:
 Result = Applied | Failed
 
 
+def refusal_recorded(result: Result) -> bool:
+    """Whether ``result`` is a refusal whose audit record its batch wrote (with auditing on).
+
+    Every refusal in a batch is recorded in the batch's transaction, but for
+    ``StoreFull``: that transaction could not commit, so nothing of it was
+    written, the record neither; the caller records it apart (a record is
+    small, and may still fit).
+    """
+    return isinstance(result, Failed) and not isinstance(result.error, StoreFull)
+
+
 @dataclass
 class _Batch:
     """What one write transaction has done so far, so requests in it see each other."""
