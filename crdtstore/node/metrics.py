@@ -144,7 +144,7 @@ class NodeMetrics:
         )
         self.audit_refusals_dropped = Counter(
             "crdtstore_audit_refusals_dropped",
-            "Refused requests whose audit record was not written: the writer's queue was full or closed, or the store full",
+            "Refused requests left without an audit record: the writer's queue was full or closed, or the store full",
             registry=r,
         )
         self.audit_head_mismatches = Counter(
