@@ -7,7 +7,9 @@
   forgets what it holds under the prefix: the snapshot replaces it.
 * ``Change``: one key changed, or (``reset`` true) one key's state in the
   snapshot. ``entry`` is the key as ``get`` shows it. ``dot`` (origin and
-  counter) with ``key`` identifies the event everywhere, for deduplication.
+  counter) identifies the event everywhere, for deduplication: each event of
+  a request has its own (the request's last, the one its write token names,
+  goes to its last key in key order).
 * ``ResetEnd``: the snapshot is complete; its ``token`` is where changes follow from.
 * ``Progress``: nothing matched for a while; the ``token`` advanced all the same.
 
@@ -59,7 +61,7 @@ class Change:
     entry: Entry  # the key's value as get shows it, when the region sent the event
     origin: str  # the origin the change was minted under ("" for a snapshot or a repair)
     region: str  # the region that made it
-    counter: int  # with origin, the change's dot (0 for a snapshot or a repair)
+    counter: int  # with origin, the event's dot, its own (0 for a snapshot or a repair)
     wall_ms: int  # the newest register timestamp the change wrote (0 if none)
     logical: int
     applied_ms: int  # when the region that sent it applied it

@@ -53,7 +53,8 @@ class Watcher:
         self.region: str | None = None
         self.position: int | None = None  # in the current region's index; None: find it from the token
         self.rows: dict[str, KeyRead] = {}
-        self.delivered: Counter[tuple[str, int, str]] = Counter()
+        self.delivered: Counter[tuple[str, int]] = Counter()  # each event's dot (origin, counter)
+        self.keys_of: dict[tuple[str, int], set[str]] = {}  # the keys delivered under each dot
         self.snapshots = 0
         self.moves = 0
         self.waits = 0  # steps spent waiting for the current region to see the token
@@ -97,10 +98,11 @@ class Watcher:
                 return False
             self.position = record.seq
             keys, self.token = pass_record(record, self.token, _wanted)
-            for key, _ in keys:
+            for key, _, counter in keys:
                 self._project(store, key)
                 if record.origin:
-                    self.delivered[(record.origin, record.last, key)] += 1
+                    self.delivered[(record.origin, counter)] += 1
+                    self.keys_of.setdefault((record.origin, counter), set()).add(key)
         if page.at_end:
             self.token = self.token.join(page.reached)
         return page.at_end
@@ -123,7 +125,11 @@ class Watcher:
         )
 
     def _note_duplicates(self) -> None:
-        self.duplicates |= {f"{o}:{n} {k}" for (o, n, k), times in self.delivered.items() if times > 1}
+        # A dot delivered twice: the same event again, or two keys' events sharing a dot (the dot is the
+        # deduplication key a consumer is promised: one per event).
+        self.duplicates |= {
+            f"{o}:{n} {','.join(sorted(self.keys_of[(o, n)]))}" for (o, n), times in self.delivered.items() if times > 1
+        }
 
     def _project(self, store: LmdbStore, key: str) -> None:
         value = self.read(store.get(key))
@@ -141,6 +147,7 @@ class Watcher:
         # What came before the snapshot is replaced by it: an event delivered before may come again.
         self._note_duplicates()
         self.delivered.clear()
+        self.keys_of.clear()
         after = b""
         while True:
             page, after = store.scan("", after=after, limit=1000)

@@ -55,7 +55,9 @@ class Consumer:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.token = VersionVector()
-        self.delivered: Counter[tuple[str, int, str]] = Counter()
+        self.delivered: Counter[tuple[str, int, str]] = Counter()  # (origin, the event's counter, key)
+        self.dots: Counter[tuple[str, int]] = Counter()  # each event's dot (a repair's have none)
+        self.changes: set[tuple[str, int, str]] = set()  # (origin, the change's last event, key)
 
     def wanted(self, key: str) -> bool:
         return key.startswith(self.prefix)
@@ -78,8 +80,12 @@ class Consumer:
                 read += 1
                 position = record.seq
                 keys, self.token = pass_record(record, self.token, self.wanted)
-                for key, _ in keys:
-                    self.delivered[(record.origin, record.last, key)] += 1
+                for key, _, counter in keys:
+                    assert record.first <= counter <= record.last if record.origin else counter == 0
+                    self.delivered[(record.origin, counter, key)] += 1
+                    self.changes.add((record.origin, record.last, key))
+                    if record.origin:
+                        self.dots[(record.origin, counter)] += 1
             if page.at_end:
                 self.token = self.token.join(page.reached)
                 return True
@@ -131,6 +137,29 @@ def test_each_change_is_recorded_with_what_it_did_to_each_key(regions: dict[str,
     us.pull(eu)
     assert _records(us.store) == _records(eu.store)
     assert {origin for origin, _ in _records(us.store)} == {eu.store.origin}
+
+
+def test_each_event_of_a_request_has_a_dot_of_its_own_the_last_key_the_requests(
+    regions: dict[str, Region],
+) -> None:
+    """Issue 20: "each event's dot is also a deduplication key": the keys of one request may not share one."""
+    eu, us = regions["eu"], regions["us"]
+    assert eu.write(SetRegister("r", b"1"), Increment("n", 2), AddMembers("s", ("a", "b")), SetRegister("q", b"2"))
+    assert eu.write(DeleteKey("r"), DeleteKey("n"))
+    us.pull(eu)
+    for store in (eu.store, us.store):
+        records = store.feed_read(0, 1000, 10_000).records
+        dots = [
+            [(key, counter) for key, _, counter in pass_record(r, VersionVector(), lambda _: True)[0]] for r in records
+        ]
+        first, _ = records
+        # Four operations, five events (two members added); the keys take the last four, in key order.
+        assert (first.first, first.last) == (1, 5)
+        assert dots[0] == [("n", 2), ("q", 3), ("r", 4), ("s", 5)]
+        assert dots[1] == [("n", 6), ("r", 7)]
+        # A stream of one prefix gives a key the same dot as one of every key.
+        only_r = pass_record(first, VersionVector(), lambda key: key == "r")[0]
+        assert only_r == [("r", 1, 4)]
 
 
 def test_a_refused_request_records_nothing(regions: dict[str, Region]) -> None:
@@ -314,6 +343,8 @@ def test_a_consumer_that_moves_between_regions_gets_every_change_exactly_once(
                         a.pull(b)
         last = regions[steps[-1][1] if steps else "eu"]
         assert consumer.follow(last.store)
-        assert set(consumer.delivered) == expected_events(last.store, "p/")
+        assert consumer.changes == expected_events(last.store, "p/")
         assert all(n == 1 for n in consumer.delivered.values()), "no event twice"
+        assert all(n == 1 for n in consumer.dots.values()), "no dot shared: each event's dot is its own"
+        assert len(consumer.delivered) == len(consumer.changes)
         assert consumer.token.dominates(last.store.context.vv)

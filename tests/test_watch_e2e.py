@@ -143,7 +143,9 @@ def test_a_batch_comes_as_one_group_and_an_idle_stream_sends_progress(node: Serv
                 if isinstance(item, Change):
                     group.append(item)
             assert [c.key for c in group] == ["w2/a", "w2/b"]  # not other/c: outside the prefix
-            assert len({c.token for c in group}) == 1 and len({c.dot for c in group}) == 1
+            assert len({c.token for c in group}) == 1
+            # Each event its own dot (a deduplication key); the last key's is the request's, as its token names.
+            assert len({c.dot for c in group}) == 2 and group[-1].dot == _dot_of(result.token, "local")
             assert [c.group_end for c in group] == [False, True]
             # Idle: progress messages, whose tokens cover the write.
             item = next(stream)

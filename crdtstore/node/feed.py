@@ -355,7 +355,7 @@ class _Stream:
             self.restart_why = ""  # the token is older than the index
             return None, False
         token = self.token
-        chosen: list[tuple[FeedRecord, list[tuple[str, int]], VersionVector]] = []
+        chosen: list[tuple[FeedRecord, list[tuple[str, int, int]], VersionVector]] = []
         at_end = page.at_end
         for record in page.records:
             if must_restart(record, token):
@@ -375,10 +375,8 @@ class _Stream:
             self.position, self.token = record.seq, token_after
             if keys:
                 # Read a change's values only when it goes: memory stays within the byte budget (and one change).
-                states = self.store.get_many_bounded([key for key, _ in keys], members_max)
-                events = [
-                    self._event(record, key, bits, *state) for (key, bits), state in zip(keys, states, strict=True)
-                ]
+                states = self.store.get_many_bounded([key for key, _, _ in keys], members_max)
+                events = [self._event(record, change, *state) for change, state in zip(keys, states, strict=True)]
                 if self.principals and record.origin:  # a change's record: the request that made it (docs/audit.md)
                     audit = self.store.audit_record_at(record.origin, record.last)
                     if audit is not None and audit.first == record.first:
@@ -393,9 +391,12 @@ class _Stream:
             self.token = self.token.join(page.reached)
         return out.done(self.token), at_end
 
-    def _event(self, record: FeedRecord, key: str, bits: int, state: KeyState | None, omitted: int) -> pb.WatchEvent:
+    def _event(
+        self, record: FeedRecord, change: tuple[str, int, int], state: KeyState | None, omitted: int
+    ) -> pb.WatchEvent:
+        key, bits, counter = change  # as pass_record gives it
         event = _event(key, state, omitted, *(kind for bit, kind in _KINDS if bits & bit))
-        event.origin, event.region, event.counter = record.origin, self._region(record.origin), record.last
+        event.origin, event.region, event.counter = record.origin, self._region(record.origin), counter
         if record.hlc is not None:
             event.wall_ms, event.logical = record.hlc
         event.applied_ms = record.applied_ms

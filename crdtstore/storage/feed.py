@@ -137,18 +137,38 @@ class FeedRecord(NamedTuple):
         return self.brought if self.brought is not None else VersionVector({self.origin: self.last})
 
 
+def event_counter(record: FeedRecord, index: int) -> int:
+    """The counter of the event of the record's ``index``-th key (in key order): with the origin, its dot.
+
+    A request mints the events ``first..last``, at least one per operation,
+    so at least one per key it changed: its keys take the last ones, in key
+    order, the last key the request's last event (the dot a write's token
+    names, ``Mutate``'s answer). So every event of the feed has a dot of its
+    own, the same in every region and for every prefix (the index is of the
+    record's keys, not of those a stream wants): ``(origin, counter)`` is a
+    deduplication key. 0 for a state transfer, which has no dot.
+    """
+    if record.brought is not None or not record.origin:
+        return 0
+    behind = len(record.changes) - 1 - index
+    if behind > record.last - record.first:  # never expected: fewer events than keys
+        return record.last
+    return record.last - behind
+
+
 def pass_record(
     record: FeedRecord, token: VersionVector, wanted: Callable[[str], bool]
-) -> tuple[list[tuple[str, int]], VersionVector]:
-    """What a stream holding ``token`` sends of ``record`` (its wanted keys, unless covered), and its token after.
+) -> tuple[list[tuple[str, int, int]], VersionVector]:
+    """What a stream holding ``token`` sends of ``record``, and its token after.
 
     The one rule of every watch stream: a change the token covers is skipped;
-    any other is delivered (those of its keys the stream wants) and joined into
-    the token, whether it had keys to send or not.
+    any other is delivered (those of its keys the stream wants, each as
+    ``(key, kinds, event counter)``) and joined into the token, whether it had
+    keys to send or not.
     """
     if record.covered_by(token):
         return [], token
-    keys = [(key, bits) for key, bits in record.changes if wanted(key)]
+    keys = [(key, bits, event_counter(record, i)) for i, (key, bits) in enumerate(record.changes) if wanted(key)]
     # A transfer's events join the token with its last record: until then its other records are not covered.
     return keys, token if record.continued else token.join(record.events())
 
