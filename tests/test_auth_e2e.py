@@ -732,6 +732,10 @@ def test_refused_requests_leave_records_naming_who_asked_what(node: Node) -> Non
     assert "lacks the right 'set'" in write[0].reason
     unauthenticated = [r for r in node.admin.audit_log(principal="") if r.code == "UNAUTHENTICATED"]
     assert unauthenticated and unauthenticated[-1].method == "Get"
+    # Without a valid token too, the record names what was asked: found by the key (a contract review).
+    no_token = [r for r in node.admin.audit_log(key="orders/no-token") if r.kind == "refused"]
+    assert [(r.principal, r.method, r.code) for r in no_token] == [("", "Get", "UNAUTHENTICATED")]
+    assert [(op.key, op.kind) for op in no_token[0].operations] == [("orders/no-token", "read")]
     # The node's own records are never a key a client sees or counts.
     assert all(not e.key.startswith("\x00") for e in node.admin.scan(""))
 
