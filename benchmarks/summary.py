@@ -16,7 +16,9 @@ at the largest set measured and the two merge rates. Each row is the median
 [min..max] over the run's repeats, its baseline from the same run and the
 ratio, as in ``REPORT.md``; the line under the table names the command, the
 commit, the date and the machine. ``--readme`` replaces what lies between the two marker comments
-``BEGIN`` and ``END`` and nothing else; a README without both is refused.
+``BEGIN`` and ``END`` and nothing else; a README without both is refused. The groups the
+given runs hold replace theirs there; the rows and source lines of every other group stay
+as they are, so one group measured again (``run --only audit``) updates its rows alone.
 """
 
 from __future__ import annotations
@@ -30,12 +32,12 @@ from typing import Any
 from benchmarks.figures import Baseline, Stats
 from benchmarks.report import baseline_cell, cell, ratio_text, spread
 
-__all__ = ["BEGIN", "END", "headline", "render", "replace_between_markers"]
+__all__ = ["BEGIN", "END", "headline", "kept_from", "render", "replace_between_markers"]
 
 BEGIN = "<!-- benchmark summary: begin (written by python -m benchmarks summary; edit the code, not this) -->"
 END = "<!-- benchmark summary: end -->"
 
-_GROUP_ORDER = ("node", "redis_anchor", "replication", "sync_cost", "storage", "micro", "peers")
+_GROUP_ORDER = ("node", "redis_anchor", "replication", "sync_cost", "storage", "micro", "peers", "auth", "audit", "watch")
 
 
 class SummaryError(Exception):
@@ -100,11 +102,13 @@ def _source_line(results: dict[str, Any], groups: Sequence[str]) -> str:
     )
 
 
-def render(runs: Sequence[dict[str, Any]]) -> str:
+def render(runs: Sequence[dict[str, Any]], kept: tuple[list[str], list[str]] = ([], [])) -> str:
     """The Markdown table and the lines that say where it came from.
 
     With several runs, each group's figures come from the last run that has
     the group (a later ``--only`` run replaces that group's figures).
+    ``kept``: rows and source lines of groups no run has (``kept_from``), placed
+    among the new ones in group order.
     """
     latest: dict[str, int] = {}
     for i, results in enumerate(runs):
@@ -115,10 +119,8 @@ def render(runs: Sequence[dict[str, Any]]) -> str:
         for f in figures:
             latest[f.get("group", "")] = i
     chosen = [f for i, results in enumerate(runs) for f in results["figures"] if latest[f.get("group", "")] == i]
-    rows = [
-        "| group | figure | measured | baseline (same run) | ratio | target |",
-        "|---|---|--:|---|--:|---|",
-    ]
+    kept_rows, kept_sources = kept
+    rows = list(kept_rows)
     for f in headline(chosen):
         base = f.get("baseline")
         if base:
@@ -129,7 +131,12 @@ def render(runs: Sequence[dict[str, Any]]) -> str:
         target = cell(str(f.get("target") or ""))
         measured = spread(Stats.from_json(f), f.get("repeats", 1))
         rows.append(f"| {f['group']} | {cell(f['name'])} | {measured} | {baseline} | {ratio} | {target} |")
-    sources = [
+    rows.sort(key=lambda row: _group_rank(_row_group(row)))  # stable: each group keeps its own order
+    rows[:0] = [
+        "| group | figure | measured | baseline (same run) | ratio | target |",
+        "|---|---|--:|---|--:|---|",
+    ]
+    sources = [*kept_sources] + [
         _source_line(results, sorted({g for g, j in latest.items() if j == i}, key=_group_rank))
         for i, results in enumerate(runs)
         if i in latest.values()
@@ -139,6 +146,33 @@ def render(runs: Sequence[dict[str, Any]]) -> str:
         "has two, is in its run's `REPORT.md`. The runs:"
     )
     return "\n".join([*rows, "", note, "", *sources])
+
+
+def _row_group(row: str) -> str:
+    return row.split("|")[1].strip()
+
+
+def kept_from(text: str, runs: Sequence[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """The rows and source lines of ``text``'s table for the groups none of ``runs`` has: they stay.
+
+    A source line naming several groups keeps the names of those that stay.
+    """
+    start, end = text.find(BEGIN), text.find(END)
+    if start < 0 or end < 0 or end < start:
+        return [], []
+    measured = {str(f.get("group", "")) for results in runs for f in results.get("figures", ())}
+    rows: list[str] = []
+    sources: list[str] = []
+    for line in text[start + len(BEGIN) : end].splitlines():
+        if line.startswith("| ") and not line.startswith(("| group |", "|---")):
+            if _row_group(line) not in measured:
+                rows.append(line)
+        elif line.startswith("- ") and ": `" in line:
+            groups, rest = line[2:].split(": `", 1)
+            staying = [g for g in groups.split(", ") if g not in measured]
+            if staying:
+                sources.append(f"- {', '.join(staying)}: `{rest}")
+    return rows, sources
 
 
 def replace_between_markers(text: str, body: str) -> str:
@@ -152,12 +186,11 @@ def replace_between_markers(text: str, body: str) -> str:
 def summary_main(results_paths: Sequence[Path], readme: Path | None) -> int:
     try:
         runs = [json.loads(path.read_text(encoding="utf-8")) for path in results_paths]
-        body = render(runs)
         if readme is None:
-            print(body)
+            print(render(runs))
             return 0
         before = readme.read_text(encoding="utf-8")
-        after = replace_between_markers(before, body)
+        after = replace_between_markers(before, render(runs, kept_from(before, runs)))
     except OSError as exc:
         print(f"python -m benchmarks summary: {exc}")
         return 2

@@ -132,6 +132,30 @@ def test_with_several_runs_each_group_comes_from_the_last_run_that_has_it() -> N
     assert "- replication: `python -m benchmarks run --only replication --out again`" in text
 
 
+def test_the_readme_keeps_the_rows_and_source_lines_of_the_groups_no_run_measured(tmp_path: Path) -> None:
+    """One group measured again (``run --only audit``) rewrites its rows alone, not the others'."""
+    old = _results([_figure("node", "writes/s", target="t"), _figure("audit", "audited writes, old", target="t")])
+    old["command"] = "python -m benchmarks run --only node,audit --out old"
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{BEGIN}\n{render([old])}\n{END}\nrest\n")
+    new = _results([_figure("audit", "audited writes, new", target="t"), _figure("sync_cost", "gset, x", target="t")])
+    new["command"] = "python -m benchmarks run --only audit,sync_cost --out new"
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(new))
+    assert main(["summary", str(results), "--readme", str(readme)]) == 0
+    table = readme.read_text()
+    rows = [line.split("|")[1:3] for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    assert [(g.strip(), n.strip()) for g, n in rows] == [
+        ("group", "figure"),
+        ("node", "writes/s"),  # kept as it was
+        ("sync_cost", "gset, x"),  # in group order
+        ("audit", "audited writes, new"),  # replaced
+    ]
+    assert "- node: `python -m benchmarks run --only node,audit --out old`" in table  # audit no longer from it
+    assert "- sync_cost, audit: `python -m benchmarks run --only audit,sync_cost --out new`" in table
+    assert table.count(BEGIN) == 1 and table.endswith("rest\n")
+
+
 def test_the_second_direction_of_the_lag_and_the_apply_rate_while_converging_are_left_to_the_report() -> None:
     figures = [
         _figure("replication", "lag a->b p99, at 50 writes/s", target="<= 15 ms"),
