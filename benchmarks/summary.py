@@ -37,7 +37,18 @@ __all__ = ["BEGIN", "END", "headline", "kept_from", "render", "replace_between_m
 BEGIN = "<!-- benchmark summary: begin (written by python -m benchmarks summary; edit the code, not this) -->"
 END = "<!-- benchmark summary: end -->"
 
-_GROUP_ORDER = ("node", "redis_anchor", "replication", "sync_cost", "storage", "micro", "peers", "auth", "audit", "watch")
+_GROUP_ORDER = (
+    "node",
+    "redis_anchor",
+    "replication",
+    "sync_cost",
+    "storage",
+    "micro",
+    "peers",
+    "auth",
+    "audit",
+    "watch",
+)
 
 
 class SummaryError(Exception):
