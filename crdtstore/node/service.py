@@ -700,6 +700,20 @@ def _mutate_needs(request: pb.MutateRequest) -> Sequence[Need]:
     return needs
 
 
+def _note_asked(raw: bytes, request_type: type[Message], needs: Needs) -> None:
+    """What a request refused before its caller was known asked (each right on each key), for its audit record.
+
+    So that ``audit log --key K`` finds the attempts on K without a valid
+    token too ("the same fields that are known", issue 19). A request that
+    does not parse asks nothing that can be named.
+    """
+    try:
+        asked = needs(request_type.FromString(raw))
+    except DecodeError:
+        return
+    current_note().asked = [(need.right, need.key) for need in asked]
+
+
 async def _admit(
     raw: bytes,
     context: grpc.aio.ServicerContext[Any, Any],
@@ -717,6 +731,7 @@ async def _admit(
         principal = access.authenticate(context.invocation_metadata()) if access.enabled else ANONYMOUS
     except Refusal as refusal:
         log.info("refused %s: %s", rpc, refusal.message)
+        _note_asked(raw, request_type, needs)
         await _abort(context, refusal.code, refusal.message)
     try:
         request = request_type.FromString(raw)
