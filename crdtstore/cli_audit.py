@@ -46,8 +46,9 @@ from crdtstore.audit.export import (
 from crdtstore.audit.record import AuditError, ChainReport, decode
 from crdtstore.cli import _client_for, _note, _print_json, _resolve_addr
 from crdtstore.client import ClientError
+from crdtstore.v1 import kv_pb2 as pb
 
-__all__ = ["add_audit_commands"]
+__all__ = ["add_audit_commands", "peers_json"]
 
 USAGE = 2
 BROKEN = 1
@@ -263,6 +264,24 @@ def _summary(chains: list[dict[str, Any]], peers: list[dict[str, Any]], where: s
     return False, "\n".join(lines)
 
 
+def peers_json(peers: Iterable[pb.AuditPeerHead]) -> list[dict[str, Any]]:
+    """``audit verify --json``'s ``peers``: each head a peer reported, and each peer not compared."""
+    return [
+        {
+            "peer": p.peer,
+            "origin": p.origin,
+            "seq": p.seq,
+            "hash": p.hash.hex(),
+            "agrees": p.agrees,
+            # A head has an origin; an entry without one says the peer was not compared (its problem says why).
+            "compared": bool(p.origin),
+            "problem": p.problem,
+            "reported_ms": p.reported_ms,
+        }
+        for p in peers
+    ]
+
+
 def _verify(args: argparse.Namespace) -> int:
     if args.file is not None:
         return _verify_file(args)
@@ -289,20 +308,7 @@ def _verify(args: argparse.Namespace) -> int:
         }
         for c in answer.chains
     ]
-    peers = [
-        {
-            "peer": p.peer,
-            "origin": p.origin,
-            "seq": p.seq,
-            "hash": p.hash.hex(),
-            "agrees": p.agrees,
-            # A head has an origin; an entry without one says the peer was not compared (its problem says why).
-            "compared": bool(p.origin),
-            "problem": p.problem,
-            "reported_ms": p.reported_ms,
-        }
-        for p in answer.peers
-    ]
+    peers = peers_json(answer.peers)
     ok, text = _summary(chains, peers, addr)
     ok = ok and answer.ok
     return _report(args, ok, text, {"ok": ok, "source": addr, "chains": chains, "peers": peers})
