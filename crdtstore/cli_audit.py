@@ -227,12 +227,10 @@ def _chains_json(chains: Iterable[ChainReport]) -> list[dict[str, Any]]:
 
 
 def _finding_line(where: str, origin: str, finding: dict[str, Any]) -> str:
-    """The first finding, naming the event where it was found (the seq is the one that record should have had)."""
+    """The first finding, naming the event where it was found and the record expected there (its seq)."""
     chain = origin or "?"
-    if finding["at"]:
-        place = f"at event {chain}:{finding['at']} (where record {finding['seq']} should be)"
-    else:
-        place = "as a whole"
+    at = finding["at"]
+    place = f"record {finding['seq']} expected at event {chain}:{at}" if at else "as a whole"
     return f"BROKEN: {where}: chain {chain}, {place}: {finding['problem']}"
 
 

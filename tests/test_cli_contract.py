@@ -186,7 +186,7 @@ def test_the_broken_line_names_the_event_where_the_problem_was_found() -> None:
     ok, text = _summary(chains, [], "./copy")
     assert not ok
     assert text == (
-        "BROKEN: ./copy: chain us#a2b0, at event us#a2b0:8 (where record 3 should be): "
+        "BROKEN: ./copy: chain us#a2b0, record 3 expected at event us#a2b0:8: "
         "record 3 is missing: the next record held is 4"
     )
     whole = {"origin": "us#a2b0", "at": 0, "seq": 9, "problem": "the records after record 8 are missing"}
