@@ -20,7 +20,8 @@ store:
   vector and the node's own head agree), off the event loop, and adds what
   the peers last said of their heads (``crdtstore.node.audit.AuditHeads``).
   Every configured peer is listed: one that has not reported its heads, or
-  not within ``STALE_REPORTS`` times ``[replication] audit_heads_ms``, comes
+  not within ``STALE_REPORTS`` times ``[replication] audit_heads_ms`` (or
+  ``anti_entropy_ms``, if longer: heads ride on acknowledgements), comes
   as one entry with no origin, ``agrees`` true and a ``problem`` saying it was
   not compared (``peer_heads``): a partitioned peer does not make verify fail,
   and nobody reads its silence as agreement.
@@ -288,7 +289,7 @@ def peer_heads(
                     peer=peer,
                     agrees=True,
                     problem=f"no heads reported by peer {peer} for {age_s:.0f} s (the last at "
-                    f"{iso_time(report.reported_ms)}; more than {STALE_REPORTS} x [replication] audit_heads_ms): "
+                    f"{iso_time(report.reported_ms)}; more than {STALE_REPORTS} report intervals): "
                     "not compared since",
                     reported_ms=report.reported_ms,
                 )
@@ -388,7 +389,8 @@ class AuditService:
             config.peers,
             self.node.replicator.audit_heads.peers,
             self.node.store.wall_ms(),
-            STALE_REPORTS * config.replication.audit_heads_ms,
+            # Heads ride on acknowledgements, which a quiet stream sends once per anti_entropy_ms.
+            STALE_REPORTS * max(config.replication.audit_heads_ms, config.replication.anti_entropy_ms),
         )
         ok = all(r.ok for r in reports) and all(p.agrees for p in peers)
         return pb.AuditVerifyResponse(ok=ok, chains=chains, peers=peers)
