@@ -61,8 +61,9 @@ skipped, a trailing carriage return is dropped).
 
 ``D`` is ``local`` (the default: fsynced on this node) or ``replicated:N``
 (fsynced in N regions, this one included). ``--after TOKEN`` takes the token a
-write printed with ``--json`` (in any region) and waits until this node has
-seen it before reading.
+write printed with ``--json`` (in any region; base64, or hex as an audit
+record shows it) and waits until this node has seen it before reading. A
+TOKEN that is neither, or does not decode as a token, is a usage error.
 
 ``--addr`` defaults to ``$CRDTSTORE_ADDR``, then to ``DEFAULT_ADDR``, where
 ``serve`` listens by default.
@@ -800,7 +801,10 @@ def build_parser(  # noqa: PLR0915 (a few statements per command: the function i
         )
         return sub
 
-    after_help = "first wait until this node has seen the token (printed by a write's --json, in any region)"
+    after_help = (
+        "first wait until this node has seen the token (printed by a write's --json, in any region: base64; "
+        "or hex, as an audit record shows it)"
+    )
     get = command("get", _get, "read a key", json_help="print one JSON object")
     get.add_argument("key", metavar="KEY")
     get.add_argument("--after", metavar="TOKEN", type=_token, help=after_help)

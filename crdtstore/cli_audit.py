@@ -7,9 +7,14 @@ the trail is broken (``verify``) or the node refused or failed the request,
 2 for a usage error or a node that cannot be reached (as ``crdtstore verify``).
 
 ``verify`` has three forms: against a running node (its chains and what its
-peers last said of their heads), ``--data-dir DIR`` on a stopped node's
-directory (opened read-only, without a lock file: nothing in it changes),
-and ``--file FILE`` on an export alone.
+peers last said of their heads; a configured peer that has not reported
+lately is named as not compared, which does not change the exit status),
+``--data-dir DIR`` on a stopped node's directory (opened read-only, without a
+lock file: nothing in it changes), and ``--file FILE`` on an export alone
+(read as bytes: a line that is not UTF-8 is a finding, exit 1).
+
+Usage errors are caught before any call: a TIME that does not parse, a
+``--since`` in the future or not before ``--until``, a ``--limit`` below 1.
 
 ``export`` writes JSON Lines (``crdtstore.audit.export``) into a temporary
 file next to ``--out``, fsyncs it, renames it into place (and fsyncs the
