@@ -865,7 +865,8 @@ def build_parser(  # noqa: PLR0915 (a few statements per command: the function i
             "watch",
             _watch,
             "follow every change under a prefix until Ctrl-C",
-            json_help="print one JSON object per line (each change with the token to resume from)",
+            json_help="print one JSON object per line, each with the token (store it only where group_end, "
+            "reset_end or progress is true)",
         )
     )
     _add_operator_commands(commands)
