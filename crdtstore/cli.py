@@ -14,7 +14,7 @@
     crdtstore [--addr HOST:PORT] [--timeout S] smembers KEY [--after TOKEN] [--json]
     crdtstore [--addr HOST:PORT] [--timeout S] scan [PREFIX] [--json]
     crdtstore [--addr HOST:PORT] [--timeout S] status [--json]
-    crdtstore [--addr HOST:PORT] watch [PREFIX] [--after TOKEN | --start now] [--on-expired error]
+    crdtstore [--addr HOST:PORT] watch [PREFIX] [--after TOKEN] [--start now] [--on-expired error]
                                        [--failover HOST:PORT ...] [--json]
     crdtstore [--token TOKEN] ...                                   # or CRDTSTORE_TOKEN
     crdtstore token keygen --out DIR
@@ -61,8 +61,9 @@ skipped, a trailing carriage return is dropped).
 
 ``D`` is ``local`` (the default: fsynced on this node) or ``replicated:N``
 (fsynced in N regions, this one included). ``--after TOKEN`` takes the token a
-write printed with ``--json`` (in any region) and waits until this node has
-seen it before reading.
+write printed with ``--json`` (in any region; base64, or hex as an audit
+record shows it) and waits until this node has seen it before reading. A
+TOKEN that is neither, or does not decode as a token, is a usage error.
 
 ``--addr`` defaults to ``$CRDTSTORE_ADDR``, then to ``DEFAULT_ADDR``, where
 ``serve`` listens by default.
@@ -90,13 +91,18 @@ per changed key, or with ``--json`` one object per line: a change is
 ``add``, ``remove``, ``delete``, ``state`` for a repair, ``snapshot``),
 ``"origin"``, ``"region"``, ``"counter"`` (with origin, the change's dot),
 ``"wall_ms"``, ``"logical"``, ``"applied_ms"``, ``"principal"``,
-``"token"`` (base64: resume with ``--after``; null but on the last change of
-a request's group, ``"group_end": true``, since a token kept in the middle of
-a group would skip the rest of it) and ``"reset"`` (part of a snapshot). A
-snapshot is framed by ``{"reset_begin": true}`` and
+``"token"``, ``"group_end"`` and ``"reset"`` (part of a snapshot). A
+snapshot is framed by ``{"reset_begin": true, "token": ...}`` and
 ``{"reset_end": true, "token": ...}``; an idle stream prints
-``{"progress": true, "token": ...}``. ``--failover`` names other regions to
-resume on, from the last token, when the node fails.
+``{"progress": true, "token": ...}``. Every object carries the token
+(base64; a change's is its group's), but store it (to resume with
+``--after``) only where ``"group_end"``, ``"reset_end"`` or ``"progress"`` is
+true: one kept in the middle of a request's group would skip the rest of it.
+``--start now`` (only changes from now) applies without ``--after``; with a
+token it is accepted and has no effect. ``--after`` (here and for the reads)
+takes a token in base64, as the commands print it, or in hex, as an audit
+record shows it. ``--failover`` names other regions to resume on, from the
+last token, when the node fails.
 
 Exit status: 0 on success (a missing key included), 1 when the server or the
 connection reports an error, 2 for wrong usage. Errors are one line on stderr.
@@ -142,9 +148,9 @@ from crdtstore.client import (
     parse_durability,
 )
 from crdtstore.operations import AddMembers, DeleteKey, Increment, RemoveMembers, SetRegister
-from crdtstore.tokens import decode_token, describe_behind, events_behind
+from crdtstore.tokens import decode_token, describe_behind, events_behind, parse_token
 
-__all__ = ["ADDR_ENV", "DEFAULT_ADDR", "TOKEN_ENV", "build_parser", "entry_json", "main"]
+__all__ = ["ADDR_ENV", "DEFAULT_ADDR", "TOKEN_ENV", "StreamToken", "build_parser", "entry_json", "main", "watch_json"]
 
 DEFAULT_ADDR = "127.0.0.1:7420"
 ADDR_ENV = "CRDTSTORE_ADDR"
@@ -354,10 +360,40 @@ def _scan(client: Client, args: argparse.Namespace) -> None:
             print(f"{_escape(entry.key)}\t{_human_line(entry.value)}")
 
 
-def watch_json(item: WatchItem) -> dict[str, object]:
-    """The JSON object ``watch --json`` prints for one item of the stream."""
+class StreamToken:
+    """The stream's token as ``WatchDecoder`` keeps it, seen from the items: what ``reset_begin`` carries.
+
+    It starts at ``--after`` (or none), moves where a token may be stored (a
+    change's ``group_end``, ``reset_end``, ``progress``), and is dropped when a
+    snapshot begins again before the last one ended (the client then asks for
+    a fresh snapshot, without a token).
+    """
+
+    def __init__(self, after: bytes | None) -> None:
+        self.token = after or b""
+        self._in_reset = False
+
+    def seen(self, item: WatchItem) -> None:
+        if isinstance(item, ResetBegin):
+            if self._in_reset:
+                self.token = b""
+            self._in_reset = True
+        elif isinstance(item, ResetEnd):
+            self._in_reset = False
+            self.token = item.token
+        elif isinstance(item, Progress) or item.group_end:
+            self.token = item.token
+
+
+def watch_json(item: WatchItem, stream_token: bytes = b"") -> dict[str, object]:
+    """The JSON object ``watch --json`` prints for one item of the stream.
+
+    Every object carries ``"token"`` (base64); a consumer stores it only where
+    ``group_end``, ``reset_end`` or ``progress`` is true. ``stream_token``: the
+    token ``reset_begin`` carries, the stream's so far (``StreamToken``; "" if none).
+    """
     if isinstance(item, ResetBegin):
-        return {"reset_begin": True}
+        return {"reset_begin": True, "token": _b64(stream_token)}
     if isinstance(item, ResetEnd):
         return {"reset_end": True, "token": _b64(item.token)}
     if isinstance(item, Progress):
@@ -372,8 +408,9 @@ def watch_json(item: WatchItem) -> dict[str, object]:
         "logical": item.logical,
         "applied_ms": item.applied_ms,
         "principal": item.principal,
-        # Only where a consumer may keep it: the end of a change's group (a snapshot's ends with reset_end).
-        "token": _b64(item.token) if item.group_end else None,
+        # In every change: its group's token (a snapshot's, the message's). A consumer stores it only where
+        # group_end is true (a snapshot's ends with reset_end): kept mid-group, it would skip the rest of the group.
+        "token": _b64(item.token),
         "group_end": item.group_end,
         "reset": item.reset,
     }
@@ -384,9 +421,11 @@ def _watch(client: Client, args: argparse.Namespace) -> None:
     items = client.watch(
         args.prefix, after=args.after, start=args.start, on_expired=args.on_expired, addresses=addresses
     )
+    stream = StreamToken(args.after)
     for item in items:
         if args.json:
-            _print_json(watch_json(item))
+            stream.seen(item)
+            _print_json(watch_json(item, stream.token))
         elif isinstance(item, Change):
             shown = _human_line(item.entry.value) if item.entry.value is not None else "(gone)"
             where = f"  [{item.region}]" if item.region else ""
@@ -653,10 +692,11 @@ def _read_inputs(args: argparse.Namespace, stdin: BinaryIO) -> None:
 
 
 def _token(text: str) -> bytes:
+    """``--after``'s TOKEN: base64 (as commands print it) or hex (as audit records show it), checked to decode."""
     try:
-        return base64.b64decode(text.encode("ascii"), validate=True)
-    except (ValueError, UnicodeEncodeError):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a token (the base64 a command printed)") from None
+        return parse_token(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _grant(text: str) -> Grant:
@@ -761,7 +801,10 @@ def build_parser(  # noqa: PLR0915 (a few statements per command: the function i
         )
         return sub
 
-    after_help = "first wait until this node has seen the token (printed by a write's --json, in any region)"
+    after_help = (
+        "first wait until this node has seen the token (printed by a write's --json, in any region: base64; "
+        "or hex, as an audit record shows it)"
+    )
     get = command("get", _get, "read a key", json_help="print one JSON object")
     get.add_argument("key", metavar="KEY")
     get.add_argument("--after", metavar="TOKEN", type=_token, help=after_help)
@@ -822,7 +865,8 @@ def build_parser(  # noqa: PLR0915 (a few statements per command: the function i
             "watch",
             _watch,
             "follow every change under a prefix until Ctrl-C",
-            json_help="print one JSON object per line (each change with the token to resume from)",
+            json_help="print one JSON object per line, each with the token (store it only where group_end, "
+            "reset_end or progress is true)",
         )
     )
     _add_operator_commands(commands)
@@ -841,15 +885,18 @@ def _add_operator_commands(commands: argparse._SubParsersAction[argparse.Argumen
 
 def _add_watch_arguments(watch: argparse.ArgumentParser) -> None:
     watch.add_argument("prefix", metavar="PREFIX", nargs="?", default="", help="only keys that start with it")
-    start = watch.add_mutually_exclusive_group()
-    start.add_argument(
-        "--after", metavar="TOKEN", type=_token, help="resume: the changes this token (any region's) lacks"
+    watch.add_argument(
+        "--after",
+        metavar="TOKEN",
+        type=_token,
+        help="resume: the changes this token (any region's; base64, or hex as an audit record shows it) lacks",
     )
-    start.add_argument(
+    watch.add_argument(
         "--start",
         choices=("snapshot", "now"),
         default="snapshot",
-        help="without --after: the keys' current state first (snapshot, the default) or only changes from now",
+        help="where to start when there is no --after: the keys' current state first (snapshot, the default) "
+        "or only changes from now; with --after it is accepted and has no effect (the token says where)",
     )
     watch.add_argument(
         "--on-expired",

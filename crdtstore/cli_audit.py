@@ -7,9 +7,14 @@ the trail is broken (``verify``) or the node refused or failed the request,
 2 for a usage error or a node that cannot be reached (as ``crdtstore verify``).
 
 ``verify`` has three forms: against a running node (its chains and what its
-peers last said of their heads), ``--data-dir DIR`` on a stopped node's
-directory (opened read-only, without a lock file: nothing in it changes),
-and ``--file FILE`` on an export alone.
+peers last said of their heads; a configured peer that has not reported
+lately is named as not compared, which does not change the exit status),
+``--data-dir DIR`` on a stopped node's directory (opened read-only, without a
+lock file: nothing in it changes), and ``--file FILE`` on an export alone
+(read as bytes: a line that is not UTF-8 is a finding, exit 1).
+
+Usage errors are caught before any call: a TIME that does not parse, a
+``--since`` in the future or not before ``--until``, a ``--limit`` below 1.
 
 ``export`` writes JSON Lines (``crdtstore.audit.export``) into a temporary
 file next to ``--out``, fsyncs it, renames it into place (and fsyncs the
@@ -46,8 +51,9 @@ from crdtstore.audit.export import (
 from crdtstore.audit.record import AuditError, ChainReport, decode
 from crdtstore.cli import _client_for, _note, _print_json, _resolve_addr
 from crdtstore.client import ClientError
+from crdtstore.v1 import kv_pb2 as pb
 
-__all__ = ["add_audit_commands"]
+__all__ = ["add_audit_commands", "peers_json"]
 
 USAGE = 2
 BROKEN = 1
@@ -72,10 +78,16 @@ def add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     )
     log.add_argument("--key", metavar="K", default="", help="only records of requests that named this key")
     log.add_argument("--principal", metavar="P", default="", help="only records of this principal's requests")
-    log.add_argument("--region", metavar="R", default="", help="only records of this region's requests")
+    log.add_argument(
+        "--region",
+        metavar="R",
+        default="",
+        help="only records of this region's requests: a region's name (every chain it had), or an origin as "
+        "records print it (eu#4f1c2d...: that chain only)",
+    )
     log.add_argument("--since", metavar="TIME", help="only records at or after TIME (hybrid logical time)")
     log.add_argument("--until", metavar="TIME", help="only records before TIME")
-    log.add_argument("--limit", metavar="N", type=int, default=0, help="stop after N records (default: all)")
+    log.add_argument("--limit", metavar="N", type=_positive, help="stop after N records, N >= 1 (default: all)")
     log.add_argument("--json", action="store_true", help="print one JSON object per record per line")
     log.set_defaults(local_handler=_log)
 
@@ -117,9 +129,26 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _positive(text: str) -> int:
+    """``--limit``'s N: a whole number of at least 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {n} (leave --limit out for every record)")
+    return n
+
+
 def _times(args: argparse.Namespace, now_ms: int) -> tuple[int, int]:
+    """``--since`` and ``--until`` in ms; ValueError for a bad time, a since in the future, or since >= until."""
     since = parse_time(args.since, now_ms) if args.since else 0
     until = parse_time(args.until, now_ms) if args.until else 0
+    if since > now_ms:
+        raise ValueError(
+            f"--since {args.since} is in the future ({iso_time(since)}; it is {iso_time(now_ms)} here): no record is "
+            "that new. A duration counts back from now (1h: an hour ago)"
+        )
     if until and since >= until:
         raise ValueError("--since must be before --until")
     return since, until
@@ -202,26 +231,58 @@ def _chains_json(chains: Iterable[ChainReport]) -> list[dict[str, Any]]:
     ]
 
 
+def _finding_line(where: str, origin: str, finding: dict[str, Any]) -> str:
+    """The first finding, naming the event where it was found and the record expected there (its seq)."""
+    chain = origin or "?"
+    at = finding["at"]
+    place = f"record {finding['seq']} expected at event {chain}:{at}" if at else "as a whole"
+    return f"BROKEN: {where}: chain {chain}, {place}: {finding['problem']}"
+
+
 def _summary(chains: list[dict[str, Any]], peers: list[dict[str, Any]], where: str) -> tuple[bool, str]:
-    """Whether all is well, and what to print: a summary, or the first bad record."""
+    """Whether all is well, and what to print: a summary, or the first bad record.
+
+    A peer entry with ``"compared": false`` is a peer whose heads were not
+    compared (it has not reported them lately): named, but not a failure.
+    """
     bad = [(c, f) for c in chains for f in c["findings"]]
-    disagree = [p for p in peers if not p["agrees"]]
+    compared = [p for p in peers if p.get("compared", True)]
+    not_compared = [p["problem"] for p in peers if not p.get("compared", True)]
+    disagree = [p for p in compared if not p["agrees"]]
     records = sum(c["records"] for c in chains)
     if not bad and not disagree:
-        agree = f"; {len({p['peer'] for p in peers})} peer(s) agree on {len(peers)} head(s)" if peers else ""
-        return True, f"ok: {where} holds {len(chains)} chain(s), {records} record(s), every link intact{agree}"
+        agree = f"; {len({p['peer'] for p in compared})} peer(s) agree on {len(compared)} head(s)" if compared else ""
+        unchecked = "".join(f"; {problem}" for problem in not_compared)
+        text = f"ok: {where} holds {len(chains)} chain(s), {records} record(s), every link intact{agree}{unchecked}"
+        return True, text
     lines = []
     if bad:
         chain, finding = bad[0]
-        lines.append(
-            f"BROKEN: {where}: chain {chain['origin'] or '?'}, record {finding['seq']} "
-            f"(event {chain['origin']}:{finding['at']}): {finding['problem']}"
-        )
+        lines.append(_finding_line(where, chain["origin"], finding))
         if len(bad) > 1:
             lines.append(f"({len(bad) - 1} more finding(s); --json lists them all)")
     for peer in disagree:
         lines.append(f"HEAD MISMATCH with {peer['peer']} on {peer['origin']}: {peer['problem']}")
+    lines.extend(f"NOT COMPARED: {problem}" for problem in not_compared)
     return False, "\n".join(lines)
+
+
+def peers_json(peers: Iterable[pb.AuditPeerHead]) -> list[dict[str, Any]]:
+    """``audit verify --json``'s ``peers``: each head a peer reported, and each peer not compared."""
+    return [
+        {
+            "peer": p.peer,
+            "origin": p.origin,
+            "seq": p.seq,
+            "hash": p.hash.hex(),
+            "agrees": p.agrees,
+            # A head has an origin; an entry without one says the peer was not compared (its problem says why).
+            "compared": bool(p.origin),
+            "problem": p.problem,
+            "reported_ms": p.reported_ms,
+        }
+        for p in peers
+    ]
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -250,18 +311,7 @@ def _verify(args: argparse.Namespace) -> int:
         }
         for c in answer.chains
     ]
-    peers = [
-        {
-            "peer": p.peer,
-            "origin": p.origin,
-            "seq": p.seq,
-            "hash": p.hash.hex(),
-            "agrees": p.agrees,
-            "problem": p.problem,
-            "reported_ms": p.reported_ms,
-        }
-        for p in answer.peers
-    ]
+    peers = peers_json(answer.peers)
     ok, text = _summary(chains, peers, addr)
     ok = ok and answer.ok
     return _report(args, ok, text, {"ok": ok, "source": addr, "chains": chains, "peers": peers})
@@ -322,9 +372,10 @@ def _stopped(path: Path) -> Iterator[None]:
 def _verify_file(args: argparse.Namespace) -> int:
     path = Path(args.file)
     try:
-        with path.open(encoding="utf-8") as lines:
+        # As bytes: a line that is not UTF-8 is a finding of check_export (exit 1), not a file that cannot be read.
+        with path.open("rb") as lines:
             report = check_export(lines)
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         _note(f"audit verify: cannot read {path}: {exc}")
         return USAGE
     records = sum(c.records for c in report.chains)

@@ -83,6 +83,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from crdtstore.audit.explain import Explanation, explanation_from_pb
 from crdtstore.audit.record import AuditError
 from crdtstore.operations import AddMembers, DeleteKey, Increment, Operation, RemoveMembers, SetRegister
+from crdtstore.tokens import parse_token
 from crdtstore.v1 import kv_pb2, kv_pb2_grpc
 from crdtstore.watching import Change, Progress, ResetBegin, ResetEnd, WatchDecoder, WatchItem
 
@@ -739,18 +740,29 @@ class _Watch:
 def _watch(  # noqa: PLR0917 (the watch methods' own arguments, passed on as they came)
     client: _ClientBase,
     prefix: str,
-    after: bytes | None,
+    after: object,  # bytes | str | None, as the caller gave it: checked here
     start: str,
     on_expired: str,
     progress_interval_ms: int,
     addresses: Sequence[str] | None,
 ) -> _Watch:
+    token = b""
+    if isinstance(after, str):
+        # The token as the command line prints it (base64) or an audit record shows it (hex).
+        token = parse_token(after)
+    elif isinstance(after, (bytes, bytearray, memoryview)):
+        token = bytes(after)
+    elif after is not None:
+        raise TypeError(
+            f"after is a token: bytes (Change.token, WriteResult.token) or the str a command printed, "
+            f"not {type(after).__name__}"
+        )
     if start not in ("snapshot", "now"):
         raise ValueError(f"start is 'snapshot' or 'now', not {start!r}")
     if on_expired not in ("reset", "error"):
         raise ValueError(f"on_expired is 'reset' or 'error', not {on_expired!r}")
     targets = list(addresses) if addresses else [client.addr]
-    decoder = WatchDecoder(_entry_from_proto, after or b"")
+    decoder = WatchDecoder(_entry_from_proto, token)
     return _Watch(client, decoder, prefix, start, on_expired, progress_interval_ms, targets)
 
 
@@ -962,7 +974,7 @@ class Client(_ClientBase):
         self,
         prefix: str = "",
         *,
-        after: bytes | None = None,
+        after: bytes | str | None = None,
         start: str = "snapshot",
         on_expired: str = "reset",
         progress_interval_ms: int = 0,
@@ -970,9 +982,12 @@ class Client(_ClientBase):
     ) -> Generator[WatchItem]:
         """Every change under ``prefix``, as it comes, until the caller stops iterating (see ``crdtstore.watching``).
 
-        ``after``: resume from a token (this or any region's); without it a
-        snapshot of the prefix comes first (``start="now"``: only what changes
-        from now). ``addresses``: the regions to resume on, in turn, after an
+        ``after``: resume from a token (this or any region's): bytes, or a
+        ``str`` as the command line prints it (base64; or hex, as an audit
+        record shows it; ``ValueError`` if it is neither, ``TypeError`` for
+        another type, at the first iteration, before anything is sent);
+        without it a snapshot of the prefix comes first (``start="now"``:
+        only what changes from now). ``addresses``: the regions to resume on, in turn, after an
         error (this client's address when not given).
         """
         state = _watch(self, prefix, after, start, on_expired, progress_interval_ms, addresses)
@@ -1256,7 +1271,7 @@ class AsyncClient(_ClientBase):
         self,
         prefix: str = "",
         *,
-        after: bytes | None = None,
+        after: bytes | str | None = None,
         start: str = "snapshot",
         on_expired: str = "reset",
         progress_interval_ms: int = 0,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -238,6 +239,27 @@ def test_the_audit_right_or_admin_is_needed(node: Node, tmp_path: Path) -> None:
     assert node.cli("audit", "verify", who="writer").returncode == 2
     assert node.cli("audit", "log", who="writer").returncode == 1
     assert node.cli("audit", "verify", who="admin").returncode == 0
+
+
+def test_verify_names_a_configured_peer_that_never_reported_its_heads(tmp_path: Path) -> None:
+    """Found in review: verify said ok with ``"peers": []`` while a configured peer had never been compared."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        nowhere = f"127.0.0.1:{s.getsockname()[1]}"
+    with ServerProcess(tmp_path / "data", region="eu", extra_args=("--peer", f"zz={nowhere}")) as server:
+        with Client(server.addr, timeout_s=10) as c:
+            c.set("k", "v")
+        env = dict(os.environ, CRDTSTORE_ADDR=server.addr)
+        command = [sys.executable, "-m", "crdtstore", "audit", "verify"]
+        human = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60, check=False)
+        as_json = subprocess.run([*command, "--json"], capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert human.returncode == 0, human.stderr  # a partitioned peer does not make verify fail
+    assert human.stdout.startswith("ok: ") and "agree" not in human.stdout
+    assert human.stdout.rstrip().endswith("every link intact; no heads reported by peer zz: not compared")
+    assert as_json.returncode == 0
+    (peer,) = json.loads(as_json.stdout)["peers"]
+    assert (peer["peer"], peer["compared"], peer["origin"]) == ("zz", False, "")
+    assert peer["problem"] == "no heads reported by peer zz: not compared"
 
 
 @pytest.mark.slow

@@ -175,3 +175,15 @@ def test_an_export_mark_never_goes_back(store: LmdbStore) -> None:
     store.put_audit_exported({origin: (10, 20)})
     store.put_audit_exported({origin: (5, 9), "other#1": (1, 1)})
     assert store.audit_exported() == {origin: (10, 20), "other#1": (1, 1)}
+
+
+def test_region_selects_a_regions_chains_by_name_or_one_chain_by_its_origin(store: LmdbStore) -> None:
+    """Found in review: ``audit log --region 'eu#...'`` (an origin, as records print it) matched nothing."""
+    every = _every(store)
+    old, new = sorted({r.origin for r in every})
+    assert old.partition("#")[0] == new.partition("#")[0] == "eu"
+    assert _pages(store, limit=7, region="eu") == every
+    assert _pages(store, limit=7, region=old) == [r for r in every if r.origin == old] != []
+    assert _pages(store, limit=7, region=new) == [r for r in every if r.origin == new] != []
+    assert _pages(store, region="eu#0000") == []
+    assert _pages(store, region="us") == []

@@ -35,6 +35,7 @@ from crdtstore.client import (
     ClientError,
     Conflict,
     Entry,
+    ResetBegin,
     ResetEnd,
     Sibling,
     TypeMismatchError,
@@ -1053,3 +1054,78 @@ def test_regression_a_snapshot_cut_off_by_a_failure_starts_again_as_a_snapshot(f
         items.extend(kv.watch("k/", after=b"old"))
     assert [type(i).__name__ for i in items] == ["ResetBegin", "Change", "ResetBegin", "Change", "ResetEnd"]
     assert not fake.watches[1].after.vector and fake.watches[1].start == "snapshot"
+
+
+# -- the change feed's contract (issue 20, as a review found it) ---------------------------------
+
+
+def test_watch_takes_a_str_token_in_base64_or_hex_and_refuses_anything_else(fake: FakeKV, kv: Client) -> None:
+    """Found in review: ``watch(after=<str>)`` raised a raw ``TypeError: expected bytes, str found``."""
+    token = encode(VersionVector({"eu#1": 3}))
+    for written in (base64.b64encode(token).decode(), token.hex()):
+        fake.watch_scripts.append(([], grpc.StatusCode.PERMISSION_DENIED))
+        with pytest.raises(ClientError):
+            next(kv.watch("k/", after=written))
+        assert fake.watches[-1].after.vector == token
+    with pytest.raises(ValueError, match=r"base64.*hex"):
+        next(kv.watch("k/", after="AAAA"))
+    with pytest.raises(TypeError, match=r"after is a token.*not int"):
+        next(kv.watch("k/", after=42))  # type: ignore[arg-type]
+    assert len(fake.watches) == 2  # the bad ones sent nothing
+
+    async def scenario() -> None:
+        async with AsyncClient(kv.addr) as c:
+            fake.watch_scripts.append(([], grpc.StatusCode.PERMISSION_DENIED))
+            with pytest.raises(ClientError):
+                await anext(c.watch("k/", after=token.hex()))
+            with pytest.raises(ValueError, match="not a causal token"):
+                await anext(c.watch("k/", after="not a token"))
+
+    asyncio.run(scenario())
+    assert [w.after.vector for w in fake.watches] == [token] * 3
+
+
+def test_watch_json_prints_the_token_in_every_object(
+    fake: FakeKV, addr: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 20: "one JSON object per event, the token in each"; group_end says where a consumer may store it."""
+    after = encode(VersionVector({"eu#1": 1}))
+    group = [_event("k/a", b"1", 2), _event("k/b", b"2", 2)]
+    fake.watch_scripts.append(
+        (
+            [
+                _message(b"T2", *group),
+                _message(b"snap", _event("k/a", b"1", 0, kv_pb2.CHANGE_KIND_SNAPSHOT), reset=True),
+                _message(b"T3", reset=True, reset_done=True),
+                _message(b"T4", progress=True),
+            ],
+            grpc.StatusCode.PERMISSION_DENIED,
+        )
+    )
+    # --after in hex (as an audit record shows a token) with --start now: both accepted.
+    code, out, err = run(capsys, "--addr", addr, "watch", "k/", "--json", "--after", after.hex(), "--start", "now")
+    assert code == 1 and "PERMISSION_DENIED" in err
+    assert fake.watches[0].after.vector == after
+    lines = [json.loads(line) for line in out.splitlines()]
+    b64 = {t: base64.b64encode(t).decode() for t in (after, b"T2", b"snap", b"T3", b"T4")}
+    assert all("token" in line for line in lines)
+    assert [(line.get("value"), line["token"], line.get("group_end")) for line in lines[:2]] == [
+        ("1", b64[b"T2"], False),  # mid-group: the token is there, but not where to store it
+        ("2", b64[b"T2"], True),
+    ]
+    assert lines[2] == {"reset_begin": True, "token": b64[b"T2"]}  # the stream's token so far
+    assert lines[3]["reset"] and lines[3]["token"] == b64[b"snap"] and not lines[3]["group_end"]
+    assert lines[4] == {"reset_end": True, "token": b64[b"T3"]}
+    assert lines[5] == {"progress": True, "token": b64[b"T4"]}
+
+
+def test_watch_json_reset_begin_carries_the_after_token_or_empty() -> None:
+    stream = cli.StreamToken(b"A")
+    stream.seen(ResetBegin())
+    assert cli.watch_json(ResetBegin(), stream.token) == {"reset_begin": True, "token": base64.b64encode(b"A").decode()}
+    # A snapshot that begins again before the last one ended starts without a token (WatchDecoder.resumed).
+    stream.seen(ResetBegin())
+    assert cli.watch_json(ResetBegin(), stream.token) == {"reset_begin": True, "token": ""}
+    stream.seen(ResetEnd(b"E"))
+    assert stream.token == b"E"
+    assert cli.watch_json(ResetBegin(), cli.StreamToken(None).token)["token"] == ""

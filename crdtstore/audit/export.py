@@ -17,6 +17,8 @@ each chain's records must link (the first one may start anywhere: an export
 from a time on starts mid-chain), and the head lines must name each chain's
 last record, as many as they say. So editing, dropping, reordering or
 truncating the file is found, and the finding names the line and the record.
+Lines may be handed in as bytes (the file as it is stored): a line that is
+not UTF-8 is a finding too ("line N is not UTF-8"), not an error reading it.
 The next export's first record of a chain holds the hash of this export's
 head of it, which is how a series of exports links up.
 """
@@ -128,13 +130,16 @@ class _Chain:
     first: AuditRecord | None = None
 
 
-def check_export(lines: Iterable[str]) -> ExportReport:
-    """Check an export's lines on their own (see the module docstring)."""
+def check_export(lines: Iterable[str | bytes]) -> ExportReport:
+    """Check an export's lines (text, or bytes as stored) on their own (see the module docstring)."""
     report = ExportReport()
     chains: dict[str, _Chain] = {}
     heads: dict[str, tuple[int, dict[str, Any]]] = {}
     declared: set[int] = set()
-    for number, line in enumerate(lines, 1):
+    for number, raw_line in enumerate(lines, 1):
+        line = _text(raw_line, number, report)
+        if line is None:
+            return report
         if not line.strip():
             continue
         try:
@@ -188,6 +193,19 @@ def check_export(lines: Iterable[str]) -> ExportReport:
             f"{', '.join(map(str, sorted(declared))) or 'none'}: the end of the file is missing or altered"
         )
     return report
+
+
+def _text(line: str | bytes, number: int, report: ExportReport) -> str | None:
+    """A line as text; None (and the finding) when its bytes are not UTF-8."""
+    if isinstance(line, str):
+        return line
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        report.problems.append(
+            f"line {number} is not UTF-8 (byte {exc.start + 1} of the line): the file was altered or damaged"
+        )
+        return None
 
 
 def _check_chain(origin: str, chain: _Chain, head: tuple[int, dict[str, Any]] | None, report: ExportReport) -> None:

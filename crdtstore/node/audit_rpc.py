@@ -4,7 +4,8 @@ Every region holds every region's chain as ordinary data (records under
 ``"\\x00audit/<origin>\\x00<dot>"``), so each RPC reads the chains from the
 store:
 
-- ``AuditLog`` merges the chains into causal order. Each chain is monotonic
+- ``AuditLog`` merges the chains into causal order (``region`` selects the
+  chains of a region by its name, or one chain by its origin, ``eu#4f1c...``). Each chain is monotonic
   in hybrid logical time (a region's clock never goes back, and a request's
   record carries its timestamp), so a k-way merge by (hlc wall ms, logical,
   origin, seq) gives the order, newest last. The page token is the position
@@ -18,6 +19,12 @@ store:
 - ``AuditVerify`` checks every chain in one read transaction (records,
   vector and the node's own head agree), off the event loop, and adds what
   the peers last said of their heads (``crdtstore.node.audit.AuditHeads``).
+  Every configured peer is listed: one that has not reported its heads, or
+  not within ``STALE_REPORTS`` times ``[replication] audit_heads_ms`` (or
+  ``anti_entropy_ms``, if longer: heads ride on acknowledgements), comes
+  as one entry with no origin, ``agrees`` true and a ``problem`` saying it was
+  not compared (``peer_heads``): a partitioned peer does not make verify fail,
+  and nobody reads its silence as agreement.
 - ``AuditExport`` streams the records of a time range, chain by chain, in
   chunks bounded in bytes, then each chain's last exported record.
 - ``AuditExported`` moves the export marks retention needs
@@ -34,13 +41,14 @@ import base64
 import binascii
 import functools
 import heapq
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import grpc
 import msgpack
 
+from crdtstore.audit.export import iso_time
 from crdtstore.audit.record import AuditError, AuditRecord, decode, parse_record_key, record_key
 from crdtstore.node.requests import abort
 from crdtstore.storage import LmdbStore
@@ -48,9 +56,10 @@ from crdtstore.storage.keys import lmdb_key
 from crdtstore.v1 import kv_pb2 as pb
 
 if TYPE_CHECKING:
+    from crdtstore.node.audit import PeerHeads
     from crdtstore.node.service import NodeState
 
-__all__ = ["AuditService", "ChainCursor", "log_page", "mark_exported", "record_pb", "seek"]
+__all__ = ["AuditService", "ChainCursor", "log_page", "mark_exported", "peer_heads", "record_pb", "seek"]
 
 PAGE_DEFAULT = 100
 PAGE_MAX = 1000
@@ -59,6 +68,8 @@ _PAGE_BYTES_MAX = 1024 * 1024  # encoded record bytes one AuditLog page holds at
 _READ_CHUNK = 256  # records read from a chain at a time
 _EXPORT_CHUNK_BYTES = 1024 * 1024  # encoded record bytes per AuditExport message (about)
 _TOKEN_VERSION = 1
+# A peer's report of its heads older than this many audit_heads_ms intervals is not a comparison any more.
+STALE_REPORTS = 3
 
 
 def record_pb(record: AuditRecord) -> pb.AuditRecord:
@@ -181,12 +192,21 @@ def _matches(record: AuditRecord, request: pb.AuditLogRequest) -> bool:
     return not request.key or any(op.key == request.key for op in record.operations)
 
 
+def _of_region(origin: str, region: str) -> bool:
+    """Whether ``AuditLog``'s ``region`` selects ``origin``'s chain: a region's name, or one origin exactly."""
+    if not region:
+        return True
+    if "#" in region:
+        return origin == region
+    return origin.partition("#")[0] == region
+
+
 def log_page(store: LmdbStore, request: pb.AuditLogRequest) -> tuple[list[AuditRecord], str]:
     """One page of ``AuditLog``: the records and the next page's token ("" on the last page)."""
     limit = min(request.limit or PAGE_DEFAULT, PAGE_MAX)
     positions = decode_page_token(request.page_token) if request.page_token else {}
     heads = store.audit_heads_at()
-    origins = [o for o in heads if not request.region or o.partition("#")[0] == request.region]
+    origins = [o for o in heads if _of_region(o, request.region)]
     cursors: dict[str, ChainCursor] = {}
     heap: list[tuple[tuple[int, int, str, int], str]] = []
     for origin in origins:
@@ -226,6 +246,55 @@ def _push(heap: list[tuple[tuple[int, int, str, int], str]], cursor: ChainCursor
             heapq.heappush(heap, ((record.hlc_wall_ms, record.hlc_logical, record.origin, record.seq), cursor.origin))
             return
         cursor.advance()
+
+
+def peer_heads(
+    configured: Iterable[str], heard: Mapping[str, PeerHeads], now_ms: int, stale_ms: int
+) -> list[pb.AuditPeerHead]:
+    """``AuditVerify``'s peers: every head each peer reported, and an entry for each peer not compared.
+
+    A configured peer that never reported its heads, or whose last report is
+    older than ``stale_ms``, is one entry with no ``origin``, ``agrees`` true
+    (nothing is known to differ) and a ``problem`` that says it was not
+    compared; a stale report's mismatches are kept (history found altered
+    stays found), its agreements are not (they are old news).
+    """
+    out: list[pb.AuditPeerHead] = []
+    for peer in sorted({*configured, *heard}):
+        report = heard.get(peer)
+        if report is None:
+            problem = f"no heads reported by peer {peer}: not compared"
+            out.append(pb.AuditPeerHead(peer=peer, agrees=True, problem=problem))
+            continue
+        stale = now_ms - report.reported_ms > stale_ms
+        for origin, (seq, head, _) in sorted(report.heads.items()):
+            problem = report.problems.get(origin, "")
+            if stale and not problem:
+                continue
+            out.append(
+                pb.AuditPeerHead(
+                    peer=peer,
+                    origin=origin,
+                    seq=seq,
+                    hash=head,
+                    agrees=not problem,
+                    problem=problem,
+                    reported_ms=report.reported_ms,
+                )
+            )
+        if stale:
+            age_s = (now_ms - report.reported_ms) / 1000
+            out.append(
+                pb.AuditPeerHead(
+                    peer=peer,
+                    agrees=True,
+                    problem=f"no heads reported by peer {peer} for {age_s:.0f} s (the last at "
+                    f"{iso_time(report.reported_ms)}; more than {STALE_REPORTS} report intervals): "
+                    "not compared since",
+                    reported_ms=report.reported_ms,
+                )
+            )
+    return out
 
 
 def export_records(store: LmdbStore, origin: str, since_ms: int, until_ms: int) -> Iterator[AuditRecord]:
@@ -315,19 +384,14 @@ class AuditService:
             )
             for r in reports
         ]
-        peers = [
-            pb.AuditPeerHead(
-                peer=peer,
-                origin=origin,
-                seq=seq,
-                hash=head,
-                agrees=origin not in heard.problems,
-                problem=heard.problems.get(origin, ""),
-                reported_ms=heard.reported_ms,
-            )
-            for peer, heard in sorted(self.node.replicator.audit_heads.peers.items())
-            for origin, (seq, head, _) in sorted(heard.heads.items())
-        ]
+        config = self.node.config
+        peers = peer_heads(
+            config.peers,
+            self.node.replicator.audit_heads.peers,
+            self.node.store.wall_ms(),
+            # Heads ride on acknowledgements, which a quiet stream sends once per anti_entropy_ms.
+            STALE_REPORTS * max(config.replication.audit_heads_ms, config.replication.anti_entropy_ms),
+        )
         ok = all(r.ok for r in reports) and all(p.agrees for p in peers)
         return pb.AuditVerifyResponse(ok=ok, chains=chains, peers=peers)
 
