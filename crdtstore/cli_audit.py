@@ -276,8 +276,7 @@ def peers_json(peers: Iterable[pb.AuditPeerHead]) -> list[dict[str, Any]]:
             "seq": p.seq,
             "hash": p.hash.hex(),
             "agrees": p.agrees,
-            # A head has an origin; an entry without one says the peer was not compared (its problem says why).
-            "compared": bool(p.origin),
+            "compared": not p.not_compared,  # not compared: its problem says why
             "problem": p.problem,
             "reported_ms": p.reported_ms,
         }

@@ -152,11 +152,11 @@ def test_every_configured_peer_is_listed_and_one_not_compared_says_so() -> None:
         "ap": PeerHeads(now - 100_000, {"ap#9": (2, HEAD, 5), "eu#4f1c": (4, HEAD, 9)}, {"eu#4f1c": "altered"}),
     }
     entries = peer_heads(["ap", "us", "zz"], heard, now, stale_ms=30_000)
-    assert [(e.peer, e.origin, e.agrees) for e in entries] == [
-        ("ap", "eu#4f1c", False),
-        ("ap", "", True),
-        ("us", "us#a2b0", True),
-        ("zz", "", True),
+    assert [(e.peer, e.origin, e.agrees, e.not_compared) for e in entries] == [
+        ("ap", "eu#4f1c", False, False),
+        ("ap", "", True, True),
+        ("us", "us#a2b0", True, False),
+        ("zz", "", True, True),
     ]
     assert entries[1].problem.startswith("no heads reported by peer ap for 100 s") and entries[1].reported_ms
     assert entries[3].problem == "no heads reported by peer zz: not compared"

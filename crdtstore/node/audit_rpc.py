@@ -254,9 +254,9 @@ def peer_heads(
     """``AuditVerify``'s peers: every head each peer reported, and an entry for each peer not compared.
 
     A configured peer that never reported its heads, or whose last report is
-    older than ``stale_ms``, is one entry with no ``origin``, ``agrees`` true
-    (nothing is known to differ) and a ``problem`` that says it was not
-    compared; a stale report's mismatches are kept (history found altered
+    older than ``stale_ms``, is one entry with ``not_compared``, no
+    ``origin``, ``agrees`` true (nothing is known to differ) and a
+    ``problem`` that says why; a stale report's mismatches are kept (history found altered
     stays found), its agreements are not (they are old news).
     """
     out: list[pb.AuditPeerHead] = []
@@ -264,7 +264,7 @@ def peer_heads(
         report = heard.get(peer)
         if report is None:
             problem = f"no heads reported by peer {peer}: not compared"
-            out.append(pb.AuditPeerHead(peer=peer, agrees=True, problem=problem))
+            out.append(pb.AuditPeerHead(peer=peer, agrees=True, problem=problem, not_compared=True))
             continue
         stale = now_ms - report.reported_ms > stale_ms
         for origin, (seq, head, _) in sorted(report.heads.items()):
@@ -292,6 +292,7 @@ def peer_heads(
                     f"{iso_time(report.reported_ms)}; more than {STALE_REPORTS} report intervals): "
                     "not compared since",
                     reported_ms=report.reported_ms,
+                    not_compared=True,
                 )
             )
     return out

@@ -673,7 +673,7 @@ class AuditChain(_message.Message):
     def __init__(self, origin: _Optional[str] = ..., records: _Optional[int] = ..., head_seq: _Optional[int] = ..., head_hash: _Optional[bytes] = ..., findings: _Optional[_Iterable[_Union[AuditFinding, _Mapping]]] = ...) -> None: ...
 
 class AuditPeerHead(_message.Message):
-    __slots__ = ("peer", "origin", "seq", "hash", "agrees", "problem", "reported_ms")
+    __slots__ = ("peer", "origin", "seq", "hash", "agrees", "problem", "reported_ms", "not_compared")
     PEER_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -681,6 +681,7 @@ class AuditPeerHead(_message.Message):
     AGREES_FIELD_NUMBER: _ClassVar[int]
     PROBLEM_FIELD_NUMBER: _ClassVar[int]
     REPORTED_MS_FIELD_NUMBER: _ClassVar[int]
+    NOT_COMPARED_FIELD_NUMBER: _ClassVar[int]
     peer: str
     origin: str
     seq: int
@@ -688,7 +689,8 @@ class AuditPeerHead(_message.Message):
     agrees: bool
     problem: str
     reported_ms: int
-    def __init__(self, peer: _Optional[str] = ..., origin: _Optional[str] = ..., seq: _Optional[int] = ..., hash: _Optional[bytes] = ..., agrees: _Optional[bool] = ..., problem: _Optional[str] = ..., reported_ms: _Optional[int] = ...) -> None: ...
+    not_compared: bool
+    def __init__(self, peer: _Optional[str] = ..., origin: _Optional[str] = ..., seq: _Optional[int] = ..., hash: _Optional[bytes] = ..., agrees: _Optional[bool] = ..., problem: _Optional[str] = ..., reported_ms: _Optional[int] = ..., not_compared: _Optional[bool] = ...) -> None: ...
 
 class AuditVerifyResponse(_message.Message):
     __slots__ = ("ok", "chains", "peers")
