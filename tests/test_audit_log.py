@@ -187,3 +187,50 @@ def test_region_selects_a_regions_chains_by_name_or_one_chain_by_its_origin(stor
     assert _pages(store, limit=7, region=new) == [r for r in every if r.origin == new] != []
     assert _pages(store, region="eu#0000") == []
     assert _pages(store, region="us") == []
+
+
+class _Recorded:
+    """Stands in for RefusalLog: keeps what it was asked to record."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str, str]] = []
+
+    async def record(self, rpc: str, code: str, reason: str, note: object, peer: str) -> None:
+        self.calls.append((rpc, code, reason, peer))
+
+
+def test_refused_streams_are_recorded_at_most_once_an_interval_per_caller_and_code() -> None:
+    """A misconfigured peer redials for as long as it stays so: one record a minute, saying how many were left out."""
+    import asyncio
+
+    from crdtstore.node.audit import StreamRefusals
+
+    now = [1000.0]
+    recorded = _Recorded()
+    refusals = StreamRefusals(
+        recorded,  # type: ignore[arg-type]
+        interval_s=60,
+        keys_max=2,
+        clock=lambda: now[0],
+    )
+
+    async def dials() -> None:
+        for _ in range(5):  # the same peer, new ports, within the minute
+            await refusals.record("UNAUTHENTICATED", "no token", f"ipv4:10.0.0.1:{40000 + len(recorded.calls)}")
+            now[0] += 5
+        await refusals.record("PERMISSION_DENIED", "not a peer", "ipv4:10.0.0.1:41000")  # another code
+        await refusals.record("UNAVAILABLE", "shutting down", "ipv4:10.0.0.1:41001")  # not a refusal
+        now[0] += 60
+        await refusals.record("UNAUTHENTICATED", "no token", "ipv4:10.0.0.1:42000")
+        for host in range(3):  # the table holds two callers: the oldest goes
+            await refusals.record("UNAUTHENTICATED", "no token", f"ipv4:10.0.0.{host + 2}:1")
+
+    asyncio.run(dials())
+    assert [(code, reason) for _, code, reason, _ in recorded.calls[:3]] == [
+        ("UNAUTHENTICATED", "no token"),
+        ("PERMISSION_DENIED", "not a peer"),
+        ("UNAUTHENTICATED", "no token (4 more like it from ipv4:10.0.0.1 since the last record were not recorded)"),
+    ]
+    assert {rpc for rpc, _, _, _ in recorded.calls} == {"Sync"}
+    assert refusals.left_out == 4 and len(recorded.calls) == 6
+    assert len(refusals._last) == 2

@@ -535,9 +535,14 @@ def test_peers_without_a_token_cannot_replicate(tmp_path: Path) -> None:
     admin = kit.token("root", ["admin"])
     with RegionProcesses(tmp_path, ("x", "y"), extra_args=("--config", str(config)), client_token=admin) as cluster:
         cluster.clients["x"].set("k", "from x")
-        wait_for(lambda: cluster.clients["y"].status()["refused_unauthenticated"] > 0, "y refuses x's stream")
+        wait_for(lambda: cluster.clients["y"].status()["refused_unauthenticated"] > 2, "y refuses x's stream, again")
         assert not any(p["connected"] for p in cluster.clients["y"].status()["peers"])
         assert not cluster.clients["y"].get("k").exists
+        # Each refusal of a stream is a refused request (issue 19), recorded at most once a minute alike:
+        # x dials again and again, and the trail holds one record of it.
+        syncs = [r for r in cluster.clients["y"].audit_log() if r.method == "Sync"]
+        assert [(r.kind, r.code, r.principal) for r in syncs] == [("refused", "UNAUTHENTICATED", "")]
+        assert [(op.key, op.kind) for op in syncs[0].operations] == [("", "replicate")]
 
 
 def test_a_node_takes_data_only_from_an_answering_peer_with_a_token(tmp_path: Path) -> None:

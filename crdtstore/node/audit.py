@@ -10,6 +10,13 @@ answered has its record. When the writer's queue is full (the node is
 overloaded), waiting for a place would make refusals a way to stall the
 node: the record is then dropped and counted (``dropped``, in Status and the
 metrics), never queued without bound.
+
+Replication streams (``Replication.Sync``) refused at their start (no token,
+no ``replicate`` right, the wrong region, a certificate that does not name the
+peer) go through ``StreamRefusals``: a misconfigured peer dials again every
+few seconds for as long as it stays misconfigured, so such refusals are
+recorded at most once a minute per caller address and status code, each
+record saying how many like it were not recorded since the last.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import msgpack
 from crdtstore.audit.record import OpSummary
 from crdtstore.crdt import Dot
 from crdtstore.node.metrics import NodeMetrics
-from crdtstore.node.requests import RequestNote, current_principal, current_request_id
+from crdtstore.node.requests import REFUSAL_CODES, RequestNote, current_principal, current_request_id, set_principal
 from crdtstore.storage import LmdbStore, WriteRequest
 from crdtstore.storage.audit import RequestInfo
 from crdtstore.storage.writes import refusal_recorded
@@ -35,7 +42,7 @@ from crdtstore.v1 import replication_pb2 as rpb
 if TYPE_CHECKING:
     from crdtstore.node.service import NodeState
 
-__all__ = ["AuditHeads", "PeerHeads", "RefusalLog", "compare_head"]
+__all__ = ["AuditHeads", "PeerHeads", "RefusalLog", "StreamRefusals", "compare_head"]
 
 log = logging.getLogger("crdtstore.audit")
 
@@ -71,6 +78,51 @@ class RefusalLog:
         self.dropped += 1
         if node.metrics is not None:
             node.metrics.audit_refusals_dropped.inc()
+
+
+class StreamRefusals:
+    """Refused replication streams to the audit trail, at most one record per ``interval_s`` per caller and code.
+
+    Keyed by the caller's host (not its port, which changes at every dial)
+    and the status code, in a table of at most ``keys_max`` entries (the
+    oldest goes first): what a caller sends cannot make it grow without bound.
+    A record says how many refusals like it were left out since the last.
+    """
+
+    def __init__(
+        self,
+        refusals: RefusalLog,
+        *,
+        interval_s: float = 60.0,
+        keys_max: int = 256,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.refusals = refusals
+        self.interval_s = interval_s
+        self.keys_max = keys_max
+        self.clock = clock
+        self.left_out = 0  # refusals not recorded because one like them was, lately
+        self._last: dict[tuple[str, str], tuple[float, int]] = {}  # (host, code) -> (recorded at, left out since)
+
+    async def record(self, code: str, reason: str, peer: str, principal: str = "") -> None:
+        if code not in REFUSAL_CODES:
+            return
+        host = peer.rsplit(":", 1)[0]
+        key, now = (host, code), self.clock()
+        last = self._last.get(key)
+        if last is not None and now - last[0] < self.interval_s:
+            self._last[key] = (last[0], last[1] + 1)
+            self.left_out += 1
+            return
+        if last is not None and last[1]:
+            reason = f"{reason} ({last[1]} more like it from {host} since the last record were not recorded)"
+        self._last.pop(key, None)
+        while len(self._last) >= self.keys_max:
+            self._last.pop(next(iter(self._last)))
+        self._last[key] = (now, 0)
+        if principal:
+            set_principal(principal)
+        await self.refusals.record("Sync", code, reason, RequestNote(asked=(("replicate", ""),)), peer)
 
 
 class PeerHeads(NamedTuple):

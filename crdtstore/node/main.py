@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 
 from crdtstore.crdt import HybridLogicalClock
 from crdtstore.node.access import AccessControl
+from crdtstore.node.audit import StreamRefusals
 from crdtstore.node.audit_retention import AuditRetention
 from crdtstore.node.config import ConfigError, NodeConfig, is_loopback, parse_listen
 from crdtstore.node.feed import FeedRetention
@@ -290,6 +291,8 @@ async def run_node(  # noqa: PLR0915 (the node's whole start and stop, in order)
     writer.on_commit = replicator.local_committed
     replicator.access = access
     node = NodeState(config, store, writer, replicator, access, metrics=metrics)
+    if store.audit_enabled:
+        replicator.stream_refusals = StreamRefusals(node.refusals)
     message_max = config.message_bytes_max
     server = grpc.aio.server(
         options=[

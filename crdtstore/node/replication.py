@@ -63,7 +63,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -98,6 +98,9 @@ from crdtstore.storage.replication import ReplicaStore
 from crdtstore.v1 import replication_pb2 as rpb
 
 __all__ = ["Replicator"]
+
+if TYPE_CHECKING:
+    from crdtstore.node.audit import StreamRefusals
 
 log = logging.getLogger("crdtstore.replication")
 
@@ -190,6 +193,7 @@ class Replicator:
         self._stopping = asyncio.Event()  # set by close(): every stream session returns
         # Checks the peers that open streams, and hears of every write a peer's entries made.
         self.access: AccessControl | None = None
+        self.stream_refusals: StreamRefusals | None = None  # refused streams to the audit trail (node.audit)
         self._peer_token_problem = ""  # why this node's peer token could not be read, last time it was asked
         # A directory laid down by ``crdtstore restore`` takes no writes until its peers have filled it in.
         self.rejoin = RejoinGate(config.peers, rejoin_pending(store), self._rejoin_over)
@@ -525,47 +529,26 @@ class Replicator:
         """The server side of ``Replication.Sync``: the peer's Hello comes first and names it."""
         if self._closing:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the node is shutting down")
+        principal: Principal | None = None
+
+        async def refuse(code: grpc.StatusCode, message: str) -> NoReturn:
+            """End the stream with ``code``; recorded in the audit trail first (at most once a minute alike)."""
+            if self.stream_refusals is not None:
+                who = principal.subject if principal is not None else ""
+                await self.stream_refusals.record(code.name, message, str(context.peer() or ""), who)
+            await context.abort(code, message)
+            raise AssertionError("context.abort returns only by raising")  # pragma: no cover
+
         try:
             # Before anything the caller sent is read: an unauthenticated stream costs nothing.
             principal = await self._dialling_peer(context)
+            raw = await context.read()
+            if raw is grpc.aio.EOF:
+                return
+            assert isinstance(raw, bytes)
+            link = self._hello_link(raw, principal, context)
         except Refusal as refusal:
-            await context.abort(refusal.code, refusal.message)
-        raw = await context.read()
-        if raw is grpc.aio.EOF:
-            return
-        assert isinstance(raw, bytes)
-        try:
-            first = rpb.SyncMessage.FromString(raw)
-            if first.WhichOneof("body") != "hello":
-                raise ProtocolError("the first message of a stream must be a hello")
-        except DecodeError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"a replication message that does not parse: {exc}")
-        except ProtocolError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        if first.hello.to and first.hello.to != self.config.region:
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"this is region {self.config.region!r}, not {first.hello.to!r}: the address region "
-                f"{first.hello.region!r} dials for {first.hello.to!r} reaches another node",
-            )
-        link = self.links.get(first.hello.region)
-        if link is None:
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"region {first.hello.region!r} is not a peer of region {self.config.region!r}; "
-                f"add it with --peer on both sides",
-            )
-        if principal is not None:
-            try:
-                _check_peer_subject(principal, link.name, self._regions)
-            except Refusal as refusal:
-                await context.abort(refusal.code, refusal.message)
-        if self.config.tls.require_client_cert and not certificate_names(context, link.name):
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"the client certificate does not name region {link.name!r}; a peer's certificate must carry "
-                f"its region name as a DNS subject alternative name or common name",
-            )
+            await refuse(refusal.code, refusal.message)
 
         async def read() -> bytes | None:
             raw = await context.read()
@@ -581,7 +564,44 @@ class Replicator:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except Refusal as refusal:
             log.warning("stream from %s closed: %s", link.name, refusal.message)
-            await context.abort(refusal.code, refusal.message)
+            await refuse(refusal.code, refusal.message)
+
+    def _hello_link(
+        self, raw: bytes, principal: Principal | None, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> _Link:
+        """The link of the peer whose stream opens with ``raw`` (its hello); ``Refusal`` if it may not sync here."""
+        try:
+            first = rpb.SyncMessage.FromString(raw)
+            if first.WhichOneof("body") != "hello":
+                raise ProtocolError("the first message of a stream must be a hello")
+        except DecodeError as exc:
+            raise Refusal(
+                grpc.StatusCode.INVALID_ARGUMENT, f"a replication message that does not parse: {exc}"
+            ) from None
+        except ProtocolError as exc:
+            raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        if first.hello.to and first.hello.to != self.config.region:
+            raise Refusal(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"this is region {self.config.region!r}, not {first.hello.to!r}: the address region "
+                f"{first.hello.region!r} dials for {first.hello.to!r} reaches another node",
+            )
+        link = self.links.get(first.hello.region)
+        if link is None:
+            raise Refusal(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"region {first.hello.region!r} is not a peer of region {self.config.region!r}; "
+                f"add it with --peer on both sides",
+            )
+        if principal is not None:
+            _check_peer_subject(principal, link.name, self._regions)
+        if self.config.tls.require_client_cert and not certificate_names(context, link.name):
+            raise Refusal(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"the client certificate does not name region {link.name!r}; a peer's certificate must carry "
+                f"its region name as a DNS subject alternative name or common name",
+            )
+        return link
 
     async def _dialling_peer(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal | None:
         """With access control: the dialling node's principal (None where mutual TLS names it), after this node
