@@ -177,6 +177,8 @@ def record_line(record: dict[str, Any]) -> str:
     )
     who = record["principal"] or "-"
     refused = f" ({record['code']}: {record['reason']})" if record["kind"] == "refused" else ""
+    if record["kind"] == "resumed":
+        refused = f" ({record['reason']})"
     return (
         f"{iso_time(record['hlc']['wall_ms'])} {record['origin']} #{record['seq']} {record['kind']} by {who}"
         f" via {record['method'] or '-'}{refused}{': ' + ops if ops else ''}"

@@ -304,6 +304,39 @@ def test_a_full_store_keeps_its_chain_whole(tmp_path: Path) -> None:
         a.store.close()
 
 
+def test_auditing_off_and_on_again_leaves_a_chain_that_says_where_the_evidence_stops(tmp_path: Path) -> None:
+    """Turned off and on, a node's chain broke at the first event minted while off (verify failed from then on).
+
+    Now one ``resumed`` record, written when auditing is on again, covers those events; the chain goes on.
+    """
+    a = Audited(tmp_path / "a")
+    a.write(WriteRequest([SetRegister("k", b"1")]))
+    config = a.store.config
+    a.store.close()
+    plain = LmdbStore(StorageConfig(config.path, config.region, StorageOptions(audit=False)), wall_ms=a.wall)
+    clock = HybridLogicalClock(a.wall, floor=plain.hlc_mark)
+    plain.write_batch([WriteRequest([SetRegister("k", b"2")]), WriteRequest([Increment("n", 1)])], clock)
+    plain.close()
+    a.store = LmdbStore(StorageConfig(config.path, config.region, StorageOptions(audit=True)), wall_ms=a.wall)
+    a.clock = HybridLogicalClock(a.wall, floor=a.store.hlc_mark)
+    try:
+        assert a.store.audit_unrecorded_from() == 3  # events 1 (the write) and 2 (its record) have records
+        assert not all(report.ok for report in a.store.audit_chain_reports())  # as it was before this fix
+        (result,) = a.write(WriteRequest((), info=RequestInfo(method="start", resume_chain=True)))
+        assert isinstance(result, Applied)
+        a.write(WriteRequest([SetRegister("k", b"3")]))
+        a.verify()
+        assert a.store.audit_unrecorded_from() == 0
+        kinds = [(r.kind, r.first, r.last) for r in a.records()]
+        assert kinds == [("write", 1, 2), ("resumed", 3, 5), ("write", 6, 7)]
+        assert "events 3..4" in a.records()[1].reason
+        # Nothing to cover: no record is written.
+        (again,) = a.write(WriteRequest((), info=RequestInfo(method="start", resume_chain=True)))
+        assert isinstance(again, Applied) and len(a.records()) == 3
+    finally:
+        a.store.close()
+
+
 def test_without_auditing_nothing_is_recorded(tmp_path: Path) -> None:
     store = LmdbStore(StorageConfig(tmp_path / "plain", "eu"))
     try:

@@ -158,6 +158,32 @@ def test_a_write_refused_for_a_full_store_is_recorded_apart(tmp_path: Path) -> N
         assert c.status()["audit_refusals_dropped"] == 0
 
 
+def test_a_node_started_with_auditing_on_again_covers_what_it_minted_while_off(tmp_path: Path) -> None:
+    """The start path (crdtstore.node.main): one ``resumed`` record, then verify passes (it failed from then on)."""
+    off = tmp_path / "off.toml"
+    off.write_text("[storage]\naudit = false\n", encoding="utf-8")
+    data = tmp_path / "data"
+    for extra in ((), ("--config", str(off)), ()):
+        with ServerProcess(data, region="eu", extra_args=("--insecure-no-auth", *extra)) as server:
+            with Client(server.addr) as c:
+                c.set("k", f"with {extra or 'auditing'}")
+            addr = server.addr
+            env = dict(os.environ, CRDTSTORE_ADDR=addr)
+            verify = subprocess.run(
+                [sys.executable, "-m", "crdtstore", "audit", "verify"],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=60,
+                check=False,
+            )
+            if not extra:
+                assert verify.returncode == 0, verify.stdout + verify.stderr
+            with Client(server.addr) as c:
+                kinds = [r.kind for r in c.audit_log()]
+    assert kinds == ["write", "resumed", "write"]
+
+
 def test_export_then_verify_file_and_a_tampered_export_fails(node: Node, tmp_path: Path) -> None:
     _write(node, f"w/export-{uuid.uuid4().hex[:8]}", 5)
     out = tmp_path / "audit.jsonl"

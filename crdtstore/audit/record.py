@@ -59,8 +59,10 @@ AUDIT_PREFIX = "\x00audit/"
 FORMAT_VERSION = 1
 ZERO_HASH = bytes(32)
 
-Kind = Literal["write", "replay", "refused"]
-KINDS: tuple[Kind, ...] = ("write", "replay", "refused")
+# "resumed": auditing came back on; the record's events first..last-1 were minted while it was off
+# (they have no records of their own), and last is the record's own.
+Kind = Literal["write", "replay", "refused", "resumed"]
+KINDS: tuple[Kind, ...] = ("write", "replay", "refused", "resumed")
 # What an operation did; for a request refused before its operations were read (a read, or a
 # permission refusal), each right it asked for on a key: "read", "decr", "admin", "audit", "replicate" too.
 OpKind = Literal["set", "incr", "add", "remove", "delete", "read", "decr", "admin", "audit", "replicate"]

@@ -30,7 +30,8 @@ from crdtstore.node.service import NodeState, add_services
 from crdtstore.node.telemetry import start_metrics
 from crdtstore.node.tracing import start_tracing, stop_tracing
 from crdtstore.node.writer import GroupCommitWriter
-from crdtstore.storage import LmdbStore, StorageConfig, StorageError
+from crdtstore.storage import LmdbStore, StorageConfig, StorageError, WriteRequest
+from crdtstore.storage.audit import RequestInfo
 
 __all__ = ["add_serve_arguments", "run_node", "serve_from_args"]
 
@@ -329,6 +330,11 @@ async def run_node(  # noqa: PLR0915 (the node's whole start and stop, in order)
     metrics_server = await _serve_metrics(node, server)
 
     writer.start()
+    if store.audit_unrecorded_from():
+        # Auditing is back on after events were minted without records: one record says so, and the
+        # chain goes on from it (before any request: the next record must follow this one).
+        await writer.submit(WriteRequest((), info=RequestInfo(method="start", resume_chain=True)))
+        log.warning("auditing is on again: the events this region minted while it was off are covered by one record")
     await server.start()
     if health_server is not None:
         await health_server.start()

@@ -82,6 +82,8 @@ class RequestInfo:
     # Its operations (when known) are recorded, not applied; without them, what it asked (``asked``).
     refused: tuple[str, str] | None = None
     asked: tuple[OpSummary, ...] = ()  # each right it needed on each key, as summaries
+    # Not a request: the node's own, at start, when auditing comes back on (``resume_audit_chain``).
+    resume_chain: bool = False
 
 
 _NO_INFO = RequestInfo()
@@ -237,18 +239,43 @@ class AuditTrail(StoreEnvironment):
         """Per origin, the newest record this node holds: (seq, digest, its own dot counter)."""
         heads: dict[str, tuple[int, bytes, int]] = {}
         for origin in self.audit_origins():
-            prefix = lmdb_key(chain_prefix(origin))
             with self._gate.read(), self.env.begin() as txn:
-                cursor = txn.cursor(db=self.data)
-                found = cursor.prev() if cursor.set_range(prefix[:-1] + b"\x01") else cursor.last()
-                db_key = bytes(cursor.key()) if found else b""
-                raw = bytes(cursor.value()) if found and db_key.startswith(prefix) else b""
-            try:
-                record = decode(_register_value(db_key, raw))
-            except (AuditError, StorageError):
-                continue
-            heads[origin] = (record.seq, record.digest(), record.last)
+                record = self._newest_record_in(txn, origin)
+            if record is not None:
+                heads[origin] = (record.seq, record.digest(), record.last)
         return heads
+
+    def _newest_record_in(self, txn: lmdb.Transaction, origin: str) -> AuditRecord | None:
+        """``origin``'s newest record in ``txn`` (None when it has none, or it does not decode)."""
+        prefix = lmdb_key(chain_prefix(origin))
+        cursor = txn.cursor(db=self.data)
+        found = cursor.prev() if cursor.set_range(prefix[:-1] + b"\x01") else cursor.last()
+        db_key = bytes(cursor.key()) if found else b""
+        raw = bytes(cursor.value()) if found and db_key.startswith(prefix) else b""
+        try:
+            return decode(_register_value(db_key, raw))
+        except (AuditError, StorageError):
+            return None
+
+    def audit_unrecorded_from(self, txn: lmdb.Transaction | None = None) -> int:
+        """The first of this node's own events (its current origin's) that has no record, or 0.
+
+        Events are minted without records only while ``[storage] audit`` is
+        off; when it comes back on, the node writes one record of kind
+        ``resumed`` that covers them (``resume_chain``), so the chain goes on
+        unbroken and says where the evidence stops. 0 before the chain's first
+        record (a trail that starts later starts with its first record).
+        """
+        if txn is None:
+            with self._gate.read(), self.env.begin() as read:
+                return self.audit_unrecorded_from(read)
+        head_origin, seq, _ = self._audit_head
+        if not self.audit_enabled or head_origin != self.origin or not seq:
+            return 0
+        newest = self._newest_record_in(txn, self.origin)
+        if newest is None:
+            return 0  # a chain that cannot be read is verify's to report, not this to paper over
+        return newest.last + 1 if self._context_in(txn).vv.get(self.origin) > newest.last else 0
 
     def audit_record_count(self) -> int:
         """How many records this node holds (from each chain's first and last seq: no scan)."""

@@ -200,6 +200,10 @@ class LocalWrites(DeltaLog, FeedIndex, AuditTrail):
         ops = request.operations
         audit = self.audit_enabled
         info = request.info
+        if info is not None and info.resume_chain:
+            if audit:
+                self._resume_chain(txn, batch, clock, now_ms, request)
+            return Applied(batch.context)
         if info is not None and info.refused is not None:
             if audit:
                 code, reason = info.refused
@@ -264,6 +268,27 @@ class LocalWrites(DeltaLog, FeedIndex, AuditTrail):
         batch.feed_seq += 1
         batch.log_bytes += len(log_value)
 
+    def _resume_chain(
+        self, txn: lmdb.Transaction, batch: _Batch, clock: HybridLogicalClock, now_ms: int, request: WriteRequest
+    ) -> None:
+        """Auditing is back on: one ``resumed`` record covers the events this origin minted without records.
+
+        Worked out in the batch's transaction, so it follows whatever the
+        batch wrote before it; nothing is written when no event lacks a record.
+        """
+        origin = batch.origin
+        if batch.chain[0] != origin or not batch.chain[1]:
+            return  # no chain of this origin yet (or a new incarnation): its first record starts one
+        newest = self._newest_record_in(txn, origin)
+        held = batch.context.vv.get(origin)
+        if newest is None or held <= newest.last:
+            return
+        reason = (
+            f"auditing was off (storage.audit = false): the events {newest.last + 1}..{held} of {origin} "
+            f"have no records of their own"
+        )
+        self._audit_only(txn, batch, clock, now_ms, request, kind="resumed", reason=reason, first=newest.last + 1)
+
     def _audit_only(
         self,
         txn: lmdb.Transaction,
@@ -276,8 +301,12 @@ class LocalWrites(DeltaLog, FeedIndex, AuditTrail):
         token: bytes = b"",
         code: str = "",
         reason: str = "",
+        first: int = 0,
     ) -> None:
         """Write an audit-only entry: the record of a request that changed nothing, under a dot of its own.
+
+        ``first``: the record covers the events from there to its own (a
+        ``resumed`` record, after events minted without records).
 
         Bounded whatever the request held (found in review: the record of a
         refused request of millions of operations outgrew what one
@@ -300,7 +329,7 @@ class LocalWrites(DeltaLog, FeedIndex, AuditTrail):
         sealed = self._seal_record(
             batch.chain,
             origin=origin,
-            first=dot.counter,
+            first=first or dot.counter,
             last=dot.counter,
             timestamp=timestamp,
             now_ms=now_ms,
