@@ -89,15 +89,18 @@ than the node's ``get_members_max`` (exit status 1: read it with
 per changed key, or with ``--json`` one object per line: a change is
 ``get --json``'s object plus ``"changes"`` (what happened: ``set``, ``incr``,
 ``add``, ``remove``, ``delete``, ``state`` for a repair, ``snapshot``),
-``"origin"``, ``"region"``, ``"counter"`` (with origin, the change's dot),
+``"origin"``, ``"region"``, ``"counter"`` (with origin, the event's dot),
 ``"wall_ms"``, ``"logical"``, ``"applied_ms"``, ``"principal"``,
 ``"token"``, ``"group_end"`` and ``"reset"`` (part of a snapshot). A
 snapshot is framed by ``{"reset_begin": true, "token": ...}`` and
 ``{"reset_end": true, "token": ...}``; an idle stream prints
-``{"progress": true, "token": ...}``. Every object carries the token
-(base64; a change's is its group's), but store it (to resume with
-``--after``) only where ``"group_end"``, ``"reset_end"`` or ``"progress"`` is
-true: one kept in the middle of a request's group would skip the rest of it.
+``{"progress": true, "token": ...}``. Every object carries a token
+(base64) that is safe to store once the object is applied, and to resume
+from with ``--after``: the stream's new token at a group's end
+(``"group_end"``), ``reset_end`` and ``progress``; the token from before
+the group in the middle of one (its changes come again, their dots tell
+which you have); empty inside a snapshot (resuming without a token gives a
+whole snapshot again). See ``ResumeTokens``.
 ``--start now`` (only changes from now) applies without ``--after``; with a
 token it is accepted and has no effect. ``--after`` (here and for the reads)
 takes a token in base64, as the commands print it, or in hex, as an audit
@@ -150,7 +153,7 @@ from crdtstore.client import (
 from crdtstore.operations import AddMembers, DeleteKey, Increment, RemoveMembers, SetRegister
 from crdtstore.tokens import decode_token, describe_behind, events_behind, parse_token
 
-__all__ = ["ADDR_ENV", "DEFAULT_ADDR", "TOKEN_ENV", "StreamToken", "build_parser", "entry_json", "main", "watch_json"]
+__all__ = ["ADDR_ENV", "DEFAULT_ADDR", "TOKEN_ENV", "ResumeTokens", "build_parser", "entry_json", "main", "watch_json"]
 
 DEFAULT_ADDR = "127.0.0.1:7420"
 ADDR_ENV = "CRDTSTORE_ADDR"
@@ -360,44 +363,38 @@ def _scan(client: Client, args: argparse.Namespace) -> None:
             print(f"{_escape(entry.key)}\t{_human_line(entry.value)}")
 
 
-class StreamToken:
-    """The stream's token as ``WatchDecoder`` keeps it, seen from the items: what ``reset_begin`` carries.
+class ResumeTokens:
+    """The token ``watch --json`` prints with each item: one a consumer may store once it has applied the item.
 
-    It starts at ``--after`` (or none), moves where a token may be stored (a
-    change's ``group_end``, ``reset_end``, ``progress``), and is dropped when a
-    snapshot begins again before the last one ended (the client then asks for
-    a fresh snapshot, without a token).
+    Resuming from it loses nothing. At a group's last change, ``reset_end``
+    and ``progress`` it is the stream's new token. In the middle of a group
+    it is the token from before the group: a consumer that stores it and
+    resumes gets the whole group again (each event's dot says which it has).
+    From ``reset_begin`` until ``reset_end`` it is empty: a consumer that
+    resumes mid-snapshot has forgotten what it held, and must have a whole
+    snapshot again (a watch without a token). So every object has a token
+    (issue 20: "the token in each"), and storing any of them is safe.
     """
 
     def __init__(self, after: bytes | None) -> None:
-        self.token = after or b""
-        self._in_reset = False
+        self.token = after or b""  # after the last whole group, snapshot or progress
 
-    def seen(self, item: WatchItem) -> None:
+    def after(self, item: WatchItem) -> bytes:
         if isinstance(item, ResetBegin):
-            if self._in_reset:
-                self.token = b""
-            self._in_reset = True
-        elif isinstance(item, ResetEnd):
-            self._in_reset = False
+            self.token = b""
+        elif isinstance(item, ResetEnd | Progress) or (isinstance(item, Change) and item.group_end):
             self.token = item.token
-        elif isinstance(item, Progress) or item.group_end:
-            self.token = item.token
+        return self.token
 
 
-def watch_json(item: WatchItem, stream_token: bytes = b"") -> dict[str, object]:
-    """The JSON object ``watch --json`` prints for one item of the stream.
-
-    Every object carries ``"token"`` (base64); a consumer stores it only where
-    ``group_end``, ``reset_end`` or ``progress`` is true. ``stream_token``: the
-    token ``reset_begin`` carries, the stream's so far (``StreamToken``; "" if none).
-    """
+def watch_json(item: WatchItem, token: bytes) -> dict[str, object]:
+    """The JSON object ``watch --json`` prints for one item of the stream, with ``token`` (``ResumeTokens``)."""
     if isinstance(item, ResetBegin):
-        return {"reset_begin": True, "token": _b64(stream_token)}
+        return {"reset_begin": True, "token": _b64(token)}
     if isinstance(item, ResetEnd):
-        return {"reset_end": True, "token": _b64(item.token)}
+        return {"reset_end": True, "token": _b64(token)}
     if isinstance(item, Progress):
-        return {"progress": True, "token": _b64(item.token)}
+        return {"progress": True, "token": _b64(token)}
     return {
         **entry_json(item.entry),
         "changes": list(item.changes),
@@ -408,9 +405,7 @@ def watch_json(item: WatchItem, stream_token: bytes = b"") -> dict[str, object]:
         "logical": item.logical,
         "applied_ms": item.applied_ms,
         "principal": item.principal,
-        # In every change: its group's token (a snapshot's, the message's). A consumer stores it only where
-        # group_end is true (a snapshot's ends with reset_end): kept mid-group, it would skip the rest of the group.
-        "token": _b64(item.token),
+        "token": _b64(token),  # safe to store once this change is applied (ResumeTokens)
         "group_end": item.group_end,
         "reset": item.reset,
     }
@@ -421,11 +416,10 @@ def _watch(client: Client, args: argparse.Namespace) -> None:
     items = client.watch(
         args.prefix, after=args.after, start=args.start, on_expired=args.on_expired, addresses=addresses
     )
-    stream = StreamToken(args.after)
+    tokens = ResumeTokens(args.after)
     for item in items:
         if args.json:
-            stream.seen(item)
-            _print_json(watch_json(item, stream.token))
+            _print_json(watch_json(item, tokens.after(item)))
         elif isinstance(item, Change):
             shown = _human_line(item.entry.value) if item.entry.value is not None else "(gone)"
             where = f"  [{item.region}]" if item.region else ""
@@ -865,8 +859,8 @@ def build_parser(  # noqa: PLR0915 (a few statements per command: the function i
             "watch",
             _watch,
             "follow every change under a prefix until Ctrl-C",
-            json_help="print one JSON object per line, each with the token (store it only where group_end, "
-            "reset_end or progress is true)",
+            json_help="print one JSON object per line, each with a token safe to store once it is applied "
+            "(resume from it with --after)",
         )
     )
     _add_operator_commands(commands)

@@ -87,7 +87,7 @@ def add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     )
     log.add_argument("--since", metavar="TIME", help="only records at or after TIME (hybrid logical time)")
     log.add_argument("--until", metavar="TIME", help="only records before TIME")
-    log.add_argument("--limit", metavar="N", type=_positive, help="stop after N records, N >= 1 (default: all)")
+    log.add_argument("--limit", metavar="N", type=_limit, help="stop after N records (default, or 0: all)")
     log.add_argument("--json", action="store_true", help="print one JSON object per record per line")
     log.set_defaults(local_handler=_log)
 
@@ -129,22 +129,27 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _positive(text: str) -> int:
-    """``--limit``'s N: a whole number of at least 1."""
+def _limit(text: str) -> int | None:
+    """``--limit``'s N: a whole number; 0 (as when it is left out) means every record."""
     try:
         n = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {n} (leave --limit out for every record)")
-    return n
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (every record) or more, not {n}")
+    return n or None
+
+
+_CLOCK_SLACK_MS = 15 * 60 * 1000
 
 
 def _times(args: argparse.Namespace, now_ms: int) -> tuple[int, int]:
     """``--since`` and ``--until`` in ms; ValueError for a bad time, a since in the future, or since >= until."""
     since = parse_time(args.since, now_ms) if args.since else 0
     until = parse_time(args.until, now_ms) if args.until else 0
-    if since > now_ms:
+    # Records carry the node's hybrid logical time, which may run a little ahead of this machine's clock:
+    # a --since copied from a fresh record is not "in the future" (found in review).
+    if since > now_ms + _CLOCK_SLACK_MS:
         raise ValueError(
             f"--since {args.since} is in the future ({iso_time(since)}; it is {iso_time(now_ms)} here): no record is "
             "that new. A duration counts back from now (1h: an hour ago)"

@@ -36,9 +36,12 @@ def decode_token(token: bytes) -> VersionVector:
 def parse_token(text: str) -> bytes:
     """The token ``text`` writes: base64 first, then hex, each checked by decoding it; ``ValueError`` otherwise.
 
-    The error names both accepted forms (``TOKEN_FORMS``).
+    The error names both accepted forms (``TOKEN_FORMS``). An empty text is
+    no token (``b""``), as an empty ``--after`` always was.
     """
     stripped = text.strip()
+    if not stripped:
+        return b""
     candidates: list[bytes] = []
     with contextlib.suppress(ValueError, UnicodeEncodeError, binascii.Error):
         candidates.append(base64.b64decode(stripped.encode("ascii"), validate=True))

@@ -159,7 +159,8 @@ class NamespacedRegions:
             _NETNS_ETC.mkdir()
             self._etc_dirs.append(_NETNS_ETC)  # removed last, after the namespaces' own
         etc = _NETNS_ETC / ns
-        etc.mkdir(exist_ok=False)
+        # parents: another run (a test worker) may have removed an empty /etc/netns since the check above.
+        etc.mkdir(parents=True, exist_ok=False)
         self._etc_dirs.append(etc)
         lines = ["127.0.0.1 localhost", *(f"{self.addresses[name]} {name}" for name in self.names)]
         (etc / "hosts").write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -73,9 +73,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+@pytest.hookimpl(optionalhook=True)  # the suite still runs where pytest-xdist is not installed (-p no:xdist)
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """One worker per core, at most four: each worker may run several node processes at once."""
-    return max(1, min(4, len(os.sched_getaffinity(0))))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(4, cores))
 
 
 def _slow_requested(config: pytest.Config) -> bool:

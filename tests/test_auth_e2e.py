@@ -741,6 +741,12 @@ def test_refused_requests_leave_records_naming_who_asked_what(node: Node) -> Non
     no_token = [r for r in node.admin.audit_log(key="orders/no-token") if r.kind == "refused"]
     assert [(r.principal, r.method, r.code) for r in no_token] == [("", "Get", "UNAUTHENTICATED")]
     assert [(op.key, op.kind) for op in no_token[0].operations] == [("orders/no-token", "read")]
+    # But only a small request is read for it: an anonymous caller cannot make the node parse megabytes,
+    # nor fill every region's trail with what it sent (review).
+    with node.client(None) as anonymous, pytest.raises(ClientError):
+        anonymous.set("orders/large-without-a-token", b"x" * 5000)
+    large = [r for r in node.admin.audit_log(principal="") if r.code == "UNAUTHENTICATED" and r.method == "Mutate"]
+    assert large and large[-1].operations == []
     # The node's own records are never a key a client sees or counts.
     assert all(not e.key.startswith("\x00") for e in node.admin.scan(""))
 

@@ -55,7 +55,7 @@ def test_a_token_is_taken_in_base64_or_hex_and_anything_else_names_both_forms() 
     assert parse_token(base64.b64encode(TOKEN).decode()) == TOKEN
     assert parse_token(TOKEN.hex()) == TOKEN
     assert parse_token(TOKEN.hex().upper()) == TOKEN
-    for bad in ("AAAA", "", "zz", "not a token", "é", TOKEN.hex()[:-2]):
+    for bad in ("AAAA", "zz", "not a token", "é", TOKEN.hex()[:-2]):  # ("" is no token: see below)
         with pytest.raises(ValueError, match=r"not a causal token: give the base64 .* or the hex"):
             parse_token(bad)
 
@@ -100,10 +100,35 @@ def test_audit_export_since_in_the_future_is_a_usage_error_before_any_call(
     assert code == 2 and "is in the future" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("limit", ["-1", "0", "x"])
-def test_audit_log_limit_must_be_at_least_one(capsys: pytest.CaptureFixture[str], nowhere: str, limit: str) -> None:
+@pytest.mark.parametrize("limit", ["-1", "x"])
+def test_audit_log_limit_must_be_a_whole_number_not_below_zero(
+    capsys: pytest.CaptureFixture[str], nowhere: str, limit: str
+) -> None:
     err = usage_error(capsys, "--addr", nowhere, "audit", "log", "--limit", limit)
     assert "--limit" in err
+
+
+def test_audit_log_limit_0_is_every_record_as_the_default_and_an_empty_after_is_no_token() -> None:
+    """Found in review: both worked before the contract fixes, and scripts may pass them."""
+    parser = cli.build_parser()
+    assert parser.parse_args(["audit", "log", "--limit", "0"]).limit is None
+    assert parser.parse_args(["audit", "log"]).limit is None
+    assert parser.parse_args(["get", "k", "--after", ""]).after == b""
+    assert parse_token("  ") == b""
+
+
+def test_a_since_a_little_ahead_of_this_machines_clock_is_not_in_the_future() -> None:
+    """Records carry the node's hybrid logical time, which may run ahead of the machine the CLI runs on."""
+    import argparse
+
+    from crdtstore.audit.export import iso_time
+    from crdtstore.cli_audit import _times
+
+    now = 1_800_000_000_000
+    ahead = argparse.Namespace(since=iso_time(now + 60_000), until=None)
+    assert _times(ahead, now)[0] == now + 60_000
+    with pytest.raises(ValueError, match="in the future"):
+        _times(argparse.Namespace(since=iso_time(now + 3_600_000), until=None), now)
 
 
 # -- audit verify --file: a damaged export is broken (exit 1), not unreadable (exit 2) --------------------

@@ -35,6 +35,7 @@ from crdtstore.client import (
     ClientError,
     Conflict,
     Entry,
+    Progress,
     ResetBegin,
     ResetEnd,
     Sibling,
@@ -1109,23 +1110,20 @@ def test_watch_json_prints_the_token_in_every_object(
     lines = [json.loads(line) for line in out.splitlines()]
     b64 = {t: base64.b64encode(t).decode() for t in (after, b"T2", b"snap", b"T3", b"T4")}
     assert all("token" in line for line in lines)
+    # Every token is safe to store once its object is applied: resuming from it loses nothing.
     assert [(line.get("value"), line["token"], line.get("group_end")) for line in lines[:2]] == [
-        ("1", b64[b"T2"], False),  # mid-group: the token is there, but not where to store it
-        ("2", b64[b"T2"], True),
+        ("1", b64[after], False),  # mid-group: the token from before the group (the group comes again)
+        ("2", b64[b"T2"], True),  # the group's end: the stream's new token
     ]
-    assert lines[2] == {"reset_begin": True, "token": b64[b"T2"]}  # the stream's token so far
-    assert lines[3]["reset"] and lines[3]["token"] == b64[b"snap"] and not lines[3]["group_end"]
+    assert lines[2] == {"reset_begin": True, "token": ""}  # a snapshot: until it ends, resume without a token
+    assert lines[3]["reset"] and lines[3]["token"] == "" and not lines[3]["group_end"]
     assert lines[4] == {"reset_end": True, "token": b64[b"T3"]}
     assert lines[5] == {"progress": True, "token": b64[b"T4"]}
 
 
-def test_watch_json_reset_begin_carries_the_after_token_or_empty() -> None:
-    stream = cli.StreamToken(b"A")
-    stream.seen(ResetBegin())
-    assert cli.watch_json(ResetBegin(), stream.token) == {"reset_begin": True, "token": base64.b64encode(b"A").decode()}
-    # A snapshot that begins again before the last one ended starts without a token (WatchDecoder.resumed).
-    stream.seen(ResetBegin())
-    assert cli.watch_json(ResetBegin(), stream.token) == {"reset_begin": True, "token": ""}
-    stream.seen(ResetEnd(b"E"))
-    assert stream.token == b"E"
-    assert cli.watch_json(ResetBegin(), cli.StreamToken(None).token)["token"] == ""
+def test_watch_json_tokens_are_each_a_point_to_resume_from_that_loses_nothing() -> None:
+    tokens = cli.ResumeTokens(b"A")
+    assert tokens.after(Progress(b"P")) == b"P"
+    assert tokens.after(ResetBegin()) == b""
+    assert tokens.after(ResetEnd(b"E")) == b"E"
+    assert cli.ResumeTokens(None).token == b""

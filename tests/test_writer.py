@@ -101,3 +101,35 @@ def test_a_caller_that_gives_up_still_holds_its_place(tmp_path: Path) -> None:
         store.close()
 
     asyncio.run(scenario())
+
+
+class FailingStore(LmdbStore):
+    """A commit that fails in a way nobody planned for (a bug, or LMDB itself)."""
+
+    def write_batch(self, requests: Sequence[WriteRequest], clock: HybridLogicalClock) -> list[Result]:
+        raise ValueError("something inside the commit")
+
+
+def test_regression_a_commit_that_fails_unplanned_is_the_nodes_failure_not_a_recorded_refusal(
+    tmp_path: Path,
+) -> None:
+    """Found in review: such a failure came back as ``Failed(ValueError)``: answered INVALID_ARGUMENT (the
+    caller's fault) and taken as a refusal its batch had recorded, though the batch wrote nothing."""
+    from crdtstore.storage import Failed
+    from crdtstore.storage.errors import CommitFailed
+    from crdtstore.storage.writes import refusal_recorded
+
+    async def scenario() -> Result:
+        store = FailingStore(StorageConfig(tmp_path / "s", "eu"))
+        writer = GroupCommitWriter(store, HybridLogicalClock(FakeClock()))
+        writer.start()
+        try:
+            return await writer.submit(WriteRequest([Increment("n", 1)]))
+        finally:
+            await writer.close()
+            store.close()
+
+    result = asyncio.run(scenario())
+    assert isinstance(result, Failed) and isinstance(result.error, CommitFailed)
+    assert isinstance(result.error.__cause__, ValueError)
+    assert not refusal_recorded(result)

@@ -29,6 +29,7 @@ it may still be applied. That is why mutations carry idempotency keys.
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
 import time
@@ -40,7 +41,10 @@ from crdtstore.node import tracing
 from crdtstore.node.metrics import NodeMetrics
 from crdtstore.storage import Applied, Failed, LmdbStore, WriteRequest
 from crdtstore.storage.audit import RefusalRecorded
+from crdtstore.storage.errors import CommitFailed
 from crdtstore.storage.lmdb_store import Result
+
+log = logging.getLogger("crdtstore.writer")
 
 __all__ = ["GroupCommitWriter"]
 
@@ -190,7 +194,10 @@ class GroupCommitWriter:
             results = self._store.write_batch([request for request, _ in batch], self._clock)
             wrote = self._store.last_batch_wrote
         except Exception as exc:  # an LMDB failure nobody planned for: every caller hears of it
-            results = [Failed(exc)] * len(batch)
+            log.exception("a batch of %d requests failed to commit", len(batch))
+            failure = CommitFailed(f"the write failed: {exc!r}")
+            failure.__cause__ = exc
+            results = [Failed(failure)] * len(batch)
         else:
             self.batches_committed += 1
             self.requests_committed += len(batch)

@@ -13,6 +13,10 @@ class StoreFull(StorageError):
     """The map reached its maximum size or the disk is full; nothing was written."""
 
 
+class CommitFailed(StorageError):
+    """A batch's transaction failed in a way nobody planned for; nothing of it was written (its cause chained)."""
+
+
 class IdempotencyConflict(Exception):
     """An idempotency key reused for a different request."""
 

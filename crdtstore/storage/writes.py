@@ -53,7 +53,14 @@ from crdtstore.operations import (
 from crdtstore.storage.audit import AuditTrail, RefusalRecorded, RequestInfo, Sealed, refusal_code
 from crdtstore.storage.delta_log import DeltaLog, _log_value
 from crdtstore.storage.environment import _META_HLC, _META_HORIZON, _META_LOG_BYTES
-from crdtstore.storage.errors import DataCorruption, IdempotencyConflict, KeyTooLarge, StorageError, StoreFull
+from crdtstore.storage.errors import (
+    CommitFailed,
+    DataCorruption,
+    IdempotencyConflict,
+    KeyTooLarge,
+    StorageError,
+    StoreFull,
+)
 from crdtstore.storage.feed import KIND_SET, FeedIndex, FeedRecord, changes_of
 from crdtstore.storage.keys import lmdb_key
 from crdtstore.storage.records import KeyRecord, SetRecords, decode_record, plain_record
@@ -86,11 +93,12 @@ def refusal_recorded(result: Result) -> bool:
     """Whether ``result`` is a refusal whose audit record its batch wrote (with auditing on).
 
     Every refusal in a batch is recorded in the batch's transaction, but for
-    ``StoreFull``: that transaction could not commit, so nothing of it was
-    written, the record neither; the caller records it apart (a record is
-    small, and may still fit).
+    ``StoreFull`` and ``CommitFailed``: that transaction could not commit, so
+    nothing of it was written, the record neither; the caller records a
+    ``StoreFull`` apart (a record is small, and may still fit). A
+    ``CommitFailed`` is the node's failure, not a refusal: answered INTERNAL.
     """
-    return isinstance(result, Failed) and not isinstance(result.error, StoreFull)
+    return isinstance(result, Failed) and not isinstance(result.error, StoreFull | CommitFailed)
 
 
 @dataclass
