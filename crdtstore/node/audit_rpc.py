@@ -22,8 +22,8 @@ store:
   Every configured peer is listed: one that has not reported its heads, or
   not within ``STALE_REPORTS`` times ``[replication] audit_heads_ms`` (or
   ``anti_entropy_ms``, if longer: heads ride on acknowledgements), comes
-  as one entry with no origin, ``agrees`` true and a ``problem`` saying it was
-  not compared (``peer_heads``): a partitioned peer does not make verify fail,
+  as one entry with ``not_compared`` set and a ``problem`` saying why
+  (``peer_heads``): a partitioned peer does not make verify fail,
   and nobody reads its silence as agreement.
 - ``AuditExport`` streams the records of a time range, chain by chain, in
   chunks bounded in bytes, then each chain's last exported record.
