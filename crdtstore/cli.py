@@ -522,8 +522,34 @@ def _role_delete(client: Client, args: argparse.Namespace) -> None:
         _print_json({"token": _b64(token)})
 
 
+def _jwt_id(token: str) -> str:
+    """The jti of a token ``token issue`` made (read without checking its signature: only to show it)."""
+    import jwt  # noqa: PLC0415 (PyJWT: only here)
+
+    return str(jwt.decode(token, options={"verify_signature": False}).get("jti", ""))
+
+
+def _jti(text: str) -> str:
+    """``token revoke``'s JTI; a whole token (as ``token issue`` prints it) stands for its own jti."""
+    if text.count(".") != 2:
+        return text
+    import jwt  # noqa: PLC0415 (PyJWT: only here)
+
+    try:
+        claims = jwt.decode(text, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        raise argparse.ArgumentTypeError(
+            f"{text[:20]!r}... looks like a token but does not decode: give the token's jti (its id)"
+        ) from None
+    jti = claims.get("jti") if isinstance(claims, dict) else None
+    if not isinstance(jti, str) or not jti:
+        raise argparse.ArgumentTypeError("the token given has no jti (id): it cannot be revoked by id")
+    return jti
+
+
 def _token_revoke(client: Client, args: argparse.Namespace) -> None:
     token = client.revoke_token(args.jti)
+    _note(f"revoked the token with jti {args.jti}, in every region")
     if args.json:
         _print_json({"token": _b64(token)})
 
@@ -559,6 +585,8 @@ def _token_issue(args: argparse.Namespace) -> int:
     if not args.roles:
         _note("the token holds no role: it can authenticate, but it may do nothing")
     print(token)
+    jti = _jwt_id(token)
+    _note(f"its jti is {jti} (crdtstore token revoke {jti} revokes it)")
     return 0
 
 
@@ -977,7 +1005,12 @@ def _add_access_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     revoke = token_actions.add_parser(
         "revoke", help="revoke a token by its id, in every region, for good", description="Revoke a token."
     )
-    revoke.add_argument("jti", metavar="JTI", help="the token's id (its jti claim)")
+    revoke.add_argument(
+        "jti",
+        metavar="JTI",
+        type=_jti,
+        help="the token's id (its jti claim, printed by token issue), or the token itself",
+    )
     revoke.add_argument("--json", action="store_true", help='print {"token": <base64>}')
     revoke.set_defaults(handler=_token_revoke)
 
@@ -1099,8 +1132,9 @@ def _backup(args: argparse.Namespace) -> int:
     else:
         m = result.manifest
         print(
-            f"backed up region {m['region']} ({m['keys']} keys, {result.data_bytes} bytes) into {result.directory} "
-            f"in {result.seconds:.1f} s, at {json.dumps(m['vector'], sort_keys=True)}"
+            f"backed up region {m['region']} ({m['keys']} stored entries: keys, audit records and the node's own; "
+            f"{result.data_bytes} bytes) into {result.directory} in {result.seconds:.1f} s, "
+            f"at {json.dumps(m['vector'], sort_keys=True)}"
         )
     return 0
 

@@ -177,7 +177,7 @@ def record_line(record: dict[str, Any]) -> str:
         f"{op['kind']} {op['key']!r}"
         + (f" {op['amount']:+d}" if op["kind"] == "incr" else "")
         + (f" ({op['amount']} members)" if op["kind"] in ("add", "remove") else "")
-        + (f" (sha256 {op['value_sha256'][:12]})" if op["kind"] == "set" else "")
+        + (f" (sha256 {op['value_sha256'][:12]})" if op["kind"] == "set" and op["value_sha256"] else "")
         for op in record["operations"]
     )
     who = record["principal"] or "-"

@@ -423,6 +423,27 @@ def test_cli_keygen_and_issue(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
     code, _, err = run(capsys, "token", "issue", "--signing-key", str(tmp_path / "nope.pem"), "--subject", "s")
     assert code == 1 and "cannot read" in err
+
+
+def test_cli_issue_names_the_jti_and_revoke_takes_the_token_itself(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by a newcomer: `token revoke TOKEN` (the whole token) said nothing, revoked nothing, and the
+    token went on working; the jti, which revoke wants, was printed nowhere."""
+    from crdtstore import cli
+
+    assert run(capsys, "token", "keygen", "--out", str(tmp_path / "k"))[0] == 0
+    key = str(tmp_path / "k" / "signing.pem")
+    code, out, err = run(capsys, "token", "issue", "--signing-key", key, "--subject", "carol", "--id", "carol-1")
+    assert code == 0 and "its jti is carol-1" in err
+    token = out.strip()
+    parser = cli.build_parser()
+    assert parser.parse_args(["token", "revoke", token]).jti == "carol-1"  # the token stands for its jti
+    assert parser.parse_args(["token", "revoke", "carol-1"]).jti == "carol-1"
+    with pytest.raises(SystemExit) as bad:
+        parser.parse_args(["token", "revoke", "not.a.token"])
+    assert bad.value.code == 2
+    assert "looks like a token but does not decode" in capsys.readouterr().err
     code, _, err = run(
         capsys, "token", "issue", "--signing-key", str(tmp_path / "k" / "signing.pem"), "--subject", "s", "--ttl", "x"
     )

@@ -333,6 +333,16 @@ def test_a_role_put_replaces_it_whole(node: Node) -> None:
         assert client.get("r/1").value == b"x"
 
 
+def test_a_refusal_names_a_role_the_token_holds_but_no_region_defines(node: Node) -> None:
+    """Found by a newcomer: after `role delete`, the refusal still read as if the role granted too little."""
+    token = node.kit.token("svc-ghost", ["ghost-role", "orders"])
+    with node.client(token) as client, pytest.raises(ClientError) as info:
+        client.get("private/x")
+    assert info.value.code == grpc.StatusCode.PERMISSION_DENIED
+    assert "'ghost-role' is not a role this node knows" in str(info.value)
+    assert "'orders' is not" not in str(info.value)
+
+
 def test_refusals_are_counted(node: Node) -> None:
     before = node.admin.status()
     with node.client(None) as anonymous, pytest.raises(ClientError):

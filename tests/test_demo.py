@@ -122,6 +122,22 @@ def test_demo_refuses_a_port_in_use() -> None:
     assert f"127.0.0.1:{port}" in proc.stderr and "--base-port" in proc.stderr
 
 
+def test_regression_a_port_a_stopped_demo_left_in_time_wait_is_free_to_use() -> None:
+    """Found by a newcomer: a demo run again within a minute of the last refused its ports."""
+    from crdtstore.tools.demo import _probe
+
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC's and the metrics servers do
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = int(listener.getsockname()[1])
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            accepted, _ = listener.accept()
+            accepted.close()  # the server's side closes first: its port waits in TIME_WAIT
+            client.recv(1)
+    assert _probe("127.0.0.1", port) is None
+
+
 def test_demo_with_auth_requires_the_token_it_prints() -> None:
     base = _free_run(4)
     proc = _start_demo("--regions", "2", "--base-port", str(base), "--auth")

@@ -554,6 +554,7 @@ def test_cli_causal_read_of_a_token_the_node_lacks_says_so(server: ServerProcess
     proc = run_cli("--timeout", "1", "get", "cli/causal", "--after", token, addr=server.addr)
     assert (proc.returncode, proc.stdout) == (1, "")
     assert "has not yet seen the token: it is 5 events behind it (from elsewhere 5)" in proc.stderr
+    assert "no event of at all (elsewhere): if the token came from another cluster" in proc.stderr
     assert "did not answer in time" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 

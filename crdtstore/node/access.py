@@ -252,17 +252,21 @@ class AccessControl:
         """Return when ``principal`` holds every need; ``Refusal`` PERMISSION_DENIED naming the first that fails."""
         if self.verifier is None or not needs:
             return
-        decision = decide(principal.roles, self._roles_of(principal.roles), needs)
+        defined = self._roles_of(principal.roles)
+        decision = decide(principal.roles, defined, needs)
         if isinstance(decision, Allowed):
             return
         self.refused_permission += 1
         need = decision.need
         where = "every key" if need.right in ("admin", "replicate", "audit") else f"key {need.key!r}"
         roles = ", ".join(principal.roles) or "none"
+        missing = [name for name in principal.roles if name not in defined]
+        # A role the token names but no region defines (deleted, or not made yet) grants nothing: say so.
+        undefined = f"; {', '.join(repr(m) for m in missing)} is not a role this node knows" if missing else ""
         raise Refusal(
             grpc.StatusCode.PERMISSION_DENIED,
             f"principal {principal.subject!r} lacks the right {need.right!r} on {where}: no grant of its roles "
-            f"({roles}) holds it there",
+            f"({roles}) holds it there{undefined}",
         )
 
     def may(self, principal: Principal, need: Need) -> bool:

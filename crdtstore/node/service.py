@@ -235,11 +235,20 @@ class KVService:
         if not await replicator.wait_seen(after, _answer_before_deadline_s(_time_left(context))):
             behind = events_behind(store.context.vv, after)
             lag = f": it is {describe_behind(behind)}" if behind else ""
+            # An origin this region has no event of at all: likely a token of another cluster (or of an
+            # earlier demo), which no region will ever have (found by a newcomer).
+            unknown = sorted(origin for origin in behind if not store.context.vv.get(origin))
+            stranger = (
+                f" It names origins this region has no event of at all ({', '.join(unknown[:3])}): if the token "
+                f"came from another cluster, or an earlier run of the demo, no region here will ever have it."
+                if unknown
+                else ""
+            )
             await _abort(
                 context,
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"region {store.region} has not yet seen the token{lag}. The node is up; replication has not "
-                f"brought it that far yet: retry later, or read in the region that wrote it",
+                f"brought it that far yet: retry later, or read in the region that wrote it.{stranger}",
             )
 
     async def Get(self, request: pb.GetRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.GetResponse:

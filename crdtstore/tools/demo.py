@@ -123,6 +123,9 @@ def _check_arguments(args: argparse.Namespace) -> str | None:
 def _probe(host: str, port: int) -> str | None:
     """Why ``host:port`` cannot be listened on, or None."""
     with socket.socket() as probe:
+        # As the servers themselves bind: a port a stopped demo left in TIME_WAIT is free to listen on
+        # (found by a newcomer: a demo run again within a minute refused every port).
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:
