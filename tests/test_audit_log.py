@@ -234,3 +234,14 @@ def test_refused_streams_are_recorded_at_most_once_an_interval_per_caller_and_co
     assert {rpc for rpc, _, _, _ in recorded.calls} == {"Sync"}
     assert refusals.left_out == 4 and len(recorded.calls) == 6
     assert len(refusals._last) == 2
+
+    # A caller cycling through addresses: each address is new, but over every caller at most keys_max a minute.
+    cycling = StreamRefusals(recorded, interval_s=60, records_max=3, clock=lambda: now[0])  # type: ignore[arg-type]
+    before = len(recorded.calls)
+
+    async def many() -> None:
+        for host in range(10):
+            await cycling.record("UNAUTHENTICATED", "no token", f"ipv4:10.1.0.{host}:1")
+
+    asyncio.run(many())
+    assert len(recorded.calls) - before == 3 and cycling.left_out == 7

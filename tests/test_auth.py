@@ -440,10 +440,7 @@ def test_cli_issue_names_the_jti_and_revoke_takes_the_token_itself(
     parser = cli.build_parser()
     assert parser.parse_args(["token", "revoke", token]).jti == "carol-1"  # the token stands for its jti
     assert parser.parse_args(["token", "revoke", "carol-1"]).jti == "carol-1"
-    with pytest.raises(SystemExit) as bad:
-        parser.parse_args(["token", "revoke", "not.a.token"])
-    assert bad.value.code == 2
-    assert "looks like a token but does not decode" in capsys.readouterr().err
+    assert parser.parse_args(["token", "revoke", "an.other.jti"]).jti == "an.other.jti"  # not a token: a jti
     code, _, err = run(
         capsys, "token", "issue", "--signing-key", str(tmp_path / "k" / "signing.pem"), "--subject", "s", "--ttl", "x"
     )

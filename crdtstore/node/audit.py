@@ -22,6 +22,7 @@ record saying how many like it were not recorded since the last.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import math
 import time
@@ -86,7 +87,9 @@ class StreamRefusals:
     Keyed by the caller's host (not its port, which changes at every dial)
     and the status code, in a table of at most ``keys_max`` entries (the
     oldest goes first): what a caller sends cannot make it grow without bound.
-    A record says how many refusals like it were left out since the last.
+    Over every caller together at most ``records_max`` records per interval
+    (a caller cycling through addresses cannot make one record per dial). A
+    record says how many refusals like it were left out since the last.
     """
 
     def __init__(
@@ -95,14 +98,17 @@ class StreamRefusals:
         *,
         interval_s: float = 60.0,
         keys_max: int = 256,
+        records_max: int = 256,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.refusals = refusals
         self.interval_s = interval_s
         self.keys_max = keys_max
+        self.records_max = records_max
         self.clock = clock
         self.left_out = 0  # refusals not recorded because one like them was, lately
         self._last: dict[tuple[str, str], tuple[float, int]] = {}  # (host, code) -> (recorded at, left out since)
+        self._recent: collections.deque[float] = collections.deque()  # when the last records were made
 
     async def record(self, code: str, reason: str, peer: str, principal: str = "") -> None:
         if code not in REFUSAL_CODES:
@@ -114,6 +120,12 @@ class StreamRefusals:
             self._last[key] = (last[0], last[1] + 1)
             self.left_out += 1
             return
+        while self._recent and now - self._recent[0] >= self.interval_s:
+            self._recent.popleft()
+        if len(self._recent) >= self.records_max:
+            self.left_out += 1  # many callers at once: counted, not recorded
+            return
+        self._recent.append(now)
         if last is not None and last[1]:
             reason = f"{reason} ({last[1]} more like it from {host} since the last record were not recorded)"
         self._last.pop(key, None)

@@ -330,11 +330,18 @@ async def run_node(  # noqa: PLR0915 (the node's whole start and stop, in order)
     metrics_server = await _serve_metrics(node, server)
 
     writer.start()
-    if store.audit_unrecorded_from():
+    if gap := store.audit_unrecorded_from():
         # Auditing is back on after events were minted without records: one record says so, and the
         # chain goes on from it (before any request: the next record must follow this one).
         await writer.submit(WriteRequest((), info=RequestInfo(method="start", resume_chain=True)))
-        log.warning("auditing is on again: the events this region minted while it was off are covered by one record")
+        if store.audit_unrecorded_from():
+            log.error(
+                "auditing is on again, but the record covering the events minted while it was off (from %d) could "
+                "not be written: crdtstore audit verify will report the gap",
+                gap,
+            )
+        else:
+            log.warning("auditing is on again: the events minted while it was off (from %d) have one record", gap)
     await server.start()
     if health_server is not None:
         await health_server.start()

@@ -80,6 +80,7 @@ from crdtstore.node.convergence import ConvergenceChecks
 from crdtstore.node.lag import CommitLag
 from crdtstore.node.metrics import NodeMetrics
 from crdtstore.node.rejoin import RejoinGate
+from crdtstore.node.requests import set_principal
 from crdtstore.node.streams import (
     certificate_expiry,
     certificate_names,
@@ -532,7 +533,8 @@ class Replicator:
         principal: Principal | None = None
 
         async def refuse(code: grpc.StatusCode, message: str) -> NoReturn:
-            """End the stream with ``code``; recorded in the audit trail first (at most once a minute alike)."""
+            """End the stream with ``code``; logged, and recorded in the audit trail first (throttled)."""
+            log.info("refused a replication stream from %s: %s", context.peer(), message)
             if self.stream_refusals is not None:
                 who = principal.subject if principal is not None else ""
                 await self.stream_refusals.record(code.name, message, str(context.peer() or ""), who)
@@ -612,6 +614,7 @@ class Replicator:
         principal = None
         if not self.config.tls.require_client_cert:
             principal = access.authenticate(context.invocation_metadata())
+            set_principal(principal.subject)  # a refusal below is recorded with who it was (review)
             access.authorize(principal, (Need("replicate", EVERY_KEY),))
         if not self.config.tls.enabled:
             # This node's own token, before anything else: the dialling node checks it before it reads on. Over

@@ -270,8 +270,8 @@ class AuditTrail(StoreEnvironment):
             with self._gate.read(), self.env.begin() as read:
                 return self.audit_unrecorded_from(read)
         head_origin, seq, _ = self._audit_head
-        if not self.audit_enabled or head_origin != self.origin or not seq:
-            return 0
+        if not self.audit_enabled or head_origin != self.origin or not seq or self._retire_reason is not None:
+            return 0  # (a node about to take a new incarnation starts a new chain: nothing to cover)
         newest = self._newest_record_in(txn, self.origin)
         if newest is None:
             return 0  # a chain that cannot be read is verify's to report, not this to paper over
