@@ -555,6 +555,22 @@ def test_peers_without_a_token_cannot_replicate(tmp_path: Path) -> None:
         assert [(op.key, op.kind) for op in syncs[0].operations] == [("", "replicate")]
 
 
+def test_a_peer_without_the_replicate_right_is_refused_and_recorded_by_name(tmp_path: Path) -> None:
+    """The Sync refusal's record names the peer its token speaks for (review: it was empty)."""
+    kit = AuthKit.create(tmp_path / "keys")
+    config = kit.write_config(tmp_path / "node.toml")
+    env = {"x": {"CRDTSTORE_PEER_TOKEN": kit.token("x", ["no-such-role"])}}
+    admin = kit.token("root", ["admin"])
+    with RegionProcesses(
+        tmp_path, ("x", "y"), extra_args=("--config", str(config)), env=env, client_token=admin
+    ) as cluster:
+        y = cluster.clients["y"]
+        wait_for(lambda: y.status()["refused_permission_denied"] > 0, "y refuses x's stream")
+        syncs = [r for r in y.audit_log() if r.method == "Sync"]
+        assert [(r.code, r.principal) for r in syncs][:1] == [("PERMISSION_DENIED", "x")]
+        assert "lacks the right 'replicate'" in syncs[0].reason
+
+
 def test_a_node_takes_data_only_from_an_answering_peer_with_a_token(tmp_path: Path) -> None:
     """x dials y; y answers without a token of its own: x takes nothing from it."""
     kit = AuthKit.create(tmp_path / "keys")
