@@ -37,7 +37,7 @@ from typing import Any
 import grpc.aio
 import lmdb
 
-from benchmarks.common import group_parser, print_line, report_group, stats
+from benchmarks.common import group_main, stats
 from benchmarks.figures import Baseline, Figure
 from benchmarks.metrics import BATCH_OPS, batched_writes
 from benchmarks.node import CHANNEL_OPTIONS, RPC_TIMEOUT_S, closed_loop
@@ -228,11 +228,15 @@ def collect(cfg: Config, log: Log, step: Log) -> tuple[dict[str, Any], list[Figu
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = group_parser(GROUP, __doc__, "3 repeats of 1 s", "repeats per node and kind (default 5; 3 quick)")
-    args = parser.parse_args(argv)
-    detail, figures = collect(make_config(args.quick, args.repeats), print_line, lambda _: None)
-    report_group(figures, detail, args.json)
-    return 0
+    return group_main(
+        GROUP,
+        __doc__,
+        quick="3 repeats of 1 s",
+        repeats="repeats per node and kind (default 5; 3 quick)",
+        make_config=make_config,
+        collect=collect,
+        argv=argv,
+    )
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from benchmarks.common import group_parser, print_line, process_cpu_s, report_group, stats, wait_until
+from benchmarks.common import group_main, process_cpu_s, stats, wait_until
 from benchmarks.figures import Baseline, Figure
 from benchmarks.node import CHANNEL_OPTIONS, RPC_TIMEOUT_S, closed_loop
 from benchmarks.replication import Keys, single_op_writes
@@ -186,13 +186,15 @@ def collect(cfg: Config, log: Log, step: Log) -> tuple[dict[str, Any], list[Figu
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = group_parser(
-        GROUP, __doc__, "3 repeats of 1 s and 5 revocations", "repeats of the write measurement (default 5; 3 quick)"
+    return group_main(
+        GROUP,
+        __doc__,
+        quick="3 repeats of 1 s and 5 revocations",
+        repeats="repeats of the write measurement (default 5; 3 quick)",
+        make_config=make_config,
+        collect=collect,
+        argv=argv,
     )
-    args = parser.parse_args(argv)
-    detail, figures = collect(make_config(args.quick, args.repeats), print_line, lambda _: None)
-    report_group(figures, detail, args.json)
-    return 0
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import group_parser, print_line, report_group, stats
+from benchmarks.common import group_main, stats
 from benchmarks.figures import Baseline, Figure
 from crdtstore.backup.restore import restore_backup
 from crdtstore.backup.take import take_backup
@@ -273,11 +273,15 @@ def collect(cfg: Config, log: Log, step: Log) -> tuple[dict[str, Any], list[Figu
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = group_parser(GROUP, __doc__, "5,000 keys, 3 repeats", "repeats of each measurement (default 5; 3 quick)")
-    args = parser.parse_args(argv)
-    detail, figures = collect(make_config(args.quick, args.repeats), print_line, lambda _: None)
-    report_group(figures, detail, args.json)
-    return 0
+    return group_main(
+        GROUP,
+        __doc__,
+        quick="5,000 keys, 3 repeats",
+        repeats="repeats of each measurement (default 5; 3 quick)",
+        make_config=make_config,
+        collect=collect,
+        argv=argv,
+    )
 
 
 if __name__ == "__main__":

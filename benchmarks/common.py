@@ -9,11 +9,13 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 from benchmarks.figures import Figure, Stats, write_json
 from benchmarks.report import table
 
 __all__ = [
+    "group_main",
     "group_parser",
     "machine_busy_s",
     "memory_of",
@@ -24,6 +26,9 @@ __all__ = [
     "stats",
     "wait_until",
 ]
+
+C = TypeVar("C")
+Log = Callable[[str], None]
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -38,6 +43,26 @@ def group_parser(name: str, doc: str | None, quick: str, repeats: str | None = N
         parser.add_argument("--repeats", type=_at_least_one, default=None, help=repeats)
     parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write every figure to FILE")
     return parser
+
+
+def group_main(
+    name: str,
+    doc: str | None,
+    *,
+    quick: str,
+    repeats: str,
+    make_config: Callable[[bool, int | None], C],
+    collect: Callable[[C, Log, Log], tuple[dict[str, Any], list[Figure]]],
+    argv: Sequence[str] | None,
+) -> int:
+    """``python -m benchmarks.NAME`` of a group made of ``make_config`` and ``collect``: run it, print its table.
+
+    ``quick`` and ``repeats``: the help of ``--quick`` and ``--repeats`` (``group_parser``).
+    """
+    args = group_parser(name, doc, quick, repeats).parse_args(argv)
+    detail, figures = collect(make_config(args.quick, args.repeats), print_line, lambda _: None)
+    report_group(figures, detail, args.json)
+    return 0
 
 
 def _at_least_one(text: str) -> int:
