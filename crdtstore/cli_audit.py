@@ -49,6 +49,7 @@ from crdtstore.audit.export import (
     report_json,
 )
 from crdtstore.audit.record import AuditError, ChainReport, decode
+from crdtstore.backup.take import fsync_directory
 from crdtstore.cli import _client_for, _note, _print_json, _resolve_addr
 from crdtstore.client import ClientError
 from crdtstore.v1 import kv_pb2 as pb
@@ -446,7 +447,7 @@ def _export(args: argparse.Namespace) -> int:
             sink.flush()
             os.fsync(sink.fileno())
             os.link(tmp, out)  # fails rather than replace a file that appeared meanwhile
-            _fsync_dir(out.parent)
+            fsync_directory(out.parent)
             exported_through = client.audit_exported(since_ms=since, through_ms=last.through_ms, heads=heads)
     except FileExistsError:
         _note(f"audit export: {out} appeared while exporting; an export never overwrites a file")
@@ -478,11 +479,3 @@ def _export(args: argparse.Namespace) -> int:
             f"{iso_time(exported_through)} once past retention"
         )
     return 0
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -13,7 +13,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from crdtstore.client import Client, ClientError
 from crdtstore.testing.auth import AuthKit
 from crdtstore.testing.process import ServerProcess
 from crdtstore.testing.regions import RegionProcesses
+from crdtstore.testing.waits import wait_for
 from crdtstore.v1 import kv_pb2
 
 pytestmark = [pytest.mark.processes, pytest.mark.filterwarnings("ignore::ResourceWarning")]
@@ -71,14 +71,6 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
             yield Node(server, tokens, admin, root)
         finally:
             admin.close()
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout_s} s")
-        time.sleep(0.05)
 
 
 def _write(node: Node, key: str, n: int, who: str = "writer") -> None:

@@ -27,6 +27,7 @@ from crdtstore.replica.wire import SYNC_METHOD
 from crdtstore.testing.auth import AuthKit
 from crdtstore.testing.process import ServerProcess
 from crdtstore.testing.regions import RegionProcesses
+from crdtstore.testing.waits import wait_for
 from crdtstore.v1 import kv_pb2 as kpb
 from crdtstore.v1 import kv_pb2_grpc as kpb_grpc
 from crdtstore.v1 import replication_pb2 as rpb
@@ -484,14 +485,6 @@ def _refusal(client: Client, key: str) -> grpc.StatusCode | None:
     except ClientError as err:
         return err.code
     return None
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout_s} s")
-        time.sleep(0.05)
 
 
 def test_a_role_made_in_one_region_is_enforced_in_the_others(regions: tuple[RegionProcesses, AuthKit]) -> None:

@@ -14,8 +14,7 @@ principal; the CLI runs in-process through ``crdtstore.cli.main``.
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from crdtstore.storage.audit import RequestInfo
 from crdtstore.testing.auth import AuthKit
 from crdtstore.testing.clock import FakeClock
 from crdtstore.testing.regions import RegionProcesses
+from crdtstore.testing.waits import wait_for
 from crdtstore.v1 import kv_pb2 as pb
 
 # -- the pure explanation ------------------------------------------------------------------------
@@ -335,14 +335,6 @@ NAMES = ("a", "b", "c")
 BEHIND_MS = 30_000  # b's and c's clocks; the bound below lets a's timestamps into their clocks all the same
 
 
-def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout_s} s")
-        time.sleep(0.05)
-
-
 def _cli_json(addr: str, token: str, key: str, capsys: pytest.CaptureFixture[str]) -> dict[str, object]:
     assert cli.main(["--addr", addr, "--token", token, "explain", key, "--json"]) == 0
     out: dict[str, object] = json.loads(capsys.readouterr().out)
@@ -372,7 +364,7 @@ def test_three_regions_name_the_same_winner_and_reason_with_records_and_principa
             # a's write reaches b and c, and moves their clocks (30 s behind) up to its timestamp. Cut off
             # from each other, b and c then write at the same hybrid logical timestamp: the one after a's.
             cl.clients["a"].set("sync", "now")
-            wait_for(lambda: all(cl.clients[n].get("sync").exists for n in ("b", "c")), "sync in b and c")
+            wait_for(lambda: all(cl.clients[n].get("sync").exists for n in ("b", "c")), "sync in b and c", 60.0)
             for x, y in (("a", "b"), ("a", "c"), ("b", "c")):
                 cl.cut(x, y)
             # Each region writes k (and b and c k2, in the same batch: the same timestamps again) unseen by the others.
@@ -386,6 +378,7 @@ def test_three_regions_name_the_same_winner_and_reason_with_records_and_principa
                     and all(len(cl.clients[n].get("k2").siblings) == 2 for n in NAMES)
                 ),
                 "the concurrent writes everywhere",
+                60.0,
             )
             told = {n: cl.clients[n].explain("k") for n in NAMES}
             tied = {n: cl.clients[n].explain("k2") for n in NAMES}
