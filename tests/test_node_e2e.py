@@ -14,6 +14,7 @@ import base64
 import gc
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -30,7 +31,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from crdtstore.cli import ADDR_ENV
 from crdtstore.client import AsyncClient, Client, ClientError, Entry, TypeMismatchError
 from crdtstore.operations import AddMembers, Increment, Operation, SetRegister
-from crdtstore.testing.process import ServerProcess
+from crdtstore.testing.process import ServerProcess, StopTimeout
+from crdtstore.testing.waits import wait_for
 from crdtstore.v1 import kv_pb2, kv_pb2_grpc
 
 # ServerProcess.start() opens the server's log file for the child's stderr and
@@ -126,6 +128,43 @@ def test_server_process_leaves_no_file_open(tmp_path: Path) -> None:
         gc.collect()
     leaks = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
     assert leaks == [], "ServerProcess.start() leaves the log file it opens for the child's stderr open"
+
+
+def test_sigusr1_writes_every_threads_stack_to_the_log_and_the_node_keeps_serving(own_server: ServerProcess) -> None:
+    """`kill -USR1` is how an operator (and ServerProcess.stop, when a node will not stop) sees where it is."""
+    own_server.start()
+    assert own_server.proc is not None
+    os.kill(own_server.proc.pid, signal.SIGUSR1)
+    wait_for(lambda: "Current thread" in own_server.log_path.read_text(), what="a stack dump in the log")
+    with Client(own_server.addr, timeout_s=RPC_TIMEOUT_S) as kv:
+        kv.set("after-dump", "ok")
+        assert entry(kv, "after-dump") == ("register", b"ok")
+    assert own_server.stop() == 0
+    steps = [
+        json.loads(line)["message"] for line in own_server.log_path.read_text().splitlines() if '"draining: ' in line
+    ]
+    assert [m.split(" (")[0] for m in steps] == [
+        "draining: refusing new requests, finishing the ones in flight",
+        "draining: ending replication streams",
+        "draining: stopping the server",
+        "draining: stopping retention",
+        "draining: committing the writer's queue",
+        "draining: closing the store",
+    ]
+
+
+def test_a_stop_that_times_out_says_so_with_the_end_of_the_nodes_log(own_server: ServerProcess) -> None:
+    own_server.start()
+    own_server.pause()  # SIGSTOPped: the SIGTERM waits, so the stop times out
+    try:
+        assert own_server.proc is not None
+        own_server.paused = False  # keep stop() from continuing it first
+        with pytest.raises(StopTimeout) as caught:
+            own_server.stop(timeout_s=0.5)
+        assert "after SIGTERM; the end of its log:" in str(caught.value)
+        assert "region eu serving" in str(caught.value)
+    finally:
+        own_server.kill()
 
 
 # -- the Python clients --------------------------------------------------------------------

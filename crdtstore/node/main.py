@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import faulthandler
 import logging
 import os
 import signal
@@ -212,6 +213,9 @@ def serve_from_args(args: argparse.Namespace) -> int:
         print(f"crdtstore serve: {exc}", file=sys.stderr)
         return 2
     log_fields.region = config.region
+    # `kill -USR1 PID` writes every thread's stack to stderr (the log), even when the event loop is stuck.
+    with contextlib.suppress(AttributeError, ValueError, RuntimeError):  # no SIGUSR1 (Windows), not main thread
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         return asyncio.run(run_node(config))
     except ConfigError as exc:  # found only when the node starts: a key file that does not load
@@ -375,18 +379,74 @@ async def run_node(  # noqa: PLR0915 (the node's whole start and stop, in order)
 
     log.info("draining: refusing new requests, finishing the ones in flight")
     node.drain()
-    await health_servicer.enter_graceful_shutdown()
-    await replicator.close()  # replication streams are long-lived: end them, not wait for them
-    await server.stop(grace=config.server.drain_grace_s)
-    if health_server is not None:
-        await health_server.stop(grace=None)
-    await retention.close()
-    await audit_retention.close()
-    await writer.close()
-    if metrics_server is not None:  # before the store closes: a scrape reads it
-        metrics_server.close()
-    store.close()
+    with _ShutdownWatch(config.server.drain_grace_s + _SHUTDOWN_SLACK_S) as watch:
+        await health_servicer.enter_graceful_shutdown()
+        watch.step("ending replication streams")
+        await replicator.close()  # replication streams are long-lived: end them, not wait for them
+        watch.step(f"stopping the server (grace {config.server.drain_grace_s:g} s)")
+        await server.stop(grace=config.server.drain_grace_s)
+        if health_server is not None:
+            await health_server.stop(grace=None)
+        watch.step("stopping retention")
+        await retention.close()
+        await audit_retention.close()
+        watch.step("committing the writer's queue")
+        await writer.close()
+        if metrics_server is not None:  # before the store closes: a scrape reads it
+            metrics_server.close()
+        watch.step("closing the store")
+        store.close()
     if traced is not None:
         stop_tracing()  # flushes the spans not yet exported
     log.info("stopped cleanly")
     return 0
+
+
+_SHUTDOWN_SLACK_S = 10.0
+
+
+class _ShutdownWatch:
+    """Names each step of a drain in the log, and what is stuck when a drain overruns.
+
+    A drain should end within the server's grace period and a few seconds; past
+    ``limit_s`` the step it is in and every pending task's stack go to the log at
+    error level (once), and every thread's stack to stderr, so a node that does
+    not stop says why before a supervisor kills it.
+    """
+
+    def __init__(self, limit_s: float) -> None:
+        self.limit_s = limit_s
+        self.current = "starting"
+        self.started = time.monotonic()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __enter__(self) -> _ShutdownWatch:
+        self._timer = asyncio.get_running_loop().call_later(self.limit_s, self._overran)
+        # Every thread's stack too, from faulthandler's own thread: it fires even
+        # when the event loop itself is blocked.
+        faulthandler.dump_traceback_later(self.limit_s + 1.0, exit=False, file=sys.stderr)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        faulthandler.cancel_dump_traceback_later()
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def step(self, what: str) -> None:
+        self.current = what
+        log.info("draining: %s (%.2f s in)", what, time.monotonic() - self.started)
+
+    def _overran(self) -> None:
+        stacks = []
+        for task in asyncio.all_tasks():
+            frames = task.get_stack(limit=8)
+            where = " <- ".join(
+                f"{f.f_code.co_filename.rsplit('/', 1)[-1]}:{f.f_lineno} {f.f_code.co_name}" for f in frames
+            )
+            stacks.append(f"  {task.get_name()}: {where or 'no frames'}")
+        log.error(
+            "draining has taken %.0f s, stuck at: %s; pending tasks:\n%s",
+            time.monotonic() - self.started,
+            self.current,
+            "\n".join(stacks),
+        )

@@ -13,6 +13,7 @@ runner starts nodes inside network namespaces with
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import select
@@ -21,14 +22,26 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["ServerProcess"]
+__all__ = ["ServerProcess", "StopTimeout"]
 
 _LISTENING = re.compile(r"listening on (\S+):(\d+)")
 _METRICS = re.compile(r"metrics on http://(\S+):(\d+)/metrics")
+
+
+class StopTimeout(subprocess.TimeoutExpired):
+    """A node did not exit after SIGTERM in time; says so with the end of its log, where the node names the
+    step of its drain that is stuck."""
+
+    def __init__(self, cmd: Sequence[str], timeout: float, log_tail: str) -> None:
+        super().__init__(cmd, timeout)
+        self.log_tail = log_tail
+
+    def __str__(self) -> str:
+        return f"{super().__str__()} after SIGTERM; the end of its log:\n{self.log_tail}"
 
 
 class ServerProcess:
@@ -124,9 +137,24 @@ class ServerProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             self.resume()  # a stopped process would only see the SIGTERM once continued
-        code = self.proc.wait(timeout=timeout_s)
+        try:
+            code = self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired as exc:
+            # The node writes every thread's stack to its log on SIGUSR1: the error shows where it is stuck.
+            with contextlib.suppress(OSError):
+                self.proc.send_signal(signal.SIGUSR1)
+                time.sleep(1.0)
+            raise StopTimeout(list(exc.cmd), timeout_s, self.log_tail(120)) from None
         self._close_pipe()
         return code
+
+    def log_tail(self, lines: int = 60) -> str:
+        """The end of the node's log (its stderr), for an error that needs to say what the node did."""
+        try:
+            with self.log_path.open(errors="replace") as log:
+                return "".join(log.readlines()[-lines:])
+        except OSError as exc:
+            return f"(no log: {exc})"
 
     def kill(self) -> None:
         """SIGKILL: no draining, no cleanup; what was not fsynced is lost."""
