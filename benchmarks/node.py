@@ -563,7 +563,8 @@ async def run(cfg: Config, workdir: Path, log: Log) -> Results:
         assert node_proc.proc is not None
         node = make_target("node", node_proc.addr, node_proc.proc.pid)
         targets.append(node)
-        await asyncio.wait_for(node.channel.channel_ready(), START_TIMEOUT_S)
+        async with asyncio.timeout(START_TIMEOUT_S):
+            await node.channel.channel_ready()
         keys = Keys()
         written, last = await prefill(node, keys, cfg.prefill_keys, log)
         results.token_bytes = len(last.token.vector)
@@ -576,7 +577,8 @@ async def run(cfg: Config, workdir: Path, log: Log) -> Results:
         echo_proc.start(results.token_bytes, captured)
         echo = make_target("echo", echo_proc.addr, echo_proc.pid)
         targets.append(echo)
-        await asyncio.wait_for(echo.channel.channel_ready(), START_TIMEOUT_S)
+        async with asyncio.timeout(START_TIMEOUT_S):
+            await echo.channel.channel_ready()
         log(
             f"node pid {node.pid} on {node_proc.addr}, echo pid {echo.pid} on {echo_proc.addr}, "
             f"load generator pid {os.getpid()}"

@@ -435,7 +435,8 @@ async def lag_async(cfg: Config, cluster: RegionProcesses, results: LagResults, 
     regions = {name: Region(name, cluster.servers[name].addr, server_pid(cluster, name)) for name in ("a", "b", "c")}
     try:
         for region in regions.values():
-            await asyncio.wait_for(region.channel.channel_ready(), CONNECT_TIMEOUT_S)
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                await region.channel.channel_ready()
         a = regions["a"]
         others = [regions["b"], regions["c"]]
         keys = Keys(LAG_KEY)

@@ -813,7 +813,8 @@ def test_regression_a_revocation_applied_while_a_watch_page_is_read_stops_the_pa
         node = asyncio.ensure_future(run_node(config, ready=ready, stop=stop))
         seen: list[str] = []
         try:
-            await asyncio.wait_for(ready.wait(), 30)
+            async with asyncio.timeout(30):
+                await ready.wait()
             address = f"127.0.0.1:{port}"
             async with (
                 AsyncClient(address, token=kit.token("root", ["admin"]), timeout_s=20) as admin,
@@ -833,7 +834,8 @@ def test_regression_a_revocation_applied_while_a_watch_page_is_read_stops_the_pa
                 assert info.value.code == grpc.StatusCode.UNAUTHENTICATED, info.value
         finally:
             stop.set()
-            await asyncio.wait_for(node, 60)
+            async with asyncio.timeout(60):
+                await node
         return seen
 
     assert asyncio.run(scenario()) == []

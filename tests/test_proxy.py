@@ -142,7 +142,8 @@ async def new_connection_outcome(port: int) -> bytes | str:
 async def nothing_arrives(reader: asyncio.StreamReader) -> bool:
     """True if no byte is readable for a moment. Only for data that can no longer arrive at all."""
     try:
-        await asyncio.wait_for(reader.read(1), 0.05)
+        async with asyncio.timeout(0.05):
+            await reader.read(1)
     except TimeoutError:
         return True
     return False

@@ -59,13 +59,15 @@ def test_spans_of_mutate_get_and_the_apply_of_replication(tmp_path: Path) -> Non
         nodes = [asyncio.ensure_future(run_node(configs[n], ready=ready[n], stop=stop)) for n in ports]
         try:
             for event in ready.values():
-                await asyncio.wait_for(event.wait(), 30)
+                async with asyncio.timeout(30):
+                    await event.wait()
             async with AsyncClient(f"127.0.0.1:{ports['a']}", timeout_s=20) as client:
                 await client.mutate([SetRegister("k", b"v")], durability="replicated:2")
                 await client.get("k")
         finally:
             stop.set()
-            await asyncio.wait_for(asyncio.gather(*nodes), 60)
+            async with asyncio.timeout(60):
+                await asyncio.gather(*nodes)
 
     tracing.enable(provider)
     try:

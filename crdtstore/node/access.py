@@ -202,7 +202,8 @@ class AccessControl:
         if self._changed is None:
             self._changed = asyncio.Event()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._changed.wait()
 
     # -- who is calling -----------------------------------------------------------------
 

@@ -340,7 +340,8 @@ class _Stream:
                 await self.progress()
                 idle = 0
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), self.progress_s - idle)
+                async with asyncio.timeout(self.progress_s - idle):
+                    await wake.wait()
 
     def _prepare(self) -> tuple[list[pb.WatchResponse] | None, bool]:
         """The next page's messages (the changes under the prefix that the token lacks); whether the index ended.

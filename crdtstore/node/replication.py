@@ -237,9 +237,9 @@ class Replicator:
         tasks += [link.session for link in self.links.values() if link.session is not None]
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        # gather, not a loop of awaits under suppress(CancelledError): that would swallow a cancellation of
+        # close() itself as well as the tasks' own.
+        await asyncio.gather(*tasks, return_exceptions=True)
         for job in self.driver.shutdown(_monotonic_ms()).jobs:  # transfer spools in progress go
             with contextlib.suppress(Exception):
                 job.run()
@@ -403,12 +403,13 @@ class Replicator:
         return False
 
     async def _tick_loop(self) -> None:
-        while True:
+        while not self._closing:
             delay_ms = self._wake_at_ms - _monotonic_ms()
             if delay_ms > 0:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), delay_ms / 1000)
+                    async with asyncio.timeout(delay_ms / 1000):
+                        await self._wake.wait()
                 continue  # the time came, or something asked for a sooner tick
             self._wake_at_ms = _NEVER  # the tick's Ready says when the next is due
             try:
@@ -502,7 +503,8 @@ class Replicator:
         if access is None or not access.enabled or self._tls is not None:
             return None
         try:
-            metadata = await asyncio.wait_for(call.initial_metadata(), _PEER_TOKEN_WAIT_S)
+            async with asyncio.timeout(_PEER_TOKEN_WAIT_S):
+                metadata = await call.initial_metadata()
         except TimeoutError:
             raise Refusal(
                 grpc.StatusCode.UNAUTHENTICATED,
@@ -511,7 +513,8 @@ class Replicator:
         if call.done() or bearer_token(metadata) is None:
             # Headers without a token are also what a node that refused this one sends: say why it did.
             with contextlib.suppress(TimeoutError):
-                code = await asyncio.wait_for(call.code(), 1.0)
+                async with asyncio.timeout(1.0):
+                    code = await call.code()
                 metadata_none = grpc.aio.Metadata()
                 raise grpc.aio.AioRpcError(code, metadata_none, metadata_none, await call.details())
         try:
@@ -723,13 +726,13 @@ class Replicator:
             stream.ended.set()  # wakes anything waiting to queue on this stream
             for task in tasks:
                 task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-            if link.epoch == epoch:
-                link.stream = None
-                link.session = None
-                self._handle(self.driver.disconnected(peer, _monotonic_ms()))
+            try:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            finally:  # even when this session is cancelled again meanwhile
+                if link.epoch == epoch:
+                    link.stream = None
+                    link.session = None
+                    self._handle(self.driver.disconnected(peer, _monotonic_ms()))
 
 
 class _StreamCounts:

@@ -81,7 +81,8 @@ class VectorWaits:
         for name, vector in lacking:
             self._file(waiter, name, vector)
         try:
-            await asyncio.wait_for(asyncio.shield(future), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await asyncio.shield(future)
             return True
         except TimeoutError:
             # A source may have grown with no changed() call since: look once more.

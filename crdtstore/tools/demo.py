@@ -309,7 +309,8 @@ async def _stop_all(regions: list[_Region]) -> None:
     for region in running:
         assert region.proc is not None
         try:
-            await asyncio.wait_for(region.proc.wait(), _STOP_TIMEOUT_S)
+            async with asyncio.timeout(_STOP_TIMEOUT_S):
+                await region.proc.wait()
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 region.proc.kill()
