@@ -12,7 +12,7 @@ import lmdb
 import pytest
 
 from crdtstore.client import Client
-from crdtstore.storage.keys import lmdb_key
+from crdtstore.storage.keys import bucket_of, lmdb_key
 from crdtstore.testing.regions import RegionProcesses
 from crdtstore.tools.verify import AGREE, DRIFT, NO_COMMON_POINT, compare_regions
 
@@ -42,6 +42,20 @@ def _verify_cli(rp: RegionProcesses, *extra: str) -> subprocess.CompletedProcess
     )
 
 
+def _remove_behind_the_nodes_back(rp: RegionProcesses, name: str, key: str) -> None:
+    """Delete ``key``'s record from the stopped region's file, its context still claiming the events."""
+    rp.stop(name)
+    env = lmdb.open(str(rp.servers[name].data_dir), max_dbs=16, subdir=True)
+    try:
+        data = env.open_db(b"data")
+        with env.begin(write=True, db=data) as txn:
+            assert txn.delete(lmdb_key(key)), "the key was there to remove"
+    finally:
+        env.close()
+    rp.start(name)
+    rp.wait_connected()
+
+
 def test_regions_that_converged_agree(regions: RegionProcesses) -> None:
     run = _verify_cli(regions, "--json")
     assert run.returncode == AGREE, run.stdout + run.stderr
@@ -55,16 +69,7 @@ def test_regions_that_converged_agree(regions: RegionProcesses) -> None:
 def test_a_divergence_planted_in_a_stopped_region_is_named_exactly(regions: RegionProcesses) -> None:
     """A record removed behind the node's back (its context still claims the events): only verify can see it."""
     planted = "reg/42"
-    regions.stop("b")
-    env = lmdb.open(str(regions.servers["b"].data_dir), max_dbs=16, subdir=True)
-    try:
-        data = env.open_db(b"data")
-        with env.begin(write=True, db=data) as txn:
-            assert txn.delete(lmdb_key(planted)), "the key was there to remove"
-    finally:
-        env.close()
-    regions.start("b")
-    regions.wait_connected()
+    _remove_behind_the_nodes_back(regions, "b", planted)
     run = _verify_cli(regions, "--json")
     assert run.returncode == DRIFT, run.stdout + run.stderr
     out = json.loads(run.stdout)
@@ -80,6 +85,40 @@ def test_a_divergence_planted_in_a_stopped_region_is_named_exactly(regions: Regi
     # Put it back (the test's cluster is shared): a write of the same value in a replaces it everywhere.
     regions.clients["a"].set(planted, "v42")
     regions.wait_converged()
+    assert _verify_cli(regions).returncode == AGREE
+
+
+def test_regression_a_bucket_of_large_values_is_read_in_pages_that_fit_a_response(regions: RegionProcesses) -> None:
+    """A BucketKeys page was bounded by count alone: 256 keys of 1 MiB values made a response larger than gRPC
+    sends (RESOURCE_EXHAUSTED), so verify could not compare a bucket holding large values. Pages now also end
+    at ``scan_page_bytes_max`` of states."""
+    bucket = bucket_of("large/0")
+    keys = [key for key in (f"large/{i}" for i in range(20_000)) if bucket_of(key) == bucket][:36]
+    value = b"x" * (1024 * 1024 - 1024)  # 36 MiB in one bucket: more than one response may carry
+    a = regions.clients["a"]
+    for key in keys:
+        a.set(key, value)
+    regions.wait_converged(timeout_s=120)
+    assert _verify_cli(regions).returncode == AGREE
+    # A page is bounded, and the pages still cover the bucket.
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = a.bucket_keys([bucket], page_token=token)
+        assert len(page.keys) >= 1 and page.ByteSize() < 8 * 1024 * 1024
+        seen += [item.entry.key for item in page.keys if item.entry.key.startswith("large/")]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == sorted(keys)
+    planted = keys[-1]
+    _remove_behind_the_nodes_back(regions, "b", planted)
+    run = _verify_cli(regions, "--json")
+    assert run.returncode == DRIFT, run.stdout + run.stderr
+    assert [item["key"] for item in json.loads(run.stdout)["diverging"]] == [planted]
+    for key in keys:  # the cluster is shared: leave it small again
+        a.delete(key)
+    regions.wait_converged(timeout_s=120)
     assert _verify_cli(regions).returncode == AGREE
 
 

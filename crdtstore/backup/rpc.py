@@ -80,9 +80,15 @@ def _bucket_key_pb(item: BucketKey) -> pb.BucketKey:
 class BackupService:
     """Backup, Digest and BucketKeys over one store; ``wait_seen`` waits until the node has seen a vector."""
 
-    def __init__(self, store: LmdbStore, wait_seen: Callable[[VersionVector, float], Awaitable[bool]]) -> None:
+    def __init__(
+        self,
+        store: LmdbStore,
+        wait_seen: Callable[[VersionVector, float], Awaitable[bool]],
+        page_bytes_max: int = 4 * 1024 * 1024,
+    ) -> None:
         self.store = store
         self.wait_seen = wait_seen
+        self.page_bytes_max = page_bytes_max  # a BucketKeys page's states, encoded ([server] scan_page_bytes_max)
         self._running = threading.BoundedSemaphore(BACKUPS_MAX)
 
     async def backup(
@@ -169,7 +175,7 @@ class BackupService:
         except (binascii.Error, ValueError, UnicodeEncodeError):
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "page_token is not one BucketKeys returned")
         items, last, context_read = await asyncio.to_thread(
-            bucket_keys, self.store, buckets, after, page_size, BUCKET_KEY_MEMBERS_MAX
+            bucket_keys, self.store, buckets, after, page_size, BUCKET_KEY_MEMBERS_MAX, self.page_bytes_max
         )
         return pb.BucketKeysResponse(
             keys=[_bucket_key_pb(item) for item in items],

@@ -476,7 +476,9 @@ def _decode_page_token(token: str) -> bytes:
 class AdminService:
     def __init__(self, node: NodeState) -> None:
         self.node = node
-        self.backups = BackupService(node.store, node.replicator.wait_seen)
+        self.backups = BackupService(
+            node.store, node.replicator.wait_seen, page_bytes_max=node.config.server.scan_page_bytes_max
+        )
 
     async def Status(self, request: pb.StatusRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.StatusResponse:
         store = self.node.store

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import lmdb
 
-from crdtstore.crdt import CausalContext, CodecError, Dot, KeyState, Timestamp, decode_as
+from crdtstore.crdt import CausalContext, CodecError, Dot, KeyState, Timestamp, decode_as, encode
 from crdtstore.crdt.hlc import ZERO
 from crdtstore.replica.wire import DIGEST_BUCKETS
 from crdtstore.storage.environment import _META_CONTEXT, _META_HLC, _META_ORIGIN, _META_REGION, _META_SCHEMA
@@ -193,16 +193,19 @@ class BucketKey:
 
 
 def bucket_keys(
-    store: LmdbStore, buckets: frozenset[int], after: bytes, limit: int, members_max: int
+    store: LmdbStore, buckets: frozenset[int], after: bytes, limit: int, members_max: int, bytes_max: int
 ) -> tuple[list[BucketKey], bytes, CausalContext]:
     """Up to ``limit`` keys of ``buckets`` whose LMDB key is above ``after``, in key order, from one read.
 
     Returns them, the LMDB key to continue after (``b""`` when no more
     follow), and the context of the read. A set of more than
     ``members_max`` members is listed without its members; its dots are
-    still summarised, reading its members a run at a time.
+    still summarised, reading its members a run at a time. A page also ends
+    once its keys' states pass ``bytes_max`` encoded (it holds at least one
+    key): a page of large values must fit in one response.
     """
     out: list[BucketKey] = []
+    size = 0
     with store._gate.read(), store.env.begin() as txn:
         context = store._context_in(txn)
         records = SetRecords(txn, store.data, store.members)
@@ -215,9 +218,11 @@ def bucket_keys(
                 record = decode_record(db_key, bytes(cursor.value()))
                 bucket = bucket_of(record.key)
                 if bucket in buckets:
-                    if len(out) == limit:
+                    if len(out) == limit or (out and size >= bytes_max):
                         return out, last, context
-                    out.append(_bucket_key(records, record, bucket, members_max))
+                    item = _bucket_key(records, record, bucket, members_max)
+                    out.append(item)
+                    size += len(db_key) + len(encode(item.state))
                     last = db_key
             found = cursor.next()
     return out, b"", context
