@@ -259,6 +259,7 @@ class Status(TypedDict):
     audit_refusals_dropped: int  # refusals not recorded because its writer was full
     audit_head_mismatches: int  # times a peer's copy of a record differed from its own: never expected
     audit_retention_blocked: str  # why retention cannot drop records that are due (not exported), if so
+    rejoin_waiting: str  # a restored region refusing writes: what it waits for ("" once it takes them)
 
 
 @dataclass(frozen=True, slots=True)
@@ -532,6 +533,7 @@ def _status_from_proto(resp: kv_pb2.StatusResponse) -> Status:
         audit_refusals_dropped=resp.audit_refusals_dropped,
         audit_head_mismatches=resp.audit_head_mismatches,
         audit_retention_blocked=resp.audit_retention_blocked,
+        rejoin_waiting=resp.rejoin_waiting,
     )
 
 

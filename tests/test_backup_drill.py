@@ -169,8 +169,10 @@ def drill_cycle(rp: RegionProcesses, model: Model, rng: random.Random, work: Pat
             probe.set(f"{model.ns}a/refused", "x")
         assert info.value.code == grpc.StatusCode.UNAVAILABLE
         assert "restored from a backup" in info.value.message and "waiting to hear from b" in info.value.message
+        assert rp.clients["a"].status()["rejoin_waiting"].startswith("waiting to hear from b")  # status says so
         rp.heal()
     _wait_writable(rp.clients["a"], f"{model.ns}a/writable")
+    assert rp.clients["a"].status()["rejoin_waiting"] == ""
     model.keys[f"{model.ns}a/writable"] = b"yes"
     # Out of rejoin mode, a has everything its peers had: it writes on its own keys, under its new incarnation.
     _writes(rp.clients["a"], "a", model, rng, 10, fresh_only=False)

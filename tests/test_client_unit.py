@@ -548,6 +548,7 @@ def test_status(kv: Client) -> None:
         "audit_refusals_dropped": 0,
         "audit_head_mismatches": 0,
         "audit_retention_blocked": "",
+        "rejoin_waiting": "",
     }
 
 
@@ -718,6 +719,7 @@ def test_status_output(addr: str, capsys: pytest.CaptureFixture[str]) -> None:
         "audit_refusals_dropped": 0,
         "audit_head_mismatches": 0,
         "audit_retention_blocked": "",
+        "rejoin_waiting": "",
     }
     code, out, _ = run(capsys, "--addr", addr, "status")
     assert "region: eu" in out.splitlines()

@@ -552,6 +552,7 @@ def test_cli_status_json(server: ServerProcess) -> None:
         "audit_refusals_dropped",
         "audit_head_mismatches",
         "audit_retention_blocked",
+        "rejoin_waiting",
     }
     assert status["auth_enabled"] is False  # on loopback without [auth]
     assert status["peers"] == []  # a single node
@@ -560,6 +561,7 @@ def test_cli_status_json(server: ServerProcess) -> None:
     assert status["conflicting_events"] == 0
     assert status["audit_enabled"] is True  # the default
     assert status["audit_head_mismatches"] == 0 and status["audit_retention_blocked"] == ""
+    assert status["rejoin_waiting"] == ""  # not a restored region
     assert status["draining"] is False
     assert isinstance(status["version"], str) and status["version"]
     assert isinstance(status["keys"], int) and status["keys"] >= 0

@@ -175,7 +175,7 @@ class BackupService:
         except (binascii.Error, ValueError, UnicodeEncodeError):
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "page_token is not one BucketKeys returned")
         items, last, context_read = await asyncio.to_thread(
-            bucket_keys, self.store, buckets, after, page_size, BUCKET_KEY_MEMBERS_MAX, self.page_bytes_max
+            bucket_keys, self.store, buckets, after, page_size, BUCKET_KEY_MEMBERS_MAX, bytes_max=self.page_bytes_max
         )
         return pb.BucketKeysResponse(
             keys=[_bucket_key_pb(item) for item in items],

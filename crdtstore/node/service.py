@@ -527,6 +527,7 @@ class AdminService:
             audit_refusals_dropped=self.node.refusals.dropped,
             audit_head_mismatches=replicator.audit_heads.mismatches,
             audit_retention_blocked=self.node.audit_retention.blocked if self.node.audit_retention else "",
+            rejoin_waiting=replicator.rejoining() or "",
         )
 
     # -- roles and revocations ---------------------------------------------------------------

@@ -193,7 +193,7 @@ class BucketKey:
 
 
 def bucket_keys(
-    store: LmdbStore, buckets: frozenset[int], after: bytes, limit: int, members_max: int, bytes_max: int
+    store: LmdbStore, buckets: frozenset[int], after: bytes, limit: int, members_max: int, *, bytes_max: int
 ) -> tuple[list[BucketKey], bytes, CausalContext]:
     """Up to ``limit`` keys of ``buckets`` whose LMDB key is above ``after``, in key order, from one read.
 

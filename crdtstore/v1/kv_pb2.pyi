@@ -239,7 +239,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("region", "version", "keys", "token", "draining", "data_bytes", "commits", "requests_committed", "peers", "clock_skew_events", "clock_fenced", "origin", "conflicting_events", "auth_enabled", "refused_unauthenticated", "refused_permission_denied", "watch_streams", "watch_events_sent", "watch_streams_cut", "feed_records", "feed_bytes", "audit_enabled", "audit_records", "audit_refusals_dropped", "audit_head_mismatches", "audit_retention_blocked")
+    __slots__ = ("region", "version", "keys", "token", "draining", "data_bytes", "commits", "requests_committed", "peers", "clock_skew_events", "clock_fenced", "origin", "conflicting_events", "auth_enabled", "refused_unauthenticated", "refused_permission_denied", "watch_streams", "watch_events_sent", "watch_streams_cut", "feed_records", "feed_bytes", "audit_enabled", "audit_records", "audit_refusals_dropped", "audit_head_mismatches", "audit_retention_blocked", "rejoin_waiting")
     REGION_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
@@ -266,6 +266,7 @@ class StatusResponse(_message.Message):
     AUDIT_REFUSALS_DROPPED_FIELD_NUMBER: _ClassVar[int]
     AUDIT_HEAD_MISMATCHES_FIELD_NUMBER: _ClassVar[int]
     AUDIT_RETENTION_BLOCKED_FIELD_NUMBER: _ClassVar[int]
+    REJOIN_WAITING_FIELD_NUMBER: _ClassVar[int]
     region: str
     version: str
     keys: int
@@ -292,7 +293,8 @@ class StatusResponse(_message.Message):
     audit_refusals_dropped: int
     audit_head_mismatches: int
     audit_retention_blocked: str
-    def __init__(self, region: _Optional[str] = ..., version: _Optional[str] = ..., keys: _Optional[int] = ..., token: _Optional[_Union[CausalToken, _Mapping]] = ..., draining: _Optional[bool] = ..., data_bytes: _Optional[int] = ..., commits: _Optional[int] = ..., requests_committed: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[PeerStatus, _Mapping]]] = ..., clock_skew_events: _Optional[int] = ..., clock_fenced: _Optional[bool] = ..., origin: _Optional[str] = ..., conflicting_events: _Optional[int] = ..., auth_enabled: _Optional[bool] = ..., refused_unauthenticated: _Optional[int] = ..., refused_permission_denied: _Optional[int] = ..., watch_streams: _Optional[int] = ..., watch_events_sent: _Optional[int] = ..., watch_streams_cut: _Optional[int] = ..., feed_records: _Optional[int] = ..., feed_bytes: _Optional[int] = ..., audit_enabled: _Optional[bool] = ..., audit_records: _Optional[int] = ..., audit_refusals_dropped: _Optional[int] = ..., audit_head_mismatches: _Optional[int] = ..., audit_retention_blocked: _Optional[str] = ...) -> None: ...
+    rejoin_waiting: str
+    def __init__(self, region: _Optional[str] = ..., version: _Optional[str] = ..., keys: _Optional[int] = ..., token: _Optional[_Union[CausalToken, _Mapping]] = ..., draining: _Optional[bool] = ..., data_bytes: _Optional[int] = ..., commits: _Optional[int] = ..., requests_committed: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[PeerStatus, _Mapping]]] = ..., clock_skew_events: _Optional[int] = ..., clock_fenced: _Optional[bool] = ..., origin: _Optional[str] = ..., conflicting_events: _Optional[int] = ..., auth_enabled: _Optional[bool] = ..., refused_unauthenticated: _Optional[int] = ..., refused_permission_denied: _Optional[int] = ..., watch_streams: _Optional[int] = ..., watch_events_sent: _Optional[int] = ..., watch_streams_cut: _Optional[int] = ..., feed_records: _Optional[int] = ..., feed_bytes: _Optional[int] = ..., audit_enabled: _Optional[bool] = ..., audit_records: _Optional[int] = ..., audit_refusals_dropped: _Optional[int] = ..., audit_head_mismatches: _Optional[int] = ..., audit_retention_blocked: _Optional[str] = ..., rejoin_waiting: _Optional[str] = ...) -> None: ...
 
 class PeerStatus(_message.Message):
     __slots__ = ("region", "address", "connected", "acked", "behind", "clock_offset_ms", "clock_error_ms")
