@@ -126,12 +126,14 @@ class BackupService:
                     facts, sha256, size = item
                     yield pb.BackupChunk(summary=summary_pb(facts, sha256, size))
         finally:
-            # The receiver may have gone away mid-copy: closing the generator ends the copy and its transaction.
-            if pending is not None and not pending.done():
-                with contextlib.suppress(BaseException):
-                    await pending
-            await asyncio.to_thread(chunks.close)
-            self._running.release()
+            try:
+                # The receiver may have gone away mid-copy: closing the generator ends the copy and its transaction.
+                if pending is not None and not pending.done():
+                    with contextlib.suppress(BaseException):
+                        await pending
+                await asyncio.to_thread(chunks.close)
+            finally:  # even if cancelled again meanwhile: else every later backup would be refused as running
+                self._running.release()
 
     async def digest(self, request: pb.DigestRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.DigestResponse:
         if request.after.vector:
