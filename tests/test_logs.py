@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import logging
@@ -13,7 +12,6 @@ import pytest
 
 from crdtstore.node import requests
 from crdtstore.node.logs import configure_logging, set_trace_id_source
-from crdtstore.node.main import _ShutdownWatch
 
 
 class _Terminal(io.StringIO):
@@ -128,23 +126,3 @@ def test_a_refused_request_is_logged_with_its_request_id_and_principal(tmp_path:
     assert refused, lines
     assert refused[0]["principal"] == "mallory" and refused[0]["region"] == "eu-west"
     assert refused[0]["message"].startswith("refused Get")
-
-
-def test_a_drain_that_overruns_names_its_step_and_the_pending_tasks(caplog: pytest.LogCaptureFixture) -> None:
-    """A node that does not stop says where it is stuck (crdtstore.node.main._ShutdownWatch)."""
-
-    async def drain() -> None:
-        stuck = asyncio.Event()
-        waiter = asyncio.ensure_future(stuck.wait())
-        waiter.set_name("a stuck task")
-        with _ShutdownWatch(limit_s=0.05) as watch:
-            watch.step("ending replication streams")
-            await asyncio.wait([waiter], timeout=0.5)  # the watch fires in here
-        waiter.cancel()
-
-    with caplog.at_level(logging.INFO, logger="crdtstore.node"):
-        asyncio.run(drain())
-    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(errors) == 1
-    assert "stuck at: ending replication streams" in errors[0]
-    assert "a stuck task:" in errors[0] and "wait" in errors[0]

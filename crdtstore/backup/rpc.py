@@ -128,9 +128,11 @@ class BackupService:
         finally:
             try:
                 # The receiver may have gone away mid-copy: closing the generator ends the copy and its transaction.
-                if pending is not None and not pending.done():
+                # Shielded again, and until it is done: a second cancellation (the server stopping) must not leave
+                # the copy running while the generator is closed under it.
+                while pending is not None and not pending.done():
                     with contextlib.suppress(BaseException):
-                        await pending
+                        await asyncio.shield(pending)
                 await asyncio.to_thread(chunks.close)
             finally:  # even if cancelled again meanwhile: else every later backup would be refused as running
                 self._running.release()

@@ -67,7 +67,8 @@ class _RemapGate:
                     self._cond.notify_all()
 
     @contextlib.contextmanager
-    def remap(self) -> Iterator[None]:
+    def exclusive(self) -> Iterator[None]:
+        """Alone: waits for every read under way, and holds new ones back (growing the map; closing the store)."""
         with self._cond:
             self._remapping = True
             while self._readers:
@@ -163,7 +164,10 @@ class StoreEnvironment:
             self.env.set_mapsize(size)
 
     def close(self) -> None:
-        self.env.close()
+        """Close the store once the reads under way have finished (a backup's copy, a page being read on a
+        thread whose request was cancelled): closing the environment under a read is a use after close."""
+        with self._gate.exclusive():
+            self.env.close()
         self._lock_file.close()  # releases the directory lock
 
     # -- growth ------------------------------------------------------------------------
@@ -178,7 +182,7 @@ class StoreEnvironment:
         current = self.env.info()["map_size"]
         if current >= self.config.options.map_size_bytes_max:
             return False
-        with self._gate.remap():
+        with self._gate.exclusive():
             self.env.set_mapsize(min(current * 2, self.config.options.map_size_bytes_max))
         return True
 
