@@ -30,7 +30,8 @@ from crdtstore.storage.backup import copy_chunks, store_facts
 from crdtstore.testing.clock import FakeClock
 from crdtstore.v1 import kv_pb2
 
-_FAST = StorageOptions(sync=False, set_part_members=8)
+# The map starts small (it starts at its maximum by default): tests here make it grow.
+_FAST = StorageOptions(sync=False, set_part_members=8, map_size_bytes=4 * 1024 * 1024)
 
 
 def _open(path: Path, region: str = "eu") -> LmdbStore:

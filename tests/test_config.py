@@ -42,6 +42,8 @@ def test_flags_override_environment_override_file(tmp_path: Path) -> None:
         ("[limits]\nkey_bytes_mx = 3", r"limits\.key_bytes_mx: unknown setting \(known: "),
         ('[limits]\nkey_bytes_max = "big"', "expected int, got str"),
         ("[limits]\nkey_bytes_max = 0", "must be positive"),
+        ("[storage]\nmap_size_bytes = -1", "map_size_bytes must be positive"),
+        ("[storage]\nmap_size_bytes = 4096\nmap_size_bytes_max = 2048", "map_size_bytes is larger than"),
         ("[storage]\nsync = false", "storage.sync cannot be turned off"),
         ("limits = 3", r"must be a table \(\[limits\]\)"),
         ("this is not toml", "is not valid TOML"),
@@ -119,3 +121,22 @@ def test_rejoin_needs_no_peers() -> None:
     """--rejoin takes a new incarnation at start; it no longer waits for a peer, so a lone region may use it."""
     assert NodeConfig.load(environ={}, rejoin=True).rejoin
     assert not NodeConfig.load(environ={}).rejoin
+
+
+def test_the_map_starts_at_its_maximum_unless_a_smaller_start_is_set(tmp_path: Path) -> None:
+    """0 (the default) opens the LMDB map at map_size_bytes_max at once: a map that never grows never waits
+    for every reader (a backup's copy) to remap. The file itself grows only as pages are written."""
+    from crdtstore.storage import LmdbStore, StorageConfig, StorageOptions
+
+    assert NodeConfig.load(environ={}).storage.map_size_bytes == 0
+    store = LmdbStore(StorageConfig(tmp_path / "big", "eu", StorageOptions(map_size_bytes_max=1 << 30)))
+    try:
+        assert store.env.info()["map_size"] == 1 << 30
+        assert (tmp_path / "big" / "data.mdb").stat().st_size < 1 << 20
+    finally:
+        store.close()
+    store = LmdbStore(StorageConfig(tmp_path / "small", "eu", StorageOptions(map_size_bytes=1 << 20)))
+    try:
+        assert store.env.info()["map_size"] == 1 << 20
+    finally:
+        store.close()

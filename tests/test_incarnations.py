@@ -21,7 +21,8 @@ from crdtstore.operations import AddMembers, Increment
 from crdtstore.storage import Applied, LmdbStore, RawLogEntry, StorageConfig, StorageOptions, WriteRequest
 from crdtstore.testing.clock import FakeClock
 
-_FAST = StorageOptions(sync=False)
+# The map starts small (it starts at its maximum by default): a test here makes it grow.
+_FAST = StorageOptions(sync=False, map_size_bytes=1024 * 1024)
 
 
 def _open(path: Path, region: str = "eu", *, new_incarnation: bool = False) -> LmdbStore:

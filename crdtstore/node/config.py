@@ -95,6 +95,10 @@ class ConfigError(Exception):
     pass
 
 
+# Settings where 0 is a value of its own: the map starts at its maximum (storage.config).
+_ZERO_MEANS_DEFAULT = frozenset({"map_size_bytes"})
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     drain_grace_s: float = 10.0
@@ -398,7 +402,7 @@ class NodeConfig:
         for section in (self.limits, self.storage, self.server, self.replication):
             for f in fields(section):
                 value = getattr(section, f.name)
-                if isinstance(value, bool):
+                if isinstance(value, bool) or (f.name in _ZERO_MEANS_DEFAULT and value == 0):
                     continue
                 if value <= 0:
                     raise ConfigError(f"{type(section).__name__}.{f.name} must be positive, got {value}")

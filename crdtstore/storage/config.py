@@ -10,7 +10,11 @@ from pathlib import Path
 class StorageOptions:
     """The store's tunables; ``crdtstore serve`` reads them from the ``[storage]`` table."""
 
-    map_size_bytes: int = 64 * 1024 * 1024
+    # The LMDB map is opened at map_size_bytes_max at once (0, the default): it is address space,
+    # not disk (the file grows as pages are written), and a map that never grows never has to
+    # wait for every reader, a backup's copy included, to remap. A smaller map_size_bytes makes
+    # it start there and double when full (the simulator does, to exercise growth).
+    map_size_bytes: int = 0
     map_size_bytes_max: int = 64 * 1024 * 1024 * 1024
     delta_log_bytes_max: int = 256 * 1024 * 1024
     # A retry is recognised for this long, as long as fewer than

@@ -129,7 +129,7 @@ class StoreEnvironment:
         try:
             self.env = lmdb.open(
                 str(path),
-                map_size=config.options.map_size_bytes,
+                map_size=config.options.map_size_bytes or config.options.map_size_bytes_max,
                 max_dbs=16,
                 subdir=True,
                 sync=config.options.sync,
