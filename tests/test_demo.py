@@ -66,6 +66,16 @@ def _start_demo(*args: str) -> subprocess.Popen[str]:
     )
 
 
+def _assert_stops_cleanly(proc: subprocess.Popen[str]) -> None:
+    """Exit status 0 after Ctrl-C; otherwise the demo's stderr says which region failed, and where its log is."""
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    assert proc.returncode == 0, f"the demo exited with {proc.returncode}:\n{err}"
+
+
 def _finish(proc: subprocess.Popen[str]) -> None:
     if proc.poll() is None:
         proc.kill()
@@ -100,7 +110,7 @@ def test_demo_runs_regions_that_replicate_and_stops_cleanly_on_ctrl_c(latency: s
             scraped = response.read().decode()
         assert 'crdtstore_requests_total{code="OK",rpc="Mutate"}' in scraped
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 0
+        _assert_stops_cleanly(proc)
         assert not Path(folder.group(1)).exists(), "the temporary data is removed"
     finally:
         _finish(proc)
@@ -157,6 +167,37 @@ def test_demo_with_auth_requires_the_token_it_prints() -> None:
             token = a.set("greeting", "hello").token
             assert b.get("greeting", after=token).value == b"hello", "the regions replicate with their peer token"
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 0
+        _assert_stops_cleanly(proc)
     finally:
         _finish(proc)
+
+
+def test_a_region_that_dies_ends_the_demo_with_the_end_of_its_log() -> None:
+    """Its data and logs are removed at exit: what the region logged last is printed before they go."""
+    base = _free_run(4)
+    proc = _start_demo("--regions", "2", "--base-port", str(base))
+    try:
+        _read_until(proc, "Ctrl-C stops every region")
+        listen = f"127.0.0.1:{base + 1}"
+        pids = [pid for pid, argv in _processes() if "serve" in argv and listen in argv]
+        assert len(pids) == 1, pids
+        os.kill(pids[0], signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 1, err
+        assert "region us-east exited with -9; the end of its log" in err and "removed at exit" in err
+        assert "region us-east serving" in err, err
+    finally:
+        _finish(proc)
+
+
+def _processes() -> list[tuple[int, list[str]]]:
+    """(pid, argv) of every process this user may read, from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            found.append((int(entry.name), [arg.decode(errors="replace") for arg in argv]))
+    return found

@@ -145,6 +145,13 @@ class _Region:
     def log_path(self) -> Path:
         return self.data_dir.parent / f"{self.name}.log"
 
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            with self.log_path.open(errors="replace") as log:
+                return "".join(log.readlines()[-lines:])
+        except OSError as exc:
+            return f"(no log: {exc})\n"
+
 
 async def _run(args: argparse.Namespace) -> int:
     names = region_names(args.regions)
@@ -190,7 +197,8 @@ async def _run(args: argparse.Namespace) -> int:
         for region in failed:
             print(
                 f"crdtstore demo: region {region.name} exited with {region.proc.returncode if region.proc else '?'}; "
-                f"see {region.log_path}",
+                f"the end of its log ({region.log_path}{', removed at exit' if temporary else ''}):\n"
+                f"{region.log_tail()}",
                 file=sys.stderr,
             )
         print("crdtstore demo: stopping every region", file=sys.stderr)
