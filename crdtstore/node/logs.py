@@ -30,13 +30,14 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TextIO
 
 from pythonjsonlogger.json import JsonFormatter
 
 from crdtstore.node.requests import current_principal, current_request_id
 
-__all__ = ["FORMAT_ENV", "ContextFields", "configure_logging", "set_trace_id_source"]
+__all__ = ["FORMAT_ENV", "ContextFields", "configure_logging", "log_tail", "set_trace_id_source"]
 
 FORMAT_ENV = "CRDTSTORE_LOG_FORMAT"
 _CONTEXT = ("region", "request_id", "principal", "trace_id")
@@ -128,3 +129,12 @@ def configure_logging(
     root.addHandler(handler)
     root.setLevel(level)
     return fields
+
+
+def log_tail(path: Path, lines: int) -> str:
+    """The last ``lines`` lines of a node's log file, for a message that must say what the node did last."""
+    try:
+        with path.open(errors="replace") as log:
+            return "".join(log.readlines()[-lines:])
+    except OSError as exc:
+        return f"(no log: {exc})\n"

@@ -26,6 +26,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
+from crdtstore.node.logs import log_tail
+
 __all__ = ["ServerProcess", "StopTimeout"]
 
 _LISTENING = re.compile(r"listening on (\S+):(\d+)")
@@ -150,11 +152,7 @@ class ServerProcess:
 
     def log_tail(self, lines: int = 60) -> str:
         """The end of the node's log (its stderr), for an error that needs to say what the node did."""
-        try:
-            with self.log_path.open(errors="replace") as log:
-                return "".join(log.readlines()[-lines:])
-        except OSError as exc:
-            return f"(no log: {exc})"
+        return log_tail(self.log_path, lines)
 
     def kill(self) -> None:
         """SIGKILL: no draining, no cleanup; what was not fsynced is lost."""

@@ -38,6 +38,7 @@ import tempfile
 from pathlib import Path
 
 from crdtstore.node.config import ConfigError, parse_listen
+from crdtstore.node.logs import log_tail
 from crdtstore.tools.proxy import LinkProxy
 
 __all__ = ["REGION_NAMES", "add_demo_arguments", "demo_from_args", "region_names"]
@@ -145,13 +146,6 @@ class _Region:
     def log_path(self) -> Path:
         return self.data_dir.parent / f"{self.name}.log"
 
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            with self.log_path.open(errors="replace") as log:
-                return "".join(log.readlines()[-lines:])
-        except OSError as exc:
-            return f"(no log: {exc})\n"
-
 
 async def _run(args: argparse.Namespace) -> int:
     names = region_names(args.regions)
@@ -198,7 +192,7 @@ async def _run(args: argparse.Namespace) -> int:
             print(
                 f"crdtstore demo: region {region.name} exited with {region.proc.returncode if region.proc else '?'}; "
                 f"the end of its log ({region.log_path}{', removed at exit' if temporary else ''}):\n"
-                f"{region.log_tail()}",
+                f"{log_tail(region.log_path, 20)}",
                 file=sys.stderr,
             )
         print("crdtstore demo: stopping every region", file=sys.stderr)
