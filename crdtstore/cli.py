@@ -522,11 +522,13 @@ def _role_delete(client: Client, args: argparse.Namespace) -> None:
         _print_json({"token": _b64(token)})
 
 
-def _jwt_id(token: str) -> str:
-    """The jti of a token ``token issue`` made (read without checking its signature: only to show it)."""
+def _unverified_jti(token: str) -> object:
+    """The jti claim of ``token``, read without checking its signature (only to show it or revoke by it);
+    ``jwt.PyJWTError`` if it is not a token."""
     import jwt  # noqa: PLC0415 (PyJWT: only here)
 
-    return str(jwt.decode(token, options={"verify_signature": False}).get("jti", ""))
+    claims = jwt.decode(token, options={"verify_signature": False})
+    return claims.get("jti") if isinstance(claims, dict) else None
 
 
 def _jti(text: str) -> str:
@@ -536,10 +538,9 @@ def _jti(text: str) -> str:
     import jwt  # noqa: PLC0415 (PyJWT: only here)
 
     try:
-        claims = jwt.decode(text, options={"verify_signature": False})
+        jti = _unverified_jti(text)
     except jwt.PyJWTError:
         return text  # not a token: a jti of another issuer may hold dots
-    jti = claims.get("jti") if isinstance(claims, dict) else None
     if not isinstance(jti, str) or not jti:
         raise argparse.ArgumentTypeError("the token given has no jti (id): it cannot be revoked by id")
     return jti
@@ -583,7 +584,7 @@ def _token_issue(args: argparse.Namespace) -> int:
     if not args.roles:
         _note("the token holds no role: it can authenticate, but it may do nothing")
     print(token)
-    jti = _jwt_id(token)
+    jti = _unverified_jti(token)
     _note(f"its jti is {jti} (crdtstore token revoke {jti} revokes it)")
     return 0
 

@@ -137,7 +137,7 @@ def test_regression_the_store_closes_only_once_the_reads_under_way_have_finished
     assert holding.wait(BOUND_S)
     threads[1].start()
     # Either the close waits for the read (it holds the gate back), or it has already closed under it.
-    wait_for(lambda: store._gate._remapping or not threads[1].is_alive(), "the close began", BOUND_S)
+    wait_for(lambda: store._gate._exclusive or not threads[1].is_alive(), "the close began", BOUND_S)
     release.set()
     for thread in threads:
         thread.join(BOUND_S)

@@ -39,23 +39,25 @@ _META_NEXT_SET_ID = b"next_set_id"
 
 
 class _RemapGate:
-    """Readers share it; growing the map takes it alone.
+    """Readers share it; growing the map and closing the store take it alone.
 
-    ``set_mapsize`` remaps the file, so no read transaction of this process may
-    be open while it runs (a reader would be left holding pointers into the
-    old mapping). Reads are short, so growth waits for them to finish and
-    holds new ones back for the few microseconds the remap takes.
+    ``set_mapsize`` remaps the file, and ``close`` unmaps it, so no read
+    transaction of this process may be open while either runs (a reader would
+    be left holding pointers into the old mapping). Both wait for the reads
+    under way to finish and hold new ones back meanwhile. A backup's copy is
+    one long read: that is why the map opens at its maximum by default and
+    does not grow (``StorageOptions.map_size_bytes``).
     """
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._readers = 0
-        self._remapping = False
+        self._exclusive = False
 
     @contextlib.contextmanager
     def read(self) -> Iterator[None]:
         with self._cond:
-            while self._remapping:
+            while self._exclusive:
                 self._cond.wait()
             self._readers += 1
         try:
@@ -70,14 +72,14 @@ class _RemapGate:
     def exclusive(self) -> Iterator[None]:
         """Alone: waits for every read under way, and holds new ones back (growing the map; closing the store)."""
         with self._cond:
-            self._remapping = True
+            self._exclusive = True
             while self._readers:
                 self._cond.wait()
         try:
             yield
         finally:
             with self._cond:
-                self._remapping = False
+                self._exclusive = False
                 self._cond.notify_all()
 
 
